@@ -1,0 +1,38 @@
+# dolg_tf developer entry points. Every target runs the idempotent set-up first.
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup demo test lint pytest bazel-test lock clean
+
+setup:
+	bash tools/setup.sh
+
+# The README's main job on the built-in sample data.
+demo: setup
+	$(PY) -m dolg_tf.demo
+
+# The README's test command: linter, then the whole test suite.
+test: setup lint pytest
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+pytest:
+	$(PY) -m pytest -q tests
+
+bazel-test: setup
+	bazel test //...
+
+# Regenerate the lock file from requirements.txt in a throw-away venv.
+lock:
+	rm -rf /tmp/dolg_lock_venv && python3.11 -m venv /tmp/dolg_lock_venv
+	/tmp/dolg_lock_venv/bin/pip install -q pip==24.0 && /tmp/dolg_lock_venv/bin/pip install -q -r requirements.txt
+	{ echo "# Complete pinned environment for dolg_tf (pip freeze of requirements.txt in a fresh"; \
+	  echo "# Python 3.11 venv). The set-up step installs exactly this. Regenerate: make lock"; \
+	  /tmp/dolg_lock_venv/bin/pip freeze; } > requirements.lock
+
+clean:
+	rm -rf .setup-logs protos/*_pb2.py
+	-bazel clean

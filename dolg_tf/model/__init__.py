@@ -1,0 +1,1 @@
+"""Keras layers and models of DOLG and DELG."""

@@ -1,0 +1,243 @@
+"""ResNet backbones returning the stage-3 and stage-4 feature maps.
+
+Two layouts of the bottleneck ResNet are supported:
+
+- 'pycls': the torchvision / pycls ("ResNet v1.5") layout of the official DOLG
+  code: the stride-2 sits on the 3x3 conv, convolutions have no bias, and
+  stride-2 layers pad symmetrically like PyTorch (explicit ZeroPadding2D +
+  'valid'), so even-sized inputs give the same numbers as PyTorch. Sub-layer
+  names follow pycls (`stem`, `s1..s4`, `b1..`, `a/b/c`, `a_bn/b_bn/c_bn`,
+  `proj/bn`) so checkpoint import is a renaming.
+- 'keras': the keras.applications ResNet50/101/152 layout (stride on the first
+  1x1 conv, conv biases, a projection shortcut on every stage's first block),
+  with the keras.applications layer names so `*_notop.h5` weights load by name.
+"""
+
+import tensorflow as tf
+
+STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck widths; outputs are 4x.
+
+
+def _pycls_conv_init():
+  # pycls: normal(0, sqrt(2 / fan_out)).
+  return tf.keras.initializers.VarianceScaling(
+    2.0, mode="fan_out", distribution="untruncated_normal"
+  )
+
+
+class PyclsBottleneck(tf.keras.layers.Layer):
+  """Bottleneck residual block in the pycls/torchvision layout."""
+
+  def __init__(
+    self, width, out_channels, strides, use_projection, bn_momentum, bn_epsilon, **kwargs
+  ):
+    super().__init__(**kwargs)
+    self.width = width
+    self.out_channels = out_channels
+    self.strides = strides
+    self.use_projection = use_projection
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+    bn = lambda name: tf.keras.layers.BatchNormalization(
+      momentum=bn_momentum, epsilon=bn_epsilon, name=name
+    )
+    conv = lambda filters, size, name, stride=1: tf.keras.layers.Conv2D(
+      filters,
+      size,
+      strides=stride,
+      padding="valid",
+      use_bias=False,
+      kernel_initializer=_pycls_conv_init(),
+      name=name,
+    )
+    self.a = conv(width, 1, "a")
+    self.a_bn = bn("a_bn")
+    self.b_pad = tf.keras.layers.ZeroPadding2D(1, name="b_pad")
+    self.b = conv(width, 3, "b", stride=strides)
+    self.b_bn = bn("b_bn")
+    self.c = conv(out_channels, 1, "c")
+    self.c_bn = bn("c_bn")
+    if use_projection:
+      self.proj = conv(out_channels, 1, "proj", stride=strides)
+      self.bn = bn("bn")
+
+  def call(self, x, training=None):
+    shortcut = x
+    if self.use_projection:
+      shortcut = self.bn(self.proj(x), training=training)
+    y = tf.nn.relu(self.a_bn(self.a(x), training=training))
+    y = tf.nn.relu(self.b_bn(self.b(self.b_pad(y)), training=training))
+    y = self.c_bn(self.c(y), training=training)
+    return tf.nn.relu(y + shortcut)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+      width=self.width,
+      out_channels=self.out_channels,
+      strides=self.strides,
+      use_projection=self.use_projection,
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+    )
+    return config
+
+
+class KerasBottleneck(tf.keras.layers.Layer):
+  """Bottleneck residual block in the keras.applications layout."""
+
+  def __init__(
+    self, width, out_channels, strides, use_projection, bn_momentum, bn_epsilon, prefix, **kwargs
+  ):
+    super().__init__(name=prefix, **kwargs)
+    self.width = width
+    self.out_channels = out_channels
+    self.strides = strides
+    self.use_projection = use_projection
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+    self.prefix = prefix
+    bn = lambda name: tf.keras.layers.BatchNormalization(
+      momentum=bn_momentum, epsilon=bn_epsilon, name=f"{prefix}_{name}"
+    )
+    conv = lambda filters, size, name, stride=1, padding="valid": tf.keras.layers.Conv2D(
+      filters, size, strides=stride, padding=padding, name=f"{prefix}_{name}"
+    )
+    if use_projection:
+      self.conv0 = conv(out_channels, 1, "0_conv", stride=strides)
+      self.bn0 = bn("0_bn")
+    self.conv1 = conv(width, 1, "1_conv", stride=strides)
+    self.bn1 = bn("1_bn")
+    self.conv2 = conv(width, 3, "2_conv", padding="same")
+    self.bn2 = bn("2_bn")
+    self.conv3 = conv(out_channels, 1, "3_conv")
+    self.bn3 = bn("3_bn")
+
+  def call(self, x, training=None):
+    shortcut = x
+    if self.use_projection:
+      shortcut = self.bn0(self.conv0(x), training=training)
+    y = tf.nn.relu(self.bn1(self.conv1(x), training=training))
+    y = tf.nn.relu(self.bn2(self.conv2(y), training=training))
+    y = self.bn3(self.conv3(y), training=training)
+    return tf.nn.relu(y + shortcut)
+
+  def get_config(self):
+    config = super().get_config()
+    config.pop("name", None)
+    config.update(
+      width=self.width,
+      out_channels=self.out_channels,
+      strides=self.strides,
+      use_projection=self.use_projection,
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      prefix=self.prefix,
+    )
+    return config
+
+
+class ResNetBackbone(tf.keras.layers.Layer):
+  """Bottleneck ResNet returning (stage-3, stage-4) feature maps.
+
+  Input: normalised float images [B, H, W, 3] of any size. Output: f3
+  [B, ceil(H/16), ceil(W/16), 1024] and f4 [B, ceil(H/32), ceil(W/32), 2048]
+  (with `block3_strides`, f3 is also at stride 32).
+  """
+
+  def __init__(
+    self, depth=50, layout="pycls", block3_strides=False, bn_momentum=0.9, bn_epsilon=1e-5, **kwargs
+  ):
+    super().__init__(**kwargs)
+    if depth not in STAGE_BLOCKS:
+      raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
+    if layout not in ("pycls", "keras"):
+      raise ValueError(f"ResNet layout must be 'pycls' or 'keras', got {layout!r}")
+    self.depth = depth
+    self.layout = layout
+    self.block3_strides = block3_strides
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+    bn_args = dict(momentum=bn_momentum, epsilon=bn_epsilon)
+    if layout == "pycls":
+      self.stem_pad = tf.keras.layers.ZeroPadding2D(3, name="stem_pad")
+      self.stem_conv = tf.keras.layers.Conv2D(
+        64,
+        7,
+        strides=2,
+        padding="valid",
+        use_bias=False,
+        kernel_initializer=_pycls_conv_init(),
+        name="stem_conv",
+      )
+      self.stem_bn = tf.keras.layers.BatchNormalization(name="stem_bn", **bn_args)
+    else:
+      self.stem_pad = tf.keras.layers.ZeroPadding2D(3, name="conv1_pad")
+      self.stem_conv = tf.keras.layers.Conv2D(64, 7, strides=2, padding="valid", name="conv1_conv")
+      self.stem_bn = tf.keras.layers.BatchNormalization(name="conv1_bn", **bn_args)
+    # Zero padding before the max-pool equals PyTorch's -inf padding: its input is post-ReLU.
+    self.pool_pad = tf.keras.layers.ZeroPadding2D(1, name="pool_pad")
+    self.pool = tf.keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="pool")
+    self.stages = []
+    in_channels = 64
+    for stage_index, (num_blocks, width) in enumerate(zip(STAGE_BLOCKS[depth], STAGE_WIDTHS)):
+      stage_strides = 1 if stage_index == 0 else 2
+      if stage_index == 3 and block3_strides:
+        stage_strides = 1
+      out_channels = 4 * width
+      blocks = []
+      for block_index in range(num_blocks):
+        strides = stage_strides if block_index == 0 else 1
+        if layout == "pycls":
+          use_projection = block_index == 0 and (strides != 1 or in_channels != out_channels)
+          blocks.append(
+            PyclsBottleneck(
+              width,
+              out_channels,
+              strides,
+              use_projection,
+              bn_momentum,
+              bn_epsilon,
+              name=f"s{stage_index + 1}_b{block_index + 1}",
+            )
+          )
+        else:
+          blocks.append(
+            KerasBottleneck(
+              width,
+              out_channels,
+              strides,
+              block_index == 0,
+              bn_momentum,
+              bn_epsilon,
+              prefix=f"conv{stage_index + 2}_block{block_index + 1}",
+            )
+          )
+        in_channels = out_channels
+      self.stages.append(blocks)
+    if block3_strides:
+      self.block3_subsample = tf.keras.layers.MaxPooling2D(1, strides=2, name="block3_subsample")
+
+  def call(self, images, training=None):
+    x = self.stem_bn(self.stem_conv(self.stem_pad(images)), training=training)
+    x = self.pool(self.pool_pad(tf.nn.relu(x)))
+    outputs = []
+    for stage_index, blocks in enumerate(self.stages):
+      for block in blocks:
+        x = block(x, training=training)
+      if stage_index == 2 and self.block3_strides:
+        x = self.block3_subsample(x)
+      outputs.append(x)
+    return outputs[2], outputs[3]
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+      depth=self.depth,
+      layout=self.layout,
+      block3_strides=self.block3_strides,
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+    )
+    return config

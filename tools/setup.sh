@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One idempotent set-up step for dolg_tf on a fresh Debian 12 / Python 3.11 machine:
+#   1. apt packages: bazel-bootstrap (Bazel 4.2.3) and protobuf-compiler;
+#   2. a virtualenv (.venv, or $DOLG_VENV) holding exactly requirements.lock;
+#   3. the generated protobuf modules (protos/*_pb2.py).
+# Each step is skipped when its result is already up to date, so a re-run takes
+# seconds. Set DOLG_SKIP_APT=1 to skip step 1 (e.g. on a machine without root).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${DOLG_VENV:-$ROOT/.venv}"
+PYTHON_FOR_VENV="${PYTHON_FOR_VENV:-python3.11}"
+LOG_DIR="$ROOT/.setup-logs"
+mkdir -p "$LOG_DIR"
+
+say() { echo "[setup] $*"; }
+die() { echo "[setup] ERROR: $*" >&2; exit 1; }
+
+# --- 1. System packages -------------------------------------------------------
+if [[ "${DOLG_SKIP_APT:-0}" != "1" ]]; then
+  missing=()
+  command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)
+  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+  if ((${#missing[@]})); then
+    SUDO=""
+    if [[ "$(id -u)" != "0" ]]; then
+      command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install ${missing[*]}"
+      SUDO="sudo"
+    fi
+    say "apt-get install ${missing[*]} (log: $LOG_DIR/apt.log)"
+    if ! { $SUDO apt-get update -qq && \
+           DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"; } \
+           >"$LOG_DIR/apt.log" 2>&1; then
+      tail -20 "$LOG_DIR/apt.log" >&2
+      die "apt-get install ${missing[*]} failed"
+    fi
+  else
+    say "apt packages present (bazel, protoc)"
+  fi
+fi
+
+# --- 2. Python virtualenv -------------------------------------------------------
+command -v "$PYTHON_FOR_VENV" >/dev/null 2>&1 || die "$PYTHON_FOR_VENV not found (dolg_tf needs Python 3.11)"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  say "creating virtualenv $VENV"
+  "$PYTHON_FOR_VENV" -m venv "$VENV"
+fi
+lock_hash="$(sha256sum "$ROOT/requirements.lock" | cut -d' ' -f1)"
+stamp="$VENV/.dolg_lock.sha256"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$lock_hash" ]]; then
+  say "installing requirements.lock into $VENV (about 2 minutes; log: $LOG_DIR/pip.log)"
+  if ! { "$VENV/bin/python" -m pip install -q --disable-pip-version-check pip==24.0 && \
+         "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.lock" && \
+         "$VENV/bin/python" -m pip check; } >"$LOG_DIR/pip.log" 2>&1; then
+    grep -v "is ignored: it is neither" "$LOG_DIR/pip.log" | tail -30 >&2
+    die "pip install -r requirements.lock failed"
+  fi
+  echo "$lock_hash" >"$stamp"
+else
+  say "virtualenv up to date ($VENV)"
+fi
+
+# --- 3. Generated protobuf modules ------------------------------------------------
+# grpc_tools.protoc ships with the pinned grpcio-tools, so this works even where
+# Debian's protoc is absent; Bazel uses Debian's protoc through a genrule.
+generated=0
+for proto in "$ROOT"/protos/*.proto; do
+  [[ -e "$proto" ]] || continue
+  out="${proto%.proto}_pb2.py"
+  if [[ ! -f "$out" || "$proto" -nt "$out" ]]; then
+    (cd "$ROOT" && "$VENV/bin/python" -m grpc_tools.protoc -I. --python_out=. "protos/$(basename "$proto")") \
+      || die "protoc failed on $proto"
+    generated=$((generated + 1))
+  fi
+done
+say "protos: $generated module(s) regenerated"
+say "done. Python: $VENV/bin/python"

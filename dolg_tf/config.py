@@ -17,7 +17,7 @@ IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 DELG_MEAN_RGB = (128.0, 128.0, 128.0)
 DELG_STD_RGB = (128.0, 128.0, 128.0)
 
-BACKBONE_DEPTHS = (50, 101, 152)
+BACKBONE_DEPTHS = (26, 50, 101, 152)
 BACKBONE_LAYOUTS = ("pycls", "keras")
 MODEL_NAMES = ("dolg", "delg")
 HEAD_TYPES = ("arcface", "curricularface", "subcenter_arcface")
@@ -33,7 +33,9 @@ class ModelConfig:
 
   Attributes:
     name: 'dolg' or 'delg'.
-    backbone_depth: ResNet depth, 50, 101 or 152.
+    backbone_depth: ResNet depth, 50, 101 or 152 (26 = two blocks per stage,
+      for tests and quick experiments).
+    backbone_width_multiplier: scales every backbone width (1.0 = standard).
     backbone_layout: 'pycls' (torchvision/pycls "v1.5": stride on the 3x3 conv,
       no conv biases, PyTorch-style symmetric padding; the official DOLG
       weights) or 'keras' (keras.applications: stride on the first 1x1 conv,
@@ -68,6 +70,7 @@ class ModelConfig:
 
   name: str = "dolg"
   backbone_depth: int = 50
+  backbone_width_multiplier: float = 1.0
   backbone_layout: str = "pycls"
   block3_strides: bool = False
   bn_momentum: float | None = None
@@ -113,6 +116,11 @@ class ModelConfig:
       raise ValueError(f"ModelConfig.input_std must be positive, got {self.input_std}")
     if not self.atrous_dilations or min(self.atrous_dilations) < 1:
       raise ValueError(f"ModelConfig.atrous_dilations must be >= 1, got {self.atrous_dilations}")
+    if self.backbone_width_multiplier <= 0:
+      raise ValueError(
+        "ModelConfig.backbone_width_multiplier must be positive, got "
+        f"{self.backbone_width_multiplier}"
+      )
     if self.gem_p <= 0:
       raise ValueError(f"ModelConfig.gem_p must be positive, got {self.gem_p}")
     for field in (

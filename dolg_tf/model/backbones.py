@@ -15,7 +15,8 @@ Two layouts of the bottleneck ResNet are supported:
 
 import tensorflow as tf
 
-STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# Depth 26 (two blocks per stage) is for tests, demos and quick experiments.
+STAGE_BLOCKS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck widths; outputs are 4x.
 
 
@@ -80,6 +81,7 @@ class PyclsBottleneck(tf.keras.layers.Layer):
       use_projection=self.use_projection,
       bn_momentum=self.bn_momentum,
       bn_epsilon=self.bn_epsilon,
+      width_multiplier=self.width_multiplier,
     )
     return config
 
@@ -143,11 +145,19 @@ class ResNetBackbone(tf.keras.layers.Layer):
 
   Input: normalised float images [B, H, W, 3] of any size. Output: f3
   [B, ceil(H/16), ceil(W/16), 1024] and f4 [B, ceil(H/32), ceil(W/32), 2048]
-  (with `block3_strides`, f3 is also at stride 32).
+  (with `block3_strides`, f3 is also at stride 32). `width_multiplier` scales
+  every width (stem and stages; 1.0 is the standard network).
   """
 
   def __init__(
-    self, depth=50, layout="pycls", block3_strides=False, bn_momentum=0.9, bn_epsilon=1e-5, **kwargs
+    self,
+    depth=50,
+    layout="pycls",
+    block3_strides=False,
+    bn_momentum=0.9,
+    bn_epsilon=1e-5,
+    width_multiplier=1.0,
+    **kwargs,
   ):
     super().__init__(**kwargs)
     if depth not in STAGE_BLOCKS:
@@ -159,11 +169,18 @@ class ResNetBackbone(tf.keras.layers.Layer):
     self.block3_strides = block3_strides
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
+    self.width_multiplier = float(width_multiplier)
+    if self.width_multiplier <= 0:
+      raise ValueError(f"ResNet width_multiplier must be positive, got {width_multiplier}")
+    stem_width = max(1, round(64 * self.width_multiplier))
+    widths = [max(1, round(w * self.width_multiplier)) for w in STAGE_WIDTHS]
+    # Channels of the stage-3 (f3) and stage-4 (f4) outputs.
+    self.output_channels = (4 * widths[2], 4 * widths[3])
     bn_args = dict(momentum=bn_momentum, epsilon=bn_epsilon)
     if layout == "pycls":
       self.stem_pad = tf.keras.layers.ZeroPadding2D(3, name="stem_pad")
       self.stem_conv = tf.keras.layers.Conv2D(
-        64,
+        stem_width,
         7,
         strides=2,
         padding="valid",
@@ -174,14 +191,16 @@ class ResNetBackbone(tf.keras.layers.Layer):
       self.stem_bn = tf.keras.layers.BatchNormalization(name="stem_bn", **bn_args)
     else:
       self.stem_pad = tf.keras.layers.ZeroPadding2D(3, name="conv1_pad")
-      self.stem_conv = tf.keras.layers.Conv2D(64, 7, strides=2, padding="valid", name="conv1_conv")
+      self.stem_conv = tf.keras.layers.Conv2D(
+        stem_width, 7, strides=2, padding="valid", name="conv1_conv"
+      )
       self.stem_bn = tf.keras.layers.BatchNormalization(name="conv1_bn", **bn_args)
     # Zero padding before the max-pool equals PyTorch's -inf padding: its input is post-ReLU.
     self.pool_pad = tf.keras.layers.ZeroPadding2D(1, name="pool_pad")
     self.pool = tf.keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="pool")
     self.stages = []
-    in_channels = 64
-    for stage_index, (num_blocks, width) in enumerate(zip(STAGE_BLOCKS[depth], STAGE_WIDTHS)):
+    in_channels = stem_width
+    for stage_index, (num_blocks, width) in enumerate(zip(STAGE_BLOCKS[depth], widths)):
       stage_strides = 1 if stage_index == 0 else 2
       if stage_index == 3 and block3_strides:
         stage_strides = 1
@@ -239,5 +258,6 @@ class ResNetBackbone(tf.keras.layers.Layer):
       block3_strides=self.block3_strides,
       bn_momentum=self.bn_momentum,
       bn_epsilon=self.bn_epsilon,
+      width_multiplier=self.width_multiplier,
     )
     return config

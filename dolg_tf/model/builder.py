@@ -35,6 +35,7 @@ def build_model(config: config_lib.ModelConfig, image_size: int | None = None) -
     gem_eps=config.gem_eps,
     local_dim=config.local_dim,
     embedding_dim=config.embedding_dim,
+    width_multiplier=config.backbone_width_multiplier,
     name=config.name,
   )
   if image_size:

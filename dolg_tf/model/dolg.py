@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from dolg_tf.model import backbones, fusion, local_branch, normalization, pooling
+from dolg_tf.model import backbones, fusion, initializers, local_branch, normalization, pooling
 
 # Keys of the intermediate tensors returned with `return_intermediates=True`.
 INTERMEDIATES = (
@@ -44,6 +44,7 @@ class DolgModel(tf.keras.Model):
     gem_eps=1e-6,
     local_dim=1024,
     embedding_dim=512,
+    width_multiplier=1.0,
     **kwargs,
   ):
     super().__init__(**kwargs)
@@ -63,15 +64,24 @@ class DolgModel(tf.keras.Model):
       gem_eps=gem_eps,
       local_dim=local_dim,
       embedding_dim=embedding_dim,
+      width_multiplier=width_multiplier,
     )
     self.input_normalization = normalization.InputNormalization(
       input_mean, input_std, input_channel_order, name="input_normalization"
     )
     self.backbone = backbones.ResNetBackbone(
-      depth, layout, block3_strides, bn_momentum, bn_epsilon, name="backbone"
+      depth, layout, block3_strides, bn_momentum, bn_epsilon, width_multiplier, name="backbone"
     )
+    f3_channels = self.backbone.output_channels[0]
+    # The official module maps the 1024-channel f3 back to 1024 channels through
+    # 512-channel branches; narrower backbones keep the same ratios.
     self.multi_atrous = (
-      local_branch.MultiAtrous(atrous_dilations, output_channels=1024, name="multi_atrous")
+      local_branch.MultiAtrous(
+        atrous_dilations,
+        branch_channels=f3_channels // 2,
+        output_channels=f3_channels,
+        name="multi_atrous",
+      )
       if use_multi_atrous
       else None
     )
@@ -79,9 +89,13 @@ class DolgModel(tf.keras.Model):
       local_dim, bn_momentum, bn_epsilon, name="local_attention"
     )
     self.pool_g = pooling.GeMPooling(gem_p, gem_p_trainable, gem_eps, name="pool_g")
-    self.fc_t = tf.keras.layers.Dense(local_dim, name="fc_t")
+    self.fc_t = tf.keras.layers.Dense(
+      local_dim, kernel_initializer=initializers.pytorch_default(), name="fc_t"
+    )
     self.fusion = fusion.OrthogonalFusion(name="orthogonal_fusion")
-    self.fc = tf.keras.layers.Dense(embedding_dim, name="fc", dtype="float32")
+    self.fc = tf.keras.layers.Dense(
+      embedding_dim, kernel_initializer=initializers.pytorch_default(), name="fc", dtype="float32"
+    )
 
   def call(self, images, training=None, return_intermediates=False):
     """Computes descriptors.

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from dolg_tf.model import normalization
+from dolg_tf.model import initializers, normalization
 
 
 class MultiAtrous(tf.keras.layers.Layer):
@@ -19,15 +19,28 @@ class MultiAtrous(tf.keras.layers.Layer):
     self.dilations = tuple(int(d) for d in dilations)
     self.branch_channels = branch_channels
     self.output_channels = output_channels
-    self.image_pool_conv = tf.keras.layers.Conv2D(branch_channels, 1, name="image_pool_conv")
-    self.branches = [tf.keras.layers.Conv2D(branch_channels, 1, name="conv1x1")]
+    self.image_pool_conv = tf.keras.layers.Conv2D(
+      branch_channels, 1, kernel_initializer=initializers.pytorch_default(), name="image_pool_conv"
+    )
+    self.branches = [
+      tf.keras.layers.Conv2D(
+        branch_channels, 1, kernel_initializer=initializers.pytorch_default(), name="conv1x1"
+      )
+    ]
     for d in self.dilations:
       self.branches.append(
         tf.keras.layers.Conv2D(
-          branch_channels, 3, padding="same", dilation_rate=d, name=f"conv3x3_d{d}"
+          branch_channels,
+          3,
+          padding="same",
+          dilation_rate=d,
+          kernel_initializer=initializers.pytorch_default(),
+          name=f"conv3x3_d{d}",
         )
       )
-    self.fuse = tf.keras.layers.Conv2D(output_channels, 1, name="fuse")
+    self.fuse = tf.keras.layers.Conv2D(
+      output_channels, 1, kernel_initializer=initializers.pytorch_default(), name="fuse"
+    )
 
   def call(self, x):
     pooled = tf.nn.relu(self.image_pool_conv(tf.reduce_mean(x, axis=[1, 2], keepdims=True)))
@@ -58,11 +71,15 @@ class SpatialAttention2d(tf.keras.layers.Layer):
     self.channels = channels
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
-    self.conv1 = tf.keras.layers.Conv2D(channels, 1, name="conv1")
+    self.conv1 = tf.keras.layers.Conv2D(
+      channels, 1, kernel_initializer=initializers.pytorch_default(), name="conv1"
+    )
     self.bn = tf.keras.layers.BatchNormalization(
       momentum=bn_momentum, epsilon=bn_epsilon, name="bn"
     )
-    self.conv2 = tf.keras.layers.Conv2D(1, 1, name="conv2")
+    self.conv2 = tf.keras.layers.Conv2D(
+      1, 1, kernel_initializer=initializers.pytorch_default(), name="conv2"
+    )
 
   def call(self, x, training=None):
     x = self.bn(self.conv1(x), training=training)

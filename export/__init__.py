@@ -1,0 +1,1 @@
+"""SavedModel export of dolg_tf models for extraction and TF Serving."""

@@ -1,0 +1,152 @@
+"""Exports a DOLG model as a self-contained SavedModel in TF Serving's layout.
+
+`<export_base>/<version>/` holds a SavedModel with two signatures (both
+`tensorflow/serving/predict`):
+
+- `serving_default` (DELF-style, one image):
+    inputs  `input_image` uint8 [H, W, 3], `input_scales` float32 [S],
+            `input_global_scales_ind` int32 [G] (which scales are pooled)
+    outputs `global_descriptors` float32 [S, D] (per-scale, L2-normalised),
+            `global_descriptor` float32 [D] (the selected scales' descriptors
+            averaged and L2-normalised: the official DOLG test-time pooling).
+- `serve_encoded` (batch of encoded images, as a REST client sends base64):
+    inputs  `images` string [B] (JPEG/PNG/GIF/BMP bytes)
+    outputs `global_descriptor` float32 [B, D]
+  decoding, resizing so the longest side is at most `max_image_size`, the
+  pyramid over the export's `image_scales` and pooling run inside the graph.
+
+The image at scale s is resized (bilinear) to round(s * H) x round(s * W),
+as DELF does. Nothing of this project is needed to load the export: only
+TensorFlow. `assets.extra/model_config.json` records the network.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+from dolg_tf import config as config_lib
+
+DEFAULT_SCALES = (0.7071, 1.0, 1.4142)
+MODEL_CONFIG_ASSET = os.path.join("assets.extra", "model_config.json")
+EXPORT_CONFIG_ASSET = os.path.join("assets.extra", "export_config.json")
+
+
+def _l2_normalize(x, axis=-1):
+  squared = tf.reduce_sum(tf.square(x), axis=axis, keepdims=True)
+  return x * tf.math.rsqrt(tf.maximum(squared, 1e-24))
+
+
+class ServingModule(tf.Module):
+  """Wraps a descriptor model with the serving signatures."""
+
+  def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
+    super().__init__(name="dolg_serving")
+    self.model = model
+    self.max_image_size = int(max_image_size)
+    self.image_scales = tuple(float(s) for s in image_scales)
+
+  def _describe(self, image, scales):
+    """Per-scale descriptors [S, D] of one float32 [H, W, 3] image."""
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+
+    def one_scale(scale):
+      new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+      resized = tf.image.resize(image[None], new_size, method="bilinear")
+      return self.model(resized, training=False)[0]
+
+    return tf.map_fn(
+      one_scale,
+      scales,
+      fn_output_signature=tf.TensorSpec([None], tf.float32),
+      parallel_iterations=1,
+    )
+
+  @staticmethod
+  def _pool(descriptors, scale_indices):
+    selected = tf.gather(descriptors, scale_indices)
+    return _l2_normalize(tf.reduce_mean(_l2_normalize(selected), axis=0))
+
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec([None, None, 3], tf.uint8, name="input_image"),
+      tf.TensorSpec([None], tf.float32, name="input_scales"),
+      tf.TensorSpec([None], tf.int32, name="input_global_scales_ind"),
+    ]
+  )
+  def serve(self, input_image, input_scales, input_global_scales_ind):
+    descriptors = self._describe(tf.cast(input_image, tf.float32), input_scales)
+    return {
+      "global_descriptors": descriptors,
+      "global_descriptor": self._pool(descriptors, input_global_scales_ind),
+    }
+
+  def _resize_to_max(self, image):
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    factor = tf.minimum(1.0, self.max_image_size / tf.reduce_max(size))
+    new_size = tf.maximum(tf.cast(tf.round(size * factor), tf.int32), 1)
+    return tf.image.resize(image, new_size, method="bilinear")
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+  def serve_encoded(self, images):
+    scales = tf.constant(self.image_scales, tf.float32)
+    all_scales = tf.range(tf.size(scales))
+
+    def one_image(encoded):
+      image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+      image = self._resize_to_max(tf.cast(image, tf.float32))
+      image.set_shape([None, None, 3])
+      return self._pool(self._describe(image, scales), all_scales)
+
+    return {
+      "global_descriptor": tf.map_fn(
+        one_image, images, fn_output_signature=tf.TensorSpec([None], tf.float32)
+      )
+    }
+
+
+def next_version(export_base: str) -> int:
+  """1 + the largest numeric version folder under `export_base` (1 if none)."""
+  if not tf.io.gfile.isdir(export_base):
+    return 1
+  versions = [int(d) for d in tf.io.gfile.listdir(export_base) if d.strip("/").isdigit()]
+  return max(versions, default=0) + 1
+
+
+def export_saved_model(
+  model,
+  model_config: config_lib.ModelConfig,
+  export_base: str,
+  version: int | None = None,
+  max_image_size: int = 1024,
+  image_scales=DEFAULT_SCALES,
+) -> str:
+  """Writes `<export_base>/<version>/` atomically and returns its path.
+
+  The SavedModel is written to a temporary sibling folder and renamed, so TF
+  Serving (which polls `export_base`) never sees a half-written version.
+
+  Raises:
+    FileExistsError: if that version already exists.
+  """
+  version = version or next_version(export_base)
+  export_dir = os.path.join(export_base, str(version))
+  if tf.io.gfile.exists(export_dir):
+    raise FileExistsError(f"export version already exists: {export_dir}")
+  tmp_dir = os.path.join(export_base, f".tmp-{version}-{os.getpid()}")
+  if tf.io.gfile.exists(tmp_dir):
+    tf.io.gfile.rmtree(tmp_dir)
+  module = ServingModule(model, max_image_size, image_scales)
+  signatures = {
+    "serving_default": module.serve.get_concrete_function(),
+    "serve_encoded": module.serve_encoded.get_concrete_function(),
+  }
+  tf.saved_model.save(module, tmp_dir, signatures=signatures)
+  tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
+  with tf.io.gfile.GFile(os.path.join(tmp_dir, MODEL_CONFIG_ASSET), "w") as f:
+    f.write(json.dumps(model_config.to_dict(), indent=2, sort_keys=True) + "\n")
+  with tf.io.gfile.GFile(os.path.join(tmp_dir, EXPORT_CONFIG_ASSET), "w") as f:
+    export_config = dict(max_image_size=max_image_size, image_scales=list(module.image_scales))
+    f.write(json.dumps(export_config, indent=2, sort_keys=True) + "\n")
+  tf.io.gfile.rename(tmp_dir, export_dir)
+  return export_dir

@@ -1,0 +1,1 @@
+"""Importers of external weights (Keras ImageNet .h5, official DOLG checkpoints)."""

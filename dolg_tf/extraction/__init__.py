@@ -1,0 +1,1 @@
+"""Descriptor extraction from exported SavedModels."""

@@ -1,0 +1,108 @@
+"""Tests for dolg_tf.extraction.image_loading."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+from PIL import Image
+
+from dolg_tf.extraction import image_loading
+
+
+class LoadImageTest(tf.test.TestCase, parameterized.TestCase):
+  def setUp(self):
+    super().setUp()
+    self.dir = self.create_tempdir().full_path
+    rng = np.random.default_rng(0)
+    self.rgb = rng.integers(0, 256, size=[20, 30, 3], dtype=np.uint8)
+
+  def _path(self, name):
+    return os.path.join(self.dir, name)
+
+  def test_rgb_png_round_trip(self):
+    Image.fromarray(self.rgb).save(self._path("a.png"))
+    self.assertAllEqual(image_loading.load_image(self._path("a.png")), self.rgb)
+
+  @parameterized.parameters("L", "P", "RGBA", "LA", "CMYK", "1")
+  def test_modes_become_rgb_uint8(self, mode):
+    image = Image.fromarray(self.rgb).convert(mode)
+    name = "b.jpg" if mode == "CMYK" else "b.png"
+    image.save(self._path(name))
+    loaded = image_loading.load_image(self._path(name))
+    self.assertEqual(loaded.shape, (20, 30, 3))
+    self.assertEqual(loaded.dtype, np.uint8)
+
+  def test_16bit_grayscale_is_scaled_not_clipped(self):
+    gray16 = np.linspace(0, 65535, 20 * 30).reshape(20, 30).astype(np.uint16)
+    Image.fromarray(gray16).save(self._path("c.png"))
+    loaded = image_loading.load_image(self._path("c.png"))
+    self.assertEqual(loaded.shape, (20, 30, 3))
+    self.assertEqual(int(loaded.max()), 255)
+    self.assertEqual(int(loaded[10, 15, 0]), int(round(gray16[10, 15] * 255 / 65535)))
+
+  def test_exif_orientation_is_applied(self):
+    image = Image.fromarray(self.rgb)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    image.save(self._path("d.jpg"), exif=exif.tobytes(), quality=95)
+    loaded = image_loading.load_image(self._path("d.jpg"))
+    self.assertEqual(loaded.shape, (30, 20, 3))
+
+  def test_bad_files_raise_errors_naming_the_file(self):
+    with open(self._path("trunc.jpg"), "wb") as f:
+      Image.fromarray(self.rgb).save(self._path("full.jpg"))
+      f.write(open(self._path("full.jpg"), "rb").read()[:200])
+    with open(self._path("text.jpg"), "w") as f:
+      f.write("not an image")
+    open(self._path("empty.png"), "wb").close()
+    for name, reason in [
+      ("missing.jpg", "file not found"),
+      ("text.jpg", "not a recognised image"),
+      ("empty.png", "not a recognised image"),
+      ("trunc.jpg", "cannot decode"),
+    ]:
+      with self.assertRaisesRegex(image_loading.ImageLoadError, f"{name}: {reason}"):
+        image_loading.load_image(self._path(name))
+
+
+class ResizeImageTest(tf.test.TestCase):
+  def setUp(self):
+    super().setUp()
+    self.image = np.zeros([300, 200, 3], np.uint8)
+
+  def test_max_size_shrinks_the_longest_side(self):
+    resized, factors = image_loading.resize_image(self.image, max_image_size=150)
+    self.assertEqual(resized.shape, (150, 100, 3))
+    self.assertAllClose(factors, [0.5, 0.5])
+
+  def test_small_images_are_kept_unless_min_size(self):
+    resized, factors = image_loading.resize_image(self.image, max_image_size=1024)
+    self.assertEqual(resized.shape, (300, 200, 3))
+    self.assertAllClose(factors, [1.0, 1.0])
+    resized, _ = image_loading.resize_image(self.image, max_image_size=1024, min_image_size=400)
+    self.assertEqual(resized.shape, (600, 400, 3))
+    resized, _ = image_loading.resize_image(self.image, max_image_size=500, min_image_size=400)
+    self.assertEqual(resized.shape, (500, 333, 3))
+
+  def test_square_and_resize_factor(self):
+    resized, _ = image_loading.resize_image(self.image, max_image_size=64, square=True)
+    self.assertEqual(resized.shape, (64, 64, 3))
+    resized, _ = image_loading.resize_image(self.image, max_image_size=300, resize_factor=0.5)
+    self.assertEqual(resized.shape, (150, 100, 3))
+
+  def test_invalid_sizes(self):
+    with self.assertRaisesRegex(ValueError, "max_image_size"):
+      image_loading.resize_image(self.image, max_image_size=10, min_image_size=20)
+    with self.assertRaisesRegex(ValueError, "resize_factor"):
+      image_loading.resize_image(self.image, resize_factor=0)
+
+  def test_crop_box(self):
+    image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+    self.assertAllEqual(image_loading.crop_box(image, (2.4, 1.6, 7.5, 20)), image[2:10, 2:8])
+    with self.assertRaisesRegex(ValueError, "empty crop"):
+      image_loading.crop_box(image, (5, 5, 5, 8))
+
+
+if __name__ == "__main__":
+  tf.test.main()

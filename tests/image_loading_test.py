@@ -80,14 +80,21 @@ class ResizeImageTest(tf.test.TestCase):
     resized, factors = image_loading.resize_image(self.image, max_image_size=1024)
     self.assertEqual(resized.shape, (300, 200, 3))
     self.assertAllClose(factors, [1.0, 1.0])
-    resized, _ = image_loading.resize_image(self.image, max_image_size=1024, min_image_size=400)
+    # DELF: the min limit also applies to the largest side.
+    resized, factors = image_loading.resize_image(
+      self.image, max_image_size=1024, min_image_size=600
+    )
     self.assertEqual(resized.shape, (600, 400, 3))
-    resized, _ = image_loading.resize_image(self.image, max_image_size=500, min_image_size=400)
-    self.assertEqual(resized.shape, (500, 333, 3))
+    self.assertAllClose(factors, [2.0, 2.0])
+    resized, _ = image_loading.resize_image(self.image, min_image_size=250)
+    self.assertEqual(resized.shape, (300, 200, 3))
 
   def test_square_and_resize_factor(self):
     resized, _ = image_loading.resize_image(self.image, max_image_size=64, square=True)
     self.assertEqual(resized.shape, (64, 64, 3))
+    resized, factors = image_loading.resize_image(self.image, square=True)
+    self.assertEqual(resized.shape, (300, 300, 3))
+    self.assertAllClose(factors, [1.0, 1.5])
     resized, _ = image_loading.resize_image(self.image, max_image_size=300, resize_factor=0.5)
     self.assertEqual(resized.shape, (150, 100, 3))
 
@@ -95,7 +102,7 @@ class ResizeImageTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "max_image_size"):
       image_loading.resize_image(self.image, max_image_size=10, min_image_size=20)
     with self.assertRaisesRegex(ValueError, "resize_factor"):
-      image_loading.resize_image(self.image, resize_factor=0)
+      image_loading.resize_image(self.image, resize_factor=-1)
 
   def test_crop_box(self):
     image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)

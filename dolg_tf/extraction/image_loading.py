@@ -3,7 +3,7 @@
 `load_image` returns RGB uint8 [H, W, 3] for any image Pillow reads: EXIF
 orientation applied; grayscale, palette, RGBA/LA (alpha dropped, as DELF's
 `convert('RGB')`), CMYK and 16-bit images converted. `resize_image` follows
-DELF's `utils.ResizeImage` semantics for max/min image size and square images.
+DELF's `utils.ResizeImage` for max/min image size and square images.
 """
 
 import numpy as np
@@ -67,12 +67,12 @@ def resize_image(
   square: bool = False,
   resize_factor: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Resizes like DELF's ResizeImage.
+  """Resizes exactly as DELF's utils.ResizeImage.
 
-  The longest side is reduced to `max_image_size * resize_factor` if larger;
-  else the shortest side is raised to `min_image_size * resize_factor` if
-  smaller (never beyond the max). With `square`, the image becomes
-  max x max (or its unchanged longest side if max is -1). -1 disables a limit.
+  Both limits refer to the largest side (scaled by `resize_factor`): it is
+  reduced to the max if larger, else raised to the min if smaller. With
+  `square`, the output is L x L for the (rescaled) largest side L. -1 disables
+  a limit. Bilinear resampling with Pillow, as DELF.
 
   Returns:
     (resized uint8 image, scale factors [sy, sx] new/old).
@@ -80,30 +80,29 @@ def resize_image(
   Raises:
     ValueError: on inconsistent sizes.
   """
-  if resize_factor <= 0:
-    raise ValueError(f"resize_factor must be positive, got {resize_factor}")
-  if max_image_size != -1 and min_image_size != -1 and max_image_size < min_image_size:
+  if resize_factor < 0:
+    raise ValueError(f"resize_factor must be non-negative, got {resize_factor}")
+  if max_image_size >= 0 and min_image_size >= 0 and max_image_size < min_image_size:
     raise ValueError(f"max_image_size {max_image_size} < min_image_size {min_image_size}")
   height, width = image.shape[:2]
-  size = np.array([height, width], dtype=np.float64)
-  max_size = max_image_size * resize_factor
-  min_size = min_image_size * resize_factor
-  scale = 1.0
-  if max_image_size != -1 and size.max() > max_size:
-    scale = max_size / size.max()
-  elif min_image_size != -1 and size.min() < min_size:
-    scale = min_size / size.min()
-    if max_image_size != -1:
-      scale = min(scale, max_size / size.max())
-  if square:
-    side = int(round(max_size)) if max_image_size != -1 else int(size.max())
-    new_size = np.array([side, side])
+  max_size = resize_factor * max_image_size
+  min_size = resize_factor * min_image_size
+  largest_side = max(height, width)
+  if max_image_size >= 0 and largest_side > max_size:
+    scale = max_size / largest_side
+  elif min_image_size >= 0 and largest_side < min_size:
+    scale = min_size / largest_side
+  elif square and height != width:
+    scale = 1.0
   else:
-    new_size = np.maximum(np.round(size * scale).astype(int), 1)
-  if tuple(new_size) == (height, width):
     return image, np.ones(2)
-  resized = Image.fromarray(image).resize((int(new_size[1]), int(new_size[0])), Image.BILINEAR)
-  return np.asarray(resized), new_size / size
+  if square:
+    new_width = new_height = int(round(largest_side * scale))
+  else:
+    new_width, new_height = int(round(width * scale)), int(round(height * scale))
+  new_width, new_height = max(new_width, 1), max(new_height, 1)
+  resized = Image.fromarray(image).resize((new_width, new_height), Image.BILINEAR)
+  return np.asarray(resized), np.array([new_height / height, new_width / width])
 
 
 def crop_box(image: np.ndarray, box) -> np.ndarray:

@@ -1,0 +1,243 @@
+"""Loading and validating DolgConfig extraction configs (protos/dolg_config.proto).
+
+    config = config_io.load_dolg_config("protos/dolg.pbtxt")
+    model_dir = config_io.resolve_model_path(config, "protos/dolg.pbtxt")
+
+Every error is one line naming the file and, where it applies, the line or the
+field, e.g. `protos/x.pbtxt:3:1: Message type "dolg_tf.protos.DolgConfig" has no
+field named "modle_path".` or `protos/x.pbtxt: image_scales[1]: must be a
+positive finite number, got -1.0`.
+"""
+
+import math
+import os
+
+from google.protobuf import text_format
+
+from dolg_tf.io import file_utils
+from protos import dolg_config_pb2
+
+DolgConfig = dolg_config_pb2.DolgConfig
+
+# The folder holding the dolg_tf package and protos/ (the repository root in a
+# checkout, the workspace folder in Bazel runfiles).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The shipped example configs.
+DOLG_CONFIG_PATH = os.path.join(REPO_ROOT, "protos", "dolg.pbtxt")
+DELG_CONFIG_PATH = os.path.join(REPO_ROOT, "protos", "delg.pbtxt")
+
+
+def parse_dolg_config(text: str, source: str = "<string>") -> DolgConfig:
+  """Parses and validates a DolgConfig in text format.
+
+  Args:
+    text: the text-format config.
+    source: name used in error messages (normally the file path).
+
+  Returns:
+    The validated DolgConfig.
+
+  Raises:
+    ValueError: `source:line:column: reason` on a parse error (unknown field,
+      bad value), `source: field: reason` when validation fails.
+  """
+  config = DolgConfig()
+  try:
+    text_format.Parse(text, config)
+  except text_format.ParseError as e:
+    reason = str(e)
+    line, column = e.GetLine(), e.GetColumn()
+    prefix = f"{line}:{column} : "
+    if reason.startswith(prefix):
+      reason = reason[len(prefix) :]
+    where = f"{source}:{line}:{column}" if line is not None else source
+    raise ValueError(f"{where}: {' '.join(reason.split())}") from e
+  validate_dolg_config(config, source)
+  return config
+
+
+def load_dolg_config(path: str) -> DolgConfig:
+  """Loads and validates a DolgConfig text file (.pbtxt).
+
+  Args:
+    path: the config file.
+
+  Returns:
+    The validated DolgConfig.
+
+  Raises:
+    FileNotFoundError: naming `path`, if it does not exist.
+    ValueError: naming `path` and the line or field, if it does not parse or
+      validate.
+  """
+  path = os.fspath(path)
+  data = file_utils.read_bytes(path)
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from e
+  return parse_dolg_config(text, path)
+
+
+def _is_positive_finite(value: float) -> bool:
+  return math.isfinite(value) and value > 0
+
+
+def _validate_pca(pca: DolgConfig.PcaParameters, field: str) -> list[str]:
+  errors = []
+  for name in ("mean_path", "projection_matrix_path"):
+    if not getattr(pca, name):
+      errors.append(f"{field}.{name}: required when use_pca is true")
+  if pca.pca_dim <= 0:
+    errors.append(f"{field}.pca_dim: must be positive when use_pca is true, got {pca.pca_dim}")
+  if pca.use_whitening and not pca.pca_variances_path:
+    errors.append(f"{field}.pca_variances_path: required when use_whitening is true")
+  return errors
+
+
+def config_errors(config: DolgConfig) -> list[str]:
+  """Returns every problem found in `config`, each as `field: reason` (empty if valid)."""
+  errors = []
+  if not config.use_global_features and not config.use_local_features:
+    errors.append("use_global_features, use_local_features: both false, nothing to extract")
+
+  scales = list(config.image_scales)
+  if not scales:
+    errors.append("image_scales: at least one scale is required")
+  for i, scale in enumerate(scales):
+    if not _is_positive_finite(scale):
+      errors.append(f"image_scales[{i}]: must be a positive finite number, got {scale}")
+
+  for name in ("max_image_size", "min_image_size"):
+    value = getattr(config, name)
+    if value != -1 and value <= 0:
+      errors.append(f"{name}: must be positive or -1 (no limit), got {value}")
+  if 0 < config.max_image_size < config.min_image_size:
+    errors.append(
+      f"min_image_size: {config.min_image_size} exceeds max_image_size {config.max_image_size}"
+    )
+
+  if config.use_global_features:
+    global_config = config.global_config
+    seen = set()
+    for i, index in enumerate(global_config.image_scales_ind):
+      if not 0 <= index < len(scales):
+        errors.append(
+          f"global_config.image_scales_ind[{i}]: {index} is out of range for "
+          f"{len(scales)} image_scales"
+        )
+      elif index in seen:
+        errors.append(f"global_config.image_scales_ind[{i}]: {index} is repeated")
+      seen.add(index)
+    if global_config.use_pca:
+      errors.extend(_validate_pca(global_config.pca_parameters, "global_config.pca_parameters"))
+    if global_config.scale_pooling == DolgConfig.GlobalConfig.GEM and not _is_positive_finite(
+      global_config.gem_p
+    ):
+      errors.append(f"global_config.gem_p: must be positive for GEM, got {global_config.gem_p}")
+    if not config.global_descriptor_suffix:
+      errors.append("global_descriptor_suffix: must not be empty")
+
+  if config.use_local_features:
+    local_config = config.local_config
+    if local_config.max_feature_num <= 0:
+      errors.append(
+        f"local_config.max_feature_num: must be positive, got {local_config.max_feature_num}"
+      )
+    if not math.isfinite(local_config.score_threshold):
+      errors.append(
+        f"local_config.score_threshold: must be finite, got {local_config.score_threshold}"
+      )
+    if local_config.use_pca:
+      errors.extend(_validate_pca(local_config.pca_parameters, "local_config.pca_parameters"))
+    if not config.local_descriptor_suffix:
+      errors.append("local_descriptor_suffix: must not be empty")
+    elif config.use_global_features and (
+      config.local_descriptor_suffix == config.global_descriptor_suffix
+    ):
+      errors.append(
+        f"local_descriptor_suffix: same as global_descriptor_suffix "
+        f"({config.local_descriptor_suffix!r}); the files would overwrite each other"
+      )
+  return errors
+
+
+def validate_dolg_config(config: DolgConfig, source: str = "<config>") -> None:
+  """Checks that `config` is usable for extraction.
+
+  Rules: at least one of global/local features on; image_scales non-empty,
+  positive and finite; max/min_image_size positive or -1 and min <= max when
+  both are set; global image_scales_ind in range and not repeated; gem_p > 0
+  with GEM pooling; PCA mean/projection paths, pca_dim > 0 (and variances
+  path with whitening) when use_pca; local max_feature_num > 0 and finite
+  score_threshold; descriptor suffixes non-empty and distinct.
+
+  Args:
+    config: the config to check.
+    source: name used in the error message (normally the file path).
+
+  Raises:
+    ValueError: `source: field: reason` for the first problem found (the
+      number of further problems is appended).
+  """
+  errors = config_errors(config)
+  if errors:
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    raise ValueError(f"{source}: {errors[0]}{more}")
+
+
+def resolve_path(
+  path: str, field: str = "path", config_path: str | None = None, must_exist: bool = True
+) -> str:
+  """Resolves a path from a config with the DolgConfig rule.
+
+  Absolute paths (after `~` expansion) are kept. A relative path is looked up
+  against the current working directory first, then against REPO_ROOT.
+
+  Args:
+    path: the path from the config.
+    field: the config field, for error messages.
+    config_path: the config file, for error messages.
+    must_exist: if False, a path found nowhere resolves against the current
+      directory instead of raising.
+
+  Returns:
+    An absolute path.
+
+  Raises:
+    ValueError: if `path` is empty.
+    FileNotFoundError: if `must_exist` and the path exists in neither place.
+  """
+  source = config_path or "<config>"
+  if not path:
+    raise ValueError(f"{source}: {field}: not set")
+  expanded = os.path.expanduser(path)
+  if os.path.isabs(expanded):
+    candidates = [expanded]
+  else:
+    candidates = [os.path.abspath(expanded), os.path.join(REPO_ROOT, expanded)]
+  for candidate in candidates:
+    if os.path.exists(candidate):
+      return candidate
+  if must_exist:
+    raise FileNotFoundError(
+      f"{source}: {field}: {path!r} not found (looked for {' and '.join(candidates)})"
+    )
+  return candidates[0]
+
+
+def resolve_model_path(
+  config: DolgConfig, config_path: str | None = None, must_exist: bool = True
+) -> str:
+  """Returns the absolute SavedModel path of `config.model_path` (see resolve_path).
+
+  Args:
+    config: the extraction config.
+    config_path: the file it was loaded from, for error messages.
+    must_exist: if False, do not require the model to exist yet.
+
+  Raises:
+    ValueError: if model_path is not set.
+    FileNotFoundError: if `must_exist` and the model is not found.
+  """
+  return resolve_path(config.model_path, "model_path", config_path, must_exist)

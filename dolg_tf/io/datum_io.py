@@ -1,0 +1,186 @@
+"""NumPy arrays <-> DatumProto, the tensor format of DELF's descriptor files.
+
+Wire-compatible with DELF's `delf/python/datum_io.py` (see protos/datum.proto):
+
+* float16 / float32 / float64 arrays are stored in `float_list` as float32
+  (float64 loses precision, as in DELF);
+* uint8 / uint16 / uint32 and bool arrays are stored in `uint32_list`; uint64
+  is accepted only when every value fits in 32 bits (DELF truncates silently);
+* signed integers and other dtypes are rejected (DELF rejects them too);
+* values are row-major and the shape goes into `shape.dim`.
+
+Reading returns float32 for `float_list` and uint32 for `uint32_list`, as
+DELF's `DatumToArray` does: the original dtype (e.g. uint8, bool, float64) is
+not recorded on the wire, so cast after reading if you need it back.
+"""
+
+import numpy as np
+from google.protobuf import message as protobuf_message
+
+from dolg_tf.io import file_utils
+from protos import datum_pb2
+
+_FLOAT_KINDS = (np.float16, np.float32, np.float64)
+_UINT32_KINDS = (np.bool_, np.uint8, np.uint16, np.uint32)
+
+
+def array_to_datum(array: np.ndarray) -> datum_pb2.DatumProto:
+  """Converts a NumPy array to a DatumProto.
+
+  Args:
+    array: array of any shape (0-d and empty arrays included) with a dtype
+      listed in the module docstring.
+
+  Returns:
+    The DatumProto holding `array`'s shape and values.
+
+  Raises:
+    ValueError: if the dtype is unsupported or uint64 values exceed 32 bits.
+  """
+  array = np.asarray(array)
+  datum = datum_pb2.DatumProto()
+  datum.shape.dim.extend(int(d) for d in array.shape)
+  dtype = array.dtype.type
+  if dtype in _FLOAT_KINDS:
+    datum.float_list.SetInParent()  # present even when the array is empty
+    datum.float_list.value.extend(array.astype(np.float32).ravel(order="C").tolist())
+  elif dtype in _UINT32_KINDS or dtype is np.uint64:
+    if dtype is np.uint64 and array.size and int(array.max()) > np.iinfo(np.uint32).max:
+      raise ValueError(
+        f"uint64 array has values above {np.iinfo(np.uint32).max}; DatumProto stores uint32"
+      )
+    datum.uint32_list.SetInParent()
+    datum.uint32_list.value.extend(array.astype(np.uint32).ravel(order="C").tolist())
+  else:
+    raise ValueError(
+      f"unsupported array dtype {array.dtype} for DatumProto "
+      "(use float16/32/64, uint8/16/32 or bool)"
+    )
+  return datum
+
+
+def datum_to_array(datum: datum_pb2.DatumProto) -> np.ndarray:
+  """Converts a DatumProto to a NumPy array (float32 or uint32, see module doc).
+
+  Args:
+    datum: a DatumProto with a shape and one of float_list / uint32_list.
+
+  Returns:
+    The array, shaped as `datum.shape.dim`.
+
+  Raises:
+    ValueError: if the datum has no values list or its shape does not match
+      the number of values.
+  """
+  kind = datum.WhichOneof("kind_oneof")
+  if kind == "float_list":
+    values = np.array(datum.float_list.value, dtype=np.float32)
+  elif kind == "uint32_list":
+    values = np.array(datum.uint32_list.value, dtype=np.uint32)
+  else:
+    raise ValueError("DatumProto has neither float_list nor uint32_list")
+  shape = tuple(int(d) for d in datum.shape.dim)
+  if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.int64)) != values.size:
+    raise ValueError(f"DatumProto shape {list(shape)} does not match its {values.size} values")
+  return values.reshape(shape)
+
+
+def arrays_to_datum_pair(first: np.ndarray, second: np.ndarray) -> datum_pb2.DatumPairProto:
+  """Converts two arrays to a DatumPairProto (same dtype rules as above)."""
+  pair = datum_pb2.DatumPairProto()
+  pair.first.CopyFrom(array_to_datum(first))
+  pair.second.CopyFrom(array_to_datum(second))
+  return pair
+
+
+def datum_pair_to_arrays(pair: datum_pb2.DatumPairProto) -> tuple[np.ndarray, np.ndarray]:
+  """Converts a DatumPairProto to its two arrays (first, second)."""
+  return datum_to_array(pair.first), datum_to_array(pair.second)
+
+
+def serialize_array(array: np.ndarray) -> bytes:
+  """Returns the serialised DatumProto of `array`."""
+  return array_to_datum(array).SerializeToString()
+
+
+def parse_array(data: bytes) -> np.ndarray:
+  """Parses a serialised DatumProto into an array.
+
+  Raises:
+    ValueError: if `data` is not a valid DatumProto.
+  """
+  datum = datum_pb2.DatumProto()
+  try:
+    datum.ParseFromString(data)
+  except protobuf_message.DecodeError as e:
+    raise ValueError(f"not a serialised DatumProto ({e})") from e
+  return datum_to_array(datum)
+
+
+def serialize_array_pair(first: np.ndarray, second: np.ndarray) -> bytes:
+  """Returns the serialised DatumPairProto of two arrays."""
+  return arrays_to_datum_pair(first, second).SerializeToString()
+
+
+def parse_array_pair(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+  """Parses a serialised DatumPairProto into its two arrays.
+
+  Raises:
+    ValueError: if `data` is not a valid DatumPairProto.
+  """
+  pair = datum_pb2.DatumPairProto()
+  try:
+    pair.ParseFromString(data)
+  except protobuf_message.DecodeError as e:
+    raise ValueError(f"not a serialised DatumPairProto ({e})") from e
+  return datum_pair_to_arrays(pair)
+
+
+def write_to_file(path: str, array: np.ndarray) -> None:
+  """Writes `array` to `path` as a DatumProto, atomically (no partial files).
+
+  Note the argument order (path first) differs from DELF's WriteToFile.
+
+  Raises:
+    ValueError: if the dtype is unsupported.
+    IOError: naming `path`, if it cannot be written.
+  """
+  file_utils.atomic_write_bytes(path, serialize_array(array))
+
+
+def read_from_file(path: str) -> np.ndarray:
+  """Reads a DatumProto file (e.g. a `.dolg_global` / `.delg_global` file).
+
+  Raises:
+    FileNotFoundError: naming `path`, if it does not exist.
+    IOError: naming `path`, if it is not a valid DatumProto file.
+  """
+  data = file_utils.read_bytes(path)
+  try:
+    return parse_array(data)
+  except ValueError as e:
+    raise OSError(f"{path}: corrupt DatumProto file: {e}") from e
+
+
+def write_pair_to_file(path: str, first: np.ndarray, second: np.ndarray) -> None:
+  """Writes two arrays to `path` as a DatumPairProto, atomically.
+
+  Raises:
+    ValueError: if a dtype is unsupported.
+    IOError: naming `path`, if it cannot be written.
+  """
+  file_utils.atomic_write_bytes(path, serialize_array_pair(first, second))
+
+
+def read_pair_from_file(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a DatumPairProto file into its two arrays (first, second).
+
+  Raises:
+    FileNotFoundError: naming `path`, if it does not exist.
+    IOError: naming `path`, if it is not a valid DatumPairProto file.
+  """
+  data = file_utils.read_bytes(path)
+  try:
+    return parse_array_pair(data)
+  except ValueError as e:
+    raise OSError(f"{path}: corrupt DatumPairProto file: {e}") from e

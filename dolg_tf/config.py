@@ -170,6 +170,24 @@ class ModelConfig:
     return dataclasses.replace(self, **changes)
 
 
+def delg_config(**overrides) -> ModelConfig:
+  """A ModelConfig with the DELG paper's settings (keras-layout R50, GeM p=3 fixed,
+  2048-d whitening, ArcFace s=45.25 m=0.1, (x - 128) / 128 input); `overrides` win."""
+  values = dict(
+    name="delg",
+    backbone_layout="keras",
+    gem_p_trainable=False,
+    embedding_dim=2048,
+    input_mean=DELG_MEAN_RGB,
+    input_std=DELG_STD_RGB,
+    head_type="arcface",
+    head_scale=45.25,
+    head_margin=0.1,
+  )
+  values.update(overrides)
+  return ModelConfig(**values)
+
+
 def _check_choice(field: str, value, choices) -> None:
   if value not in choices:
     raise ValueError(f"ModelConfig.{field} must be one of {list(choices)}, got {value!r}")

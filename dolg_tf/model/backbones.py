@@ -261,3 +261,25 @@ class ResNetBackbone(tf.keras.layers.Layer):
       width_multiplier=self.width_multiplier,
     )
     return config
+
+
+def stage3_receptive_field(depth=50, layout="pycls", block3_strides=False):
+  """(size, stride, padding) of one stage-3 feature in input pixels.
+
+  Feature (i, j) sees the box centred on (i * stride, j * stride) with side
+  `size`; padding = (size - 1) / 2 (DELF's CalculateReceptiveBoxes
+  convention). Keras layout R50 gives DELF's (291, 16, 145); the pycls layout
+  puts the stride on the 3x3 conv and sees less (267 for R50).
+  """
+  size, jump = 7 + 2 * 2, 4  # 7x7/2 stem, then the 3x3/2 max-pool.
+  for stage_index, num_blocks in enumerate(STAGE_BLOCKS[depth][:3]):
+    stride = 1 if stage_index == 0 else 2
+    for block_index in range(num_blocks):
+      if block_index == 0 and layout == "keras":
+        jump *= stride  # the stride sits on the 1x1 before the 3x3
+      size += 2 * jump
+      if block_index == 0 and layout == "pycls":
+        jump *= stride
+  if block3_strides:
+    jump *= 2
+  return size, jump, (size - 1) // 2

@@ -1,4 +1,4 @@
-"""Exports a DOLG model as a self-contained SavedModel in TF Serving's layout.
+"""Exports DOLG/DELG models as self-contained SavedModels in TF Serving's layout.
 
 `<export_base>/<version>/` holds a SavedModel with two signatures (both
 `tensorflow/serving/predict`):
@@ -14,6 +14,10 @@
     outputs `global_descriptor` float32 [B, D]
   decoding, resizing so the longest side is at most `max_image_size`, the
   pyramid over the export's `image_scales` and pooling run inside the graph.
+
+DELG exports (`model_config.name == "delg"`) use DELF's local+global
+signature as `serving_default` (see DelgServingModule) and keep the global-only
+one as `serve_global`.
 
 The image at scale s is resized (bilinear) to round(s * H) x round(s * W),
 as DELF does. Nothing of this project is needed to load the export: only
@@ -105,6 +109,81 @@ class ServingModule(tf.Module):
     }
 
 
+class DelgServingModule(ServingModule):
+  """DELG export: DELF's local+global signature as `serving_default`.
+
+  inputs  `input_image` uint8 [H, W, 3], `input_scales` float32 [S],
+          `input_max_feature_num` int32 [], `input_abs_thres` float32 [],
+          `input_global_scales_ind` int32 [G]
+  outputs `boxes` [N, 4] (y1, x1, y2, x2 receptive boxes in input-image
+          pixels), `features` [N, d] (the autoencoder's reduced features, not
+          yet normalised: the extractor L2-normalises and applies PCA, as DELF),
+          `scales` [N], `scores` [N] (attention), `global_descriptors` [G, D]
+          (per selected scale, L2-normalised), `global_descriptor` [D] (pooled).
+  Keypoints are the features whose attention >= input_abs_thres over all
+  scales, the `input_max_feature_num` strongest kept.
+  """
+
+  def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
+    super().__init__(model, max_image_size, image_scales)
+    self.rf_size, self.rf_stride, self.rf_padding = model.receptive_field()
+
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec([None, None, 3], tf.uint8, name="input_image"),
+      tf.TensorSpec([None], tf.float32, name="input_scales"),
+      tf.TensorSpec([], tf.int32, name="input_max_feature_num"),
+      tf.TensorSpec([], tf.float32, name="input_abs_thres"),
+      tf.TensorSpec([None], tf.int32, name="input_global_scales_ind"),
+    ]
+  )
+  def serve_local(
+    self,
+    input_image,
+    input_scales,
+    input_max_feature_num,
+    input_abs_thres,
+    input_global_scales_ind,
+  ):
+    image = tf.cast(input_image, tf.float32)
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    num_scales = tf.size(input_scales)
+    arrays = [tf.TensorArray(tf.float32, size=num_scales, infer_shape=False) for _ in range(4)]
+    descriptors = tf.TensorArray(tf.float32, size=num_scales)
+    for i in tf.range(num_scales):
+      scale = input_scales[i]
+      new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+      resized = tf.image.resize(image[None], new_size, method="bilinear")
+      out = self.model(resized, training=False, return_intermediates=True)
+      attention = out["attention"][0, :, :, 0]
+      features = out["reduced_features"][0]
+      grid = tf.cast(tf.where(attention >= input_abs_thres), tf.float32)  # [n, 2] (y, x)
+      # Receptive boxes at this scale, mapped back to input-image pixels.
+      top_left = grid * self.rf_stride - self.rf_padding
+      boxes = tf.concat([top_left, top_left + self.rf_size - 1], axis=1) / scale
+      selected = attention >= input_abs_thres
+      arrays[0] = arrays[0].write(i, boxes)
+      arrays[1] = arrays[1].write(i, tf.boolean_mask(features, selected))
+      arrays[2] = arrays[2].write(i, tf.fill([tf.shape(grid)[0]], scale))
+      arrays[3] = arrays[3].write(i, tf.boolean_mask(attention, selected))
+      descriptors = descriptors.write(i, out["descriptor"][0])
+    boxes, features, scales, scores = (a.concat() for a in arrays)
+    boxes = tf.reshape(boxes, [-1, 4])
+    features = tf.reshape(features, [-1, self.model.autoencoder.reduced_dim])
+    keep = tf.math.top_k(scores, tf.minimum(input_max_feature_num, tf.size(scores))).indices
+    global_descriptors = tf.gather(descriptors.stack(), input_global_scales_ind)
+    return {
+      "boxes": tf.gather(boxes, keep),
+      "features": tf.gather(features, keep),
+      "scales": tf.gather(scales, keep),
+      "scores": tf.gather(scores, keep),
+      "global_descriptors": global_descriptors,
+      "global_descriptor": self._pool(
+        global_descriptors, tf.range(tf.shape(global_descriptors)[0])
+      ),
+    }
+
+
 def next_version(export_base: str) -> int:
   """1 + the largest numeric version folder under `export_base` (1 if none)."""
   if not tf.io.gfile.isdir(export_base):
@@ -136,11 +215,19 @@ def export_saved_model(
   tmp_dir = os.path.join(export_base, f".tmp-{version}-{os.getpid()}")
   if tf.io.gfile.exists(tmp_dir):
     tf.io.gfile.rmtree(tmp_dir)
-  module = ServingModule(model, max_image_size, image_scales)
-  signatures = {
-    "serving_default": module.serve.get_concrete_function(),
-    "serve_encoded": module.serve_encoded.get_concrete_function(),
-  }
+  if model_config.name == "delg":
+    module = DelgServingModule(model, max_image_size, image_scales)
+    signatures = {
+      "serving_default": module.serve_local.get_concrete_function(),
+      "serve_global": module.serve.get_concrete_function(),
+      "serve_encoded": module.serve_encoded.get_concrete_function(),
+    }
+  else:
+    module = ServingModule(model, max_image_size, image_scales)
+    signatures = {
+      "serving_default": module.serve.get_concrete_function(),
+      "serve_encoded": module.serve_encoded.get_concrete_function(),
+    }
   tf.saved_model.save(module, tmp_dir, signatures=signatures)
   tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
   with tf.io.gfile.GFile(os.path.join(tmp_dir, MODEL_CONFIG_ASSET), "w") as f:

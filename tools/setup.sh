@@ -60,6 +60,26 @@ else
   say "virtualenv up to date ($VENV)"
 fi
 
+# --- 2b. Optional PyTorch (checkpoint converter and its parity tests) -----------
+# DOLG_SKIP_TORCH=1 skips it; a failure only warns: the converter's tests then
+# skip with a visible reason and everything else works without torch.
+if [[ "${DOLG_SKIP_TORCH:-0}" != "1" ]]; then
+  torch_hash="$(sha256sum "$ROOT/requirements-torch.txt" | cut -d' ' -f1)"
+  torch_stamp="$VENV/.dolg_torch.sha256"
+  if [[ ! -f "$torch_stamp" || "$(cat "$torch_stamp")" != "$torch_hash" ]]; then
+    say "installing optional torch (requirements-torch.txt; log: $LOG_DIR/torch.log)"
+    if "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+         -r "$ROOT/requirements-torch.txt" >"$LOG_DIR/torch.log" 2>&1 && \
+       "$VENV/bin/python" -m pip check >>"$LOG_DIR/torch.log" 2>&1; then
+      echo "$torch_hash" >"$torch_stamp"
+    else
+      say "WARNING: optional torch install failed (see $LOG_DIR/torch.log); converter tests will skip"
+    fi
+  else
+    say "optional torch up to date"
+  fi
+fi
+
 # --- 3. Generated protobuf modules ------------------------------------------------
 # grpc_tools.protoc ships with the pinned grpcio-tools, so this works even where
 # Debian's protoc is absent; Bazel uses Debian's protoc through a genrule.

@@ -1,0 +1,82 @@
+"""Converts an official DOLG PyTorch checkpoint (.pyth) into this project's artefacts.
+
+  python -m dolg_tf.convert.convert_official_dolg --checkpoint=r101_dolg_512.pyth \
+      --output_dir=runs/official_r101 [--depth=auto] [--import_head]
+
+Writes <output_dir>/model_config.json, checkpoints/ckpt-1 (tf.train.Checkpoint
+with `model`, and `head` with --import_head), export/1 (SavedModel) and
+dolg_official.pbtxt (extraction config pointing at the export). Needs torch to
+read .pyth files (an .npz of the state dict works without it). See
+dolg_tf.convert.official_dolg for the mapping and the input convention.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from dolg_tf.convert import official_dolg
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("checkpoint", None, "Official DOLG checkpoint (.pyth/.pth, or .npz).")
+flags.DEFINE_string("output_dir", None, "New or empty output folder.")
+flags.DEFINE_string("depth", "auto", "ResNet depth (26, 50, 101, 152) or 'auto' (from the keys).")
+flags.DEFINE_bool("import_head", False, "Also import desc_cls as a CurricularFace head.")
+flags.DEFINE_list(
+  "atrous_dilations", None, "Multi-atrous dilations (not stored in checkpoints); default 6,12,18."
+)
+flags.DEFINE_float("fixed_gem_p", 3.0, "GeM p for checkpoints without a learnable pool_g.p.")
+flags.DEFINE_integer("max_image_size", 1024, "Export / extraction: cap on the largest side.")
+flags.DEFINE_list(
+  "image_scales",
+  [str(s) for s in official_dolg.OFFICIAL_SCALES],
+  "Export / extraction pyramid scales.",
+)
+flags.mark_flags_as_required(["checkpoint", "output_dir"])
+
+
+def _resolve_path(path: str) -> str:
+  """Resolves a relative command-line path against the caller's directory (bazel run)."""
+  if os.path.isabs(path):
+    return path
+  return os.path.join(os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd()), path)
+
+
+def _parse_depth(value: str) -> int | None:
+  if value == "auto":
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise app.UsageError(f"--depth must be 'auto' or an integer, got {value!r}") from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from export import export_model  # export/ sits above dolg_tf/ in the import order.
+
+  dilations = [int(d) for d in FLAGS.atrous_dilations] if FLAGS.atrous_dilations else None
+  try:
+    paths = official_dolg.convert_official_checkpoint(
+      _resolve_path(FLAGS.checkpoint),
+      _resolve_path(FLAGS.output_dir),
+      export_fn=export_model.export_saved_model,
+      depth=_parse_depth(FLAGS.depth),
+      atrous_dilations=dilations,
+      fixed_gem_p=FLAGS.fixed_gem_p,
+      import_head=FLAGS.import_head,
+      max_image_size=FLAGS.max_image_size,
+      image_scales=[float(s) for s in FLAGS.image_scales],
+    )
+  except (OSError, ImportError, ValueError) as e:
+    logging.error("%s", e)
+    sys.exit(1)
+  for name, path in paths.items():
+    logging.info("%s: %s", name, path)
+    print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

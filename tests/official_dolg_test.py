@@ -1,0 +1,569 @@
+"""Tests for dolg_tf.convert.official_dolg against a PyTorch model with the official structure.
+
+The PyTorch reference (pycls ResNet, SpatialAttention2d with optional ASPP, GeM,
+orthogonal fusion) is written here from the official code's structure and key
+names; it gets random weights and non-trivial BatchNorm statistics, is saved as
+`{"model_state": state_dict}` and converted. Parts that need torch (or
+torchvision) are skipped with a visible reason when it is not installed.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+
+from dolg_tf import config as config_lib
+from dolg_tf.convert import official_dolg
+from dolg_tf.io import config_io
+from dolg_tf.model import backbones, builder
+from export import export_model
+
+try:
+  import torch
+  import torch.nn.functional as F
+  from torch import nn
+
+  _TORCH_MISSING = ""
+except ImportError as e:  # torch is an optional dependency of the converter only.
+  torch = None
+  _TORCH_MISSING = f"torch not installed: {e}"
+
+try:
+  import torchvision
+
+  _TORCHVISION_MISSING = ""
+except ImportError as e:
+  torchvision = None
+  _TORCHVISION_MISSING = f"torchvision not installed: {e}"
+
+_BGR_MEAN = np.array([0.406, 0.456, 0.485])
+_BGR_STD = np.array([0.225, 0.224, 0.229])
+_SIZES = ((65, 47), (64, 96))
+_SMALL_BLOCKS = (2, 2, 2, 2)  # depth 26 in our config.
+# Measured differences, printed at the end: {case: {tensor: (relative, absolute)}}.
+MEASURED = {}
+
+
+def _pixels(height, width, seed):
+  return np.random.default_rng(seed).uniform(0.0, 255.0, size=[height, width, 3]).astype(np.float32)
+
+
+def _official_input(rgb):
+  """The official preprocessing: BGR, /255, (x - mean) / std, NCHW."""
+  bgr = rgb[..., ::-1].astype(np.float64) / 255.0
+  normalised = (bgr - _BGR_MEAN) / _BGR_STD
+  return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], np.float32))
+
+
+def _nchw_to_nhwc(x):
+  return x.detach().numpy().transpose(0, 2, 3, 1)
+
+
+# --------------------------------------------------------------------------- torch reference
+
+
+def _torch_dolg(blocks, dilations=None, learnable_p=True, num_classes=0, seed=0):
+  """A DOLG PyTorch model with the official module structure and key names, in eval mode."""
+
+  def conv(c_in, c_out, k, stride=1, padding=0, dilation=1, bias=False):
+    return nn.Conv2d(c_in, c_out, k, stride, padding, dilation=dilation, bias=bias)
+
+  class Transform(nn.Module):  # pycls BottleneckTransform: stride on the 3x3.
+    def __init__(self, w_in, w_out, w_b, stride):
+      super().__init__()
+      self.a, self.a_bn = conv(w_in, w_b, 1), nn.BatchNorm2d(w_b)
+      self.b, self.b_bn = conv(w_b, w_b, 3, stride, 1), nn.BatchNorm2d(w_b)
+      self.c, self.c_bn = conv(w_b, w_out, 1), nn.BatchNorm2d(w_out)
+
+    def forward(self, x):
+      x = F.relu(self.a_bn(self.a(x)))
+      x = F.relu(self.b_bn(self.b(x)))
+      return self.c_bn(self.c(x))
+
+  class Block(nn.Module):  # pycls ResBlock.
+    def __init__(self, w_in, w_out, w_b, stride):
+      super().__init__()
+      self.proj_block = w_in != w_out or stride != 1
+      if self.proj_block:
+        self.proj, self.bn = conv(w_in, w_out, 1, stride), nn.BatchNorm2d(w_out)
+      self.f = Transform(w_in, w_out, w_b, stride)
+
+    def forward(self, x):
+      shortcut = self.bn(self.proj(x)) if self.proj_block else x
+      return F.relu(shortcut + self.f(x))
+
+  class Stem(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.conv, self.bn = conv(3, 64, 7, 2, 3), nn.BatchNorm2d(64)
+
+    def forward(self, x):
+      return F.max_pool2d(F.relu(self.bn(self.conv(x))), 3, 2, 1)
+
+  class ResNet(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.stem = Stem()
+      w_in = 64
+      for k, (d, w_b) in enumerate(zip(blocks, (64, 128, 256, 512))):
+        stage = nn.Module()
+        for i in range(d):
+          stride = 2 if k > 0 and i == 0 else 1
+          stage.add_module(f"b{i + 1}", Block(w_in, 4 * w_b, w_b, stride))
+          w_in = 4 * w_b
+        self.add_module(f"s{k + 1}", stage)
+
+    def forward(self, x):
+      x = self.stem(x)
+      outputs = []
+      for k in range(4):
+        for block in getattr(self, f"s{k + 1}").children():
+          x = block(x)
+        outputs.append(x)
+      return outputs[2], outputs[3]
+
+  class ASPP(nn.Module):
+    def __init__(self, c_in):
+      super().__init__()
+      self.aspp = nn.ModuleList(
+        [conv(c_in, 512, 1, bias=True)]
+        + [conv(c_in, 512, 3, 1, d, d, bias=True) for d in dilations]
+      )
+      self.im_pool = nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), conv(c_in, 512, 1, bias=True), nn.ReLU()
+      )
+      self.conv_after = nn.Sequential(
+        conv(512 * (len(dilations) + 2), 1024, 1, bias=True), nn.ReLU()
+      )
+
+    def forward(self, x):
+      h, w = x.shape[2:]
+      pooled = F.interpolate(self.im_pool(x), size=(h, w), mode="bilinear", align_corners=False)
+      return self.conv_after(torch.cat([pooled] + [branch(x) for branch in self.aspp], 1))
+
+  class SpatialAttention2d(nn.Module):
+    def __init__(self, c_in):
+      super().__init__()
+      if dilations:
+        self.aspp = ASPP(c_in)
+      self.conv1, self.bn = conv(c_in, 1024, 1, bias=True), nn.BatchNorm2d(1024)
+      self.conv2 = conv(1024, 1, 1, bias=True)
+
+    def forward(self, x):
+      if dilations:
+        x = self.aspp(x)
+      x = self.bn(self.conv1(x))
+      normalised = F.normalize(x, p=2, dim=1)
+      attention = F.softplus(self.conv2(F.relu(x)))
+      return attention * normalised, attention
+
+  class GeM(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.p = nn.Parameter(torch.ones(1) * 3.0) if learnable_p else 3.0
+
+    def forward(self, x):
+      return F.adaptive_avg_pool2d(x.clamp(min=1e-6).pow(self.p), 1).pow(1.0 / self.p)
+
+  class CurricularHead(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.weight = nn.Parameter(torch.randn(num_classes, 512))
+      self.register_buffer("t", torch.full([1], 0.3))
+
+  class DOLG(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.pool_l = nn.AdaptiveAvgPool2d((1, 1))
+      self.pool_g = GeM()
+      self.fc_t = nn.Linear(2048, 1024)
+      self.fc = nn.Linear(2048, 512)
+      self.globalmodel = ResNet()
+      self.localmodel = SpatialAttention2d(1024)
+      if num_classes:
+        self.desc_cls = CurricularHead()
+
+    def forward(self, x):
+      f3, f4 = self.globalmodel(x)
+      fl, _ = self.localmodel(f3)
+      fg = self.fc_t(self.pool_g(f4).flatten(1))
+      fg_norm = torch.norm(fg, p=2, dim=1)
+      proj = torch.bmm(fg.unsqueeze(1), torch.flatten(fl, start_dim=2))
+      proj = torch.bmm(fg.unsqueeze(2), proj).view(fl.size())
+      proj = proj / (fg_norm * fg_norm).view(-1, 1, 1, 1)
+      fo = self.pool_l(fl - proj).flatten(1)
+      embedding = self.fc(torch.cat((fg, fo), 1))
+      return dict(f3=f3, f4=f4, f_g=fg, f_l=fl, descriptor=F.normalize(embedding, p=2, dim=1))
+
+  torch.manual_seed(seed)
+  model = DOLG()
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.2)
+        module.running_mean.normal_(0.0, 0.2)
+        module.running_var.uniform_(0.5, 2.0)
+      elif isinstance(module, nn.Conv2d) and module.bias is None:  # backbone: pycls init.
+        module.weight.normal_(
+          0.0, (2.0 / (module.kernel_size[0] ** 2 * module.out_channels)) ** 0.5
+        )
+    if learnable_p:
+      model.pool_g.p.fill_(2.7)
+  return model.eval()
+
+
+def _save(obj, path):
+  torch.save(obj, path)
+  return path
+
+
+# --------------------------------------------------------------------------- tests
+
+
+class TorchFreeTest(tf.test.TestCase):
+  """What works without torch: structure inference, .npz round trips, errors."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    tf.keras.utils.set_random_seed(3)
+    cls.config = config_lib.ModelConfig(
+      backbone_depth=26,
+      backbone_width_multiplier=0.25,
+      local_dim=64,
+      embedding_dim=32,
+      use_multi_atrous=True,
+      atrous_dilations=(1, 2),
+      gem_p=2.5,
+      **official_dolg.OFFICIAL_INPUT,
+    )
+    cls.model = builder.build_model(cls.config, image_size=64)
+    for variable in cls.model.variables:  # non-trivial BatchNorm statistics
+      if "moving_variance" in variable.name:
+        variable.assign(np.random.uniform(0.5, 2.0, variable.shape))
+      elif "moving_mean" in variable.name or "beta" in variable.name:
+        variable.assign(np.random.normal(0.0, 0.2, variable.shape))
+    cls.state = official_dolg.official_state_dict(cls.model)
+
+  def test_official_input_reproduces_bgr_preprocessing(self):
+    rgb = _pixels(5, 4, 0)
+    normalise = builder.build_model(self.config).input_normalization
+    expected = ((rgb[..., ::-1] / 255.0 - _BGR_MEAN) / _BGR_STD)[None]
+    self.assertAllClose(normalise(rgb[None]), expected, atol=1e-5)
+
+  def test_npz_round_trip_with_module_prefix(self):
+    path = os.path.join(self.create_tempdir(), "dolg.npz")
+    np.savez(path, **{f"module.{k}": v for k, v in self.state.items()}, **{"desc_cls.t": [0.1]})
+    converted = official_dolg.load_official_checkpoint(path, atrous_dilations=(1, 2))
+    self.assertEqual(converted.config.backbone_depth, 26)
+    self.assertEqual(converted.config.backbone_width_multiplier, 0.25)
+    self.assertTrue(converted.config.use_multi_atrous)
+    self.assertTrue(converted.config.gem_p_trainable)
+    self.assertEqual((converted.config.local_dim, converted.config.embedding_dim), (64, 32))
+    self.assertEqual(converted.config.input_channel_order, "BGR")
+    self.assertEqual(converted.report.unused, ["desc_cls.t"])
+    self.assertEqual(converted.report.loaded, len(self.state))
+    images = tf.constant(_pixels(70, 50, 1)[None])
+    self.assertAllClose(converted.model(images), self.model(images), atol=1e-6)
+    for key, value in official_dolg.official_state_dict(converted.model).items():
+      self.assertAllEqual(value, self.state[key], msg=key)
+
+  def test_depth_inference(self):
+    for blocks, depth in ((2, 26), (6, 50), (23, 101), (36, 152)):
+      state = {f"globalmodel.s3.b{i + 1}.f.a.weight": np.zeros(1) for i in range(blocks)}
+      state.update(
+        {
+          "globalmodel.stem.conv.weight": np.zeros([64, 3, 7, 7]),
+          "fc_t.weight": np.zeros([1024, 2048]),
+          "fc.weight": np.zeros([512, 2048]),
+        }
+      )
+      config = official_dolg.infer_model_config(state)
+      self.assertEqual(config.backbone_depth, depth)
+      self.assertFalse(config.use_multi_atrous)
+      self.assertFalse(config.gem_p_trainable)
+      self.assertEqual(config.gem_p, 3.0)
+    state["globalmodel.s3.b40.f.a.weight"] = np.zeros(1)
+    with self.assertRaisesRegex(ValueError, r"<state dict>: cannot infer the ResNet depth: 40"):
+      official_dolg.infer_model_config(state)
+
+  def test_mismatches_name_the_first_key(self):
+    missing = dict(self.state)
+    del missing["globalmodel.s2.b1.f.b_bn.running_var"]
+    with self.assertRaisesRegex(
+      ValueError, r"^<state dict>: missing key 'globalmodel.s2.b1.f.b_bn.running_var'"
+    ):
+      official_dolg.load_official_checkpoint(missing, atrous_dilations=(1, 2))
+    wrong = dict(self.state)
+    wrong["localmodel.conv2.weight"] = np.zeros([1, 64, 3, 3], np.float32)
+    with self.assertRaisesRegex(
+      ValueError,
+      r"shape mismatch for 'localmodel.conv2.weight': expected \(1, 64, 1, 1\), "
+      r"found \(1, 64, 3, 3\)",
+    ):
+      official_dolg.load_official_checkpoint(wrong, atrous_dilations=(1, 2))
+    extra = dict(self.state)
+    extra["globalmodel.s4.b3.f.a.weight"] = np.zeros([128, 512, 1, 1], np.float32)
+    with self.assertRaisesRegex(ValueError, r"unexpected key 'globalmodel.s4.b3.f.a.weight'"):
+      official_dolg.load_official_checkpoint(extra, atrous_dilations=(1, 2))
+    with self.assertRaisesRegex(ValueError, r"2 dilated conv\(s\).*3 dilation\(s\)"):
+      official_dolg.load_official_checkpoint(self.state)  # official 6/12/18 by default
+    with self.assertRaisesRegex(ValueError, r"not a state dict"):
+      official_dolg.load_official_checkpoint({"model_state": {"x": "text"}})
+
+  def test_unreadable_files_are_named(self):
+    path = os.path.join(self.create_tempdir(), "broken.npz")
+    with open(path, "wb") as f:
+      f.write(b"not a zip file")
+    with self.assertRaisesRegex(ValueError, r"broken.npz: not a readable .npz"):
+      official_dolg.read_state_dict(path)
+    path = os.path.join(self.create_tempdir(), "garbage.pyth")
+    with open(path, "wb") as f:
+      f.write(b"definitely not a checkpoint " * 10)
+    with self.assertRaisesRegex(ValueError, r"garbage.pyth: not a PyTorch checkpoint"):
+      official_dolg.load_official_checkpoint(path)
+    with self.assertRaisesRegex(FileNotFoundError, r"nowhere.pyth"):
+      official_dolg.read_state_dict(os.path.join(self.get_temp_dir(), "nowhere.pyth"))
+
+  def test_pbtxt_is_a_valid_official_config(self):
+    text = official_dolg.official_dolg_pbtxt("/models/dolg/export/1")
+    config = config_io.parse_dolg_config(text)
+    self.assertEqual(config.model_path, "/models/dolg/export/1")
+    self.assertAllClose(list(config.image_scales), [0.7071, 1.0, 1.4142])
+    self.assertEqual(config.max_image_size, 1024)
+    self.assertEqual(config.global_config.scale_pooling, config.global_config.AVERAGE)
+
+  def test_torchvision_npz_round_trip(self):
+    backbone = backbones.ResNetBackbone(26, "pycls", width_multiplier=0.25)
+    backbone(tf.zeros([1, 32, 32, 3]))
+    for variable in backbone.variables:
+      if "moving" in variable.name:
+        variable.assign(np.random.uniform(0.5, 1.5, variable.shape))
+    state = official_dolg.torchvision_state_dict(backbone)
+    self.assertIn("layer3.0.downsample.0.weight", state)
+    self.assertEqual(state["conv1.weight"].shape, (16, 3, 7, 7))
+    path = os.path.join(self.create_tempdir(), "resnet.npz")
+    np.savez(path, **state, **{"fc.weight": np.zeros([10, 512]), "fc.bias": np.zeros([10])})
+    fresh = backbones.ResNetBackbone(26, "pycls", width_multiplier=0.25)
+    report = official_dolg.load_torchvision_resnet(fresh, path)
+    self.assertEqual(report.unused, ["fc.bias", "fc.weight"])
+    self.assertEqual(report.loaded, len(state))
+    exported = official_dolg.torchvision_state_dict(fresh)
+    self.assertEqual(sorted(exported), sorted(state))
+    for key in state:
+      self.assertAllEqual(exported[key], state[key], msg=key)
+    images = tf.random.normal([1, 40, 56, 3], seed=2)
+    for a, b in zip(fresh(images, training=False), backbone(images, training=False)):
+      self.assertAllClose(a, b, atol=1e-6)
+    del state["layer2.1.bn2.running_mean"]
+    with self.assertRaisesRegex(ValueError, r"missing key 'layer2.1.bn2.running_mean'"):
+      official_dolg.load_torchvision_resnet(fresh, state)
+    with self.assertRaisesRegex(ValueError, r"backbone_layout='pycls'"):
+      official_dolg.load_torchvision_resnet(backbones.ResNetBackbone(26, "keras"), state)
+
+
+@absltest.skipUnless(torch is not None, _TORCH_MISSING or "torch not installed")
+class OfficialParityTest(tf.test.TestCase):
+  """Converted checkpoints against the PyTorch reference."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    torch.set_num_threads(2)
+    cls.tmp = tf.compat.v1.test.get_temp_dir()
+
+  @classmethod
+  def tearDownClass(cls):
+    for case, values in sorted(MEASURED.items()):
+      line = ", ".join(f"{k} rel {r:.1e} abs {a:.1e}" for k, (r, a) in values.items())
+      print(f"[official_dolg parity] {case}: {line}")
+    super().tearDownClass()
+
+  def _convert(self, torch_model, name, **kwargs):
+    path = _save({"model_state": torch_model.state_dict(), "epoch": 3}, f"{self.tmp}/{name}.pyth")
+    return official_dolg.load_official_checkpoint(path, **kwargs)
+
+  def _assert_parity(self, case, torch_model, tf_model, sizes):
+    measured = MEASURED.setdefault(case, {})
+    for index, (height, width) in enumerate(sizes):
+      rgb = _pixels(height, width, seed=10 + index)
+      with torch.no_grad():
+        expected = torch_model(_official_input(rgb))
+      got = tf_model(tf.constant(rgb[None]), training=False, return_intermediates=True)
+      for key in ("f3", "f4", "f_g", "f_l", "descriptor"):
+        want = expected[key]
+        want = _nchw_to_nhwc(want) if want.ndim == 4 else want.numpy()
+        self.assertEqual(got[key].shape, want.shape, msg=f"{case} {key} {height}x{width}")
+        absolute = float(np.max(np.abs(got[key].numpy() - want)))
+        relative = absolute / float(np.max(np.abs(want)))
+        old = measured.get(key, (0.0, 0.0))
+        measured[key] = (max(old[0], relative), max(old[1], absolute))
+        self.assertLessEqual(relative, 1e-4, msg=f"{case} {key} {height}x{width}")
+        if key == "descriptor":
+          self.assertLessEqual(absolute, 1e-5, msg=f"{case} {height}x{width}")
+
+  def test_r50_learnable_p(self):
+    torch_model = _torch_dolg((3, 4, 6, 3), seed=1)
+    converted = self._convert(torch_model, "r50")
+    config = converted.config
+    self.assertEqual(config.backbone_depth, 50)
+    self.assertFalse(config.use_multi_atrous)
+    self.assertTrue(config.gem_p_trainable)
+    self.assertAllClose(converted.model.pool_g.p, 2.7)
+    self.assertEqual(converted.report.unused, [])
+    self.assertGreater(converted.report.ignored, 0)  # num_batches_tracked
+    self._assert_parity("R50 learnable p", torch_model, converted.model, _SIZES)
+
+  def test_multi_atrous(self):
+    torch_model = _torch_dolg(_SMALL_BLOCKS, dilations=(6, 12, 18), seed=2)
+    converted = self._convert(torch_model, "aspp")
+    self.assertEqual(converted.config.backbone_depth, 26)
+    self.assertTrue(converted.config.use_multi_atrous)
+    self.assertEqual(converted.config.atrous_dilations, (6, 12, 18))
+    # Odd 65x47 and even 208x304: the latter gives a 13x19 stage-3 map, so the
+    # dilated taps see real data (on tiny maps they all fall in the padding).
+    self._assert_parity("R26 multi-atrous", torch_model, converted.model, ((65, 47), (208, 304)))
+
+  def test_fixed_p_pipeline_export_and_head(self):
+    torch_model = _torch_dolg(_SMALL_BLOCKS, learnable_p=False, num_classes=7, seed=3)
+    checkpoint = _save({"model_state": torch_model.state_dict()}, f"{self.tmp}/fixed.pyth")
+    output_dir = os.path.join(self.create_tempdir(), "converted")
+    paths = official_dolg.convert_official_checkpoint(
+      checkpoint,
+      output_dir,
+      export_fn=export_model.export_saved_model,
+      import_head=True,
+      max_image_size=512,
+    )
+    config = config_lib.load_model_config(paths["model_config"])
+    self.assertFalse(config.gem_p_trainable)
+    self.assertEqual(config.gem_p, 3.0)
+    self.assertEqual(config.head_type, "curricularface")
+    self.assertEqual(paths["export"], os.path.join(output_dir, "export", "1"))
+    extraction = config_io.load_dolg_config(paths["pbtxt"])
+    self.assertEqual(config_io.resolve_model_path(extraction), paths["export"])
+    self.assertFalse([d for d in os.listdir(os.path.dirname(output_dir)) if ".tmp" in d])
+
+    # The TF checkpoint restores into a fresh model (and head) with the same outputs.
+    model = builder.build_model(config, image_size=32)
+    head = builder.build_head(config, 7)
+    head(tf.zeros([1, 512]))
+    tf.train.Checkpoint(model=model, head=head).restore(paths["checkpoint"]).assert_consumed()
+    weight = torch_model.desc_cls.weight.detach().numpy()
+    self.assertAllEqual(head.kernel, weight.T)
+    self.assertAllClose(head.t, 0.3)
+    self._assert_parity("R26 fixed p", torch_model, model, _SIZES)
+
+    # serving_default of the export = the official multi-scale pooling in torch.
+    image = np.random.default_rng(5).integers(0, 256, size=[70, 53, 3], dtype=np.uint8)
+    scales = (0.7071, 1.0)
+    serve = tf.saved_model.load(paths["export"]).signatures["serving_default"]
+    got = serve(
+      input_image=tf.constant(image),
+      input_scales=tf.constant(scales, tf.float32),
+      input_global_scales_ind=tf.constant([0, 1], tf.int32),
+    )["global_descriptor"].numpy()
+    pooled = 0.0
+    for s in scales:
+      size = [max(1, round(image.shape[0] * s)), max(1, round(image.shape[1] * s))]
+      resized = tf.image.resize(tf.cast(image, tf.float32)[None], size, method="bilinear")
+      with torch.no_grad():
+        pooled = pooled + torch_model(_official_input(resized.numpy()[0]))["descriptor"]
+    want = F.normalize(pooled / len(scales), p=2, dim=1)[0].numpy()
+    difference = float(np.max(np.abs(got - want)))
+    MEASURED["R26 fixed p SavedModel 2-scale"] = {"global_descriptor": (difference, difference)}
+    self.assertLessEqual(difference, 1e-5)
+
+  def test_bad_checkpoints_give_one_line_errors(self):
+    torch_model = _torch_dolg(_SMALL_BLOCKS, seed=4)
+    state = torch_model.state_dict()
+    # (Missing keys deeper in the network and wrong shapes: see TorchFreeTest.)
+    missing = {k: v for k, v in state.items() if k != "fc_t.weight"}
+    path = _save({"model_state": missing}, f"{self.tmp}/missing.pyth")
+    with self.assertRaisesRegex(ValueError, r"^\S*missing.pyth: missing key 'fc_t.weight'$"):
+      official_dolg.load_official_checkpoint(path)
+    wrong = dict(state, **{"fc.weight": torch.zeros(512, 1000)})
+    path = _save(wrong, f"{self.tmp}/wrong.pyth")  # a bare state dict
+    with self.assertRaisesRegex(
+      ValueError, r"wrong.pyth: shape mismatch for 'fc.weight': expected \(512, 2048\), found "
+    ):
+      official_dolg.load_official_checkpoint(path)
+    path = _save({"model_state": state}, f"{self.tmp}/truncated.pyth")
+    with open(path, "rb") as f:
+      data = f.read()
+    with open(path, "wb") as f:
+      f.write(data[: len(data) // 2])
+    with self.assertRaisesRegex(ValueError, r"truncated.pyth: not a readable PyTorch checkpoint"):
+      official_dolg.load_official_checkpoint(path)
+    path = _save({"model_state": [1, 2, 3]}, f"{self.tmp}/list.pyth")
+    with self.assertRaisesRegex(ValueError, r"list.pyth: not a state dict"):
+      official_dolg.load_official_checkpoint(path)
+    # DataParallel's `module.` prefix is stripped (the head's keys stay unused: TorchFreeTest).
+    prefixed = {f"module.{k}": v for k, v in state.items()}
+    loaded = official_dolg.read_state_dict(_save(prefixed, f"{self.tmp}/dp.pyth"))
+    self.assertEqual(sorted(loaded), sorted(state))
+    self.assertAllEqual(loaded["fc.weight"], state["fc.weight"].numpy())
+
+  def test_torchvision_names_load_the_pycls_backbone(self):
+    torch_model = _torch_dolg(_SMALL_BLOCKS, seed=6).globalmodel
+    renames = {
+      "f.a.": "conv1.",
+      "f.a_bn.": "bn1.",
+      "f.b.": "conv2.",
+      "f.b_bn.": "bn2.",
+      "f.c.": "conv3.",
+      "f.c_bn.": "bn3.",
+      "proj.": "downsample.0.",
+      "bn.": "downsample.1.",
+    }
+    state = {}
+    for key, value in torch_model.state_dict().items():
+      if key.startswith("stem."):
+        key = key.replace("stem.conv.", "conv1.").replace("stem.bn.", "bn1.")
+      else:
+        stage, block, rest = key.split(".", 2)
+        rest = next(new + rest[len(old) :] for old, new in renames.items() if rest.startswith(old))
+        key = f"layer{stage[1:]}.{int(block[1:]) - 1}.{rest}"
+      state[key] = value
+    backbone = backbones.ResNetBackbone(26, "pycls")
+    report = official_dolg.load_torchvision_resnet(backbone, state)
+    self.assertEqual(report.unused, [])
+    x = np.random.default_rng(7).normal(size=[1, 3, 61, 80]).astype(np.float32)
+    with torch.no_grad():
+      want = torch_model(torch.from_numpy(x))
+    got = backbone(tf.constant(x.transpose(0, 2, 3, 1)), training=False)
+    for g, w in zip(got, want):
+      w = _nchw_to_nhwc(w)
+      self.assertLessEqual(np.max(np.abs(g.numpy() - w)) / np.max(np.abs(w)), 1e-4)
+
+  @absltest.skipUnless(
+    torch is not None and torchvision is not None,
+    _TORCHVISION_MISSING or _TORCH_MISSING or "torchvision not installed",
+  )
+  def test_torchvision_resnet50(self):
+    reference = torchvision.models.resnet50(weights=None).eval()
+    with torch.no_grad():
+      for module in reference.modules():
+        if isinstance(module, nn.BatchNorm2d):
+          module.running_mean.normal_(0.0, 0.2)
+          module.running_var.uniform_(0.5, 2.0)
+    path = _save(reference.state_dict(), f"{self.tmp}/resnet50.pth")
+    backbone = backbones.ResNetBackbone(50, "pycls")
+    report = official_dolg.load_torchvision_resnet(backbone, path)
+    self.assertEqual(report.unused, ["fc.bias", "fc.weight"])
+    x = np.random.default_rng(8).normal(size=[1, 3, 65, 47]).astype(np.float32)
+    with torch.no_grad():
+      t = torch.from_numpy(x)
+      for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"):
+        t = getattr(reference, name)(t)
+      want3, want4 = t, reference.layer4(t)
+    got3, got4 = backbone(tf.constant(x.transpose(0, 2, 3, 1)), training=False)
+    for g, w in ((got3, want3), (got4, want4)):
+      w = _nchw_to_nhwc(w)
+      self.assertLessEqual(np.max(np.abs(g.numpy() - w)) / np.max(np.abs(w)), 1e-4)
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -85,19 +85,25 @@ def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
   return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def preprocess_train(image: tf.Tensor, image_size: int, seed: tf.Tensor) -> tf.Tensor:
+def preprocess_train(
+  image: tf.Tensor,
+  image_size: int,
+  seed: tf.Tensor,
+  area_range: tuple[float, float] = (0.08, 1.0),
+) -> tf.Tensor:
   """Random-resized crop, random horizontal flip, resize; uint8 -> float32 [0, 255].
 
   Args:
     image: uint8 RGB [H, W, 3].
     image_size: output side.
     seed: [2] stateless seed; the same seed gives the same output.
+    area_range: range of the crop's relative area.
 
   Returns:
     float32 [image_size, image_size, 3].
   """
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
-  image = random_resized_crop(image, seeds[0])
+  image = random_resized_crop(image, seeds[0], area_range=area_range)
   image = tf.image.stateless_random_flip_left_right(image, seeds[1])
   image = _resize(image, image_size)
   image.set_shape([image_size, image_size, 3])
@@ -125,6 +131,7 @@ def make_dataset(
   center_crop: bool = True,
   repeat: bool | None = None,
   input_context: tf.distribute.InputContext | None = None,
+  crop_area_range: tuple[float, float] = (0.08, 1.0),
 ) -> tf.data.Dataset:
   """Batches of (images, labels) from GLDv2-layout TFRecords.
 
@@ -142,6 +149,7 @@ def make_dataset(
     center_crop: evaluation only: resize the central square (True) or the
       whole image (False, aspect not kept).
     repeat: repeat forever; None: same as `training`.
+    crop_area_range: training: relative area range of the random-resized crop.
     input_context: tf.distribute input context; the files (or, with fewer
       files than pipelines, the records) are sharded across input pipelines.
 
@@ -192,7 +200,7 @@ def make_dataset(
     def train_map(index, serialized):
       image, label = parse(serialized)
       element_seed = tf.stack([base_seed, index])
-      return preprocess_train(image, image_size, element_seed), label
+      return preprocess_train(image, image_size, element_seed, crop_area_range), label
 
     dataset = dataset.enumerate().map(train_map, num_parallel_calls=AUTOTUNE, deterministic=True)
   else:

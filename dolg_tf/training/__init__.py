@@ -1,0 +1,1 @@
+"""Training: configuration, learning-rate schedules and the distributed loop."""

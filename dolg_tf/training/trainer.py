@@ -1,0 +1,392 @@
+"""The distributed training loop: model + margin head + SGD under tf.distribute.
+
+Checkpoints (tf.train.CheckpointManager) hold the model, the head and the
+optimizer (its `iterations` is the global step), so a restarted run resumes at
+the saved step with the same optimizer state. TF writes a checkpoint's files
+before it atomically rewrites the `checkpoint` index, so a run killed at any
+moment (even SIGKILL) leaves the previous checkpoint usable.
+"""
+
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+
+import tensorflow as tf
+from absl import logging
+from official.common import distribute_utils
+
+from dolg_tf import config as config_lib
+from dolg_tf.data import gldv2, input_pipeline
+from dolg_tf.model import builder
+from dolg_tf.training import schedules
+from dolg_tf.training import train_config as train_config_lib
+
+CHECKPOINT_SUBDIR = "checkpoints"
+# DELG's loss weights (DELF train.py defaults).
+DELG_ATTENTION_LOSS_WEIGHT = 1.0
+DELG_RECONSTRUCTION_LOSS_WEIGHT = 10.0
+EXPORT_SUBDIR = "export"
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or Inf."""
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def count_examples(file_pattern: str) -> int:
+  """Number of records in the TFRecord files matching `file_pattern`."""
+  files = tf.io.gfile.glob(file_pattern)
+  return int(sum(1 for _ in tf.data.TFRecordDataset(files)))
+
+
+def build_strategy(config: train_config_lib.TrainConfig) -> tf.distribute.Strategy:
+  """The tf.distribute strategy named by the config (tf-models-official helper)."""
+  if config.distribution_strategy == "one_device":
+    device = "/gpu:0" if config.num_gpus > 0 else "/cpu:0"
+    return tf.distribute.OneDeviceStrategy(device)
+  return distribute_utils.get_distribution_strategy(
+    distribution_strategy=config.distribution_strategy,
+    num_gpus=config.num_gpus,
+    tpu_address=config.tpu or None,
+  )
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  return resolver.task_type == "chief" or (
+    resolver.task_type == "worker"
+    and resolver.task_id == 0
+    and "chief" not in resolver.cluster_spec().as_dict()
+  )
+
+
+class Trainer:
+  """Owns the strategy, model, head, optimizer, data and checkpoints of one run."""
+
+  def __init__(
+    self,
+    model_config: config_lib.ModelConfig,
+    config: train_config_lib.TrainConfig,
+    class_counts=None,
+  ):
+    """Builds everything and restores the latest checkpoint of `config.logdir`.
+
+    Args:
+      model_config: the network and head.
+      config: training settings; `train_file_pattern` must match files.
+      class_counts: optional per-class image counts (sub-center head margins).
+
+    Raises:
+      FileNotFoundError: if no training file matches.
+    """
+    self.model_config = model_config
+    self.config = config
+    if not tf.io.gfile.glob(config.train_file_pattern):
+      raise FileNotFoundError(f"--train_file_pattern matches no file: {config.train_file_pattern}")
+    self.num_classes = gldv2.num_classes(config.dataset_version, config.num_classes or None)
+    tf.keras.utils.set_random_seed(config.seed)
+    tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
+    self.strategy = build_strategy(config)
+    self.is_chief = _is_chief(self.strategy)
+    self.steps_per_epoch = config.steps_per_epoch or max(
+      1, count_examples(config.train_file_pattern) // config.batch_size
+    )
+    self.total_steps = config.max_steps or max(1, config.epochs) * self.steps_per_epoch
+    self.warmup_steps = config.warmup_steps or int(config.warmup_epochs * self.steps_per_epoch)
+    self._checkpoint_dir = os.path.join(config.logdir, CHECKPOINT_SUBDIR)
+    if not self.is_chief:
+      # Non-chief workers must write checkpoints too (collective ops), but elsewhere.
+      self._checkpoint_dir = tempfile.mkdtemp(prefix="dolg_worker_ckpt_")
+    with self.strategy.scope():
+      self.is_delg = model_config.name == "delg"
+      self.model = builder.build_model(
+        model_config, image_size=config.image_size, num_classes=self.num_classes
+      )
+      self.head = builder.build_head(model_config, self.num_classes)
+      self.head(tf.zeros([1, model_config.embedding_dim]))
+      if class_counts is not None and hasattr(self.head, "set_class_counts"):
+        self.head.set_class_counts(class_counts)
+      if config.imagenet_checkpoint:
+        from dolg_tf.convert import keras_h5  # noqa: PLC0415 (optional path)
+
+        keras_h5.load_backbone_weights(self.model.backbone, config.imagenet_checkpoint)
+      self.learning_rate = schedules.build_schedule(
+        config.initial_lr,
+        self.total_steps,
+        config.lr_schedule,
+        self.warmup_steps,
+        config.warmup_factor,
+      )
+      optimizer = tf.keras.optimizers.SGD(
+        self.learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        global_clipnorm=config.clip_norm or None,
+      )
+      if config.mixed_precision == "mixed_float16":
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+      self.optimizer = optimizer
+      self.trainable_variables = self.model.trainable_variables + self.head.trainable_variables
+      self.optimizer.build(self.trainable_variables)
+      self.train_loss = tf.keras.metrics.Mean("loss")
+      # Per-term losses (DELG: global, attention, reconstruction).
+      self.term_losses = {
+        name: tf.keras.metrics.Mean(name)
+        for name in (
+          ("global_loss", "attention_loss", "reconstruction_loss") if self.is_delg else ()
+        )
+      }
+      self.train_accuracy = tf.keras.metrics.SparseCategoricalAccuracy("accuracy")
+      self.validation_accuracy = tf.keras.metrics.SparseCategoricalAccuracy("accuracy")
+    self.checkpoint = tf.train.Checkpoint(
+      model=self.model, head=self.head, optimizer=self.optimizer
+    )
+    self.manager = tf.train.CheckpointManager(
+      self.checkpoint, self._checkpoint_dir, max_to_keep=config.max_checkpoints
+    )
+    self.restored_from = None
+    if self.manager.latest_checkpoint:
+      self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+      self.restored_from = self.manager.latest_checkpoint
+      logging.info("Resumed from %s at step %d", self.restored_from, int(self.optimizer.iterations))
+    self._train_step_fn = None
+
+  @property
+  def step(self) -> int:
+    return int(self.optimizer.iterations)
+
+  def _dataset(self, file_pattern: str, training: bool) -> tf.distribute.DistributedDataset:
+    config = self.config
+
+    def dataset_fn(input_context):
+      per_replica = input_context.get_per_replica_batch_size(config.batch_size)
+      return input_pipeline.make_dataset(
+        file_pattern,
+        batch_size=per_replica,
+        image_size=config.image_size,
+        training=training,
+        seed=config.seed + self.step,
+        drop_remainder=training,
+        input_context=input_context,
+        crop_area_range=(config.min_crop_area, 1.0),
+      )
+
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  def _make_train_loop(self):
+    config = self.config
+    model, head, optimizer = self.model, self.head, self.optimizer
+    variables = self.trainable_variables
+    is_loss_scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+
+    def cross_entropy(labels, logits):
+      return tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+    def forward(images, labels):
+      """Per-example loss, logits and per-example loss terms."""
+      if not self.is_delg:
+        logits = head(model(images, training=True), labels, training=True)
+        return cross_entropy(labels, logits), logits, {}
+      out = model(images, training=True, return_intermediates=True)
+      logits = head(out["global_embedding"], labels, training=True)
+      terms = {
+        "global_loss": cross_entropy(labels, logits),
+        "attention_loss": cross_entropy(labels, out["attention_logits"]),
+        "reconstruction_loss": tf.reduce_mean(
+          tf.square(tf.stop_gradient(out["f3"]) - out["reconstructed_features"]), axis=[1, 2, 3]
+        ),
+      }
+      per_example = (
+        terms["global_loss"]
+        + DELG_ATTENTION_LOSS_WEIGHT * terms["attention_loss"]
+        + DELG_RECONSTRUCTION_LOSS_WEIGHT * terms["reconstruction_loss"]
+      )
+      return per_example, logits, terms
+
+    def step_fn(images, labels):
+      with tf.GradientTape() as tape:
+        per_example, logits, terms = forward(images, labels)
+        loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+        if config.weight_decay > 0:
+          # PyTorch SGD's coupled weight decay adds wd * w to every gradient:
+          # the gradient of wd * sum(w^2) / 2 = wd * tf.nn.l2_loss(w).
+          l2 = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
+          loss += tf.nn.scale_regularization_loss(l2)
+        scaled_loss = optimizer.get_scaled_loss(loss) if is_loss_scaled else loss
+      grads = tape.gradient(scaled_loss, variables)
+      if is_loss_scaled:
+        grads = optimizer.get_unscaled_gradients(grads)
+      optimizer.apply_gradients(zip(grads, variables))
+      self.train_loss.update_state(per_example)
+      self.train_accuracy.update_state(labels, logits)
+      for name, value in terms.items():
+        self.term_losses[name].update_state(value)
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+      for _ in tf.range(num_steps):
+        images, labels = next(iterator)
+        self.strategy.run(step_fn, args=(images, labels))
+
+    return train_loop
+
+  def validate(self, file_pattern: str | None = None) -> float:
+    """Top-1 accuracy of the cosine classifier (no margin) on validation data."""
+    file_pattern = file_pattern or self.config.validation_file_pattern
+    if not file_pattern or not tf.io.gfile.glob(file_pattern):
+      return float("nan")
+    self.validation_accuracy.reset_state()
+    model, head = self.model, self.head
+
+    @tf.function
+    def eval_step(images, labels):
+      def fn(images, labels):
+        self.validation_accuracy.update_state(labels, head(model(images, training=False)))
+
+      self.strategy.run(fn, args=(images, labels))
+
+    for i, (images, labels) in enumerate(self._dataset(file_pattern, training=False)):
+      if self.config.validation_steps and i >= self.config.validation_steps:
+        break
+      eval_step(images, labels)
+    return float(self.validation_accuracy.result())
+
+  def save_checkpoint(self) -> str:
+    path = self.manager.save(checkpoint_number=self.step)
+    logging.info("Saved checkpoint %s", path)
+    return path
+
+  def train(self) -> dict:
+    """Runs until `total_steps`; returns final metrics.
+
+    Raises:
+      NonFiniteLossError: if the loss becomes NaN/Inf (no checkpoint of the
+        diverged weights is written; the last good one stays).
+    """
+    config = self.config
+    if self.is_chief:
+      train_config_lib.save_train_config(config, config.logdir)
+      config_lib.save_model_config(self.model_config, config.logdir)
+    writer = tf.summary.create_file_writer(
+      os.path.join(config.logdir, "train") if self.is_chief else tempfile.mkdtemp()
+    )
+    validation_writer = tf.summary.create_file_writer(
+      os.path.join(config.logdir, "validation") if self.is_chief else tempfile.mkdtemp()
+    )
+    if self._train_step_fn is None:
+      self._train_step_fn = self._make_train_loop()
+    iterator = iter(self._dataset(config.train_file_pattern, training=True))
+    start_step = self.step
+    logging.info(
+      "Training %s R%d on %d classes: steps %d -> %d, global batch %d, %d replica(s), %s",
+      self.model_config.name,
+      self.model_config.backbone_depth,
+      self.num_classes,
+      start_step,
+      self.total_steps,
+      config.batch_size,
+      self.strategy.num_replicas_in_sync,
+      config.mixed_precision,
+    )
+    interrupted = []
+    previous_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+      del signum, frame
+      interrupted.append(True)
+
+    try:
+      signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+      previous_handler = None
+    metrics = {}
+    try:
+      last_time, last_step = time.time(), start_step
+      first_time = last_time
+      while self.step < self.total_steps and not interrupted:
+        num_steps = min(
+          config.log_every - self.step % config.log_every, self.total_steps - self.step
+        )
+        self._train_step_fn(iterator, tf.constant(num_steps))
+        loss = float(self.train_loss.result())
+        if not math.isfinite(loss):
+          raise NonFiniteLossError(
+            f"loss is {loss} at step {self.step}; stopping. The last good checkpoint is "
+            f"{self.manager.latest_checkpoint}; lower --initial_lr or set --clip_norm."
+          )
+        now = time.time()
+        steps_per_sec = (self.step - last_step) / max(now - last_time, 1e-9)
+        lr = float(self.learning_rate(self.step))
+        metrics = dict(loss=loss, accuracy=float(self.train_accuracy.result()), lr=lr)
+        eta = (self.total_steps - self.step) / max(steps_per_sec, 1e-9)
+        logging.info(
+          "step %d/%d | loss %.4f | acc %.3f | lr %.5f | %.2f steps/s | %.1f img/s | ETA %s",
+          self.step,
+          self.total_steps,
+          loss,
+          metrics["accuracy"],
+          lr,
+          steps_per_sec,
+          steps_per_sec * config.batch_size,
+          _format_duration(eta),
+        )
+        for name, metric in self.term_losses.items():
+          metrics[name] = float(metric.result())
+          metric.reset_state()
+        if self.term_losses:
+          logging.info(
+            "step %d | %s",
+            self.step,
+            " | ".join(f"{name} {metrics[name]:.4f}" for name in self.term_losses),
+          )
+        with writer.as_default(step=self.step):
+          for name in self.term_losses:
+            tf.summary.scalar(name, metrics[name])
+          tf.summary.scalar("loss", loss)
+          tf.summary.scalar("accuracy", metrics["accuracy"])
+          tf.summary.scalar("learning_rate", lr)
+          tf.summary.scalar("images_per_second", steps_per_sec * config.batch_size)
+        self.train_loss.reset_state()
+        self.train_accuracy.reset_state()
+        last_time, last_step = now, self.step
+        if self.step % config.checkpoint_every < num_steps or self.step >= self.total_steps:
+          self.save_checkpoint()
+        if config.validate_every and self.step % config.validate_every < num_steps:
+          self._log_validation(validation_writer)
+      if interrupted:
+        logging.warning("SIGTERM received at step %d: saving and stopping", self.step)
+        self.save_checkpoint()
+        metrics["interrupted"] = True
+        return metrics
+      if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
+        f"-{self.step}"
+      ):
+        self.save_checkpoint()
+      metrics["validation_accuracy"] = self._log_validation(validation_writer)
+      metrics["train_seconds"] = time.time() - first_time
+      return metrics
+    finally:
+      if previous_handler is not None:
+        signal.signal(signal.SIGTERM, previous_handler)
+      if not self.is_chief:
+        shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
+
+  def _log_validation(self, writer) -> float:
+    accuracy = self.validate()
+    if math.isnan(accuracy):
+      return accuracy
+    logging.info("step %d | validation accuracy %.4f", self.step, accuracy)
+    with writer.as_default(step=self.step):
+      tf.summary.scalar("accuracy", accuracy)
+    return accuracy

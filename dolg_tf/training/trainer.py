@@ -159,15 +159,17 @@ class Trainer:
     if self.manager.latest_checkpoint:
       self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
       self.restored_from = self.manager.latest_checkpoint
-      logging.info("Resumed from %s at step %d", self.restored_from, int(self.optimizer.iterations))
+      logging.info("Resumed from %s at step %d", self.restored_from, self.step)
     self._train_step_fn = None
 
   @property
   def step(self) -> int:
-    return int(self.optimizer.iterations)
+    return int(self.optimizer.iterations.numpy())
 
   def _dataset(self, file_pattern: str, training: bool) -> tf.distribute.DistributedDataset:
     config = self.config
+    # A resumed run must not replay the augmentations of the steps it already did.
+    seed = config.seed + self.step
 
     def dataset_fn(input_context):
       per_replica = input_context.get_per_replica_batch_size(config.batch_size)
@@ -176,7 +178,7 @@ class Trainer:
         batch_size=per_replica,
         image_size=config.image_size,
         training=training,
-        seed=config.seed + self.step,
+        seed=seed,
         drop_remainder=training,
         input_context=input_context,
         crop_area_range=(config.min_crop_area, 1.0),

@@ -1,60 +1,144 @@
-"""Builds a DOLG model and prints the descriptor of the bundled sample image.
+"""The README's main job: train -> export -> extract -> retrieve on synthetic landmarks.
 
-This is the README's main job until training lands: it shows the full inference
-path (image decoding, the model's own normalisation, the backbone, both
-branches, orthogonal fusion and L2 normalisation) on one image.
+  python -m dolg_tf.demo [--workdir=runs/demo] [--max_steps=600]
 
-  python -m dolg_tf.demo [--image=path] [--backbone_depth=50] [--image_size=512]
+1. `python -m dolg_tf.train --logdir=<workdir>` (the same run as
+   `bazel run //dolg_tf:train`): generates the synthetic training set, trains a
+   small DOLG on this CPU and exports `<workdir>/export/<version>`.
+2. Writes a held-out synthetic retrieval benchmark (new views of the training
+   landmarks plus distractor landmarks, Revisited-Oxford-style gnd pkl).
+3. Exports the same network with random weights, as the baseline.
+4. For both models: extraction of every benchmark image with the shipped
+   protos/dolg.pbtxt settings (DELF-format `.dolg_global` files), then exact
+   search and the revisited Easy/Medium/Hard protocol.
+
+Every step is resumable: re-running skips training, data and descriptors
+that are already there.
 """
 
 import os
+import subprocess
+import sys
 import time
 
-import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
+from google.protobuf import text_format
 
 from dolg_tf import config as config_lib
+from dolg_tf.data import synthetic
+from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.extraction import pipeline
+from dolg_tf.io import config_io
 from dolg_tf.model import builder
-
-SAMPLE_IMAGE = os.path.join(os.path.dirname(__file__), "sample_data", "landmark.jpg")
+from dolg_tf.retrieval import perform_retrieval
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("image", SAMPLE_IMAGE, "Image to describe (JPEG/PNG).")
-flags.DEFINE_integer("backbone_depth", 50, "ResNet depth: 50, 101 or 152.")
-flags.DEFINE_integer("image_size", 512, "Longest side the image is resized to.")
-flags.DEFINE_integer("seed", 0, "Seed of the random initial weights.")
+flags.DEFINE_string("workdir", "runs/demo", "Where every artifact of the demo goes.")
+flags.DEFINE_integer("max_steps", 600, "Training steps (the train binary's synthetic default).")
+flags.DEFINE_integer("num_classes", 16, "Synthetic landmark classes (training and benchmark).")
+flags.DEFINE_integer("seed", 0, "Seed of data, weights and the baseline.")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _latest_export(export_base: str) -> str | None:
+  if not os.path.isdir(export_base):
+    return None
+  versions = [int(d) for d in os.listdir(export_base) if d.isdigit()]
+  return os.path.join(export_base, str(max(versions))) if versions else None
+
+
+def train(workdir: str) -> str:
+  """Runs the training binary (resumes; skipped when an export exists). Returns the export."""
+  export_dir = _latest_export(os.path.join(workdir, "export"))
+  if export_dir:
+    logging.info("reusing the trained model %s", export_dir)
+    return export_dir
+  command = [
+    sys.executable,
+    "-m",
+    "dolg_tf.train",
+    f"--logdir={workdir}",
+    f"--max_steps={FLAGS.max_steps}",
+    f"--synthetic_classes={FLAGS.num_classes}",
+    f"--seed={FLAGS.seed}",
+  ]
+  print("$ " + " ".join(command[1:]), flush=True)
+  subprocess.run(command, check=True, cwd=REPO_ROOT)
+  return _latest_export(os.path.join(workdir, "export"))
+
+
+def export_untrained(workdir: str) -> str:
+  """Exports the trained run's network with random weights (the baseline)."""
+  from export import export_model  # noqa: PLC0415
+
+  base = os.path.join(workdir, "untrained_export")
+  existing = _latest_export(base)
+  if existing:
+    return existing
+  tf.keras.utils.set_random_seed(FLAGS.seed)
+  model_config = config_lib.load_model_config(workdir)
+  model = builder.build_model(model_config, image_size=64)
+  return export_model.export_saved_model(model, model_config, base)
+
+
+def extraction_config(model_path: str, path: str):
+  """protos/dolg.pbtxt with model_path replaced, written to `path`."""
+  config = config_io.load_dolg_config(os.path.join(REPO_ROOT, "protos", "dolg.pbtxt"))
+  config.model_path = os.path.abspath(model_path)
+  with open(path, "w") as f:
+    f.write(text_format.MessageToString(config))
+  return config
+
+
+def evaluate(name: str, model_path: str, benchmark_dir: str, workdir: str):
+  config_path = os.path.join(workdir, f"{name}.pbtxt")
+  config = extraction_config(model_path, config_path)
+  features_dir = os.path.join(workdir, f"features_{name}")
+  extractor = extractor_lib.GlobalExtractor(config, config_path)
+  tasks = pipeline.tasks_from_paths(pipeline.list_images(os.path.join(benchmark_dir, "jpg")))
+  summary = pipeline.run_extraction(extractor, tasks, features_dir)
+  if summary.failed:
+    raise RuntimeError(f"{summary.failed} images failed; see {features_dir}/failures")
+  results, text = perform_retrieval.evaluate(
+    os.path.join(benchmark_dir, "gnd_synthetic.pkl"), features_dir, features_dir
+  )
+  metrics_path = perform_retrieval.write_metrics(
+    results, text, os.path.join(workdir, f"metrics_{name}")
+  )
+  return results, text, config_path, features_dir, metrics_path
 
 
 def main(argv):
   del argv  # unused
-  path = FLAGS.image
-  if not os.path.isabs(path) and "BUILD_WORKING_DIRECTORY" in os.environ:
-    path = os.path.join(os.environ["BUILD_WORKING_DIRECTORY"], path)
-  if not os.path.exists(path):
-    raise app.UsageError(f"--image: file not found: {path}")
-  tf.keras.utils.set_random_seed(FLAGS.seed)
-  config = config_lib.ModelConfig(backbone_depth=FLAGS.backbone_depth)
-  model = builder.build_model(config)
-  image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-  height, width = image.shape[:2]
-  scale = FLAGS.image_size / max(height, width)
-  size = (max(1, round(height * scale)), max(1, round(width * scale)))
-  resized = tf.image.resize(tf.cast(image, tf.float32), size, antialias=True)
   start = time.time()
-  out = model(resized[None], training=False, return_intermediates=True)
-  elapsed = time.time() - start
-  descriptor = out["descriptor"].numpy()[0]
-  logging.info("model config: %s", config.to_dict())
-  print(f"image: {path} ({width}x{height} -> {size[1]}x{size[0]})")
-  print(f"model: DOLG R{config.backbone_depth} ({model.count_params():,} parameters, random init)")
-  for key in ("f3", "f4", "f_g", "f_l", "f_o"):
-    print(f"  {key:<4} {tuple(out[key].shape)}")
-  print(
-    f"descriptor: dim {descriptor.size}, L2 norm {np.linalg.norm(descriptor):.6f}, "
-    f"first values {np.array2string(descriptor[:6], precision=4)}"
+  workdir = os.path.abspath(
+    os.path.join(os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd()), FLAGS.workdir)
   )
-  print(f"forward pass (first call, includes tracing): {elapsed:.2f} s")
+  trained_export = train(workdir)
+  benchmark_dir = os.path.join(workdir, "benchmark")
+  if not os.path.exists(os.path.join(benchmark_dir, "gnd_synthetic.pkl")):
+    synthetic.write_retrieval_benchmark(
+      benchmark_dir, num_classes=FLAGS.num_classes, seed=FLAGS.seed
+    )
+  untrained_export = export_untrained(workdir)
+  rows = {}
+  for name, model_path in (("trained", trained_export), ("untrained", untrained_export)):
+    rows[name] = evaluate(name, model_path, benchmark_dir, workdir)
+  print("\n=== dolg_tf demo: synthetic landmarks retrieval (revisited protocol, mAP %) ===")
+  print(f"{'model':<10} {'Easy':>7} {'Medium':>7} {'Hard':>7}")
+  for name, (results, *_rest) in rows.items():
+    values = [100 * results[p].mean_ap for p in ("easy", "medium", "hard")]
+    print(f"{name:<10} " + " ".join(f"{v:7.2f}" for v in values))
+  print("\nartifacts:")
+  print(f"  training run (checkpoints, TensorBoard, configs): {workdir}")
+  print(f"  SavedModel for TF Serving / extraction:           {trained_export}")
+  print(f"  untrained baseline SavedModel:                    {untrained_export}")
+  print(f"  benchmark images and gnd:                         {benchmark_dir}")
+  for name, (_, _, config_path, features_dir, metrics_path) in rows.items():
+    print(f"  {name}: config {config_path}, descriptors {features_dir}, metrics {metrics_path}")
+  print(f"\ntotal time {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":

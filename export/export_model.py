@@ -237,3 +237,73 @@ def export_saved_model(
     f.write(json.dumps(export_config, indent=2, sort_keys=True) + "\n")
   tf.io.gfile.rename(tmp_dir, export_dir)
   return export_dir
+
+
+def export_from_checkpoint(
+  logdir: str,
+  checkpoint: str = "",
+  export_base: str = "",
+  version: int | None = None,
+  max_image_size: int = 1024,
+  image_scales=DEFAULT_SCALES,
+) -> str:
+  """Restores a training run's checkpoint and exports it.
+
+  Args:
+    logdir: the run folder (holds model_config.json and checkpoints/).
+    checkpoint: a checkpoint prefix; default the latest of `logdir`.
+    export_base: default `<logdir>/export`.
+    version, max_image_size, image_scales: as `export_saved_model`.
+
+  Raises:
+    FileNotFoundError: no model config or no checkpoint (named).
+  """
+  from dolg_tf.model import builder  # noqa: PLC0415
+
+  model_config = config_lib.load_model_config(logdir)
+  checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+  if not checkpoint:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(logdir, 'checkpoints')}")
+  model = builder.build_model(model_config, image_size=64)
+  status = tf.train.Checkpoint(model=model).restore(checkpoint)
+  status.expect_partial().assert_existing_objects_matched()
+  return export_saved_model(
+    model,
+    model_config,
+    export_base or os.path.join(logdir, "export"),
+    version,
+    max_image_size,
+    image_scales,
+  )
+
+
+def main(argv):
+  from absl import app, flags  # noqa: PLC0415
+
+  del argv  # unused
+  values = flags.FLAGS
+  if not values.logdir:
+    raise app.UsageError("--logdir is required")
+  cwd = os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd())
+  resolve = lambda p: os.path.join(cwd, p) if p and not os.path.isabs(p) else p
+  export_dir = export_from_checkpoint(
+    resolve(values.logdir),
+    resolve(values.checkpoint),
+    resolve(values.export_base),
+    values.version or None,
+    values.max_image_size,
+    [float(s) for s in values.image_scales],
+  )
+  print(f"SavedModel: {export_dir}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_string("logdir", "", "Training run folder (model_config.json, checkpoints/).")
+  flags.DEFINE_string("checkpoint", "", "Checkpoint prefix; default: the latest in --logdir.")
+  flags.DEFINE_string("export_base", "", "TF Serving model base; default <logdir>/export.")
+  flags.DEFINE_integer("version", 0, "Version folder; 0 = next free.")
+  flags.DEFINE_integer("max_image_size", 1024, "serve_encoded: longest side after resizing.")
+  flags.DEFINE_list("image_scales", [str(s) for s in DEFAULT_SCALES], "serve_encoded pyramid.")
+  app.run(main)

@@ -1,0 +1,395 @@
+r"""Exact vs ScaNN vs faiss search on synthetic retrieval-like descriptors.
+
+Data: `--num_db` unit descriptors of `--dim` dims from a long-tailed mixture
+of clusters. Cluster i has max(U[min_cluster, max_small_cluster],
+max_cluster * (i + 1) ** -zipf_exponent) members (Zipf-like: a few clusters
+with thousands of members, most with tens). Every member, and every query,
+lies at exactly cosine c to its cluster centre:
+x = c * centre + sqrt(1 - c^2) * u, u a random unit vector orthogonal to the
+centre, for each c in `--cosines` (lower c = noisier clusters). Queries are
+fresh members of clusters picked in proportion to their size.
+
+Centres and directions u are drawn from an anisotropic Gaussian (a random
+rotation of variances (i + 1) ** -spectrum_decay, i = 0..dim-1), because real
+global descriptors have a decaying PCA spectrum; with `--spectrum_decay=0`
+they are isotropic, and then the part of a top-100 outside the query's
+cluster is nearly random points that no partition-based index finds.
+
+For every c the table gives, for exact search (tiled BLAS, all queries in one
+batch) and several ScaNN / faiss settings: build time, index size (bytes of
+the serialised index; exact = the float32 matrix), queries/s for the whole
+query batch (2 threads where the library threads), recall@10 and recall@k
+against exact search, and "match R@k": the recall restricted to the exact
+top-k entries that belong to the query's own cluster (the true matches, what
+retrieval quality depends on). Under each table: the fastest setting with
+recall@k >= `--target_recall`, its speed-up over exact search and after how
+many queries its build time is paid back. A database-size sweep at
+`--sweep_cosine` then shows from which size an approximate index beats exact
+search at that recall.
+
+Usage:
+  .venv/bin/python benchmarks/search_benchmark.py --num_db=100000   # quick
+  .venv/bin/python benchmarks/search_benchmark.py                   # 1M
+
+At 1M x 512 the database is 2 GB of float32; one database and one index
+exist at a time (peak well under 24 GB).
+"""
+
+import os
+
+# faiss k-means / HNSW run many short OpenMP parallel regions; on a shared or
+# oversubscribed machine spin-waiting threads make builds 5-10x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import math  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from dolg_tf.retrieval import search  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("num_db", 1_000_000, "Database size.")
+flags.DEFINE_integer("num_queries", 1000, "Number of queries.")
+flags.DEFINE_integer("dim", 512, "Descriptor dimension.")
+flags.DEFINE_list("cosines", ["0.3", "0.5", "0.7"], "Member-to-centre cosines (noise levels).")
+flags.DEFINE_float("spectrum_decay", 0.8, "Variance decay exponent (0 = isotropic).")
+flags.DEFINE_integer("k", 100, "Neighbours per query.")
+flags.DEFINE_integer("max_cluster", 5000, "Size of the largest cluster.")
+flags.DEFINE_integer("min_cluster", 10, "Smallest tail cluster size.")
+flags.DEFINE_integer("max_small_cluster", 60, "Largest tail cluster size.")
+flags.DEFINE_float("zipf_exponent", 1.0, "Exponent of the head of the size law.")
+flags.DEFINE_float("target_recall", 0.9, "Recall@k that counts as good enough.")
+flags.DEFINE_integer("hnsw_max_db", 200_000, "Benchmark faiss HNSW only up to this size.")
+flags.DEFINE_integer("scann_training_sample", 50_000, "ScaNN tree / AH training sample.")
+flags.DEFINE_float("sweep_cosine", 0.5, "Cosine of the database-size sweep (<= 0: no sweep).")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+
+_CHUNK = 65536
+# An approximate index "pays off" when it is at least this much faster.
+_PAYS_OFF_SPEEDUP = 1.25
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cluster_sizes(rng, num_db):
+  """Zipf-like head and a tail of tens, summing exactly to num_db."""
+  sizes, total, i = [], 0, 0
+  while total < num_db:
+    head = int(round(FLAGS.max_cluster * (i + 1) ** -FLAGS.zipf_exponent))
+    size = max(int(rng.integers(FLAGS.min_cluster, FLAGS.max_small_cluster + 1)), head)
+    size = min(size, num_db - total)
+    sizes.append(size)
+    total += size
+    i += 1
+  return np.asarray(sizes)
+
+
+class Dataset:
+  """Cluster structure fixed by the seed; descriptors generated per cosine."""
+
+  def __init__(self, num_db, num_queries, dim, seed, spectrum_decay):
+    rng = np.random.default_rng(seed)
+    self.dim = dim
+    self.seed = seed
+    self.sizes = cluster_sizes(rng, num_db)
+    self.labels = rng.permutation(np.repeat(np.arange(self.sizes.size), self.sizes))
+    self.query_labels = self.labels[rng.integers(0, num_db, num_queries)]
+    self.std = ((np.arange(dim) + 1.0) ** (-spectrum_decay / 2)).astype(np.float32)
+    self.rotation = None
+    if spectrum_decay:
+      q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+      self.rotation = np.ascontiguousarray(q.T, dtype=np.float32)
+    self.centres = search.l2_normalize(self._gaussian(self.sizes.size, rng))
+
+  def _gaussian(self, n, rng):
+    z = rng.standard_normal((n, self.dim), dtype=np.float32) * self.std
+    return z @ self.rotation if self.rotation is not None else z
+
+  def _members(self, labels, cosine, seed):
+    c = self.centres[labels]
+    u = self._gaussian(labels.size, np.random.default_rng(seed))
+    u -= np.sum(u * c, axis=1, keepdims=True) * c
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return cosine * c + np.float32(math.sqrt(1.0 - cosine * cosine)) * u
+
+  def database(self, cosine):
+    n = self.labels.size
+    db = np.empty((n, self.dim), dtype=np.float32)
+    for j, start in enumerate(range(0, n, _CHUNK)):
+      rows = slice(start, start + _CHUNK)
+      db[rows] = self._members(self.labels[rows], cosine, (self.seed, 1, j))
+    return db
+
+  def queries(self, cosine):
+    return self._members(self.query_labels, cosine, (self.seed, 2))
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+class Reference:
+  """Exact top-k of one query set, and which of its entries are true matches."""
+
+  def __init__(self, exact_ids, db_labels, query_labels, k):
+    self.ids = exact_ids
+    self.k = k
+    self.match = db_labels[exact_ids] == query_labels[:, None]
+
+  def match_fraction(self):
+    return float(self.match.mean())
+
+  def match_recall(self, ids):
+    found = [
+      np.isin(e[m], a).mean() for a, e, m in zip(ids, self.ids, self.match, strict=True) if m.any()
+    ]
+    return float(np.mean(found)) if found else float("nan")
+
+
+def _timed(fn):
+  start = time.perf_counter()
+  out = fn()
+  return out, time.perf_counter() - start
+
+
+def _build(kind, db, with_size, **params):
+  """Builds an index; returns it with (build seconds, index bytes)."""
+  index, build_s = _timed(lambda: search.make_index(kind, **params).build(db))
+  return index, (build_s, index.memory_bytes() if with_size else 0)
+
+
+def _row(rows, method, setting, build, index, queries, ref, search_s=None, ids=None):
+  """Times one search setting and records its recalls."""
+  if ids is None:
+    (ids, _), search_s = _timed(lambda: index.search(queries, ref.k))
+  build_s, nbytes = build
+  row = {
+    "method": method,
+    "setting": setting,
+    "build_s": build_s,
+    "bytes": nbytes,
+    "qps": queries.shape[0] / search_s,
+    "r10": search.recall_at_k(ids, ref.ids, 10),
+    "rk": search.recall_at_k(ids, ref.ids, ref.k),
+    "match": ref.match_recall(ids),
+  }
+  rows.append(row)
+  logging.info(
+    "%-15s %-26s build %5.1fs %7.0f q/s R@%d %.3f",
+    method,
+    setting,
+    build_s,
+    row["qps"],
+    ref.k,
+    row["rk"],
+  )
+
+
+def approximate_rows(db, queries, ref, rows, sweep=False):
+  """Builds each index once and sweeps its search-time knobs."""
+  n, dim = db.shape
+  k = ref.k
+  leaves = search.default_num_leaves(n)
+
+  def part(fraction):
+    return max(1, min(leaves, int(round(fraction * leaves))))
+
+  # ScaNN leaves / IVF lists searched, as fractions of all. IVF-Flat scans
+  # float32 vectors one query at a time (slower than batched exact search at
+  # wide settings), so its two widest settings are left out.
+  if sweep:
+    fractions = (0.02, 0.05, 0.1, 0.2, 0.4)
+  else:
+    fractions = (0.01, 0.02, 0.05, 0.1, 0.2)
+  reorders = (2 * k, 3 * k, 5 * k, 10 * k, 10 * k)
+  with_size = not sweep
+
+  index, build = _build(
+    "scann",
+    db,
+    with_size,
+    num_leaves=leaves,
+    training_sample_size=FLAGS.scann_training_sample,
+  )
+  for f, reorder in zip(fractions, reorders, strict=True):
+    index.set_search_params(num_leaves_to_search=part(f), reorder=reorder)
+    setting = f"L{leaves} search {part(f)} rr {reorder}"
+    _row(rows, "scann", setting, build, index, queries, ref)
+  del index
+
+  index, build = _build("faiss_ivf_flat", db, with_size, nlist=leaves)
+  for f in fractions[:-2]:
+    index.set_search_params(nprobe=part(f))
+    _row(rows, "faiss_ivf_flat", f"IVF{leaves} nprobe {part(f)}", build, index, queries, ref)
+  del index
+  if sweep:
+    return
+
+  m = dim // 4
+  index, build = _build("faiss_ivf_pq", db, with_size, nlist=leaves, m=m)
+  for f in (0.02, 0.05, 0.1):
+    index.set_search_params(nprobe=part(f))
+    _row(rows, "faiss_ivf_pq", f"PQ{m}x4fs nprobe {part(f)}", build, index, queries, ref)
+  del index
+
+  index, build = _build("faiss_ivf_pq", db, with_size, nlist=leaves, m=m, refine_k_factor=4)
+  for f, kf in ((0.05, 4), (0.1, 10), (0.2, 10)):
+    index.set_search_params(nprobe=part(f), refine_k_factor=kf)
+    setting = f"PQ{m}x4fs nprobe {part(f)} kf {kf}"
+    _row(rows, "faiss_ivfpq+rf", setting, build, index, queries, ref)
+  del index
+
+  if n <= FLAGS.hnsw_max_db:
+    index, build = _build("faiss_hnsw", db, with_size, m=32, ef_construction=80)
+    for ef in (128, 256, 512):
+      index.set_search_params(ef_search=ef)
+      _row(rows, "faiss_hnsw", f"HNSW32 efSearch {ef}", build, index, queries, ref)
+    del index
+
+
+def _fmt_bytes(b):
+  for unit in ("B", "KB", "MB", "GB"):
+    if b < 1024 or unit == "GB":
+      return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+    b /= 1024.0
+  return ""
+
+
+def print_table(title, rows, k):
+  print(f"\n{title}")
+  header = (
+    f"{'method':<15} {'setting':<28} {'build s':>8} {'index size':>11} {'queries/s':>10} "
+    f"{'R@10':>6} {'R@' + str(k):>6} {'match R@' + str(k):>12}"
+  )
+  print(header)
+  print("-" * len(header))
+  for r in rows:
+    print(
+      f"{r['method']:<15} {r['setting']:<28} {r['build_s']:>8.1f} {_fmt_bytes(r['bytes']):>11} "
+      f"{r['qps']:>10.0f} {r['r10']:>6.3f} {r['rk']:>6.3f} {r['match']:>12.3f}"
+    )
+
+
+def pay_off_lines(rows, k):
+  exact = rows[0]
+  lines = []
+  for key, what in (("rk", f"recall@{k}"), ("match", f"match recall@{k}")):
+    good = [r for r in rows[1:] if r[key] >= FLAGS.target_recall]
+    if not good:
+      lines.append(f"  no approximate setting reached {what} >= {FLAGS.target_recall}")
+      continue
+    best = max(good, key=lambda r: r["qps"])
+    speedup = best["qps"] / exact["qps"]
+    line = (
+      f"  fastest with {what} >= {FLAGS.target_recall}: {best['method']} "
+      f"[{best['setting']}] {best['qps']:.0f} q/s = {speedup:.1f}x exact"
+    )
+    if speedup > 1:
+      saved = 1.0 / exact["qps"] - 1.0 / best["qps"]
+      line += (
+        f"; build ({best['build_s']:.0f}s) repaid after {best['build_s'] / saved:,.0f} queries"
+      )
+    else:
+      line += "; exact search is faster at this size"
+    lines.append(line)
+  return "\n".join(lines)
+
+
+def size_sweep(data, cosine, k):
+  """Exact vs the fastest ScaNN / IVF-Flat setting with recall >= target, per size."""
+  n_full = data.labels.size
+  sizes = sorted({n_full // d for d in (500, 200, 100, 30, 10)})
+  sizes = [s for s in sizes if s >= max(2000, 4 * k)]
+  if not sizes:
+    return
+  db_full = data.database(cosine)
+  queries = data.queries(cosine)
+  print(
+    f"\nDatabase-size sweep, cosine {cosine}: fastest ScaNN / IVF-Flat setting with "
+    f"recall@{k} >= {FLAGS.target_recall} vs exact (full size: table above)"
+  )
+  header = (
+    f"{'num_db':>9} {'exact q/s':>10} {'best approximate':<44} {'q/s':>8} "
+    f"{'R@' + str(k):>6} {'speedup':>8}"
+  )
+  print(header)
+  print("-" * len(header))
+  crossover = None
+  for n in sizes:
+    db = db_full[:n]  # The database order is random: a prefix is a random subset.
+    start = time.perf_counter()
+    exact_ids, _ = search.exact_search(queries, db, k)
+    exact_qps = queries.shape[0] / (time.perf_counter() - start)
+    ref = Reference(exact_ids, data.labels[:n], data.query_labels, k)
+    rows = []
+    approximate_rows(db, queries, ref, rows, sweep=True)
+    good = [r for r in rows if r["rk"] >= FLAGS.target_recall]
+    if not good:
+      print(f"{n:>9} {exact_qps:>10.0f} {'(no setting reached the target recall)':<44}")
+      continue
+    best = max(good, key=lambda r: r["qps"])
+    speedup = best["qps"] / exact_qps
+    name = f"{best['method']} {best['setting']}"
+    print(
+      f"{n:>9} {exact_qps:>10.0f} {name:<44} {best['qps']:>8.0f} {best['rk']:>6.3f} "
+      f"{speedup:>7.1f}x"
+    )
+    if speedup >= _PAYS_OFF_SPEEDUP and crossover is None:
+      crossover = n
+  if crossover is None:
+    print(f"  approximate search was not >= {_PAYS_OFF_SPEEDUP}x faster at any swept size")
+  else:
+    print(
+      f"  approximate search pays off from about {crossover:,} database vectors (smallest "
+      f"swept size where it is >= {_PAYS_OFF_SPEEDUP}x faster at recall@{k} >= "
+      f"{FLAGS.target_recall})"
+    )
+
+
+def main(argv):
+  del argv
+  start = time.perf_counter()
+  k = FLAGS.k
+  data = Dataset(FLAGS.num_db, FLAGS.num_queries, FLAGS.dim, FLAGS.seed, FLAGS.spectrum_decay)
+  sizes = data.sizes
+  print(
+    f"Search benchmark: {FLAGS.num_db:,} x {FLAGS.dim} float32 database, "
+    f"{FLAGS.num_queries} queries, k={k}, {sizes.size:,} clusters (largest {sizes.max()}, "
+    f"median {int(np.median(sizes))}, smallest {sizes.min()}), spectrum decay "
+    f"{FLAGS.spectrum_decay}, {len(os.sched_getaffinity(0))} CPU threads; "
+    f"ScaNN: tree ~sqrt(N) leaves + AH (2 dims/block, eta 0.2, "
+    f"{FLAGS.scann_training_sample:,} training points) + float reorder; faiss IVF "
+    f"~sqrt(N) lists, inner product"
+  )
+  for cosine in [float(c) for c in FLAGS.cosines]:
+    db, gen_s = _timed(lambda cosine=cosine: data.database(cosine))
+    queries = data.queries(cosine)
+    logging.info("cosine %.2f: generated %s descriptors in %.1fs", cosine, f"{len(db):,}", gen_s)
+    exact = search.make_index("exact").build(db)
+    t0 = time.perf_counter()
+    exact_ids, _ = exact.search(queries, k)
+    exact_s = time.perf_counter() - t0
+    ref = Reference(exact_ids, data.labels, data.query_labels, k)
+    rows = []
+    build = (0.0, exact.memory_bytes())
+    setting = "tiled BLAS, batched"
+    _row(rows, "exact", setting, build, exact, queries, ref, search_s=exact_s, ids=exact_ids)
+    del exact
+    approximate_rows(db, queries, ref, rows)
+    del db
+    print_table(
+      f"member cosine {cosine:.2f}: {100 * ref.match_fraction():.0f}% of the exact top-{k} "
+      f"are the query's cluster (generated in {gen_s:.1f}s)",
+      rows,
+      k,
+    )
+    print(pay_off_lines(rows, k), flush=True)
+  if FLAGS.sweep_cosine > 0:
+    size_sweep(data, FLAGS.sweep_cosine, k)
+  print(f"\ntotal time {time.perf_counter() - start:.0f}s")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,199 @@
+"""Tests for dolg_tf.extraction.extractor (GlobalExtractor on a tiny exported DOLG)."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from dolg_tf import config as config_lib
+from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.extraction import image_loading
+from dolg_tf.io import config_io, datum_io
+from dolg_tf.model import builder
+from export import export_model
+
+TINY = config_lib.ModelConfig(
+  backbone_depth=26, backbone_width_multiplier=0.125, local_dim=32, embedding_dim=16
+)
+SCALES = (0.7071, 1.0, 1.4142)
+GlobalConfig = config_io.DolgConfig.GlobalConfig
+
+
+def _config_text(model_path, extra="", global_extra="", max_image_size=-1):
+  return f"""
+    model_path: "{model_path}"
+    image_scales: 0.7071
+    image_scales: 1.0
+    image_scales: 1.4142
+    max_image_size: {max_image_size}
+    {extra}
+    global_config {{
+      {global_extra}
+    }}
+  """
+
+
+class ExtractorTest(tf.test.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    tf.keras.utils.set_random_seed(3)
+    model = builder.build_model(TINY, image_size=64)
+    cls.base = os.path.join(tf.compat.v1.test.get_temp_dir(), "extractor_export")
+    cls.export_dir = export_model.export_saved_model(model, TINY, cls.base, image_scales=SCALES)
+    cls.loaded = tf.saved_model.load(cls.export_dir)
+    cls.default = cls._make(_config_text(cls.export_dir), load=True)
+
+  @classmethod
+  def _make(cls, text, name="c.pbtxt", load=False):
+    """An extractor for a config text; shares the loaded SavedModel unless `load`."""
+    path = os.path.join(tf.compat.v1.test.get_temp_dir(), name)
+    with open(path, "w") as f:
+      f.write(text)
+    shared = None if load else cls.loaded
+    return extractor_lib.GlobalExtractor.from_config_file(path, saved_model=shared)
+
+  def _signature(self, image, indices=(0, 1, 2)):
+    return self.loaded.signatures["serving_default"](
+      input_image=tf.constant(image),
+      input_scales=tf.constant(SCALES, tf.float32),
+      input_global_scales_ind=tf.constant(indices, tf.int32),
+    )
+
+  def _image(self, height=48, width=40, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, [height, width, 3], dtype=np.uint8)
+
+  def test_average_equals_the_saved_models_own_pooling(self):
+    image = self._image()
+    descriptor = self.default.extract(image)
+    expected = self._signature(image)["global_descriptor"].numpy()
+    self.assertEqual(descriptor.dtype, np.float32)
+    self.assertEqual(descriptor.shape, (16,))
+    self.assertAllClose(descriptor, expected, atol=1e-6)
+    self.assertAllClose(np.linalg.norm(descriptor), 1.0, atol=1e-6)
+    self.assertEqual(self.default.output_dim, 16)
+    self.assertEqual(self.default.signature_name, "serving_default")
+
+  def test_only_the_selected_scales_are_pooled(self):
+    extractor = self._make(
+      _config_text(self.export_dir, global_extra="image_scales_ind: 2 image_scales_ind: 0"),
+      "s.pbtxt",
+    )
+    self.assertAllClose(extractor.scales, [1.4142, 0.7071])
+    image = self._image(seed=1)
+    expected = self._signature(image, (0, 2))["global_descriptor"].numpy()
+    self.assertAllClose(extractor.extract(image), expected, atol=1e-6)
+
+  def test_gem_scale_pooling_is_the_signed_generalised_mean(self):
+    extractor = self._make(
+      _config_text(self.export_dir, global_extra="scale_pooling: GEM gem_p: 4.0"), "g.pbtxt"
+    )
+    image = self._image(seed=2)
+    per_scale = self._signature(image)["global_descriptors"].numpy().astype(np.float64)
+    per_scale /= np.linalg.norm(per_scale, axis=1, keepdims=True)
+    m = np.mean(np.sign(per_scale) * np.abs(per_scale) ** 4, axis=0)
+    g = np.sign(m) * np.abs(m) ** 0.25
+    descriptor = extractor.extract(image)
+    self.assertAllClose(descriptor, g / np.linalg.norm(g), atol=1e-6)
+    self.assertGreater(np.sum(descriptor < 0), 0)  # signed components survive
+    average = self.default.extract(image)
+    self.assertLess(float(np.dot(descriptor, average)), 1.0 - 1e-7)
+
+  def test_pool_scales_by_hand(self):
+    per_scale = np.array([[3.0, -4.0], [0.0, 2.0]])
+    # Rows normalised: [0.6, -0.8], [0, 1]; average [0.3, 0.1].
+    average = extractor_lib.pool_scales(per_scale, GlobalConfig.AVERAGE)
+    self.assertAllClose(average, np.array([0.3, 0.1]) / np.hypot(0.3, 0.1), atol=1e-6)
+    # p = 1 is the average; p = 2: m = [0.18, (-0.64 + 1) / 2 = 0.18].
+    self.assertAllClose(extractor_lib.pool_scales(per_scale, GlobalConfig.GEM, 1.0), average)
+    gem2 = extractor_lib.pool_scales(per_scale, GlobalConfig.GEM, 2.0)
+    self.assertAllClose(gem2, [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
+    negative = extractor_lib.pool_scales(-per_scale, GlobalConfig.GEM, 3.0)
+    self.assertAllClose(negative, -extractor_lib.pool_scales(per_scale, GlobalConfig.GEM, 3.0))
+    with self.assertRaisesRegex(ValueError, "p > 0"):
+      extractor_lib.pool_scales(per_scale, GlobalConfig.GEM, 0.0)
+
+  def test_pca_and_whitening_match_numpy(self):
+    folder = self.create_tempdir().full_path
+    rng = np.random.default_rng(4)
+    mean = rng.normal(size=16).astype(np.float32) * 0.1
+    projection = np.linalg.qr(rng.normal(size=[16, 16]))[0].astype(np.float32)
+    variances = np.sort(rng.uniform(0.01, 1.0, size=16)).astype(np.float32)[::-1].copy()
+    datum_io.write_to_file(os.path.join(folder, "mean.datum"), mean)
+    np.save(os.path.join(folder, "proj.npy"), projection)
+    datum_io.write_to_file(os.path.join(folder, "var.datum"), variances)
+    pca = f"""
+      use_pca: true
+      pca_parameters {{
+        mean_path: "{folder}/mean.datum"
+        projection_matrix_path: "{folder}/proj.npy"
+        pca_dim: 8
+        use_whitening: true
+        pca_variances_path: "{folder}/var.datum"
+      }}
+    """
+    extractor = self._make(_config_text(self.export_dir, global_extra=pca), "p.pbtxt")
+    image = self._image(seed=5)
+    pooled = self.default.extract(image).astype(np.float64)
+    expected = projection[:8].astype(np.float64) @ (pooled - mean)
+    expected /= np.sqrt(variances[:8].astype(np.float64) + extractor_lib.WHITENING_EPSILON)
+    expected /= np.linalg.norm(expected)
+    descriptor = extractor.extract(image)
+    self.assertEqual(descriptor.shape, (8,))
+    self.assertEqual(extractor.output_dim, 8)
+    self.assertAllClose(descriptor, expected, atol=1e-5)
+    # Without whitening: projection only.
+    plain = extractor_lib.apply_pca(pooled, mean, projection, 8)
+    expected_plain = projection[:8] @ (pooled - mean)
+    self.assertAllClose(plain, expected_plain / np.linalg.norm(expected_plain), atol=1e-5)
+
+  def test_pca_files_of_the_wrong_shape_are_named(self):
+    folder = self.create_tempdir().full_path
+    np.save(os.path.join(folder, "mean.npy"), np.zeros(16, np.float32))
+    np.save(os.path.join(folder, "proj.npy"), np.zeros([4, 16], np.float32))
+    pca = f"""use_pca: true pca_parameters {{ mean_path: "{folder}/mean.npy"
+      projection_matrix_path: "{folder}/proj.npy" pca_dim: 8 }}"""
+    with self.assertRaisesRegex(ValueError, "proj.npy: pca_dim 8 exceeds the 4 rows"):
+      self._make(_config_text(self.export_dir, global_extra=pca), "bad_pca.pbtxt")
+    pca = pca.replace("proj.npy", "absent.npy")
+    with self.assertRaisesRegex(FileNotFoundError, "absent.npy"):
+      self._make(_config_text(self.export_dir, global_extra=pca), "bad_pca2.pbtxt")
+
+  def test_crop_and_resize_are_honoured(self):
+    folder = self.create_tempdir().full_path
+    image = self._image(90, 60, seed=6)
+    path = os.path.join(folder, "im.png")
+    Image.fromarray(image).save(path)
+    extractor = self._make(_config_text(self.export_dir, max_image_size=32), "r.pbtxt")
+    box = (10.4, 20.0, 50.0, 70.0)  # x1, y1, x2, y2 -> rows 20:70, cols 10:50
+    prepared = extractor.load_and_preprocess(path, box)
+    cropped = image[20:70, 10:50]
+    expected_image, _ = image_loading.resize_image(cropped, 32)
+    self.assertEqual(prepared.shape, (32, 26, 3))  # 50x40 -> largest side 32
+    self.assertAllEqual(prepared, expected_image)
+    expected = self._signature(expected_image)["global_descriptor"].numpy()
+    self.assertAllClose(extractor.extract_from_file(path, box), expected, atol=1e-6)
+    # Uncropped: the whole image resized to 32x21; square: 32x32.
+    self.assertEqual(extractor.load_and_preprocess(path).shape, (32, 21, 3))
+    square = self._make(
+      _config_text(self.export_dir, extra="use_square_images: true", max_image_size=32), "q.pbtxt"
+    )
+    self.assertEqual(square.load_and_preprocess(path).shape, (32, 32, 3))
+    with self.assertRaisesRegex(image_loading.ImageLoadError, "im.png: empty crop box"):
+      extractor.load_and_preprocess(path, (70, 0, 80, 10))
+
+  def test_missing_model_is_named(self):
+    with self.assertRaisesRegex(FileNotFoundError, "model_path: '/nonexistent/model'"):
+      self._make(_config_text("/nonexistent/model"), "m.pbtxt", load=True)
+    folder = self.create_tempdir().full_path
+    with self.assertRaisesRegex(FileNotFoundError, "no saved_model.pb"):
+      self._make(_config_text(folder), "m2.pbtxt", load=True)
+
+  def test_rejects_non_uint8_images(self):
+    with self.assertRaisesRegex(ValueError, "uint8"):
+      self.default.extract(np.zeros([8, 8, 3], np.float32))
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test lint pytest bazel-test lock clean
+.PHONY: setup demo test lint pytest bazel-build bazel-test lock clean
 
 setup:
 	bash tools/setup.sh
@@ -12,15 +12,21 @@ setup:
 demo: setup
 	$(PY) -m dolg_tf.demo
 
-# The README's test command: linter, then the whole test suite.
-test: setup lint pytest
+# The README's test command: linter, the whole test suite, and the Bazel build
+# (BUILD files, offline toolchain, proto genrules). `make bazel-test` runs the
+# same tests under Bazel.
+test: setup lint pytest bazel-build
 
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 pytest:
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+bazel-build:
+	bazel build //...
 
 bazel-test: setup
 	bazel test //...

@@ -70,6 +70,10 @@ class TrainerTest(tf.test.TestCase):
 
     resumed = trainer.Trainer(TINY, self._config(logdir, max_steps=6))
     self.assertEqual(resumed.step, 4)
+    # The schedule continues from the restored step (not from 0).
+    self.assertAllClose(
+      resumed.learning_rate(resumed.optimizer.iterations), 0.01 * 0.5 * (1 + np.cos(np.pi * 4 / 6))
+    )
     self.assertEqual(resumed.restored_from, first.manager.latest_checkpoint)
     for before, after in zip(momentum_before, resumed.optimizer.variables):
       self.assertAllClose(before, after.numpy())
@@ -77,6 +81,39 @@ class TrainerTest(tf.test.TestCase):
       self.assertAllClose(a.numpy(), b.numpy())
     resumed.train()
     self.assertEqual(resumed.step, 6)
+
+  def test_tiny_model_learns_above_chance(self):
+    logdir = self.create_tempdir().full_path
+    config = self._config(
+      logdir,
+      max_steps=60,
+      batch_size=8,
+      initial_lr=0.05,
+      warmup_steps=5,
+      log_every=20,
+      checkpoint_every=60,
+      min_crop_area=0.5,
+      validation_steps=0,
+    )
+    run = trainer.Trainer(TINY, config)
+    first_losses = []
+    original_log = trainer.logging.info
+
+    def capture(message, *args):
+      if message.startswith("step %d/%d | loss"):
+        first_losses.append(args[2])
+      original_log(message, *args)
+
+    trainer.logging.info = capture
+    try:
+      metrics = run.train()
+    finally:
+      trainer.logging.info = original_log
+    chance = 1.0 / self.num_classes
+    self.assertLess(first_losses[-1], first_losses[0])
+    self.assertLess(first_losses[-1], np.log(self.num_classes))
+    self.assertGreater(metrics["accuracy"], 2 * chance)
+    self.assertGreater(metrics["validation_accuracy"], 2 * chance)
 
   def test_non_finite_loss_stops_without_saving_diverged_weights(self):
     logdir = self.create_tempdir().full_path

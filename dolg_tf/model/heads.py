@@ -48,13 +48,19 @@ class CosineHead(tf.keras.layers.Layer):
       cosines = tf.reduce_max(cosines, axis=-1)
     return tf.clip_by_value(cosines, -_COS_CLIP, _COS_CLIP)
 
-  def call(self, embeddings, labels=None, training=None):
-    """Returns scaled logits; without labels, plain scaled cosines (no margin)."""
+  def call(self, embeddings, labels=None, training=None, return_cosines=False):
+    """Returns scaled logits; without labels, plain scaled cosines (no margin).
+
+    With `return_cosines`, returns (logits, cosines): the margin-free cosines
+    give the training accuracy without a second class-weight product.
+    """
     cosines = self.cosine(embeddings)
     if labels is None:
-      return self.scale * cosines
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    return self.scale * self.apply_margin(cosines, labels, training)
+      logits = self.scale * cosines
+    else:
+      labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+      logits = self.scale * self.apply_margin(cosines, labels, training)
+    return (logits, cosines) if return_cosines else logits
 
   def apply_margin(self, cosines, labels, training):
     raise NotImplementedError

@@ -196,12 +196,14 @@ class Trainer:
       return tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
     def forward(images, labels):
-      """Per-example loss, logits and per-example loss terms."""
+      """Per-example loss, margin-free cosines (for accuracy) and per-example loss terms."""
       if not self.is_delg:
-        logits = head(model(images, training=True), labels, training=True)
-        return cross_entropy(labels, logits), logits, {}
+        logits, cosines = head(
+          model(images, training=True), labels, training=True, return_cosines=True
+        )
+        return cross_entropy(labels, logits), cosines, {}
       out = model(images, training=True, return_intermediates=True)
-      logits = head(out["global_embedding"], labels, training=True)
+      logits, cosines = head(out["global_embedding"], labels, training=True, return_cosines=True)
       terms = {
         "global_loss": cross_entropy(labels, logits),
         "attention_loss": cross_entropy(labels, out["attention_logits"]),
@@ -214,11 +216,11 @@ class Trainer:
         + DELG_ATTENTION_LOSS_WEIGHT * terms["attention_loss"]
         + DELG_RECONSTRUCTION_LOSS_WEIGHT * terms["reconstruction_loss"]
       )
-      return per_example, logits, terms
+      return per_example, cosines, terms
 
     def step_fn(images, labels):
       with tf.GradientTape() as tape:
-        per_example, logits, terms = forward(images, labels)
+        per_example, cosines, terms = forward(images, labels)
         loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
         if config.weight_decay > 0:
           # PyTorch SGD's coupled weight decay adds wd * w to every gradient:
@@ -231,7 +233,7 @@ class Trainer:
         grads = optimizer.get_unscaled_gradients(grads)
       optimizer.apply_gradients(zip(grads, variables))
       self.train_loss.update_state(per_example)
-      self.train_accuracy.update_state(labels, logits)
+      self.train_accuracy.update_state(labels, cosines)
       for name, value in terms.items():
         self.term_losses[name].update_state(value)
 

@@ -101,6 +101,15 @@ def define_flags():
   flags.DEFINE_float("alpha", 3.0, "alpha of QE and DBA.")
   flags.DEFINE_integer("num_ranked", 0, "Rank only the top-k (0 = all).")
   flags.DEFINE_string("output_dir", "", "Where metrics.json/metrics.txt go (empty: not written).")
+  flags.DEFINE_bool(
+    "use_geometric_verification", False, "Re-rank the top-k with DELG local features + RANSAC."
+  )
+  flags.DEFINE_string("local_suffix", ".delg_local", "Local feature file suffix (DelfFeatures).")
+  flags.DEFINE_integer("gv_top_k", 100, "Images re-ranked per query.")
+  flags.DEFINE_float("gv_residual_threshold", 20.0, "RANSAC residual threshold (pixels).")
+  flags.DEFINE_float(
+    "gv_distance_threshold", None, "Descriptor match threshold (default 0.8 L2 / Hamming)."
+  )
 
 
 def _resolve(path: str) -> str:
@@ -114,6 +123,26 @@ def main(argv):
   for name in ("dataset_file_path", "query_features_dir", "index_features_dir"):
     if not FLAGS[name].value:
       raise app.UsageError(f"--{name} is required")
+  if FLAGS.use_geometric_verification:
+    from dolg_tf.retrieval import rerank  # noqa: PLC0415
+
+    _, results, summary = rerank.evaluate_with_geometric_verification(
+      _resolve(FLAGS.dataset_file_path),
+      _resolve(FLAGS.query_features_dir),
+      _resolve(FLAGS.index_features_dir),
+      global_suffix=FLAGS.suffix,
+      local_suffix=FLAGS.local_suffix,
+      top_k=FLAGS.gv_top_k,
+      distance_threshold=FLAGS.gv_distance_threshold,
+      residual_threshold=FLAGS.gv_residual_threshold,
+      qe_n=FLAGS.qe_n,
+      dba_n=FLAGS.dba_n,
+      alpha=FLAGS.alpha,
+    )
+    print(summary)
+    if FLAGS.output_dir:
+      print(f"metrics: {write_metrics(results, summary, _resolve(FLAGS.output_dir))}")
+    return
   results, summary = evaluate(
     _resolve(FLAGS.dataset_file_path),
     _resolve(FLAGS.query_features_dir),

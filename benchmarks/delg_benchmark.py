@@ -1,0 +1,137 @@
+r"""DELG speed: local + global extraction throughput and re-ranking time per query.
+
+(a) An untrained DELG R50 (DELG paper settings, config.delg_config) is exported
+    to a temp folder; LocalGlobalExtractor runs `--num_images` random
+    `--image_size` x `--image_size` images through the local+global signature
+    at `--scales` (default 1.0: DELG's 7-scale pyramid costs about 5.5x more
+    pixels), keeping `--max_features` keypoints; img/s and CPU s/img are
+    printed (the first image, which traces the graph, is not timed).
+(b) Re-ranking: `--num_queries` queries, each re-ranking `--top_k` database
+    images with `--num_features` synthetic 128-D local features per image
+    (KD-tree matching + affine RANSAC, rerank.rerank), float and binarised;
+    one database image per query is a true affine match. Seconds per query.
+
+Usage:
+  .venv/bin/python benchmarks/delg_benchmark.py [--num_images=5] [--scales=1.0]
+
+Other processes on the machine slow every figure; compare within one run.
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from dolg_tf import config as config_lib
+from dolg_tf.extraction import binarize, local_extractor
+from dolg_tf.io import config_io, feature_io
+from dolg_tf.model import builder
+from dolg_tf.retrieval import rerank
+from export import export_model
+
+flags.DEFINE_integer("num_images", 5, "Images timed for extraction.")
+flags.DEFINE_integer("image_size", 512, "Square image side.")
+flags.DEFINE_list("scales", ["1.0"], "Image pyramid scales.")
+flags.DEFINE_integer("max_features", 1000, "Keypoints kept per image.")
+flags.DEFINE_integer("num_queries", 3, "Queries re-ranked.")
+flags.DEFINE_integer("top_k", 100, "Database images verified per query.")
+flags.DEFINE_integer("num_features", 1000, "Local features per image for re-ranking.")
+FLAGS = flags.FLAGS
+
+
+def _unit(x):
+  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def bench_extraction() -> None:
+  model_config = config_lib.delg_config()
+  model = builder.build_model(model_config, image_size=FLAGS.image_size)
+  with tempfile.TemporaryDirectory() as tmp:
+    export_dir = export_model.export_saved_model(model, model_config, os.path.join(tmp, "delg"))
+    scales = "\n".join(f"image_scales: {float(s)}" for s in FLAGS.scales)
+    config = config_io.parse_dolg_config(
+      f"{scales}\nuse_local_features: true\n"
+      f"local_config {{ max_feature_num: {FLAGS.max_features} }}\n"
+    )
+    extractor = local_extractor.LocalGlobalExtractor(config, model_path=export_dir)
+    rng = np.random.default_rng(0)
+    size = FLAGS.image_size
+    images = [
+      rng.integers(0, 256, [size, size, 3], dtype=np.uint8) for _ in range(FLAGS.num_images)
+    ]
+    result = extractor.extract(images[0])  # traces
+    wall, cpu = time.perf_counter(), time.process_time()
+    for image in images:
+      result = extractor.extract(image)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  print(
+    f"DELG R50 local+global extraction, {size}x{size}, scales {FLAGS.scales}: "
+    f"{FLAGS.num_images / wall:.2f} img/s ({wall / FLAGS.num_images:.2f} s/img, "
+    f"{cpu / FLAGS.num_images:.2f} CPU s/img), {len(result['scores'])} keypoints, "
+    f"local dim {result['descriptors'].shape[1]}, global dim {result['global'].shape[0]}"
+  )
+
+
+def _features(rng, locations, descriptors):
+  n = len(locations)
+  return feature_io.LocalFeatures(
+    locations.astype(np.float32),
+    np.ones(n, np.float32),
+    descriptors,
+    np.ones(n, np.float32),
+    np.zeros(n, np.float32),
+  )
+
+
+def bench_rerank() -> None:
+  rng = np.random.default_rng(1)
+  n, dim = FLAGS.num_features, 128
+  affine = np.array([[0.9, -0.1, 20.0], [0.1, 0.95, -10.0]])
+  queries, databases = [], []
+  for _ in range(FLAGS.num_queries):
+    yx = rng.uniform(0, 1024, [n, 2])
+    desc = _unit(rng.normal(size=[n, dim]))
+    queries.append(_features(rng, yx, desc))
+    database = [
+      _features(rng, rng.uniform(0, 1024, [n, 2]), _unit(rng.normal(size=[n, dim])))
+      for _ in range(FLAGS.top_k)
+    ]
+    mapped = (yx[:, ::-1] @ affine[:, :2].T + affine[:, 2])[:, ::-1]
+    noisy = _unit(desc + rng.normal(scale=0.03, size=desc.shape))
+    database[FLAGS.top_k // 2] = _features(rng, mapped, noisy)
+    databases.append(database)
+  ranks = np.tile(np.arange(FLAGS.top_k), [1, 1])
+  for binary in (False, True):
+    convert = (
+      (lambda f: f._replace(descriptors=binarize.binarize(f.descriptors))) if binary else None
+    )
+    qs = [convert(q) for q in queries] if binary else queries
+    dbs = [[convert(d) for d in db] for db in databases] if binary else databases
+    start = time.perf_counter()
+    moved = 0
+    for q in range(FLAGS.num_queries):
+      new_ranks, _ = rerank.rerank(ranks, [qs[q]], dbs[q].__getitem__, top_k=FLAGS.top_k)
+      moved += int(new_ranks[0, 0] == FLAGS.top_k // 2)
+    seconds = (time.perf_counter() - start) / FLAGS.num_queries
+    print(
+      f"re-ranking top-{FLAGS.top_k}, {n} features/image, {'binarised' if binary else 'float'} "
+      f"descriptors: {seconds:.2f} s/query ({1000 * seconds / FLAGS.top_k:.1f} ms/pair); "
+      f"true match ranked first for {moved}/{FLAGS.num_queries} queries"
+    )
+
+
+def main(argv):
+  del argv
+  print(f"load average {os.getloadavg()[0]:.2f}, TF {tf.__version__}")
+  bench_rerank()
+  bench_extraction()
+
+
+if __name__ == "__main__":
+  app.run(main)

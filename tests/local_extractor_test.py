@@ -1,0 +1,124 @@
+"""Tests for DELG local + global extraction from an exported SavedModel."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from dolg_tf import config as config_lib
+from dolg_tf.extraction import binarize, extract_delg, local_extractor, pipeline
+from dolg_tf.io import config_io, datum_io, feature_io
+from dolg_tf.model import builder
+from export import export_model
+
+TINY_DELG = config_lib.delg_config(
+  backbone_depth=26,
+  backbone_width_multiplier=0.125,
+  embedding_dim=16,
+  delg_reduced_dim=8,
+  delg_attention_hidden=16,
+)
+
+CONFIG = """
+image_scales: 0.5
+image_scales: 1.0
+max_image_size: 64
+use_global_features: true
+use_local_features: true
+global_config { image_scales_ind: 1 }
+local_config {
+  max_feature_num: 12
+  use_resized_coordinates: %s
+  binarize: %s
+}
+global_descriptor_suffix: ".delg_global"
+local_descriptor_suffix: ".delg_local"
+"""
+
+
+class LocalExtractorTest(tf.test.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    tf.keras.utils.set_random_seed(5)
+    model = builder.build_model(TINY_DELG, image_size=64)
+    base = os.path.join(tf.compat.v1.test.get_temp_dir(), "local_extractor_export")
+    cls.export_dir = export_model.export_saved_model(model, TINY_DELG, base)
+    cls.loaded = tf.saved_model.load(cls.export_dir)
+    # 96 x 128: max_image_size 64 resizes it to 48 x 64 (factor 0.5).
+    cls.image = np.random.default_rng(0).integers(0, 256, [96, 128, 3], dtype=np.uint8)
+
+  def _extractor(self, resized=False, binary=False):
+    text = CONFIG % (str(resized).lower(), str(binary).lower())
+    config = config_io.parse_dolg_config(text)
+    return local_extractor.LocalGlobalExtractor(
+      config, model_path=self.export_dir, saved_model=self.loaded
+    )
+
+  def test_features_in_original_coordinates(self):
+    extractor = self._extractor()
+    result = extractor.extract(self.image)
+    n = len(result["scores"])
+    self.assertBetween(n, 1, 12)
+    self.assertEqual(result["locations"].shape, (n, 2))
+    self.assertEqual(result["descriptors"].shape, (n, 8))
+    self.assertAllClose(np.linalg.norm(result["descriptors"], axis=1), np.ones(n), atol=1e-5)
+    self.assertTrue(np.all(np.diff(result["scores"]) <= 0))
+    self.assertEqual(result["global"].shape, (16,))
+    self.assertAllClose(np.linalg.norm(result["global"]), 1.0, atol=1e-5)
+    locations = result["locations"]
+    self.assertTrue(np.all(locations >= 0))
+    self.assertTrue(np.all(locations[:, 0] <= 96) and np.all(locations[:, 1] <= 128))
+    # Resized coordinates are the same points at the resize factor 0.5.
+    resized = self._extractor(resized=True).extract(self.image)
+    self.assertAllClose(resized["locations"] * 2.0, locations, atol=1e-3)
+    self.assertTrue(np.all(resized["locations"][:, 0] <= 48))
+    # Keypoints are the box centres of the raw signature output.
+    raw = extractor.run_model(extractor.preprocess(self.image).image)
+    self.assertAllClose(local_extractor.keypoint_centers(raw["boxes"]) * 2.0, locations, atol=1e-3)
+
+  def test_files_written_and_readable(self):
+    out = self.create_tempdir().full_path
+    extractor = self._extractor()
+    result = extractor.extract(self.image)
+    paths = extractor.write_outputs(out, "img", result)
+    self.assertEqual(paths, extractor.output_paths(out, "img"))
+    self.assertAllClose(datum_io.read_from_file(paths[0]), result["global"])
+    features = feature_io.read_from_file(paths[1])
+    self.assertAllClose(features.locations, result["locations"])
+    self.assertAllClose(features.descriptors, result["descriptors"])
+    self.assertAllClose(features.attention, result["scores"])
+    self.assertAllClose(features.scales, result["scales"])
+    self.assertEqual(sorted(os.listdir(out)), ["img.delg_global", "img.delg_local"])
+
+  def test_binarized_files_round_trip(self):
+    out = self.create_tempdir().full_path
+    float_result = self._extractor().extract(self.image)
+    extractor = self._extractor(binary=True)
+    result = extractor.extract(self.image)
+    self.assertEqual(result["descriptors"].dtype, np.uint8)
+    self.assertAllEqual(result["descriptors"], binarize.binarize(float_result["descriptors"]))
+    path = extractor.write_outputs(out, "img", result)[1]
+    self.assertEqual(feature_io.read_from_file(path).descriptors.dtype, np.uint32)
+    self.assertAllEqual(
+      local_extractor.read_local_features(path).descriptors, result["descriptors"]
+    )
+
+  def test_batch_extraction_skips_and_records_failures(self):
+    images_dir = self.create_tempdir().full_path
+    out = self.create_tempdir().full_path
+    tf.io.write_file(os.path.join(images_dir, "a.png"), tf.io.encode_png(self.image[:40, :50]))
+    with open(os.path.join(images_dir, "bad.jpg"), "wb") as f:
+      f.write(b"not an image")
+    extractor = self._extractor()
+    tasks = pipeline.tasks_from_paths(pipeline.list_images(images_dir))
+    summary = extract_delg.run_delg_extraction(extractor, tasks, out)
+    self.assertEqual((summary.done, summary.failed, summary.exit_code), (1, 1, 0))
+    self.assertTrue(os.path.exists(os.path.join(out, "a.delg_local")))
+    self.assertLen(pipeline.read_failures(os.path.join(out, pipeline.FAILURES_FILE)), 1)
+    again = extract_delg.run_delg_extraction(extractor, tasks, out)
+    self.assertEqual((again.done, again.skipped, again.failed), (0, 1, 1))
+
+
+if __name__ == "__main__":
+  tf.test.main()

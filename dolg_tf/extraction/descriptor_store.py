@@ -70,6 +70,7 @@ class PerImageWriter:
     self.suffix = suffix
 
   def existing_ids(self) -> set[str]:
+    """Ids that already have a descriptor file."""
     n = len(self.suffix)
     return {
       e.name[:-n]
@@ -85,6 +86,7 @@ class PerImageWriter:
     return [image_id]
 
   def flush(self) -> list[str]:
+    """Nothing is buffered: returns no ids."""
     return []
 
 
@@ -146,6 +148,7 @@ class ShardWriter:
     self._next_index = int(match.group(1)) + 1 if match else 0
 
   def existing_ids(self) -> set[str]:
+    """Ids in the complete shards of the folder (and those written since)."""
     return set(self._known)
 
   def write(self, image_id: str, descriptor: np.ndarray) -> list[str]:
@@ -214,15 +217,22 @@ def _select(all_ids: list[str], matrix: np.ndarray, ids: Sequence[str] | None, s
 
 
 def _read_shards(paths: list[str], ids, source: str):
-  all_ids, blocks, dim = [], [], None
+  # Sizes first (headers only), so the matrix is allocated once: no
+  # concatenation copy of a multi-GB collection.
+  all_ids, counts, dim = [], [], None
   for path in paths:
-    shard_ids, descriptors, shape = _read_shard(path)
+    shard_ids, _, shape = _read_shard(path, ids_only=True)
     if dim is not None and shape[1] != dim:
       raise ValueError(f"{path}: {shape[1]}-D descriptors, earlier shards have {dim}")
-    dim = shape[1]
+    dim = int(shape[1])
     all_ids.extend(shard_ids)
-    blocks.append(descriptors)
-  matrix = np.concatenate(blocks) if blocks else np.zeros([0, 0], np.float32)
+    counts.append(len(shard_ids))
+  matrix = np.empty([len(all_ids), dim or 0], np.float32)
+  row = 0
+  for path, count in zip(paths, counts):
+    with np.load(path, allow_pickle=False) as data:
+      matrix[row : row + count] = data["descriptors"]
+    row += count
   return _select(all_ids, matrix, ids, source)
 
 

@@ -96,6 +96,48 @@ class PipelineTest(tf.test.TestCase):
       extractor or CountingExtractor(self.extractor), tasks, self.out, **kwargs
     )
 
+  def test_odd_inputs_give_a_descriptor_or_a_failure_entry_and_no_partial_output(self):
+    full = self._save("full.jpg", size=(64, 48))
+    with open(full, "rb") as f:
+      data = f.read()
+    truncated = os.path.join(self.images_dir, "truncated.jpg")
+    with open(truncated, "wb") as f:
+      f.write(data[: len(data) // 2])
+    text = os.path.join(self.images_dir, "text.jpg")
+    with open(text, "w") as f:
+      f.write("this is a text file\n")
+    empty = os.path.join(self.images_dir, "empty.jpg")
+    open(empty, "wb").close()
+    tiny = self._save("tiny.png", size=(1, 1))
+    huge = os.path.join(self.images_dir, "huge.jpg")
+    Image.new("RGB", (10000, 8000), (120, 30, 200)).save(huge, quality=50)
+    cmyk = self._save("cmyk.jpg", mode="CMYK")
+    gray16 = os.path.join(self.images_dir, "gray16.png")
+    Image.fromarray(np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)).save(gray16)
+    paths = [full, truncated, text, empty, tiny, huge, cmyk, gray16]
+    summary = self._run(pipeline.tasks_from_paths(paths))
+    failures = {
+      row["image_id"]: row["reason"]
+      for row in pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
+    }
+    written = {n[: -len(SUFFIX)] for n in os.listdir(self.out) if n.endswith(SUFFIX)}
+    for path in paths:
+      image_id = pipeline.image_id_from_path(path)
+      # Exactly one of: a descriptor file, or a failures entry with a reason.
+      self.assertNotEqual(image_id in written, image_id in failures, image_id)
+      if image_id in written:
+        descriptor = datum_io.read_from_file(os.path.join(self.out, image_id + SUFFIX))
+        self.assertAllClose(np.linalg.norm(descriptor), 1.0, atol=1e-5)
+      else:
+        self.assertNotEmpty(failures[image_id])
+    for image_id in ("full", "tiny", "huge", "cmyk", "gray16"):
+      self.assertIn(image_id, written)
+    for image_id in ("text", "empty"):
+      self.assertIn(image_id, failures)
+    self.assertEqual(summary.done + summary.failed, len(paths))
+    leftovers = [n for n in os.listdir(self.out) if n.endswith(".tmp") or n.startswith(".")]
+    self.assertEqual(leftovers, [])
+
   def test_good_images_are_written_and_bad_ones_listed_with_reasons(self):
     good, corrupt, missing = self._mixed_folder()
     paths = pipeline.list_images(self.images_dir)

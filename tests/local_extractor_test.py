@@ -1,9 +1,12 @@
 """Tests for DELG local + global extraction from an exported SavedModel."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from dolg_tf import config as config_lib
 from dolg_tf.extraction import binarize, extract_delg, local_extractor, pipeline
@@ -18,6 +21,8 @@ TINY_DELG = config_lib.delg_config(
   delg_reduced_dim=8,
   delg_attention_hidden=16,
 )
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = """
 image_scales: 0.5
@@ -118,6 +123,42 @@ class LocalExtractorTest(tf.test.TestCase):
     self.assertLen(pipeline.read_failures(os.path.join(out, pipeline.FAILURES_FILE)), 1)
     again = extract_delg.run_delg_extraction(extractor, tasks, out)
     self.assertEqual((again.done, again.skipped, again.failed), (0, 1, 1))
+
+  def test_extract_features_binary_writes_delf_local_and_global_files(self):
+    script = os.path.join(REPO_ROOT, "extract_features.py")
+    if not os.path.exists(script):
+      self.skipTest(f"{script} is not in this test's runfiles")
+    root = self.create_tempdir().full_path
+    images = os.path.join(root, "images")
+    os.makedirs(images)
+    for i in range(2):
+      Image.fromarray(np.roll(self.image, 7 * i, axis=1)).save(os.path.join(images, f"im{i}.jpg"))
+    config_path = os.path.join(root, "delg.pbtxt")
+    with open(config_path, "w") as f:
+      f.write(f'model_path: "{self.export_dir}"\n' + CONFIG % ("false", "false"))
+    out = os.path.join(root, "out")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+      [
+        sys.executable,
+        script,
+        f"--config={config_path}",
+        f"--images_dir={images}",
+        f"--output_dir={out}",
+      ],
+      cwd=root,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    for i in range(2):
+      features = feature_io.read_from_file(os.path.join(out, f"im{i}.delg_local"))
+      self.assertBetween(len(features.scales), 1, 12)
+      self.assertEqual(
+        datum_io.read_from_file(os.path.join(out, f"im{i}.delg_global")).shape, (16,)
+      )
 
 
 if __name__ == "__main__":

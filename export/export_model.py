@@ -30,15 +30,11 @@ import os
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
+from dolg_tf.model import normalization
 
 DEFAULT_SCALES = (0.7071, 1.0, 1.4142)
 MODEL_CONFIG_ASSET = os.path.join("assets.extra", "model_config.json")
 EXPORT_CONFIG_ASSET = os.path.join("assets.extra", "export_config.json")
-
-
-def _l2_normalize(x, axis=-1):
-  squared = tf.reduce_sum(tf.square(x), axis=axis, keepdims=True)
-  return x * tf.math.rsqrt(tf.maximum(squared, 1e-24))
 
 
 class ServingModule(tf.Module):
@@ -69,7 +65,8 @@ class ServingModule(tf.Module):
   @staticmethod
   def _pool(descriptors, scale_indices):
     selected = tf.gather(descriptors, scale_indices)
-    return _l2_normalize(tf.reduce_mean(_l2_normalize(selected), axis=0))
+    l2_normalize = normalization.l2_normalize
+    return l2_normalize(tf.reduce_mean(l2_normalize(selected), axis=0))
 
   @tf.function(
     input_signature=[

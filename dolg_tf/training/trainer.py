@@ -161,6 +161,7 @@ class Trainer:
       self.restored_from = self.manager.latest_checkpoint
       logging.info("Resumed from %s at step %d", self.restored_from, self.step)
     self._train_step_fn = None
+    self._eval_step_fn = None
 
   @property
   def step(self) -> int:
@@ -251,19 +252,22 @@ class Trainer:
     if not file_pattern or not tf.io.gfile.glob(file_pattern):
       return float("nan")
     self.validation_accuracy.reset_state()
-    model, head = self.model, self.head
+    if self._eval_step_fn is None:
+      # Built once: a new tf.function per validation run would retrace every time.
+      model, head = self.model, self.head
 
-    @tf.function
-    def eval_step(images, labels):
-      def fn(images, labels):
-        self.validation_accuracy.update_state(labels, head(model(images, training=False)))
+      @tf.function
+      def eval_step(images, labels):
+        def fn(images, labels):
+          self.validation_accuracy.update_state(labels, head(model(images, training=False)))
 
-      self.strategy.run(fn, args=(images, labels))
+        self.strategy.run(fn, args=(images, labels))
 
+      self._eval_step_fn = eval_step
     for i, (images, labels) in enumerate(self._dataset(file_pattern, training=False)):
       if self.config.validation_steps and i >= self.config.validation_steps:
         break
-      eval_step(images, labels)
+      self._eval_step_fn(images, labels)
     return float(self.validation_accuracy.result())
 
   def save_checkpoint(self) -> str:

@@ -289,11 +289,7 @@ class GlobalExtractor:
       image_loading.ImageLoadError: the file cannot be read (named), or the
         crop box is empty.
     """
-    image = image_loading.load_image(path)
-    try:
-      return self.preprocess(image, box)
-    except ValueError as e:
-      raise image_loading.ImageLoadError(f"{path}: {e}") from e
+    return image_loading.load_and_preprocess(path, box, self.preprocess)
 
   def per_scale_descriptors(self, image: np.ndarray) -> np.ndarray:
     """The signature's L2-normalised descriptors [S, D] of a preprocessed uint8 image."""

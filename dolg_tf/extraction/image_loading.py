@@ -60,6 +60,17 @@ def load_image(path: str) -> np.ndarray:
   return array
 
 
+def load_and_preprocess(path: str, box, preprocess):
+  """`load_image(path)` then `preprocess(image, box)`; a ValueError of the
+  preprocessing (e.g. an empty crop box) becomes an ImageLoadError naming the file.
+  """
+  image = load_image(path)
+  try:
+    return preprocess(image, box)
+  except ValueError as e:
+    raise ImageLoadError(f"{path}: {e}") from e
+
+
 def resize_image(
   image: np.ndarray,
   max_image_size: int = -1,

@@ -163,11 +163,7 @@ class LocalGlobalExtractor:
       image_loading.ImageLoadError: the file cannot be read (named), or the
         crop box is empty.
     """
-    image = image_loading.load_image(path)
-    try:
-      return self.preprocess(image, box)
-    except ValueError as e:
-      raise image_loading.ImageLoadError(f"{path}: {e}") from e
+    return image_loading.load_and_preprocess(path, box, self.preprocess)
 
   # --------------------------------------------------------------------------- model
 

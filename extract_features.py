@@ -125,7 +125,7 @@ def main(argv):
 
     if config.use_local_features:
       # DELG: local (.delg_local) and global (.delg_global) files per image.
-      from dolg_tf.extraction import extract_delg, local_extractor  # pylint: disable=g-import-not-at-top
+      from dolg_tf.extraction import local_extractor  # pylint: disable=g-import-not-at-top
 
       extractor = local_extractor.LocalGlobalExtractor(config, FLAGS.config, model_path=model_path)
     else:
@@ -135,24 +135,20 @@ def main(argv):
     return 2
   if not tasks:
     logging.warning("no images to extract")
-  if config.use_local_features:
-    if FLAGS.output_format != "per_image":
-      print("extract_features: error: local features are written per image only", file=sys.stderr)
-      return 2
-    summary = extract_delg.run_delg_extraction(
-      extractor, tasks, FLAGS.output_dir, FLAGS.num_threads, FLAGS.prefetch, FLAGS.log_interval
-    )
-  else:
-    summary = pipeline.run_extraction(
-      extractor,
-      tasks,
-      FLAGS.output_dir,
-      output_format=FLAGS.output_format,
-      num_threads=FLAGS.num_threads,
-      prefetch=FLAGS.prefetch,
-      shard_size=FLAGS.shard_size,
-      log_interval=FLAGS.log_interval,
-    )
+  if config.use_local_features and FLAGS.output_format != "per_image":
+    print("extract_features: error: local features are written per image only", file=sys.stderr)
+    return 2
+  # DELG extractors bring their own writer (.delg_local + .delg_global files).
+  summary = pipeline.run_extraction(
+    extractor,
+    tasks,
+    FLAGS.output_dir,
+    output_format=FLAGS.output_format,
+    num_threads=FLAGS.num_threads,
+    prefetch=FLAGS.prefetch,
+    shard_size=FLAGS.shard_size,
+    log_interval=FLAGS.log_interval,
+  )
   print(
     f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}, "
     f"{summary.seconds:.1f}s -> {FLAGS.output_dir}"

@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.extraction import binarize, extract_delg, local_extractor, pipeline
+from dolg_tf.extraction import binarize, local_extractor, pipeline
 from dolg_tf.io import config_io, datum_io, feature_io
 from dolg_tf.model import builder
 from export import export_model
@@ -117,12 +117,21 @@ class LocalExtractorTest(tf.test.TestCase):
       f.write(b"not an image")
     extractor = self._extractor()
     tasks = pipeline.tasks_from_paths(pipeline.list_images(images_dir))
-    summary = extract_delg.run_delg_extraction(extractor, tasks, out)
+    summary = pipeline.run_extraction(extractor, tasks, out)
     self.assertEqual((summary.done, summary.failed, summary.exit_code), (1, 1, 0))
     self.assertTrue(os.path.exists(os.path.join(out, "a.delg_local")))
+    self.assertTrue(os.path.exists(os.path.join(out, "a.delg_global")))
     self.assertLen(pipeline.read_failures(os.path.join(out, pipeline.FAILURES_FILE)), 1)
-    again = extract_delg.run_delg_extraction(extractor, tasks, out)
+    again = pipeline.run_extraction(extractor, tasks, out)
     self.assertEqual((again.done, again.skipped, again.failed), (0, 1, 1))
+    # An image whose global file is missing (a run killed between its two
+    # files) is extracted again; shards cannot hold local features.
+    os.remove(os.path.join(out, "a.delg_global"))
+    third = pipeline.run_extraction(extractor, tasks, out)
+    self.assertEqual((third.done, third.skipped), (1, 0))
+    self.assertTrue(os.path.exists(os.path.join(out, "a.delg_global")))
+    with self.assertRaisesRegex(ValueError, "per image only"):
+      pipeline.run_extraction(extractor, tasks, out, output_format="shards")
 
   def test_extract_features_binary_writes_delf_local_and_global_files(self):
     script = os.path.join(REPO_ROOT, "extract_features.py")

@@ -245,6 +245,40 @@ class LocalGlobalExtractor:
     """Writes `extract`'s result; see `write_outputs` (module function)."""
     return write_outputs(output_dir, image_id, result, self.global_suffix, self.local_suffix)
 
+  def make_writer(self, output_dir: str) -> "LocalGlobalWriter":
+    """The writer `pipeline.run_extraction` uses for this extractor's results."""
+    return LocalGlobalWriter(output_dir, self)
+
+
+class LocalGlobalWriter:
+  """`pipeline.run_extraction` writer of DELG results (per-image files only).
+
+  An image counts as done when every file of `LocalGlobalExtractor.output_paths`
+  exists, so a run killed between an image's global and local file redoes it.
+  """
+
+  def __init__(self, output_dir: str, extractor_: LocalGlobalExtractor):
+    self.output_dir = output_dir
+    self._extractor = extractor_
+
+  def existing_ids(self) -> set[str]:
+    """Ids whose local (and, if configured, global) files all exist."""
+    names = {e.name for e in os.scandir(self.output_dir) if not e.name.startswith(".")}
+    local = self._extractor.local_suffix
+    ids = {n[: -len(local)] for n in names if n.endswith(local)}
+    if self._extractor.use_global:
+      ids = {i for i in ids if i + self._extractor.global_suffix in names}
+    return ids
+
+  def write(self, image_id: str, result: dict) -> list[str]:
+    """Writes one image's files atomically; returns the ids written."""
+    self._extractor.write_outputs(self.output_dir, image_id, result)
+    return [image_id]
+
+  def flush(self) -> list[str]:
+    """Nothing is buffered: returns no ids."""
+    return []
+
 
 def write_outputs(
   output_dir: str,

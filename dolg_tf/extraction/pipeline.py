@@ -265,7 +265,10 @@ def run_extraction(
 
   Args:
     extractor: has `load_and_preprocess(path, box)` (thread-safe) and
-      `extract(image) -> float32 [D]` (e.g. extractor.GlobalExtractor).
+      `extract(image) -> float32 [D]` (e.g. extractor.GlobalExtractor). An
+      extractor with `make_writer(output_dir)` (DELG's LocalGlobalExtractor)
+      supplies its own writer (`existing_ids`, `write(id, result)`, `flush`)
+      for its results; `output_format` must then be 'per_image'.
     tasks: the images (unique ids).
     output_dir: created if needed.
     output_format: 'per_image' or 'shards'.
@@ -294,7 +297,11 @@ def run_extraction(
   for path in descriptor_store.remove_stale_temp_files(output_dir):
     logging.info("removed a temporary file of an interrupted run: %s", path)
   suffix = suffix or getattr(extractor, "suffix", None) or DEFAULT_SUFFIX
-  if output_format == "per_image":
+  if hasattr(extractor, "make_writer"):
+    if output_format != "per_image":
+      raise ValueError(f"{type(extractor).__name__} results are written per image only")
+    writer = extractor.make_writer(output_dir)
+  elif output_format == "per_image":
     writer = descriptor_store.PerImageWriter(output_dir, suffix)
   else:
     writer = descriptor_store.ShardWriter(output_dir, shard_size)

@@ -70,6 +70,40 @@ class RerankTest(tf.test.TestCase):
       rerank.ransac_inliers(query.locations, index.locations, matches[:2]).num_inliers, 0
     )
 
+  def test_implausible_fits_are_rejected_and_plausible_ones_kept(self):
+    # Keypoints on a grid matched to a line: the map (x, y) -> (0.4 y + 60, 0.5 y)
+    # squeezes the query (singular values 0.64 and 0) and fits every match.
+    grid = np.stack(np.meshgrid(np.arange(8.0), np.arange(8.0)), -1).reshape(-1, 2) * 16
+    degenerate = np.array([[0.0, 0.4, 60.0], [0.0, 0.5, 0.0]])
+    dst_xy = grid[:, ::-1] @ degenerate[:, :2].T + degenerate[:, 2]
+    matches = np.stack([np.arange(64), np.arange(64)], 1)
+    loose = rerank.ransac_inliers(grid, dst_xy[:, ::-1], matches, "affine", 2.0)
+    self.assertEqual(loose.num_inliers, 64)
+    checked = rerank.ransac_inliers(
+      grid, dst_xy[:, ::-1], matches, "affine", 2.0, max_scale_change=3.0, max_anisotropy=2.0
+    )
+    self.assertEqual(checked.num_inliers, 0)
+    self.assertIsNone(checked.matrix)
+    # The test's real transform (rotation + mild shear) passes the same checks.
+    query, index = _pair(np.random.default_rng(1))
+    real = rerank.ransac_inliers(
+      query.locations,
+      index.locations,
+      rerank.match_features(query.descriptors, index.descriptors, 0.8),
+      "affine",
+      3.0,
+      max_scale_change=3.0,
+      max_anisotropy=2.0,
+    )
+    self.assertGreaterEqual(real.num_inliers, 57)
+    self.assertTrue(rerank.is_plausible_transform(_A, 3.0, 2.0))
+    self.assertTrue(rerank.is_plausible_transform(_A, None, None))
+    mirrored = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    self.assertFalse(rerank.is_plausible_transform(mirrored, 3.0, None))
+    self.assertFalse(rerank.is_plausible_transform(np.diag([4.0, 4.0, 1.0]), 3.0, None))
+    self.assertFalse(rerank.is_plausible_transform(np.diag([1.0, 2.5, 1.0]), None, 2.0))
+    self.assertTrue(rerank.is_plausible_transform(2.0 * np.diag([1.5, 1.5, 1.0]), 3.0, 2.0))
+
   def test_match_features_threshold_and_ratio(self):
     a = np.eye(4, dtype=np.float32)
     b = np.stack([a[0], _unit(np.array([1.0, 1.0, 0, 0]))])  # b[1] is 0.765 from a[0], a[1]

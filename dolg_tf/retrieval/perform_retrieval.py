@@ -110,6 +110,16 @@ def define_flags():
   flags.DEFINE_float(
     "gv_distance_threshold", None, "Descriptor match threshold (default 0.8 L2 / Hamming)."
   )
+  flags.DEFINE_float(
+    "gv_max_scale_change",
+    None,
+    "Reject RANSAC fits that scale any direction by more than this (e.g. 3; default: no check).",
+  )
+  flags.DEFINE_float(
+    "gv_max_anisotropy",
+    None,
+    "Reject RANSAC fits whose singular-value ratio exceeds this (e.g. 2; default: no check).",
+  )
 
 
 def _resolve(path: str) -> str:
@@ -135,6 +145,8 @@ def main(argv):
       top_k=FLAGS.gv_top_k,
       distance_threshold=FLAGS.gv_distance_threshold,
       residual_threshold=FLAGS.gv_residual_threshold,
+      max_scale_change=FLAGS.gv_max_scale_change,
+      max_anisotropy=FLAGS.gv_max_anisotropy,
       qe_n=FLAGS.qe_n,
       dba_n=FLAGS.dba_n,
       alpha=FLAGS.alpha,

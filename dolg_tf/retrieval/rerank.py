@@ -15,6 +15,19 @@ then their global rank), the rest of the ranking is unchanged.
 
 Locations are DELF's (y, x); they are swapped to (x, y) for OpenCV.
 
+Implausible transforms (optional, off by default as in DELF). RANSAC takes
+the model with the most inliers, whatever it is. When keypoints lie on a
+coarse regular grid (small images: receptive-field centres every 16 px /
+scale) and descriptors are weak, a degenerate affine map that squeezes the
+query onto a line or mirrors it collects many "inliers" between unrelated
+images. `max_scale_change` and `max_anisotropy` reject such fits (the image
+then counts 0 inliers): the singular values s1 >= s2 of the transform's
+linear part must satisfy 1/max_scale_change <= s2, s1 <= max_scale_change
+and s1 / s2 <= max_anisotropy, and its determinant must be positive (no
+mirroring). For a homography the linear part at the origin, H[:2, :2] / H[2, 2],
+is checked. On the synthetic DELG demo this check is what makes re-ranking
+help (see the README).
+
 Junk images (Revisited Oxford/Paris). DELF re-ranks once per protocol: its
 top-100 window is made of the first 100 *non-junk* images of that protocol, so
 junk images do not use up re-ranking slots, and the window (hence which images
@@ -125,6 +138,35 @@ def match_features(
   return np.stack([rows, indices[rows]], axis=1).astype(np.int64)
 
 
+def is_plausible_transform(
+  matrix: np.ndarray, max_scale_change: float | None, max_anisotropy: float | None
+) -> bool:
+  """Whether a fitted 2x3 affine / 3x3 homography passes the checks of the module doc.
+
+  Args:
+    matrix: the transform (x, y) -> (x, y).
+    max_scale_change: bound on the scale change in any direction (None: no bound).
+    max_anisotropy: bound on the ratio of the two singular values (None: no bound).
+
+  Returns:
+    True when every given bound holds (always True when both are None).
+  """
+  if max_scale_change is None and max_anisotropy is None:
+    return True
+  matrix = np.asarray(matrix, np.float64)
+  linear = matrix[:2, :2]
+  if matrix.shape == (3, 3):
+    if abs(matrix[2, 2]) < 1e-12:
+      return False
+    linear = linear / matrix[2, 2]
+  if np.linalg.det(linear) <= 0:
+    return False
+  s1, s2 = np.linalg.svd(linear, compute_uv=False)
+  if max_scale_change is not None and (s1 > max_scale_change or s2 < 1.0 / max_scale_change):
+    return False
+  return max_anisotropy is None or s1 <= max_anisotropy * s2
+
+
 @dataclasses.dataclass
 class RansacResult:
   """Outcome of `ransac_inliers`.
@@ -150,6 +192,8 @@ def ransac_inliers(
   max_trials: int = DEFAULT_MAX_TRIALS,
   confidence: float = 0.999,
   seed: int | None = 0,
+  max_scale_change: float | None = None,
+  max_anisotropy: float | None = None,
 ) -> RansacResult:
   """Fits a transform a -> b to the matched keypoints with RANSAC (OpenCV).
 
@@ -161,9 +205,11 @@ def ransac_inliers(
     max_trials: maximum RANSAC iterations.
     confidence: RANSAC stops early once this confident of the best model.
     seed: cv2.setRNGSeed value before fitting (None: leave OpenCV's RNG).
+    max_scale_change / max_anisotropy: reject implausible fits (see
+      `is_plausible_transform`; None = no check, DELF's behaviour).
 
   Returns:
-    A RansacResult.
+    A RansacResult (0 inliers and no matrix for a rejected fit).
   """
   if model not in MODELS:
     raise ValueError(f"model must be one of {MODELS}, got {model!r}")
@@ -197,6 +243,8 @@ def ransac_inliers(
     )
   if matrix is None or mask is None:
     return none
+  if not is_plausible_transform(matrix, max_scale_change, max_anisotropy):
+    return none
   mask = mask.reshape(-1).astype(bool)
   return RansacResult(int(mask.sum()), mask, matrix)
 
@@ -210,11 +258,21 @@ def count_inliers(
   residual_threshold: float = DEFAULT_RESIDUAL_THRESHOLD,
   max_trials: int = DEFAULT_MAX_TRIALS,
   seed: int | None = 0,
+  max_scale_change: float | None = None,
+  max_anisotropy: float | None = None,
 ) -> int:
   """RANSAC inliers of the matches between two images' local features."""
   matches = match_features(query.descriptors, index.descriptors, distance_threshold, ratio)
   return ransac_inliers(
-    query.locations, index.locations, matches, model, residual_threshold, max_trials, seed=seed
+    query.locations,
+    index.locations,
+    matches,
+    model,
+    residual_threshold,
+    max_trials,
+    seed=seed,
+    max_scale_change=max_scale_change,
+    max_anisotropy=max_anisotropy,
   ).num_inliers
 
 
@@ -279,7 +337,8 @@ def rerank(
     cache: optional {(query, database index): inliers} reused and filled,
       e.g. across protocols.
     **verify_kwargs: `count_inliers` options (distance_threshold, ratio,
-      model, residual_threshold, max_trials, seed).
+      model, residual_threshold, max_trials, seed, max_scale_change,
+      max_anisotropy).
 
   Returns:
     (re-ranked int [Q, K], per query {database index: inliers}).
@@ -337,6 +396,8 @@ def evaluate_with_geometric_verification(
   residual_threshold: float = DEFAULT_RESIDUAL_THRESHOLD,
   max_trials: int = DEFAULT_MAX_TRIALS,
   seed: int = 0,
+  max_scale_change: float | None = None,
+  max_anisotropy: float | None = None,
   qe_n: int = 0,
   dba_n: int = 0,
   alpha: float = 3.0,
@@ -353,8 +414,9 @@ def evaluate_with_geometric_verification(
     query_dir / index_dir: folders with the query / index feature files.
     global_suffix / local_suffix: file suffixes.
     top_k, min_inliers: see `rerank`.
-    distance_threshold, ratio, model, residual_threshold, max_trials, seed:
-      see `match_features` and `ransac_inliers`.
+    distance_threshold, ratio, model, residual_threshold, max_trials, seed,
+      max_scale_change, max_anisotropy: see `match_features` and
+      `ransac_inliers`.
     qe_n / dba_n / alpha: alpha-QE / DBA of the global ranking (0 = off), as
       perform_retrieval.evaluate.
 
@@ -382,6 +444,8 @@ def evaluate_with_geometric_verification(
     residual_threshold=residual_threshold,
     max_trials=max_trials,
     seed=seed,
+    max_scale_change=max_scale_change,
+    max_anisotropy=max_anisotropy,
   )
   cache = {}
   after = {}

@@ -13,10 +13,10 @@
    search and the revisited Easy/Medium/Hard protocol.
 
 With `--model=delg` (workdir runs/demo_delg) the same steps train and extract
-a small DELG (protos/delg.pbtxt: local features on a 7-scale pyramid plus the
-global descriptor), and retrieval is scored with global descriptors only and
-again after geometric verification (local feature matching + RANSAC) of each
-query's top `--gv_top_k`.
+a small DELG (protos/delg.pbtxt with a 0.7071 .. 2.8284 pyramid for the 128 px
+views: local features plus the global descriptor); retrieval is scored with
+global descriptors only and again after geometric verification (local feature
+matching + RANSAC) of each query's top `--gv_top_k`.
 
 Every step is resumable: re-running skips training, data and descriptors
 that are already there.
@@ -197,10 +197,15 @@ def main(argv):
       values = [100 * results[p].mean_ap for p in ("easy", "medium", "hard")]
       print(f"{label:<16} " + " ".join(f"{v:7.2f}" for v in values))
   if FLAGS.model == "delg":
+    checks = []
+    if FLAGS.gv_max_scale_change:
+      checks.append(f"scaling > {FLAGS.gv_max_scale_change:g}x")
+    if FLAGS.gv_max_anisotropy:
+      checks.append(f"anisotropic > {FLAGS.gv_max_anisotropy:g}")
+    rejected = f", fits {' or '.join(checks)} rejected" if checks else ""
     print(
       f"(GV: top {FLAGS.gv_top_k} re-ranked by affine RANSAC inliers, residual threshold "
-      f"{FLAGS.gv_residual_threshold:g} px, fits scaling > {FLAGS.gv_max_scale_change:g}x or "
-      f"anisotropic > {FLAGS.gv_max_anisotropy:g} rejected)"
+      f"{FLAGS.gv_residual_threshold:g} px{rejected})"
     )
   print("\nartifacts:")
   print(f"  training run (checkpoints, TensorBoard, configs): {workdir}")

@@ -135,20 +135,21 @@ def main(argv):
     return 2
   if not tasks:
     logging.warning("no images to extract")
-  if config.use_local_features and FLAGS.output_format != "per_image":
-    print("extract_features: error: local features are written per image only", file=sys.stderr)
-    return 2
   # DELG extractors bring their own writer (.delg_local + .delg_global files).
-  summary = pipeline.run_extraction(
-    extractor,
-    tasks,
-    FLAGS.output_dir,
-    output_format=FLAGS.output_format,
-    num_threads=FLAGS.num_threads,
-    prefetch=FLAGS.prefetch,
-    shard_size=FLAGS.shard_size,
-    log_interval=FLAGS.log_interval,
-  )
+  try:
+    summary = pipeline.run_extraction(
+      extractor,
+      tasks,
+      FLAGS.output_dir,
+      output_format=FLAGS.output_format,
+      num_threads=FLAGS.num_threads,
+      prefetch=FLAGS.prefetch,
+      shard_size=FLAGS.shard_size,
+      log_interval=FLAGS.log_interval,
+    )
+  except ValueError as e:  # Bad arguments, rejected before any image is read.
+    print(f"extract_features: error: {e}", file=sys.stderr)
+    return 2
   print(
     f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}, "
     f"{summary.seconds:.1f}s -> {FLAGS.output_dir}"

@@ -384,10 +384,12 @@ def own_descriptors(k):
   query_rows = [r for r in rows if r["set"] == "query"]
   db_rows = [r for r in rows if r["set"] != "query"]
   _, db = descriptor_store.read_descriptors(
-    FLAGS.descriptors_dir, ids=[r["name"] for r in db_rows], suffix=".dolg_global"
+    FLAGS.descriptors_dir, ids=[r["name"] for r in db_rows], suffix=descriptor_store.DEFAULT_SUFFIX
   )
   _, queries = descriptor_store.read_descriptors(
-    FLAGS.descriptors_dir, ids=[r["name"] for r in query_rows], suffix=".dolg_global"
+    FLAGS.descriptors_dir,
+    ids=[r["name"] for r in query_rows],
+    suffix=descriptor_store.DEFAULT_SUFFIX,
   )
   db_labels = np.asarray([int(r["class"]) for r in db_rows])
   query_labels = np.asarray([int(r["class"]) for r in query_rows])

@@ -162,6 +162,24 @@ class LocalExtractorTest(tf.test.TestCase):
       timeout=300,
     )
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    refused = subprocess.run(
+      [
+        sys.executable,
+        script,
+        f"--config={config_path}",
+        f"--images_dir={images}",
+        f"--output_dir={os.path.join(root, 'shards')}",
+        "--output_format=shards",
+      ],
+      cwd=root,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    self.assertEqual(refused.returncode, 2, refused.stderr[-3000:])
+    self.assertIn("per image only", refused.stderr)
+    self.assertFalse(os.path.exists(os.path.join(root, "shards")))
     for i in range(2):
       features = feature_io.read_from_file(os.path.join(out, f"im{i}.delg_local"))
       self.assertBetween(len(features.scales), 1, 12)

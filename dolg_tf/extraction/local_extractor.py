@@ -262,13 +262,11 @@ class LocalGlobalWriter:
     self._extractor = extractor_
 
   def existing_ids(self) -> set[str]:
-    """Ids whose local (and, if configured, global) files all exist."""
+    """Ids whose `output_paths` files all exist."""
     names = {e.name for e in os.scandir(self.output_dir) if not e.name.startswith(".")}
     local = self._extractor.local_suffix
-    ids = {n[: -len(local)] for n in names if n.endswith(local)}
-    if self._extractor.use_global:
-      ids = {i for i in ids if i + self._extractor.global_suffix in names}
-    return ids
+    candidates = {n[: -len(local)] for n in names if n.endswith(local)}
+    return {i for i in candidates if all(p in names for p in self._extractor.output_paths("", i))}
 
   def write(self, image_id: str, result: dict) -> list[str]:
     """Writes one image's files atomically; returns the ids written."""

@@ -288,6 +288,9 @@ def run_extraction(
     raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
   if num_threads < 1 or prefetch < 1:
     raise ValueError(f"num_threads and prefetch must be >= 1, got {num_threads}, {prefetch}")
+  own_writer = hasattr(extractor, "make_writer")
+  if own_writer and output_format != "per_image":
+    raise ValueError(f"{type(extractor).__name__} results are written per image only")
   ids = [t.image_id for t in tasks]
   if len(set(ids)) != len(ids):
     duplicates = sorted(i for i, c in collections.Counter(ids).items() if c > 1)
@@ -297,9 +300,7 @@ def run_extraction(
   for path in descriptor_store.remove_stale_temp_files(output_dir):
     logging.info("removed a temporary file of an interrupted run: %s", path)
   suffix = suffix or getattr(extractor, "suffix", None) or DEFAULT_SUFFIX
-  if hasattr(extractor, "make_writer"):
-    if output_format != "per_image":
-      raise ValueError(f"{type(extractor).__name__} results are written per image only")
+  if own_writer:
     writer = extractor.make_writer(output_dir)
   elif output_format == "per_image":
     writer = descriptor_store.PerImageWriter(output_dir, suffix)

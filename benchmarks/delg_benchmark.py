@@ -33,7 +33,7 @@ from dolg_tf.extraction import binarize, local_extractor
 from dolg_tf.io import config_io, feature_io
 from dolg_tf.model import builder
 from dolg_tf.retrieval import rerank
-from export import export_model
+from dolg_tf.export import export_model
 
 flags.DEFINE_integer("num_images", 5, "Images timed for extraction.")
 flags.DEFINE_integer("image_size", 512, "Square image side.")

@@ -121,7 +121,7 @@ def export_models(workdir: str):
 
   from dolg_tf import config as config_lib  # pylint: disable=g-import-not-at-top
   from dolg_tf.model import builder  # pylint: disable=g-import-not-at-top
-  from export import export_model  # pylint: disable=g-import-not-at-top
+  from dolg_tf.export import export_model  # pylint: disable=g-import-not-at-top
 
   existing = {p: os.path.join(workdir, f"export_{p}", "1") for p in FLAGS.precisions}
   if not FLAGS.xla and all(os.path.isdir(d) for d in existing.values()):

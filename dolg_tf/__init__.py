@@ -1,1 +1,18 @@
-"""dolg_tf: DOLG and DELG for instance-level image retrieval in TensorFlow."""
+"""dolg_tf: DOLG and DELG for instance-level image retrieval in TensorFlow.
+
+Importing the package sets two console defaults before TensorFlow loads (this
+module runs before any `dolg_tf.*` module imports TensorFlow): TF's C++ start-up
+lines (CUDA factory registration "E" lines, CPU feature notes) are hidden with
+TF_CPP_MIN_LOG_LEVEL=3, and google.api_core's Python-version FutureWarning is
+ignored. A TF_CPP_MIN_LOG_LEVEL already in the environment, or `--verbose` on a
+command line, keeps TensorFlow's own behaviour.
+"""
+
+import os
+import sys
+import warnings
+
+VERBOSE = "--verbose" in sys.argv[1:]
+if not VERBOSE:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core")

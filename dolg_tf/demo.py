@@ -32,6 +32,7 @@ from absl import app, flags, logging
 from google.protobuf import text_format
 
 from dolg_tf import config as config_lib
+from dolg_tf import protos
 from dolg_tf.data import synthetic
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import local_extractor, pipeline
@@ -100,7 +101,7 @@ def train(workdir: str) -> str:
 
 def export_untrained(workdir: str) -> str:
   """Exports the trained run's network with random weights (the baseline)."""
-  from export import export_model  # noqa: PLC0415
+  from dolg_tf.export import export_model  # noqa: PLC0415
 
   base = os.path.join(workdir, "untrained_export")
   existing = _latest_export(base)
@@ -114,7 +115,7 @@ def export_untrained(workdir: str) -> str:
 
 def extraction_config(model_path: str, path: str):
   """The shipped protos/<model>.pbtxt with model_path (and DELG's pyramid) replaced."""
-  config = config_io.load_dolg_config(os.path.join(REPO_ROOT, "protos", f"{FLAGS.model}.pbtxt"))
+  config = config_io.load_dolg_config(protos.shipped_config_path(FLAGS.model))
   config.model_path = os.path.abspath(model_path)
   if config.use_local_features:
     del config.image_scales[:]

@@ -217,7 +217,7 @@ def main(argv):
     if metrics.get("interrupted"):
       return
   if config.export_at_end and trainer.is_chief:
-    from export import export_model  # noqa: PLC0415
+    from dolg_tf.export import export_model  # noqa: PLC0415
 
     export_dir = export_model.export_saved_model(
       trainer.model, model_config, os.path.join(logdir, trainer_lib.EXPORT_SUBDIR)

@@ -8,7 +8,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from dolg_tf.io import datum_io
-from protos import datum_pb2
+from dolg_tf.protos import datum_pb2
 
 
 class DatumIoTest(tf.test.TestCase, parameterized.TestCase):

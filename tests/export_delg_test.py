@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
+from dolg_tf.export import export_model
 from dolg_tf.model import builder
-from export import export_model
 
 TINY_DELG = config_lib.delg_config(
   backbone_depth=26,

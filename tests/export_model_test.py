@@ -12,8 +12,8 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2
 
 from dolg_tf import config as config_lib
+from dolg_tf.export import export_model
 from dolg_tf.model import builder
-from export import export_model
 
 TINY = config_lib.ModelConfig(
   backbone_depth=26, backbone_width_multiplier=0.125, local_dim=32, embedding_dim=16

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf.io import feature_io
-from protos import feature_pb2
+from dolg_tf.protos import feature_pb2
 
 
 def _random_features(num_features, dim, seed=0):

@@ -9,10 +9,10 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf import config as config_lib
+from dolg_tf.export import export_model
 from dolg_tf.extraction import binarize, local_extractor, pipeline
 from dolg_tf.io import config_io, datum_io, feature_io
 from dolg_tf.model import builder
-from export import export_model
 
 TINY_DELG = config_lib.delg_config(
   backbone_depth=26,

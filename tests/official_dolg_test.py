@@ -15,9 +15,9 @@ from absl.testing import absltest
 
 from dolg_tf import config as config_lib
 from dolg_tf.convert import official_dolg
+from dolg_tf.export import export_model
 from dolg_tf.io import config_io
 from dolg_tf.model import backbones, builder
-from export import export_model
 
 try:
   import torch

@@ -9,8 +9,8 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf import config as config_lib
+from dolg_tf.export import export_model, serving_client
 from dolg_tf.model import builder
-from export import export_model, serving_client
 
 TINY = config_lib.ModelConfig(
   backbone_depth=26, backbone_width_multiplier=0.125, local_dim=16, embedding_dim=8

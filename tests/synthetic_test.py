@@ -193,7 +193,7 @@ class BenchmarkTest(tf.test.TestCase):
         "--queries_per_class=1",
       ]
     )
-    self.assertEqual(synthetic.run(flag_values), 0)
+    self.assertEqual(synthetic.run_with_flags(flag_values), 0)
     self.assertLen(tf.io.gfile.glob(os.path.join(out, "tfrecords", "train-*")), 2)
     self.assertTrue(os.path.isfile(os.path.join(out, "benchmark", "gnd_synthetic.pkl")))
     with open(os.path.join(out, "benchmark", "gnd_synthetic.pkl"), "rb") as f:

@@ -11,7 +11,7 @@ import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from dolg_tf.io import datum_io, feature_io
-from protos import datum_pb2, feature_pb2
+from dolg_tf.protos import datum_pb2, feature_pb2
 
 _F = descriptor_pb2.FieldDescriptorProto
 

@@ -2,7 +2,7 @@
 # One idempotent set-up step for dolg_tf on a fresh Debian 12 / Python 3.11 machine:
 #   1. apt packages: bazel-bootstrap (Bazel 4.2.3) and protobuf-compiler;
 #   2. a virtualenv (.venv, or $DOLG_VENV) holding exactly requirements.lock;
-#   3. the generated protobuf modules (protos/*_pb2.py).
+#   3. dolg_tf installed editable (generates dolg_tf/protos/*_pb2.py).
 # Each step is skipped when its result is already up to date, so a re-run takes
 # seconds. Set DOLG_SKIP_APT=1 to skip step 1 (e.g. on a machine without root).
 set -euo pipefail
@@ -80,18 +80,21 @@ if [[ "${DOLG_SKIP_TORCH:-0}" != "1" ]]; then
   fi
 fi
 
-# --- 3. Generated protobuf modules ------------------------------------------------
-# grpc_tools.protoc ships with the pinned grpcio-tools, so this works even where
-# Debian's protoc is absent; Bazel uses Debian's protoc through a genrule.
-generated=0
-for proto in "$ROOT"/protos/*.proto; do
-  [[ -e "$proto" ]] || continue
-  out="${proto%.proto}_pb2.py"
-  if [[ ! -f "$out" || "$proto" -nt "$out" ]]; then
-    (cd "$ROOT" && "$VENV/bin/python" -m grpc_tools.protoc -I. --python_out=. "protos/$(basename "$proto")") \
-      || die "protoc failed on $proto"
-    generated=$((generated + 1))
+# --- 3. dolg_tf itself, editable ----------------------------------------------------
+# `pip install -e .` runs setup.py's build hook: protos/*.proto -> dolg_tf/protos/*_pb2.py
+# and the shipped protos/*.pbtxt copied beside them. Redone when the packaging or a
+# proto/config changed; the venv already holds every dependency (--no-deps).
+pkg_hash="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/protos/*.proto "$ROOT"/protos/*.pbtxt | sha256sum | cut -d' ' -f1)"
+pkg_stamp="$VENV/.dolg_package.sha256"
+if [[ ! -f "$pkg_stamp" || "$(cat "$pkg_stamp")" != "$pkg_hash" || ! -f "$ROOT/dolg_tf/protos/datum_pb2.py" ]]; then
+  say "pip install -e . (dolg_tf, editable; log: $LOG_DIR/package.log)"
+  if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+       --no-build-isolation -e "$ROOT" >"$LOG_DIR/package.log" 2>&1; then
+    tail -30 "$LOG_DIR/package.log" >&2
+    die "pip install -e . failed"
   fi
-done
-say "protos: $generated module(s) regenerated"
+  echo "$pkg_hash" >"$pkg_stamp"
+else
+  say "dolg_tf package up to date"
+fi
 say "done. Python: $VENV/bin/python"

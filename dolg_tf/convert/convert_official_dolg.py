@@ -10,12 +10,13 @@ read .pyth files (an .npz of the state dict works without it). See
 dolg_tf.convert.official_dolg for the mapping and the input convention.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
 
 from dolg_tf.convert import official_dolg
+from dolg_tf.export import export_model
+from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
 
@@ -36,13 +37,6 @@ flags.DEFINE_list(
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
-def _resolve_path(path: str) -> str:
-  """Resolves a relative command-line path against the caller's directory (bazel run)."""
-  if os.path.isabs(path):
-    return path
-  return os.path.join(os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd()), path)
-
-
 def _parse_depth(value: str) -> int | None:
   if value == "auto":
     return None
@@ -55,13 +49,11 @@ def _parse_depth(value: str) -> int | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from export import export_model  # export/ sits above dolg_tf/ in the import order.
-
   dilations = [int(d) for d in FLAGS.atrous_dilations] if FLAGS.atrous_dilations else None
   try:
     paths = official_dolg.convert_official_checkpoint(
-      _resolve_path(FLAGS.checkpoint),
-      _resolve_path(FLAGS.output_dir),
+      cli.resolve_path(FLAGS.checkpoint),
+      cli.resolve_path(FLAGS.output_dir),
       export_fn=export_model.export_saved_model,
       depth=_parse_depth(FLAGS.depth),
       atrous_dilations=dilations,
@@ -78,5 +70,10 @@ def main(argv):
     print(f"{name}: {path}")
 
 
+def run():
+  """The `dolg-convert` command."""
+  cli.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -53,7 +53,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from dolg_tf.data import image_codec
-from dolg_tf.io import file_utils
+from dolg_tf.utils import cli
+from dolg_tf.utils import files as file_utils
 
 TRAIN_PREFIX = "train"
 VALIDATION_PREFIX = "validation"
@@ -506,7 +507,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_float("log_interval", 30.0, "Seconds between progress logs.", **fv)
 
 
-def run(flag_values: flags.FlagValues) -> int:
+def run_with_flags(flag_values: flags.FlagValues) -> int:
   """Runs the conversion the (parsed) flags describe; returns the exit status.
 
   Returns:
@@ -542,9 +543,14 @@ def run(flag_values: flags.FlagValues) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  return run(FLAGS)
+  return run_with_flags(FLAGS)
+
+
+def run():
+  """The `dolg-build-dataset` command."""
+  define_flags()
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

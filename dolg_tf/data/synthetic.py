@@ -35,7 +35,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from dolg_tf.data import image_codec
-from dolg_tf.io import file_utils
+from dolg_tf.utils import cli
+from dolg_tf.utils import files as file_utils
 
 # The scene content lives in [0, 1]^2 (scene units); the canonical canvas
 # extends CANVAS_MARGIN beyond it on each side with background only.
@@ -715,7 +716,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_integer("seed", 0, "Random seed.", **fv)
 
 
-def run(flag_values: flags.FlagValues) -> int:
+def run_with_flags(flag_values: flags.FlagValues) -> int:
   """Writes the training set and the benchmark; returns the exit status."""
   fv = flag_values
   try:
@@ -751,9 +752,14 @@ def run(flag_values: flags.FlagValues) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  return run(FLAGS)
+  return run_with_flags(FLAGS)
+
+
+def run():
+  """The `dolg-synthetic` command."""
+  define_flags()
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dolg_tf.io import datum_io, file_utils
+from dolg_tf.io import datum_io
+from dolg_tf.utils import files as file_utils
 
 DEFAULT_SUFFIX = ".dolg_global"
 MANIFEST_FILE = "manifest.json"

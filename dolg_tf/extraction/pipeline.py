@@ -43,7 +43,7 @@ from absl import logging
 
 from dolg_tf.extraction import descriptor_store
 from dolg_tf.extraction.descriptor_store import read_descriptors  # noqa: F401 (re-export)
-from dolg_tf.io import file_utils
+from dolg_tf.utils import files as file_utils
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 OUTPUT_FORMATS = ("per_image", "shards")

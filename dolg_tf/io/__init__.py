@@ -5,5 +5,4 @@ Modules:
   feature_io: local features (locations, scales, descriptors, attention,
     orientations) <-> DelfFeatures bytes and files.
   config_io: loading and validating DolgConfig text files.
-  file_utils: atomic file writes and reads with errors that name the file.
 """

@@ -14,17 +14,18 @@ import os
 
 from google.protobuf import text_format
 
-from dolg_tf.io import file_utils
-from protos import dolg_config_pb2
+from dolg_tf import protos
+from dolg_tf.protos import dolg_config_pb2
+from dolg_tf.utils import files as file_utils
 
 DolgConfig = dolg_config_pb2.DolgConfig
 
 # The folder holding the dolg_tf package and protos/ (the repository root in a
 # checkout, the workspace folder in Bazel runfiles).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The shipped example configs.
-DOLG_CONFIG_PATH = os.path.join(REPO_ROOT, "protos", "dolg.pbtxt")
-DELG_CONFIG_PATH = os.path.join(REPO_ROOT, "protos", "delg.pbtxt")
+# The shipped example configs (protos/*.pbtxt, copied into the package by the build).
+DOLG_CONFIG_PATH = protos.shipped_config_path("dolg")
+DELG_CONFIG_PATH = protos.shipped_config_path("delg")
 
 
 def parse_dolg_config(text: str, source: str = "<string>") -> DolgConfig:

@@ -17,8 +17,8 @@ not recorded on the wire, so cast after reading if you need it back.
 import numpy as np
 from google.protobuf import message as protobuf_message
 
-from dolg_tf.io import file_utils
-from protos import datum_pb2
+from dolg_tf.protos import datum_pb2
+from dolg_tf.utils import files as file_utils
 
 _FLOAT_KINDS = (np.float16, np.float32, np.float64)
 _UINT32_KINDS = (np.bool_, np.uint8, np.uint16, np.uint32)

@@ -22,8 +22,9 @@ from typing import NamedTuple
 import numpy as np
 from google.protobuf import message as protobuf_message
 
-from dolg_tf.io import datum_io, file_utils
-from protos import feature_pb2
+from dolg_tf.io import datum_io
+from dolg_tf.utils import files as file_utils
+from dolg_tf.protos import feature_pb2
 
 
 class LocalFeatures(NamedTuple):

@@ -18,10 +18,11 @@ import os
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from dolg_tf.extraction import descriptor_store
-from dolg_tf.retrieval import ground_truth, metrics, search
+from dolg_tf.retrieval import ground_truth, metrics, rerank, search
+from dolg_tf.utils import cli
 
 
 def evaluate(
@@ -122,24 +123,16 @@ def define_flags():
   )
 
 
-def _resolve(path: str) -> str:
-  if not path or os.path.isabs(path):
-    return path
-  return os.path.join(os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd()), path)
-
-
 def main(argv):
   del argv  # unused
   for name in ("dataset_file_path", "query_features_dir", "index_features_dir"):
     if not FLAGS[name].value:
-      raise app.UsageError(f"--{name} is required")
+      raise cli.UserError(f"--{name} is required")
   if FLAGS.use_geometric_verification:
-    from dolg_tf.retrieval import rerank  # noqa: PLC0415
-
     _, results, summary = rerank.evaluate_with_geometric_verification(
-      _resolve(FLAGS.dataset_file_path),
-      _resolve(FLAGS.query_features_dir),
-      _resolve(FLAGS.index_features_dir),
+      cli.resolve_path(FLAGS.dataset_file_path),
+      cli.resolve_path(FLAGS.query_features_dir),
+      cli.resolve_path(FLAGS.index_features_dir),
       global_suffix=FLAGS.suffix,
       local_suffix=FLAGS.local_suffix,
       top_k=FLAGS.gv_top_k,
@@ -153,13 +146,13 @@ def main(argv):
     )
     print(summary)
     if FLAGS.output_dir:
-      print(f"metrics: {write_metrics(results, summary, _resolve(FLAGS.output_dir))}")
+      print(f"metrics: {write_metrics(results, summary, cli.resolve_path(FLAGS.output_dir))}")
     return
   results, summary = evaluate(
-    _resolve(FLAGS.dataset_file_path),
-    _resolve(FLAGS.query_features_dir),
-    _resolve(FLAGS.index_features_dir),
-    _resolve(FLAGS.distractor_features),
+    cli.resolve_path(FLAGS.dataset_file_path),
+    cli.resolve_path(FLAGS.query_features_dir),
+    cli.resolve_path(FLAGS.index_features_dir),
+    cli.resolve_path(FLAGS.distractor_features),
     FLAGS.suffix,
     FLAGS.qe_n,
     FLAGS.dba_n,
@@ -168,9 +161,14 @@ def main(argv):
   )
   print(summary)
   if FLAGS.output_dir:
-    print(f"metrics: {write_metrics(results, summary, _resolve(FLAGS.output_dir))}")
+    print(f"metrics: {write_metrics(results, summary, cli.resolve_path(FLAGS.output_dir))}")
+
+
+def run():
+  """The `dolg-retrieve` command."""
+  define_flags()
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

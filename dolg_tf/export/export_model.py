@@ -1,0 +1,310 @@
+"""Exports DOLG/DELG models as self-contained SavedModels in TF Serving's layout.
+
+`<export_base>/<version>/` holds a SavedModel with two signatures (both
+`tensorflow/serving/predict`):
+
+- `serving_default` (DELF-style, one image):
+    inputs  `input_image` uint8 [H, W, 3], `input_scales` float32 [S],
+            `input_global_scales_ind` int32 [G] (which scales are pooled)
+    outputs `global_descriptors` float32 [S, D] (per-scale, L2-normalised),
+            `global_descriptor` float32 [D] (the selected scales' descriptors
+            averaged and L2-normalised: the official DOLG test-time pooling).
+- `serve_encoded` (batch of encoded images, as a REST client sends base64):
+    inputs  `images` string [B] (JPEG/PNG/GIF/BMP bytes)
+    outputs `global_descriptor` float32 [B, D]
+  decoding, resizing so the longest side is at most `max_image_size`, the
+  pyramid over the export's `image_scales` and pooling run inside the graph.
+
+DELG exports (`model_config.name == "delg"`) use DELF's local+global
+signature as `serving_default` (see DelgServingModule) and keep the global-only
+one as `serve_global`.
+
+The image at scale s is resized (bilinear) to round(s * H) x round(s * W),
+as DELF does. Nothing of this project is needed to load the export: only
+TensorFlow. `assets.extra/model_config.json` records the network.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+from absl import flags
+
+from dolg_tf import config as config_lib
+from dolg_tf.model import builder, normalization
+from dolg_tf.utils import cli
+
+DEFAULT_SCALES = (0.7071, 1.0, 1.4142)
+MODEL_CONFIG_ASSET = os.path.join("assets.extra", "model_config.json")
+EXPORT_CONFIG_ASSET = os.path.join("assets.extra", "export_config.json")
+
+
+class ServingModule(tf.Module):
+  """Wraps a descriptor model with the serving signatures."""
+
+  def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
+    super().__init__(name="dolg_serving")
+    self.model = model
+    self.max_image_size = int(max_image_size)
+    self.image_scales = tuple(float(s) for s in image_scales)
+
+  def _describe(self, image, scales):
+    """Per-scale descriptors [S, D] of one float32 [H, W, 3] image."""
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+
+    def one_scale(scale):
+      new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+      resized = tf.image.resize(image[None], new_size, method="bilinear")
+      return self.model(resized, training=False)[0]
+
+    return tf.map_fn(
+      one_scale,
+      scales,
+      fn_output_signature=tf.TensorSpec([None], tf.float32),
+      parallel_iterations=1,
+    )
+
+  @staticmethod
+  def _pool(descriptors, scale_indices):
+    selected = tf.gather(descriptors, scale_indices)
+    l2_normalize = normalization.l2_normalize
+    return l2_normalize(tf.reduce_mean(l2_normalize(selected), axis=0))
+
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec([None, None, 3], tf.uint8, name="input_image"),
+      tf.TensorSpec([None], tf.float32, name="input_scales"),
+      tf.TensorSpec([None], tf.int32, name="input_global_scales_ind"),
+    ]
+  )
+  def serve(self, input_image, input_scales, input_global_scales_ind):
+    descriptors = self._describe(tf.cast(input_image, tf.float32), input_scales)
+    return {
+      "global_descriptors": descriptors,
+      "global_descriptor": self._pool(descriptors, input_global_scales_ind),
+    }
+
+  def _resize_to_max(self, image):
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    factor = tf.minimum(1.0, self.max_image_size / tf.reduce_max(size))
+    new_size = tf.maximum(tf.cast(tf.round(size * factor), tf.int32), 1)
+    return tf.image.resize(image, new_size, method="bilinear")
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+  def serve_encoded(self, images):
+    scales = tf.constant(self.image_scales, tf.float32)
+    all_scales = tf.range(tf.size(scales))
+
+    def one_image(encoded):
+      image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+      image = self._resize_to_max(tf.cast(image, tf.float32))
+      image.set_shape([None, None, 3])
+      return self._pool(self._describe(image, scales), all_scales)
+
+    return {
+      "global_descriptor": tf.map_fn(
+        one_image, images, fn_output_signature=tf.TensorSpec([None], tf.float32)
+      )
+    }
+
+
+class DelgServingModule(ServingModule):
+  """DELG export: DELF's local+global signature as `serving_default`.
+
+  inputs  `input_image` uint8 [H, W, 3], `input_scales` float32 [S],
+          `input_max_feature_num` int32 [], `input_abs_thres` float32 [],
+          `input_global_scales_ind` int32 [G]
+  outputs `boxes` [N, 4] (y1, x1, y2, x2 receptive boxes in input-image
+          pixels), `features` [N, d] (the autoencoder's reduced features, not
+          yet normalised: the extractor L2-normalises and applies PCA, as DELF),
+          `scales` [N], `scores` [N] (attention), `global_descriptors` [G, D]
+          (per selected scale, L2-normalised), `global_descriptor` [D] (pooled).
+  Keypoints are the features whose attention >= input_abs_thres over all
+  scales, the `input_max_feature_num` strongest kept.
+  """
+
+  def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
+    super().__init__(model, max_image_size, image_scales)
+    self.rf_size, self.rf_stride, self.rf_padding = model.receptive_field()
+
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec([None, None, 3], tf.uint8, name="input_image"),
+      tf.TensorSpec([None], tf.float32, name="input_scales"),
+      tf.TensorSpec([], tf.int32, name="input_max_feature_num"),
+      tf.TensorSpec([], tf.float32, name="input_abs_thres"),
+      tf.TensorSpec([None], tf.int32, name="input_global_scales_ind"),
+    ]
+  )
+  def serve_local(
+    self,
+    input_image,
+    input_scales,
+    input_max_feature_num,
+    input_abs_thres,
+    input_global_scales_ind,
+  ):
+    image = tf.cast(input_image, tf.float32)
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    num_scales = tf.size(input_scales)
+    arrays = [tf.TensorArray(tf.float32, size=num_scales, infer_shape=False) for _ in range(4)]
+    descriptors = tf.TensorArray(tf.float32, size=num_scales)
+    for i in tf.range(num_scales):
+      scale = input_scales[i]
+      new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+      resized = tf.image.resize(image[None], new_size, method="bilinear")
+      out = self.model(resized, training=False, return_intermediates=True)
+      attention = out["attention"][0, :, :, 0]
+      features = out["reduced_features"][0]
+      grid = tf.cast(tf.where(attention >= input_abs_thres), tf.float32)  # [n, 2] (y, x)
+      # Receptive boxes at this scale, mapped back to input-image pixels.
+      top_left = grid * self.rf_stride - self.rf_padding
+      boxes = tf.concat([top_left, top_left + self.rf_size - 1], axis=1) / scale
+      selected = attention >= input_abs_thres
+      arrays[0] = arrays[0].write(i, boxes)
+      arrays[1] = arrays[1].write(i, tf.boolean_mask(features, selected))
+      arrays[2] = arrays[2].write(i, tf.fill([tf.shape(grid)[0]], scale))
+      arrays[3] = arrays[3].write(i, tf.boolean_mask(attention, selected))
+      descriptors = descriptors.write(i, out["descriptor"][0])
+    boxes, features, scales, scores = (a.concat() for a in arrays)
+    boxes = tf.reshape(boxes, [-1, 4])
+    features = tf.reshape(features, [-1, self.model.autoencoder.reduced_dim])
+    keep = tf.math.top_k(scores, tf.minimum(input_max_feature_num, tf.size(scores))).indices
+    global_descriptors = tf.gather(descriptors.stack(), input_global_scales_ind)
+    return {
+      "boxes": tf.gather(boxes, keep),
+      "features": tf.gather(features, keep),
+      "scales": tf.gather(scales, keep),
+      "scores": tf.gather(scores, keep),
+      "global_descriptors": global_descriptors,
+      "global_descriptor": self._pool(
+        global_descriptors, tf.range(tf.shape(global_descriptors)[0])
+      ),
+    }
+
+
+def next_version(export_base: str) -> int:
+  """1 + the largest numeric version folder under `export_base` (1 if none)."""
+  if not tf.io.gfile.isdir(export_base):
+    return 1
+  versions = [int(d) for d in tf.io.gfile.listdir(export_base) if d.strip("/").isdigit()]
+  return max(versions, default=0) + 1
+
+
+def export_saved_model(
+  model,
+  model_config: config_lib.ModelConfig,
+  export_base: str,
+  version: int | None = None,
+  max_image_size: int = 1024,
+  image_scales=DEFAULT_SCALES,
+) -> str:
+  """Writes `<export_base>/<version>/` atomically and returns its path.
+
+  The SavedModel is written to a temporary sibling folder and renamed, so TF
+  Serving (which polls `export_base`) never sees a half-written version.
+
+  Raises:
+    FileExistsError: if that version already exists.
+  """
+  version = version or next_version(export_base)
+  export_dir = os.path.join(export_base, str(version))
+  if tf.io.gfile.exists(export_dir):
+    raise FileExistsError(f"export version already exists: {export_dir}")
+  tmp_dir = os.path.join(export_base, f".tmp-{version}-{os.getpid()}")
+  if tf.io.gfile.exists(tmp_dir):
+    tf.io.gfile.rmtree(tmp_dir)
+  if model_config.name == "delg":
+    module = DelgServingModule(model, max_image_size, image_scales)
+    signatures = {
+      "serving_default": module.serve_local.get_concrete_function(),
+      "serve_global": module.serve.get_concrete_function(),
+      "serve_encoded": module.serve_encoded.get_concrete_function(),
+    }
+  else:
+    module = ServingModule(model, max_image_size, image_scales)
+    signatures = {
+      "serving_default": module.serve.get_concrete_function(),
+      "serve_encoded": module.serve_encoded.get_concrete_function(),
+    }
+  tf.saved_model.save(module, tmp_dir, signatures=signatures)
+  tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
+  with tf.io.gfile.GFile(os.path.join(tmp_dir, MODEL_CONFIG_ASSET), "w") as f:
+    f.write(json.dumps(model_config.to_dict(), indent=2, sort_keys=True) + "\n")
+  with tf.io.gfile.GFile(os.path.join(tmp_dir, EXPORT_CONFIG_ASSET), "w") as f:
+    export_config = dict(max_image_size=max_image_size, image_scales=list(module.image_scales))
+    f.write(json.dumps(export_config, indent=2, sort_keys=True) + "\n")
+  tf.io.gfile.rename(tmp_dir, export_dir)
+  return export_dir
+
+
+def export_from_checkpoint(
+  logdir: str,
+  checkpoint: str = "",
+  export_base: str = "",
+  version: int | None = None,
+  max_image_size: int = 1024,
+  image_scales=DEFAULT_SCALES,
+) -> str:
+  """Restores a training run's checkpoint and exports it.
+
+  Args:
+    logdir: the run folder (holds model_config.json and checkpoints/).
+    checkpoint: a checkpoint prefix; default the latest of `logdir`.
+    export_base: default `<logdir>/export`.
+    version, max_image_size, image_scales: as `export_saved_model`.
+
+  Raises:
+    FileNotFoundError: no model config or no checkpoint (named).
+  """
+  model_config = config_lib.load_model_config(logdir)
+  checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+  if not checkpoint:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(logdir, 'checkpoints')}")
+  model = builder.build_model(model_config, image_size=64)
+  status = tf.train.Checkpoint(model=model).restore(checkpoint)
+  status.expect_partial().assert_existing_objects_matched()
+  return export_saved_model(
+    model,
+    model_config,
+    export_base or os.path.join(logdir, "export"),
+    version,
+    max_image_size,
+    image_scales,
+  )
+
+
+def define_flags():
+  flags.DEFINE_string("logdir", "", "Training run folder (model_config.json, checkpoints/).")
+  flags.DEFINE_string("checkpoint", "", "Checkpoint prefix; default: the latest in --logdir.")
+  flags.DEFINE_string("export_base", "", "TF Serving model base; default <logdir>/export.")
+  flags.DEFINE_integer("version", 0, "Version folder; 0 = next free.")
+  flags.DEFINE_integer("max_image_size", 1024, "serve_encoded: longest side after resizing.")
+  flags.DEFINE_list("image_scales", [str(s) for s in DEFAULT_SCALES], "serve_encoded pyramid.")
+
+
+def main(argv):
+  del argv  # unused
+  values = flags.FLAGS
+  if not values.logdir:
+    raise cli.UserError("--logdir is required")
+  resolve = cli.resolve_path
+  export_dir = export_from_checkpoint(
+    resolve(values.logdir),
+    resolve(values.checkpoint),
+    resolve(values.export_base),
+    values.version or None,
+    values.max_image_size,
+    [float(s) for s in values.image_scales],
+  )
+  print(f"SavedModel: {export_dir}")
+
+
+def run():
+  """The `dolg-export` command."""
+  define_flags()
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,166 @@
+r"""Extracts global descriptors of many images with an exported DOLG/DELG SavedModel.
+
+In the style of DELF's extract_features: the config (protos/dolg.pbtxt) names
+the SavedModel, the image pyramid, resizing, scale pooling and PCA.
+
+  # Every image of a list (one path per line; relative to --images_dir if set):
+  python extract_features.py --config=protos/dolg.pbtxt \
+      --list_images_path=list.txt --output_dir=descriptors
+  # Every jpg/jpeg/png/bmp/gif/webp under a folder, recursively:
+  python extract_features.py --config=protos/dolg.pbtxt --images_dir=images \
+      --output_dir=descriptors
+  # Revisited Oxford/Paris queries, cropped to their boxes (the protocol):
+  python extract_features.py --config=protos/dolg.pbtxt --images_dir=roxford5k/jpg \
+      --gnd_path=gnd_roxford5k.pkl --image_set=query --query_crop \
+      --output_dir=roxford5k/query
+  # ... and the database images (not cropped; use another --output_dir, the
+  # query images are database images too):
+  ... --gnd_path=gnd_roxford5k.pkl --image_set=index --output_dir=roxford5k/index
+  # A million images: sharded .npz output instead of one file per image:
+  ... --output_format=shards --shard_size=100000
+
+Outputs go to --output_dir (see dolg_tf/extraction/pipeline.py): per image
+`<name><global_descriptor_suffix>` (DatumProto float32 [D]) or
+`descriptors-NNNNN.npz` shards + manifest.json; unreadable images are listed
+in `failures.tsv`. Re-running skips images already done. Relative paths are
+taken from $BUILD_WORKING_DIRECTORY under `bazel run`.
+
+Exit status: 0 on success, 1 if there was work and no image has a descriptor,
+2 on a bad flag, config, model or image list (one-line message).
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from dolg_tf.utils import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, "DolgConfig text file (.pbtxt), e.g. protos/dolg.pbtxt.")
+flags.DEFINE_string("list_images_path", None, "Text file with one image path per line.")
+flags.DEFINE_string(
+  "images_dir",
+  None,
+  "Folder of images: searched recursively without --list_images_path; the base of relative "
+  "list entries with it; the folder of <name>.jpg files with --gnd_path.",
+)
+flags.DEFINE_string("output_dir", None, "Folder for the descriptors (created if needed).")
+flags.DEFINE_enum("output_format", "per_image", ["per_image", "shards"], "Output layout.")
+flags.DEFINE_string(
+  "gnd_path", None, "Revisited Oxford/Paris ground truth (gnd_*.pkl or .mat): images to extract."
+)
+flags.DEFINE_enum("image_set", "query", ["query", "index"], "With --gnd_path: qimlist or imlist.")
+flags.DEFINE_bool("query_crop", False, "With --gnd_path and query images: crop to their bbx.")
+flags.DEFINE_string("image_extension", ".jpg", "With --gnd_path: extension of the image files.")
+flags.DEFINE_integer("num_threads", 2, "Image decoding threads.")
+flags.DEFINE_integer("prefetch", 8, "Images decoded ahead of the model.")
+flags.DEFINE_integer("shard_size", 100_000, "Descriptors per shard with --output_format=shards.")
+flags.DEFINE_float("log_interval", 30.0, "Seconds between progress logs.")
+
+
+class _SetupError(Exception):
+  """A bad flag or input; reported as one line."""
+
+
+def _tasks():
+  """The ImageTasks the flags describe."""
+  from dolg_tf.extraction import pipeline  # pylint: disable=g-import-not-at-top
+
+  if FLAGS.gnd_path:
+    from dolg_tf.retrieval import ground_truth  # pylint: disable=g-import-not-at-top
+
+    if FLAGS.list_images_path:
+      raise _SetupError("--gnd_path and --list_images_path are exclusive")
+    if not FLAGS.images_dir:
+      raise _SetupError("--gnd_path needs --images_dir (the folder of the dataset's images)")
+    if not os.path.isdir(FLAGS.images_dir):
+      raise _SetupError(f"{FLAGS.images_dir}: images folder not found")
+    gnd = ground_truth.load_ground_truth(FLAGS.gnd_path)
+    names = gnd.qimlist if FLAGS.image_set == "query" else gnd.imlist
+    paths = [os.path.join(FLAGS.images_dir, n + FLAGS.image_extension) for n in names]
+    boxes = None
+    if FLAGS.image_set == "query":
+      if FLAGS.query_crop:
+        boxes = {n: q["bbx"] for n, q in zip(names, gnd.gnd) if q["bbx"] is not None}
+        missing = len(names) - len(boxes)
+        if missing:
+          logging.warning("%s: %d queries have no bbx; not cropped", FLAGS.gnd_path, missing)
+      else:
+        logging.warning("queries are not cropped; the ROxf/RPar protocol crops them (--query_crop)")
+    return pipeline.tasks_from_paths(paths, boxes)
+  if FLAGS.query_crop:
+    raise _SetupError("--query_crop needs --gnd_path")
+  if FLAGS.list_images_path:
+    if FLAGS.images_dir and not os.path.isdir(FLAGS.images_dir):
+      raise _SetupError(f"{FLAGS.images_dir}: images folder not found")
+    if not os.path.isfile(FLAGS.list_images_path):
+      raise _SetupError(f"{FLAGS.list_images_path}: image list not found")
+    paths = pipeline.read_image_list(FLAGS.list_images_path, FLAGS.images_dir)
+  elif FLAGS.images_dir:
+    paths = pipeline.list_images(FLAGS.images_dir)
+  else:
+    raise _SetupError("give --list_images_path, --images_dir or --gnd_path")
+  return pipeline.tasks_from_paths(paths)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    if not FLAGS.config:
+      raise _SetupError("--config is required")
+    if not FLAGS.output_dir:
+      raise _SetupError("--output_dir is required")
+    if not os.path.isfile(FLAGS.config):
+      raise _SetupError(f"{FLAGS.config}: config file not found")
+    from dolg_tf.io import config_io  # pylint: disable=g-import-not-at-top
+
+    config = config_io.load_dolg_config(FLAGS.config)
+    model_path = config_io.resolve_model_path(config, FLAGS.config)
+    tasks = _tasks()
+    # TensorFlow is imported only once the inputs are known to be there.
+    from dolg_tf.extraction import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
+    from dolg_tf.extraction import pipeline  # pylint: disable=g-import-not-at-top
+
+    if config.use_local_features:
+      # DELG: local (.delg_local) and global (.delg_global) files per image.
+      from dolg_tf.extraction import local_extractor  # pylint: disable=g-import-not-at-top
+
+      extractor = local_extractor.LocalGlobalExtractor(config, FLAGS.config, model_path=model_path)
+    else:
+      extractor = extractor_lib.GlobalExtractor(config, FLAGS.config, model_path=model_path)
+  except (_SetupError, OSError, ValueError) as e:
+    print(f"extract_features: error: {e}", file=sys.stderr)
+    return 2
+  if not tasks:
+    logging.warning("no images to extract")
+  # DELG extractors bring their own writer (.delg_local + .delg_global files).
+  try:
+    summary = pipeline.run_extraction(
+      extractor,
+      tasks,
+      FLAGS.output_dir,
+      output_format=FLAGS.output_format,
+      num_threads=FLAGS.num_threads,
+      prefetch=FLAGS.prefetch,
+      shard_size=FLAGS.shard_size,
+      log_interval=FLAGS.log_interval,
+    )
+  except ValueError as e:  # Bad arguments, rejected before any image is read.
+    print(f"extract_features: error: {e}", file=sys.stderr)
+    return 2
+  print(
+    f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}, "
+    f"{summary.seconds:.1f}s -> {FLAGS.output_dir}"
+  )
+  return summary.exit_code
+
+
+def run():
+  """The `dolg-extract` command (and `python extract_features.py`)."""
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

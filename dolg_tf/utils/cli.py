@@ -1,0 +1,82 @@
+"""What every dolg_tf command shares: its console, its paths and its one-line errors.
+
+    def main(argv): ...
+    def run(): cli.run(main)            # console entry point (pyproject) and __main__
+
+* `run` starts absl's app with TensorFlow's Python loggers at ERROR (TF's C++
+  lines are hidden by the package import, see dolg_tf/__init__.py) unless
+  `--verbose` is given, and turns a `UserError` (or a bad flag) into one line
+  `<command>: error: <message>` on stderr and exit status 2, without a traceback.
+* Under `bazel run` the binary starts in its runfiles tree; `run` moves to the
+  caller's folder ($BUILD_WORKING_DIRECTORY) first, so relative paths on the
+  command line and in configs mean what they mean without Bazel.
+  `resolve_path` makes such a path absolute (for files handed to subprocesses).
+"""
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+import dolg_tf
+
+EXIT_USER_ERROR = 2
+
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's start-up lines, warnings and INFO logs.")
+
+
+class UserError(Exception):
+  """A bad flag, config field, input file or output location; the message names it."""
+
+
+def resolve_path(path: str | None) -> str | None:
+  """`path` made absolute (after `~`); empty values and URLs are returned unchanged."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def command_name() -> str:
+  return os.path.splitext(os.path.basename(sys.argv[0] or "dolg_tf"))[0]
+
+
+def fail(message: str) -> None:
+  """Prints `<command>: error: <message>` and exits with status 2."""
+  print(f"{command_name()}: error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def quiet_loggers() -> None:
+  """TensorFlow's and Keras' Python loggers at ERROR unless --verbose."""
+  if dolg_tf.VERBOSE:
+    return
+  for name in ("tensorflow", "absl.tensorflow", "keras", "tf_keras", "h5py"):
+    logging.getLogger(name).setLevel(logging.ERROR)
+  tf = sys.modules.get("tensorflow")
+  if tf is not None:
+    tf.get_logger().setLevel(logging.ERROR)
+    tf.autograph.set_verbosity(0)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+  """Runs `main` as an absl app; a UserError or a bad flag becomes one line and exit status 2."""
+
+  def guarded(argv):
+    if os.environ.get("BUILD_WORKING_DIRECTORY"):
+      os.chdir(os.environ["BUILD_WORKING_DIRECTORY"])
+    quiet_loggers()
+    try:
+      return main(argv)
+    except (UserError, app.UsageError) as e:
+      fail(str(e))
+
+  app.run(guarded, flags_parser=_parse_flags)

@@ -1,1 +1,0 @@
-"""SavedModel export of dolg_tf models for extraction and TF Serving."""

@@ -1,0 +1,35 @@
+"""The exported SavedModel's interface: signature, input and output names, config asset.
+
+Export (export_model.py) writes these names, extraction and the serving client
+read them; this module imports nothing, so TF-free code can use it.
+"""
+
+# Signatures.
+SERVING_DEFAULT = "serving_default"  # DOLG: global descriptors; DELG: DELF's local + global.
+SERVE_GLOBAL = "serve_global"  # DELG exports: the global-only interface of DOLG's default.
+SERVE_ENCODED = "serve_encoded"  # A batch of encoded images (REST clients, base64).
+# The signatures with the global-only interface, in order of preference.
+GLOBAL_SIGNATURES = (SERVE_GLOBAL, SERVING_DEFAULT)
+
+# Inputs.
+INPUT_IMAGE = "input_image"  # uint8 [H, W, 3]
+INPUT_SCALES = "input_scales"  # float32 [S]
+INPUT_GLOBAL_SCALES_IND = "input_global_scales_ind"  # int32 [G]
+INPUT_MAX_FEATURE_NUM = "input_max_feature_num"  # int32 []
+INPUT_ABS_THRES = "input_abs_thres"  # float32 []
+INPUT_ENCODED_IMAGES = "images"  # string [B]
+GLOBAL_INPUTS = frozenset({INPUT_IMAGE, INPUT_SCALES, INPUT_GLOBAL_SCALES_IND})
+LOCAL_GLOBAL_INPUTS = GLOBAL_INPUTS | {INPUT_MAX_FEATURE_NUM, INPUT_ABS_THRES}
+
+# Outputs.
+GLOBAL_DESCRIPTORS = "global_descriptors"  # float32 [S or G, D], per scale
+GLOBAL_DESCRIPTOR = "global_descriptor"  # float32 [D] (serve_encoded: [B, D])
+BOXES = "boxes"  # float32 [N, 4]
+FEATURES = "features"  # float32 [N, d]
+SCALES = "scales"  # float32 [N]
+SCORES = "scores"  # float32 [N]
+
+# The experiment config (dolg_tf.config) the SavedModel was exported with, as
+# JSON, inside the SavedModel folder: its `model` and `export` sections
+# (pyramid, size limits) give extraction its defaults.
+CONFIG_ASSET = "assets.extra/config.json"

@@ -1,7 +1,7 @@
 r"""DELG speed: local + global extraction throughput and re-ranking time per query.
 
 (a) An untrained DELG R50 (DELG paper settings, config.delg_config) is exported
-    to a temp folder; LocalGlobalExtractor runs `--num_images` random
+    to a temp folder; a DELG extractor.Extractor runs `--num_images` random
     `--image_size` x `--image_size` images through the local+global signature
     at `--scales` (default 1.0: DELG's 7-scale pyramid costs about 5.5x more
     pixels), keeping `--max_features` keypoints; img/s and CPU s/img are
@@ -29,11 +29,13 @@ import tensorflow as tf
 from absl import app, flags
 
 from dolg_tf import config as config_lib
-from dolg_tf.extraction import binarize, local_extractor
+from dolg_tf.export import export_model
+from dolg_tf.extraction import binarize
+from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, feature_io
 from dolg_tf.model import builder
 from dolg_tf.retrieval import rerank
-from dolg_tf.export import export_model
+from dolg_tf.utils import arrays
 
 flags.DEFINE_integer("num_images", 5, "Images timed for extraction.")
 flags.DEFINE_integer("image_size", 512, "Square image side.")
@@ -46,7 +48,7 @@ FLAGS = flags.FLAGS
 
 
 def _unit(x):
-  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+  return arrays.l2_normalize(x)
 
 
 def bench_extraction() -> None:
@@ -59,7 +61,7 @@ def bench_extraction() -> None:
       f"{scales}\nuse_local_features: true\n"
       f"local_config {{ max_feature_num: {FLAGS.max_features} }}\n"
     )
-    extractor = local_extractor.LocalGlobalExtractor(config, model_path=export_dir)
+    extractor = extractor_lib.Extractor(config, model_path=export_dir)
     rng = np.random.default_rng(0)
     size = FLAGS.image_size
     images = [

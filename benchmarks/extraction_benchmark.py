@@ -4,7 +4,7 @@ For each precision in `--precisions` an untrained DOLG (`--depth`, pycls
 layout; the bf16 model gets the fp32 model's weights) is exported to a temp
 folder, then:
   (a) bare forward: img/s of the SavedModel signature (via
-      GlobalExtractor.per_scale_descriptors) on pre-decoded uint8 arrays,
+      Extractor.per_scale_descriptors) on pre-decoded uint8 arrays,
       measured before and after (b) to expose drift from other load;
   (b) whole pipeline: img/s of pipeline.run_extraction over `--num_images`
       procedurally generated JPEGs (decode, resize, forward, pooling, atomic
@@ -120,8 +120,8 @@ def export_models(workdir: str):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from dolg_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-  from dolg_tf.model import builder  # pylint: disable=g-import-not-at-top
   from dolg_tf.export import export_model  # pylint: disable=g-import-not-at-top
+  from dolg_tf.model import builder  # pylint: disable=g-import-not-at-top
 
   existing = {p: os.path.join(workdir, f"export_{p}", "1") for p in FLAGS.precisions}
   if not FLAGS.xla and all(os.path.isdir(d) for d in existing.values()):
@@ -147,7 +147,10 @@ def export_models(workdir: str):
     else:
       raise app.UsageError(f"unknown precision {precision!r}")
     exports[precision] = export_model.export_saved_model(
-      model, model_config, os.path.join(workdir, f"export_{precision}"), image_scales=(1.0,)
+      model,
+      model_config,
+      os.path.join(workdir, f"export_{precision}"),
+      export_config=config_lib.ExportConfig(image_scales=(1.0,)),
     )
     models[precision] = model
   logging.set_verbosity(verbosity)
@@ -211,7 +214,7 @@ def memory_run(model_dir: str, workdir: str) -> None:
     side * 3 // 2,
   )
   config = _config(model_dir, FLAGS.memory_scales, side)
-  extractor = extractor_lib.GlobalExtractor(config)
+  extractor = extractor_lib.Extractor(config)
   output_dir = tempfile.mkdtemp(dir=workdir, prefix="memory_out_")
   summary = pipeline.run_extraction(extractor, pipeline.tasks_from_paths(paths), output_dir)
   print(
@@ -267,7 +270,7 @@ def main(argv):
   exports, models = export_models(workdir)
   results = {}
   for precision, model_dir in exports.items():
-    extractor = extractor_lib.GlobalExtractor(_config(model_dir, FLAGS.scales, size))
+    extractor = extractor_lib.Extractor(_config(model_dir, FLAGS.scales, size))
     before, cpu_before, descriptors = time_bare(extractor, arrays)
     whole, cpu_whole = time_pipeline(extractor, paths, tempfile.mkdtemp(dir=workdir, prefix="out_"))
     after, cpu_after, _ = time_bare(extractor, arrays)

@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from dolg_tf.retrieval import search  # noqa: E402
+from dolg_tf.utils import arrays  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_db", 1_000_000, "Database size.")
@@ -121,7 +122,7 @@ class Dataset:
     if spectrum_decay:
       q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
       self.rotation = np.ascontiguousarray(q.T, dtype=np.float32)
-    self.centres = search.l2_normalize(self._gaussian(self.sizes.size, rng))
+    self.centres = arrays.l2_normalize(self._gaussian(self.sizes.size, rng))
 
   def _gaussian(self, n, rng):
     z = rng.standard_normal((n, self.dim), dtype=np.float32) * self.std
@@ -131,7 +132,7 @@ class Dataset:
     c = self.centres[labels]
     u = self._gaussian(labels.size, np.random.default_rng(seed))
     u -= np.sum(u * c, axis=1, keepdims=True) * c
-    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    u = arrays.l2_normalize(u, axis=1)
     return cosine * c + np.float32(math.sqrt(1.0 - cosine * cosine)) * u
 
   def database(self, cosine):

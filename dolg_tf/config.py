@@ -1,14 +1,36 @@
-"""One model configuration shared by training, export, conversion and extraction.
+"""The one configuration tree of dolg_tf: model, data, training and export settings.
 
-Training writes it next to checkpoints and SavedModels (`save_model_config`);
-every later stage reads it back (`load_model_config`) and builds the same
-network through `dolg_tf.model.builder`.
+In the style of the TF Model Garden (official/core/config_definitions.py), on
+its `hyperparams.Config`:
+
+    ExperimentConfig
+      model:  ModelConfig   the network and its margin head
+      data:   DataConfig    training data and augmentation
+      train:  TrainConfig   schedule, optimizer, runtime
+      export: ExportConfig  the SavedModel's pyramid and size limits (extraction defaults)
+
+Each field has one default, here. Named experiments (dolg_tf/experiments.py)
+are presets over these defaults; a YAML/JSON file (`--config_file`) and
+`--params_override` ('train.batch_size=8,model.embedding_dim=128', YAML text or
+a file) override them, and a command's flags only override fields (they never
+declare a second default). `save_config` is the one writer: training writes
+`<logdir>/config.json`, export writes the same document (model + export
+sections) into the SavedModel (`assets.extra/config.json`), and every later
+stage reads it back with `load_config` / `load_model_config`.
 """
 
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+from official.modeling import hyperparams
+
+from dolg_tf.utils import files
 
 # Official DOLG / torchvision ImageNet statistics in pixel units (RGB order).
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
@@ -23,12 +45,105 @@ MODEL_NAMES = ("dolg", "delg")
 HEAD_TYPES = ("arcface", "curricularface", "subcenter_arcface")
 OFFICIAL_DILATIONS = (6, 12, 18)
 PAPER_DILATIONS = (3, 6, 9)
+# The official DOLG test-time pyramid (1/sqrt(2), 1, sqrt(2)).
+OFFICIAL_SCALES = (0.7071, 1.0, 1.4142)
+DATASET_VERSIONS = ("gld_v1", "gld_v2", "gld_v2_clean", "synthetic")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
-CONFIG_FILENAME = "model_config.json"
+CONFIG_FILENAME = "config.json"
+
+
+class ConfigError(ValueError):
+  """A config file or field is invalid; the message names it."""
+
+
+def _check_choice(field: str, value, choices) -> None:
+  if value not in choices:
+    raise ConfigError(f"{field} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_at_least(owner: str, config, names: Sequence[str], minimum: float) -> None:
+  for name in names:
+    if getattr(config, name) < minimum:
+      raise ConfigError(f"{owner}.{name} must be >= {minimum}, got {getattr(config, name)}")
+
+
+class _Section(hyperparams.Config):
+  """A config section: values coerced to their declared types and validated.
+
+  `hyperparams.Config` stores whatever it is given (an int for a float field,
+  a list for a tuple); sections coerce each value to its annotation so that
+  configs compare and serialise the same however they were built.
+  """
+
+  SECTION = ""
+
+  def __post_init__(self, *args, **kwargs):
+    super().__post_init__(*args, **kwargs)
+    self.coerce()
+    self.validate()
+
+  def coerce(self) -> None:
+    hints = typing.get_type_hints(type(self))
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if value is None or isinstance(value, hyperparams.Config):
+        continue
+      hint = hints[field.name]
+      target = hint
+      if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        target = next(t for t in typing.get_args(hint) if t is not type(None))
+      origin = typing.get_origin(target) or target
+      where = f"{self.SECTION}.{field.name}"
+      try:
+        if origin is tuple:
+          element = typing.get_args(target)[0]
+          if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+          value = tuple(element(v) for v in value)
+        elif origin is bool:
+          if not isinstance(value, bool):
+            raise TypeError(f"expected true/false, got {value!r}")
+        elif origin is int:
+          if isinstance(value, bool) or float(value) != int(value):
+            raise TypeError(f"expected an integer, got {value!r}")
+          value = int(value)
+        elif origin is float:
+          if isinstance(value, bool):
+            raise TypeError(f"expected a number, got {value!r}")
+          value = float(value)
+        elif origin is str:
+          if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+      except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+      self.__dict__[field.name] = value
+
+  def validate(self) -> None:
+    """Raises ConfigError naming the first invalid field."""
+
+  def to_dict(self) -> dict:
+    return _jsonable(self.as_dict())
+
+  def replace(self, **changes):
+    # hyperparams.Config.replace skips __post_init__; rebuild so values are checked.
+    values = self.as_dict()
+    values.update(changes)
+    return type(self)(**values)
+
+
+def _jsonable(value):
+  if isinstance(value, Mapping):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  return value
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(_Section):
   """Describes one retrieval network and its training head.
 
   Attributes:
@@ -68,6 +183,8 @@ class ModelConfig:
     delg_attention_hidden: DELG attention hidden channels.
   """
 
+  SECTION = "model"
+
   name: str = "dolg"
   backbone_depth: int = 50
   backbone_width_multiplier: float = 1.0
@@ -75,11 +192,11 @@ class ModelConfig:
   block3_strides: bool = False
   bn_momentum: float | None = None
   bn_epsilon: float | None = None
-  input_mean: Sequence[float] = IMAGENET_MEAN_RGB
-  input_std: Sequence[float] = IMAGENET_STD_RGB
+  input_mean: tuple[float, ...] = IMAGENET_MEAN_RGB
+  input_std: tuple[float, ...] = IMAGENET_STD_RGB
   input_channel_order: str = "RGB"
   use_multi_atrous: bool = False
-  atrous_dilations: Sequence[int] = OFFICIAL_DILATIONS
+  atrous_dilations: tuple[int, ...] = OFFICIAL_DILATIONS
   gem_p: float = 3.0
   gem_p_trainable: bool = True
   gem_eps: float = 1e-6
@@ -93,48 +210,35 @@ class ModelConfig:
   delg_reduced_dim: int = 128
   delg_attention_hidden: int = 512
 
-  def __post_init__(self):
-    self.input_mean = tuple(float(v) for v in self.input_mean)
-    self.input_std = tuple(float(v) for v in self.input_std)
-    self.atrous_dilations = tuple(int(v) for v in self.atrous_dilations)
-    self.validate()
-
   def validate(self) -> None:
-    """Checks field values.
-
-    Raises:
-      ValueError: naming the first invalid field.
-    """
-    _check_choice("name", self.name, MODEL_NAMES)
-    _check_choice("backbone_depth", self.backbone_depth, BACKBONE_DEPTHS)
-    _check_choice("backbone_layout", self.backbone_layout, BACKBONE_LAYOUTS)
-    _check_choice("head_type", self.head_type, HEAD_TYPES)
-    _check_choice("input_channel_order", self.input_channel_order, ("RGB", "BGR"))
+    _check_choice("model.name", self.name, MODEL_NAMES)
+    _check_choice("model.backbone_depth", self.backbone_depth, BACKBONE_DEPTHS)
+    _check_choice("model.backbone_layout", self.backbone_layout, BACKBONE_LAYOUTS)
+    _check_choice("model.head_type", self.head_type, HEAD_TYPES)
+    _check_choice("model.input_channel_order", self.input_channel_order, ("RGB", "BGR"))
     if len(self.input_mean) != 3 or len(self.input_std) != 3:
-      raise ValueError("ModelConfig.input_mean and input_std need 3 values each")
+      raise ConfigError("model.input_mean and model.input_std need 3 values each")
     if min(self.input_std) <= 0:
-      raise ValueError(f"ModelConfig.input_std must be positive, got {self.input_std}")
+      raise ConfigError(f"model.input_std must be positive, got {self.input_std}")
     if not self.atrous_dilations or min(self.atrous_dilations) < 1:
-      raise ValueError(f"ModelConfig.atrous_dilations must be >= 1, got {self.atrous_dilations}")
-    if self.backbone_width_multiplier <= 0:
-      raise ValueError(
-        "ModelConfig.backbone_width_multiplier must be positive, got "
-        f"{self.backbone_width_multiplier}"
-      )
-    if self.gem_p <= 0:
-      raise ValueError(f"ModelConfig.gem_p must be positive, got {self.gem_p}")
-    for field in (
-      "local_dim",
-      "embedding_dim",
-      "head_num_subcenters",
-      "delg_reduced_dim",
-      "delg_attention_hidden",
-    ):
-      if getattr(self, field) < 1:
-        raise ValueError(f"ModelConfig.{field} must be >= 1, got {getattr(self, field)}")
+      raise ConfigError(f"model.atrous_dilations must be >= 1, got {self.atrous_dilations}")
+    if self.backbone_width_multiplier <= 0 or self.gem_p <= 0:
+      raise ConfigError("model.backbone_width_multiplier and model.gem_p must be positive")
+    _check_at_least(
+      "model",
+      self,
+      (
+        "local_dim",
+        "embedding_dim",
+        "head_num_subcenters",
+        "delg_reduced_dim",
+        "delg_attention_hidden",
+      ),
+      1,
+    )
     if not 0 <= self.head_margin <= self.head_margin_max:
-      raise ValueError(
-        "ModelConfig.head_margin must be in [0, head_margin_max], got "
+      raise ConfigError(
+        "model.head_margin must be in [0, head_margin_max], got "
         f"{self.head_margin} (head_margin_max {self.head_margin_max})"
       )
 
@@ -150,75 +254,398 @@ class ModelConfig:
       return self.bn_epsilon
     return 1e-5 if self.backbone_layout == "pycls" else 1.001e-5
 
-  def to_dict(self) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
   @classmethod
-  def from_dict(cls, values: dict) -> "ModelConfig":
-    """Builds a config from a dict, rejecting unknown keys.
+  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    """Builds a config from a dict, rejecting unknown keys (ConfigError)."""
+    return _build(cls, values)
 
-    Raises:
-      ValueError: on an unknown key or an invalid value.
-    """
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
-    return cls(**values)
 
-  def replace(self, **changes) -> "ModelConfig":
-    return dataclasses.replace(self, **changes)
+# The DELG paper's network: keras-layout R50, GeM p=3 fixed, 2048-d whitening,
+# ArcFace s=45.25 m=0.1, (x - 128) / 128 input.
+DELG_MODEL = dict(
+  name="delg",
+  backbone_layout="keras",
+  gem_p_trainable=False,
+  embedding_dim=2048,
+  input_mean=DELG_MEAN_RGB,
+  input_std=DELG_STD_RGB,
+  head_type="arcface",
+  head_scale=45.25,
+  head_margin=0.1,
+)
 
 
 def delg_config(**overrides) -> ModelConfig:
-  """A ModelConfig with the DELG paper's settings (keras-layout R50, GeM p=3 fixed,
-  2048-d whitening, ArcFace s=45.25 m=0.1, (x - 128) / 128 input); `overrides` win."""
-  values = dict(
-    name="delg",
-    backbone_layout="keras",
-    gem_p_trainable=False,
-    embedding_dim=2048,
-    input_mean=DELG_MEAN_RGB,
-    input_std=DELG_STD_RGB,
-    head_type="arcface",
-    head_scale=45.25,
-    head_margin=0.1,
-  )
-  values.update(overrides)
-  return ModelConfig(**values)
+  """A ModelConfig with the DELG paper's settings (DELG_MODEL); `overrides` win."""
+  return ModelConfig(**dict(DELG_MODEL, **overrides))
 
 
-def _check_choice(field: str, value, choices) -> None:
-  if value not in choices:
-    raise ValueError(f"ModelConfig.{field} must be one of {list(choices)}, got {value!r}")
+@dataclasses.dataclass
+class DataConfig(_Section):
+  """Training data.
+
+  Attributes:
+    train_file_pattern: training TFRecords (GLDv2 layout, see data/gldv2.py).
+      Empty with synthetic_classes > 0: a synthetic-landmarks set is
+      generated under <logdir>/data.
+    validation_file_pattern: validation TFRecords (optional).
+    dataset_version: sets the number of classes (gld_v1 14951, gld_v2 203094,
+      gld_v2_clean 81313); 'synthetic' counts them from the data.
+    num_classes: explicit number of classes (0: from dataset_version).
+    image_size: training images are random-resized crops of this side.
+    min_crop_area: random-resized crop area range [min_crop_area, 1].
+    synthetic_classes: > 0: generate that many synthetic landmark classes.
+    synthetic_views: synthetic training views per class.
+  """
+
+  SECTION = "data"
+
+  train_file_pattern: str = ""
+  validation_file_pattern: str = ""
+  dataset_version: str = "gld_v2_clean"
+  num_classes: int = 0
+  image_size: int = 512
+  min_crop_area: float = 0.08
+  synthetic_classes: int = 0
+  synthetic_views: int = 48
+
+  def validate(self) -> None:
+    _check_choice("data.dataset_version", self.dataset_version, DATASET_VERSIONS)
+    _check_at_least("data", self, ("image_size", "synthetic_views"), 1)
+    _check_at_least("data", self, ("num_classes", "synthetic_classes"), 0)
+    if not 0 < self.min_crop_area <= 1:
+      raise ConfigError(f"data.min_crop_area must be in (0, 1], got {self.min_crop_area}")
+    if self.train_file_pattern and self.synthetic_classes:
+      raise ConfigError(
+        "data.train_file_pattern and data.synthetic_classes are exclusive (an experiment "
+        "on your own TFRecords: --experiment=dolg_gldv2 or delg_gldv2)"
+      )
+
+  @property
+  def is_synthetic(self) -> bool:
+    return self.synthetic_classes > 0
 
 
-def save_model_config(config: ModelConfig, directory: str) -> str:
-  """Writes `config` as JSON into `directory` (atomically) and returns the path."""
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, CONFIG_FILENAME)
-  tmp_path = path + ".tmp"
-  with open(tmp_path, "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp_path, path)
+@dataclasses.dataclass
+class TrainConfig(_Section):
+  """Schedule, optimizer and runtime of a training run (official DOLG recipe by default).
+
+  Attributes:
+    batch_size: global batch, over all replicas.
+    max_steps: total steps; 0 = epochs x steps_per_epoch.
+    epochs: used when max_steps is 0.
+    steps_per_epoch: 0 = counted from the training files.
+    initial_lr: peak learning rate (official DOLG: 0.01 for batch 64).
+    lr_schedule: decay after the warm-up.
+    warmup_steps: linear warm-up steps.
+    warmup_epochs: used when warmup_steps is 0.
+    warmup_factor: the warm-up starts at warmup_factor * initial_lr.
+    momentum: SGD momentum.
+    nesterov: Nesterov momentum.
+    weight_decay: coupled L2 term, as the official DOLG (PyTorch SGD).
+    clip_norm: global-norm gradient clipping; 0 = off.
+    mixed_precision: Keras mixed-precision policy.
+    distribution_strategy: tf.distribute strategy (multi_worker_mirrored reads TF_CONFIG).
+    num_gpus: GPUs for one_device / mirrored.
+    tpu: TPU address for the tpu strategy.
+    seed: weights, data order and augmentation.
+    log_every: steps between log lines and summaries.
+    checkpoint_every: steps between checkpoints.
+    max_checkpoints: checkpoints kept.
+    validate_every: steps between validation runs; 0 = at the end only.
+    validation_steps: validation batches per run; 0 = all.
+    export_at_end: write a SavedModel under <logdir>/export at the end.
+    imagenet_checkpoint: Keras ImageNet .h5 weights for the backbone.
+  """
+
+  SECTION = "train"
+
+  batch_size: int = 64
+  max_steps: int = 0
+  epochs: int = 0
+  steps_per_epoch: int = 0
+  initial_lr: float = 0.01
+  lr_schedule: str = "cosine"
+  warmup_steps: int = 0
+  warmup_epochs: float = 0.0
+  warmup_factor: float = 0.1
+  momentum: float = 0.9
+  nesterov: bool = True
+  weight_decay: float = 1e-4
+  clip_norm: float = 0.0
+  mixed_precision: str = "float32"
+  distribution_strategy: str = "one_device"
+  num_gpus: int = 0
+  tpu: str = ""
+  seed: int = 0
+  log_every: int = 20
+  checkpoint_every: int = 200
+  max_checkpoints: int = 3
+  validate_every: int = 0
+  validation_steps: int = 20
+  export_at_end: bool = True
+  imagenet_checkpoint: str = ""
+
+  def validate(self) -> None:
+    _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+    _check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
+    _check_choice("train.distribution_strategy", self.distribution_strategy, STRATEGIES)
+    _check_at_least(
+      "train", self, ("batch_size", "log_every", "checkpoint_every", "max_checkpoints"), 1
+    )
+    _check_at_least(
+      "train",
+      self,
+      ("max_steps", "epochs", "steps_per_epoch", "warmup_steps", "warmup_epochs", "num_gpus"),
+      0,
+    )
+    _check_at_least("train", self, ("weight_decay", "clip_norm"), 0)
+    if self.initial_lr <= 0:
+      raise ConfigError(f"train.initial_lr must be positive, got {self.initial_lr}")
+
+
+@dataclasses.dataclass
+class ExportConfig(_Section):
+  """What the SavedModel records for extraction (and serve_encoded uses).
+
+  Attributes:
+    image_scales: the pyramid (official DOLG 1/sqrt(2), 1, sqrt(2)).
+    max_image_size: images whose largest side exceeds it are downscaled
+      first; -1 = no limit.
+    min_image_size: images whose largest side is below it are upscaled first
+      (DELF semantics); -1 = no limit.
+  """
+
+  SECTION = "export"
+
+  image_scales: tuple[float, ...] = OFFICIAL_SCALES
+  max_image_size: int = 1024
+  min_image_size: int = -1
+
+  def validate(self) -> None:
+    if not self.image_scales or min(self.image_scales) <= 0:
+      raise ConfigError(f"export.image_scales must be positive, got {self.image_scales}")
+    for name in ("max_image_size", "min_image_size"):
+      value = getattr(self, name)
+      if value != -1 and value <= 0:
+        raise ConfigError(f"export.{name} must be positive or -1 (no limit), got {value}")
+
+
+@dataclasses.dataclass
+class ExperimentConfig(_Section):
+  """Everything one run needs: model, data, training and export settings."""
+
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+  def validate(self) -> None:
+    for section in (self.model, self.data, self.train, self.export):
+      section.coerce()
+      section.validate()
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ExperimentConfig":
+    """Builds a config from a (partial) dict, rejecting unknown keys (ConfigError)."""
+    return override(cls(), values)
+
+
+def _build(cls, values: Mapping[str, Any]):
+  unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+  if unknown:
+    raise ConfigError(f"unknown {cls.SECTION} field(s): {', '.join(unknown)}")
+  return cls(**values)
+
+
+def _check_keys(config: hyperparams.Config, values: Mapping[str, Any], prefix: str = "") -> None:
+  known = {f.name: f for f in dataclasses.fields(config)}
+  for key, value in values.items():
+    if key not in known:
+      raise ConfigError(f"unknown config field {prefix}{key}")
+    child = getattr(config, key)
+    if isinstance(child, hyperparams.Config):
+      if not isinstance(value, Mapping):
+        raise ConfigError(f"config field {prefix}{key} is a section, got {value!r}")
+      _check_keys(child, value, f"{prefix}{key}.")
+
+
+def override(config: ExperimentConfig, overrides) -> ExperimentConfig:
+  """A copy of `config` with `overrides` applied, validated.
+
+  Args:
+    config: the base config.
+    overrides: a dict, or a string as Model Garden's --params_override takes
+      it: 'a.b=1,c.d=x', YAML/JSON text, or the path of a .yaml/.json file.
+
+  Raises:
+    ConfigError: unknown field, bad value or unreadable file (named).
+  """
+  if isinstance(overrides, str):
+    overrides = parse_overrides(overrides)
+  _check_keys(config, overrides)
+  values = config.as_dict()
+  _merge(values, overrides)
+  return type(config)(**{k: type(getattr(config, k))(**v) for k, v in values.items()})
+
+
+def _merge(base: dict, overrides: Mapping[str, Any]) -> None:
+  for key, value in overrides.items():
+    if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+      _merge(base[key], value)
+    else:
+      base[key] = value
+
+
+def parse_overrides(text: str) -> dict:
+  """'a.b=1,c=[1, 2]' / YAML or JSON text / a .yaml or .json file -> nested dict."""
+  text = text.strip()
+  if not text:
+    return {}
+  if text.endswith((".yaml", ".yml", ".json")) and "\n" not in text and "=" not in text:
+    try:
+      return load_config_dict(text)
+    except FileNotFoundError as e:
+      raise ConfigError(str(e)) from None
+  if "=" not in text or text.lstrip().startswith("{"):
+    try:
+      values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+      raise ConfigError(f"--params_override: not YAML ({e})") from e
+    if not isinstance(values, Mapping):
+      raise ConfigError(f"--params_override: expected key=value pairs, got {text!r}")
+    return dict(values)
+  values: dict = {}
+  for item in _split_assignments(text):
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+      raise ConfigError(f"--params_override: expected key=value, got {item!r}")
+    try:
+      value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+      value = raw
+    node = values
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+      node = node.setdefault(part, {})
+    node[parts[-1]] = value
+  return values
+
+
+def _split_assignments(text: str) -> list[str]:
+  """Splits 'a=1,b=[1, 2],c=x' at the commas outside brackets."""
+  items, depth, current = [], 0, []
+  for char in text:
+    if char in "[{(":
+      depth += 1
+    elif char in "]})":
+      depth -= 1
+    if char == "," and depth == 0:
+      items.append("".join(current))
+      current = []
+    else:
+      current.append(char)
+  items.append("".join(current))
+  return [i for i in (s.strip() for s in items) if i]
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1} (lists and tuples as lists)."""
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = _jsonable(value)
+  return flat
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple]:
+  """{'field.path': (old, new)} for every field whose value differs."""
+  flat_old, flat_new = flatten(old), flatten(new)
+  return {
+    key: (flat_old.get(key), flat_new.get(key))
+    for key in sorted(set(flat_old) | set(flat_new))
+    if flat_old.get(key) != flat_new.get(key)
+  }
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def save_config(config: hyperparams.Config | Mapping[str, Any], path: str) -> str:
+  """Writes a config (or its sections as a dict) as JSON, atomically; returns `path`.
+
+  `path` is a file, or a folder that gets CONFIG_FILENAME. This is the one
+  writer of dolg_tf configs (training run folders, SavedModels, conversions).
+  """
+  if not path.endswith(".json"):
+    path = os.path.join(path, CONFIG_FILENAME)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  values = config.as_dict() if isinstance(config, hyperparams.Config) else dict(config)
+  text = json.dumps(_jsonable(values), indent=2, sort_keys=True) + "\n"
+  files.atomic_write_bytes(path, text.encode("utf-8"))
   return path
 
 
-def load_model_config(path: str) -> ModelConfig:
-  """Reads a config written by `save_model_config` (a file or its directory).
+def save_model_config(config: ModelConfig, directory: str) -> str:
+  """Writes {'model': config} to `<directory>/config.json` (save_config); returns the path."""
+  return save_config({"model": config.as_dict()}, directory)
+
+
+def _config_file(path: str) -> str:
+  if os.path.isdir(path):
+    for candidate in (CONFIG_FILENAME, os.path.join("assets.extra", CONFIG_FILENAME)):
+      if os.path.exists(os.path.join(path, candidate)):
+        return os.path.join(path, candidate)
+    return os.path.join(path, CONFIG_FILENAME)
+  return path
+
+
+def load_config_dict(path: str) -> dict:
+  """The sections stored at `path` (a config file, a run folder or a SavedModel folder).
 
   Raises:
-    FileNotFoundError: if there is no config at `path`.
-    ValueError: naming the file, if it is not a valid config.
+    FileNotFoundError: no config there (named).
+    ConfigError: not a JSON/YAML mapping (named).
   """
-  if os.path.isdir(path):
-    path = os.path.join(path, CONFIG_FILENAME)
+  path = _config_file(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"model config not found: {path}")
+    raise FileNotFoundError(f"config not found: {path}")
   try:
-    with open(path) as f:
-      values = json.load(f)
-    return ModelConfig.from_dict(values)
-  except (json.JSONDecodeError, TypeError, ValueError) as e:
-    raise ValueError(f"{path}: invalid model config: {e}") from e
+    text = files.read_bytes(path).decode("utf-8")
+    # YAML 1.1 reads JSON's 1e-06 as a string: JSON files are parsed as JSON.
+    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+  except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+    raise ConfigError(f"{path}: not a JSON/YAML config ({e})") from e
+  if not isinstance(values, Mapping):
+    raise ConfigError(f"{path}: a config must be a mapping of sections")
+  return dict(values)
+
+
+def load_config(path: str) -> ExperimentConfig:
+  """An ExperimentConfig from `path`; sections it lacks keep their defaults.
+
+  Raises:
+    FileNotFoundError: no config there. ConfigError: invalid (file and field named).
+  """
+  values = load_config_dict(path)
+  try:
+    return ExperimentConfig.from_dict(values)
+  except ConfigError as e:
+    raise ConfigError(f"{_config_file(path)}: {e}") from None
+
+
+def load_model_config(path: str) -> ModelConfig:
+  """The `model` section stored at `path` (see load_config_dict).
+
+  Raises:
+    FileNotFoundError: no config there. ConfigError: no or an invalid model section.
+  """
+  values = load_config_dict(path)
+  if not isinstance(values.get("model"), Mapping):
+    raise ConfigError(f"{_config_file(path)}: no 'model' section")
+  try:
+    return ModelConfig.from_dict(values["model"])
+  except ConfigError as e:
+    raise ConfigError(f"{_config_file(path)}: {e}") from None

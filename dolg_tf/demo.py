@@ -1,9 +1,9 @@
 """The README's main job: train -> export -> extract -> retrieve on synthetic landmarks.
 
-  python -m dolg_tf.demo [--workdir=runs/demo] [--max_steps=600]
+  dolg-demo [--model=dolg|delg] [--workdir=runs/demo] [--max_steps=600]
 
-1. `python -m dolg_tf.train --logdir=<workdir>` (the same run as
-   `bazel run //dolg_tf:train`): generates the synthetic training set, trains a
+1. `dolg-train --experiment=<model>_synthetic --logdir=<workdir>` (the same
+   run as `bazel run //dolg_tf:train`): generates the synthetic training set, trains a
    small DOLG on this CPU and exports `<workdir>/export/<version>`.
 2. Writes a held-out synthetic retrieval benchmark (new views of the training
    landmarks plus distractor landmarks, Revisited-Oxford-style gnd pkl).
@@ -28,36 +28,39 @@ import sys
 import time
 
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 from google.protobuf import text_format
 
 from dolg_tf import config as config_lib
-from dolg_tf import protos
+from dolg_tf import experiments, protos, run_layout
 from dolg_tf.data import synthetic
+from dolg_tf.export import export_model
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import local_extractor, pipeline
+from dolg_tf.extraction import pipeline
 from dolg_tf.io import config_io
 from dolg_tf.model import builder
-from dolg_tf.retrieval import perform_retrieval
+from dolg_tf.retrieval import perform_retrieval, rerank
+from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "dolg", ["dolg", "delg"], "Network trained and evaluated.")
 flags.DEFINE_string(
   "workdir", None, "Where every artifact of the demo goes (default runs/demo, runs/demo_delg)."
 )
-flags.DEFINE_integer("max_steps", 600, "Training steps (the train binary's synthetic default).")
-flags.DEFINE_integer("num_classes", 16, "Synthetic landmark classes (training and benchmark).")
-flags.DEFINE_integer("seed", 0, "Seed of data, weights and the baseline.")
+flags.DEFINE_integer("max_steps", None, "Training steps (default: the experiment's, 600).")
+flags.DEFINE_integer(
+  "synthetic_classes", None, "Landmark classes of training and benchmark (default: 16)."
+)
+flags.DEFINE_integer("seed", None, "Seed of data, weights and the baseline (default: 0).")
+
 # Geometric verification of the DELG demo. DELF's settings are meant for
 # ~1024 px photos; the benchmark views are 128 px, where keypoints sit on a
 # 16 px / scale grid: the RANSAC threshold is scaled down, and degenerate
 # affine fits (which collect grid "inliers" between unrelated images) are
 # rejected. Measured effect: README, "DELG on the synthetic benchmark".
-flags.DEFINE_integer("gv_top_k", 100, "DELG: database images verified per query.")
-flags.DEFINE_float("gv_residual_threshold", 4.0, "DELG: RANSAC residual threshold (pixels).")
-flags.DEFINE_integer("gv_min_inliers", 0, "DELG: inlier counts below this count as 0.")
-flags.DEFINE_float("gv_max_scale_change", 3.0, "DELG: reject fits scaling more than this (0: off).")
-flags.DEFINE_float("gv_max_anisotropy", 2.0, "DELG: reject fits more anisotropic (0: off).")
+DEMO_GEOMETRIC_VERIFICATION = rerank.GeometricVerificationConfig(
+  top_k=100, residual_threshold=4.0, max_scale_change=3.0, max_anisotropy=2.0
+)
 
 # protos/delg.pbtxt's 7-scale pyramid (0.25 .. 2) is DELG's for ~1024 px
 # photos; its smallest scales turn a 128 px view into 2x2 .. 4x4 feature maps
@@ -68,49 +71,49 @@ DELG_DEMO_SCALES = (0.70710677, 1.0, 1.4142135, 2.0, 2.828427)
 DELG_DEMO_GLOBAL_SCALES_IND = (0, 1, 2)
 DELG_DEMO_MAX_FEATURES = 500
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def experiment() -> config_lib.ExperimentConfig:
+  """The demo's training experiment with the demo's flags applied."""
+  overrides = {
+    "train": {"max_steps": FLAGS.max_steps, "seed": FLAGS.seed},
+    "data": {"synthetic_classes": FLAGS.synthetic_classes},
+  }
+  overrides = {s: {k: v for k, v in f.items() if v is not None} for s, f in overrides.items()}
+  return config_lib.override(experiments.get(f"{FLAGS.model}_synthetic"), overrides)
 
 
-def _latest_export(export_base: str) -> str | None:
-  if not os.path.isdir(export_base):
-    return None
-  versions = [int(d) for d in os.listdir(export_base) if d.isdigit()]
-  return os.path.join(export_base, str(max(versions))) if versions else None
-
-
-def train(workdir: str) -> str:
+def train(layout: run_layout.RunLayout) -> str:
   """Runs the training binary (resumes; skipped when an export exists). Returns the export."""
-  export_dir = _latest_export(os.path.join(workdir, "export"))
+  export_dir = layout.latest_export()
   if export_dir:
     logging.info("reusing the trained model %s", export_dir)
     return export_dir
+  config = experiment()
   command = [
     sys.executable,
     "-m",
     "dolg_tf.train",
-    f"--logdir={workdir}",
-    f"--max_steps={FLAGS.max_steps}",
-    f"--synthetic_classes={FLAGS.num_classes}",
-    f"--seed={FLAGS.seed}",
-    f"--model={FLAGS.model}",
+    f"--experiment={FLAGS.model}_synthetic",
+    f"--logdir={layout.root}",
+    f"--max_steps={config.train.max_steps}",
+    f"--synthetic_classes={config.data.synthetic_classes}",
+    f"--seed={config.train.seed}",
   ]
-  print("$ " + " ".join(command[1:]), flush=True)
-  subprocess.run(command, check=True, cwd=REPO_ROOT)
-  return _latest_export(os.path.join(workdir, "export"))
+  print("$ dolg-train " + " ".join(command[3:]), flush=True)
+  subprocess.run(command, check=True)
+  return layout.latest_export()
 
 
-def export_untrained(workdir: str) -> str:
+def export_untrained(layout: run_layout.RunLayout) -> str:
   """Exports the trained run's network with random weights (the baseline)."""
-  from dolg_tf.export import export_model  # noqa: PLC0415
-
-  base = os.path.join(workdir, "untrained_export")
-  existing = _latest_export(base)
+  base = os.path.join(layout.root, "untrained_export")
+  existing = run_layout.latest_version(base)
   if existing:
     return existing
-  tf.keras.utils.set_random_seed(FLAGS.seed)
-  model_config = config_lib.load_model_config(workdir)
-  model = builder.build_model(model_config, image_size=64)
-  return export_model.export_saved_model(model, model_config, base)
+  config = config_lib.load_config(layout.config)
+  tf.keras.utils.set_random_seed(config.train.seed)
+  model = builder.build_model(config.model, image_size=64)
+  return export_model.export_saved_model(model, config.model, base, export_config=config.export)
 
 
 def extraction_config(model_path: str, path: str):
@@ -137,54 +140,44 @@ def evaluate(name: str, model_path: str, benchmark_dir: str, workdir: str):
   config_path = os.path.join(workdir, f"{name}.pbtxt")
   config = extraction_config(model_path, config_path)
   features_dir = os.path.join(workdir, f"features_{name}")
-  if config.use_local_features:
-    extractor = local_extractor.LocalGlobalExtractor(config, config_path)
-  else:
-    extractor = extractor_lib.GlobalExtractor(config, config_path)
+  extractor = extractor_lib.Extractor(config, config_path)
   tasks = pipeline.tasks_from_paths(pipeline.list_images(os.path.join(benchmark_dir, "jpg")))
   summary = pipeline.run_extraction(extractor, tasks, features_dir)
   if summary.failed:
-    raise RuntimeError(f"{summary.failed} images failed; see {features_dir}/failures")
+    raise RuntimeError(f"{summary.failed} images failed; see {features_dir}/failures.tsv")
   gnd_path = os.path.join(benchmark_dir, "gnd_synthetic.pkl")
   metrics_dir = os.path.join(workdir, f"metrics_{name}")
-  if not config.use_local_features:
-    results, text = perform_retrieval.evaluate(gnd_path, features_dir, features_dir)
-    metrics_path = perform_retrieval.write_metrics(results, text, metrics_dir)
-    return {name: results}, config_path, features_dir, metrics_path
-  from dolg_tf.retrieval import rerank  # noqa: PLC0415
-
-  before, after, text = rerank.evaluate_with_geometric_verification(
+  evaluation = perform_retrieval.evaluate(
     gnd_path,
     features_dir,
     features_dir,
-    global_suffix=config.global_descriptor_suffix,
+    suffix=config.global_descriptor_suffix,
     local_suffix=config.local_descriptor_suffix,
-    top_k=FLAGS.gv_top_k,
-    min_inliers=FLAGS.gv_min_inliers,
-    residual_threshold=FLAGS.gv_residual_threshold,
-    max_scale_change=FLAGS.gv_max_scale_change or None,
-    max_anisotropy=FLAGS.gv_max_anisotropy or None,
+    geometric_verification=(DEMO_GEOMETRIC_VERIFICATION if config.use_local_features else None),
   )
-  metrics_path = perform_retrieval.write_metrics(after, text, metrics_dir)
-  return {name: before, f"{name} + GV": after}, config_path, features_dir, metrics_path
+  metrics_path = perform_retrieval.write_metrics(
+    evaluation.results, evaluation.summary, metrics_dir
+  )
+  rows = {name: evaluation.global_results}
+  if config.use_local_features:
+    rows[f"{name} + GV"] = evaluation.results
+  return rows, config_path, features_dir, metrics_path
 
 
 def main(argv):
   del argv  # unused
   start = time.time()
   default_workdir = "runs/demo" if FLAGS.model == "dolg" else f"runs/demo_{FLAGS.model}"
-  workdir = os.path.abspath(
-    os.path.join(
-      os.environ.get("BUILD_WORKING_DIRECTORY", os.getcwd()), FLAGS.workdir or default_workdir
-    )
-  )
-  trained_export = train(workdir)
+  layout = run_layout.RunLayout(cli.resolve_path(FLAGS.workdir or default_workdir))
+  workdir = layout.root
+  trained_export = train(layout)
+  config = config_lib.load_config(layout.config)
   benchmark_dir = os.path.join(workdir, "benchmark")
   if not os.path.exists(os.path.join(benchmark_dir, "gnd_synthetic.pkl")):
     synthetic.write_retrieval_benchmark(
-      benchmark_dir, num_classes=FLAGS.num_classes, seed=FLAGS.seed
+      benchmark_dir, num_classes=config.data.synthetic_classes, seed=config.train.seed
     )
-  untrained_export = export_untrained(workdir)
+  untrained_export = export_untrained(layout)
   outputs = {}
   for name, model_path in (("trained", trained_export), ("untrained", untrained_export)):
     outputs[name] = evaluate(name, model_path, benchmark_dir, workdir)
@@ -198,25 +191,28 @@ def main(argv):
       values = [100 * results[p].mean_ap for p in ("easy", "medium", "hard")]
       print(f"{label:<16} " + " ".join(f"{v:7.2f}" for v in values))
   if FLAGS.model == "delg":
-    checks = []
-    if FLAGS.gv_max_scale_change:
-      checks.append(f"scaling > {FLAGS.gv_max_scale_change:g}x")
-    if FLAGS.gv_max_anisotropy:
-      checks.append(f"anisotropic > {FLAGS.gv_max_anisotropy:g}")
-    rejected = f", fits {' or '.join(checks)} rejected" if checks else ""
+    gv = DEMO_GEOMETRIC_VERIFICATION
     print(
-      f"(GV: top {FLAGS.gv_top_k} re-ranked by affine RANSAC inliers, residual threshold "
-      f"{FLAGS.gv_residual_threshold:g} px{rejected})"
+      f"(GV: top {gv.top_k} re-ranked by affine RANSAC inliers, residual threshold "
+      f"{gv.residual_threshold:g} px, fits scaling > {gv.max_scale_change:g}x or "
+      f"anisotropic > {gv.max_anisotropy:g} rejected)"
     )
   print("\nartifacts:")
-  print(f"  training run (checkpoints, TensorBoard, configs): {workdir}")
-  print(f"  SavedModel for TF Serving / extraction:           {trained_export}")
-  print(f"  untrained baseline SavedModel:                    {untrained_export}")
-  print(f"  benchmark images and gnd:                         {benchmark_dir}")
+  print(f"  training run (checkpoints, TensorBoard, config): {workdir}")
+  print(f"  SavedModel for TF Serving / extraction:          {trained_export}")
+  print(f"  untrained baseline SavedModel:                   {untrained_export}")
+  print(f"  benchmark images and gnd:                        {benchmark_dir}")
   for name, (_, config_path, features_dir, metrics_path) in outputs.items():
-    print(f"  {name}: config {config_path}, features {features_dir}, metrics {metrics_path}")
+    print(f"  {name}: config {config_path}")
+    print(f"    features {features_dir}")
+    print(f"    metrics {metrics_path}")
   print(f"\ntotal time {time.time() - start:.0f} s")
 
 
+def run():
+  """The `dolg-demo` command (the README's main job)."""
+  cli.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

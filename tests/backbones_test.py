@@ -1,5 +1,7 @@
 """Tests for dolg_tf.model.backbones."""
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
@@ -17,22 +19,41 @@ def _count(variables):
   return sum(int(np.prod(v.shape)) for v in variables)
 
 
+# The R50 keras layout with keras.applications' BatchNorm settings.
+_KERAS_BN = dict(bn_momentum=0.99, bn_epsilon=1.001e-5)
+
+
+def _fresh(depth, layout, **kwargs):
+  backbone = backbones.ResNetBackbone(depth, layout, **kwargs)
+  backbone(tf.zeros([1, 32, 32, 3]))
+  return backbone
+
+
+@functools.cache
+def _shared_r50(layout):
+  """A built R50 shared by the tests that only read it (creating its weights takes ~1 s)."""
+  return _fresh(50, layout, **(_KERAS_BN if layout == "keras" else {}))
+
+
+def _built(depth, layout, **kwargs):
+  if depth == 50 and kwargs == (_KERAS_BN if layout == "keras" else {}):
+    return _shared_r50(layout)
+  return _fresh(depth, layout, **kwargs)
+
+
 class ResNetBackboneTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters(50, 101, 152)
   def test_pycls_parameter_count_matches_torchvision(self, depth):
-    backbone = backbones.ResNetBackbone(depth, "pycls")
-    backbone(tf.zeros([1, 32, 32, 3]))
+    backbone = _built(depth, "pycls")
     self.assertEqual(_count(backbone.trainable_variables), TORCHVISION_PARAMS[depth])
 
   @parameterized.parameters(50, 101, 152)
   def test_keras_parameter_count_matches_keras_applications(self, depth):
-    backbone = backbones.ResNetBackbone(depth, "keras", bn_momentum=0.99, bn_epsilon=1.001e-5)
-    backbone(tf.zeros([1, 32, 32, 3]))
+    backbone = _built(depth, "keras", **_KERAS_BN)
     self.assertEqual(_count(backbone.variables), KERAS_APPLICATIONS_PARAMS[depth])
 
   def test_keras_layout_uses_keras_applications_layer_names(self):
-    backbone = backbones.ResNetBackbone(50, "keras")
-    backbone(tf.zeros([1, 32, 32, 3]))
+    backbone = _built(50, "keras", **_KERAS_BN)  # names do not depend on the BatchNorm settings
     # Leaf layer name / weight name, as keras.applications' .h5 files store them.
     names = {"/".join(v.name.split("/")[-2:]) for v in backbone.variables}
     self.assertIn("conv1_conv/kernel:0", names)
@@ -46,7 +67,7 @@ class ResNetBackboneTest(tf.test.TestCase, parameterized.TestCase):
     ("keras", 97, 130, (7, 9), (4, 5)),
   )
   def test_feature_map_shapes_for_odd_and_even_inputs(self, layout, height, width, f3_hw, f4_hw):
-    backbone = backbones.ResNetBackbone(50, layout)
+    backbone = _built(50, layout, **(_KERAS_BN if layout == "keras" else {}))
     f3, f4 = backbone(tf.random.uniform([2, height, width, 3]), training=False)
     self.assertEqual(f3.shape, (2, *f3_hw, 1024))
     self.assertEqual(f4.shape, (2, *f4_hw, 2048))
@@ -59,9 +80,9 @@ class ResNetBackboneTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(_count(backbone.trainable_variables), TORCHVISION_PARAMS[50])
 
   def test_pycls_stem_pads_symmetrically_like_pytorch(self):
-    backbone = backbones.ResNetBackbone(50, "pycls")
+    backbone = _built(50, "pycls")
     images = tf.random.normal([1, 64, 64, 3], seed=1)
-    backbone(images)
+    backbone(images, training=False)
     ours = backbone.stem_conv(backbone.stem_pad(images))
     kernel = backbone.stem_conv.kernel
     # PyTorch Conv2d(7, stride=2, padding=3): 3 zeros on every side.

@@ -231,11 +231,11 @@ class BuildImageDatasetTest(tf.test.TestCase):
         "--validation_split_size=0.3",
       ]
     )
-    self.assertEqual(bid.run(flag_values), 0)
+    self.assertEqual(bid.run_with_flags(flag_values), 0)
     self.assertLen(tf.io.gfile.glob(os.path.join(out, "train-*-of-00001")), 1)
     self.assertLen(tf.io.gfile.glob(os.path.join(out, "validation-*-of-00001")), 1)
     flag_values.train_csv_path = os.path.join(self.root, "missing.csv")
-    self.assertEqual(bid.run(flag_values), 2)
+    self.assertEqual(bid.run_with_flags(flag_values), 2)
 
 
 class SplitTest(tf.test.TestCase):

@@ -104,7 +104,6 @@ class ConfigIoTest(tf.test.TestCase, parameterized.TestCase):
       "use_global_features: false\nuse_local_features: false",
       "use_global_features, use_local_features: both false",
     ),
-    ("no_scales", "", r"image_scales: at least one", ["image_scales"]),
     ("negative_scale", "image_scales: -0.5", r"image_scales\[2\]: must be a positive"),
     ("zero_scale", "image_scales: 0", r"image_scales\[2\]: must be a positive"),
     (
@@ -182,6 +181,16 @@ class ConfigIoTest(tf.test.TestCase, parameterized.TestCase):
     ]
     for extra in extras:
       config_io.load_dolg_config(self._write(_config_text(extra)))
+
+  def test_empty_image_scales_are_left_to_the_saved_model(self):
+    # The extractor checks image_scales_ind against the SavedModel's pyramid.
+    config = config_io.load_dolg_config(
+      self._write(_config_text("global_config { image_scales_ind: 5 }", ["image_scales"]))
+    )
+    self.assertEmpty(config.image_scales)
+    path = self._write(_config_text("global_config { image_scales_ind: -1 }", ["image_scales"]))
+    with self.assertRaisesRegex(ValueError, r"image_scales_ind\[1\]: -1 is out of range"):
+      config_io.load_dolg_config(path)
 
   def test_all_problems_are_counted(self):
     config = dolg_config_pb2.DolgConfig(image_scales=[-1.0], max_image_size=0)

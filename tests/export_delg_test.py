@@ -1,32 +1,19 @@
 """Tests for the DELG export (DELF's local+global serving signature)."""
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
-from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
-from dolg_tf.model import builder
-
-TINY_DELG = config_lib.delg_config(
-  backbone_depth=26,
-  backbone_width_multiplier=0.125,
-  embedding_dim=16,
-  delg_reduced_dim=8,
-  delg_attention_hidden=16,
-)
+from tests import testutil
 
 
 class DelgExportTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(4)
-    cls.model = builder.build_model(TINY_DELG, image_size=64)
-    base = os.path.join(tf.compat.v1.test.get_temp_dir(), "delg_export")
-    cls.export_dir = export_model.export_saved_model(cls.model, TINY_DELG, base)
-    cls.loaded = tf.saved_model.load(cls.export_dir)
+    # Shared and read-only: built and exported once per process (tests/testutil.py).
+    cls.model = testutil.tiny_model("delg")
+    cls.export_dir = testutil.tiny_export("delg")
+    cls.loaded = testutil.tiny_loaded("delg")
     cls.image = np.random.default_rng(0).integers(0, 256, [70, 90, 3], dtype=np.uint8)
 
   def _run(self, scales, max_features, threshold, global_ind):

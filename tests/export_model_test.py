@@ -12,12 +12,12 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
-from dolg_tf.model import builder
+from dolg_tf.export import export_model, signatures
+from tests import testutil
 
-TINY = config_lib.ModelConfig(
-  backbone_depth=26, backbone_width_multiplier=0.125, local_dim=32, embedding_dim=16
-)
+TINY = testutil.TINY_DOLG
+# serve_encoded resizes to at most 80 pixels, then pools these scales.
+EXPORT_CONFIG = config_lib.ExportConfig(max_image_size=80, image_scales=(0.5, 1.0))
 
 
 def _image(height, width, seed):
@@ -41,20 +41,16 @@ class ExportModelTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(1)
-    cls.model = builder.build_model(TINY, image_size=64)
-    cls.base = os.path.join(tf.compat.v1.test.get_temp_dir(), "export_base")
-    cls.export_dir = export_model.export_saved_model(
-      cls.model, TINY, cls.base, max_image_size=80, image_scales=(0.5, 1.0)
-    )
-    cls.loaded = tf.saved_model.load(cls.export_dir)
+    # Shared and read-only: built and exported once per process (tests/testutil.py).
+    cls.model = testutil.tiny_model("dolg")
+    cls.export_dir = testutil.tiny_export("dolg", export_config=EXPORT_CONFIG)
+    cls.base = os.path.dirname(cls.export_dir)
+    cls.loaded = testutil.tiny_loaded("dolg", export_config=EXPORT_CONFIG)
 
   def test_tf_serving_layout_and_assets(self):
     self.assertEqual(self.export_dir, os.path.join(self.base, "1"))
     self.assertTrue(os.path.exists(os.path.join(self.export_dir, "saved_model.pb")))
-    config = config_lib.load_model_config(
-      os.path.join(self.export_dir, export_model.MODEL_CONFIG_ASSET)
-    )
+    config = config_lib.load_model_config(os.path.join(self.export_dir, signatures.CONFIG_ASSET))
     self.assertEqual(config, TINY)
     self.assertEqual(export_model.next_version(self.base), 2)
     self.assertEqual([d for d in os.listdir(self.base) if d.startswith(".tmp")], [])
@@ -102,6 +98,8 @@ class ExportModelTest(tf.test.TestCase):
     np.save(os.path.join(workdir, "image.npy"), image)
     script = textwrap.dedent(
       f"""
+      import sys
+      sys.path.append({os.path.dirname(os.path.dirname(tf.__file__))!r})
       import importlib.util, numpy as np, tensorflow as tf
       assert importlib.util.find_spec("dolg_tf") is None, "project code must not be importable"
       loaded = tf.saved_model.load({self.export_dir!r})
@@ -114,8 +112,10 @@ class ExportModelTest(tf.test.TestCase):
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # -S: no site-packages .pth hooks (the editable install of dolg_tf is one); the script
+    # adds site-packages itself, for TensorFlow only.
     result = subprocess.run(
-      [sys.executable, "-I", "-c", script],
+      [sys.executable, "-I", "-S", "-c", script],
       cwd=workdir,
       env=env,
       capture_output=True,

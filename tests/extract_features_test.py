@@ -31,7 +31,10 @@ class ExtractFeaturesTest(tf.test.TestCase):
     os.makedirs(os.path.join(cls.work, "images"))
     model = builder.build_model(TINY, image_size=64)
     export_dir = export_model.export_saved_model(
-      model, TINY, os.path.join(cls.work, "export"), image_scales=(1.0,)
+      model,
+      TINY,
+      os.path.join(cls.work, "export"),
+      export_config=config_lib.ExportConfig(image_scales=(1.0,)),
     )
     # A relative model_path: resolved against the caller's directory.
     with open(os.path.join(cls.work, "config.pbtxt"), "w") as f:
@@ -43,7 +46,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
       path = os.path.join(cls.work, "images", f"im{i}.jpg")
       Image.fromarray(rng.integers(0, 256, [*size, 3], dtype=np.uint8)).save(path)
       cls.paths.append(path)
-    cls.extractor = extractor_lib.GlobalExtractor.from_config_file(
+    cls.extractor = extractor_lib.Extractor.from_config_file(
       os.path.join(cls.work, "config.pbtxt"), model_path=export_dir
     )
 

@@ -1,17 +1,21 @@
-"""Tests for dolg_tf.extraction.extractor (GlobalExtractor on a tiny exported DOLG)."""
+"""Tests for dolg_tf.extraction.extractor (global-only Extractor on a tiny exported DOLG)."""
 
+import json
 import os
+import shutil
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
+from dolg_tf.export import export_model, signatures
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import image_loading
 from dolg_tf.io import config_io, datum_io
 from dolg_tf.model import builder
+from dolg_tf.utils import images
 
 TINY = config_lib.ModelConfig(
   backbone_depth=26, backbone_width_multiplier=0.125, local_dim=32, embedding_dim=16
@@ -41,7 +45,8 @@ class ExtractorTest(tf.test.TestCase):
     tf.keras.utils.set_random_seed(3)
     model = builder.build_model(TINY, image_size=64)
     cls.base = os.path.join(tf.compat.v1.test.get_temp_dir(), "extractor_export")
-    cls.export_dir = export_model.export_saved_model(model, TINY, cls.base, image_scales=SCALES)
+    # The default export pyramid is SCALES (the official one).
+    cls.export_dir = export_model.export_saved_model(model, TINY, cls.base)
     cls.loaded = tf.saved_model.load(cls.export_dir)
     cls.default = cls._make(_config_text(cls.export_dir), load=True)
 
@@ -52,7 +57,7 @@ class ExtractorTest(tf.test.TestCase):
     with open(path, "w") as f:
       f.write(text)
     shared = None if load else cls.loaded
-    return extractor_lib.GlobalExtractor.from_config_file(path, saved_model=shared)
+    return extractor_lib.Extractor.from_config_file(path, saved_model=shared)
 
   def _signature(self, image, indices=(0, 1, 2)):
     return self.loaded.signatures["serving_default"](
@@ -180,7 +185,7 @@ class ExtractorTest(tf.test.TestCase):
       _config_text(self.export_dir, extra="use_square_images: true", max_image_size=32), "q.pbtxt"
     )
     self.assertEqual(square.load_and_preprocess(path).shape, (32, 32, 3))
-    with self.assertRaisesRegex(image_loading.ImageLoadError, "im.png: empty crop box"):
+    with self.assertRaisesRegex(images.ImageError, "im.png: empty crop box"):
       extractor.load_and_preprocess(path, (70, 0, 80, 10))
 
   def test_missing_model_is_named(self):
@@ -189,6 +194,85 @@ class ExtractorTest(tf.test.TestCase):
     folder = self.create_tempdir().full_path
     with self.assertRaisesRegex(FileNotFoundError, "no saved_model.pb"):
       self._make(_config_text(folder), "m2.pbtxt", load=True)
+
+  def _export_copy(self, config_json=None, legacy_json=None):
+    """A copy of the export whose assets.extra holds only the given JSON files."""
+    folder = os.path.join(self.create_tempdir().full_path, "model")
+    shutil.copytree(self.export_dir, folder)
+    assets = os.path.join(folder, "assets.extra")
+    shutil.rmtree(assets, ignore_errors=True)
+    os.makedirs(assets)
+    for asset, payload in (
+      (signatures.CONFIG_ASSET, config_json),
+      (extractor_lib.LEGACY_EXPORT_CONFIG_ASSET, legacy_json),
+    ):
+      if payload is not None:
+        with open(os.path.join(folder, asset), "w") as f:
+          json.dump(payload, f)
+    return folder
+
+  def _write_config(self, text):
+    return self.create_tempfile("defaults.pbtxt", content=text).full_path
+
+  def test_pyramid_and_sizes_come_from_the_saved_model(self):
+    model = self._export_copy(
+      {
+        "model": {},
+        "export": {"image_scales": [0.5, 1.0], "max_image_size": 32, "min_image_size": 24},
+      }
+    )
+    path = self._write_config(f'model_path: "{model}"\nglobal_config {{ image_scales_ind: 1 }}\n')
+    with mock.patch.object(extractor_lib.logging, "info") as info:
+      extractor = extractor_lib.Extractor.from_config_file(path)  # loads the copy
+    lines = [c.args[0] % c.args[1:] for c in info.call_args_list]
+    lines = [line for line in lines if "from the SavedModel" in line]
+    self.assertLen(lines, 1)
+    self.assertIn("image_scales=[0.5, 1.0], max_image_size=32, min_image_size=24", lines[0])
+    self.assertIn(path, lines[0])
+    self.assertAllClose(extractor.image_scales, [0.5, 1.0])
+    self.assertAllClose(extractor.scales, [1.0])
+    self.assertEqual((extractor.max_image_size, extractor.min_image_size), (32, 24))
+    self.assertEqual(extractor.preprocess(self._image(64, 40)).shape, (32, 20, 3))
+    self.assertEqual(extractor.preprocess(self._image(10, 20)).shape, (12, 24, 3))
+    image = extractor.preprocess(self._image(seed=7))
+    expected = self._signature(image, (1,))["global_descriptor"].numpy()
+    self.assertAllClose(extractor.extract(image), expected, atol=1e-6)
+    # Values the config sets win; max_image_size: -1 set explicitly is kept.
+    path = self._write_config(f'model_path: "{model}"\nimage_scales: 1.0\nmax_image_size: -1\n')
+    explicit = extractor_lib.Extractor.from_config_file(path, saved_model=self.loaded)
+    self.assertAllClose(explicit.image_scales, [1.0])
+    self.assertEqual((explicit.max_image_size, explicit.min_image_size), (-1, 24))
+
+  def test_older_exports_give_their_export_config(self):
+    model = self._export_copy(legacy_json={"image_scales": [1.0, 2.0], "max_image_size": 50})
+    path = self._write_config(f'model_path: "{model}"\n')
+    extractor = extractor_lib.Extractor.from_config_file(path, saved_model=self.loaded)
+    self.assertAllClose(extractor.scales, [1.0, 2.0])
+    self.assertEqual((extractor.max_image_size, extractor.min_image_size), (50, -1))
+
+  def test_no_pyramid_anywhere_is_one_line_naming_the_config(self):
+    model = self._export_copy()
+    path = self._write_config(f'model_path: "{model}"\n')
+    with self.assertRaisesRegex(ValueError, "^" + path + ": image_scales: empty.*[^\n]$"):
+      extractor_lib.Extractor.from_config_file(path, saved_model=self.loaded)
+    # image_scales_ind is checked against the SavedModel's pyramid.
+    model = self._export_copy({"export": {"image_scales": [1.0]}})
+    path = self._write_config(f'model_path: "{model}"\nglobal_config {{ image_scales_ind: 1 }}\n')
+    with self.assertRaisesRegex(ValueError, "image_scales_ind\\[0\\]: 1 is out of range for 1"):
+      extractor_lib.Extractor.from_config_file(path, saved_model=self.loaded)
+    bad = self._export_copy({"export": {"image_scales": "1.0"}})
+    path = self._write_config(f'model_path: "{bad}"\n')
+    with self.assertRaisesRegex(ValueError, "config.json: export.image_scales: expected a list"):
+      extractor_lib.Extractor.from_config_file(path, saved_model=self.loaded)
+
+  def test_a_dolg_export_has_no_local_features(self):
+    path = self._write_config(
+      f'model_path: "{self.export_dir}"\nuse_local_features: true\n'
+      'local_config { max_feature_num: 4 }\n'
+    )
+    with self.assertRaisesRegex(ValueError, "is it a DELG export"):
+      extractor_lib.Extractor.from_config_file(path, saved_model=self.loaded)
+    self.assertIsNone(self.default.make_writer(self.get_temp_dir()))
 
   def test_rejects_non_uint8_images(self):
     with self.assertRaisesRegex(ValueError, "uint8"):

@@ -1,4 +1,4 @@
-"""Tests for dolg_tf.retrieval.ground_truth (.pkl and .mat readers, protocols)."""
+"""Tests for dolg_tf.data.ground_truth (.pkl and .mat readers, protocols)."""
 
 import os
 import pickle
@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import io as scipy_io
 
-from dolg_tf.retrieval import ground_truth
+from dolg_tf.data import ground_truth
 
 IMLIST = ["all_souls_000013", "ashmolean_000000", "balliol_000051", "bodleian_000107", "x_1"]
 QIMLIST = ["all_souls_000013", "bodleian_000107"]

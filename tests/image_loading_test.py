@@ -8,6 +8,7 @@ from absl.testing import parameterized
 from PIL import Image
 
 from dolg_tf.extraction import image_loading
+from dolg_tf.utils import images
 
 
 class LoadImageTest(tf.test.TestCase, parameterized.TestCase):
@@ -62,7 +63,7 @@ class LoadImageTest(tf.test.TestCase, parameterized.TestCase):
       ("empty.png", "not a recognised image"),
       ("trunc.jpg", "cannot decode"),
     ]:
-      with self.assertRaisesRegex(image_loading.ImageLoadError, f"{name}: {reason}"):
+      with self.assertRaisesRegex(images.ImageError, f"{name}: {reason}"):
         image_loading.load_image(self._path(name))
 
 

@@ -1,4 +1,4 @@
-"""Tests for dolg_tf.convert.keras_h5 against keras.applications' own ResNet50."""
+"""Tests for dolg_tf.model.keras_h5 against keras.applications' own ResNet50."""
 
 import os
 
@@ -7,8 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
-from dolg_tf.convert import keras_h5
-from dolg_tf.model import backbones, builder
+from dolg_tf.model import backbones, builder, keras_h5
 
 
 class KerasH5Test(tf.test.TestCase):

@@ -11,6 +11,7 @@ from PIL import Image
 from dolg_tf import config as config_lib
 from dolg_tf.export import export_model
 from dolg_tf.extraction import binarize, local_extractor, pipeline
+from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, datum_io, feature_io
 from dolg_tf.model import builder
 
@@ -56,9 +57,7 @@ class LocalExtractorTest(tf.test.TestCase):
   def _extractor(self, resized=False, binary=False):
     text = CONFIG % (str(resized).lower(), str(binary).lower())
     config = config_io.parse_dolg_config(text)
-    return local_extractor.LocalGlobalExtractor(
-      config, model_path=self.export_dir, saved_model=self.loaded
-    )
+    return extractor_lib.Extractor(config, model_path=self.export_dir, saved_model=self.loaded)
 
   def test_features_in_original_coordinates(self):
     extractor = self._extractor()
@@ -81,6 +80,26 @@ class LocalExtractorTest(tf.test.TestCase):
     # Keypoints are the box centres of the raw signature output.
     raw = extractor.run_model(extractor.preprocess(self.image).image)
     self.assertAllClose(local_extractor.keypoint_centers(raw["boxes"]) * 2.0, locations, atol=1e-3)
+
+  def test_one_extractor_for_both_kinds_of_config(self):
+    extractor = self._extractor()
+    self.assertTrue(extractor.local)
+    self.assertEqual(extractor.signature_name, "serving_default")
+    self.assertIsInstance(
+      extractor.make_writer(self.get_temp_dir()), local_extractor.LocalGlobalWriter
+    )
+    # A global-only config on the same DELG export runs serve_global at the global scale only.
+    text = CONFIG % ("false", "false")
+    config = config_io.parse_dolg_config(text.replace("use_local_features: true", ""))
+    global_only = extractor_lib.Extractor(
+      config, model_path=self.export_dir, saved_model=self.loaded
+    )
+    self.assertFalse(global_only.local)
+    self.assertEqual(global_only.signature_name, "serve_global")
+    self.assertAllClose(global_only.scales, [1.0])
+    self.assertIsNone(global_only.make_writer(self.get_temp_dir()))
+    descriptor = global_only.extract(global_only.preprocess(self.image))
+    self.assertAllClose(descriptor, extractor.extract(self.image)["global"], atol=1e-5)
 
   def test_files_written_and_readable(self):
     out = self.create_tempdir().full_path

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from dolg_tf.retrieval import ground_truth, metrics
+from dolg_tf.data import ground_truth
+from dolg_tf.retrieval import metrics
 
 
 def _reference(ranking, ok, junk, kappas):

@@ -15,7 +15,6 @@ from absl.testing import absltest
 
 from dolg_tf import config as config_lib
 from dolg_tf.convert import official_dolg
-from dolg_tf.export import export_model
 from dolg_tf.io import config_io
 from dolg_tf.model import backbones, builder
 
@@ -433,7 +432,6 @@ class OfficialParityTest(tf.test.TestCase):
     paths = official_dolg.convert_official_checkpoint(
       checkpoint,
       output_dir,
-      export_fn=export_model.export_saved_model,
       import_head=True,
       max_image_size=512,
     )

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from dolg_tf.extraction import binarize, local_extractor
 from dolg_tf.io import datum_io, feature_io
-from dolg_tf.retrieval import rerank
+from dolg_tf.retrieval import perform_retrieval, rerank
 
 # Affine map of (x, y) points: dst = A @ [x, y, 1].
 _A = np.array([[0.9, -0.2, 15.0], [0.15, 1.1, -8.0]])
@@ -188,12 +188,74 @@ class RerankTest(tf.test.TestCase):
     gnd_path = os.path.join(directory, "gnd_test.pkl")
     with open(gnd_path, "wb") as f:
       pickle.dump(gnd, f)
-    before, after, summary = rerank.evaluate_with_geometric_verification(
-      gnd_path, directory, directory, top_k=10
+    gv = rerank.GeometricVerificationConfig(top_k=10)
+    evaluation = perform_retrieval.evaluate(
+      gnd_path, directory, directory, suffix=".delg_global", geometric_verification=gv
     )
+    before, after = evaluation.global_results, evaluation.results
     self.assertAllClose(before["easy"].mean_ap, 0.1)  # 5th after junk removal: (0 + 1/5) / 2
     self.assertAllClose(after["easy"].mean_ap, 1.0)
-    self.assertIn("after geometric verification", summary)
+    self.assertIn("after geometric verification", evaluation.summary)
+
+    # Distractors (global descriptors only, no local features) are searched too.
+    # Both rank above db_4 globally; they count 0 inliers, so db_4 still moves to the
+    # top, and they keep their global order below it.
+    distractors = os.path.join(directory, "distractors")
+    os.makedirs(distractors)
+    for i, vector in enumerate([[1.0, 0, 0.1, 0.1], [1.0, 0, 0.2, 0.2]]):
+      datum_io.write_to_file(os.path.join(distractors, f"d{i}.delg_global"), _unit(vector))
+    loaded = []
+    real_loader = rerank.local_features_loader
+
+    def recording_loader(features_dir, names, suffix, cache_size=4096):
+      load = real_loader(features_dir, names, suffix, cache_size)
+      return lambda i: loaded.append((len(names), i)) or load(i)
+
+    with mock.patch.object(rerank, "local_features_loader", recording_loader):
+      with_distractors = perform_retrieval.evaluate(
+        gnd_path,
+        directory,
+        directory,
+        distractors,
+        suffix=".delg_global",
+        geometric_verification=gv,
+      )
+    self.assertEqual(with_distractors.num_database, 8)
+    # Globally db_4 is last of 8 (7th after junk removal): AP (0 + 1/7) / 2.
+    self.assertAllClose(with_distractors.global_results["easy"].mean_ap, 1 / 14)
+    self.assertAllClose(with_distractors.results["easy"].mean_ap, 1.0)
+    self.assertTrue(all(i < 6 for n, i in loaded if n == 6))  # distractors never loaded
+    # num_ranked: the ranking is cut to 3 before verification, db_4 is not in it.
+    cut = perform_retrieval.evaluate(
+      gnd_path,
+      directory,
+      directory,
+      distractors,
+      suffix=".delg_global",
+      num_ranked=3,
+      geometric_verification=gv,
+    )
+    self.assertAllClose(cut.results["easy"].mean_ap, 0.0)
+
+  def test_distractors_keep_their_global_order_below_verified_images(self):
+    rng = np.random.default_rng(3)
+    query, verified = _pair(rng)
+    database = {0: _random_features(rng), 2: verified}  # 1 and 3: no local features
+    ranks = np.array([[0, 1, 2, 3, 4]])
+    new_ranks, counts = rerank.rerank(ranks, [query], database.get, top_k=4)
+    self.assertAllEqual(new_ranks[0], [2, 0, 1, 3, 4])
+    self.assertEqual((counts[0][1], counts[0][3]), (0, 0))
+
+  def test_geometric_verification_config(self):
+    config = rerank.GeometricVerificationConfig()
+    self.assertEqual((config.top_k, config.residual_threshold, config.model), (100, 20.0, "affine"))
+    self.assertIsNone(config.max_scale_change)
+    self.assertNotIn("top_k", config.verify_kwargs())
+    self.assertEqual(config.verify_kwargs()["max_trials"], rerank.DEFAULT_MAX_TRIALS)
+    with self.assertRaisesRegex(ValueError, "max_scale_change: must be > 0 or None"):
+      rerank.GeometricVerificationConfig(max_scale_change=0)
+    with self.assertRaisesRegex(ValueError, "model: must be one of"):
+      rerank.GeometricVerificationConfig(model="similarity")
 
 
 if __name__ == "__main__":

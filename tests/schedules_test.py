@@ -1,11 +1,12 @@
-"""Tests for dolg_tf.training.schedules and train_config."""
+"""Tests for dolg_tf.training.schedules and the train section of dolg_tf.config."""
 
 import math
 
 import tensorflow as tf
 from absl.testing import parameterized
 
-from dolg_tf.training import schedules, train_config
+from dolg_tf import config as config_lib
+from dolg_tf.training import schedules
 
 
 class ScheduleTest(tf.test.TestCase, parameterized.TestCase):
@@ -42,11 +43,12 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
   )
   def test_invalid_values_name_the_field(self, field, value):
     with self.assertRaisesRegex(ValueError, field):
-      train_config.TrainConfig(**{field: value})
+      config_lib.TrainConfig(**{field: value})
 
   def test_save(self):
-    path = train_config.save_train_config(
-      train_config.TrainConfig(batch_size=8), self.create_tempdir().full_path
+    path = config_lib.save_config(
+      config_lib.ExperimentConfig(train=config_lib.TrainConfig(batch_size=8)),
+      self.create_tempdir().full_path,
     )
     with open(path) as f:
       self.assertIn('"batch_size": 8', f.read())

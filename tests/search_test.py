@@ -8,6 +8,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from dolg_tf.retrieval import metrics, search
+from dolg_tf.utils import arrays
 
 
 def _clustered(rng, num_clusters, size, dim, cosine, num_queries, distractors=0):
@@ -16,18 +17,18 @@ def _clustered(rng, num_clusters, size, dim, cosine, num_queries, distractors=0)
   Returns:
     database [N, dim], database labels (-1 = distractor), queries, query labels.
   """
-  centres = search.l2_normalize(rng.standard_normal((num_clusters, dim)))
+  centres = arrays.l2_normalize(rng.standard_normal((num_clusters, dim)))
 
   def members(labels):
     c = centres[labels]
     u = rng.standard_normal((labels.size, dim)).astype(np.float32)
-    u = search.l2_normalize(u - np.sum(u * c, axis=1, keepdims=True) * c)
-    return search.l2_normalize(cosine * c + np.sqrt(1 - cosine**2) * u)
+    u = arrays.l2_normalize(u - np.sum(u * c, axis=1, keepdims=True) * c)
+    return arrays.l2_normalize(cosine * c + np.sqrt(1 - cosine**2) * u)
 
   labels = np.repeat(np.arange(num_clusters), size)
   db = members(labels)
   if distractors:
-    db = np.concatenate([db, search.l2_normalize(rng.standard_normal((distractors, dim)))])
+    db = np.concatenate([db, arrays.l2_normalize(rng.standard_normal((distractors, dim)))])
     labels = np.concatenate([labels, np.full(distractors, -1)])
   query_labels = rng.integers(0, num_clusters, num_queries)
   return db, labels, members(query_labels), query_labels
@@ -64,8 +65,8 @@ class ExactSearchTest(tf.test.TestCase):
 
   def test_exact_index_roundtrip(self):
     rng = np.random.default_rng(2)
-    db = search.l2_normalize(rng.standard_normal((300, 16)))
-    queries = search.l2_normalize(rng.standard_normal((10, 16)))
+    db = arrays.l2_normalize(rng.standard_normal((300, 16)))
+    queries = arrays.l2_normalize(rng.standard_normal((10, 16)))
     index = search.make_index("exact", db_block=64).build(db)
     ids, scores = index.search(queries, 5)
     self.assertAllEqual(ids, search.exact_search(queries, db, 5)[0])
@@ -162,7 +163,7 @@ class ExpansionTest(tf.test.TestCase):
     self.assertGreater(both, max(qe, dba))
 
   def test_expansion_details(self):
-    db = search.l2_normalize(np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]))
+    db = arrays.l2_normalize(np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]))
     q = np.array([[1.0, 0.0]])
     # n = 0: unchanged.
     self.assertAllClose(search.alpha_query_expansion(q, db, 0), q)

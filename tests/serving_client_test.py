@@ -2,28 +2,21 @@
 
 import base64
 import io
-import os
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dolg_tf import config as config_lib
-from dolg_tf.export import export_model, serving_client
-from dolg_tf.model import builder
-
-TINY = config_lib.ModelConfig(
-  backbone_depth=26, backbone_width_multiplier=0.125, local_dim=16, embedding_dim=8
-)
+from dolg_tf.export import serving_client
+from tests import testutil
 
 
 class ServingClientTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    model = builder.build_model(TINY, image_size=32)
-    base = os.path.join(tf.compat.v1.test.get_temp_dir(), "client_export")
-    cls.loaded = tf.saved_model.load(export_model.export_saved_model(model, TINY, base))
+    # Shared and read-only: exported once per process (tests/testutil.py).
+    cls.loaded = testutil.tiny_loaded("dolg")
     cls.image = np.random.default_rng(0).integers(0, 256, [40, 50, 3], dtype=np.uint8)
 
   def test_rest_body_is_what_serve_encoded_takes(self):
@@ -34,7 +27,7 @@ class ServingClientTest(tf.test.TestCase):
     # TF Serving decodes {"b64": ...} into the string tensor.
     images = [base64.b64decode(item["b64"]) for item in body["inputs"]["images"]]
     out = self.loaded.signatures[body["signature_name"]](images=tf.constant(images))
-    self.assertEqual(out["global_descriptor"].shape, (1, 8))
+    self.assertEqual(out["global_descriptor"].shape, (1, testutil.TINY_DOLG.embedding_dim))
 
   def test_grpc_request_matches_serving_default(self):
     request = serving_client.grpc_request("dolg", self.image)

@@ -3,7 +3,7 @@
   python -m dolg_tf.convert.convert_official_dolg --checkpoint=r101_dolg_512.pyth \
       --output_dir=runs/official_r101 [--depth=auto] [--import_head]
 
-Writes <output_dir>/model_config.json, checkpoints/ckpt-1 (tf.train.Checkpoint
+Writes <output_dir>/config.json, checkpoints/ckpt-1 (tf.train.Checkpoint
 with `model`, and `head` with --import_head), export/1 (SavedModel) and
 dolg_official.pbtxt (extraction config pointing at the export). Needs torch to
 read .pyth files (an .npz of the state dict works without it). See
@@ -15,7 +15,6 @@ import sys
 from absl import app, flags, logging
 
 from dolg_tf.convert import official_dolg
-from dolg_tf.export import export_model
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -54,7 +53,6 @@ def main(argv):
     paths = official_dolg.convert_official_checkpoint(
       cli.resolve_path(FLAGS.checkpoint),
       cli.resolve_path(FLAGS.output_dir),
-      export_fn=export_model.export_saved_model,
       depth=_parse_depth(FLAGS.depth),
       atrous_dilations=dilations,
       fixed_gem_p=FLAGS.fixed_gem_p,

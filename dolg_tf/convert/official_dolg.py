@@ -2,7 +2,7 @@
 
 Official DOLG checkpoints (github.com/feymanpriv/DOLG, pycls-based) are `.pyth`
 files holding `{"model_state": state_dict, ...}`. `convert_official_checkpoint`
-turns one into this project's artefacts: a TF checkpoint, `model_config.json`,
+turns one into this project's artefacts: a TF checkpoint, `config.json`,
 a SavedModel export and a DolgConfig extraction `.pbtxt`.
 
 Mapping:
@@ -48,13 +48,15 @@ import dataclasses
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from dolg_tf import config as config_lib
+from dolg_tf import run_layout
+from dolg_tf.export import export_model
 from dolg_tf.io import config_io
 from dolg_tf.model import backbones, builder, heads
 
@@ -74,15 +76,13 @@ TORCHVISION_INPUT = dict(
   input_channel_order="RGB",
 )
 # Official test-time pyramid (paper); the official script also has 0.3535 and 0.5.
-OFFICIAL_SCALES = (0.7071, 1.0, 1.4142)
+OFFICIAL_SCALES = config_lib.OFFICIAL_SCALES
 # Number of blocks in stage 3 -> ModelConfig.backbone_depth.
 DEPTH_BY_STAGE3_BLOCKS = {blocks[2]: depth for depth, blocks in backbones.STAGE_BLOCKS.items()}
 # Prefixes of the keys that make up the descriptor network: an unmatched key under
 # one of them means the checkpoint's structure differs from the model we build.
 NETWORK_PREFIXES = ("globalmodel.", "localmodel.", "pool_g.", "fc_t.", "fc.")
 TORCHVISION_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
-CHECKPOINT_SUBDIR = "checkpoints"
-EXPORT_SUBDIR = "export"
 PBTXT_FILENAME = "dolg_official.pbtxt"
 
 _BN_FIELDS = (
@@ -592,13 +592,9 @@ global_descriptor_suffix: ".dolg_global"
   return text
 
 
-ExportFn = Callable[..., str]
-
-
 def convert_official_checkpoint(
   checkpoint: str,
   output_dir: str,
-  export_fn: ExportFn,
   depth: int | None = None,
   atrous_dilations: Sequence[int] | None = None,
   fixed_gem_p: float = 3.0,
@@ -609,15 +605,13 @@ def convert_official_checkpoint(
   """Converts an official checkpoint into `output_dir`.
 
   Writes (atomically: everything goes to a temporary sibling folder that is
-  renamed at the end) `model_config.json`, `checkpoints/ckpt-1*` (a
+  renamed at the end) `config.json` (model + export sections), `checkpoints/ckpt-1*` (a
   tf.train.Checkpoint with `model` and, with `import_head`, `head`),
   `export/1/` (SavedModel) and `dolg_official.pbtxt` pointing at the export.
 
   Args:
     checkpoint: the official `.pyth` (or `.npz` of its state dict).
     output_dir: a new or empty folder.
-    export_fn: `export.export_model.export_saved_model` (passed in because
-      export/ sits above dolg_tf/ in the import order).
     depth, atrous_dilations, fixed_gem_p, import_head: see
       `load_official_checkpoint`.
     max_image_size: for the export and the .pbtxt.
@@ -643,21 +637,22 @@ def convert_official_checkpoint(
     shutil.rmtree(tmp_dir)
   os.makedirs(tmp_dir)
   try:
-    config_lib.save_model_config(converted.config, tmp_dir)
+    layout = run_layout.RunLayout(tmp_dir)
+    export_config = config_lib.ExportConfig(
+      image_scales=tuple(image_scales), max_image_size=max_image_size
+    )
+    config_lib.save_config(
+      {"model": converted.config.as_dict(), "export": export_config.as_dict()}, layout.config
+    )
     objects = dict(model=converted.model)
     if converted.head is not None:
       objects["head"] = converted.head
     manager = tf.train.CheckpointManager(
-      tf.train.Checkpoint(**objects), os.path.join(tmp_dir, CHECKPOINT_SUBDIR), max_to_keep=1
+      tf.train.Checkpoint(**objects), layout.checkpoints, max_to_keep=1
     )
     checkpoint_prefix = manager.save(checkpoint_number=1)
-    export_dir = export_fn(
-      converted.model,
-      converted.config,
-      os.path.join(tmp_dir, EXPORT_SUBDIR),
-      version=1,
-      max_image_size=max_image_size,
-      image_scales=image_scales,
+    export_dir = export_model.export_saved_model(
+      converted.model, converted.config, layout.export, version=1, export_config=export_config
     )
     final_export = os.path.join(output_dir, os.path.relpath(export_dir, tmp_dir))
     with open(os.path.join(tmp_dir, PBTXT_FILENAME), "w") as f:

@@ -9,4 +9,6 @@ Modules:
   synthetic: procedural "synthetic landmarks" for training and a Revisited
     Oxford-style retrieval benchmark (library and binary).
   input_pipeline: tf.data training / evaluation input.
+  ground_truth: Revisited Oxford / Paris ground truth (.pkl and .mat) and the
+    easy / medium / hard protocols (no TensorFlow).
 """

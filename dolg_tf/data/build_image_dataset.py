@@ -42,7 +42,6 @@ import collections
 import csv
 import dataclasses
 import io
-import math
 import multiprocessing
 import os
 import sys
@@ -55,6 +54,7 @@ from absl import app, flags, logging
 from dolg_tf.data import image_codec
 from dolg_tf.utils import cli
 from dolg_tf.utils import files as file_utils
+from dolg_tf.utils import progress as progress_lib
 
 TRAIN_PREFIX = "train"
 VALIDATION_PREFIX = "validation"
@@ -261,40 +261,12 @@ def split_train_validation(
   return np.flatnonzero(mask).astype(np.int64), validation.astype(np.int64)
 
 
-def _write_text_atomic(path: str, rows: Iterable[Sequence], header: Sequence[str]) -> None:
+def _write_csv(path: str, rows: Iterable[Sequence], header: Sequence[str]) -> None:
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
   writer.writerow(header)
   writer.writerows(rows)
-  file_utils.atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
-
-
-class ProgressLogger:
-  """Logs `done/total`, images/s and ETA every `interval` seconds."""
-
-  def __init__(self, total: int, what: str = "images", interval: float = 30.0):
-    self.total, self.what, self.interval = total, what, interval
-    self.start = self._last = time.monotonic()
-
-  def update(self, done: int, force: bool = False) -> None:
-    now = time.monotonic()
-    if not force and now - self._last < self.interval:
-      return
-    self._last = now
-    elapsed = max(now - self.start, 1e-9)
-    rate = done / elapsed
-    eta = (self.total - done) / rate if rate > 0 else float("inf")
-    eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-    logging.info(
-      "%d/%d %s (%.1f%%), %.1f %s/s, ETA %s",
-      done,
-      self.total,
-      self.what,
-      100.0 * done / max(self.total, 1),
-      rate,
-      self.what,
-      eta_text,
-    )
+  file_utils.atomic_write_text(path, buffer.getvalue())
 
 
 def _prepared_stream(tasks: list[tuple[str, str]], num_workers: int):
@@ -383,7 +355,7 @@ def build_dataset(
 
   os.makedirs(output_directory, exist_ok=True)
   summary.relabeling_path = os.path.join(output_directory, RELABELING_FILENAME)
-  _write_text_atomic(summary.relabeling_path, sorted(mapping.items()), ("landmark_id", "label"))
+  _write_csv(summary.relabeling_path, sorted(mapping.items()), ("landmark_id", "label"))
 
   # Locate the files.
   found = []
@@ -420,8 +392,9 @@ def build_dataset(
     writers[VALIDATION_PREFIX] = gldv2.ShardedRecordWriter(
       os.path.join(output_directory, VALIDATION_PREFIX), num_validation_shards
     )
-  progress = ProgressLogger(len(plan), "images", log_interval)
+  progress = progress_lib.Progress(len(plan), "converted", "img", log_interval)
   reencoded = collections.Counter()
+  num_failed = 0
   try:
     tasks = [(found[i].image_id, found[i].path) for _, i in plan]
     stream = _prepared_stream(tasks, num_workers)
@@ -429,6 +402,7 @@ def build_dataset(
       entry = found[index]
       assert image_id == entry.image_id
       if prepared is None:
+        num_failed += 1
         summary.failures.append(Failure(image_id, entry.path, reason))
         logging.warning("skipped %s: %s", image_id, reason)
       else:
@@ -443,8 +417,8 @@ def build_dataset(
           filename=os.path.basename(entry.path),
         )
         writers[split].write(example)
-      progress.update(done)
-    progress.update(len(plan), force=True)
+      progress.update(done - num_failed, processed=done, failed=num_failed)
+    progress.update(len(plan) - num_failed, processed=len(plan), force=True, failed=num_failed)
   except BaseException:
     for writer in writers.values():
       writer.abort()
@@ -456,7 +430,7 @@ def build_dataset(
     summary.num_validation = writers[VALIDATION_PREFIX].num_written
 
   summary.failures_path = os.path.join(output_directory, FAILURES_FILENAME)
-  _write_text_atomic(
+  _write_csv(
     summary.failures_path,
     [(f.image_id, f.path, f.reason) for f in summary.failures],
     ("id", "path", "reason"),

@@ -12,9 +12,10 @@ leaves a truncated shard that matches `<prefix>-*`.
 """
 
 import os
-import uuid
 
 import tensorflow as tf
+
+from dolg_tf.utils import files as file_utils
 
 DATASET_NUM_CLASSES = {"gld_v1": 14951, "gld_v2": 203094, "gld_v2_clean": 81313}
 
@@ -158,10 +159,7 @@ class ShardedRecordWriter:
     if folder:
       tf.io.gfile.makedirs(folder)
     self.paths = [shard_path(self.prefix, i, num_shards) for i in range(num_shards)]
-    token = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    self._tmp_paths = [
-      os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.{token}.tmp") for p in self.paths
-    ]
+    self._tmp_paths = [file_utils.temp_path(p) for p in self.paths]
     self.counts = [0] * num_shards
     self._writers = []
     try:

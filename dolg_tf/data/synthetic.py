@@ -513,9 +513,7 @@ def write_training_set(
     "jpeg_quality": jpeg_quality,
   }
   payload = {"params": params, "info": dataclasses.asdict(info)}
-  file_utils.atomic_write_bytes(
-    os.path.join(out_dir, INFO_FILENAME), json.dumps(payload, indent=2).encode("utf-8")
-  )
+  file_utils.atomic_write_text(os.path.join(out_dir, INFO_FILENAME), json.dumps(payload, indent=2))
   logging.info(
     "synthetic training set: %d classes, %d train + %d validation images in %.1fs -> %s",
     num_classes,
@@ -671,9 +669,7 @@ def write_retrieval_benchmark(
     gnd[pos] = entry
   rows = [row for _, row in sorted(rows)]
   labels_path = os.path.join(out_dir, "labels.csv")
-  file_utils.atomic_write_bytes(
-    labels_path, ("name,set,class,kind\n" + "\n".join(rows) + "\n").encode("utf-8")
-  )
+  file_utils.atomic_write_text(labels_path, "name,set,class,kind\n" + "\n".join(rows) + "\n")
   gnd_path = os.path.join(out_dir, GND_FILENAME)
   buffer = io.BytesIO()
   pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, buffer, protocol=4)

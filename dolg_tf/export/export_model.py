@@ -21,22 +21,22 @@ one as `serve_global`.
 
 The image at scale s is resized (bilinear) to round(s * H) x round(s * W),
 as DELF does. Nothing of this project is needed to load the export: only
-TensorFlow. `assets.extra/model_config.json` records the network.
+TensorFlow. `assets.extra/config.json` records the model and export configs
+(dolg_tf.config), which extraction takes its defaults from.
 """
 
-import json
 import os
 
 import tensorflow as tf
 from absl import flags
 
 from dolg_tf import config as config_lib
+from dolg_tf import run_layout
+from dolg_tf.export import signatures as signatures_lib
 from dolg_tf.model import builder, normalization
 from dolg_tf.utils import cli
 
-DEFAULT_SCALES = (0.7071, 1.0, 1.4142)
-MODEL_CONFIG_ASSET = os.path.join("assets.extra", "model_config.json")
-EXPORT_CONFIG_ASSET = os.path.join("assets.extra", "export_config.json")
+DEFAULT_SCALES = config_lib.OFFICIAL_SCALES
 
 
 class ServingModule(tf.Module):
@@ -72,16 +72,16 @@ class ServingModule(tf.Module):
 
   @tf.function(
     input_signature=[
-      tf.TensorSpec([None, None, 3], tf.uint8, name="input_image"),
-      tf.TensorSpec([None], tf.float32, name="input_scales"),
-      tf.TensorSpec([None], tf.int32, name="input_global_scales_ind"),
+      tf.TensorSpec([None, None, 3], tf.uint8, name=signatures_lib.INPUT_IMAGE),
+      tf.TensorSpec([None], tf.float32, name=signatures_lib.INPUT_SCALES),
+      tf.TensorSpec([None], tf.int32, name=signatures_lib.INPUT_GLOBAL_SCALES_IND),
     ]
   )
   def serve(self, input_image, input_scales, input_global_scales_ind):
     descriptors = self._describe(tf.cast(input_image, tf.float32), input_scales)
     return {
-      "global_descriptors": descriptors,
-      "global_descriptor": self._pool(descriptors, input_global_scales_ind),
+      signatures_lib.GLOBAL_DESCRIPTORS: descriptors,
+      signatures_lib.GLOBAL_DESCRIPTOR: self._pool(descriptors, input_global_scales_ind),
     }
 
   def _resize_to_max(self, image):
@@ -90,7 +90,9 @@ class ServingModule(tf.Module):
     new_size = tf.maximum(tf.cast(tf.round(size * factor), tf.int32), 1)
     return tf.image.resize(image, new_size, method="bilinear")
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+  @tf.function(
+    input_signature=[tf.TensorSpec([None], tf.string, name=signatures_lib.INPUT_ENCODED_IMAGES)]
+  )
   def serve_encoded(self, images):
     scales = tf.constant(self.image_scales, tf.float32)
     all_scales = tf.range(tf.size(scales))
@@ -102,7 +104,7 @@ class ServingModule(tf.Module):
       return self._pool(self._describe(image, scales), all_scales)
 
     return {
-      "global_descriptor": tf.map_fn(
+      signatures_lib.GLOBAL_DESCRIPTOR: tf.map_fn(
         one_image, images, fn_output_signature=tf.TensorSpec([None], tf.float32)
       )
     }
@@ -129,11 +131,11 @@ class DelgServingModule(ServingModule):
 
   @tf.function(
     input_signature=[
-      tf.TensorSpec([None, None, 3], tf.uint8, name="input_image"),
-      tf.TensorSpec([None], tf.float32, name="input_scales"),
-      tf.TensorSpec([], tf.int32, name="input_max_feature_num"),
-      tf.TensorSpec([], tf.float32, name="input_abs_thres"),
-      tf.TensorSpec([None], tf.int32, name="input_global_scales_ind"),
+      tf.TensorSpec([None, None, 3], tf.uint8, name=signatures_lib.INPUT_IMAGE),
+      tf.TensorSpec([None], tf.float32, name=signatures_lib.INPUT_SCALES),
+      tf.TensorSpec([], tf.int32, name=signatures_lib.INPUT_MAX_FEATURE_NUM),
+      tf.TensorSpec([], tf.float32, name=signatures_lib.INPUT_ABS_THRES),
+      tf.TensorSpec([None], tf.int32, name=signatures_lib.INPUT_GLOBAL_SCALES_IND),
     ]
   )
   def serve_local(
@@ -172,12 +174,12 @@ class DelgServingModule(ServingModule):
     keep = tf.math.top_k(scores, tf.minimum(input_max_feature_num, tf.size(scores))).indices
     global_descriptors = tf.gather(descriptors.stack(), input_global_scales_ind)
     return {
-      "boxes": tf.gather(boxes, keep),
-      "features": tf.gather(features, keep),
-      "scales": tf.gather(scales, keep),
-      "scores": tf.gather(scores, keep),
-      "global_descriptors": global_descriptors,
-      "global_descriptor": self._pool(
+      signatures_lib.BOXES: tf.gather(boxes, keep),
+      signatures_lib.FEATURES: tf.gather(features, keep),
+      signatures_lib.SCALES: tf.gather(scales, keep),
+      signatures_lib.SCORES: tf.gather(scores, keep),
+      signatures_lib.GLOBAL_DESCRIPTORS: global_descriptors,
+      signatures_lib.GLOBAL_DESCRIPTOR: self._pool(
         global_descriptors, tf.range(tf.shape(global_descriptors)[0])
       ),
     }
@@ -196,17 +198,28 @@ def export_saved_model(
   model_config: config_lib.ModelConfig,
   export_base: str,
   version: int | None = None,
-  max_image_size: int = 1024,
-  image_scales=DEFAULT_SCALES,
+  export_config: config_lib.ExportConfig | None = None,
 ) -> str:
   """Writes `<export_base>/<version>/` atomically and returns its path.
 
   The SavedModel is written to a temporary sibling folder and renamed, so TF
   Serving (which polls `export_base`) never sees a half-written version.
+  `assets.extra/config.json` records the model and export sections
+  (config.save_config), the defaults of extraction.
+
+  Args:
+    model: the built descriptor model.
+    model_config: its config.
+    export_base: TF Serving's model base folder.
+    version: the version folder; default the next free number.
+    export_config: pyramid and size limits (serve_encoded, extraction
+      defaults); default ExportConfig().
 
   Raises:
     FileExistsError: if that version already exists.
   """
+  export_config = export_config or config_lib.ExportConfig()
+  max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
   version = version or next_version(export_base)
   export_dir = os.path.join(export_base, str(version))
   if tf.io.gfile.exists(export_dir):
@@ -217,23 +230,21 @@ def export_saved_model(
   if model_config.name == "delg":
     module = DelgServingModule(model, max_image_size, image_scales)
     signatures = {
-      "serving_default": module.serve_local.get_concrete_function(),
-      "serve_global": module.serve.get_concrete_function(),
-      "serve_encoded": module.serve_encoded.get_concrete_function(),
+      signatures_lib.SERVING_DEFAULT: module.serve_local.get_concrete_function(),
+      signatures_lib.SERVE_GLOBAL: module.serve.get_concrete_function(),
+      signatures_lib.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
     }
   else:
     module = ServingModule(model, max_image_size, image_scales)
     signatures = {
-      "serving_default": module.serve.get_concrete_function(),
-      "serve_encoded": module.serve_encoded.get_concrete_function(),
+      signatures_lib.SERVING_DEFAULT: module.serve.get_concrete_function(),
+      signatures_lib.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
     }
   tf.saved_model.save(module, tmp_dir, signatures=signatures)
-  tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
-  with tf.io.gfile.GFile(os.path.join(tmp_dir, MODEL_CONFIG_ASSET), "w") as f:
-    f.write(json.dumps(model_config.to_dict(), indent=2, sort_keys=True) + "\n")
-  with tf.io.gfile.GFile(os.path.join(tmp_dir, EXPORT_CONFIG_ASSET), "w") as f:
-    export_config = dict(max_image_size=max_image_size, image_scales=list(module.image_scales))
-    f.write(json.dumps(export_config, indent=2, sort_keys=True) + "\n")
+  config_lib.save_config(
+    {"model": model_config.as_dict(), "export": export_config.as_dict()},
+    os.path.join(tmp_dir, signatures_lib.CONFIG_ASSET),
+  )
   tf.io.gfile.rename(tmp_dir, export_dir)
   return export_dir
 
@@ -243,44 +254,45 @@ def export_from_checkpoint(
   checkpoint: str = "",
   export_base: str = "",
   version: int | None = None,
-  max_image_size: int = 1024,
-  image_scales=DEFAULT_SCALES,
+  export_overrides=None,
 ) -> str:
   """Restores a training run's checkpoint and exports it.
 
   Args:
-    logdir: the run folder (holds model_config.json and checkpoints/).
+    logdir: the run folder (config.json and checkpoints/, see run_layout).
     checkpoint: a checkpoint prefix; default the latest of `logdir`.
     export_base: default `<logdir>/export`.
-    version, max_image_size, image_scales: as `export_saved_model`.
+    version: as `export_saved_model`.
+    export_overrides: dict or --params_override string applied to the run's
+      config (e.g. {'export': {'max_image_size': 512}}).
 
   Raises:
-    FileNotFoundError: no model config or no checkpoint (named).
+    FileNotFoundError: no config or no checkpoint (named).
+    config_lib.ConfigError: a bad override.
   """
-  model_config = config_lib.load_model_config(logdir)
-  checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+  layout = run_layout.RunLayout(logdir)
+  experiment = config_lib.override(config_lib.load_config(layout.config), export_overrides or {})
+  checkpoint = checkpoint or tf.train.latest_checkpoint(layout.checkpoints)
   if not checkpoint:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(logdir, 'checkpoints')}")
-  model = builder.build_model(model_config, image_size=64)
+    raise FileNotFoundError(f"no checkpoint in {layout.checkpoints}")
+  model = builder.build_model(experiment.model, image_size=64)
   status = tf.train.Checkpoint(model=model).restore(checkpoint)
   status.expect_partial().assert_existing_objects_matched()
   return export_saved_model(
-    model,
-    model_config,
-    export_base or os.path.join(logdir, "export"),
-    version,
-    max_image_size,
-    image_scales,
+    model, experiment.model, export_base or layout.export, version, experiment.export
   )
 
 
 def define_flags():
-  flags.DEFINE_string("logdir", "", "Training run folder (model_config.json, checkpoints/).")
+  flags.DEFINE_string("logdir", "", "Training run folder (config.json, checkpoints/).")
   flags.DEFINE_string("checkpoint", "", "Checkpoint prefix; default: the latest in --logdir.")
   flags.DEFINE_string("export_base", "", "TF Serving model base; default <logdir>/export.")
   flags.DEFINE_integer("version", 0, "Version folder; 0 = next free.")
-  flags.DEFINE_integer("max_image_size", 1024, "serve_encoded: longest side after resizing.")
-  flags.DEFINE_list("image_scales", [str(s) for s in DEFAULT_SCALES], "serve_encoded pyramid.")
+  flags.DEFINE_string(
+    "params_override", "", "Overrides of the run's config, e.g. 'export.max_image_size=512'."
+  )
+  flags.DEFINE_integer("max_image_size", None, "Overrides export.max_image_size.")
+  flags.DEFINE_list("image_scales", None, "Overrides export.image_scales (serve_encoded pyramid).")
 
 
 def main(argv):
@@ -288,15 +300,20 @@ def main(argv):
   values = flags.FLAGS
   if not values.logdir:
     raise cli.UserError("--logdir is required")
-  resolve = cli.resolve_path
-  export_dir = export_from_checkpoint(
-    resolve(values.logdir),
-    resolve(values.checkpoint),
-    resolve(values.export_base),
-    values.version or None,
-    values.max_image_size,
-    [float(s) for s in values.image_scales],
-  )
+  overrides = config_lib.parse_overrides(values.params_override)
+  for name in ("max_image_size", "image_scales"):
+    if values[name].value is not None:
+      overrides.setdefault("export", {})[name] = values[name].value
+  try:
+    export_dir = export_from_checkpoint(
+      cli.resolve_path(values.logdir),
+      cli.resolve_path(values.checkpoint),
+      cli.resolve_path(values.export_base),
+      values.version or None,
+      overrides,
+    )
+  except (FileNotFoundError, FileExistsError, config_lib.ConfigError) as e:
+    raise cli.UserError(str(e)) from None
   print(f"SavedModel: {export_dir}")
 
 

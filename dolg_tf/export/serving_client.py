@@ -16,6 +16,7 @@ import urllib.request
 import numpy as np
 from absl import app, flags
 
+from dolg_tf.export import signatures
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -24,8 +25,12 @@ FLAGS = flags.FLAGS
 def rest_request_body(image_bytes_list: list[bytes]) -> dict:
   """The TF Serving REST predict body for the `serve_encoded` signature."""
   return {
-    "signature_name": "serve_encoded",
-    "inputs": {"images": [{"b64": base64.b64encode(b).decode("ascii")} for b in image_bytes_list]},
+    "signature_name": signatures.SERVE_ENCODED,
+    "inputs": {
+      signatures.INPUT_ENCODED_IMAGES: [
+        {"b64": base64.b64encode(b).decode("ascii")} for b in image_bytes_list
+      ]
+    },
   }
 
 
@@ -38,27 +43,31 @@ def predict_rest(server: str, model: str, image_bytes_list: list[bytes]) -> np.n
   with urllib.request.urlopen(request, timeout=FLAGS.timeout) as response:
     outputs = json.loads(response.read())["outputs"]
   return np.asarray(
-    outputs["global_descriptor"] if isinstance(outputs, dict) else outputs, np.float32
+    outputs[signatures.GLOBAL_DESCRIPTOR] if isinstance(outputs, dict) else outputs, np.float32
   )
 
 
 def grpc_request(model: str, image: np.ndarray, scales=(0.7071, 1.0, 1.4142)):
   """A PredictRequest for the DELF-style `serving_default` signature."""
+  # Optional deps: gRPC mode only (the REST client needs neither TF nor tensorflow_serving).
   import tensorflow as tf  # noqa: PLC0415
   from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
 
   request = predict_pb2.PredictRequest()
   request.model_spec.name = model
-  request.model_spec.signature_name = "serving_default"
-  request.inputs["input_image"].CopyFrom(tf.make_tensor_proto(image.astype(np.uint8)))
-  request.inputs["input_scales"].CopyFrom(tf.make_tensor_proto(np.asarray(scales, np.float32)))
-  request.inputs["input_global_scales_ind"].CopyFrom(
+  request.model_spec.signature_name = signatures.SERVING_DEFAULT
+  request.inputs[signatures.INPUT_IMAGE].CopyFrom(tf.make_tensor_proto(image.astype(np.uint8)))
+  request.inputs[signatures.INPUT_SCALES].CopyFrom(
+    tf.make_tensor_proto(np.asarray(scales, np.float32))
+  )
+  request.inputs[signatures.INPUT_GLOBAL_SCALES_IND].CopyFrom(
     tf.make_tensor_proto(np.arange(len(scales), dtype=np.int32))
   )
   return request
 
 
 def predict_grpc(server: str, model: str, image: np.ndarray) -> np.ndarray:
+  # Optional deps: gRPC mode only.
   import grpc  # noqa: PLC0415
   import tensorflow as tf  # noqa: PLC0415
   from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: PLC0415
@@ -66,7 +75,7 @@ def predict_grpc(server: str, model: str, image: np.ndarray) -> np.ndarray:
   with grpc.insecure_channel(server) as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     response = stub.Predict(grpc_request(model, image), FLAGS.timeout)
-  return tf.make_ndarray(response.outputs["global_descriptor"])[None]
+  return tf.make_ndarray(response.outputs[signatures.GLOBAL_DESCRIPTOR])[None]
 
 
 def main(argv):
@@ -80,6 +89,7 @@ def main(argv):
         contents.append(f.read())
     descriptors = predict_rest(FLAGS.server, FLAGS.model, contents)
   else:
+    # Decoding is needed by the gRPC mode only (REST sends the encoded bytes).
     from PIL import Image  # noqa: PLC0415
 
     descriptors = np.concatenate(

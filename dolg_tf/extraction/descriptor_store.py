@@ -4,21 +4,20 @@
     (DELF's `.delg_global` layout), each written atomically (datum_io).
   shards: `<output_dir>/descriptors-00000.npz`, ... each holding `ids`
     (unicode [N]) and `descriptors` (float32 [N, D]) and written atomically
-    (temporary file + os.replace) once full; `manifest.json` lists the shards,
-    their sizes and D. A folder of shards is the set of its complete shard
-    files, so a shard written just before a crash is found even if the
-    manifest was not yet updated.
+    (file_utils.atomic_open: temporary file + os.replace) once full;
+    `manifest.json` lists the shards, their sizes and D. A folder of shards
+    is the set of its complete shard files, so a shard written just before a
+    crash is found even if the manifest was not yet updated.
 
 Temporary files are hidden `.<name>.<pid>.<8 hex>.tmp` files in the output
-folder (file_utils' naming); `remove_stale_temp_files` deletes those of dead
-processes. `read_descriptors` reads either form back as (ids, matrix).
+folder (file_utils.TEMP_NAME_PATTERN); `remove_stale_temp_files` deletes those
+of dead processes. `read_descriptors` reads either form back as (ids, matrix).
 """
 
 import glob
 import json
 import os
 import re
-import uuid
 import zipfile
 from collections.abc import Sequence
 
@@ -31,12 +30,6 @@ DEFAULT_SUFFIX = ".dolg_global"
 MANIFEST_FILE = "manifest.json"
 SHARD_PREFIX = "descriptors-"
 SHARD_PATTERN = re.compile(r"^descriptors-(\d{5,})\.npz$")
-_TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
-
-
-def _tmp_path(path: str) -> str:
-  folder, name = os.path.split(os.path.abspath(path))
-  return os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -53,7 +46,7 @@ def remove_stale_temp_files(output_dir: str) -> list[str]:
   """Removes temporary files of killed writers (their pid is gone); returns them."""
   removed = []
   for entry in os.scandir(output_dir):
-    match = _TMP_PATTERN.match(entry.name)
+    match = file_utils.TEMP_NAME_PATTERN.match(entry.name)
     if match and entry.is_file() and not _pid_alive(int(match.group("pid"))):
       try:
         os.unlink(entry.path)
@@ -173,17 +166,8 @@ class ShardWriter:
     self._ids, self._rows = [], []
     name = f"{SHARD_PREFIX}{self._next_index:05d}.npz"
     path = os.path.join(self.output_dir, name)
-    tmp = _tmp_path(path)
-    try:
-      with open(tmp, "wb") as f:
-        np.savez(f, ids=np.array(ids, dtype=str), descriptors=np.stack(rows).astype(np.float32))
-      os.replace(tmp, path)
-    except BaseException:
-      try:
-        os.unlink(tmp)
-      except OSError:
-        pass
-      raise
+    with file_utils.atomic_open(path, "wb") as f:
+      np.savez(f, ids=np.array(ids, dtype=str), descriptors=np.stack(rows).astype(np.float32))
     self._next_index += 1
     self._shards.append((name, len(ids)))
     self._known.update(ids)
@@ -197,9 +181,8 @@ class ShardWriter:
       "num_descriptors": sum(c for _, c in self._shards),
       "shards": [{"file": name, "count": count} for name, count in self._shards],
     }
-    file_utils.atomic_write_bytes(
-      os.path.join(self.output_dir, MANIFEST_FILE),
-      (json.dumps(manifest, indent=1) + "\n").encode("utf-8"),
+    file_utils.atomic_write_text(
+      os.path.join(self.output_dir, MANIFEST_FILE), json.dumps(manifest, indent=1) + "\n"
     )
 
 

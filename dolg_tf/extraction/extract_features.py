@@ -30,10 +30,12 @@ Exit status: 0 on success, 1 if there was work and no image has a descriptor,
 """
 
 import os
-import sys
 
 from absl import app, flags, logging
 
+from dolg_tf.data import ground_truth
+from dolg_tf.extraction import pipeline
+from dolg_tf.io import config_io
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -59,23 +61,19 @@ flags.DEFINE_integer("shard_size", 100_000, "Descriptors per shard with --output
 flags.DEFINE_float("log_interval", 30.0, "Seconds between progress logs.")
 
 
-class _SetupError(Exception):
-  """A bad flag or input; reported as one line."""
-
-
 def _tasks():
-  """The ImageTasks the flags describe."""
-  from dolg_tf.extraction import pipeline  # pylint: disable=g-import-not-at-top
+  """The ImageTasks the flags describe.
 
+  Raises:
+    cli.UserError: a bad flag or a missing folder / list.
+  """
   if FLAGS.gnd_path:
-    from dolg_tf.retrieval import ground_truth  # pylint: disable=g-import-not-at-top
-
     if FLAGS.list_images_path:
-      raise _SetupError("--gnd_path and --list_images_path are exclusive")
+      raise cli.UserError("--gnd_path and --list_images_path are exclusive")
     if not FLAGS.images_dir:
-      raise _SetupError("--gnd_path needs --images_dir (the folder of the dataset's images)")
+      raise cli.UserError("--gnd_path needs --images_dir (the folder of the dataset's images)")
     if not os.path.isdir(FLAGS.images_dir):
-      raise _SetupError(f"{FLAGS.images_dir}: images folder not found")
+      raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
     gnd = ground_truth.load_ground_truth(FLAGS.gnd_path)
     names = gnd.qimlist if FLAGS.image_set == "query" else gnd.imlist
     paths = [os.path.join(FLAGS.images_dir, n + FLAGS.image_extension) for n in names]
@@ -90,52 +88,42 @@ def _tasks():
         logging.warning("queries are not cropped; the ROxf/RPar protocol crops them (--query_crop)")
     return pipeline.tasks_from_paths(paths, boxes)
   if FLAGS.query_crop:
-    raise _SetupError("--query_crop needs --gnd_path")
+    raise cli.UserError("--query_crop needs --gnd_path")
   if FLAGS.list_images_path:
     if FLAGS.images_dir and not os.path.isdir(FLAGS.images_dir):
-      raise _SetupError(f"{FLAGS.images_dir}: images folder not found")
+      raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
     if not os.path.isfile(FLAGS.list_images_path):
-      raise _SetupError(f"{FLAGS.list_images_path}: image list not found")
+      raise cli.UserError(f"{FLAGS.list_images_path}: image list not found")
     paths = pipeline.read_image_list(FLAGS.list_images_path, FLAGS.images_dir)
   elif FLAGS.images_dir:
     paths = pipeline.list_images(FLAGS.images_dir)
   else:
-    raise _SetupError("give --list_images_path, --images_dir or --gnd_path")
+    raise cli.UserError("give --list_images_path, --images_dir or --gnd_path")
   return pipeline.tasks_from_paths(paths)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS.config:
+    raise cli.UserError("--config is required")
+  if not FLAGS.output_dir:
+    raise cli.UserError("--output_dir is required")
+  if not os.path.isfile(FLAGS.config):
+    raise cli.UserError(f"{FLAGS.config}: config file not found")
   try:
-    if not FLAGS.config:
-      raise _SetupError("--config is required")
-    if not FLAGS.output_dir:
-      raise _SetupError("--output_dir is required")
-    if not os.path.isfile(FLAGS.config):
-      raise _SetupError(f"{FLAGS.config}: config file not found")
-    from dolg_tf.io import config_io  # pylint: disable=g-import-not-at-top
-
     config = config_io.load_dolg_config(FLAGS.config)
     model_path = config_io.resolve_model_path(config, FLAGS.config)
     tasks = _tasks()
-    # TensorFlow is imported only once the inputs are known to be there.
-    from dolg_tf.extraction import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
-    from dolg_tf.extraction import pipeline  # pylint: disable=g-import-not-at-top
+    # TF-free start-up: TensorFlow is imported only once the inputs are known to be there.
+    from dolg_tf.extraction import extractor as extractor_lib  # noqa: PLC0415
 
-    if config.use_local_features:
-      # DELG: local (.delg_local) and global (.delg_global) files per image.
-      from dolg_tf.extraction import local_extractor  # pylint: disable=g-import-not-at-top
-
-      extractor = local_extractor.LocalGlobalExtractor(config, FLAGS.config, model_path=model_path)
-    else:
-      extractor = extractor_lib.GlobalExtractor(config, FLAGS.config, model_path=model_path)
-  except (_SetupError, OSError, ValueError) as e:
-    print(f"extract_features: error: {e}", file=sys.stderr)
-    return 2
+    # DELG configs (use_local_features) get .delg_local + .delg_global files per image.
+    extractor = extractor_lib.Extractor(config, FLAGS.config, model_path=model_path)
+  except (OSError, ValueError) as e:
+    raise cli.UserError(str(e)) from e
   if not tasks:
     logging.warning("no images to extract")
-  # DELG extractors bring their own writer (.delg_local + .delg_global files).
   try:
     summary = pipeline.run_extraction(
       extractor,
@@ -148,8 +136,7 @@ def main(argv):
       log_interval=FLAGS.log_interval,
     )
   except ValueError as e:  # Bad arguments, rejected before any image is read.
-    print(f"extract_features: error: {e}", file=sys.stderr)
-    return 2
+    raise cli.UserError(str(e)) from e
   print(
     f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}, "
     f"{summary.seconds:.1f}s -> {FLAGS.output_dir}"

@@ -1,22 +1,23 @@
-"""Global descriptors of images from an exported SavedModel, configured by a DolgConfig.
+"""Global (DOLG) or local + global (DELG) features of images from an exported SavedModel.
 
     config = config_io.load_dolg_config("protos/dolg.pbtxt")
-    extractor = GlobalExtractor(config, config_path="protos/dolg.pbtxt")
+    extractor = Extractor(config, config_path="protos/dolg.pbtxt")
     descriptor = extractor.extract_from_file("image.jpg")          # float32 [D]
 
-Only the exported SavedModel is used (export/export_model.py's serving
-signature, or `serve_global` of a DELG export); no model code is imported, so
-a converted official checkpoint, a trained model and a TF Serving deployment
-give the same descriptors.
+One class for both kinds of config. Only the exported SavedModel is used
+(export/export_model.py's signatures, names in export/signatures.py); no
+model code is imported, so a converted official checkpoint, a trained model
+and a TF Serving deployment give the same descriptors.
 
-Steps for one image (DELF's extraction order):
+Global-only extraction (use_local_features false), DELF's order:
   1. `load_image` (RGB uint8), optional crop box (x1, y1, x2, y2), then
      `resize_image` with the config's max/min_image_size and
      use_square_images. This part is pure NumPy/Pillow and thread-safe
      (`load_and_preprocess`), so a pipeline can run it in worker threads.
-  2. The SavedModel signature on the selected global scales
-     (`image_scales[i]` for i in `global_config.image_scales_ind`, all scales
-     when empty) returns one L2-normalised descriptor per scale.
+  2. The global-only signature (`serve_global` of a DELG export, else
+     `serving_default`) on the selected global scales (`image_scales[i]` for
+     i in `global_config.image_scales_ind`, all scales when empty) returns one
+     L2-normalised descriptor per scale.
   3. Scale pooling (`pool_scales`), per `global_config.scale_pooling`:
      AVERAGE: each scale L2-normalised, averaged, L2-normalised (official
        DOLG; equals the signature's own `global_descriptor`).
@@ -29,32 +30,42 @@ Steps for one image (DELF's extraction order):
   4. Optional PCA (`apply_pca`), DELF's ApplyPcaAndWhitening:
      y = P[:pca_dim] @ (x - mean), with whitening y /= sqrt(var[:pca_dim] + eps),
      then L2-normalised.
+  `extract` returns the float32 [D] descriptor.
+
+Local + global extraction (use_local_features true, a DELG export): DELF's
+local+global `serving_default` on the whole pyramid, local features post-
+processed as local_extractor.py describes; `extract` returns a dict and
+`make_writer` gives pipeline.run_extraction the writer of its two files.
+
+Defaults from the SavedModel. When the config leaves `image_scales` empty, or
+does not set `max_image_size` / `min_image_size`, the values come from the
+export's `assets.extra/config.json` (signatures.CONFIG_ASSET, its "export"
+section), or from `assets.extra/export_config.json` of older exports
+(`read_export_defaults`); the config is then validated again with them
+(`resolve_config`), e.g. `global_config.image_scales_ind` against the pyramid.
 """
 
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from dolg_tf.extraction import image_loading
+from dolg_tf.export import signatures
+from dolg_tf.extraction import image_loading, local_extractor
 from dolg_tf.io import config_io, datum_io
+from dolg_tf.utils import arrays
 
 DolgConfig = config_io.DolgConfig
 ScalePooling = DolgConfig.GlobalConfig
 
 # Added to the PCA variances before the square root when whitening.
 WHITENING_EPSILON = 1e-12
-# Floor of the norms in L2 normalisation.
-NORM_EPSILON = 1e-12
-# Signatures holding the global-only DELF interface, in order of preference.
-GLOBAL_SIGNATURES = ("serve_global", "serving_default")
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-  """x / max(||x||_2, NORM_EPSILON) along `axis`, in float32."""
-  x = np.asarray(x, dtype=np.float32)
-  norm = np.linalg.norm(x, axis=axis, keepdims=True)
-  return x / np.maximum(norm, NORM_EPSILON)
+# The extraction defaults of exports written before signatures.CONFIG_ASSET.
+LEGACY_EXPORT_CONFIG_ASSET = "assets.extra/export_config.json"
+# DolgConfig fields an export can supply.
+EXPORT_DEFAULT_FIELDS = ("image_scales", "max_image_size", "min_image_size")
 
 
 def pool_scales(per_scale: np.ndarray, method: int = ScalePooling.AVERAGE, p: float = 3.0):
@@ -74,7 +85,7 @@ def pool_scales(per_scale: np.ndarray, method: int = ScalePooling.AVERAGE, p: fl
   per_scale = np.asarray(per_scale, dtype=np.float64)
   if per_scale.ndim != 2 or per_scale.shape[0] == 0:
     raise ValueError(f"expected per-scale descriptors [S>0, D], got shape {per_scale.shape}")
-  normalized = per_scale / np.maximum(np.linalg.norm(per_scale, axis=1, keepdims=True), 1e-12)
+  normalized = arrays.l2_normalize(per_scale, axis=1, dtype=np.float64)
   if method == ScalePooling.AVERAGE:
     pooled = normalized.mean(axis=0)
   elif method == ScalePooling.GEM:
@@ -84,7 +95,7 @@ def pool_scales(per_scale: np.ndarray, method: int = ScalePooling.AVERAGE, p: fl
     pooled = np.sign(m) * np.abs(m) ** (1.0 / p)
   else:
     raise ValueError(f"unknown scale pooling {method}")
-  return l2_normalize(pooled.astype(np.float32))
+  return arrays.l2_normalize(pooled.astype(np.float32))
 
 
 def apply_pca(
@@ -112,7 +123,7 @@ def apply_pca(
   projected = (x - mean) @ np.asarray(projection[:pca_dim], dtype=np.float64).T
   if variances is not None:
     projected = projected / np.sqrt(np.asarray(variances[:pca_dim], dtype=np.float64) + epsilon)
-  return l2_normalize(projected.astype(np.float32))
+  return arrays.l2_normalize(projected.astype(np.float32))
 
 
 def _load_array(path: str) -> np.ndarray:
@@ -127,14 +138,18 @@ def _load_array(path: str) -> np.ndarray:
 class PcaProjection:
   """PCA (+ optional whitening) parameters read from .npy or DatumProto files."""
 
-  def __init__(self, parameters: DolgConfig.PcaParameters, config_path: str | None = None):
-    """Loads the files named in `parameters`.
+  def __init__(
+    self,
+    parameters: DolgConfig.PcaParameters,
+    config_path: str | None = None,
+    field: str = "global_config.pca_parameters",
+  ):
+    """Loads the files named in `parameters` (`field` of the config, for errors).
 
     Raises:
       FileNotFoundError / IOError: a file is missing or unreadable (named).
       ValueError: inconsistent shapes (the file is named).
     """
-    field = "global_config.pca_parameters"
     resolve = lambda name: config_io.resolve_path(
       getattr(parameters, name), f"{field}.{name}", config_path
     )
@@ -182,10 +197,121 @@ class PcaProjection:
     return apply_pca(x, self.mean, self.projection, self.pca_dim, self.variances)
 
 
-class GlobalExtractor:
-  """Extracts global descriptors with a SavedModel as a DolgConfig describes.
+def read_export_defaults(model_path: str | None) -> tuple[dict, str | None]:
+  """The extraction defaults an export records, and the file they came from.
 
-  `load_and_preprocess` is thread-safe and TF-free; `extract` runs the model.
+  Reads the "export" section of `<model_path>/assets.extra/config.json`
+  (signatures.CONFIG_ASSET), or else `<model_path>/assets.extra/export_config.json`
+  (older exports). Only the fields of EXPORT_DEFAULT_FIELDS are returned:
+  image_scales (list of float), max_image_size and min_image_size (int, -1 = no limit).
+
+  Args:
+    model_path: the SavedModel folder, or None.
+
+  Returns:
+    ({field: value}, path of the file read), or ({}, None) if there is none.
+
+  Raises:
+    ValueError: the file is not JSON or a field has the wrong type (both named).
+  """
+  if not model_path:
+    return {}, None
+  for asset, section in ((signatures.CONFIG_ASSET, "export"), (LEGACY_EXPORT_CONFIG_ASSET, None)):
+    path = os.path.join(model_path, asset)
+    if not tf.io.gfile.exists(path):
+      continue
+    try:
+      with tf.io.gfile.GFile(path, "r") as f:
+        payload = json.loads(f.read())
+    except (ValueError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path}: not a JSON file ({e})") from e
+    if section is not None:
+      payload = payload.get(section, {}) if isinstance(payload, dict) else None
+    if not isinstance(payload, dict):
+      raise ValueError(f"{path}: expected a JSON object{f' {section!r}' if section else ''}")
+    defaults = {}
+    for name in EXPORT_DEFAULT_FIELDS:
+      value = payload.get(name)
+      if value is None:
+        continue
+      where = f"{path}: {section + '.' if section else ''}{name}"
+      if name == "image_scales":
+        if not isinstance(value, list) or not all(
+          isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+          raise ValueError(f"{where}: expected a list of numbers, got {value!r}")
+        defaults[name] = [float(v) for v in value]
+      else:
+        if not isinstance(value, int) or isinstance(value, bool):
+          raise ValueError(f"{where}: expected an integer, got {value!r}")
+        defaults[name] = value
+    return defaults, path
+  return {}, None
+
+
+def resolve_config(
+  config: DolgConfig, config_path: str | None = None, model_path: str | None = None
+) -> DolgConfig:
+  """`config` with the fields it leaves unset taken from the SavedModel, validated again.
+
+  image_scales (when empty), max_image_size and min_image_size (when not set,
+  proto2 presence) come from `read_export_defaults(model_path)`; which ones
+  did is logged.
+
+  Args:
+    config: a validated DolgConfig (image_scales may be empty).
+    config_path: the file `config` came from (named in errors).
+    model_path: the SavedModel folder (None: nothing to take from it).
+
+  Returns:
+    A new DolgConfig; `config` is not changed.
+
+  Raises:
+    ValueError: neither gives an image pyramid, the export's values are bad, or
+      the completed config does not validate (e.g. image_scales_ind out of
+      range of the SavedModel's pyramid); one line naming the file and field.
+  """
+  source = config_path or "<config>"
+  resolved = DolgConfig()
+  resolved.CopyFrom(config)
+  defaults, defaults_path = read_export_defaults(model_path)
+  taken = []
+  if not resolved.image_scales and "image_scales" in defaults:
+    resolved.image_scales.extend(defaults["image_scales"])
+    taken.append(f"image_scales={list(resolved.image_scales)}")
+  for name in ("max_image_size", "min_image_size"):
+    if not resolved.HasField(name) and name in defaults:
+      setattr(resolved, name, defaults[name])
+      taken.append(f"{name}={defaults[name]}")
+  if not resolved.image_scales:
+    where = f"{defaults_path} has none" if defaults_path else f"no {signatures.CONFIG_ASSET}"
+    raise ValueError(
+      f"{source}: image_scales: empty, and the SavedModel gives no pyramid "
+      f"({model_path or '<loaded SavedModel>'}: {where})"
+    )
+  if taken:
+    logging.info("%s: %s from the SavedModel's %s", source, ", ".join(taken), defaults_path)
+  source_desc = f"{source} (with {defaults_path})" if taken else source
+  config_io.validate_dolg_config(resolved, source_desc)
+  return resolved
+
+
+class Extractor:
+  """Global (DOLG) or local + global (DELG) extraction with a SavedModel, per a DolgConfig.
+
+  The pipeline.run_extraction extractor protocol: `load_and_preprocess` is
+  thread-safe and TF-free; `extract` runs the model; `make_writer` gives the
+  DELG writer (None for global-only extraction, which the pipeline writes).
+
+  Attributes:
+    config: the DolgConfig in use, completed from the SavedModel (resolve_config).
+    local: whether local features are extracted (config.use_local_features).
+    model_path: the SavedModel folder (None for a loaded SavedModel without a path).
+    signature_name: the signature run.
+    image_scales: the whole pyramid, float32 [S].
+    scales: the scales given to the signature, float32: the global scales for
+      global-only extraction, the whole pyramid for DELG.
+    suffix / global_suffix / local_suffix: output file suffixes.
   """
 
   def __init__(
@@ -193,125 +319,231 @@ class GlobalExtractor:
     config: DolgConfig,
     config_path: str | None = None,
     model_path: str | None = None,
-    signature: str | None = None,
     saved_model=None,
   ):
     """Loads the SavedModel and the PCA files.
 
     Args:
-      config: a validated DolgConfig (use_global_features must be true).
-      config_path: the file `config` came from: names it in errors.
+      config: a validated DolgConfig (config_io.load_dolg_config).
+      config_path: the file `config` came from: names it in errors; relative
+        paths resolve as config_io.resolve_path does.
       model_path: overrides `config.model_path` (already resolved).
-      signature: signature name; default `serve_global` if present (DELG
-        exports), else `serving_default`.
       saved_model: an already loaded SavedModel (`tf.saved_model.load`) to use
-        instead of loading `model_path` again.
+        instead of loading the model again; its defaults are still read from
+        `model_path` / `config.model_path` when that folder exists.
 
     Raises:
-      ValueError: the config asks for no global features, or the SavedModel
-        lacks a usable signature.
+      ValueError: nothing to extract, no image pyramid, a field out of range of
+        the SavedModel's pyramid, or the SavedModel lacks the signature the
+        config needs (named).
       FileNotFoundError: the model or a PCA file is missing (named).
     """
     source = config_path or "<config>"
-    if not config.use_global_features:
+    self.local = bool(config.use_local_features)
+    if not self.local and not config.use_global_features:
       raise ValueError(f"{source}: use_global_features is false, nothing to extract")
-    self.config = config
     if saved_model is not None:
-      self.model_path = model_path or config_io.resolve_model_path(
-        config, config_path, must_exist=False
-      )
+      if model_path is None and config.model_path:
+        model_path = config_io.resolve_model_path(config, config_path, must_exist=False)
       self._loaded = saved_model
     else:
-      self.model_path = model_path or config_io.resolve_model_path(config, config_path)
-      if not os.path.exists(os.path.join(self.model_path, "saved_model.pb")):
-        raise FileNotFoundError(f"{self.model_path}: no saved_model.pb (model_path in {source})")
-      self._loaded = tf.saved_model.load(self.model_path)
-    names = [signature] if signature else list(GLOBAL_SIGNATURES)
-    names = [n for n in names if n in self._loaded.signatures]
-    if not names:
+      model_path = model_path or config_io.resolve_model_path(config, config_path)
+      if not os.path.exists(os.path.join(model_path, "saved_model.pb")):
+        raise FileNotFoundError(f"{model_path}: no saved_model.pb (model_path in {source})")
+      self._loaded = tf.saved_model.load(model_path)
+    self.model_path = model_path
+    self.config = config = resolve_config(config, config_path, model_path)
+    name = model_path or "<loaded SavedModel>"
+
+    if self.local:
+      candidates, expected = [signatures.SERVING_DEFAULT], signatures.LOCAL_GLOBAL_INPUTS
+    else:
+      candidates, expected = list(signatures.GLOBAL_SIGNATURES), signatures.GLOBAL_INPUTS
+    available = [n for n in candidates if n in self._loaded.signatures]
+    if not available:
       raise ValueError(
-        f"{self.model_path}: SavedModel has no signature {signature or GLOBAL_SIGNATURES}; "
+        f"{name}: SavedModel has no signature {' or '.join(candidates)}; "
         f"it has {sorted(self._loaded.signatures)}"
       )
-    self.signature_name = names[0]
+    self.signature_name = available[0]
     self._signature = self._loaded.signatures[self.signature_name]
     inputs = set(self._signature.structured_input_signature[1])
-    expected = {"input_image", "input_scales", "input_global_scales_ind"}
     if inputs != expected:
+      kind = "DELG's local+global" if self.local else "the global-only"
       raise ValueError(
-        f"{self.model_path}: signature {self.signature_name} takes {sorted(inputs)}, "
-        f"expected {sorted(expected)}"
+        f"{name}: signature {self.signature_name} takes {sorted(inputs)}, not {kind} "
+        f"inputs {sorted(expected)}" + (" (is it a DELG export?)" if self.local else "")
       )
 
-    scales = list(config.image_scales)
-    indices = list(config.global_config.image_scales_ind) or list(range(len(scales)))
-    # Only the scales pooled into the global descriptor are computed.
-    self.scales = np.array([scales[i] for i in indices], dtype=np.float32)
-    self._scale_indices = tf.constant(np.arange(len(indices), dtype=np.int32))
+    self.image_scales = np.array(config.image_scales, dtype=np.float32)
+    global_config = config.global_config
+    indices = list(global_config.image_scales_ind) or list(range(len(self.image_scales)))
+    if self.local:
+      self.scales = self.image_scales
+      self._global_scale_indices = tf.constant(np.array(indices, dtype=np.int32))
+    else:
+      # Only the scales pooled into the global descriptor are computed.
+      self.scales = self.image_scales[indices]
+      self._global_scale_indices = tf.constant(np.arange(len(indices), dtype=np.int32))
     self._scales_tensor = tf.constant(self.scales)
-    self.scale_pooling = config.global_config.scale_pooling
-    self.gem_p = float(config.global_config.gem_p)
+    self.use_global = bool(config.use_global_features)
+    self.scale_pooling = global_config.scale_pooling
+    self.gem_p = float(global_config.gem_p)
     self.pca = (
-      PcaProjection(config.global_config.pca_parameters, config_path)
-      if config.global_config.use_pca
+      PcaProjection(global_config.pca_parameters, config_path)
+      if self.use_global and global_config.use_pca
+      else None
+    )
+    local_config = config.local_config
+    self.max_feature_num = int(local_config.max_feature_num)
+    self.score_threshold = float(local_config.score_threshold)
+    self.use_resized_coordinates = bool(local_config.use_resized_coordinates)
+    self.binarize = bool(local_config.binarize)
+    self.local_pca = (
+      PcaProjection(local_config.pca_parameters, config_path, "local_config.pca_parameters")
+      if self.local and local_config.use_pca
       else None
     )
     self.max_image_size = int(config.max_image_size)
     self.min_image_size = int(config.min_image_size)
     self.square = bool(config.use_square_images)
-    self.suffix = config.global_descriptor_suffix
+    self.suffix = self.global_suffix = config.global_descriptor_suffix
+    self.local_suffix = config.local_descriptor_suffix
 
   @classmethod
-  def from_config_file(cls, config_path: str, **kwargs) -> "GlobalExtractor":
+  def from_config_file(cls, config_path: str, **kwargs) -> "Extractor":
     """Loads the config file (validated) and the model it names."""
     return cls(config_io.load_dolg_config(config_path), config_path=config_path, **kwargs)
 
   @property
   def output_dim(self) -> int | None:
-    """Descriptor dimension after PCA, or None before the first extraction without PCA."""
+    """Global descriptor dimension after PCA, or None before the first extraction without PCA."""
     if self.pca is not None:
       return self.pca.pca_dim
     return getattr(self, "_dim", None)
 
-  def preprocess(self, image: np.ndarray, box=None) -> np.ndarray:
-    """Crops (x1, y1, x2, y2) if `box` is given, then resizes as configured."""
+  # --------------------------------------------------------------------------- images
+
+  def preprocess(self, image: np.ndarray, box=None):
+    """Crops (x1, y1, x2, y2) if `box` is given, then resizes as configured.
+
+    Returns:
+      The resized uint8 image for global-only extraction; for DELG a
+      local_extractor.PreprocessedImage (image and resize factors [sy, sx]).
+    """
     if box is not None:
       image = image_loading.crop_box(image, box)
-    resized, _ = image_loading.resize_image(
+    resized, factors = image_loading.resize_image(
       image, self.max_image_size, self.min_image_size, self.square
     )
-    return np.ascontiguousarray(resized)
+    resized = np.ascontiguousarray(resized)
+    if not self.local:
+      return resized
+    return local_extractor.PreprocessedImage(resized, np.asarray(factors, np.float32))
 
-  def load_and_preprocess(self, path: str, box=None) -> np.ndarray:
+  def load_and_preprocess(self, path: str, box=None):
     """`load_image` + `preprocess`. Thread-safe; no TensorFlow.
 
     Raises:
-      image_loading.ImageLoadError: the file cannot be read (named), or the
+      images.ImageError: the file cannot be read (named), or the
         crop box is empty.
     """
     return image_loading.load_and_preprocess(path, box, self.preprocess)
 
-  def per_scale_descriptors(self, image: np.ndarray) -> np.ndarray:
-    """The signature's L2-normalised descriptors [S, D] of a preprocessed uint8 image."""
+  # --------------------------------------------------------------------------- model
+
+  def run_model(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    """The signature's raw outputs (signatures.GLOBAL_DESCRIPTORS, and for DELG
+    BOXES, FEATURES, SCALES, SCORES) for a preprocessed uint8 [H, W, 3] image."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
       raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
-    outputs = self._signature(
-      input_image=tf.constant(image),
-      input_scales=self._scales_tensor,
-      input_global_scales_ind=self._scale_indices,
-    )
-    descriptors = outputs["global_descriptors"].numpy()
+    inputs = {
+      signatures.INPUT_IMAGE: tf.constant(image),
+      signatures.INPUT_SCALES: self._scales_tensor,
+      signatures.INPUT_GLOBAL_SCALES_IND: self._global_scale_indices,
+    }
+    if self.local:
+      inputs[signatures.INPUT_MAX_FEATURE_NUM] = tf.constant(self.max_feature_num, tf.int32)
+      inputs[signatures.INPUT_ABS_THRES] = tf.constant(self.score_threshold, tf.float32)
+    return {k: v.numpy() for k, v in self._signature(**inputs).items()}
+
+  def per_scale_descriptors(self, image: np.ndarray) -> np.ndarray:
+    """The signature's L2-normalised global descriptors [S, D] of a preprocessed uint8 image."""
+    descriptors = self.run_model(image)[signatures.GLOBAL_DESCRIPTORS]
     self._dim = descriptors.shape[-1]
     return descriptors
 
-  def extract(self, image: np.ndarray) -> np.ndarray:
-    """Global descriptor float32 [D'] of a preprocessed uint8 [H, W, 3] image."""
-    pooled = pool_scales(self.per_scale_descriptors(image), self.scale_pooling, self.gem_p)
-    if self.pca is not None:
-      pooled = self.pca(pooled)
-    return pooled
+  def _global(self, per_scale: np.ndarray) -> np.ndarray:
+    self._dim = per_scale.shape[-1]
+    pooled = pool_scales(per_scale, self.scale_pooling, self.gem_p)
+    return self.pca(pooled) if self.pca is not None else pooled
 
-  def extract_from_file(self, path: str, box=None) -> np.ndarray:
-    """Loads, crops, resizes and describes one image file."""
+  def extract(self, image, scale_factors=None):
+    """Describes one image.
+
+    Args:
+      image: global-only: a preprocessed uint8 [H, W, 3] image. DELG: a
+        PreprocessedImage (from `load_and_preprocess`), or a uint8 [H, W, 3]
+        image, preprocessed (resized) first unless `scale_factors` says it
+        already was.
+      scale_factors: DELG: [sy, sx] resize factors of an already resized `image`.
+
+    Returns:
+      Global-only: the float32 [D'] global descriptor. DELG: a dict with
+      'global' float32 [D'] (absent when use_global_features is false),
+      'locations' float32 [N, 2] (y, x), 'descriptors' float32 [N, d] (packed
+      uint8 [N, ceil(d/8)] when binarised), 'scales' float32 [N], 'scores'
+      float32 [N] (attention), strongest first, N <= max_feature_num.
+    """
+    if not self.local:
+      if isinstance(image, local_extractor.PreprocessedImage):
+        image = image.image
+      return self._global(self.run_model(image)[signatures.GLOBAL_DESCRIPTORS])
+    if isinstance(image, local_extractor.PreprocessedImage):
+      image, scale_factors = image
+    elif scale_factors is None:
+      image, scale_factors = self.preprocess(np.asarray(image))
+    out = self.run_model(image)
+    locations = local_extractor.keypoint_centers(out[signatures.BOXES])
+    if not self.use_resized_coordinates:
+      locations = locations / np.asarray(scale_factors, np.float32)[None, :]
+    result = {
+      "locations": locations.astype(np.float32),
+      "descriptors": self.postprocess_descriptors(out[signatures.FEATURES]),
+      "scales": out[signatures.SCALES].astype(np.float32),
+      "scores": out[signatures.SCORES].astype(np.float32),
+    }
+    if self.use_global:
+      result["global"] = self._global(out[signatures.GLOBAL_DESCRIPTORS])
+    return result
+
+  def postprocess_descriptors(self, features: np.ndarray) -> np.ndarray:
+    """DELG local descriptors as configured (local_extractor.postprocess_descriptors)."""
+    pca_dim = self.local_pca.pca_dim if self.local_pca is not None else None
+    return local_extractor.postprocess_descriptors(features, self.local_pca, pca_dim, self.binarize)
+
+  def extract_from_file(self, path: str, box=None):
+    """Loads, crops, resizes and describes one image file (see `extract`)."""
     return self.extract(self.load_and_preprocess(path, box))
+
+  # --------------------------------------------------------------------------- files
+
+  def output_paths(self, output_dir: str, image_id: str) -> list[str]:
+    """The files written for `image_id`: the global file (if any) first, then DELG's local file."""
+    paths = [os.path.join(output_dir, image_id + self.global_suffix)] if self.use_global else []
+    if self.local:
+      paths.append(os.path.join(output_dir, image_id + self.local_suffix))
+    return paths
+
+  def write_outputs(self, output_dir: str, image_id: str, result: dict) -> list[str]:
+    """Writes a DELG `extract` result (local_extractor.write_outputs); returns the paths."""
+    if not self.local:
+      raise ValueError("write_outputs writes DELG results; global descriptors go to the pipeline")
+    return local_extractor.write_outputs(
+      output_dir, image_id, result, self.global_suffix, self.local_suffix
+    )
+
+  def make_writer(self, output_dir: str) -> "local_extractor.LocalGlobalWriter | None":
+    """The pipeline.run_extraction writer of DELG results; None for global-only extraction."""
+    return local_extractor.LocalGlobalWriter(output_dir, self) if self.local else None

@@ -1,74 +1,37 @@
 """Image loading and resizing as DELF does it, hardened for odd files.
 
-`load_image` returns RGB uint8 [H, W, 3] for any image Pillow reads: EXIF
-orientation applied; grayscale, palette, RGBA/LA (alpha dropped, as DELF's
-`convert('RGB')`), CMYK and 16-bit images converted. `resize_image` follows
-DELF's `utils.ResizeImage` for max/min image size and square images.
+`load_image` returns RGB uint8 [H, W, 3] for any image Pillow reads, decoded by
+the project's one decoder (dolg_tf/utils/images.py: EXIF orientation applied;
+grayscale, palette, RGBA/LA (alpha dropped, as DELF's `convert('RGB')`), CMYK
+and 16-bit images converted). `resize_image` follows DELF's
+`utils.ResizeImage` for max/min image size and square images.
 """
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-# Refuse decompression bombs explicitly instead of Pillow's warning.
-MAX_PIXELS = 200_000_000
-
-
-class ImageLoadError(IOError):
-  """An image could not be read; the message names the file and the reason."""
-
-
-def _to_uint8_rgb(image: Image.Image) -> np.ndarray:
-  if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-    # 16-bit (or 32-bit integer) grayscale: scale to 8 bits instead of clipping.
-    array = np.asarray(image, dtype=np.float64)
-    maximum = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-    gray = np.clip(np.round(array * (255.0 / maximum)), 0, 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=2)
-  if image.mode == "F":
-    array = np.asarray(image, dtype=np.float64)
-    gray = np.clip(np.round(array * (255.0 if array.max() <= 1.0 else 1.0)), 0, 255)
-    return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
-  if image.mode in ("RGB;16", "RGBA;16", "RGB;16B"):
-    image = image.convert("RGB")
-  return np.asarray(image.convert("RGB"), dtype=np.uint8)
+from dolg_tf.utils import images
 
 
 def load_image(path: str) -> np.ndarray:
   """Reads `path` as RGB uint8 [H, W, 3].
 
   Raises:
-    ImageLoadError: naming the file, if it is missing, unreadable, truncated,
-      empty or too large.
+    images.ImageError: naming the file, if it is missing, unreadable,
+      truncated, empty or too large.
   """
-  try:
-    with Image.open(path) as image:
-      if image.width * image.height > MAX_PIXELS:
-        raise ImageLoadError(f"{path}: image too large ({image.width}x{image.height})")
-      if image.width < 1 or image.height < 1:
-        raise ImageLoadError(f"{path}: empty image")
-      image.load()
-      image = ImageOps.exif_transpose(image)
-      array = _to_uint8_rgb(image)
-  except ImageLoadError:
-    raise
-  except FileNotFoundError as e:
-    raise ImageLoadError(f"{path}: file not found") from e
-  except UnidentifiedImageError as e:
-    raise ImageLoadError(f"{path}: not a recognised image format") from e
-  except (OSError, ValueError, SyntaxError) as e:
-    raise ImageLoadError(f"{path}: cannot decode image: {e}") from e
-  return array
+  return images.decode_image(path)
 
 
 def load_and_preprocess(path: str, box, preprocess):
   """`load_image(path)` then `preprocess(image, box)`; a ValueError of the
-  preprocessing (e.g. an empty crop box) becomes an ImageLoadError naming the file.
+  preprocessing (e.g. an empty crop box) becomes an images.ImageError naming the file.
   """
   image = load_image(path)
   try:
     return preprocess(image, box)
   except ValueError as e:
-    raise ImageLoadError(f"{path}: {e}") from e
+    raise images.ImageError(f"{path}: {e}") from e
 
 
 def resize_image(

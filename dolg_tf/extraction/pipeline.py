@@ -44,6 +44,7 @@ from absl import logging
 from dolg_tf.extraction import descriptor_store
 from dolg_tf.extraction.descriptor_store import read_descriptors  # noqa: F401 (re-export)
 from dolg_tf.utils import files as file_utils
+from dolg_tf.utils import progress as progress_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 OUTPUT_FORMATS = ("per_image", "shards")
@@ -207,42 +208,16 @@ def read_failures(path: str) -> list[dict]:
 # ----------------------------------------------------------------------------- run
 
 
-def format_duration(seconds: float) -> str:
-  """1h02m03s / 2m03s / 3s."""
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  minutes, seconds = divmod(rest, 60)
-  if hours:
-    return f"{hours}h{minutes:02d}m{seconds:02d}s"
-  return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
-class _Progress:
-  def __init__(self, to_do: int, interval: float):
-    self.to_do = to_do
-    self.interval = interval
-    self.start = time.monotonic()
-    self._last = self.start
-
-  def maybe_log(self, summary: ExtractionSummary, force: bool = False) -> None:
-    now = time.monotonic()
-    if not force and now - self._last < self.interval:
-      return
-    self._last = now
-    processed = summary.done + summary.failed
-    elapsed = max(now - self.start, 1e-9)
-    rate = processed / elapsed
-    remaining = max(self.to_do - processed, 0)
-    eta = format_duration(remaining / rate) if rate > 0 else "?"
-    logging.info(
-      "extracted %d/%d (failed %d, skipped %d), %.2f img/s, ETA %s",
-      summary.done,
-      self.to_do,
-      summary.failed,
-      summary.skipped,
-      rate,
-      eta,
-    )
+def _log_progress(
+  progress: progress_lib.Progress, summary: ExtractionSummary, force: bool = False
+) -> None:
+  progress.update(
+    summary.done,
+    processed=summary.done + summary.failed,
+    force=force,
+    failed=summary.failed,
+    skipped=summary.skipped,
+  )
 
 
 def _reason(error: BaseException) -> str:
@@ -265,10 +240,12 @@ def run_extraction(
 
   Args:
     extractor: has `load_and_preprocess(path, box)` (thread-safe) and
-      `extract(image) -> float32 [D]` (e.g. extractor.GlobalExtractor). An
-      extractor with `make_writer(output_dir)` (DELG's LocalGlobalExtractor)
-      supplies its own writer (`existing_ids`, `write(id, result)`, `flush`)
-      for its results; `output_format` must then be 'per_image'.
+      `extract(image)` (e.g. extractor.Extractor), which returns a float32 [D]
+      descriptor unless the extractor supplies its own writer: an optional
+      `make_writer(output_dir)` (no disk access) returning a writer
+      (`existing_ids`, `write(id, result)`, `flush`; DELG's
+      local_extractor.LocalGlobalWriter) or None (the descriptors are written
+      here); with its own writer `output_format` must be 'per_image'.
     tasks: the images (unique ids).
     output_dir: created if needed.
     output_format: 'per_image' or 'shards'.
@@ -288,8 +265,9 @@ def run_extraction(
     raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
   if num_threads < 1 or prefetch < 1:
     raise ValueError(f"num_threads and prefetch must be >= 1, got {num_threads}, {prefetch}")
-  own_writer = hasattr(extractor, "make_writer")
-  if own_writer and output_format != "per_image":
+  make_writer = getattr(extractor, "make_writer", None)
+  own_writer = make_writer(output_dir) if make_writer is not None else None
+  if own_writer is not None and output_format != "per_image":
     raise ValueError(f"{type(extractor).__name__} results are written per image only")
   ids = [t.image_id for t in tasks]
   if len(set(ids)) != len(ids):
@@ -300,8 +278,8 @@ def run_extraction(
   for path in descriptor_store.remove_stale_temp_files(output_dir):
     logging.info("removed a temporary file of an interrupted run: %s", path)
   suffix = suffix or getattr(extractor, "suffix", None) or DEFAULT_SUFFIX
-  if own_writer:
-    writer = extractor.make_writer(output_dir)
+  if own_writer is not None:
+    writer = own_writer
   elif output_format == "per_image":
     writer = descriptor_store.PerImageWriter(output_dir, suffix)
   else:
@@ -311,7 +289,7 @@ def run_extraction(
   summary = ExtractionSummary(total=len(tasks), skipped=len(tasks) - len(todo))
   failures = FailureLog(os.path.join(output_dir, FAILURES_FILE))
   lock = threading.Lock()
-  progress = _Progress(len(todo), log_interval)
+  progress = progress_lib.Progress(len(todo), "extracted", "img", log_interval)
   logging.info(
     "%d images: %d already extracted, %d to do -> %s (%s)",
     len(tasks),
@@ -413,7 +391,7 @@ def run_extraction(
         continue
       del image
       put((task, descriptor))
-      progress.maybe_log(summary)
+      _log_progress(progress, summary)
   finally:
     for _, future in in_flight:
       future.cancel()
@@ -428,7 +406,7 @@ def run_extraction(
     writer_thread.join()
   check_writer()
   summary.seconds = time.monotonic() - start
-  progress.maybe_log(summary, force=True)
+  _log_progress(progress, summary, force=True)
   logging.info(
     "finished in %.1fs: %d written, %d skipped, %d failed%s",
     summary.seconds,

@@ -102,9 +102,9 @@ def config_errors(config: DolgConfig) -> list[str]:
   if not config.use_global_features and not config.use_local_features:
     errors.append("use_global_features, use_local_features: both false, nothing to extract")
 
+  # An empty image_scales is valid: the extractor takes the SavedModel's pyramid
+  # (and checks global_config.image_scales_ind against it).
   scales = list(config.image_scales)
-  if not scales:
-    errors.append("image_scales: at least one scale is required")
   for i, scale in enumerate(scales):
     if not _is_positive_finite(scale):
       errors.append(f"image_scales[{i}]: must be a positive finite number, got {scale}")
@@ -122,11 +122,9 @@ def config_errors(config: DolgConfig) -> list[str]:
     global_config = config.global_config
     seen = set()
     for i, index in enumerate(global_config.image_scales_ind):
-      if not 0 <= index < len(scales):
-        errors.append(
-          f"global_config.image_scales_ind[{i}]: {index} is out of range for "
-          f"{len(scales)} image_scales"
-        )
+      if index < 0 or (scales and index >= len(scales)):
+        pyramid = f"{len(scales)} image_scales" if scales else "any pyramid (negative)"
+        errors.append(f"global_config.image_scales_ind[{i}]: {index} is out of range for {pyramid}")
       elif index in seen:
         errors.append(f"global_config.image_scales_ind[{i}]: {index} is repeated")
       seen.add(index)
@@ -166,9 +164,11 @@ def config_errors(config: DolgConfig) -> list[str]:
 def validate_dolg_config(config: DolgConfig, source: str = "<config>") -> None:
   """Checks that `config` is usable for extraction.
 
-  Rules: at least one of global/local features on; image_scales non-empty,
-  positive and finite; max/min_image_size positive or -1 and min <= max when
-  both are set; global image_scales_ind in range and not repeated; gem_p > 0
+  Rules: at least one of global/local features on; image_scales positive and
+  finite (empty: the SavedModel's pyramid, see extraction/extractor.py);
+  max/min_image_size positive or -1 and min <= max when both are set; global
+  image_scales_ind non-negative, in range of image_scales when it is given,
+  and not repeated; gem_p > 0
   with GEM pooling; PCA mean/projection paths, pca_dim > 0 (and variances
   path with whitening) when use_pca; local max_feature_num > 0 and finite
   score_threshold; descriptor suffixes non-empty and distinct.

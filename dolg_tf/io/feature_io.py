@@ -23,8 +23,8 @@ import numpy as np
 from google.protobuf import message as protobuf_message
 
 from dolg_tf.io import datum_io
-from dolg_tf.utils import files as file_utils
 from dolg_tf.protos import feature_pb2
+from dolg_tf.utils import files as file_utils
 
 
 class LocalFeatures(NamedTuple):

@@ -17,38 +17,12 @@ def build_model(
       zero batch of this size; otherwise weights appear on the first call.
     num_classes: DELG only: creates the attention classifier (training).
   """
-  common = dict(
-    depth=config.backbone_depth,
-    layout=config.backbone_layout,
-    block3_strides=config.block3_strides,
-    bn_momentum=config.resolved_bn_momentum,
-    bn_epsilon=config.resolved_bn_epsilon,
-    input_mean=config.input_mean,
-    input_std=config.input_std,
-    input_channel_order=config.input_channel_order,
-    gem_p=config.gem_p,
-    gem_p_trainable=config.gem_p_trainable,
-    gem_eps=config.gem_eps,
-    embedding_dim=config.embedding_dim,
-    width_multiplier=config.backbone_width_multiplier,
-    name=config.name,
-  )
   if config.name == "delg":
-    model = delg.DelgModel(
-      num_classes=num_classes,
-      reduced_dim=config.delg_reduced_dim,
-      attention_hidden=config.delg_attention_hidden,
-      **common,
-    )
+    model = delg.DelgModel(config, num_classes=num_classes)
     if image_size:
       model(tf.zeros([1, image_size, image_size, 3]), training=False, return_intermediates=True)
     return model
-  model = dolg.DolgModel(
-    use_multi_atrous=config.use_multi_atrous,
-    atrous_dilations=config.atrous_dilations,
-    local_dim=config.local_dim,
-    **common,
-  )
+  model = dolg.DolgModel(config)
   if image_size:
     model(tf.zeros([1, image_size, image_size, 3]), training=False)
   return model

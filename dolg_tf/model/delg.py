@@ -16,7 +16,8 @@ fields (for keypoint locations) are in `receptive_field()`.
 
 import tensorflow as tf
 
-from dolg_tf.model import backbones, normalization, pooling
+from dolg_tf import config as config_lib
+from dolg_tf.model import backbones, base, normalization, pooling
 
 INTERMEDIATES = (
   "f3",
@@ -83,59 +84,20 @@ class DelgAttention(tf.keras.layers.Layer):
     return config
 
 
-class DelgModel(tf.keras.Model):
+class DelgModel(base.RetrievalModel):
   """Images -> DELG global descriptors (and local features on request)."""
 
-  def __init__(
-    self,
-    num_classes=None,
-    depth=50,
-    layout="pycls",
-    block3_strides=False,
-    bn_momentum=0.9,
-    bn_epsilon=1e-5,
-    input_mean=(128.0, 128.0, 128.0),
-    input_std=(128.0, 128.0, 128.0),
-    input_channel_order="RGB",
-    gem_p=3.0,
-    gem_p_trainable=False,
-    gem_eps=1e-6,
-    embedding_dim=2048,
-    reduced_dim=128,
-    attention_hidden=512,
-    width_multiplier=1.0,
-    **kwargs,
-  ):
-    super().__init__(**kwargs)
-    self._config = dict(
-      num_classes=num_classes,
-      depth=depth,
-      layout=layout,
-      block3_strides=block3_strides,
-      bn_momentum=bn_momentum,
-      bn_epsilon=bn_epsilon,
-      input_mean=tuple(input_mean),
-      input_std=tuple(input_std),
-      input_channel_order=input_channel_order,
-      gem_p=gem_p,
-      gem_p_trainable=gem_p_trainable,
-      gem_eps=gem_eps,
-      embedding_dim=embedding_dim,
-      reduced_dim=reduced_dim,
-      attention_hidden=attention_hidden,
-      width_multiplier=width_multiplier,
-    )
-    self.input_normalization = normalization.InputNormalization(
-      input_mean, input_std, input_channel_order, name="input_normalization"
-    )
-    self.backbone = backbones.ResNetBackbone(
-      depth, layout, block3_strides, bn_momentum, bn_epsilon, width_multiplier, name="backbone"
-    )
+  def __init__(self, config: config_lib.ModelConfig, num_classes=None, **kwargs):
+    """Builds the network; `num_classes` adds the attention classifier (training)."""
+    super().__init__(config, **kwargs)
+    self.num_classes = num_classes
     f3_channels = self.backbone.output_channels[0]
-    self.pool = pooling.GeMPooling(gem_p, gem_p_trainable, gem_eps, name="gem")
-    self.whitening = tf.keras.layers.Dense(embedding_dim, name="embedding_layer", dtype="float32")
-    self.autoencoder = DelgAutoencoder(reduced_dim, f3_channels, name="autoencoder")
-    self.attention = DelgAttention(attention_hidden, name="attention")
+    self.pool = pooling.GeMPooling(config.gem_p, config.gem_p_trainable, config.gem_eps, name="gem")
+    self.whitening = tf.keras.layers.Dense(
+      config.embedding_dim, name="embedding_layer", dtype="float32"
+    )
+    self.autoencoder = DelgAutoencoder(config.delg_reduced_dim, f3_channels, name="autoencoder")
+    self.attention = DelgAttention(config.delg_attention_hidden, name="attention")
     # The attention classifier exists only when training (num_classes known).
     self.attention_classifier = (
       tf.keras.layers.Dense(num_classes, name="attention_fc", dtype="float32")
@@ -150,7 +112,7 @@ class DelgModel(tf.keras.Model):
       L2-normalised global descriptors [B, embedding_dim], or a dict with the
       keys of `INTERMEDIATES` (+ "attention_logits" when the classifier exists).
     """
-    f3, f4 = self.backbone(self.input_normalization(images), training=training)
+    f3, f4 = self.features(images, training=training)
     global_embedding = self.whitening(self.pool(f4))
     descriptor = normalization.l2_normalize(global_embedding, axis=-1)
     if not return_intermediates:
@@ -179,14 +141,10 @@ class DelgModel(tf.keras.Model):
 
   def receptive_field(self):
     """(size, stride, padding) of a local feature in input pixels (keras R50: 291, 16, 145)."""
-    config = self._config
+    config = self.model_config
     return backbones.stage3_receptive_field(
-      config["depth"], config["layout"], config["block3_strides"]
+      config.backbone_depth, config.backbone_layout, config.block3_strides
     )
 
   def get_config(self):
-    return dict(self._config, name=self.name)
-
-  @classmethod
-  def from_config(cls, config):
-    return cls(**config)
+    return dict(super().get_config(), num_classes=self.num_classes)

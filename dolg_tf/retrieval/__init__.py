@@ -1,10 +1,12 @@
-"""Retrieval: ground truth, evaluation metrics, exact and approximate search.
+"""Retrieval: evaluation metrics, exact and approximate search, DELG re-ranking.
 
 Modules:
-  ground_truth: Revisited Oxford / Paris ground truth (.pkl and .mat) and the
-    easy / medium / hard protocols.
   metrics: revisited mAP and mP@k (as in Radenovic et al.'s revisitop), GLDv2
     retrieval mAP@100 and its CSV readers.
   search: tiled exact search, ScaNN and faiss indices behind one interface,
     recall@k, alpha query expansion and database-side augmentation.
+  rerank: DELG local feature matching + RANSAC geometric verification.
+  perform_retrieval: the evaluation (global search, QE/DBA, distractors,
+    optional geometric verification) and its binary.
+  (The ground truth readers are dolg_tf.data.ground_truth.)
 """

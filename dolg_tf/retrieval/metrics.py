@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from dolg_tf.retrieval import ground_truth as gt_lib
+from dolg_tf.data import ground_truth as gt_lib
 
 DEFAULT_KAPPAS = (1, 5, 10)
 

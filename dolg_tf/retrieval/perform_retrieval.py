@@ -4,25 +4,55 @@
       --dataset_file_path=gnd_roxford5k.pkl \
       --query_features_dir=out/query --index_features_dir=out/index \
       [--distractor_features='r1m/descriptors-*.npz'] [--qe_n=2 --dba_n=0] \
-      --output_dir=results
+      [--use_geometric_verification --gv_top_k=100] --output_dir=results
 
 Descriptors come from extract_features.py (per-image DatumProto files or bulk
 shards). Queries and index images are matched to the ground truth's `qimlist`
 and `imlist` by name; distractor shards (e.g. +1M) are appended to the index.
-Prints the usual mAP and mP@k lines per protocol and writes `metrics.json`
-and `metrics.txt` to --output_dir.
+One evaluation (`evaluate`): exact global search (optional alpha-DBA and
+alpha-QE) over the index and distractors, the top --num_ranked kept; with
+geometric verification the top gv_top_k of that same ranking are re-ranked
+per protocol with DELG local features (rerank.rerank_protocols; distractors
+have none: they count 0 inliers, see rerank.py). Prints the usual mAP and
+mP@k lines per protocol and writes `metrics.json` and `metrics.txt` to
+--output_dir.
 """
 
+import dataclasses
 import json
 import os
 import time
+import typing
 
 import numpy as np
 from absl import flags, logging
 
+from dolg_tf.data import ground_truth
 from dolg_tf.extraction import descriptor_store
-from dolg_tf.retrieval import ground_truth, metrics, rerank, search
+from dolg_tf.retrieval import metrics, rerank, search
 from dolg_tf.utils import cli
+from dolg_tf.utils import files as file_utils
+
+GeometricVerificationConfig = rerank.GeometricVerificationConfig
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """What `evaluate` measured.
+
+  Attributes:
+    results: {'easy'|'medium'|'hard': MapResult} of the final ranking (after
+      geometric verification when it is on).
+    global_results: the same for the global ranking (before verification;
+      `results` itself when verification is off).
+    summary: the printed lines.
+    num_database: database size searched (index + distractors).
+  """
+
+  results: dict[str, metrics.MapResult]
+  global_results: dict[str, metrics.MapResult]
+  summary: str
+  num_database: int
 
 
 def evaluate(
@@ -35,23 +65,34 @@ def evaluate(
   dba_n: int = 0,
   alpha: float = 3.0,
   num_ranked: int = 0,
-) -> tuple[dict[str, metrics.MapResult], str]:
-  """Ranks the index for every query and scores the three protocols.
+  geometric_verification: GeometricVerificationConfig | None = None,
+  local_suffix: str = rerank.LOCAL_SUFFIX,
+) -> Evaluation:
+  """Ranks the database for every query and scores the three protocols.
 
   Args:
     gnd_path: gnd_*.pkl or .mat ground truth.
-    query_source / index_source: descriptor folders or shard globs.
-    distractor_source: optional extra database descriptors (shard glob).
-    suffix: per-image descriptor file suffix.
+    query_source / index_source: descriptor folders or shard globs (folders
+      holding the local feature files too with geometric verification).
+    distractor_source: optional extra database descriptors (shard glob or
+      folder), appended after the index images.
+    suffix: per-image global descriptor file suffix.
     qe_n / dba_n / alpha: alpha-QE and DBA (0 = off).
-    num_ranked: rank only the top-k (0 = the whole database).
+    num_ranked: keep only the top-k of each ranking (0 = the whole database).
+    geometric_verification: re-rank the top `top_k` of the ranking with local
+      features (`<name><local_suffix>` DelfFeatures files); None = off.
+    local_suffix: local feature file suffix.
 
   Returns:
-    ({'easy'|'medium'|'hard': MapResult}, the printed summary).
+    An Evaluation.
+
+  Raises:
+    KeyError / FileNotFoundError: missing descriptors or local features (named).
   """
   gt = ground_truth.load_ground_truth(gnd_path)
   _, queries = descriptor_store.read_descriptors(query_source, ids=list(gt.qimlist), suffix=suffix)
   _, database = descriptor_store.read_descriptors(index_source, ids=list(gt.imlist), suffix=suffix)
+  num_index = len(database)
   if distractor_source:
     _, distractors = descriptor_store.read_descriptors(distractor_source, suffix=suffix)
     logging.info("adding %d distractors from %s", len(distractors), distractor_source)
@@ -65,12 +106,36 @@ def evaluate(
     len(queries),
     time.time() - start,
   )
-  results = metrics.evaluate_revisited(ranks, gt)
-  return results, metrics.format_summary(gt.dataset, results)
+  global_results = metrics.evaluate_revisited(ranks, gt)
+  summary = metrics.format_summary(gt.dataset, global_results)
+  if geometric_verification is None:
+    return Evaluation(global_results, global_results, summary, len(database))
+  query_loader = rerank.local_features_loader(query_source, gt.qimlist, local_suffix, 1)
+  index_features = rerank.local_features_loader(index_source, gt.imlist, local_suffix)
+
+  def index_loader(i: int):
+    # Distractors (after the index images) have no local features: 0 inliers.
+    return index_features(i) if i < num_index else None
+
+  results = rerank.rerank_protocols(ranks, gt, query_loader, index_loader, geometric_verification)
+  config = geometric_verification
+  summary = "\n".join(
+    [
+      "before geometric verification:",
+      summary,
+      f"after geometric verification (top {config.top_k}, {config.model} RANSAC):",
+      metrics.format_summary(gt.dataset, results),
+    ]
+  )
+  return Evaluation(results, global_results, summary, len(database))
 
 
 def write_metrics(results: dict[str, metrics.MapResult], summary: str, output_dir: str) -> str:
-  """Writes metrics.json (mAP and mP@k per protocol) and metrics.txt; returns the json path."""
+  """Writes metrics.json (mAP and mP@k per protocol) and metrics.txt atomically.
+
+  Returns:
+    The path of metrics.json.
+  """
   os.makedirs(output_dir, exist_ok=True)
   payload = {
     protocol: {
@@ -81,10 +146,8 @@ def write_metrics(results: dict[str, metrics.MapResult], summary: str, output_di
     for protocol, result in results.items()
   }
   path = os.path.join(output_dir, "metrics.json")
-  for target, text in ((path, json.dumps(payload, indent=2)), (path[:-4] + "txt", summary)):
-    with open(target + ".tmp", "w") as f:
-      f.write(text + "\n")
-    os.replace(target + ".tmp", target)
+  file_utils.atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+  file_utils.atomic_write_text(os.path.join(output_dir, "metrics.txt"), summary + "\n")
   return path
 
 
@@ -105,22 +168,42 @@ def define_flags():
   flags.DEFINE_bool(
     "use_geometric_verification", False, "Re-rank the top-k with DELG local features + RANSAC."
   )
-  flags.DEFINE_string("local_suffix", ".delg_local", "Local feature file suffix (DelfFeatures).")
-  flags.DEFINE_integer("gv_top_k", 100, "Images re-ranked per query.")
-  flags.DEFINE_float("gv_residual_threshold", 20.0, "RANSAC residual threshold (pixels).")
-  flags.DEFINE_float(
-    "gv_distance_threshold", None, "Descriptor match threshold (default 0.8 L2 / Hamming)."
-  )
-  flags.DEFINE_float(
-    "gv_max_scale_change",
-    None,
-    "Reject RANSAC fits that scale any direction by more than this (e.g. 3; default: no check).",
-  )
-  flags.DEFINE_float(
-    "gv_max_anisotropy",
-    None,
-    "Reject RANSAC fits whose singular-value ratio exceeds this (e.g. 2; default: no check).",
-  )
+  flags.DEFINE_string("local_suffix", rerank.LOCAL_SUFFIX, "Local feature file suffix.")
+  define_geometric_verification_flags()
+
+
+def _flag_type(annotation):
+  """int / float / str of a GeometricVerificationConfig field (`X | None` -> X)."""
+  args = [a for a in typing.get_args(annotation) if a is not type(None)]
+  return args[0] if args else annotation
+
+
+def define_geometric_verification_flags(prefix: str = "gv_") -> None:
+  """One `--<prefix><field>` flag per GeometricVerificationConfig field, defaulting to it."""
+  define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+  for field in dataclasses.fields(GeometricVerificationConfig):
+    name, help_text = prefix + field.name, field.metadata["help"]
+    if field.default is None:
+      help_text += " Unset: None."
+    if "choices" in field.metadata:
+      flags.DEFINE_enum(name, field.default, list(field.metadata["choices"]), help_text)
+    else:
+      define[_flag_type(field.type)](name, field.default, help_text)
+
+
+def geometric_verification_from_flags(prefix: str = "gv_") -> GeometricVerificationConfig:
+  """The GeometricVerificationConfig the flags give (flags only override the defaults).
+
+  Raises:
+    cli.UserError: a value out of range, naming the flag.
+  """
+  values = {
+    f.name: FLAGS[prefix + f.name].value for f in dataclasses.fields(GeometricVerificationConfig)
+  }
+  try:
+    return GeometricVerificationConfig(**values)
+  except ValueError as e:
+    raise cli.UserError(f"--{prefix}{e}") from e
 
 
 def main(argv):
@@ -128,27 +211,7 @@ def main(argv):
   for name in ("dataset_file_path", "query_features_dir", "index_features_dir"):
     if not FLAGS[name].value:
       raise cli.UserError(f"--{name} is required")
-  if FLAGS.use_geometric_verification:
-    _, results, summary = rerank.evaluate_with_geometric_verification(
-      cli.resolve_path(FLAGS.dataset_file_path),
-      cli.resolve_path(FLAGS.query_features_dir),
-      cli.resolve_path(FLAGS.index_features_dir),
-      global_suffix=FLAGS.suffix,
-      local_suffix=FLAGS.local_suffix,
-      top_k=FLAGS.gv_top_k,
-      distance_threshold=FLAGS.gv_distance_threshold,
-      residual_threshold=FLAGS.gv_residual_threshold,
-      max_scale_change=FLAGS.gv_max_scale_change,
-      max_anisotropy=FLAGS.gv_max_anisotropy,
-      qe_n=FLAGS.qe_n,
-      dba_n=FLAGS.dba_n,
-      alpha=FLAGS.alpha,
-    )
-    print(summary)
-    if FLAGS.output_dir:
-      print(f"metrics: {write_metrics(results, summary, cli.resolve_path(FLAGS.output_dir))}")
-    return
-  results, summary = evaluate(
+  evaluation = evaluate(
     cli.resolve_path(FLAGS.dataset_file_path),
     cli.resolve_path(FLAGS.query_features_dir),
     cli.resolve_path(FLAGS.index_features_dir),
@@ -158,10 +221,15 @@ def main(argv):
     FLAGS.dba_n,
     FLAGS.alpha,
     FLAGS.num_ranked,
+    geometric_verification=(
+      geometric_verification_from_flags() if FLAGS.use_geometric_verification else None
+    ),
+    local_suffix=FLAGS.local_suffix,
   )
-  print(summary)
+  print(evaluation.summary)
   if FLAGS.output_dir:
-    print(f"metrics: {write_metrics(results, summary, cli.resolve_path(FLAGS.output_dir))}")
+    path = write_metrics(evaluation.results, evaluation.summary, cli.resolve_path(FLAGS.output_dir))
+    print(f"metrics: {path}")
 
 
 def run():

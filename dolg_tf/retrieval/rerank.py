@@ -34,11 +34,22 @@ junk images do not use up re-ranking slots, and the window (hence which images
 move) differs between Easy, Medium and Hard. Re-ranking the first 100
 positions once and evaluating every protocol on that ranking is NOT the same
 when junk images sit in the window (fewer non-junk images get verified), so
-`evaluate_with_geometric_verification` re-ranks per protocol as DELF does,
-with `junk` set to that protocol's junk list; the inlier counts are computed
-once per (query, image) and shared between protocols, so the extra cost is
-only sorting. Where the junk images of the window end up is irrelevant: the
-metrics remove junk from a ranking before scoring it.
+`rerank_protocols` (perform_retrieval.evaluate's geometric verification)
+re-ranks per protocol as DELF does, with `junk` set to that protocol's junk
+list; the inlier counts are computed once per (query, image) and shared
+between protocols, so the extra cost is only sorting. Where the junk images
+of the window end up is irrelevant: the metrics remove junk from a ranking
+before scoring it.
+
+Images without local features (e.g. +1M distractor shards, which hold global
+descriptors only): the index loader returns None for them and they count 0
+inliers without being matched. They still use up their slot of the window, so
+after re-ranking they sit below every verified image with inliers and keep
+their global order among the images with none.
+
+Settings: GeometricVerificationConfig holds every option of verification
+(DELF's defaults; an unset bound is None), declared once; perform_retrieval's
+--gv_* flags are generated from it.
 """
 
 import dataclasses
@@ -52,9 +63,10 @@ import numpy as np
 from absl import logging
 from scipy import spatial
 
-from dolg_tf.extraction import binarize, descriptor_store
+from dolg_tf.data import ground_truth
+from dolg_tf.extraction import binarize
 from dolg_tf.io import feature_io
-from dolg_tf.retrieval import ground_truth, metrics, search
+from dolg_tf.retrieval import metrics
 
 # DELF-style defaults.
 DEFAULT_DISTANCE_THRESHOLD = 0.8  # L2, unit-norm float descriptors
@@ -66,7 +78,77 @@ _MIN_SAMPLES = {"affine": 3, "homography": 4}
 LOCAL_SUFFIX = ".delg_local"
 # Above Na * Nb pairs, float matching uses scipy's cKDTree instead of a dense product.
 _DENSE_PAIRS = 4_000_000
-GLOBAL_SUFFIX = ".delg_global"
+
+
+def _positive_or_none(value, name: str) -> None:
+  if value is not None and not value > 0:
+    raise ValueError(f"{name}: must be > 0 or None (off), got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GeometricVerificationConfig:
+  """Every setting of geometric verification, with DELF's defaults; None = off / default.
+
+  The `help` metadata is the text of perform_retrieval's `--gv_<name>` flags.
+  """
+
+  top_k: int = dataclasses.field(
+    default=DEFAULT_TOP_K, metadata={"help": "Images re-ranked per query (non-junk)."}
+  )
+  min_inliers: int = dataclasses.field(
+    default=0, metadata={"help": "Inlier counts below this count as 0 (not verified)."}
+  )
+  distance_threshold: float | None = dataclasses.field(
+    default=None,
+    metadata={"help": "Descriptor match threshold (None: 0.8 L2, or its Hamming equivalent)."},
+  )
+  ratio: float | None = dataclasses.field(
+    default=None, metadata={"help": "Lowe ratio test of the matches (None: off, as DELF)."}
+  )
+  model: str = dataclasses.field(
+    default="affine", metadata={"help": "RANSAC transform.", "choices": MODELS}
+  )
+  residual_threshold: float = dataclasses.field(
+    default=DEFAULT_RESIDUAL_THRESHOLD, metadata={"help": "RANSAC residual threshold (pixels)."}
+  )
+  max_trials: int = dataclasses.field(
+    default=DEFAULT_MAX_TRIALS, metadata={"help": "RANSAC iterations at most."}
+  )
+  seed: int | None = dataclasses.field(
+    default=0, metadata={"help": "OpenCV RNG seed before each fit (None: not set)."}
+  )
+  max_scale_change: float | None = dataclasses.field(
+    default=None,
+    metadata={"help": "Reject RANSAC fits that scale any direction by more than this (e.g. 3)."},
+  )
+  max_anisotropy: float | None = dataclasses.field(
+    default=None,
+    metadata={"help": "Reject RANSAC fits whose singular-value ratio exceeds this (e.g. 2)."},
+  )
+
+  def __post_init__(self):
+    if self.top_k < 1:
+      raise ValueError(f"top_k: must be >= 1, got {self.top_k}")
+    if self.min_inliers < 0:
+      raise ValueError(f"min_inliers: must be >= 0, got {self.min_inliers}")
+    if self.model not in MODELS:
+      raise ValueError(f"model: must be one of {MODELS}, got {self.model!r}")
+    if not self.residual_threshold > 0:
+      raise ValueError(f"residual_threshold: must be > 0, got {self.residual_threshold}")
+    if self.max_trials < 1:
+      raise ValueError(f"max_trials: must be >= 1, got {self.max_trials}")
+    _positive_or_none(self.distance_threshold, "distance_threshold")
+    _positive_or_none(self.ratio, "ratio")
+    _positive_or_none(self.max_scale_change, "max_scale_change")
+    _positive_or_none(self.max_anisotropy, "max_anisotropy")
+
+  def verify_kwargs(self) -> dict:
+    """The `count_inliers` options (everything but top_k and min_inliers)."""
+    return {
+      f.name: getattr(self, f.name)
+      for f in dataclasses.fields(self)
+      if f.name not in ("top_k", "min_inliers")
+    }
 
 
 def match_features(
@@ -330,7 +412,8 @@ def rerank(
     query_features: per query LocalFeatures, a list or a function of the
       query index.
     index_feature_loader: database index -> LocalFeatures (cache it if
-      loading is expensive).
+      loading is expensive), or None for an image without local features
+      (it counts 0 inliers).
     top_k: images verified per query.
     min_inliers: inlier counts below this count as 0.
     junk: optional per-query junk indices (see the module doc).
@@ -355,9 +438,13 @@ def rerank(
       nonlocal query
       key = (q, image)
       if key not in cache:
-        if query is None:
-          query = get_query(q)
-        cache[key] = count_inliers(query, index_feature_loader(image), **verify_kwargs)
+        index = index_feature_loader(image)
+        if index is None:
+          cache[key] = 0
+        else:
+          if query is None:
+            query = get_query(q)
+          cache[key] = count_inliers(query, index, **verify_kwargs)
       return cache[key]
 
     out[q], counts = rerank_one(
@@ -382,71 +469,27 @@ def local_features_loader(
   return load
 
 
-def evaluate_with_geometric_verification(
-  gnd_path: str,
-  query_dir: str,
-  index_dir: str,
-  global_suffix: str = GLOBAL_SUFFIX,
-  local_suffix: str = LOCAL_SUFFIX,
-  top_k: int = DEFAULT_TOP_K,
-  min_inliers: int = 0,
-  distance_threshold: float | None = None,
-  ratio: float | None = None,
-  model: str = "affine",
-  residual_threshold: float = DEFAULT_RESIDUAL_THRESHOLD,
-  max_trials: int = DEFAULT_MAX_TRIALS,
-  seed: int = 0,
-  max_scale_change: float | None = None,
-  max_anisotropy: float | None = None,
-  qe_n: int = 0,
-  dba_n: int = 0,
-  alpha: float = 3.0,
-) -> tuple[dict[str, metrics.MapResult], dict[str, metrics.MapResult], str]:
-  """Revisited-protocol results before and after DELG re-ranking.
-
-  Global descriptors (`<name><global_suffix>` DatumProto files or shards, as
-  perform_retrieval reads them) give the initial exact ranking; local features
-  (`<name><local_suffix>` DelfFeatures files in the same folders) re-rank the
-  top_k of each protocol separately (see the module doc).
+def rerank_protocols(
+  ranks: np.ndarray,
+  gt: ground_truth.RevisitedGroundTruth,
+  query_loader: Callable[[int], feature_io.LocalFeatures],
+  index_loader: Callable[[int], feature_io.LocalFeatures | None],
+  config: GeometricVerificationConfig | None = None,
+) -> dict[str, metrics.MapResult]:
+  """Revisited-protocol results of the global `ranks` re-ranked per protocol (module doc).
 
   Args:
-    gnd_path: gnd_*.pkl or .mat ground truth.
-    query_dir / index_dir: folders with the query / index feature files.
-    global_suffix / local_suffix: file suffixes.
-    top_k, min_inliers: see `rerank`.
-    distance_threshold, ratio, model, residual_threshold, max_trials, seed,
-      max_scale_change, max_anisotropy: see `match_features` and
-      `ransac_inliers`.
-    qe_n / dba_n / alpha: alpha-QE / DBA of the global ranking (0 = off), as
-      perform_retrieval.evaluate.
+    ranks: int [Q, K] global rankings (database indices, best first).
+    gt: the ground truth (queries and the first database indices are its images).
+    query_loader: query index -> LocalFeatures.
+    index_loader: database index -> LocalFeatures, or None for an image
+      without local features (a distractor): 0 inliers.
+    config: the verification settings (default GeometricVerificationConfig()).
 
   Returns:
-    ({protocol: MapResult} before, {protocol: MapResult} after, printable
-    summary of both).
+    {protocol: MapResult} after re-ranking.
   """
-  gt = ground_truth.load_ground_truth(gnd_path)
-  _, queries = descriptor_store.read_descriptors(
-    query_dir, ids=list(gt.qimlist), suffix=global_suffix
-  )
-  _, database = descriptor_store.read_descriptors(
-    index_dir, ids=list(gt.imlist), suffix=global_suffix
-  )
-  ranks, _ = search.search_with_expansion(
-    queries, database, len(database), qe_n=qe_n, dba_n=dba_n, alpha=alpha
-  )
-  before = metrics.evaluate_revisited(ranks, gt)
-  query_loader = local_features_loader(query_dir, gt.qimlist, local_suffix, cache_size=1)
-  index_loader = local_features_loader(index_dir, gt.imlist, local_suffix)
-  verify = dict(
-    distance_threshold=distance_threshold,
-    ratio=ratio,
-    model=model,
-    residual_threshold=residual_threshold,
-    max_trials=max_trials,
-    seed=seed,
-    max_scale_change=max_scale_change,
-    max_anisotropy=max_anisotropy,
-  )
+  config = config or GeometricVerificationConfig()
   cache = {}
   after = {}
   start = time.time()
@@ -454,21 +497,21 @@ def evaluate_with_geometric_verification(
     protocol_gnd = ground_truth.protocol_ground_truth(gt, protocol)
     junk = [entry["junk"] for entry in protocol_gnd]
     new_ranks, _ = rerank(
-      ranks, query_loader, index_loader, top_k, min_inliers, junk=junk, cache=cache, **verify
+      ranks,
+      query_loader,
+      index_loader,
+      config.top_k,
+      config.min_inliers,
+      junk=junk,
+      cache=cache,
+      **config.verify_kwargs(),
     )
     after[protocol] = metrics.compute_map(new_ranks, protocol_gnd, metrics.DEFAULT_KAPPAS)
+  elapsed = time.time() - start
   logging.info(
     "verified %d (query, image) pairs in %.1fs (%.3fs per query)",
     len(cache),
-    time.time() - start,
-    (time.time() - start) / max(1, len(gt.qimlist)),
+    elapsed,
+    elapsed / max(1, len(ranks)),
   )
-  summary = "\n".join(
-    [
-      "before geometric verification:",
-      metrics.format_summary(gt.dataset, before),
-      f"after geometric verification (top {top_k}, {model} RANSAC):",
-      metrics.format_summary(gt.dataset, after),
-    ]
-  )
-  return before, after, summary
+  return after

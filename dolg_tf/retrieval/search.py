@@ -32,12 +32,14 @@ import json
 import math
 import os
 import re
-import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from dolg_tf.utils import arrays
+from dolg_tf.utils import files as file_utils
 
 META_FILENAME = "index_meta.json"
 _FORMAT_VERSION = 1
@@ -53,11 +55,9 @@ def _as_matrix(x: Any, name: str) -> np.ndarray:
   return arr
 
 
-def l2_normalize(x: Any, eps: float = 1e-12) -> np.ndarray:
-  """Row-wise L2 normalisation to float32 (zero rows stay zero)."""
-  arr = _as_matrix(x, "x")
-  norms = np.linalg.norm(arr, axis=1, keepdims=True)
-  return (arr / np.maximum(norms, eps)).astype(np.float32, copy=False)
+def _normalized_matrix(x: Any, name: str) -> np.ndarray:
+  """`x` as a float32 [n, dim] matrix with L2-normalised rows (zero rows stay zero)."""
+  return arrays.l2_normalize(_as_matrix(x, name), axis=1)
 
 
 def _sort_results(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,27 +198,6 @@ def default_num_leaves(num_db: int) -> int:
   return max(1, min(num_db, int(round(math.sqrt(num_db)))))
 
 
-def _write_dir_atomically(directory: str, write: Callable[[str], None]) -> None:
-  """Writes into a temporary sibling folder, then swaps it into place."""
-  directory = os.path.abspath(directory)
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-  try:
-    write(tmp)
-    if os.path.exists(directory):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
-      os.rmdir(old)
-      os.replace(directory, old)
-      os.replace(tmp, directory)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
 def _dir_bytes(directory: str) -> int:
   return sum(
     os.path.getsize(os.path.join(root, name))
@@ -315,7 +294,7 @@ class SearchIndex(abc.ABC):
       with open(os.path.join(tmp, META_FILENAME), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
 
-    _write_dir_atomically(directory, write)
+    file_utils.atomic_write_dir(directory, write)
 
   def _finalize_payload(self, tmp_dir: str, final_dir: str) -> None:
     """Hook to fix paths that point into the temporary folder."""
@@ -700,13 +679,13 @@ def _weighted_neighbour_sum(
   weights: np.ndarray,
   chunk: int = 4096,
 ) -> np.ndarray:
-  """l2_normalize(base + sum_j weights[:, j] * database[ids[:, j]])."""
+  """Row-wise L2-normalised base + sum_j weights[:, j] * database[ids[:, j]]."""
   out = np.empty_like(base)
   for r0 in range(0, base.shape[0], chunk):
     sl = slice(r0, r0 + chunk)
     neighbours = database[np.maximum(ids[sl], 0)]  # [rows, n, dim]
     out[sl] = base[sl] + np.einsum("rn,rnd->rd", weights[sl], neighbours)
-  return l2_normalize(out)
+  return arrays.l2_normalize(out, axis=1)
 
 
 def _alpha_weights(scores: np.ndarray, ids: np.ndarray, alpha: float) -> np.ndarray:
@@ -738,7 +717,7 @@ def alpha_query_expansion(
   Returns:
     [Q, dim] expanded, L2-normalised float32 queries.
   """
-  q = l2_normalize(queries)
+  q = _normalized_matrix(queries, "queries")
   if n <= 0:
     return q
   db = _as_matrix(database, "database")
@@ -766,7 +745,7 @@ def database_side_augmentation(
   Returns:
     [N, dim] augmented, L2-normalised float32 descriptors.
   """
-  db = l2_normalize(database)
+  db = _normalized_matrix(database, "database")
   if n <= 0:
     return db
   ids, scores = exact_search(db, db, n + 1, db_block=db_block)
@@ -802,7 +781,7 @@ def search_with_expansion(
   Returns:
     (ids, scores) against the (augmented) database.
   """
-  db = l2_normalize(database)
+  db = _normalized_matrix(database, "database")
   if dba_n > 0:
     db = database_side_augmentation(db, dba_n, alpha)
   q = alpha_query_expansion(queries, db, qe_n, alpha)

@@ -8,7 +8,6 @@ moment (even SIGKILL) leaves the previous checkpoint usable.
 """
 
 import math
-import os
 import shutil
 import signal
 import tempfile
@@ -19,27 +18,19 @@ from absl import logging
 from official.common import distribute_utils
 
 from dolg_tf import config as config_lib
+from dolg_tf import run_layout
 from dolg_tf.data import gldv2, input_pipeline
-from dolg_tf.model import builder
+from dolg_tf.model import builder, keras_h5
 from dolg_tf.training import schedules
-from dolg_tf.training import train_config as train_config_lib
+from dolg_tf.utils import progress
 
-CHECKPOINT_SUBDIR = "checkpoints"
 # DELG's loss weights (DELF train.py defaults).
 DELG_ATTENTION_LOSS_WEIGHT = 1.0
 DELG_RECONSTRUCTION_LOSS_WEIGHT = 10.0
-EXPORT_SUBDIR = "export"
 
 
 class NonFiniteLossError(RuntimeError):
   """The training loss became NaN or Inf."""
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  hours, rest = divmod(seconds, 3600)
-  minutes, seconds = divmod(rest, 60)
-  return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
 def count_examples(file_pattern: str) -> int:
@@ -48,7 +39,7 @@ def count_examples(file_pattern: str) -> int:
   return int(sum(1 for _ in tf.data.TFRecordDataset(files)))
 
 
-def build_strategy(config: train_config_lib.TrainConfig) -> tf.distribute.Strategy:
+def build_strategy(config: config_lib.TrainConfig) -> tf.distribute.Strategy:
   """The tf.distribute strategy named by the config (tf-models-official helper)."""
   if config.distribution_strategy == "one_device":
     device = "/gpu:0" if config.num_gpus > 0 else "/cpu:0"
@@ -76,50 +67,57 @@ class Trainer:
 
   def __init__(
     self,
-    model_config: config_lib.ModelConfig,
-    config: train_config_lib.TrainConfig,
+    experiment: config_lib.ExperimentConfig,
+    layout: run_layout.RunLayout,
+    data: config_lib.DataConfig | None = None,
     class_counts=None,
   ):
-    """Builds everything and restores the latest checkpoint of `config.logdir`.
+    """Builds everything and restores the latest checkpoint of `layout.checkpoints`.
 
     Args:
-      model_config: the network and head.
-      config: training settings; `train_file_pattern` must match files.
+      experiment: the run's config, written to `layout.config` by `train`.
+      layout: the run folder.
+      data: the data section to train on, when it differs from
+        `experiment.data` only by resolved file patterns (generated synthetic
+        data); default `experiment.data`.
       class_counts: optional per-class image counts (sub-center head margins).
 
     Raises:
       FileNotFoundError: if no training file matches.
     """
-    self.model_config = model_config
-    self.config = config
-    if not tf.io.gfile.glob(config.train_file_pattern):
-      raise FileNotFoundError(f"--train_file_pattern matches no file: {config.train_file_pattern}")
-    self.num_classes = gldv2.num_classes(config.dataset_version, config.num_classes or None)
+    self.experiment = experiment
+    self.layout = layout
+    self.model_config = model_config = experiment.model
+    self.data = data = data or experiment.data
+    self.config = config = experiment.train
+    if not tf.io.gfile.glob(data.train_file_pattern):
+      raise FileNotFoundError(
+        f"data.train_file_pattern matches no file: {data.train_file_pattern!r}"
+      )
+    self.num_classes = gldv2.num_classes(data.dataset_version, data.num_classes or None)
     tf.keras.utils.set_random_seed(config.seed)
     tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
     self.strategy = build_strategy(config)
     self.is_chief = _is_chief(self.strategy)
     self.steps_per_epoch = config.steps_per_epoch or max(
-      1, count_examples(config.train_file_pattern) // config.batch_size
+      1, count_examples(data.train_file_pattern) // config.batch_size
     )
     self.total_steps = config.max_steps or max(1, config.epochs) * self.steps_per_epoch
     self.warmup_steps = config.warmup_steps or int(config.warmup_epochs * self.steps_per_epoch)
-    self._checkpoint_dir = os.path.join(config.logdir, CHECKPOINT_SUBDIR)
+    self._checkpoint_dir = layout.checkpoints
     if not self.is_chief:
       # Non-chief workers must write checkpoints too (collective ops), but elsewhere.
       self._checkpoint_dir = tempfile.mkdtemp(prefix="dolg_worker_ckpt_")
     with self.strategy.scope():
       self.is_delg = model_config.name == "delg"
       self.model = builder.build_model(
-        model_config, image_size=config.image_size, num_classes=self.num_classes
+        model_config, image_size=data.image_size, num_classes=self.num_classes
       )
       self.head = builder.build_head(model_config, self.num_classes)
       self.head(tf.zeros([1, model_config.embedding_dim]))
       if class_counts is not None and hasattr(self.head, "set_class_counts"):
         self.head.set_class_counts(class_counts)
       if config.imagenet_checkpoint:
-        from dolg_tf.convert import keras_h5  # noqa: PLC0415 (optional path)
-
         keras_h5.load_backbone_weights(self.model.backbone, config.imagenet_checkpoint)
       self.learning_rate = schedules.build_schedule(
         config.initial_lr,
@@ -168,7 +166,7 @@ class Trainer:
     return int(self.optimizer.iterations.numpy())
 
   def _dataset(self, file_pattern: str, training: bool) -> tf.distribute.DistributedDataset:
-    config = self.config
+    config, data = self.config, self.data
     # A resumed run must not replay the augmentations of the steps it already did.
     seed = config.seed + self.step
 
@@ -177,12 +175,12 @@ class Trainer:
       return input_pipeline.make_dataset(
         file_pattern,
         batch_size=per_replica,
-        image_size=config.image_size,
+        image_size=data.image_size,
         training=training,
         seed=seed,
         drop_remainder=training,
         input_context=input_context,
-        crop_area_range=(config.min_crop_area, 1.0),
+        crop_area_range=(data.min_crop_area, 1.0),
       )
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
@@ -248,7 +246,7 @@ class Trainer:
 
   def validate(self, file_pattern: str | None = None) -> float:
     """Top-1 accuracy of the cosine classifier (no margin) on validation data."""
-    file_pattern = file_pattern or self.config.validation_file_pattern
+    file_pattern = file_pattern or self.data.validation_file_pattern
     if not file_pattern or not tf.io.gfile.glob(file_pattern):
       return float("nan")
     self.validation_accuracy.reset_state()
@@ -284,17 +282,16 @@ class Trainer:
     """
     config = self.config
     if self.is_chief:
-      train_config_lib.save_train_config(config, config.logdir)
-      config_lib.save_model_config(self.model_config, config.logdir)
+      config_lib.save_config(self.experiment, self.layout.config)
     writer = tf.summary.create_file_writer(
-      os.path.join(config.logdir, "train") if self.is_chief else tempfile.mkdtemp()
+      self.layout.train_summaries if self.is_chief else tempfile.mkdtemp()
     )
     validation_writer = tf.summary.create_file_writer(
-      os.path.join(config.logdir, "validation") if self.is_chief else tempfile.mkdtemp()
+      self.layout.validation_summaries if self.is_chief else tempfile.mkdtemp()
     )
     if self._train_step_fn is None:
       self._train_step_fn = self._make_train_loop()
-    iterator = iter(self._dataset(config.train_file_pattern, training=True))
+    iterator = iter(self._dataset(self.data.train_file_pattern, training=True))
     start_step = self.step
     logging.info(
       "Training %s R%d on %d classes: steps %d -> %d, global batch %d, %d replica(s), %s",
@@ -347,7 +344,7 @@ class Trainer:
           lr,
           steps_per_sec,
           steps_per_sec * config.batch_size,
-          _format_duration(eta),
+          progress.format_duration(eta),
         )
         for name, metric in self.term_losses.items():
           metrics[name] = float(metric.result())

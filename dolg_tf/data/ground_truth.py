@@ -160,6 +160,7 @@ def _mat_strings(cell: Any) -> tuple[str, ...]:
 
 
 def _read_mat(path: str) -> RevisitedGroundTruth:
+  # scipy is imported for .mat files only (keeps .pkl reading light).
   from scipy import io as scipy_io  # pylint: disable=g-import-not-at-top
 
   try:

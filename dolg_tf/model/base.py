@@ -1,0 +1,44 @@
+"""What DOLG and DELG share: input normalisation, the ResNet backbone, their one config."""
+
+import tensorflow as tf
+
+from dolg_tf import config as config_lib
+from dolg_tf.model import backbones, normalization
+
+
+class RetrievalModel(tf.keras.Model):
+  """Images -> (f3, f4) through the configured backbone; subclasses add the heads.
+
+  The ModelConfig is the model's only copy of its settings (`get_config`
+  returns it as a dict).
+  """
+
+  def __init__(self, config: config_lib.ModelConfig, **kwargs):
+    kwargs.setdefault("name", config.name)
+    super().__init__(**kwargs)
+    self.model_config = config
+    self.input_normalization = normalization.InputNormalization(
+      config.input_mean, config.input_std, config.input_channel_order, name="input_normalization"
+    )
+    self.backbone = backbones.ResNetBackbone(
+      config.backbone_depth,
+      config.backbone_layout,
+      config.block3_strides,
+      config.resolved_bn_momentum,
+      config.resolved_bn_epsilon,
+      config.backbone_width_multiplier,
+      name="backbone",
+    )
+
+  def features(self, images, training=None):
+    """Stage-3 and stage-4 maps (f3, f4) of float RGB images in [0, 255]."""
+    return self.backbone(self.input_normalization(images), training=training)
+
+  def get_config(self):
+    return {"model_config": self.model_config.to_dict(), "name": self.name}
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    model_config = config_lib.ModelConfig.from_dict(config.pop("model_config"))
+    return cls(model_config, **config)

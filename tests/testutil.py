@@ -1,0 +1,105 @@
+"""Shared test fixtures: the tiny DOLG / DELG configs, models and SavedModel exports.
+
+Building and exporting even a tiny model costs seconds (Keras build, tf.function
+tracing, SavedModel serialisation), so the fixtures below are computed once per
+process (`functools.cache`) and shared by every test file that runs in it: all
+of `pytest tests` or one Bazel py_test. They are read-only: a test must not
+train, re-assign weights or write into them. A test that needs a modified model
+or export builds its own.
+
+Plain functions (not pytest fixtures), so files also run as `python tests/x_test.py`.
+"""
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from dolg_tf import config as config_lib
+from dolg_tf.export import export_model
+from dolg_tf.model import builder
+
+# The one tiny DOLG network of the tests: 2 blocks per stage, 1/8 of the widths.
+TINY_DOLG = config_lib.ModelConfig(
+  backbone_depth=26, backbone_width_multiplier=0.125, local_dim=32, embedding_dim=16
+)
+# The tiny DELG network (DELG defaults otherwise: keras layout, (x - 128) / 128 input).
+TINY_DELG = config_lib.delg_config(
+  backbone_depth=26,
+  backbone_width_multiplier=0.125,
+  embedding_dim=16,
+  delg_reduced_dim=8,
+  delg_attention_hidden=16,
+)
+# Models are built by a call on a zero batch of this size.
+IMAGE_SIZE = 64
+# The seed set before each shared model is built (weights do not depend on test order).
+_SEEDS = {"dolg": 1, "delg": 4}
+# tiny_export's SavedModels: {(name, repr of the export arguments): export folder}.
+_EXPORTS = {}
+
+
+@functools.cache
+def temp_root() -> str:
+  """A process-wide temporary folder, removed when the process exits."""
+  path = tempfile.mkdtemp(prefix="dolg_tf_testutil_")
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  return path
+
+
+def _config(name: str) -> config_lib.ModelConfig:
+  if name == "dolg":
+    return TINY_DOLG
+  if name == "delg":
+    return TINY_DELG
+  raise ValueError(f"unknown tiny model {name!r}: 'dolg' or 'delg'")
+
+
+def tiny_model(name: str = "dolg") -> tf.keras.Model:
+  """The shared tiny model ('dolg' or 'delg'), built at IMAGE_SIZE. Read-only."""
+  return _tiny_model(name)
+
+
+def tiny_export(name: str = "dolg", **export_kwargs) -> str:
+  """The SavedModel folder (`<base>/1`) of `tiny_model(name)`, exported once. Read-only.
+
+  Args:
+    name: 'dolg' or 'delg'.
+    **export_kwargs: passed to export_model.export_saved_model (e.g. the export
+      settings); none gives the library's defaults.
+
+  Returns:
+    The export folder; the same one for equal arguments within a process.
+  """
+  key = (name, repr(sorted(export_kwargs.items())))
+  if key not in _EXPORTS:
+    base = tempfile.mkdtemp(prefix=f"{name}_export_", dir=temp_root())
+    _EXPORTS[key] = export_model.export_saved_model(
+      tiny_model(name), _config(name), base, **export_kwargs
+    )
+  return _EXPORTS[key]
+
+
+def tiny_export_base(name: str = "dolg", **kwargs) -> str:
+  """The TF Serving model base (parent folder) of `tiny_export(name, **kwargs)`."""
+  return os.path.dirname(tiny_export(name, **kwargs))
+
+
+def tiny_loaded(name: str = "dolg", **kwargs):
+  """`tf.saved_model.load(tiny_export(name, **kwargs))`, loaded once. Read-only."""
+  return _tiny_loaded(tiny_export(name, **kwargs))
+
+
+@functools.cache
+def _tiny_model(name):
+  config = _config(name)
+  tf.keras.utils.set_random_seed(_SEEDS[name])
+  return builder.build_model(config, image_size=IMAGE_SIZE)
+
+
+@functools.cache
+def _tiny_loaded(export_dir):
+  return tf.saved_model.load(export_dir)

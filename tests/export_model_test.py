@@ -16,8 +16,8 @@ from dolg_tf.export import export_model, signatures
 from tests import testutil
 
 TINY = testutil.TINY_DOLG
-# serve_encoded resizes to at most 80 pixels, then pools these scales.
-EXPORT_CONFIG = config_lib.ExportConfig(max_image_size=80, image_scales=(0.5, 1.0))
+# serve_encoded resizes to at most 80 pixels, then pools scales 0.5 and 1.
+EXPORT_CONFIG = testutil.SMALL_EXPORT_CONFIG
 
 
 def _image(height, width, seed):

@@ -16,7 +16,7 @@ class ServingClientTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     # Shared and read-only: exported once per process (tests/testutil.py).
-    cls.loaded = testutil.tiny_loaded("dolg")
+    cls.loaded = testutil.tiny_loaded("dolg", export_config=testutil.SMALL_EXPORT_CONFIG)
     cls.image = np.random.default_rng(0).integers(0, 256, [40, 50, 3], dtype=np.uint8)
 
   def test_rest_body_is_what_serve_encoded_takes(self):

@@ -36,6 +36,9 @@ TINY_DELG = config_lib.delg_config(
 )
 # Models are built by a call on a zero batch of this size.
 IMAGE_SIZE = 64
+# Small serve_encoded settings (`tiny_export(name, export_config=SMALL_EXPORT_CONFIG)`):
+# longest side at most 80 pixels, a 2-scale pyramid. Files that pass it share one export.
+SMALL_EXPORT_CONFIG = config_lib.ExportConfig(max_image_size=80, image_scales=(0.5, 1.0))
 # The seed set before each shared model is built (weights do not depend on test order).
 _SEEDS = {"dolg": 1, "delg": 4}
 # tiny_export's SavedModels: {(name, repr of the export arguments): export folder}.

@@ -112,8 +112,9 @@ class TrainerTest(tf.test.TestCase):
     original_log = trainer.logging.info
 
     def capture(message, *args):
-      if message.startswith("step %d/%d | loss"):
-        first_losses.append(args[2])
+      line = message % args
+      if line.startswith("step ") and "| loss " in line:
+        first_losses.append(float(line.split("| loss ")[1].split()[0]))
       original_log(message, *args)
 
     trainer.logging.info = capture

@@ -317,8 +317,8 @@ class Trainer:
       previous_handler = None
     metrics = {}
     try:
-      last_time, last_step = time.time(), start_step
-      first_time = last_time
+      first_time = time.time()
+      steps = progress.Progress(self.total_steps, "step", "steps", interval=0, start=start_step)
       while self.step < self.total_steps and not interrupted:
         num_steps = min(
           config.log_every - self.step % config.log_every, self.total_steps - self.step
@@ -330,21 +330,17 @@ class Trainer:
             f"loss is {loss} at step {self.step}; stopping. The last good checkpoint is "
             f"{self.manager.latest_checkpoint}; lower --initial_lr or set --clip_norm."
           )
-        now = time.time()
-        steps_per_sec = (self.step - last_step) / max(now - last_time, 1e-9)
         lr = float(self.learning_rate(self.step))
         metrics = dict(loss=loss, accuracy=float(self.train_accuracy.result()), lr=lr)
-        eta = (self.total_steps - self.step) / max(steps_per_sec, 1e-9)
-        logging.info(
-          "step %d/%d | loss %.4f | acc %.3f | lr %.5f | %.2f steps/s | %.1f img/s | ETA %s",
+        steps.update(self.step)
+        images_per_second = steps.rate() * config.batch_size
+        steps.update(
           self.step,
-          self.total_steps,
-          loss,
-          metrics["accuracy"],
-          lr,
-          steps_per_sec,
-          steps_per_sec * config.batch_size,
-          progress.format_duration(eta),
+          force=True,
+          note=(
+            f"loss {loss:.4f} | acc {metrics['accuracy']:.3f} | lr {lr:.5f} | "
+            f"{images_per_second:.1f} img/s"
+          ),
         )
         for name, metric in self.term_losses.items():
           metrics[name] = float(metric.result())
@@ -361,10 +357,9 @@ class Trainer:
           tf.summary.scalar("loss", loss)
           tf.summary.scalar("accuracy", metrics["accuracy"])
           tf.summary.scalar("learning_rate", lr)
-          tf.summary.scalar("images_per_second", steps_per_sec * config.batch_size)
+          tf.summary.scalar("images_per_second", images_per_second)
         self.train_loss.reset_state()
         self.train_accuracy.reset_state()
-        last_time, last_step = now, self.step
         if self.step % config.checkpoint_every < num_steps or self.step >= self.total_steps:
           self.save_checkpoint()
         if config.validate_every and self.step % config.validate_every < num_steps:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 import dolg_tf
 
@@ -48,11 +49,30 @@ def fail(message: str) -> None:
   sys.exit(EXIT_USER_ERROR)
 
 
+class _LibraryNoiseFilter(logging.Filter):
+  """Drops INFO/WARNING records logged through absl by TensorFlow's own modules.
+
+  TF's SavedModel code logs with absl directly (e.g. one line of several
+  thousand characters listing a signature's renamed inputs per export), so a
+  logger level cannot reach it; its errors still pass.
+  """
+
+  PACKAGES = tuple(f"{os.sep}{p}{os.sep}" for p in ("tensorflow", "keras", "tf_keras", "official"))
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR:
+      return True
+    return not any(p in record.pathname for p in self.PACKAGES)
+
+
 def quiet_loggers() -> None:
-  """TensorFlow's and Keras' Python loggers at ERROR unless --verbose."""
+  """TensorFlow's and Keras' Python log lines below ERROR hidden unless --verbose."""
   if dolg_tf.VERBOSE:
     return
-  for name in ("tensorflow", "absl.tensorflow", "keras", "tf_keras", "h5py"):
+  absl_handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryNoiseFilter) for f in absl_handler.filters):
+    absl_handler.addFilter(_LibraryNoiseFilter())
+  for name in ("tensorflow", "keras", "tf_keras", "h5py"):
     logging.getLogger(name).setLevel(logging.ERROR)
   tf = sys.modules.get("tensorflow")
   if tf is not None:

@@ -10,15 +10,12 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import pipeline
-from dolg_tf.model import builder
+from tests import testutil
 
-TINY = config_lib.ModelConfig(
-  backbone_depth=26, backbone_width_multiplier=0.125, local_dim=32, embedding_dim=16
-)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE_SCALE = config_lib.ExportConfig(image_scales=(1.0,))
 SCRIPT = os.path.join(REPO_ROOT, "extract_features.py")
 
 
@@ -26,16 +23,12 @@ class ExtractFeaturesTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(7)
     cls.work = os.path.join(tf.compat.v1.test.get_temp_dir(), "extract_features_work")
     os.makedirs(os.path.join(cls.work, "images"))
-    model = builder.build_model(TINY, image_size=64)
-    export_dir = export_model.export_saved_model(
-      model,
-      TINY,
-      os.path.join(cls.work, "export"),
-      export_config=config_lib.ExportConfig(image_scales=(1.0,)),
-    )
+    # The shared export, linked as <work>/export/1 for a relative model_path.
+    os.makedirs(os.path.join(cls.work, "export"))
+    export_dir = os.path.join(cls.work, "export", "1")
+    os.symlink(testutil.tiny_export("dolg", export_config=ONE_SCALE), export_dir)
     # A relative model_path: resolved against the caller's directory.
     with open(os.path.join(cls.work, "config.pbtxt"), "w") as f:
       f.write('model_path: "export/1"\nimage_scales: 0.7071\nimage_scales: 1.0\n')

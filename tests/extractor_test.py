@@ -9,17 +9,14 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dolg_tf import config as config_lib
-from dolg_tf.export import export_model, signatures
+from dolg_tf.export import signatures
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import image_loading
 from dolg_tf.io import config_io, datum_io
-from dolg_tf.model import builder
 from dolg_tf.utils import images
+from tests import testutil
 
-TINY = config_lib.ModelConfig(
-  backbone_depth=26, backbone_width_multiplier=0.125, local_dim=32, embedding_dim=16
-)
+TINY = testutil.TINY_DOLG
 SCALES = (0.7071, 1.0, 1.4142)
 GlobalConfig = config_io.DolgConfig.GlobalConfig
 
@@ -42,11 +39,9 @@ class ExtractorTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(3)
-    model = builder.build_model(TINY, image_size=64)
-    cls.base = os.path.join(tf.compat.v1.test.get_temp_dir(), "extractor_export")
     # The default export pyramid is SCALES (the official one).
-    cls.export_dir = export_model.export_saved_model(model, TINY, cls.base)
+    cls.export_dir = testutil.tiny_export("dolg")
+    cls.base = os.path.dirname(cls.export_dir)
     cls.loaded = tf.saved_model.load(cls.export_dir)
     cls.default = cls._make(_config_text(cls.export_dir), load=True)
 

@@ -8,20 +8,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
 from dolg_tf.extraction import binarize, local_extractor, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, datum_io, feature_io
-from dolg_tf.model import builder
+from tests import testutil
 
-TINY_DELG = config_lib.delg_config(
-  backbone_depth=26,
-  backbone_width_multiplier=0.125,
-  embedding_dim=16,
-  delg_reduced_dim=8,
-  delg_attention_hidden=16,
-)
+TINY_DELG = testutil.TINY_DELG
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,10 +38,7 @@ class LocalExtractorTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(5)
-    model = builder.build_model(TINY_DELG, image_size=64)
-    base = os.path.join(tf.compat.v1.test.get_temp_dir(), "local_extractor_export")
-    cls.export_dir = export_model.export_saved_model(model, TINY_DELG, base)
+    cls.export_dir = testutil.tiny_export("delg")
     cls.loaded = tf.saved_model.load(cls.export_dir)
     # 96 x 128: max_image_size 64 resizes it to 48 x 64 (factor 0.5).
     cls.image = np.random.default_rng(0).integers(0, 256, [96, 128, 3], dtype=np.uint8)

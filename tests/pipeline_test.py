@@ -11,16 +11,13 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
 from dolg_tf.extraction import descriptor_store, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import datum_io
-from dolg_tf.model import builder
+from tests import testutil
 
-TINY = config_lib.ModelConfig(
-  backbone_depth=26, backbone_width_multiplier=0.125, local_dim=32, embedding_dim=16
-)
 SUFFIX = ".dolg_global"
+ONE_SCALE = config_lib.ExportConfig(image_scales=(1.0,))
 
 
 class CountingExtractor:
@@ -49,15 +46,8 @@ class PipelineTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(5)
-    model = builder.build_model(TINY, image_size=64)
     root = tf.compat.v1.test.get_temp_dir()
-    export_dir = export_model.export_saved_model(
-      model,
-      TINY,
-      os.path.join(root, "pipeline_export"),
-      export_config=config_lib.ExportConfig(image_scales=(1.0,)),
-    )
+    export_dir = testutil.tiny_export("dolg", export_config=ONE_SCALE)
     config_path = os.path.join(root, "pipeline.pbtxt")
     with open(config_path, "w") as f:
       f.write(f'model_path: "{export_dir}"\nimage_scales: 0.7071\nimage_scales: 1.0\n')

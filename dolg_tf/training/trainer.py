@@ -318,7 +318,10 @@ class Trainer:
     metrics = {}
     try:
       first_time = time.time()
-      steps = progress.Progress(self.total_steps, "step", "steps", interval=0, start=start_step)
+      # Logged explicitly once per log_every steps (force=True), never by interval.
+      steps = progress.Progress(
+        self.total_steps, "step", "steps", interval=math.inf, start=start_step
+      )
       while self.step < self.total_steps and not interrupted:
         num_steps = min(
           config.log_every - self.step % config.log_every, self.total_steps - self.step

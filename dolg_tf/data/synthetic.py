@@ -467,7 +467,8 @@ def write_training_set(
   Returns:
     A TrainingSetInfo.
   """
-  from dolg_tf.data import gldv2  # pylint: disable=g-import-not-at-top (TF)
+  # Rendering worker processes import this module: TensorFlow loads only here, in the writer.
+  from dolg_tf.data import gldv2  # pylint: disable=g-import-not-at-top
 
   if views_per_class < 1:
     raise ValueError(f"views_per_class must be >= 1, got {views_per_class}")

@@ -363,7 +363,8 @@ class ScannIndex(SearchIndex):
     self._searcher = None
 
   def build(self, database: Any) -> "ScannIndex":
-    from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
+    # Search engine, loaded only when a ScaNN index is used.
+    from scann.scann_ops.py import scann_ops_pybind  # noqa: PLC0415
 
     db = self._check_database(database)
     n = db.shape[0]
@@ -414,7 +415,8 @@ class ScannIndex(SearchIndex):
     _rewrite_scann_asset_paths(tmp_dir, final_dir)
 
   def _load_payload(self, directory: str) -> None:
-    from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
+    # Search engine, loaded only when a ScaNN index is used.
+    from scann.scann_ops.py import scann_ops_pybind  # noqa: PLC0415
 
     assets = _rewrite_scann_asset_paths(directory, os.path.abspath(directory), write=False)
     self._searcher = scann_ops_pybind.ScannSearcher(
@@ -455,7 +457,7 @@ class _FaissIndex(SearchIndex):
     return n
 
   def build(self, database: Any) -> "_FaissIndex":
-    import faiss  # pylint: disable=g-import-not-at-top
+    import faiss  # noqa: PLC0415 (search engine, loaded only when a faiss index is used)
 
     db = self._check_database(database)
     n, dim = db.shape
@@ -491,17 +493,17 @@ class _FaissIndex(SearchIndex):
     return _sort_results(ids, scores, k)
 
   def memory_bytes(self) -> int:
-    import faiss  # pylint: disable=g-import-not-at-top
+    import faiss  # noqa: PLC0415 (search engine, loaded only when a faiss index is used)
 
     return int(faiss.serialize_index(self._index).nbytes)
 
   def _save_payload(self, directory: str) -> None:
-    import faiss  # pylint: disable=g-import-not-at-top
+    import faiss  # noqa: PLC0415 (search engine, loaded only when a faiss index is used)
 
     faiss.write_index(self._index, os.path.join(directory, "faiss.index"))
 
   def _load_payload(self, directory: str) -> None:
-    import faiss  # pylint: disable=g-import-not-at-top
+    import faiss  # noqa: PLC0415 (search engine, loaded only when a faiss index is used)
 
     self._index = faiss.read_index(os.path.join(directory, "faiss.index"))
     if self.params.get("num_threads"):
@@ -523,7 +525,7 @@ class _FaissIvfIndex(_FaissIndex):
     return self.params["train_size"] or max(64 * self.params["nlist"], 10000)
 
   def _apply_search_params(self) -> None:
-    import faiss  # pylint: disable=g-import-not-at-top
+    import faiss  # noqa: PLC0415 (search engine, loaded only when a faiss index is used)
 
     faiss.extract_index_ivf(self._index).nprobe = int(self.params["nprobe"])
 
@@ -588,7 +590,7 @@ class FaissIvfPqIndex(_FaissIvfIndex):
     )
 
   def _apply_search_params(self) -> None:
-    import faiss  # pylint: disable=g-import-not-at-top
+    import faiss  # noqa: PLC0415 (search engine, loaded only when a faiss index is used)
 
     super()._apply_search_params()
     outer = faiss.downcast_index(self._index)
@@ -607,12 +609,12 @@ class FaissHnswIndex(_FaissIndex):
     return f"HNSW{self.params['m']},Flat"
 
   def _before_add(self, index: Any) -> None:
-    import faiss  # pylint: disable=g-import-not-at-top
+    import faiss  # noqa: PLC0415 (search engine, loaded only when a faiss index is used)
 
     faiss.downcast_index(index).hnsw.efConstruction = int(self.params["ef_construction"])
 
   def _apply_search_params(self) -> None:
-    import faiss  # pylint: disable=g-import-not-at-top
+    import faiss  # noqa: PLC0415 (search engine, loaded only when a faiss index is used)
 
     faiss.downcast_index(self._index).hnsw.efSearch = int(self.params["ef_search"])
 

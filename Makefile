@@ -1,7 +1,6 @@
 # dolg_tf developer entry points. Every target runs the idempotent set-up first.
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup demo test lint pytest bazel-build bazel-test lock clean
 

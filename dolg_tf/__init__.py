@@ -12,7 +12,9 @@ import os
 import sys
 import warnings
 
-VERBOSE = "--verbose" in sys.argv[1:]
+VERBOSE = any(
+  arg in ("--verbose", "--verbose=true", "--verbose=1", "--verbose=True") for arg in sys.argv[1:]
+)
 if not VERBOSE:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core")

@@ -79,7 +79,10 @@ def experiment() -> config_lib.ExperimentConfig:
     "data": {"synthetic_classes": FLAGS.synthetic_classes},
   }
   overrides = {s: {k: v for k, v in f.items() if v is not None} for s, f in overrides.items()}
-  return config_lib.override(experiments.get(f"{FLAGS.model}_synthetic"), overrides)
+  try:
+    return config_lib.override(experiments.get(f"{FLAGS.model}_synthetic"), overrides)
+  except config_lib.ConfigError as e:
+    raise cli.UserError(str(e)) from None
 
 
 def train(layout: run_layout.RunLayout) -> str:
@@ -170,6 +173,7 @@ def main(argv):
   default_workdir = "runs/demo" if FLAGS.model == "dolg" else f"runs/demo_{FLAGS.model}"
   layout = run_layout.RunLayout(cli.resolve_path(FLAGS.workdir or default_workdir))
   workdir = layout.root
+  experiment()  # Bad flag values are reported before any work starts.
   trained_export = train(layout)
   config = config_lib.load_config(layout.config)
   benchmark_dir = os.path.join(workdir, "benchmark")

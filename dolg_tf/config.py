@@ -296,6 +296,10 @@ class DataConfig(_Section):
     min_crop_area: random-resized crop area range [min_crop_area, 1].
     synthetic_classes: > 0: generate that many synthetic landmark classes.
     synthetic_views: synthetic training views per class.
+    skip_corrupt_records: train without the rest of a corrupt or truncated
+      TFRecord file (from its first bad record) and without images that do
+      not decode, logging each; False: such a file stops the run before the
+      first step, named.
   """
 
   SECTION = "data"
@@ -308,6 +312,7 @@ class DataConfig(_Section):
   min_crop_area: float = 0.08
   synthetic_classes: int = 0
   synthetic_views: int = 48
+  skip_corrupt_records: bool = False
 
   def validate(self) -> None:
     _check_choice("data.dataset_version", self.dataset_version, DATASET_VERSIONS)

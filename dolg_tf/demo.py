@@ -103,7 +103,13 @@ def train(layout: run_layout.RunLayout) -> str:
     f"--seed={config.train.seed}",
   ]
   print("$ dolg-train " + " ".join(command[3:]), flush=True)
-  subprocess.run(command, check=True)
+  returncode = subprocess.run(command).returncode
+  if returncode == 143:
+    print("training stopped by SIGTERM; run the demo again to resume", file=sys.stderr)
+    sys.exit(returncode)
+  if returncode:
+    # dolg-train printed its own error; exit with its status, without a traceback.
+    sys.exit(returncode)
   return layout.latest_export()
 
 

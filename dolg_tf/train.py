@@ -15,10 +15,18 @@ given"). The resolved config is written to <logdir>/config.json. Re-running
 with the same --logdir resumes from the latest checkpoint; a config that
 differs from the saved one is refused (the differing fields are listed) unless
 --allow_config_change, which logs each change.
+
+Exit status: 0 when done; 2 with one line `dolg-train: error: ...` for a user
+error (a flag or field, a training file that is missing, corrupt or holds a
+label outside [0, num_classes), a checkpoint that does not fit the config); 1
+when the loss becomes NaN/Inf; 143 (128 + SIGTERM, as a process killed by
+SIGTERM) after a SIGTERM, once the checkpoint of the current step is saved, so
+that schedulers see a preempted job and a re-run resumes.
 """
 
 import dataclasses
 import os
+import signal
 import sys
 import typing
 
@@ -26,7 +34,7 @@ from absl import flags, logging
 
 from dolg_tf import config as config_lib
 from dolg_tf import experiments, run_layout
-from dolg_tf.data import synthetic
+from dolg_tf.data import input_pipeline, synthetic
 from dolg_tf.export import export_model
 from dolg_tf.training import trainer as trainer_lib
 from dolg_tf.utils import cli
@@ -44,6 +52,10 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --logdir.")
 
+# The exit status of a run stopped by SIGTERM (checkpoint saved), as a shell reports a
+# process killed by SIGTERM: schedulers treat the job as preempted, not as done.
+EXIT_PREEMPTED = 128 + signal.SIGTERM
+
 # Resuming may change these freely: they do not change what is trained.
 RUNTIME_FIELDS = frozenset(
   {
@@ -56,6 +68,7 @@ RUNTIME_FIELDS = frozenset(
     "train.distribution_strategy",
     "train.num_gpus",
     "train.tpu",
+    "data.skip_corrupt_records",
   }
 ) | {f"export.{f.name}" for f in dataclasses.fields(config_lib.ExportConfig)}
 
@@ -176,19 +189,28 @@ def main(argv):
     raise cli.UserError("--dataset_version=synthetic needs --num_classes with your own files")
   try:
     trainer = trainer_lib.Trainer(config, layout, data=data)
-  except FileNotFoundError as e:
+  except (
+    FileNotFoundError,
+    input_pipeline.DataError,
+    trainer_lib.CheckpointMismatchError,
+  ) as e:
     raise cli.UserError(str(e)) from None
+  if FLAGS.export_only and trainer.restored_from is None:
+    raise cli.UserError(f"--export_only: no checkpoint in {layout.checkpoints}")
   if not FLAGS.export_only:
     try:
       metrics = trainer.train()
     except trainer_lib.NonFiniteLossError as e:
       logging.error("%s", e)
       sys.exit(1)
+    except input_pipeline.DataError as e:
+      raise cli.UserError(str(e)) from None
     logging.info(
       "final: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "interrupted")
     )
     if metrics.get("interrupted"):
-      return
+      print(f"Stopped by SIGTERM; checkpoint: {trainer.manager.latest_checkpoint}", flush=True)
+      sys.exit(EXIT_PREEMPTED)
   if config.train.export_at_end and trainer.is_chief:
     export_dir = export_model.export_saved_model(
       trainer.model, config.model, layout.export, export_config=config.export

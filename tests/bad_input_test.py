@@ -255,7 +255,7 @@ CASES = (
   Case(
     "convert_bad_depth",
     "convert",
-    ("--checkpoint={w}/no.pyth", "--output_dir={w}/converted_b", "--depth=abc"),
+    ("--checkpoint={w}/a_file", "--output_dir={w}/converted_b", "--depth=abc"),
     r"--depth",
     "{w}/converted_b",
   ),

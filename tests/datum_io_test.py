@@ -133,6 +133,20 @@ class DatumIoTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(IOError, re.escape(path) + ": corrupt DatumPairProto file"):
       datum_io.read_pair_from_file(path)
 
+  def test_every_truncation_of_a_descriptor_file_is_refused_naming_it(self):
+    data = datum_io.serialize_array(np.arange(16, dtype=np.float32))
+    path = os.path.join(self.create_tempdir().full_path, "cut.dolg_global")
+    for cut in range(len(data)):
+      with open(path, "wb") as f:
+        f.write(data[:cut])
+      with self.assertRaisesRegex(
+        IOError, "^" + re.escape(path) + ": corrupt DatumProto file: .*truncated", msg=cut
+      ):
+        datum_io.read_from_file(path)
+    with open(path, "wb") as f:
+      f.write(data)
+    self.assertAllEqual(datum_io.read_from_file(path), np.arange(16))
+
 
 if __name__ == "__main__":
   tf.test.main()

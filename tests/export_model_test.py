@@ -13,6 +13,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from dolg_tf import config as config_lib
 from dolg_tf.export import export_model, signatures
+from dolg_tf.training import trainer
 from tests import testutil
 
 TINY = testutil.TINY_DOLG
@@ -172,6 +173,64 @@ class ExportModelTest(tf.test.TestCase):
       outputs = function(**feed)
       self.assertIn("global_descriptor", outputs)
       self.assertTrue(np.all(np.isfinite(outputs["global_descriptor"].numpy())))
+
+
+class ExportFolderTest(tf.test.TestCase):
+  def _dead_pid(self) -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+  def test_temp_folders_of_dead_exports_are_removed_and_live_ones_kept(self):
+    base = self.create_tempdir().full_path
+    dead = export_model.temp_export_dir(base, 1, pid=self._dead_pid())
+    live = export_model.temp_export_dir(base, 2, pid=os.getppid())
+    other = os.path.join(base, ".tmp-notes")
+    for folder in (dead, live, other):
+      os.makedirs(os.path.join(folder, "variables"))
+    export_dir = export_model.export_saved_model(
+      testutil.tiny_model("dolg"), TINY, base, export_config=EXPORT_CONFIG
+    )
+    self.assertEqual(export_dir, os.path.join(base, "1"))
+    self.assertCountEqual(os.listdir(base), ["1", os.path.basename(live), ".tmp-notes"])
+    self.assertEqual(export_model.remove_stale_exports(base), [])
+    self.assertEqual(export_model.remove_stale_exports(os.path.join(base, "none")), [])
+
+  def test_a_failed_export_leaves_no_folder(self):
+    base = self.create_tempdir().full_path
+    original = tf.saved_model.save
+
+    def failing_save(module, path, signatures=None):
+      original(module, path, signatures=signatures)
+      raise OSError("disk full")
+
+    tf.saved_model.save = failing_save
+    try:
+      with self.assertRaisesRegex(OSError, "disk full"):
+        export_model.export_saved_model(
+          testutil.tiny_model("dolg"), TINY, base, export_config=EXPORT_CONFIG
+        )
+    finally:
+      tf.saved_model.save = original
+    self.assertEqual(os.listdir(base), [])
+
+  def test_checkpoint_errors_name_the_checkpoint(self):
+    logdir = self.create_tempdir().full_path
+    config_lib.save_config(
+      config_lib.ExperimentConfig(model=TINY.replace(embedding_dim=32)), logdir
+    )
+    prefix = tf.train.Checkpoint(model=testutil.tiny_model("dolg")).save(
+      os.path.join(logdir, "checkpoints", "ckpt")
+    )
+    with self.assertRaisesRegex(
+      trainer.CheckpointMismatchError, f"checkpoint {prefix} does not fit the model"
+    ):
+      export_model.export_from_checkpoint(logdir)
+    with self.assertRaisesRegex(FileNotFoundError, f"--checkpoint: no checkpoint {logdir}/nope"):
+      export_model.export_from_checkpoint(logdir, checkpoint=f"{logdir}/nope")
+    with self.assertRaisesRegex(FileNotFoundError, f"--logdir: no run folder {logdir}/x"):
+      export_model.export_from_checkpoint(f"{logdir}/x")
+    self.assertFalse(os.path.exists(os.path.join(logdir, "export")))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
 """Runs extract_features.py as a subprocess on a tiny exported model."""
 
+import errno
 import os
 import pickle
+import socket
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
+from absl.testing import flagsaver
 from PIL import Image
 
 from dolg_tf import config as config_lib
+from dolg_tf.extraction import descriptor_store, extract_features, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import pipeline
+from dolg_tf.utils import cli
 from tests import testutil
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,6 +128,132 @@ class ExtractFeaturesTest(tf.test.TestCase):
       lines = result.stderr.strip().splitlines()
       self.assertTrue(lines[-1].startswith("extract_features: error: "), lines[-1])
       self.assertIn(message, lines[-1])
+
+  def _last_line(self, result):
+    lines = result.stderr.strip().splitlines()
+    self.assertTrue(lines[-1].startswith("extract_features: error: "), lines[-1])
+    return lines[-1]
+
+  def test_odd_images_are_failures_with_reasons_once_each(self):
+    folder = os.path.join(self.work, "odd_images")
+    os.makedirs(folder)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, [30, 40, 3], dtype=np.uint8)).save(
+      os.path.join(folder, "scan.tif")
+    )
+    Image.fromarray(rng.integers(0, 256, [60, 60, 3], dtype=np.uint8)).save(
+      os.path.join(folder, "large.png")
+    )
+    Image.new("RGB", (5, 30)).save(os.path.join(folder, "thin.png"))
+    Image.new("RGB", (30, 30)).save(os.path.join(folder, ".hidden.png"))  # skipped
+    flags_ = ["--config=config.pbtxt", "--images_dir=odd_images", "--output_dir=odd_out"]
+    for _ in range(2):
+      result = self._run(*flags_, "--max_pixels=2000")
+      self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+      rows = pipeline.read_failures(os.path.join(self.work, "odd_out", pipeline.FAILURES_FILE))
+      reasons = {r["image_id"]: r["reason"] for r in rows}
+      self.assertCountEqual(reasons, ["large", "thin"])
+      self.assertIn(
+        "large.png: image too large (60x60 = 3600 pixels > limit 2000)", reasons["large"]
+      )
+      self.assertIn("thin.png: image too small (5x30", reasons["thin"])
+    self.assertIn("done 0, skipped 1, failed 2", result.stdout)
+    ids, _ = pipeline.read_descriptors(os.path.join(self.work, "odd_out"))
+    self.assertEqual(ids, ["scan"])
+    result = self._run(*flags_, "--max_pixels=0")
+    self.assertEqual(result.returncode, 2)
+    self.assertIn("--max_pixels must be positive, got 0", self._last_line(result))
+
+  def test_bad_output_folders_are_refused_before_the_model_loads(self):
+    with open(os.path.join(self.work, "a_file"), "w") as f:
+      f.write("not a folder")
+    # A model folder that is no SavedModel: loading it would fail with another message.
+    os.makedirs(os.path.join(self.work, "not_a_model"), exist_ok=True)
+    with open(os.path.join(self.work, "bad_model.pbtxt"), "w") as f:
+      f.write('model_path: "not_a_model"\nimage_scales: 1.0\n')
+    cases = [
+      ("a_file", "a_file: output folder is a file, not a folder"),
+      ("a_file/sub", "a_file/sub: cannot create the output folder (Not a directory)"),
+    ]
+    for output_dir, message in cases:
+      result = self._run(
+        "--config=bad_model.pbtxt", "--images_dir=images", f"--output_dir={output_dir}"
+      )
+      self.assertEqual(result.returncode, 2, result.stderr[-3000:])
+      self.assertEqual(self._last_line(result), f"extract_features: error: {message}")
+    with open(os.path.join(self.work, "a_file")) as f:
+      self.assertEqual(f.read(), "not a folder")
+    # The model did not load: the folder this run created is not left behind.
+    result = self._run("--config=bad_model.pbtxt", "--images_dir=images", "--output_dir=fresh")
+    self.assertEqual(result.returncode, 2)
+    self.assertFalse(os.path.exists(os.path.join(self.work, "fresh")))
+
+  def test_a_folder_in_use_is_refused_naming_the_holder(self):
+    out = os.path.join(self.work, "locked_out")
+    os.makedirs(out)
+    with descriptor_store.OutputLock(out):
+      result = self._run("--config=config.pbtxt", "--images_dir=images", "--output_dir=locked_out")
+    self.assertEqual(result.returncode, 2, result.stderr[-3000:])
+    self.assertEqual(
+      self._last_line(result),
+      f"extract_features: error: locked_out: output folder in use by another extraction "
+      f"(pid {os.getpid()} on {socket.gethostname()}); wait for it to finish or use another "
+      "output folder",
+    )
+    self.assertEqual(os.listdir(out), [])
+
+  def _main(self, **flag_values):
+    if not extract_features.FLAGS.is_parsed():
+      extract_features.FLAGS.mark_as_parsed()
+    cwd = os.getcwd()
+    os.chdir(self.work)  # config.pbtxt's relative model_path, as the binary sees it.
+    try:
+      with flagsaver.flagsaver(**flag_values):
+        return extract_features.main(["extract_features"])
+    finally:
+      os.chdir(cwd)
+
+  def test_read_only_output_stops_before_the_model_and_full_disk_mid_run(self):
+    config = os.path.join(self.work, "config.pbtxt")
+    images_dir = os.path.join(self.work, "images")
+    out = os.path.join(self.work, "ro_out")
+    os.makedirs(out)
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+      if os.fspath(path).startswith(out):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+      return real_open(path, *args, **kwargs)
+
+    with mock.patch.object(extractor_lib, "Extractor") as model, mock.patch("os.open", read_only):
+      with self.assertRaisesRegex(
+        cli.UserError, f"^{out}: output folder is not writable \\(Read-only file system\\)$"
+      ):
+        self._main(config=config, images_dir=images_dir, output_dir=out)
+      model.assert_not_called()
+    # Disk full after the first image: one line saying so; the rest is done by the next run.
+    real_write = descriptor_store.datum_io.write_to_file
+    calls = []
+
+    def full_after_one(path, array):
+      calls.append(path)
+      if len(calls) > 1:
+        raise OSError(f"{path}: cannot write (No space left on device)") from OSError(
+          errno.ENOSPC, os.strerror(errno.ENOSPC)
+        )
+      real_write(path, array)
+
+    with mock.patch.object(descriptor_store.datum_io, "write_to_file", side_effect=full_after_one):
+      with self.assertRaisesRegex(
+        cli.UserError,
+        f"^{out}: extraction stopped \\(disk full\\): .*im1.dolg_global: cannot write "
+        "\\(No space left on device\\); this run wrote 1, failed 0, left 2 not written "
+        "\\(the next run extracts them\\)$",
+      ):
+        self._main(config=config, images_dir=images_dir, output_dir=out, prefetch=1)
+    self.assertEqual(os.listdir(out), ["im0.dolg_global"])
+    self.assertEqual(self._main(config=config, images_dir=images_dir, output_dir=out), 0)
+    self.assertEqual(pipeline.read_descriptors(out)[0], ["im0", "im1", "im2"])
 
 
 if __name__ == "__main__":

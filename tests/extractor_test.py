@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 from unittest import mock
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from dolg_tf.export import signatures
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import image_loading
+from dolg_tf.extraction import image_loading, pipeline
 from dolg_tf.io import config_io, datum_io
 from dolg_tf.utils import images
 from tests import testutil
@@ -272,6 +273,36 @@ class ExtractorTest(tf.test.TestCase):
   def test_rejects_non_uint8_images(self):
     with self.assertRaisesRegex(ValueError, "uint8"):
       self.default.extract(np.zeros([8, 8, 3], np.float32))
+
+  def test_non_finite_descriptors_are_refused_and_the_pipeline_records_the_image(self):
+    extractor = self._make(_config_text(self.export_dir), name="nan.pbtxt")
+    per_scale = np.full([3, 16], 0.25, np.float32)
+    per_scale[1, 3] = np.inf
+    outputs = {signatures.GLOBAL_DESCRIPTORS: per_scale}
+    folder = self.create_tempdir().full_path
+    path = os.path.join(folder, "bad.png")
+    Image.fromarray(self._image()).save(path)
+    out = os.path.join(folder, "out")
+    with mock.patch.object(extractor, "run_model", return_value=outputs):
+      with self.assertRaisesRegex(
+        ValueError,
+        r"^non-finite global descriptor: 16 of 16 values are NaN or inf \(the 48x40 input image\)$",
+      ):
+        extractor.extract(self._image())
+      with self.assertRaisesRegex(
+        extractor_lib.NonFiniteDescriptorError,
+        "^" + re.escape(path) + ": non-finite global descriptor",
+      ):
+        extractor.extract_from_file(path)
+      summary = pipeline.run_extraction(
+        extractor, [pipeline.ImageTask("bad", path)], out, num_threads=1
+      )
+    self.assertEqual((summary.done, summary.failed), (0, 1))
+    self.assertEqual(summary.failures[0][:2], ("bad", path))
+    self.assertIn("non-finite global descriptor", summary.failures[0][2])
+    self.assertNotIn("bad" + extractor.global_suffix, os.listdir(out))
+    # A finite answer again: described as usual.
+    self.assertTrue(np.isfinite(extractor.extract(self._image())).all())
 
 
 if __name__ == "__main__":

@@ -118,6 +118,17 @@ class FeatureIoTest(tf.test.TestCase):
     with self.assertRaisesRegex(IOError, re.escape(corrupt) + ".*feature 0: invalid descriptor"):
       feature_io.read_from_file(corrupt)
 
+  def test_truncated_file_inside_a_feature_names_the_file(self):
+    folder = self.create_tempdir().full_path
+    path = os.path.join(folder, "cut.delg_local")
+    feature_io.write_to_file(path, np.ones([3, 2]), np.ones(3), np.ones([3, 8]), np.ones(3))
+    with open(path, "rb") as f:
+      data = f.read()
+    with open(path, "wb") as f:
+      f.write(data[:-5])  # inside the last feature
+    with self.assertRaisesRegex(IOError, "^" + re.escape(path) + ": corrupt DelfFeatures file"):
+      feature_io.read_from_file(path)
+
 
 if __name__ == "__main__":
   tf.test.main()

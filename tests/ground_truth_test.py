@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -100,6 +101,50 @@ class GroundTruthTest(tf.test.TestCase):
     _write_pkl(mismatch, {"imlist": IMLIST, "qimlist": QIMLIST[:1], "gnd": GND})
     with self.assertRaisesRegex(ValueError, "mismatch.pkl.*qimlist"):
       ground_truth.load_ground_truth(mismatch)
+
+  def test_truncated_text_and_keyless_files_are_one_line_naming_the_file(self):
+    good = os.path.join(self.dir, "gnd_good.pkl")
+    _write_pkl(good, {"imlist": IMLIST, "qimlist": QIMLIST, "gnd": GND})
+    with open(good, "rb") as f:
+      data = f.read()
+    mat = os.path.join(self.dir, "gnd_good.mat")
+    _write_mat(mat, IMLIST, QIMLIST, GND)
+    with open(mat, "rb") as f:
+      mat_data = f.read()
+    cases = [
+      ("truncated.pkl", data[: len(data) // 2], r"not a readable pickle .*truncated"),
+      ("empty.pkl", b"", r"truncated or empty pickle"),
+      ("text.pkl", b"imlist: a b\nqimlist: q\n", r"not a readable pickle"),
+      ("hello.pkl", b"hello", r"not a readable pickle"),
+      ("truncated.mat", mat_data[:-10], r"truncated or not a readable \.mat file"),
+      ("header.mat", mat_data[:100], r"truncated or not a readable \.mat file"),
+      ("empty.mat", b"", r"truncated or not a readable \.mat file"),
+      ("text.mat", b"hello world, this is not MATLAB", r"truncated or not a readable \.mat file"),
+    ]
+    for name, content, message in cases:
+      path = os.path.join(self.dir, name)
+      with open(path, "wb") as f:
+        f.write(content)
+      with self.assertRaisesRegex(ValueError, "^" + re.escape(path) + ": " + message, msg=name):
+        ground_truth.load_ground_truth(path)
+    keyless = os.path.join(self.dir, "keyless.pkl")
+    _write_pkl(keyless, {"imlist": IMLIST})
+    with self.assertRaisesRegex(
+      ValueError, f"^{re.escape(keyless)}: missing key\\(s\\) qimlist, gnd$"
+    ):
+      ground_truth.load_ground_truth(keyless)
+    keyless = os.path.join(self.dir, "keyless.mat")
+    scipy_io.savemat(keyless, {"imlist": np.array(IMLIST, dtype=object)})
+    with self.assertRaisesRegex(
+      ValueError, f"^{re.escape(keyless)}: missing variable\\(s\\) qimlist, gnd$"
+    ):
+      ground_truth.load_ground_truth(keyless)
+    words = os.path.join(self.dir, "words.pkl")
+    _write_pkl(words, {"imlist": IMLIST, "qimlist": QIMLIST[:1], "gnd": [dict(GND[0], easy="ab")]})
+    with self.assertRaisesRegex(
+      ValueError, r"words.pkl: gnd\[0\]\['easy'\] is not a list of indices"
+    ):
+      ground_truth.load_ground_truth(words)
 
   def test_protocols(self):
     path = os.path.join(self.dir, "gnd_roxford5k.pkl")

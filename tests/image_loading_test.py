@@ -67,6 +67,64 @@ class LoadImageTest(tf.test.TestCase, parameterized.TestCase):
         image_loading.load_image(self._path(name))
 
 
+class SizeLimitsTest(tf.test.TestCase):
+  def setUp(self):
+    super().setUp()
+    self.dir = self.create_tempdir().full_path
+
+  def _save(self, name, width, height):
+    path = os.path.join(self.dir, name)
+    Image.new("RGB", (width, height), (10, 200, 30)).save(path)
+    return path
+
+  def test_images_under_10_px_after_resizing_are_refused(self):
+    def keep(image, box):
+      return image
+
+    self.assertEqual(image_loading.MIN_IMAGE_SIZE, 10)
+    ok = self._save("ok.png", 10, 10)
+    self.assertEqual(image_loading.load_and_preprocess(ok, None, keep).shape, (10, 10, 3))
+    narrow = self._save("narrow.png", 9, 40)
+    with self.assertRaisesRegex(
+      images.ImageError,
+      r"narrow.png: image too small \(9x40 after cropping and resizing; both sides must be at "
+      r"least 10 px\), no descriptor written",
+    ):
+      image_loading.load_and_preprocess(narrow, None, keep)
+    # DELF's rule applies after resizing: 200x15 shrunk to 100x8 is too small.
+    wide = self._save("wide.png", 200, 15)
+
+    def shrink(image, box):
+      return image_loading.resize_image(image, max_image_size=100)[0]
+
+    with self.assertRaisesRegex(images.ImageError, r"wide.png: image too small \(100x8 "):
+      image_loading.load_and_preprocess(wide, None, shrink)
+    # ... and to crops, and to DELG's PreprocessedImage-like results.
+    big = self._save("big.png", 40, 40)
+
+    def crop(image, box):
+      return image_loading.crop_box(image, box)
+
+    with self.assertRaisesRegex(images.ImageError, r"big.png: image too small \(5x30 "):
+      image_loading.load_and_preprocess(big, (0, 0, 5, 30), crop)
+
+    class Prepared:
+      def __init__(self, image):
+        self.image = image
+
+    with self.assertRaisesRegex(images.ImageError, "narrow.png: image too small"):
+      image_loading.load_and_preprocess(narrow, None, lambda image, box: Prepared(image))
+    self.assertEqual(image_loading.load_and_preprocess(narrow, None, keep, min_size=9).shape[1], 9)
+
+  def test_max_pixels_is_passed_to_the_decoder(self):
+    path = self._save("p.png", 30, 20)
+    with self.assertRaisesRegex(images.ImageError, r"p.png: image too large \(30x20 = 600"):
+      image_loading.load_image(path, max_pixels=599)
+    with self.assertRaisesRegex(images.ImageError, "p.png: image too large"):
+      image_loading.load_and_preprocess(path, None, lambda image, box: image, max_pixels=599)
+    self.assertEqual(image_loading.load_image(path, max_pixels=600).shape, (20, 30, 3))
+
+
 class ResizeImageTest(tf.test.TestCase):
   def setUp(self):
     super().setUp()

@@ -3,6 +3,7 @@
 import io
 import os
 import struct
+import warnings
 import zlib
 from unittest import mock
 
@@ -10,7 +11,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
-from PIL import Image
+from PIL import Image, ImageFile
 
 from dolg_tf.utils import images
 
@@ -140,10 +141,38 @@ class DecodeImageTest(tf.test.TestCase, parameterized.TestCase):
   def test_max_pixels_is_enforced_before_decoding(self):
     data = _encode(Image.fromarray(self.rgb), format="PNG")
     with mock.patch.object(images, "MAX_PIXELS", 20 * 30 - 1):
-      with self.assertRaisesRegex(images.ImageError, r"^big.png: image too large \(30x20\)"):
+      with self.assertRaisesRegex(
+        images.ImageError, r"^big.png: image too large \(30x20 = 600 pixels > limit 599\)"
+      ):
         images.decode_image(data, name="big.png")
     with mock.patch.object(images, "MAX_PIXELS", 20 * 30):
       self.assertAllEqual(images.decode_image(data), self.rgb)
+    # The caller's limit, instead of the module's.
+    with self.assertRaisesRegex(images.ImageError, r"^b.png: image too large \(30x20 = 600"):
+      images.decode_image(data, name="b.png", max_pixels=599)
+    self.assertAllEqual(images.decode_image(data, max_pixels=600), self.rgb)
+    with self.assertRaisesRegex(ValueError, "max_pixels must be positive"):
+      images.decode_image(data, max_pixels=0)
+    # Refused from the header: no pixel is decoded.
+    with mock.patch.object(ImageFile.ImageFile, "load", side_effect=AssertionError("decoded")):
+      with self.assertRaisesRegex(images.ImageError, "image too large"):
+        images.decode_image(data, max_pixels=599)
+
+  def test_the_default_limit_is_the_only_one(self):
+    self.assertEqual(images.MAX_PIXELS, 100_000_000)
+    self.assertIsNone(Image.MAX_IMAGE_PIXELS)  # Pillow's limit is off.
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would raise here.
+      # 400 Mpixels (Pillow alone: DecompressionBombError): our message, with the path.
+      with self.assertRaisesRegex(
+        images.ImageError,
+        r"^bomb.png: image too large \(20000x20000 = 400000000 pixels > limit 100000000\)$",
+      ):
+        images.decode_image(_png_header(20000, 20000), name="bomb.png")
+      # 100 Mpixels (Pillow alone: a warning) is within the limit: decoding is
+      # tried, and fails on the missing pixel data.
+      with self.assertRaisesRegex(images.ImageError, "^h.png: cannot decode"):
+        images.decode_image(_png_header(10000, 10000), name="h.png")
 
   def test_read_file(self):
     with open(self._path("x.bin"), "wb") as f:

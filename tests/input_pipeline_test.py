@@ -125,5 +125,101 @@ class InputPipelineTest(tf.test.TestCase):
       input_pipeline.make_dataset(os.path.join(self.dir, "nothing-here*"), 2, 8, training=True)
 
 
+class CheckRecordsTest(tf.test.TestCase):
+  def setUp(self):
+    super().setUp()
+    self.dir = self.create_tempdir().full_path
+    image = _jpeg(np.full([8, 8, 3], 128, np.uint8))
+    with gldv2.ShardedRecordWriter(os.path.join(self.dir, "train"), 2) as writer:
+      for i in range(8):
+        writer.write(gldv2.make_example(f"id{i}", image, i % 4, 8, 8))
+    self.pattern = os.path.join(self.dir, "train-*")
+    self.shards = sorted(tf.io.gfile.glob(self.pattern))
+
+  def _rewrite(self, path, edit):
+    with open(path, "rb") as f:
+      data = bytearray(f.read())
+    data = edit(data)
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+    return len(data)
+
+  def test_intact_files_counted_with_label_range(self):
+    check = input_pipeline.check_records(self.pattern, num_classes=4)
+    self.assertEqual(check.num_records, 8)
+    self.assertEmpty(check.corrupt)
+    self.assertEqual([(f.min_label, f.max_label) for f in check.files], [(0, 2), (1, 3)])
+
+  def test_labels_outside_the_classes_name_the_file_and_record(self):
+    with self.assertRaisesRegex(
+      input_pipeline.DataError,
+      f"{self.shards[1]}: record 1 has label 3, outside \\[0, 3\\)",
+    ):
+      input_pipeline.check_records(self.pattern, num_classes=3)
+    with tf.io.TFRecordWriter(os.path.join(self.dir, "unlabelled")) as writer:
+      writer.write(gldv2.make_example("u", b"x", gldv2.NO_LABEL, 1, 1).SerializeToString())
+    with self.assertRaisesRegex(input_pipeline.DataError, "record 0 has label -1"):
+      input_pipeline.check_records(os.path.join(self.dir, "unlabelled"), num_classes=3)
+
+  def test_truncated_and_bit_flipped_files(self):
+    size = self._rewrite(self.shards[0], lambda data: data[:-3])
+    scan = input_pipeline.scan_file(self.shards[0])
+    self.assertEqual(scan.num_records, 3)
+    self.assertRegex(scan.corrupt, f"record 3 at byte \\d+ of {size} is truncated or corrupt")
+
+    def flip(data):
+      data[len(data) // 3] ^= 0x10
+      return data
+
+    self._rewrite(self.shards[1], flip)
+    scan = input_pipeline.scan_file(self.shards[1])
+    self.assertLess(scan.num_records, 4)
+    self.assertIsNotNone(scan.corrupt)
+    with self.assertRaisesRegex(
+      input_pipeline.DataError,
+      f"^{self.shards[0]}: record 3 .*set data.skip_corrupt_records=true",
+    ):
+      input_pipeline.check_records(self.pattern, num_classes=4)
+    with self.assertLogs(level="WARNING") as logs:
+      check = input_pipeline.check_records(self.pattern, num_classes=4, skip_corrupt=True)
+    self.assertLen(check.corrupt, 2)
+    self.assertIn("2 of 2 files are corrupt", logs.output[-1])
+    dataset = input_pipeline.make_dataset(self.pattern, 1, 8, training=False, skip_corrupt=True)
+    self.assertLen(list(dataset), check.num_records)
+    with self.assertRaises(tf.errors.DataLossError):
+      list(input_pipeline.make_dataset(self.pattern, 1, 8, training=False))
+
+  def test_records_that_are_not_examples_and_empty_files(self):
+    junk = os.path.join(self.dir, "junk")
+    with tf.io.TFRecordWriter(junk) as writer:
+      writer.write(gldv2.make_example("a", b"x", 0, 1, 1).SerializeToString())
+      writer.write(b"\xff\xfe not a proto")
+    scan = input_pipeline.scan_file(junk)
+    self.assertEqual(scan.num_records, 1)
+    self.assertRegex(scan.corrupt, "record 1 .*not a tf.train.Example")
+    empty = os.path.join(self.dir, "empty")
+    open(empty, "wb").close()
+    with self.assertRaisesRegex(input_pipeline.DataError, "data.x: the 1 file.* hold no record"):
+      input_pipeline.check_records(empty, 4, field="data.x")
+    with self.assertRaisesRegex(FileNotFoundError, "data.x matches no file: '.*/none-\\*'"):
+      input_pipeline.check_records(os.path.join(self.dir, "none-*"), 4, field="data.x")
+
+  def test_image_that_does_not_decode_names_its_id_or_is_skipped(self):
+    path = os.path.join(self.dir, "mixed")
+    image = _jpeg(np.zeros([8, 8, 3], np.uint8))
+    with tf.io.TFRecordWriter(path) as writer:
+      for i, encoded in enumerate((image, b"GARBAGE!", image)):
+        writer.write(gldv2.make_example(f"m{i}", encoded, i, 8, 8).SerializeToString())
+    with self.assertRaises(tf.errors.InvalidArgumentError) as raised:
+      list(input_pipeline.make_dataset(path, 1, 8, training=False))
+    self.assertEqual(
+      input_pipeline.image_error(raised.exception),
+      f"record with image/id m1: {input_pipeline.NOT_AN_IMAGE}",
+    )
+    self.assertIsNone(input_pipeline.image_error(ValueError("x")))
+    dataset = input_pipeline.make_dataset(path, 1, 8, training=False, skip_corrupt=True)
+    self.assertEqual([int(labels[0]) for _, labels in dataset], [0, 2])
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -8,6 +8,9 @@ torchvision) are skipped with a visible reason when it is not installed.
 """
 
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -311,6 +314,69 @@ class TorchFreeTest(tf.test.TestCase):
       official_dolg.load_official_checkpoint(self.state)  # official 6/12/18 by default
     with self.assertRaisesRegex(ValueError, r"not a state dict"):
       official_dolg.load_official_checkpoint({"model_state": {"x": "text"}})
+
+  def test_wrong_keys_are_named_without_a_depth(self):
+    torchvision_like = {
+      "conv1.weight": np.zeros([64, 3, 7, 7]),
+      "layer1.0.conv1.weight": np.zeros(1),
+    }
+    with self.assertRaisesRegex(
+      ValueError,
+      "^"
+      + re.escape(
+        "<state dict>: missing key 'globalmodel.stem.conv.weight', unexpected key 'conv1.weight' "
+        "(2 of 2 keys unknown): not an official DOLG state dict (cannot infer the ResNet depth)"
+      )
+      + "$",
+    ):
+      official_dolg.load_official_checkpoint(torchvision_like)
+    no_stage3 = {k: v for k, v in self.state.items() if not k.startswith("globalmodel.s3.")}
+    with self.assertRaisesRegex(ValueError, r"missing key 'globalmodel.s3.b1.f.a.weight'"):
+      official_dolg.load_official_checkpoint(no_stage3, atrous_dilations=(1, 2))
+    five = {f"globalmodel.s3.b{i}.f.a.weight": np.zeros(1) for i in (1, 2, 3, 5)}
+    with self.assertRaisesRegex(
+      ValueError,
+      r"cannot infer the ResNet depth: 5 blocks .*: missing key 'globalmodel.s3.b4.f.a.weight' "
+      r"\(R50 has 6\)$",
+    ):
+      official_dolg.infer_model_config(five)
+    forty = {f"globalmodel.s3.b{i + 1}.f.a.weight": np.zeros(1) for i in range(40)}
+    with self.assertRaisesRegex(
+      ValueError, r": unexpected key 'globalmodel.s3.b37.f.a.weight' \(R152 has 36\)$"
+    ):
+      official_dolg.infer_model_config(forty)
+
+  def _convert(self, *args):
+    return subprocess.run(
+      [sys.executable, "-m", "dolg_tf.convert.convert_official_dolg", *args],
+      capture_output=True,
+      text=True,
+      cwd=self.create_tempdir().full_path,
+      timeout=300,
+    )
+
+  def _assert_one_line_error(self, result, message):
+    self.assertEqual(result.returncode, 2, result.stderr[-2000:])
+    self.assertNotIn("Traceback", result.stderr)
+    self.assertEqual(
+      result.stderr.strip().splitlines()[-1:], [f"convert_official_dolg: error: {message}"]
+    )
+
+  def test_command_line_errors_are_one_line_and_exit_2(self):
+    folder = self.create_tempdir().full_path
+    wrong = os.path.join(folder, "wrong.npz")
+    np.savez(wrong, **{"conv1.weight": np.zeros([8, 3, 7, 7], np.float32)})
+    missing = os.path.join(folder, "missing.pyth")
+    self._assert_one_line_error(
+      self._convert(f"--checkpoint={wrong}", f"--output_dir={folder}/out"),
+      f"{wrong}: missing key 'globalmodel.stem.conv.weight', unexpected key 'conv1.weight' "
+      "(1 of 1 keys unknown): not an official DOLG state dict (cannot infer the ResNet depth)",
+    )
+    self.assertFalse(os.path.exists(f"{folder}/out"))
+    self._assert_one_line_error(
+      self._convert(f"--checkpoint={missing}", f"--output_dir={folder}/out"),
+      f"--checkpoint: {missing}: no such file",
+    )
 
   def test_unreadable_files_are_named(self):
     path = os.path.join(self.create_tempdir(), "broken.npz")

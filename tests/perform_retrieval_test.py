@@ -4,14 +4,18 @@ import dataclasses
 import json
 import os
 import pickle
+import re
+import subprocess
+import sys
 from unittest import mock
 
 import numpy as np
 import tensorflow as tf
 from absl import flags
 
+from dolg_tf.extraction import descriptor_store
 from dolg_tf.io import datum_io
-from dolg_tf.retrieval import perform_retrieval
+from dolg_tf.retrieval import perform_retrieval, search
 from dolg_tf.utils import cli
 
 
@@ -126,6 +130,172 @@ class PerformRetrievalTest(tf.test.TestCase):
       perform_retrieval.evaluate(
         os.path.join(root, "gnd.pkl"), os.path.join(root, "f"), os.path.join(root, "f")
       )
+
+
+class UserErrorsTest(tf.test.TestCase):
+  """Bad inputs: counted / named before anything is ranked; dolg-retrieve exits 2 with one line."""
+
+  def setUp(self):
+    super().setUp()
+    self.root = self.create_tempdir().full_path
+    self.imlist = [f"db{i}" for i in range(7)]
+    self.qimlist = ["q0", "q1", "q2"]
+    self.gnd = os.path.join(self.root, "gnd_test.pkl")
+    gnd = [{"easy": [i], "hard": [], "junk": []} for i in range(3)]
+    with open(self.gnd, "wb") as f:
+      pickle.dump({"imlist": self.imlist, "qimlist": self.qimlist, "gnd": gnd}, f)
+    self.queries = os.path.join(self.root, "queries")
+    self.index = os.path.join(self.root, "index")
+
+  def _write(self, directory, names, dim=4, seed=0):
+    os.makedirs(directory, exist_ok=True)
+    vectors = np.random.default_rng(seed).normal(size=[len(names), dim]).astype(np.float32)
+    for name, vector in zip(names, vectors):
+      datum_io.write_to_file(os.path.join(directory, name + ".dolg_global"), vector)
+
+  def _evaluate(self, **kwargs):
+    return perform_retrieval.evaluate(self.gnd, self.queries, self.index, **kwargs)
+
+  def test_missing_descriptors_are_all_counted_before_any_is_read(self):
+    self._write(self.queries, ["q0"])
+    self._write(self.index, ["db0", "db2", "db3", "db4", "db5"])
+    expected = (
+      f"2 of 3 query descriptors missing in {self.queries}: q1, q2; "
+      f"2 of 7 index descriptors missing in {self.index}: db1, db6"
+    )
+    with (
+      mock.patch.object(descriptor_store, "read_descriptors") as read,
+      mock.patch.object(search, "search_with_expansion") as ranking,
+    ):
+      with self.assertRaises(descriptor_store.MissingDescriptorsError) as raised:
+        self._evaluate()
+    self.assertEqual(str(raised.exception), expected)
+    self.assertIsInstance(raised.exception, ValueError)
+    read.assert_not_called()
+    ranking.assert_not_called()
+    many = [f"all_souls_{i:06d}" for i in range(70)]
+    with open(self.gnd, "wb") as f:
+      gnd = [{"easy": [0], "hard": [], "junk": []}] * 70
+      pickle.dump({"imlist": self.imlist, "qimlist": many, "gnd": gnd}, f)
+    self._write(self.queries, many[:58])
+    self._write(self.index, self.imlist)
+    with self.assertRaisesRegex(
+      ValueError,
+      "^"
+      + re.escape(
+        f"12 of 70 query descriptors missing in {self.queries}: all_souls_000058, "
+        "all_souls_000059, all_souls_000060, all_souls_000061, all_souls_000062, ..."
+      )
+      + "$",
+    ):
+      self._evaluate()
+
+  def test_missing_local_features_are_counted_before_ranking(self):
+    self._write(self.queries, self.qimlist)
+    self._write(self.index, self.imlist)
+    with mock.patch.object(search, "search_with_expansion") as ranking:
+      with self.assertRaisesRegex(
+        ValueError,
+        re.escape(f"3 of 3 query local feature files (*.delg_local) missing in {self.queries}")
+        + ".*"
+        + re.escape(f"7 of 7 index local feature files (*.delg_local) missing in {self.index}"),
+      ):
+        self._evaluate(geometric_verification=perform_retrieval.GeometricVerificationConfig())
+    ranking.assert_not_called()
+
+  def test_dimension_mismatches_name_both_sides_before_the_index_is_read(self):
+    self._write(self.queries, self.qimlist, dim=64)
+    self._write(self.index, self.imlist, dim=128)
+    with mock.patch.object(
+      descriptor_store, "read_descriptors", wraps=descriptor_store.read_descriptors
+    ) as read:
+      with self.assertRaisesRegex(
+        ValueError,
+        "^"
+        + re.escape(
+          f"descriptor dimensions differ: query descriptors are 64-D ({self.queries}), "
+          f"index descriptors 128-D ({self.index})"
+        )
+        + "$",
+      ):
+        self._evaluate()
+    self.assertEqual([c.args[0] for c in read.call_args_list], [self.queries])
+    self._write(self.index, self.imlist, dim=64)
+    distractors = os.path.join(self.root, "distractors")
+    np.savez(
+      os.path.join(distractors + ".npz"),
+      ids=np.array(["x0", "x1"]),
+      descriptors=np.ones([2, 32], np.float32),
+    )
+    with self.assertRaisesRegex(
+      ValueError,
+      re.escape(f"query descriptors are 64-D ({self.queries}), distractor descriptors 32-D"),
+    ):
+      self._evaluate(distractor_source=distractors + ".npz")
+
+  def test_truncated_and_non_finite_descriptor_files_are_named(self):
+    self._write(self.queries, self.qimlist)
+    self._write(self.index, self.imlist)
+    path = os.path.join(self.index, "db3.dolg_global")
+    with open(path, "rb") as f:
+      data = f.read()
+    with open(path, "wb") as f:
+      f.write(data[:-3])
+    with self.assertRaisesRegex(OSError, "^" + re.escape(path) + ": corrupt DatumProto file"):
+      self._evaluate()
+    datum_io.write_to_file(path, np.array([1, np.nan, 0, 0], np.float32))
+    with self.assertRaisesRegex(ValueError, "^" + re.escape(path) + ": non-finite descriptor"):
+      self._evaluate()
+
+  def _run(self, *args):
+    return subprocess.run(
+      [sys.executable, "-m", "dolg_tf.retrieval.perform_retrieval", *args],
+      capture_output=True,
+      text=True,
+      cwd=self.root,
+      timeout=120,
+    )
+
+  def _assert_one_line_error(self, result, message):
+    self.assertEqual(result.returncode, 2, result.stderr)
+    self.assertNotIn("Traceback", result.stderr)
+    self.assertEqual(result.stderr.strip().splitlines(), [f"perform_retrieval: error: {message}"])
+
+  def test_command_line_errors_are_one_line_and_exit_2(self):
+    self._write(self.queries, ["q0", "q1"], dim=8)
+    self._write(self.index, self.imlist, dim=16)
+    flags_ = [
+      f"--dataset_file_path={self.gnd}",
+      "--query_features_dir=queries",
+      "--index_features_dir=index",
+    ]
+    self._assert_one_line_error(
+      self._run(*flags_), f"1 of 3 query descriptors missing in {self.queries}: q2"
+    )
+    self._write(self.queries, ["q2"], dim=8)
+    self._assert_one_line_error(
+      self._run(*flags_),
+      f"descriptor dimensions differ: query descriptors are 8-D ({self.queries}), "
+      f"index descriptors 16-D ({self.index})",
+    )
+    with open(self.gnd, "rb") as f:
+      data = f.read()
+    with open(self.gnd, "wb") as f:
+      f.write(data[: len(data) // 2])
+    self._assert_one_line_error(
+      self._run(*flags_),
+      f"{self.gnd}: not a readable pickle (UnpicklingError: pickle data was truncated)",
+    )
+    with open(self.gnd, "wb") as f:
+      pickle.dump({"imlist": self.imlist, "gnd": []}, f)
+    self._assert_one_line_error(self._run(*flags_), f"{self.gnd}: missing key(s) qimlist")
+    with open(self.gnd, "w") as f:
+      f.write("imlist = db0 db1\n")
+    result = self._run(*flags_)
+    self._assert_one_line_error(
+      result, result.stderr.strip().removeprefix("perform_retrieval: error: ")
+    )
+    self.assertStartsWith(result.stderr, f"perform_retrieval: error: {self.gnd}: not a readable")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Tests for dolg_tf.extraction.pipeline: batch extraction, failures, resume, shards."""
 
+import errno
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from unittest import mock
 
 import numpy as np
@@ -14,6 +17,7 @@ from dolg_tf import config as config_lib
 from dolg_tf.extraction import descriptor_store, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import datum_io
+from dolg_tf.utils import files as file_utils
 from tests import testutil
 
 SUFFIX = ".dolg_global"
@@ -123,10 +127,12 @@ class PipelineTest(tf.test.TestCase):
         self.assertAllClose(np.linalg.norm(descriptor), 1.0, atol=1e-5)
       else:
         self.assertNotEmpty(failures[image_id])
-    for image_id in ("full", "tiny", "huge", "cmyk", "gray16"):
+    for image_id in ("full", "huge", "cmyk", "gray16"):
       self.assertIn(image_id, written)
-    for image_id in ("text", "empty"):
+    for image_id in ("text", "empty", "tiny"):
       self.assertIn(image_id, failures)
+    # DELF extracts nothing under 10 x 10 px: a failure with the reason, no descriptor.
+    self.assertIn("tiny.png: image too small (1x1", failures["tiny"])
     self.assertEqual(summary.done + summary.failed, len(paths))
     leftovers = [n for n in os.listdir(self.out) if n.endswith(".tmp") or n.startswith(".")]
     self.assertEqual(leftovers, [])
@@ -165,9 +171,9 @@ class PipelineTest(tf.test.TestCase):
       if name.endswith(SUFFIX):
         self.assertEqual(os.stat(os.path.join(self.out, name)).st_mtime_ns, mtime, name)
     self.assertEqual(summary.exit_code, 0)
-    # Failures are appended per run, under one header.
+    # One row per image: the rerun's failures replace the first run's.
     rows = pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
-    self.assertEqual(len(rows), 4)
+    self.assertCountEqual([r["image_id"] for r in rows], ["corrupt", "missing"])
 
   def test_an_interrupted_write_leaves_no_half_written_output(self):
     paths = [self._save(f"im{i}.jpg") for i in range(3)]
@@ -199,6 +205,7 @@ class PipelineTest(tf.test.TestCase):
     os.unlink(live)
     outputs = sorted(n for n in os.listdir(self.out) if n.endswith(SUFFIX))
     self.assertEqual(outputs, [f"im0{SUFFIX}"])
+    self.assertFalse(os.path.exists(os.path.join(self.out, descriptor_store.LOCK_FILE)))
     # The next run finishes the job, extracting only what is missing.
     counting = CountingExtractor(self.extractor)
     summary = self._run(tasks, counting)
@@ -319,6 +326,228 @@ class PipelineTest(tf.test.TestCase):
       pipeline.tasks_from_paths(["p/A.jpg", "q/A.png"])
     tasks = pipeline.tasks_from_paths(["p/A.jpg"], boxes={"A": [1, 2, 3, 4]})
     self.assertEqual(tasks[0].box, (1.0, 2.0, 3.0, 4.0))
+
+  # --------------------------------------------------------------------------- inputs
+
+  def test_tiff_and_hidden_names(self):
+    tif = self._save("t.tif")
+    tiff = self._save("sub/u.TIFF")
+    self._save(".hidden.jpg")
+    self._save(".cache/v.jpg")
+    self.assertEqual(pipeline.list_images(self.images_dir), [tiff, tif])  # sorted
+    hidden = os.path.join(self.images_dir, ".hidden.jpg")
+    counting = CountingExtractor(self.extractor)
+    with mock.patch.object(
+      counting, "load_and_preprocess", wraps=counting.load_and_preprocess
+    ) as loads:
+      summary = self._run(pipeline.tasks_from_paths([tif, tiff, hidden]), counting)
+    self.assertEqual((summary.done, summary.failed), (2, 1))
+    self.assertNotIn(hidden, [c.args[0] for c in loads.call_args_list])  # Never read.
+    self.assertEqual(summary.failures, [(".hidden", hidden, pipeline.HIDDEN_REASON)])
+    self.assertFalse(any(n.startswith(".") for n in os.listdir(self.out)))
+    self.assertAllClose(
+      datum_io.read_from_file(os.path.join(self.out, "t" + SUFFIX)),
+      self.extractor.extract_from_file(tif),
+      atol=1e-6,
+    )
+    # Each rerun reports it again, as one row.
+    again = self._run(pipeline.tasks_from_paths([tif, tiff, hidden]))
+    self.assertEqual((again.done, again.skipped, again.failed), (0, 2, 1))
+    rows = pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
+    self.assertEqual(
+      [(r["image_id"], r["reason"]) for r in rows], [(".hidden", pipeline.HIDDEN_REASON)]
+    )
+
+  def test_max_pixels(self):
+    small, large = self._save("small.png", size=(20, 20)), self._save("large.png", size=(40, 30))
+    tasks = pipeline.tasks_from_paths([small, large])
+    summary = self._run(tasks, self.extractor, max_pixels=400)
+    self.assertEqual((summary.done, summary.failed), (1, 1))
+    self.assertIn(
+      "large.png: image too large (40x30 = 1200 pixels > limit 400)", summary.failures[0][2]
+    )
+    with self.assertRaisesRegex(ValueError, "max_pixels"):
+      self._run(tasks, max_pixels=400)  # CountingExtractor has no preprocess.
+
+  # --------------------------------------------------------------------------- failures.tsv
+
+  def test_failures_file_has_one_row_per_image_and_loses_fixed_ones(self):
+    good = self._save("good.jpg")
+    bad = os.path.join(self.images_dir, "bad.jpg")
+    with open(bad, "wb") as f:
+      f.write(b"not an image")
+    failures_path = os.path.join(self.out, pipeline.FAILURES_FILE)
+    # A row of an image of another list is kept throughout.
+    os.makedirs(self.out)
+    with open(failures_path, "w") as f:
+      f.write(pipeline.FailureLog.HEADER + "2020-01-01T00:00:00\tother\t/x/other.jpg\tgone\n")
+    tasks = pipeline.tasks_from_paths([good, bad])
+    for _ in range(3):
+      self._run(tasks)
+      rows = pipeline.read_failures(failures_path)
+      self.assertEqual([r["image_id"] for r in rows], ["other", "bad"])
+    self.assertEqual([n for n in os.listdir(self.out) if n.startswith(".")], [])
+    # Fixed: the next run extracts it and removes its row.
+    self._save("bad.jpg")
+    summary = self._run(tasks)
+    self.assertEqual((summary.done, summary.skipped, summary.failed), (1, 1, 0))
+    self.assertEqual([r["image_id"] for r in pipeline.read_failures(failures_path)], ["other"])
+    # An image done meanwhile (e.g. by another list's run) loses its row too.
+    with open(failures_path, "a") as f:
+      f.write("2020-01-01T00:00:00\tgood\t/y/good.jpg\told reason\n")
+    self._run(tasks)
+    self.assertEqual([r["image_id"] for r in pipeline.read_failures(failures_path)], ["other"])
+    # The file goes when no row is left.
+    summary = self._run(pipeline.tasks_from_paths([self._save("other.jpg")]))
+    self.assertEqual(summary.done, 1)
+    self.assertFalse(os.path.exists(failures_path))
+
+  def test_a_failed_write_of_one_image_is_a_failure_and_the_run_goes_on(self):
+    paths = [self._save(f"w{i}.jpg") for i in range(3)]
+    real_write = datum_io.write_to_file
+
+    def refuse_w1(path, array):
+      if os.path.basename(path).startswith("w1"):
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+      real_write(path, array)
+
+    with mock.patch.object(descriptor_store.datum_io, "write_to_file", side_effect=refuse_w1):
+      summary = self._run(pipeline.tasks_from_paths(paths))
+    self.assertEqual((summary.done, summary.failed, summary.stopped), (2, 1, ""))
+    rows = pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
+    self.assertEqual([r["image_id"] for r in rows], ["w1"])
+    self.assertIn("write failed: OSError: [Errno 36] File name too long", rows[0]["reason"])
+
+  # --------------------------------------------------------------------------- stops
+
+  def _assert_no_temp_or_lock(self):
+    self.assertEqual([n for n in os.listdir(self.out) if n.startswith(".")], [])
+    self.assertEqual([t.name for t in threading.enumerate() if t.name == "descriptor-writer"], [])
+
+  def test_full_or_read_only_disk_stops_the_run_and_the_next_run_redoes_the_rest(self):
+    paths = [self._save(f"d{i}.jpg") for i in range(4)]
+    tasks = pipeline.tasks_from_paths(paths)
+    real_write = datum_io.write_to_file
+    cases = [
+      (errno.ENOSPC, "disk full"),
+      (errno.EROFS, "read-only file system"),
+      (errno.EACCES, "permission denied"),
+    ]
+    for code, what in cases:
+      with self.subTest(what):
+        self.out = os.path.join(self.create_tempdir().full_path, "out")
+        calls = []
+
+        def second_write_fails(path, array, code=code, calls=calls):
+          calls.append(path)
+          if len(calls) < 2:
+            return real_write(path, array)
+          # Half a file under its temporary name, then the error: as a full disk does.
+          with open(file_utils.temp_path(path), "wb") as f:
+            f.write(b"\x0a\x02half")
+          raise OSError(f"{path}: cannot write ({os.strerror(code)})") from OSError(
+            code, os.strerror(code)
+          )
+
+        counting = CountingExtractor(self.extractor)
+        with mock.patch.object(
+          descriptor_store.datum_io, "write_to_file", side_effect=second_write_fails
+        ):
+          with self.assertRaises(pipeline.ExtractionStopped) as raised:
+            self._run(tasks, counting, prefetch=1)
+        message = str(raised.exception)
+        self.assertEqual(len(message.splitlines()), 1)
+        self.assertIn(f"{self.out}: extraction stopped ({what}): ", message)
+        self.assertIn(f"d1{SUFFIX}: cannot write ({os.strerror(code)})", message)
+        self.assertIn("this run wrote 1, failed 0, left 3 not written", message)
+        self.assertEqual(raised.exception.summary.stopped, what)
+        self.assertEqual(len(calls), 2)  # Nothing written after the error.
+        self.assertEqual(sorted(os.listdir(self.out)), [f"d0{SUFFIX}"])  # No failures.tsv
+        self._assert_no_temp_or_lock()
+        # The images not written are not "done": the next run extracts them.
+        summary = self._run(tasks)
+        self.assertEqual((summary.done, summary.skipped, summary.failed), (3, 1, 0))
+
+  def test_full_disk_in_shards_mode_writes_no_shard(self):
+    tasks = pipeline.tasks_from_paths([self._save(f"s{i}.jpg") for i in range(3)])
+
+    def full(f, **arrays):
+      f.write(b"PK\x03\x04partial")
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with mock.patch.object(descriptor_store.np, "savez", side_effect=full):
+      with self.assertRaisesRegex(
+        pipeline.ExtractionStopped, r"extraction stopped \(disk full\).* left 3 not written"
+      ):
+        self._run(tasks, output_format="shards", shard_size=2)
+    self.assertEqual(os.listdir(self.out), [])
+    self._assert_no_temp_or_lock()
+    summary = self._run(tasks, output_format="shards", shard_size=2)
+    self.assertEqual((summary.done, summary.skipped), (3, 0))
+
+  def test_an_unwritable_failures_file_stops_the_run_with_one_line(self):
+    paths = [self._save(f"f{i}.jpg") for i in range(3)]
+    tasks = pipeline.tasks_from_paths(paths)
+    # In the writer thread: a write fails, and so does recording it.
+    real_write = datum_io.write_to_file
+
+    def refuse_f1(path, array):
+      if os.path.basename(path).startswith("f1"):
+        raise ValueError("unsupported")
+      real_write(path, array)
+
+    failures_path = os.path.join(self.out, pipeline.FAILURES_FILE)
+    real_atomic = file_utils.atomic_write_text
+
+    def broken_failures_file(path, text, **kwargs):
+      if path == failures_path:
+        raise OSError(f"{path}: cannot write (Input/output error)") from OSError(
+          errno.EIO, os.strerror(errno.EIO)
+        )
+      return real_atomic(path, text, **kwargs)
+
+    with mock.patch.object(descriptor_store.datum_io, "write_to_file", side_effect=refuse_f1):
+      with mock.patch.object(
+        pipeline.file_utils, "atomic_write_text", side_effect=broken_failures_file
+      ):
+        with self.assertRaises(pipeline.ExtractionStopped) as raised:
+          self._run(tasks, prefetch=1)
+    message = str(raised.exception)
+    self.assertEqual(len(message.splitlines()), 1)
+    self.assertIn(f"{failures_path}: cannot write the failures file (Input/output error)", message)
+    self._assert_no_temp_or_lock()
+    # In the main thread: failures.tsv is a folder.
+    os.remove(os.path.join(self.out, f"f0{SUFFIX}"))
+    os.mkdir(failures_path)
+    with self.assertRaisesRegex(
+      descriptor_store.OutputError, "failures.tsv: cannot read the failures file"
+    ):
+      self._run(tasks)
+    self._assert_no_temp_or_lock()
+
+  # --------------------------------------------------------------------------- output folder
+
+  def test_output_folder_is_checked_and_locked_before_any_image_is_read(self):
+    tasks = pipeline.tasks_from_paths([self._save("o.jpg")])
+    counting = CountingExtractor(self.extractor)
+    with open(self.out, "w") as f:
+      f.write("a file")
+    with mock.patch.object(counting, "load_and_preprocess") as loads:
+      with self.assertRaisesRegex(
+        descriptor_store.OutputError, f"^{self.out}: output folder is a file, not a folder$"
+      ):
+        self._run(tasks, counting)
+      os.remove(self.out)
+      os.makedirs(self.out)
+      with descriptor_store.OutputLock(self.out):  # Another open of the lock file.
+        with self.assertRaisesRegex(
+          descriptor_store.OutputError,
+          rf"^{self.out}: output folder in use by another extraction "
+          rf"\(pid {os.getpid()} on {socket.gethostname()}\)",
+        ):
+          self._run(tasks, counting)
+      loads.assert_not_called()
+    self.assertEqual(self._run(tasks).done, 1)  # Released: the next run goes ahead.
 
 
 if __name__ == "__main__":

@@ -257,6 +257,26 @@ class RerankTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "model: must be one of"):
       rerank.GeometricVerificationConfig(model="similarity")
 
+  def test_non_finite_local_features_are_refused_naming_the_file(self):
+    folder = self.create_tempdir().full_path
+    descriptors = np.ones([2, 4], np.float32)
+    descriptors[1, 0] = np.nan
+    feature_io.write_to_file(
+      os.path.join(folder, "q.delg_local"), np.ones([2, 2]), np.ones(2), descriptors, np.ones(2)
+    )
+    feature_io.write_to_file(
+      os.path.join(folder, "ok.delg_local"),
+      np.ones([2, 2]),
+      np.ones(2),
+      np.ones([2, 4]),
+      np.ones(2),
+    )
+    load = rerank.local_features_loader(folder, ["ok", "q"])
+    self.assertLen(load(0).descriptors, 2)
+    path = os.path.join(folder, "q.delg_local")
+    with self.assertRaisesRegex(ValueError, f"^{path}: non-finite local feature descriptors"):
+      load(1)
+
 
 if __name__ == "__main__":
   tf.test.main()

@@ -1,7 +1,10 @@
 """Tests for dolg_tf.training.trainer: loop, checkpoints, resume, NaN stop, DELG losses."""
 
 import dataclasses
+import glob
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +16,7 @@ from absl.testing import flagsaver
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
-from dolg_tf.data import synthetic
+from dolg_tf.data import gldv2, input_pipeline, synthetic
 from dolg_tf.training import trainer
 from dolg_tf.utils import cli
 
@@ -163,6 +166,81 @@ class TrainerTest(tf.test.TestCase):
     with self.assertRaisesRegex(FileNotFoundError, "nowhere"):
       self._trainer(TINY, "/tmp/x", train_file_pattern="/nowhere/train-*")
 
+  def test_validation_pattern_that_matches_nothing_is_refused(self):
+    with self.assertRaisesRegex(
+      FileNotFoundError, r"data.validation_file_pattern matches no file: '/nowhere/val-\*'"
+    ):
+      self._trainer(TINY, "/tmp/x", validation_file_pattern="/nowhere/val-*")
+
+  def test_labels_outside_num_classes_are_refused_naming_the_file(self):
+    # The data has labels 0..3: with 3 classes, label 3 would silently get no class.
+    with self.assertRaisesRegex(
+      input_pipeline.DataError, r"/train-0000\d-of-00002: record \d+ has label 3, outside \[0, 3\)"
+    ):
+      self._trainer(TINY, self.create_tempdir().full_path, num_classes=3)
+
+  def _copy_shards(self):
+    folder = self.create_tempdir().full_path
+    for path in glob.glob(self.train_pattern):
+      shutil.copy(path, folder)
+    return sorted(glob.glob(os.path.join(folder, "train-*")))
+
+  def test_truncated_file_is_refused_naming_it_or_skipped(self):
+    shards = self._copy_shards()
+    with open(shards[1], "rb") as f:
+      data = f.read()
+    with open(shards[1], "wb") as f:
+      f.write(data[: len(data) // 2])
+    pattern = os.path.join(os.path.dirname(shards[1]), "train-*")
+    logdir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(
+      input_pipeline.DataError,
+      f"{shards[1]}: record \\d+ at byte \\d+ of {len(data) // 2} is truncated or corrupt.*"
+      "data.skip_corrupt_records=true",
+    ):
+      self._trainer(TINY, logdir, train_file_pattern=pattern)
+    with self.assertLogs(level="WARNING") as logs:
+      run = self._trainer(
+        TINY, logdir, train_file_pattern=pattern, skip_corrupt_records=True, max_steps=2
+      )
+    self.assertIn(f"{shards[1]}: record", logs.output[0])
+    self.assertIn("1 of 2 files are corrupt", logs.output[-1])
+    intact = sum(1 for _ in tf.data.TFRecordDataset(shards[0]))
+    self.assertBetween(run.train_records.num_records, intact, 2 * intact - 1)
+    run.train()
+    self.assertEqual(run.step, 2)
+
+  def test_record_that_is_not_an_image_is_reported_with_its_id(self):
+    folder = self.create_tempdir().full_path
+    with tf.io.TFRecordWriter(os.path.join(folder, "train-00000-of-00001")) as writer:
+      for i in range(4):
+        image = gldv2.make_example(f"img{i}", b"not a jpeg", i, 8, 8)
+        writer.write(image.SerializeToString())
+    with self.assertRaisesRegex(
+      input_pipeline.DataError,
+      r"data.train_file_pattern '.*': record with image/id img\d: image/encoded is not a JPEG",
+    ):
+      self._trainer(
+        TINY, self.create_tempdir().full_path, train_file_pattern=folder + "/train-*"
+      ).train()
+
+  def test_checkpoint_of_another_model_is_refused_naming_it(self):
+    logdir = self.create_tempdir().full_path
+    first = self._trainer(TINY, logdir, max_steps=2)
+    first.train()
+    checkpoint = first.manager.latest_checkpoint
+    # As if config.json were deleted and another --embedding_dim or class count given.
+    for model, overrides in (
+      (TINY.replace(embedding_dim=32), {}),
+      (TINY, {"num_classes": 5}),
+    ):
+      with self.assertRaisesRegex(
+        trainer.CheckpointMismatchError,
+        f"checkpoint {checkpoint} does not fit the model of this config "
+        r"\(Received incompatible tensor with shape \(16, 4\)",
+      ):
+        self._trainer(model, logdir, **overrides)
+
   def test_killed_run_leaves_a_usable_checkpoint(self):
     logdir = self.create_tempdir().full_path
     command = [
@@ -197,6 +275,48 @@ class TrainerTest(tf.test.TestCase):
     resumed = self._trainer(TINY, logdir, max_steps=1)
     self.assertEqual(resumed.restored_from, latest)
     self.assertEqual(resumed.step, int(latest.rsplit("-", 1)[1]))
+
+  def test_sigterm_saves_the_step_and_exits_143(self):
+    logdir = self.create_tempdir().full_path
+    command = [
+      sys.executable,
+      "-m",
+      "dolg_tf.train",
+      f"--train_file_pattern={self.train_pattern}",
+      "--dataset_version=synthetic",
+      f"--num_classes={self.num_classes}",
+      f"--logdir={logdir}",
+      "--experiment=dolg_gldv2",
+      "--config_file=" + config_lib.save_model_config(TINY, self.create_tempdir().full_path),
+      "--batch_size=4",
+      "--image_size=32",
+      "--max_steps=100000",
+      "--log_every=1",
+      "--checkpoint_every=100000",  # the only checkpoint is the one SIGTERM saves
+      "--validate_every=0",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+      lines = []
+      for line in process.stderr:  # the step lines are logged to stderr
+        lines.append(line)
+        if re.search(r"\bstep [2-9]\d*/100000", line):
+          break
+      process.send_signal(signal.SIGTERM)
+      out, err = process.communicate(timeout=120)
+    finally:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+    err = "".join(lines) + err
+    self.assertEqual(process.returncode, train.EXIT_PREEMPTED, err[-2000:])
+    self.assertEqual(train.EXIT_PREEMPTED, 143)
+    saved_step = int(re.search(r"SIGTERM received at step (\d+)", err).group(1))
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+    self.assertEqual(latest, os.path.join(logdir, "checkpoints", f"ckpt-{saved_step}"))
+    self.assertIn(f"Stopped by SIGTERM; checkpoint: {latest}", out)
+    self.assertNotIn("Traceback", err)
+    self.assertFalse(os.path.exists(os.path.join(logdir, "export")))
 
 
 class ResumeCheckTest(tf.test.TestCase):

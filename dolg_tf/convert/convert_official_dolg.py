@@ -10,7 +10,7 @@ read .pyth files (an .npz of the state dict works without it). See
 dolg_tf.convert.official_dolg for the mapping and the input convention.
 """
 
-import sys
+import os
 
 from absl import app, flags, logging
 
@@ -45,24 +45,44 @@ def _parse_depth(value: str) -> int | None:
     raise app.UsageError(f"--depth must be 'auto' or an integer, got {value!r}") from None
 
 
+def _int_list(name: str, values: list[str] | None) -> list[int] | None:
+  try:
+    return [int(v) for v in values] if values else None
+  except ValueError:
+    raise cli.UserError(f"--{name}: expected integers, got {','.join(values)}") from None
+
+
+def _float_list(name: str, values: list[str]) -> list[float]:
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise cli.UserError(f"--{name}: expected numbers, got {','.join(values)}") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  dilations = [int(d) for d in FLAGS.atrous_dilations] if FLAGS.atrous_dilations else None
+  dilations = _int_list("atrous_dilations", FLAGS.atrous_dilations)
+  scales = _float_list("image_scales", FLAGS.image_scales)
+  checkpoint = cli.resolve_path(FLAGS.checkpoint)
+  if not os.path.isfile(checkpoint):
+    what = "is a folder, not a file" if os.path.isdir(checkpoint) else "no such file"
+    raise cli.UserError(f"--checkpoint: {checkpoint}: {what}")
+  if not os.access(checkpoint, os.R_OK):
+    raise cli.UserError(f"--checkpoint: {checkpoint}: not readable (permission denied)")
   try:
     paths = official_dolg.convert_official_checkpoint(
-      cli.resolve_path(FLAGS.checkpoint),
+      checkpoint,
       cli.resolve_path(FLAGS.output_dir),
       depth=_parse_depth(FLAGS.depth),
       atrous_dilations=dilations,
       fixed_gem_p=FLAGS.fixed_gem_p,
       import_head=FLAGS.import_head,
       max_image_size=FLAGS.max_image_size,
-      image_scales=[float(s) for s in FLAGS.image_scales],
+      image_scales=scales,
     )
   except (OSError, ImportError, ValueError) as e:
-    logging.error("%s", e)
-    sys.exit(1)
+    raise cli.UserError(str(e)) from e
   for name, path in paths.items():
     logging.info("%s: %s", name, path)
     print(f"{name}: {path}")

@@ -282,6 +282,49 @@ def _require(state: Mapping[str, np.ndarray], key: str, rank: int, source: str) 
   return value
 
 
+# Keys every official DOLG state dict has, checked in this order when its depth cannot be inferred.
+_STRUCTURE_KEYS = (
+  "globalmodel.stem.conv.weight",
+  "globalmodel.s1.b1.f.a.weight",
+  "globalmodel.s3.b1.f.a.weight",
+  "localmodel.conv1.weight",
+  "fc_t.weight",
+  "fc.weight",
+)
+
+
+def _depth_inference_error(state: Mapping[str, np.ndarray], blocks: int, source: str) -> str:
+  """Why the depth of `state` cannot be inferred, naming the first missing / unexpected key."""
+  known = NETWORK_PREFIXES + ("desc_cls.",)
+  unknown = [k for k in state if not k.startswith(known)]
+  if blocks == 0:
+    missing = next((k for k in _STRUCTURE_KEYS if k not in state), "globalmodel.s3.b1.f.a.weight")
+    message = f"{source}: missing key '{missing}'"
+    if unknown:
+      message += f", unexpected key '{unknown[0]}' ({len(unknown)} of {len(state)} keys unknown)"
+    return message + ": not an official DOLG state dict (cannot infer the ResNet depth)"
+  counts = sorted(DEPTH_BY_STAGE3_BLOCKS)
+  message = (
+    f"{source}: cannot infer the ResNet depth: {blocks} blocks under 'globalmodel.s3.' "
+    f"(expected one of {', '.join(map(str, counts))})"
+  )
+  more = [c for c in counts if c > blocks]
+  if more:  # the next structure up lacks these blocks
+    depth = DEPTH_BY_STAGE3_BLOCKS[more[0]]
+    missing = next(
+      b
+      for b in range(1, more[0] + 1)
+      if not any(k.startswith(f"globalmodel.s3.b{b}.") for k in state)
+    )
+    return (
+      message + f": missing key 'globalmodel.s3.b{missing}.f.a.weight' (R{depth} has {more[0]})"
+    )
+  prefix = f"globalmodel.s3.b{counts[-1] + 1}."
+  extra = next((k for k in state if k.startswith(prefix)), prefix)
+  depth = DEPTH_BY_STAGE3_BLOCKS[counts[-1]]
+  return message + f": unexpected key '{extra}' (R{depth} has {counts[-1]})"
+
+
 def infer_model_config(
   state: Mapping[str, np.ndarray],
   depth: int | None = None,
@@ -308,11 +351,7 @@ def infer_model_config(
   if depth is None:
     blocks = _block_count(state, "globalmodel.s3.")
     if blocks not in DEPTH_BY_STAGE3_BLOCKS:
-      expected = ", ".join(str(b) for b in sorted(DEPTH_BY_STAGE3_BLOCKS))
-      raise ValueError(
-        f"{source}: cannot infer the ResNet depth: {blocks} blocks under 'globalmodel.s3.' "
-        f"(expected one of {expected}); is this an official DOLG checkpoint?"
-      )
+      raise ValueError(_depth_inference_error(state, blocks, source))
     depth = DEPTH_BY_STAGE3_BLOCKS[blocks]
   stem = _require(state, "globalmodel.stem.conv.weight", 4, source)
   fc_t = _require(state, "fc_t.weight", 2, source)

@@ -72,7 +72,10 @@ def _dataset_name(path: str) -> str:
 
 def _index_array(value: Any, path: str, query: int, field: str, one_based: bool) -> np.ndarray:
   """Converts one index list to a 0-based int64 vector."""
-  arr = np.asarray(value if value is not None else [], dtype=np.float64).ravel()
+  try:
+    arr = np.asarray(value if value is not None else [], dtype=np.float64).ravel()
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{path}: gnd[{query}]['{field}'] is not a list of indices ({e})") from e
   if arr.size and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
     raise ValueError(f"{path}: gnd[{query}]['{field}'] holds non-integer indices")
   out = arr.astype(np.int64)
@@ -86,7 +89,10 @@ def _index_array(value: Any, path: str, query: int, field: str, one_based: bool)
 def _bbx_array(value: Any, path: str, query: int) -> np.ndarray | None:
   if value is None:
     return None
-  arr = np.asarray(value, dtype=np.float64).ravel()
+  try:
+    arr = np.asarray(value, dtype=np.float64).ravel()
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{path}: gnd[{query}]['bbx'] is not 4 numbers ({e})") from e
   if arr.size == 0:
     return None
   if arr.size != 4:
@@ -117,8 +123,13 @@ def _read_pkl(path: str) -> RevisitedGroundTruth:
       except UnicodeDecodeError:
         f.seek(0)
         cfg = pickle.load(f, encoding="latin1")
-  except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as e:
-    raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+  except OSError as e:
+    raise OSError(f"{path}: cannot read ({e.strerror or e})") from e
+  except EOFError as e:
+    raise ValueError(f"{path}: truncated or empty pickle ({e})") from e
+  except Exception as e:  # unpickling text or a damaged file raises many exception types
+    text = " ".join(str(e).split())[:200]
+    raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {text})") from e
   if not isinstance(cfg, Mapping):
     raise ValueError(f"{path}: expected a dict with imlist, qimlist, gnd; got {type(cfg).__name__}")
   missing = [key for key in ("imlist", "qimlist", "gnd") if key not in cfg]
@@ -167,8 +178,9 @@ def _read_mat(path: str) -> RevisitedGroundTruth:
     mat = scipy_io.loadmat(path)
   except NotImplementedError as e:  # MATLAB v7.3 (HDF5) files.
     raise ValueError(f"{path}: MATLAB v7.3 files are not supported, save with -v7") from e
-  except (ValueError, TypeError, OSError) as e:
-    raise ValueError(f"{path}: not a readable .mat file ({e})") from e
+  except Exception as e:  # scipy raises many exception types for text or truncated files
+    text = " ".join(str(e).split())[:200] or type(e).__name__
+    raise ValueError(f"{path}: truncated or not a readable .mat file ({text})") from e
   missing = [key for key in ("imlist", "qimlist", "gnd") if key not in mat]
   if missing:
     raise ValueError(f"{path}: missing variable(s) {', '.join(missing)}")

@@ -23,17 +23,25 @@ The image at scale s is resized (bilinear) to round(s * H) x round(s * W),
 as DELF does. Nothing of this project is needed to load the export: only
 TensorFlow. `assets.extra/config.json` records the model and export configs
 (dolg_tf.config), which extraction takes its defaults from.
+
+A version is written as `<export_base>/.tmp-<version>-<pid>` and renamed; a
+failed export removes its folder, and one killed (SIGKILL, power loss) leaves
+it behind hidden from TF Serving: the next export on the machine removes every
+such folder whose process is gone (`remove_stale_exports`).
 """
 
+import errno
 import os
+import re
 
 import tensorflow as tf
-from absl import flags
+from absl import flags, logging
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.export import signatures as signatures_lib
 from dolg_tf.model import builder, normalization
+from dolg_tf.training import trainer as trainer_lib
 from dolg_tf.utils import cli
 
 DEFAULT_SCALES = config_lib.OFFICIAL_SCALES
@@ -190,6 +198,52 @@ class DelgServingModule(ServingModule):
     }
 
 
+_TMP_EXPORT = re.compile(r"^\.tmp-(\d+)-(\d+)$")
+
+
+def _process_exists(pid: int) -> bool:
+  """Whether a process with this id runs on this machine (signal 0 probes it)."""
+  if pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except OSError as e:
+    return e.errno == errno.EPERM  # It exists, as another user's process.
+  return True
+
+
+def temp_export_dir(export_base: str, version: int, pid: int | None = None) -> str:
+  """The hidden folder a version is written to before its rename: `.tmp-<version>-<pid>`."""
+  return os.path.join(export_base, f".tmp-{version}-{os.getpid() if pid is None else pid}")
+
+
+def remove_stale_exports(export_base: str) -> list[str]:
+  """Removes `.tmp-<version>-<pid>` folders of exports whose process is gone.
+
+  Folders of running processes (another export in progress) are kept. The
+  PID is checked on this machine only: on a shared file system, export from
+  one machine at a time.
+
+  Returns:
+    The removed folders.
+  """
+  if not tf.io.gfile.isdir(export_base):
+    return []
+  removed = []
+  for name in tf.io.gfile.listdir(export_base):
+    found = _TMP_EXPORT.match(name.rstrip("/"))
+    if not found or _process_exists(int(found.group(2))):
+      continue
+    path = os.path.join(export_base, name.rstrip("/"))
+    try:
+      tf.io.gfile.rmtree(path)
+    except tf.errors.NotFoundError:
+      continue  # Removed by a concurrent export.
+    logging.info("removed %s, left by an export that did not finish", path)
+    removed.append(path)
+  return removed
+
+
 def next_version(export_base: str) -> int:
   """1 + the largest numeric version folder under `export_base` (1 if none)."""
   if not tf.io.gfile.isdir(export_base):
@@ -224,14 +278,27 @@ def export_saved_model(
     FileExistsError: if that version already exists.
   """
   export_config = export_config or config_lib.ExportConfig()
-  max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
+  remove_stale_exports(export_base)
   version = version or next_version(export_base)
   export_dir = os.path.join(export_base, str(version))
   if tf.io.gfile.exists(export_dir):
     raise FileExistsError(f"export version already exists: {export_dir}")
-  tmp_dir = os.path.join(export_base, f".tmp-{version}-{os.getpid()}")
+  tmp_dir = temp_export_dir(export_base, version)
   if tf.io.gfile.exists(tmp_dir):
     tf.io.gfile.rmtree(tmp_dir)
+  try:
+    _write_saved_model(model, model_config, tmp_dir, export_config)
+    tf.io.gfile.rename(tmp_dir, export_dir)
+  except BaseException:
+    if tf.io.gfile.exists(tmp_dir):
+      tf.io.gfile.rmtree(tmp_dir)
+    raise
+  return export_dir
+
+
+def _write_saved_model(model, model_config, tmp_dir, export_config):
+  """The SavedModel and its assets.extra/config.json, written into `tmp_dir`."""
+  max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
   if model_config.name == "delg":
     module = DelgServingModule(model, max_image_size, image_scales)
     signatures = {
@@ -250,8 +317,6 @@ def export_saved_model(
     {"model": model_config.as_dict(), "export": export_config.as_dict()},
     os.path.join(tmp_dir, signatures_lib.CONFIG_ASSET),
   )
-  tf.io.gfile.rename(tmp_dir, export_dir)
-  return export_dir
 
 
 def export_from_checkpoint(
@@ -272,17 +337,24 @@ def export_from_checkpoint(
       config (e.g. {'export': {'max_image_size': 512}}).
 
   Raises:
-    FileNotFoundError: no config or no checkpoint (named).
+    FileNotFoundError: no run folder, config or checkpoint (named).
     config_lib.ConfigError: a bad override.
+    trainer_lib.CheckpointMismatchError: the checkpoint does not fit the
+      run's model config (named).
   """
   layout = run_layout.RunLayout(logdir)
+  if not os.path.isdir(logdir):
+    raise FileNotFoundError(f"--logdir: no run folder {logdir}")
   experiment = config_lib.override(config_lib.load_config(layout.config), export_overrides or {})
-  checkpoint = checkpoint or tf.train.latest_checkpoint(layout.checkpoints)
-  if not checkpoint:
-    raise FileNotFoundError(f"no checkpoint in {layout.checkpoints}")
+  if checkpoint:
+    if not tf.io.gfile.glob(checkpoint + ".index"):
+      raise FileNotFoundError(f"--checkpoint: no checkpoint {checkpoint} ({checkpoint}.index)")
+  else:
+    checkpoint = tf.train.latest_checkpoint(layout.checkpoints)
+    if not checkpoint:
+      raise FileNotFoundError(f"no checkpoint in {layout.checkpoints}")
   model = builder.build_model(experiment.model, image_size=64)
-  status = tf.train.Checkpoint(model=model).restore(checkpoint)
-  status.expect_partial().assert_existing_objects_matched()
+  trainer_lib.restore_checkpoint(tf.train.Checkpoint(model=model), checkpoint, partial=True)
   return export_saved_model(
     model, experiment.model, export_base or layout.export, version, experiment.export
   )
@@ -305,11 +377,11 @@ def main(argv):
   values = flags.FLAGS
   if not values.logdir:
     raise cli.UserError("--logdir is required")
-  overrides = config_lib.parse_overrides(values.params_override)
-  for name in ("max_image_size", "image_scales"):
-    if values[name].value is not None:
-      overrides.setdefault("export", {})[name] = values[name].value
   try:
+    overrides = config_lib.parse_overrides(values.params_override)
+    for name in ("max_image_size", "image_scales"):
+      if values[name].value is not None:
+        overrides.setdefault("export", {})[name] = values[name].value
     export_dir = export_from_checkpoint(
       cli.resolve_path(values.logdir),
       cli.resolve_path(values.checkpoint),
@@ -317,7 +389,12 @@ def main(argv):
       values.version or None,
       overrides,
     )
-  except (FileNotFoundError, FileExistsError, config_lib.ConfigError) as e:
+  except (
+    FileNotFoundError,
+    FileExistsError,
+    config_lib.ConfigError,
+    trainer_lib.CheckpointMismatchError,
+  ) as e:
     raise cli.UserError(str(e)) from None
   print(f"SavedModel: {export_dir}")
 

@@ -10,7 +10,10 @@ L2-normalised descriptor (and writes them with --output_npy).
 """
 
 import base64
+import http.client
+import io
 import json
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -34,17 +37,60 @@ def rest_request_body(image_bytes_list: list[bytes]) -> dict:
   }
 
 
-def predict_rest(server: str, model: str, image_bytes_list: list[bytes]) -> np.ndarray:
+class ServerError(OSError):
+  """No TF Serving answer (or a refusal) from a server; the message names its address."""
+
+
+def _error_text(error: BaseException) -> str:
+  return " ".join(str(error).split())[:300] or type(error).__name__
+
+
+def predict_rest(
+  server: str, model: str, image_bytes_list: list[bytes], timeout: float | None = None
+) -> np.ndarray:
+  """Descriptors [N, D] of encoded images from TF Serving's REST predict API.
+
+  Args:
+    server: host:port of the REST API.
+    model: the model name in TF Serving.
+    image_bytes_list: encoded images (JPEG, PNG, ...).
+    timeout: seconds; None = --timeout.
+
+  Raises:
+    ServerError: naming the server address, if it does not answer (refused
+      connection, timeout), answers with an HTTP error or without outputs.
+  """
+  timeout = FLAGS.timeout if timeout is None else timeout
+  url = f"http://{server}/v1/models/{model}:predict"
   request = urllib.request.Request(
-    f"http://{server}/v1/models/{model}:predict",
+    url,
     data=json.dumps(rest_request_body(image_bytes_list)).encode("utf-8"),
     headers={"Content-Type": "application/json"},
   )
-  with urllib.request.urlopen(request, timeout=FLAGS.timeout) as response:
-    outputs = json.loads(response.read())["outputs"]
-  return np.asarray(
-    outputs[signatures.GLOBAL_DESCRIPTOR] if isinstance(outputs, dict) else outputs, np.float32
-  )
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+      body = response.read()
+  except urllib.error.HTTPError as e:  # the server answered with an error
+    detail = _error_text(e.read().decode("utf-8", "replace") or e.reason)
+    raise ServerError(f"{url}: HTTP {e.code}: {detail}") from e
+  except urllib.error.URLError as e:
+    reason = e.reason
+    if isinstance(reason, TimeoutError):
+      raise ServerError(f"{server}: no answer within {timeout:g}s (REST, {url})") from e
+    raise ServerError(
+      f"{server}: no TF Serving REST server answering ({_error_text(reason)})"
+    ) from e
+  except TimeoutError as e:
+    raise ServerError(f"{server}: no answer within {timeout:g}s (REST, {url})") from e
+  except (OSError, http.client.HTTPException) as e:
+    raise ServerError(f"{server}: REST request failed ({_error_text(e)})") from e
+  try:
+    outputs = json.loads(body)["outputs"]
+    return np.asarray(
+      outputs[signatures.GLOBAL_DESCRIPTOR] if isinstance(outputs, dict) else outputs, np.float32
+    )
+  except (ValueError, KeyError, TypeError) as e:
+    raise ServerError(f"{url}: not a predict response with outputs ({_error_text(e)})") from e
 
 
 def grpc_request(model: str, image: np.ndarray, scales=(0.7071, 1.0, 1.4142)):
@@ -66,42 +112,77 @@ def grpc_request(model: str, image: np.ndarray, scales=(0.7071, 1.0, 1.4142)):
   return request
 
 
-def predict_grpc(server: str, model: str, image: np.ndarray) -> np.ndarray:
+def predict_grpc(
+  server: str, model: str, image: np.ndarray, timeout: float | None = None
+) -> np.ndarray:
+  """The descriptor [1, D] of a decoded image from TF Serving's gRPC Predict.
+
+  Raises:
+    ServerError: naming the server address, if it does not answer
+      (unavailable, deadline exceeded) or refuses the request.
+  """
   # Optional deps: gRPC mode only.
   import grpc  # noqa: PLC0415
   import tensorflow as tf  # noqa: PLC0415
   from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: PLC0415
 
-  with grpc.insecure_channel(server) as channel:
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    response = stub.Predict(grpc_request(model, image), FLAGS.timeout)
+  timeout = FLAGS.timeout if timeout is None else timeout
+  try:
+    with grpc.insecure_channel(server) as channel:
+      stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+      response = stub.Predict(grpc_request(model, image), timeout)
+  except grpc.RpcError as e:
+    code = e.code() if hasattr(e, "code") else None
+    detail = _error_text(e.details() if hasattr(e, "details") else e)
+    if code == grpc.StatusCode.UNAVAILABLE:
+      raise ServerError(f"{server}: no TF Serving gRPC server answering ({detail})") from e
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+      raise ServerError(f"{server}: no answer within {timeout:g}s (gRPC)") from e
+    name = code.name if code is not None else "error"
+    raise ServerError(f"{server}: gRPC Predict failed ({name}: {detail})") from e
   return tf.make_ndarray(response.outputs[signatures.GLOBAL_DESCRIPTOR])[None]
+
+
+def _read_image_file(path: str) -> bytes:
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except FileNotFoundError as e:
+    raise cli.UserError(f"{path}: no such image file") from e
+  except OSError as e:
+    raise cli.UserError(f"{path}: cannot read ({e.strerror or e})") from e
 
 
 def main(argv):
   paths = argv[1:]
   if not paths:
     raise app.UsageError("give image files")
-  if FLAGS.mode == "rest":
-    contents = []
-    for path in paths:
-      with open(path, "rb") as f:
-        contents.append(f.read())
-    descriptors = predict_rest(FLAGS.server, FLAGS.model, contents)
-  else:
-    # Decoding is needed by the gRPC mode only (REST sends the encoded bytes).
-    from PIL import Image  # noqa: PLC0415
+  contents = [_read_image_file(path) for path in paths]
+  try:
+    if FLAGS.mode == "rest":
+      descriptors = predict_rest(FLAGS.server, FLAGS.model, contents)
+    else:
+      # Decoding is needed by the gRPC mode only (REST sends the encoded bytes).
+      from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
-    descriptors = np.concatenate(
-      [
-        predict_grpc(FLAGS.server, FLAGS.model, np.asarray(Image.open(p).convert("RGB")))
-        for p in paths
-      ]
-    )
+      images = []
+      for path, data in zip(paths, contents):
+        try:
+          images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        except (UnidentifiedImageError, OSError) as e:
+          raise cli.UserError(f"{path}: not a readable image ({_error_text(e)})") from e
+      descriptors = np.concatenate(
+        [predict_grpc(FLAGS.server, FLAGS.model, image) for image in images]
+      )
+  except ServerError as e:
+    raise cli.UserError(str(e)) from e
   for path, descriptor in zip(paths, descriptors):
     print(f"{path}: dim {descriptor.size}, {np.array2string(descriptor[:4], precision=4)} ...")
   if FLAGS.output_npy:
-    np.save(FLAGS.output_npy, descriptors)
+    try:
+      np.save(FLAGS.output_npy, descriptors)
+    except OSError as e:
+      raise cli.UserError(f"--output_npy: {FLAGS.output_npy}: {e.strerror or e}") from e
 
 
 def define_flags():

@@ -11,13 +11,23 @@
 
 Temporary files are hidden `.<name>.<pid>.<8 hex>.tmp` files in the output
 folder (file_utils.TEMP_NAME_PATTERN); `remove_stale_temp_files` deletes those
-of dead processes. `read_descriptors` reads either form back as (ids, matrix).
+of dead processes, `remove_own_temp_files` this process's after a stopped run.
+
+The output folder: `prepare_output_dir` creates it and proves it writable,
+`OutputLock` (fcntl.flock on `.dolg_extract.lock`) keeps a second extraction
+out, `OutputError` is a one-line error about the folder, and `folder_errno`
+tells a folder-wide write error (disk full, read-only, permission denied)
+from a failure of one image. `read_descriptors` reads either form back as
+(ids, matrix).
 """
 
+import errno
+import fcntl
 import glob
 import json
 import os
 import re
+import socket
 import zipfile
 from collections.abc import Sequence
 
@@ -44,16 +54,213 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temp_files(output_dir: str) -> list[str]:
   """Removes temporary files of killed writers (their pid is gone); returns them."""
+  return _remove_temp_files(output_dir, lambda pid: not _pid_alive(pid))
+
+
+def remove_own_temp_files(output_dir: str) -> list[str]:
+  """Removes this process's temporary files (after its writers stopped); returns them.
+
+  Best effort: a file that cannot be removed (read-only file system) stays,
+  for `remove_stale_temp_files` of the next run.
+  """
+  return _remove_temp_files(output_dir, lambda pid: pid == os.getpid(), quiet=True)
+
+
+def _remove_temp_files(output_dir: str, condemned, quiet: bool = False) -> list[str]:
   removed = []
-  for entry in os.scandir(output_dir):
+  try:
+    entries = list(os.scandir(output_dir))
+  except OSError:
+    if not quiet:
+      raise
+    return removed
+  for entry in entries:
     match = file_utils.TEMP_NAME_PATTERN.match(entry.name)
-    if match and entry.is_file() and not _pid_alive(int(match.group("pid"))):
+    if match and entry.is_file() and condemned(int(match.group("pid"))):
       try:
         os.unlink(entry.path)
         removed.append(entry.path)
       except FileNotFoundError:
         pass
+      except OSError:
+        if not quiet:
+          raise
   return removed
+
+
+# ----------------------------------------------------------------------------- output folder
+
+LOCK_FILE = ".dolg_extract.lock"
+
+# Write errors about the whole output folder, not one image: no later write can
+# succeed, so a batch job stops instead of recording every image as a failure.
+FOLDER_ERRNOS = {
+  errno.ENOSPC: "disk full",
+  errno.EDQUOT: "disk quota exceeded",
+  errno.EROFS: "read-only file system",
+  errno.EACCES: "permission denied",
+  errno.EPERM: "permission denied",
+}
+
+
+class OutputError(OSError):
+  """The output folder cannot be used: not a folder, not writable, full or in use.
+
+  The message is one line naming the folder or file.
+  """
+
+
+def folder_errno(error: BaseException | None) -> int | None:
+  """The FOLDER_ERRNOS errno of `error` or of an error it was raised from, else None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in FOLDER_ERRNOS:
+      return error.errno
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def os_error_text(error: BaseException) -> str:
+  """The OS's words for `error` (its strerror or that of its cause), else its message."""
+  seen, current = set(), error
+  while current is not None and id(current) not in seen:
+    seen.add(id(current))
+    if isinstance(current, OSError) and current.strerror:
+      return current.strerror
+    current = current.__cause__ or current.__context__
+  return " ".join(str(error).split())
+
+
+def prepare_output_dir(output_dir: str) -> bool:
+  """Creates `output_dir` if needed and checks that files can be created in it.
+
+  A real probe (a hidden temporary file, created and removed), not
+  `os.access`, so read-only mounts, ACLs and root are all judged right.
+
+  Returns:
+    Whether the folder was created.
+
+  Raises:
+    OutputError: naming the folder, if it is a file, cannot be created or is
+      not writable.
+  """
+  if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+    raise OutputError(f"{output_dir}: output folder is a file, not a folder")
+  created = False
+  if not os.path.isdir(output_dir):
+    try:
+      os.makedirs(output_dir)
+      created = True
+    except FileExistsError:
+      pass  # Made meanwhile by someone else; the probe below decides.
+    except OSError as e:
+      raise OutputError(
+        f"{output_dir}: cannot create the output folder ({os_error_text(e)})"
+      ) from e
+  probe = file_utils.temp_path(os.path.join(output_dir, "write-test"))
+  try:
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.unlink(probe)
+  except OSError as e:
+    raise OutputError(f"{output_dir}: output folder is not writable ({os_error_text(e)})") from e
+  return created
+
+
+class OutputLock:
+  """One extraction at a time per output folder: an exclusive `fcntl.flock`.
+
+  The lock is taken on `<output_dir>/.dolg_extract.lock`, which holds the
+  holder's "pid <pid> on <host>". The OS drops a flock when its process ends,
+  however it ends, so a killed run never leaves a stale lock; the file is
+  removed on release (a file left by a killed run is harmless: only the flock
+  counts). Two opens of the file, even in one process, exclude each other.
+
+    with descriptor_store.OutputLock("out/"):
+      ...
+  """
+
+  def __init__(self, output_dir: str):
+    self.output_dir = output_dir
+    self.path = os.path.join(output_dir, LOCK_FILE)
+    self._fd = None
+
+  @property
+  def held(self) -> bool:
+    return self._fd is not None
+
+  def acquire(self) -> "OutputLock":
+    """Takes the lock without waiting.
+
+    Raises:
+      OutputError: naming the folder and the pid and host of the holder, if
+        another extraction holds it; naming the lock file if it cannot be
+        created or locked.
+    """
+    if self._fd is not None:
+      return self
+    while True:
+      try:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+      except OSError as e:
+        raise OutputError(f"{self.path}: cannot create the lock file ({os_error_text(e)})") from e
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise OutputError(
+          f"{self.output_dir}: output folder in use by another extraction ({holder}); "
+          "wait for it to finish or use another output folder"
+        ) from None
+      except OSError as e:
+        os.close(fd)
+        raise OutputError(f"{self.path}: cannot lock ({os_error_text(e)})") from e
+      # A holder may have removed the file between our open and flock: then
+      # our lock is on a deleted file and another run can lock a new one.
+      try:
+        same = _same_file(os.stat(self.path), os.fstat(fd))
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
+      os.close(fd)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    except OSError:
+      pass  # The lock holds anyway; a refused run then names no pid.
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    """Removes the lock file and drops the lock (no-op if not held)."""
+    if self._fd is None:
+      return
+    fd, self._fd = self._fd, None
+    try:
+      os.unlink(self.path)  # Before unlocking: see `acquire`.
+    except OSError:
+      pass
+    os.close(fd)
+
+  def __enter__(self) -> "OutputLock":
+    return self.acquire()
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+  return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _lock_holder(fd: int) -> str:
+  try:
+    text = os.pread(fd, 256, 0).decode("utf-8", "replace")
+  except OSError:
+    text = ""
+  return " ".join(text.split()) or "pid unknown"
 
 
 class PerImageWriter:
@@ -188,6 +395,44 @@ class ShardWriter:
 
 # ----------------------------------------------------------------------------- reading
 
+# Ids named in a "missing descriptors" message (then "...").
+MAX_NAMED_IDS = 5
+
+
+class MissingDescriptorsError(KeyError, ValueError):
+  """Requested ids without a descriptor; `missing` lists them, str() is the message.
+
+  A KeyError (as before) and a ValueError (bad input); unlike a plain
+  KeyError, str() does not quote the message.
+  """
+
+  def __init__(self, message: str, missing: Sequence[str] = ()):
+    super().__init__(message)
+    self.missing = list(missing)
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ""
+
+
+def missing_message(missing: Sequence[str], total: int, what: str, source: str) -> str:
+  """'12 of 70 query descriptors missing in <source>: a, b, c, d, e, ...' (first few ids)."""
+  shown = ", ".join(missing[:MAX_NAMED_IDS]) + (", ..." if len(missing) > MAX_NAMED_IDS else "")
+  return f"{len(missing)} of {total} {what} missing in {source}: {shown}"
+
+
+def _missing_error(missing: Sequence[str], total: int, source: str) -> MissingDescriptorsError:
+  return MissingDescriptorsError(missing_message(missing, total, "descriptors", source), missing)
+
+
+def _refuse_non_finite_rows(block: np.ndarray, path: str, block_ids: Sequence[str]) -> None:
+  """Raises ValueError naming the shard and the first image whose row holds NaN or inf."""
+  bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+  if bad.size:
+    raise ValueError(
+      f"{path}: non-finite descriptor (NaN or inf) for image {block_ids[bad[0]]} "
+      f"({bad.size} of {len(block_ids)} rows)"
+    )
+
 
 def _select(all_ids: list[str], matrix: np.ndarray, ids: Sequence[str] | None, source: str):
   if ids is None:
@@ -195,14 +440,13 @@ def _select(all_ids: list[str], matrix: np.ndarray, ids: Sequence[str] | None, s
   position = {image_id: i for i, image_id in enumerate(all_ids)}
   missing = [i for i in ids if i not in position]
   if missing:
-    raise KeyError(f"{source}: {len(missing)} id(s) not found, e.g. {missing[:5]}")
+    raise _missing_error(missing, len(ids), source)
   rows = np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids))
   return list(ids), matrix[rows]
 
 
-def _read_shards(paths: list[str], ids, source: str):
-  # Sizes first (headers only), so the matrix is allocated once: no
-  # concatenation copy of a multi-GB collection.
+def _shard_headers(paths: list[str]) -> tuple[list[str], list[int], int | None]:
+  """(all ids, ids per shard, D) from the shards' ids and headers (no descriptors read)."""
   all_ids, counts, dim = [], [], None
   for path in paths:
     shard_ids, _, shape = _read_shard(path, ids_only=True)
@@ -211,28 +455,63 @@ def _read_shards(paths: list[str], ids, source: str):
     dim = int(shape[1])
     all_ids.extend(shard_ids)
     counts.append(len(shard_ids))
+  return all_ids, counts, dim
+
+
+def _read_shards(paths: list[str], ids, source: str):
+  # Sizes first (headers only), so the matrix is allocated once: no
+  # concatenation copy of a multi-GB collection.
+  all_ids, counts, dim = _shard_headers(paths)
+  if ids is not None:
+    known = set(all_ids)
+    missing = [i for i in ids if i not in known]
+    if missing:  # before any descriptor is read
+      raise _missing_error(missing, len(ids), source)
   matrix = np.empty([len(all_ids), dim or 0], np.float32)
   row = 0
   for path, count in zip(paths, counts):
-    with np.load(path, allow_pickle=False) as data:
-      matrix[row : row + count] = data["descriptors"]
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        block = np.asarray(data["descriptors"], dtype=np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+      raise OSError(f"{path}: not a descriptor shard ({e})") from e
+    if block.shape != (count, matrix.shape[1]):
+      raise OSError(f"{path}: descriptors of shape {block.shape}, its header said {count} rows")
+    _refuse_non_finite_rows(block, path, all_ids[row : row + count])
+    matrix[row : row + count] = block
     row += count
   return _select(all_ids, matrix, ids, source)
 
 
-def _read_per_image(paths: list[str], ids, suffix: str, source: str):
+def _per_image_ids(paths: list[str], suffix: str) -> dict[str, str]:
+  """{id: path} of per-image descriptor files."""
+
   def file_id(path):
     name = os.path.basename(path)
     return name[: -len(suffix)] if suffix and name.endswith(suffix) else os.path.splitext(name)[0]
 
-  by_id = {file_id(p): p for p in paths}
+  return {file_id(p): p for p in paths}
+
+
+def _read_per_image_file(path: str) -> np.ndarray:
+  descriptor = datum_io.read_from_file(path).astype(np.float32).ravel()
+  bad = int(np.count_nonzero(~np.isfinite(descriptor)))
+  if bad:
+    raise ValueError(
+      f"{path}: non-finite descriptor ({bad} of {descriptor.size} values are NaN or inf)"
+    )
+  return descriptor
+
+
+def _read_per_image(paths: list[str], ids, suffix: str, source: str):
+  by_id = _per_image_ids(paths, suffix)
   wanted = sorted(by_id) if ids is None else list(ids)
   missing = [i for i in wanted if i not in by_id]
   if missing:
-    raise KeyError(f"{source}: {len(missing)} id(s) not found, e.g. {missing[:5]}")
+    raise _missing_error(missing, len(wanted), source)
   matrix = None
   for row, image_id in enumerate(wanted):
-    descriptor = datum_io.read_from_file(by_id[image_id]).astype(np.float32).ravel()
+    descriptor = _read_per_image_file(by_id[image_id])
     if matrix is None:
       matrix = np.empty([len(wanted), descriptor.shape[0]], np.float32)
     elif descriptor.shape[0] != matrix.shape[1]:
@@ -241,6 +520,64 @@ def _read_per_image(paths: list[str], ids, suffix: str, source: str):
       )
     matrix[row] = descriptor
   return wanted, matrix if matrix is not None else np.zeros([0, 0], np.float32)
+
+
+def _source_files(source: str, suffix: str) -> tuple[bool, list[str]]:
+  """(is_shards, paths) of a folder or glob (see read_descriptors)."""
+  if os.path.isdir(source):
+    shards = _shard_files(source)
+    if shards:
+      return True, shards
+    paths = sorted(
+      e.path
+      for e in os.scandir(source)
+      if e.name.endswith(suffix) and not e.name.startswith(".") and e.is_file()
+    )
+    return False, paths
+  paths = sorted(p for p in glob.glob(source) if os.path.isfile(p))
+  if not paths:
+    raise FileNotFoundError(f"{source}: no descriptor files found")
+  return all(p.endswith(".npz") for p in paths), paths
+
+
+def list_ids(source: str, suffix: str = DEFAULT_SUFFIX) -> list[str]:
+  """The ids `read_descriptors(source)` would return, without reading any descriptor.
+
+  Raises:
+    FileNotFoundError: `source` matches nothing.
+    IOError: a corrupt shard (named).
+  """
+  is_shards, paths = _source_files(source, suffix)
+  if is_shards:
+    return _shard_headers(paths)[0]
+  return sorted(_per_image_ids(paths, suffix))
+
+
+def descriptor_dim(
+  source: str, ids: Sequence[str] | None = None, suffix: str = DEFAULT_SUFFIX
+) -> int | None:
+  """D of the descriptors in `source`, reading one descriptor at most.
+
+  Args:
+    source: as in `read_descriptors`.
+    ids: per-image files: D is that of the first of these ids found (of the
+      first file when None); shards: D of their headers.
+    suffix: per-image file suffix.
+
+  Returns:
+    D, or None when `source` holds no (such) descriptor.
+
+  Raises:
+    FileNotFoundError: `source` matches nothing.
+    ValueError / IOError: inconsistent or corrupt files (named).
+  """
+  is_shards, paths = _source_files(source, suffix)
+  if is_shards:
+    return _shard_headers(paths)[2]
+  if ids is not None:
+    by_id = _per_image_ids(paths, suffix)
+    paths = [by_id[i] for i in ids if i in by_id][:1]
+  return int(_read_per_image_file(paths[0]).shape[0]) if paths else None
 
 
 def read_descriptors(
@@ -260,22 +597,14 @@ def read_descriptors(
 
   Raises:
     FileNotFoundError: `source` matches nothing.
-    KeyError: some requested ids are absent.
-    ValueError / IOError: inconsistent or corrupt files (named).
+    MissingDescriptorsError (a KeyError and a ValueError): some requested ids
+      are absent (counted and the first few named, before any descriptor is
+      read).
+    ValueError / IOError: inconsistent, truncated or corrupt files, or a
+      non-finite (NaN / inf) descriptor (the file named, and for a shard the
+      image id).
   """
-  if os.path.isdir(source):
-    shards = _shard_files(source)
-    if shards:
-      return _read_shards(shards, ids, source)
-    paths = sorted(
-      e.path
-      for e in os.scandir(source)
-      if e.name.endswith(suffix) and not e.name.startswith(".") and e.is_file()
-    )
-    return _read_per_image(paths, ids, suffix, source)
-  paths = sorted(p for p in glob.glob(source) if os.path.isfile(p))
-  if not paths:
-    raise FileNotFoundError(f"{source}: no descriptor files found")
-  if all(p.endswith(".npz") for p in paths):
+  is_shards, paths = _source_files(source, suffix)
+  if is_shards:
     return _read_shards(paths, ids, source)
   return _read_per_image(paths, ids, suffix, source)

@@ -6,7 +6,8 @@ the SavedModel, the image pyramid, resizing, scale pooling and PCA.
   # Every image of a list (one path per line; relative to --images_dir if set):
   python extract_features.py --config=protos/dolg.pbtxt \
       --list_images_path=list.txt --output_dir=descriptors
-  # Every jpg/jpeg/png/bmp/gif/webp under a folder, recursively:
+  # Every jpg/jpeg/png/bmp/gif/webp/tif/tiff under a folder, recursively
+  # (hidden files and folders, names starting with ".", skipped):
   python extract_features.py --config=protos/dolg.pbtxt --images_dir=images \
       --output_dir=descriptors
   # Revisited Oxford/Paris queries, cropped to their boxes (the protocol):
@@ -21,12 +22,21 @@ the SavedModel, the image pyramid, resizing, scale pooling and PCA.
 
 Outputs go to --output_dir (see dolg_tf/extraction/pipeline.py): per image
 `<name><global_descriptor_suffix>` (DatumProto float32 [D]) or
-`descriptors-NNNNN.npz` shards + manifest.json; unreadable images are listed
-in `failures.tsv`. Re-running skips images already done. Relative paths are
-taken from $BUILD_WORKING_DIRECTORY under `bazel run`.
+`descriptors-NNNNN.npz` shards + manifest.json; images that cannot be used
+(unreadable, more than --max_pixels pixels, a side under 10 px after
+resizing, a hidden name in a list) are listed once each in `failures.tsv`.
+Re-running skips images already done. Relative paths are taken from
+$BUILD_WORKING_DIRECTORY under `bazel run`.
+
+The output folder is created and proven writable, then locked (a second
+extraction into it is refused, naming the pid and host of the first), before
+the model is loaded. If it fills up or turns read-only mid-run, the run stops
+with a one-line error saying so and how many images were written; nothing
+half-written remains and the next run extracts the rest.
 
 Exit status: 0 on success, 1 if there was work and no image has a descriptor,
-2 on a bad flag, config, model or image list (one-line message).
+2 on a bad flag, config, model, image list or output folder, or a run stopped
+by a full or read-only output folder (one-line message).
 """
 
 import os
@@ -34,9 +44,9 @@ import os
 from absl import app, flags, logging
 
 from dolg_tf.data import ground_truth
-from dolg_tf.extraction import pipeline
+from dolg_tf.extraction import descriptor_store, pipeline
 from dolg_tf.io import config_io
-from dolg_tf.utils import cli
+from dolg_tf.utils import cli, images
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "DolgConfig text file (.pbtxt), e.g. protos/dolg.pbtxt.")
@@ -59,6 +69,11 @@ flags.DEFINE_integer("num_threads", 2, "Image decoding threads.")
 flags.DEFINE_integer("prefetch", 8, "Images decoded ahead of the model.")
 flags.DEFINE_integer("shard_size", 100_000, "Descriptors per shard with --output_format=shards.")
 flags.DEFINE_float("log_interval", 30.0, "Seconds between progress logs.")
+flags.DEFINE_integer(
+  "max_pixels",
+  images.MAX_PIXELS,
+  "Images with more pixels (width x height, read from the header before decoding) are failures.",
+)
 
 
 def _tasks():
@@ -109,39 +124,72 @@ def main(argv):
     raise cli.UserError("--config is required")
   if not FLAGS.output_dir:
     raise cli.UserError("--output_dir is required")
+  if FLAGS.max_pixels < 1:
+    raise cli.UserError(f"--max_pixels must be positive, got {FLAGS.max_pixels}")
   if not os.path.isfile(FLAGS.config):
     raise cli.UserError(f"{FLAGS.config}: config file not found")
   try:
     config = config_io.load_dolg_config(FLAGS.config)
     model_path = config_io.resolve_model_path(config, FLAGS.config)
     tasks = _tasks()
-    # TF-free start-up: TensorFlow is imported only once the inputs are known to be there.
-    from dolg_tf.extraction import extractor as extractor_lib  # noqa: PLC0415
-
-    # DELG configs (use_local_features) get .delg_local + .delg_global files per image.
-    extractor = extractor_lib.Extractor(config, FLAGS.config, model_path=model_path)
   except (OSError, ValueError) as e:
     raise cli.UserError(str(e)) from e
-  if not tasks:
-    logging.warning("no images to extract")
-  try:
-    summary = pipeline.run_extraction(
-      extractor,
-      tasks,
-      FLAGS.output_dir,
-      output_format=FLAGS.output_format,
-      num_threads=FLAGS.num_threads,
-      prefetch=FLAGS.prefetch,
-      shard_size=FLAGS.shard_size,
-      log_interval=FLAGS.log_interval,
+  if config.use_local_features and FLAGS.output_format != "per_image":
+    raise cli.UserError(
+      f"{FLAGS.config}: use_local_features: DELG results are written per image only "
+      f"(--output_format={FLAGS.output_format})"
     )
-  except ValueError as e:  # Bad arguments, rejected before any image is read.
+  # The output folder is checked and locked before the model loads.
+  try:
+    created = descriptor_store.prepare_output_dir(FLAGS.output_dir)
+    lock = descriptor_store.OutputLock(FLAGS.output_dir).acquire()
+  except descriptor_store.OutputError as e:
     raise cli.UserError(str(e)) from e
+  started = False
+  try:
+    try:
+      # TF-free start-up: TensorFlow is imported only once the inputs are known to be there.
+      from dolg_tf.extraction import extractor as extractor_lib  # noqa: PLC0415
+
+      # DELG configs (use_local_features) get .delg_local + .delg_global files per image.
+      extractor = extractor_lib.Extractor(config, FLAGS.config, model_path=model_path)
+    except (OSError, ValueError) as e:
+      raise cli.UserError(str(e)) from e
+    if not tasks:
+      logging.warning("no images to extract")
+    started = True
+    try:
+      summary = pipeline.run_extraction(
+        extractor,
+        tasks,
+        FLAGS.output_dir,
+        output_format=FLAGS.output_format,
+        num_threads=FLAGS.num_threads,
+        prefetch=FLAGS.prefetch,
+        shard_size=FLAGS.shard_size,
+        log_interval=FLAGS.log_interval,
+        max_pixels=FLAGS.max_pixels,
+        lock=lock,
+      )
+    except (descriptor_store.OutputError, ValueError) as e:
+      # Bad arguments (before any image is read), or a full / read-only folder.
+      raise cli.UserError(str(e)) from e
+  finally:
+    lock.release()
+    if created and not started:
+      _remove_if_empty(FLAGS.output_dir)  # The model did not load: no empty folder left.
   print(
     f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}, "
     f"{summary.seconds:.1f}s -> {FLAGS.output_dir}"
   )
   return summary.exit_code
+
+
+def _remove_if_empty(folder: str) -> None:
+  try:
+    os.rmdir(folder)
+  except OSError:
+    pass
 
 
 def run():

@@ -126,6 +126,29 @@ def apply_pca(
   return arrays.l2_normalize(projected.astype(np.float32))
 
 
+class NonFiniteDescriptorError(ValueError):
+  """The model gave NaN or inf descriptor values for an image (nothing is returned)."""
+
+
+def refuse_non_finite(values: np.ndarray, what: str, image: np.ndarray) -> None:
+  """Raises NonFiniteDescriptorError if float `values` hold NaN or inf.
+
+  Args:
+    values: a descriptor (or descriptors) of `image`.
+    what: what `values` are, for the message ('global descriptor', ...).
+    image: the input image, named by its size in the message.
+  """
+  values = np.asarray(values)
+  if values.dtype.kind != "f":
+    return
+  bad = int(np.count_nonzero(~np.isfinite(values)))
+  if bad:
+    size = "x".join(str(d) for d in np.shape(image)[:2])
+    raise NonFiniteDescriptorError(
+      f"non-finite {what}: {bad} of {values.size} values are NaN or inf (the {size} input image)"
+    )
+
+
 def _load_array(path: str) -> np.ndarray:
   if path.endswith(".npy"):
     try:
@@ -476,8 +499,10 @@ class Extractor:
 
   def _global(self, per_scale: np.ndarray) -> np.ndarray:
     self._dim = per_scale.shape[-1]
-    pooled = pool_scales(per_scale, self.scale_pooling, self.gem_p)
-    return self.pca(pooled) if self.pca is not None else pooled
+    # NaN / inf from the model are refused afterwards (refuse_non_finite), without numpy warnings.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+      pooled = pool_scales(per_scale, self.scale_pooling, self.gem_p)
+      return self.pca(pooled) if self.pca is not None else pooled
 
   def extract(self, image, scale_factors=None):
     """Describes one image.
@@ -495,11 +520,17 @@ class Extractor:
       'locations' float32 [N, 2] (y, x), 'descriptors' float32 [N, d] (packed
       uint8 [N, ceil(d/8)] when binarised), 'scales' float32 [N], 'scores'
       float32 [N] (attention), strongest first, N <= max_feature_num.
+
+    Raises:
+      NonFiniteDescriptorError (a ValueError): a global or local descriptor
+        holds NaN or inf (the pipeline records the image as failed).
     """
     if not self.local:
       if isinstance(image, local_extractor.PreprocessedImage):
         image = image.image
-      return self._global(self.run_model(image)[signatures.GLOBAL_DESCRIPTORS])
+      descriptor = self._global(self.run_model(image)[signatures.GLOBAL_DESCRIPTORS])
+      refuse_non_finite(descriptor, "global descriptor", image)
+      return descriptor
     if isinstance(image, local_extractor.PreprocessedImage):
       image, scale_factors = image
     elif scale_factors is None:
@@ -516,6 +547,9 @@ class Extractor:
     }
     if self.use_global:
       result["global"] = self._global(out[signatures.GLOBAL_DESCRIPTORS])
+    for key, what in (("global", "global descriptor"), ("descriptors", "local descriptors")):
+      if key in result:
+        refuse_non_finite(result[key], what, image)
     return result
 
   def postprocess_descriptors(self, features: np.ndarray) -> np.ndarray:
@@ -524,8 +558,15 @@ class Extractor:
     return local_extractor.postprocess_descriptors(features, self.local_pca, pca_dim, self.binarize)
 
   def extract_from_file(self, path: str, box=None):
-    """Loads, crops, resizes and describes one image file (see `extract`)."""
-    return self.extract(self.load_and_preprocess(path, box))
+    """Loads, crops, resizes and describes one image file (see `extract`).
+
+    Raises:
+      NonFiniteDescriptorError: naming `path`, for NaN or inf descriptors.
+    """
+    try:
+      return self.extract(self.load_and_preprocess(path, box))
+    except NonFiniteDescriptorError as e:
+      raise NonFiniteDescriptorError(f"{path}: {e}") from e
 
   # --------------------------------------------------------------------------- files
 

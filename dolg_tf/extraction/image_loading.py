@@ -3,8 +3,13 @@
 `load_image` returns RGB uint8 [H, W, 3] for any image Pillow reads, decoded by
 the project's one decoder (dolg_tf/utils/images.py: EXIF orientation applied;
 grayscale, palette, RGBA/LA (alpha dropped, as DELF's `convert('RGB')`), CMYK
-and 16-bit images converted). `resize_image` follows DELF's
-`utils.ResizeImage` for max/min image size and square images.
+and 16-bit images converted; more than `images.MAX_PIXELS` pixels, or the
+caller's `max_pixels`, refused from the header before decoding).
+`resize_image` follows DELF's `utils.ResizeImage` for max/min image size and
+square images. `load_and_preprocess` refuses an image whose crop-and-resize
+result has a side under `MIN_IMAGE_SIZE` (10) pixels: DELF's extractor returns
+empty features below 10 x 10 after resizing; here no descriptor is made and
+the image is a failure with that reason.
 """
 
 import numpy as np
@@ -12,26 +17,62 @@ from PIL import Image
 
 from dolg_tf.utils import images
 
+# DELF's _MIN_HEIGHT / _MIN_WIDTH: below this, after resizing, no features.
+MIN_IMAGE_SIZE = 10
 
-def load_image(path: str) -> np.ndarray:
+
+def load_image(path: str, max_pixels: int | None = None) -> np.ndarray:
   """Reads `path` as RGB uint8 [H, W, 3].
+
+  Args:
+    path: the image file.
+    max_pixels: pixel limit, checked from the header; default images.MAX_PIXELS.
 
   Raises:
     images.ImageError: naming the file, if it is missing, unreadable,
       truncated, empty or too large.
   """
-  return images.decode_image(path)
+  return images.decode_image(path, max_pixels=max_pixels)
 
 
-def load_and_preprocess(path: str, box, preprocess):
-  """`load_image(path)` then `preprocess(image, box)`; a ValueError of the
-  preprocessing (e.g. an empty crop box) becomes an images.ImageError naming the file.
+def check_min_size(image: np.ndarray, name: str, min_size: int = MIN_IMAGE_SIZE) -> None:
+  """Refuses an image (as given to the model) with a side under `min_size` pixels.
+
+  Raises:
+    images.ImageError: naming `name` and the size.
   """
-  image = load_image(path)
+  height, width = np.shape(image)[:2]
+  if height < min_size or width < min_size:
+    raise images.ImageError(
+      f"{name}: image too small ({width}x{height} after cropping and resizing; "
+      f"both sides must be at least {min_size} px), no descriptor written"
+    )
+
+
+def load_and_preprocess(
+  path: str,
+  box,
+  preprocess,
+  max_pixels: int | None = None,
+  min_size: int = MIN_IMAGE_SIZE,
+):
+  """`load_image(path)` then `preprocess(image, box)`, then the size check.
+
+  A ValueError of the preprocessing (e.g. an empty crop box) becomes an
+  images.ImageError naming the file. The result (an array, or an object with
+  an `image` array such as DELG's PreprocessedImage) must have both sides of
+  at least `min_size` pixels, as DELF extracts nothing under 10 x 10.
+
+  Raises:
+    images.ImageError: naming the file.
+  """
+  image = load_image(path, max_pixels)
   try:
-    return preprocess(image, box)
+    result = preprocess(image, box)
   except ValueError as e:
     raise images.ImageError(f"{path}: {e}") from e
+  check_min_size(getattr(result, "image", result), path, min_size)
+  return result
 
 
 def resize_image(

@@ -17,16 +17,35 @@ Outputs (`output_format`, layouts in descriptor_store.py):
     process is killed (at most `shard_size`) are extracted again on the next
     run; on an exception or Ctrl-C the buffer is written out first.
 
+The output folder is checked before any image is read (created if needed,
+proven writable: descriptor_store.prepare_output_dir) and locked for the run
+(descriptor_store.OutputLock, an fcntl.flock a killed run cannot leave stale):
+a second extraction into the same folder is refused, naming the pid and host
+of the first.
+
 Resuming: images whose output already exists (a per-image file, or an id in a
 complete shard) are skipped without being read. Hidden temporary files left by
 a killed run (`.<name>.<pid>.<hex>.tmp`) are removed when their process is gone.
 
-Failures: every image that cannot be read, cropped, described or written is
-appended to `<output_dir>/failures.tsv` (columns time, image_id, path, reason;
-one line per failure, appended with a single write) and the run goes on.
+Failures: every image that cannot be read, cropped, described or written, or
+is too small (a side under 10 px after resizing, image_loading.MIN_IMAGE_SIZE)
+or too large (`max_pixels`, from its header), is a row of
+`<output_dir>/failures.tsv` (columns time, image_id, path, reason) and the run
+goes on. The file holds one row per image id (a rerun that fails an image
+again replaces its row, a rerun that succeeds removes it) and is rewritten
+atomically. A write error about the whole folder (disk full, read-only file
+system, permission denied: descriptor_store.FOLDER_ERRNOS) or a failures file
+that cannot be written stops the run instead with ExtractionStopped, a
+one-line message saying which and how many images were written: no temporary
+file is left, and the images not written have no output, so the next run
+extracts them.
 
 Image ids are file names without their extension (as DELF names outputs);
-two inputs with the same id are rejected before any work starts.
+two inputs with the same id are rejected before any work starts. Names
+starting with "." are hidden files, skipped everywhere: a folder walk
+(`list_images`) never lists them (nor hidden folders), and one named by a list
+or ground truth is reported as a failure with that reason, never extracted
+(its output would be a hidden file that no run finds again).
 """
 
 import collections
@@ -41,15 +60,20 @@ from collections.abc import Iterable, Sequence
 
 from absl import logging
 
-from dolg_tf.extraction import descriptor_store
+from dolg_tf.extraction import descriptor_store, image_loading
 from dolg_tf.extraction.descriptor_store import read_descriptors  # noqa: F401 (re-export)
 from dolg_tf.utils import files as file_utils
+from dolg_tf.utils import images as images_lib
 from dolg_tf.utils import progress as progress_lib
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 OUTPUT_FORMATS = ("per_image", "shards")
 DEFAULT_SUFFIX = descriptor_store.DEFAULT_SUFFIX
 FAILURES_FILE = "failures.tsv"
+HIDDEN_REASON = (
+  "hidden file name (starts with '.'): not extracted, as folder walks skip hidden files; "
+  "rename the file to extract it"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +96,8 @@ class ExtractionSummary:
     failed: images that could not be read, described or written.
     seconds: wall time of the run.
     failures: (image_id, path, reason) of every failure.
+    stopped: why the run stopped early ('disk full', 'read-only file
+      system', ...; see ExtractionStopped), '' if it did not.
   """
 
   total: int = 0
@@ -80,6 +106,7 @@ class ExtractionSummary:
   failed: int = 0
   seconds: float = 0.0
   failures: list = dataclasses.field(default_factory=list)
+  stopped: str = ""
 
   @property
   def exit_code(self) -> int:
@@ -94,6 +121,18 @@ class ExtractionSummary:
     return 1 if self.failed > 0 and self.done + self.skipped == 0 else 0
 
 
+class ExtractionStopped(descriptor_store.OutputError):
+  """The output folder cannot take more files (disk full, read-only, failures file unwritable).
+
+  Attributes:
+    summary: the ExtractionSummary of the run up to the stop.
+  """
+
+  def __init__(self, message: str, summary: ExtractionSummary):
+    super().__init__(message)
+    self.summary = summary
+
+
 # ----------------------------------------------------------------------------- inputs
 
 
@@ -102,8 +141,15 @@ def image_id_from_path(path: str) -> str:
   return os.path.splitext(os.path.basename(path))[0]
 
 
+def is_hidden(name: str) -> bool:
+  """Whether a file name (or image id) is hidden: starts with '.' (or is empty)."""
+  return not name or name.startswith(".")
+
+
 def list_images(images_dir: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
   """Image files under `images_dir`, recursively, sorted (case-insensitive extensions).
+
+  Hidden files and folders (names starting with '.') are skipped.
 
   Raises:
     FileNotFoundError: naming the folder, if it does not exist.
@@ -113,9 +159,9 @@ def list_images(images_dir: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -
   extensions = tuple(e.lower() for e in extensions)
   paths = []
   for root, dirs, files in os.walk(images_dir):
-    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    dirs[:] = [d for d in dirs if not is_hidden(d)]
     for name in files:
-      if not name.startswith(".") and name.lower().endswith(extensions):
+      if not is_hidden(name) and name.lower().endswith(extensions):
         paths.append(os.path.join(root, name))
   return sorted(paths)
 
@@ -126,7 +172,8 @@ def read_image_list(list_path: str, images_dir: str | None = None) -> list[str]:
   A relative entry is taken relative to `images_dir` when given, else to the
   current directory. An entry without an image extension whose `<entry>.jpg`
   exists refers to that file (DELF lists name images without extension).
-  Missing files are kept: they are reported as failures by the run.
+  Missing files and hidden names (starting with '.') are kept: the run
+  reports them as failures.
 
   Raises:
     FileNotFoundError: naming the list, if it does not exist.
@@ -173,26 +220,97 @@ def _sanitize(text: str) -> str:
 
 
 class FailureLog:
-  """Appends `time, image_id, path, reason` lines to a TSV file, thread-safe."""
+  """failures.tsv: at most one `time, image_id, path, reason` row per image, thread-safe.
 
-  HEADER = "time\timage_id\tpath\treason\n"
+  The rows of earlier runs are read first. `add` puts (or replaces) an
+  image's row, `resolve` removes the rows of images that now have a
+  descriptor; rows of other images are kept. The file is rewritten
+  atomically (temporary file + rename), the first change at once (so an
+  unwritable file stops a run at its first failure), later ones at most every
+  `save_interval` seconds, the rest by `close`; it is removed when no rows
+  remain.
+  """
 
-  def __init__(self, path: str):
+  COLUMNS = ("time", "image_id", "path", "reason")
+  HEADER = "\t".join(COLUMNS) + "\n"
+
+  def __init__(self, path: str, save_interval: float = 2.0):
+    """Reads the rows of `path` if it exists.
+
+    Raises:
+      descriptor_store.OutputError: naming `path`, if it cannot be read.
+    """
     self.path = path
+    self.save_interval = save_interval
     self._lock = threading.Lock()
+    self._rows = {}
+    self._dirty = False
+    self._last_save = None
+    if os.path.lexists(path):
+      try:
+        rows = read_failures(path)
+      except (OSError, UnicodeDecodeError) as e:
+        raise descriptor_store.OutputError(
+          f"{path}: cannot read the failures file ({descriptor_store.os_error_text(e)})"
+        ) from e
+      self._rows = {r["image_id"]: r for r in rows if r.get("image_id")}
+
+  def __len__(self) -> int:
+    return len(self._rows)
 
   def add(self, image_id: str, path: str, reason: str) -> None:
+    """Records a failure of `image_id` (replacing an earlier row of it).
+
+    Raises:
+      descriptor_store.OutputError: naming the file, if it cannot be written.
+    """
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    line = "\t".join([stamp, _sanitize(image_id), _sanitize(path), _sanitize(reason)]) + "\n"
+    row = {
+      "time": stamp,
+      "image_id": _sanitize(image_id),
+      "path": _sanitize(path),
+      "reason": _sanitize(reason),
+    }
     with self._lock:
-      fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-      try:
-        data = line.encode("utf-8")
-        if os.fstat(fd).st_size == 0:
-          data = self.HEADER.encode("utf-8") + data
-        os.write(fd, data)
-      finally:
-        os.close(fd)
+      self._rows[row["image_id"]] = row
+      self._changed()
+
+  def resolve(self, image_ids: Iterable[str]) -> None:
+    """Removes the rows of `image_ids` (they have a descriptor now)."""
+    with self._lock:
+      removed = [self._rows.pop(i) for i in image_ids if i in self._rows]
+      if removed:
+        self._changed()
+
+  def close(self) -> None:
+    """Writes what is not written yet.
+
+    Raises:
+      descriptor_store.OutputError: naming the file, if it cannot be written.
+    """
+    with self._lock:
+      if self._dirty:
+        self._save()
+
+  def _changed(self) -> None:
+    self._dirty = True
+    now = time.monotonic()
+    if self._last_save is None or now - self._last_save >= self.save_interval:
+      self._save()
+
+  def _save(self) -> None:
+    self._last_save = time.monotonic()
+    try:
+      if self._rows:
+        lines = ["\t".join(row.get(c, "") for c in self.COLUMNS) for row in self._rows.values()]
+        file_utils.atomic_write_text(self.path, self.HEADER + "\n".join(lines) + "\n")
+      elif os.path.lexists(self.path):
+        os.unlink(self.path)
+    except OSError as e:
+      raise descriptor_store.OutputError(
+        f"{self.path}: cannot write the failures file ({descriptor_store.os_error_text(e)})"
+      ) from e
+    self._dirty = False
 
 
 def read_failures(path: str) -> list[dict]:
@@ -225,6 +343,24 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
+def _is_stop(error: BaseException) -> bool:
+  """Whether `error` concerns the whole output folder (the run stops) rather than one image."""
+  return (
+    isinstance(error, descriptor_store.OutputError)
+    or descriptor_store.folder_errno(error) is not None
+  )
+
+
+def _stop_message(error: BaseException, summary: ExtractionSummary, todo: int, output_dir: str):
+  detail = " ".join(str(error).split())
+  not_written = max(todo - summary.done - summary.failed, 0)
+  return (
+    f"{output_dir}: extraction stopped ({summary.stopped}): {detail}; this run wrote "
+    f"{summary.done}, failed {summary.failed}, left {not_written} not written "
+    "(the next run extracts them)"
+  )
+
+
 def run_extraction(
   extractor,
   tasks: Sequence[ImageTask],
@@ -235,6 +371,8 @@ def run_extraction(
   prefetch: int = 8,
   shard_size: int = 100_000,
   log_interval: float = 30.0,
+  max_pixels: int | None = None,
+  lock: descriptor_store.OutputLock | None = None,
 ) -> ExtractionSummary:
   """Describes every task's image and writes the descriptors; see the module doc.
 
@@ -254,17 +392,31 @@ def run_extraction(
     prefetch: images decoded ahead of the model (bounds memory).
     shard_size: descriptors per shard in 'shards' mode.
     log_interval: seconds between progress logs.
+    max_pixels: images with more pixels are failures, refused from their
+      header; default images.MAX_PIXELS. Needs an extractor with
+      `preprocess(image, box)` (images are then loaded here with
+      image_loading.load_and_preprocess) unless it is the default.
+    lock: a held descriptor_store.OutputLock of `output_dir` (the command
+      takes it before loading the model); by default the run takes its own.
 
   Returns:
     An ExtractionSummary.
 
   Raises:
     ValueError: bad arguments or duplicate ids.
+    descriptor_store.OutputError: the output folder is a file, not writable,
+      or in use by another extraction; raised before any image is read.
+    ExtractionStopped: the folder could not take more files (see module doc).
   """
   if output_format not in OUTPUT_FORMATS:
     raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
   if num_threads < 1 or prefetch < 1:
     raise ValueError(f"num_threads and prefetch must be >= 1, got {num_threads}, {prefetch}")
+  if max_pixels is not None and max_pixels < 1:
+    raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+  preprocess = getattr(extractor, "preprocess", None)
+  if max_pixels not in (None, images_lib.MAX_PIXELS) and preprocess is None:
+    raise ValueError(f"{type(extractor).__name__} has no preprocess(image, box): max_pixels unused")
   make_writer = getattr(extractor, "make_writer", None)
   own_writer = make_writer(output_dir) if make_writer is not None else None
   if own_writer is not None and output_format != "per_image":
@@ -273,8 +425,44 @@ def run_extraction(
   if len(set(ids)) != len(ids):
     duplicates = sorted(i for i, c in collections.Counter(ids).items() if c > 1)
     raise ValueError(f"duplicate image ids: {duplicates[:5]}")
+  descriptor_store.prepare_output_dir(output_dir)
+  own_lock = None
+  if lock is None:
+    own_lock = lock = descriptor_store.OutputLock(output_dir).acquire()
+  try:
+    return _run(
+      extractor,
+      tasks,
+      output_dir,
+      own_writer,
+      output_format,
+      suffix,
+      num_threads,
+      prefetch,
+      shard_size,
+      log_interval,
+      max_pixels if preprocess is not None else None,
+    )
+  finally:
+    if own_lock is not None:
+      own_lock.release()
+
+
+def _run(
+  extractor,
+  tasks,
+  output_dir,
+  own_writer,
+  output_format,
+  suffix,
+  num_threads,
+  prefetch,
+  shard_size,
+  log_interval,
+  max_pixels,
+) -> ExtractionSummary:
+  """run_extraction once the arguments are checked and the folder is locked."""
   start = time.monotonic()
-  os.makedirs(output_dir, exist_ok=True)
   for path in descriptor_store.remove_stale_temp_files(output_dir):
     logging.info("removed a temporary file of an interrupted run: %s", path)
   suffix = suffix or getattr(extractor, "suffix", None) or DEFAULT_SUFFIX
@@ -285,16 +473,18 @@ def run_extraction(
   else:
     writer = descriptor_store.ShardWriter(output_dir, shard_size)
   existing = writer.existing_ids()
-  todo = [t for t in tasks if t.image_id not in existing]
-  summary = ExtractionSummary(total=len(tasks), skipped=len(tasks) - len(todo))
+  hidden = [t for t in tasks if is_hidden(t.image_id)]
+  todo = [t for t in tasks if t.image_id not in existing and not is_hidden(t.image_id)]
+  summary = ExtractionSummary(total=len(tasks), skipped=len(tasks) - len(todo) - len(hidden))
   failures = FailureLog(os.path.join(output_dir, FAILURES_FILE))
   lock = threading.Lock()
   progress = progress_lib.Progress(len(todo), "extracted", "img", log_interval)
   logging.info(
-    "%d images: %d already extracted, %d to do -> %s (%s)",
+    "%d images: %d already extracted, %d to do%s -> %s (%s)",
     len(tasks),
     summary.skipped,
     len(todo),
+    f", {len(hidden)} hidden names refused" if hidden else "",
     output_dir,
     output_format,
   )
@@ -314,6 +504,7 @@ def run_extraction(
       for image_id in written:
         pending.pop(image_id, None)
       summary.done += len(written)
+    failures.resolve(written)
 
   def fail_pending(error: BaseException) -> None:
     with lock:
@@ -322,7 +513,9 @@ def run_extraction(
     for task in lost:
       fail(task, f"write failed: {_reason(error)}")
 
-  writer_error = []  # a fatal (non-Exception) error of the writer thread
+  # The error that ended the writer thread; the main thread raises it, so
+  # the writer never dies silently (a failures file it cannot write included).
+  writer_error = []
 
   def write_loop() -> None:
     try:
@@ -334,13 +527,21 @@ def run_extraction(
         with lock:
           pending[task.image_id] = task
         try:
-          record_written(writer.write(task.image_id, descriptor))
+          written = writer.write(task.image_id, descriptor)
         except Exception as e:  # pylint: disable=broad-except
-          fail_pending(e)
+          if _is_stop(e):
+            raise  # Disk full, read-only...: no later write can succeed.
+          fail_pending(e)  # This image only; the run goes on.
+          continue
+        record_written(written)
       try:
-        record_written(writer.flush())
+        written = writer.flush()
       except Exception as e:  # pylint: disable=broad-except
+        if _is_stop(e):
+          raise
         fail_pending(e)
+      else:
+        record_written(written)
     except BaseException as e:  # pylint: disable=broad-except
       writer_error.append(e)  # re-raised by the main thread
 
@@ -357,55 +558,81 @@ def run_extraction(
       except queue.Full:
         pass
 
-  writer_thread = threading.Thread(target=write_loop, name="descriptor-writer", daemon=True)
-  writer_thread.start()
-
   def load(task: ImageTask):
-    return extractor.load_and_preprocess(task.path, task.box)
+    if max_pixels is None:
+      return extractor.load_and_preprocess(task.path, task.box)
+    return image_loading.load_and_preprocess(
+      task.path, task.box, extractor.preprocess, max_pixels=max_pixels
+    )
 
-  executor = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="image-loader")
-  in_flight = collections.deque()
-  next_task = iter(todo)
-
-  def refill() -> None:
-    while len(in_flight) < prefetch:
-      task = next(next_task, None)
-      if task is None:
-        return
-      in_flight.append((task, executor.submit(load, task)))
-
+  error = None
   try:
-    refill()
-    while in_flight:
-      task, future = in_flight.popleft()
+    failures.resolve(existing)  # Done earlier (e.g. from another list): not a failure.
+    for task in hidden:
+      fail(task, HIDDEN_REASON)
+    writer_thread = threading.Thread(target=write_loop, name="descriptor-writer", daemon=True)
+    writer_thread.start()
+    executor = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="image-loader")
+    in_flight = collections.deque()
+    next_task = iter(todo)
+
+    def refill() -> None:
+      while len(in_flight) < prefetch:
+        task = next(next_task, None)
+        if task is None:
+          return
+        in_flight.append((task, executor.submit(load, task)))
+
+    try:
       refill()
-      try:
-        image = future.result()
-      except Exception as e:  # pylint: disable=broad-except
-        fail(task, _reason(e))
-        continue
-      try:
-        descriptor = extractor.extract(image)
-      except Exception as e:  # pylint: disable=broad-except
-        fail(task, f"extraction failed: {_reason(e)}")
-        continue
-      del image
-      put((task, descriptor))
-      _log_progress(progress, summary)
-  finally:
-    for _, future in in_flight:
-      future.cancel()
-    executor.shutdown(wait=True)
-    # The writer writes what is queued, then flushes the shard buffer.
-    while writer_thread.is_alive():
-      try:
-        results.put(None, timeout=0.2)
-        break
-      except queue.Full:
-        pass
-    writer_thread.join()
-  check_writer()
+      while in_flight:
+        check_writer()
+        task, future = in_flight.popleft()
+        refill()
+        try:
+          image = future.result()
+        except Exception as e:  # pylint: disable=broad-except
+          fail(task, _reason(e))
+          continue
+        try:
+          descriptor = extractor.extract(image)
+        except Exception as e:  # pylint: disable=broad-except
+          fail(task, f"extraction failed: {_reason(e)}")
+          continue
+        del image
+        put((task, descriptor))
+        _log_progress(progress, summary)
+    finally:
+      for _, future in in_flight:
+        future.cancel()
+      executor.shutdown(wait=True)
+      # The writer writes what is queued, then flushes the shard buffer.
+      while writer_thread.is_alive():
+        try:
+          results.put(None, timeout=0.2)
+          break
+        except queue.Full:
+          pass
+      writer_thread.join()
+    check_writer()
+  except BaseException as e:  # pylint: disable=broad-except
+    error = e
+  try:
+    failures.close()
+  except descriptor_store.OutputError as e:
+    if error is None:
+      error = e
   summary.seconds = time.monotonic() - start
+  if error is not None and _is_stop(error):
+    code = descriptor_store.folder_errno(error)
+    summary.stopped = descriptor_store.FOLDER_ERRNOS.get(code, "output not writable")
+    for path in descriptor_store.remove_own_temp_files(output_dir):
+      logging.info("removed a temporary file of the stopped run: %s", path)
+    message = _stop_message(error, summary, len(todo), output_dir)
+    logging.error("%s", message)
+    raise ExtractionStopped(message, summary) from error
+  if error is not None:
+    raise error
   _log_progress(progress, summary, force=True)
   logging.info(
     "finished in %.1fs: %d written, %d skipped, %d failed%s",

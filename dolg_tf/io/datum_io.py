@@ -153,13 +153,16 @@ def read_from_file(path: str) -> np.ndarray:
 
   Raises:
     FileNotFoundError: naming `path`, if it does not exist.
-    IOError: naming `path`, if it is not a valid DatumProto file.
+    IOError: naming `path`, if it is not a valid DatumProto file (empty,
+      truncated or garbage).
   """
   data = file_utils.read_bytes(path)
+  if not data:  # every written DatumProto has a values list, so at least 2 bytes
+    raise OSError(f"{path}: corrupt DatumProto file: empty (truncated, or not a DatumProto)")
   try:
     return parse_array(data)
   except ValueError as e:
-    raise OSError(f"{path}: corrupt DatumProto file: {e}") from e
+    raise OSError(f"{path}: corrupt DatumProto file: {e} (truncated, or not a DatumProto)") from e
 
 
 def write_pair_to_file(path: str, first: np.ndarray, second: np.ndarray) -> None:

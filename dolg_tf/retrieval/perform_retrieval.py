@@ -87,14 +87,40 @@ def evaluate(
     An Evaluation.
 
   Raises:
-    KeyError / FileNotFoundError: missing descriptors or local features (named).
+    descriptor_store.MissingDescriptorsError (a KeyError and a ValueError):
+      query or index descriptors (or, with geometric verification, local
+      feature files) missing, all counted before anything is ranked.
+    FileNotFoundError: a source matching nothing (named).
+    ValueError / IOError: a malformed ground truth, descriptor dimensions
+      that differ between queries, index and distractors, or a truncated,
+      corrupt or non-finite descriptor file (each named).
   """
   gt = ground_truth.load_ground_truth(gnd_path)
+  check_descriptors(
+    gt, query_source, index_source, suffix, local_suffix if geometric_verification else None
+  )
   _, queries = descriptor_store.read_descriptors(query_source, ids=list(gt.qimlist), suffix=suffix)
+  dim = queries.shape[1] if gt.num_queries else None
+  # Dimensions of the other sides from one descriptor each, before the index is read.
+  sides = [("index", index_source, list(gt.imlist))]
+  if distractor_source:
+    sides.append(("distractor", distractor_source, None))
+  for what, source, ids in sides:
+    other = descriptor_store.descriptor_dim(source, ids, suffix)
+    if dim is not None and other is not None and other != dim:
+      raise ValueError(
+        f"descriptor dimensions differ: query descriptors are {dim}-D ({query_source}), "
+        f"{what} descriptors {other}-D ({source})"
+      )
   _, database = descriptor_store.read_descriptors(index_source, ids=list(gt.imlist), suffix=suffix)
   num_index = len(database)
   if distractor_source:
     _, distractors = descriptor_store.read_descriptors(distractor_source, suffix=suffix)
+    if len(distractors) and distractors.shape[1] != database.shape[1]:
+      raise ValueError(
+        f"descriptor dimensions differ: index descriptors are {database.shape[1]}-D "
+        f"({index_source}), distractor descriptors {distractors.shape[1]}-D ({distractor_source})"
+      )
     logging.info("adding %d distractors from %s", len(distractors), distractor_source)
     database = np.concatenate([database, distractors])
   k = min(num_ranked or len(database), len(database))
@@ -128,6 +154,51 @@ def evaluate(
     ]
   )
   return Evaluation(results, global_results, summary, len(database))
+
+
+def check_descriptors(
+  gt: ground_truth.RevisitedGroundTruth,
+  query_source: str,
+  index_source: str,
+  suffix: str = descriptor_store.DEFAULT_SUFFIX,
+  local_suffix: str | None = None,
+) -> None:
+  """Checks that every query and index image of `gt` has a descriptor, reading none.
+
+  Args:
+    gt: the ground truth.
+    query_source / index_source: descriptor folders or shard globs.
+    suffix: per-image global descriptor file suffix.
+    local_suffix: if given, `<source>/<name><local_suffix>` local feature
+      files are required too.
+
+  Raises:
+    descriptor_store.MissingDescriptorsError: one line counting what is
+      missing on each side, with the first few names.
+    FileNotFoundError: a source matching nothing (named).
+  """
+  problems, missing_all = [], []
+  sides = (("query", query_source, gt.qimlist), ("index", index_source, gt.imlist))
+  for what, source, names in sides:
+    available = set(descriptor_store.list_ids(source, suffix))
+    missing = [name for name in names if name not in available]
+    if missing:
+      problems.append(
+        descriptor_store.missing_message(missing, len(names), f"{what} descriptors", source)
+      )
+      missing_all.extend(missing)
+  if local_suffix is not None:
+    for what, source, names in sides:
+      missing = [n for n in names if not os.path.isfile(os.path.join(source, n + local_suffix))]
+      if missing:
+        problems.append(
+          descriptor_store.missing_message(
+            missing, len(names), f"{what} local feature files (*{local_suffix})", source
+          )
+        )
+        missing_all.extend(missing)
+  if problems:
+    raise descriptor_store.MissingDescriptorsError("; ".join(problems), missing_all)
 
 
 def write_metrics(results: dict[str, metrics.MapResult], summary: str, output_dir: str) -> str:
@@ -211,25 +282,41 @@ def main(argv):
   for name in ("dataset_file_path", "query_features_dir", "index_features_dir"):
     if not FLAGS[name].value:
       raise cli.UserError(f"--{name} is required")
-  evaluation = evaluate(
-    cli.resolve_path(FLAGS.dataset_file_path),
-    cli.resolve_path(FLAGS.query_features_dir),
-    cli.resolve_path(FLAGS.index_features_dir),
-    cli.resolve_path(FLAGS.distractor_features),
-    FLAGS.suffix,
-    FLAGS.qe_n,
-    FLAGS.dba_n,
-    FLAGS.alpha,
-    FLAGS.num_ranked,
-    geometric_verification=(
-      geometric_verification_from_flags() if FLAGS.use_geometric_verification else None
-    ),
-    local_suffix=FLAGS.local_suffix,
+  geometric_verification = (
+    geometric_verification_from_flags() if FLAGS.use_geometric_verification else None
   )
+  try:
+    evaluation = evaluate(
+      cli.resolve_path(FLAGS.dataset_file_path),
+      cli.resolve_path(FLAGS.query_features_dir),
+      cli.resolve_path(FLAGS.index_features_dir),
+      cli.resolve_path(FLAGS.distractor_features),
+      FLAGS.suffix,
+      FLAGS.qe_n,
+      FLAGS.dba_n,
+      FLAGS.alpha,
+      FLAGS.num_ranked,
+      geometric_verification=geometric_verification,
+      local_suffix=FLAGS.local_suffix,
+    )
+  except (OSError, ValueError, KeyError) as e:
+    raise cli.UserError(_message(e)) from e
   print(evaluation.summary)
   if FLAGS.output_dir:
-    path = write_metrics(evaluation.results, evaluation.summary, cli.resolve_path(FLAGS.output_dir))
+    try:
+      path = write_metrics(
+        evaluation.results, evaluation.summary, cli.resolve_path(FLAGS.output_dir)
+      )
+    except OSError as e:
+      raise cli.UserError(f"--output_dir: {_message(e)}") from e
     print(f"metrics: {path}")
+
+
+def _message(error: Exception) -> str:
+  """The message of an error; a plain KeyError's without the quotes str() adds."""
+  if type(error) is KeyError and error.args:
+    return str(error.args[0])
+  return str(error)
 
 
 def run():

@@ -459,12 +459,19 @@ def local_features_loader(
 ) -> Callable[[int], feature_io.LocalFeatures]:
   """index -> LocalFeatures of `<features_dir>/<names[index]><suffix>`, LRU-cached.
 
-  A missing file raises FileNotFoundError naming it.
+  A missing file raises FileNotFoundError naming it, a corrupt one IOError and
+  one with NaN or inf locations, scales or descriptors ValueError (named).
   """
 
   @functools.lru_cache(maxsize=cache_size)
   def load(index: int) -> feature_io.LocalFeatures:
-    return feature_io.read_from_file(os.path.join(features_dir, names[index] + suffix))
+    path = os.path.join(features_dir, names[index] + suffix)
+    features = feature_io.read_from_file(path)
+    for field in ("locations", "scales", "descriptors"):
+      values = getattr(features, field)
+      if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ValueError(f"{path}: non-finite local feature {field} (NaN or inf)")
+    return features
 
   return load
 

@@ -4,7 +4,11 @@ Checkpoints (tf.train.CheckpointManager) hold the model, the head and the
 optimizer (its `iterations` is the global step), so a restarted run resumes at
 the saved step with the same optimizer state. TF writes a checkpoint's files
 before it atomically rewrites the `checkpoint` index, so a run killed at any
-moment (even SIGKILL) leaves the previous checkpoint usable.
+moment (even SIGKILL) leaves the previous checkpoint usable. A checkpoint that
+does not fit the model of the config (another embedding size, depth, head or
+number of classes) is refused naming it (CheckpointMismatchError), as is a
+training or validation file that is missing, corrupt or holds labels outside
+[0, num_classes) (input_pipeline.check_records, before the first step).
 """
 
 import math
@@ -31,6 +35,58 @@ DELG_RECONSTRUCTION_LOSS_WEIGHT = 10.0
 
 class NonFiniteLossError(RuntimeError):
   """The training loss became NaN or Inf."""
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the model being built; the message names it."""
+
+
+def _first_line(error: Exception, limit: int = 160) -> str:
+  """The start of an error's message (TF's can be thousands of characters), one line."""
+  text = " ".join(str(getattr(error, "message", None) or error).split())
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
+  """Restores `path` into `checkpoint`, checking every existing object got its values.
+
+  Args:
+    checkpoint: the objects to restore (built, so shapes are known).
+    path: the checkpoint prefix.
+    partial: the checkpoint may hold more than `checkpoint` (export: no head
+      or optimizer).
+
+  Raises:
+    CheckpointMismatchError: a variable is missing or has another shape (the
+      checkpoint and the reason named).
+  """
+  try:
+    status = checkpoint.restore(path)
+    if partial:
+      status.expect_partial()
+    status.assert_existing_objects_matched()
+  except (ValueError, AssertionError, tf.errors.OpError) as e:
+    if isinstance(e, tf.errors.NotFoundError):
+      raise CheckpointMismatchError(f"checkpoint {path}: not found or unreadable") from None
+    raise CheckpointMismatchError(
+      f"checkpoint {path} does not fit the model of this config ({_first_line(e)}); it was "
+      "written with another model section (e.g. embedding_dim, backbone or num_classes): use "
+      "that run's config.json, or a new --logdir"
+    ) from None
+
+
+def input_error(error: Exception, field: str, file_pattern: str) -> input_pipeline.DataError | None:
+  """A one-line DataError for a read or decode failure of the input pipeline, else None."""
+  hint = "set data.skip_corrupt_records=true to skip such records"
+  if isinstance(error, tf.errors.DataLossError):
+    return input_pipeline.DataError(
+      f"{field} {file_pattern!r}: a record does not read ({_first_line(error)}; did a file "
+      f"change after the check at start-up?); {hint}"
+    )
+  described = input_pipeline.image_error(error)
+  if described is None:
+    return None
+  return input_pipeline.DataError(f"{field} {file_pattern!r}: {described}; {hint}")
 
 
 def count_examples(file_pattern: str) -> int:
@@ -83,24 +139,41 @@ class Trainer:
       class_counts: optional per-class image counts (sub-center head margins).
 
     Raises:
-      FileNotFoundError: if no training file matches.
+      FileNotFoundError: if no training file (or, when a validation pattern is
+        given, no validation file) matches; the field and pattern named.
+      input_pipeline.DataError: a corrupt or truncated file (unless
+        data.skip_corrupt_records), a label outside [0, num_classes) or no
+        record at all; the file named.
+      CheckpointMismatchError: the latest checkpoint does not fit the model.
     """
     self.experiment = experiment
     self.layout = layout
     self.model_config = model_config = experiment.model
     self.data = data = data or experiment.data
     self.config = config = experiment.train
-    if not tf.io.gfile.glob(data.train_file_pattern):
-      raise FileNotFoundError(
-        f"data.train_file_pattern matches no file: {data.train_file_pattern!r}"
-      )
     self.num_classes = gldv2.num_classes(data.dataset_version, data.num_classes or None)
     tf.keras.utils.set_random_seed(config.seed)
     tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
     self.strategy = build_strategy(config)
     self.is_chief = _is_chief(self.strategy)
+    # After the strategy: multi-worker collectives must be set up before any TF op.
+    # Then one pass over the labels and record framing of every file (no image is decoded).
+    self.train_records = input_pipeline.check_records(
+      data.train_file_pattern,
+      self.num_classes,
+      "data.train_file_pattern",
+      skip_corrupt=data.skip_corrupt_records,
+    )
+    self.validation_records = None
+    if data.validation_file_pattern:
+      self.validation_records = input_pipeline.check_records(
+        data.validation_file_pattern,
+        self.num_classes,
+        "data.validation_file_pattern",
+        skip_corrupt=data.skip_corrupt_records,
+      )
     self.steps_per_epoch = config.steps_per_epoch or max(
-      1, count_examples(data.train_file_pattern) // config.batch_size
+      1, self.train_records.num_records // config.batch_size
     )
     self.total_steps = config.max_steps or max(1, config.epochs) * self.steps_per_epoch
     self.warmup_steps = config.warmup_steps or int(config.warmup_epochs * self.steps_per_epoch)
@@ -155,7 +228,7 @@ class Trainer:
     )
     self.restored_from = None
     if self.manager.latest_checkpoint:
-      self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+      restore_checkpoint(self.checkpoint, self.manager.latest_checkpoint)
       self.restored_from = self.manager.latest_checkpoint
       logging.info("Resumed from %s at step %d", self.restored_from, self.step)
     self._train_step_fn = None
@@ -181,6 +254,7 @@ class Trainer:
         drop_remainder=training,
         input_context=input_context,
         crop_area_range=(data.min_crop_area, 1.0),
+        skip_corrupt=data.skip_corrupt_records,
       )
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
@@ -262,10 +336,16 @@ class Trainer:
         self.strategy.run(fn, args=(images, labels))
 
       self._eval_step_fn = eval_step
-    for i, (images, labels) in enumerate(self._dataset(file_pattern, training=False)):
-      if self.config.validation_steps and i >= self.config.validation_steps:
-        break
-      self._eval_step_fn(images, labels)
+    try:
+      for i, (images, labels) in enumerate(self._dataset(file_pattern, training=False)):
+        if self.config.validation_steps and i >= self.config.validation_steps:
+          break
+        self._eval_step_fn(images, labels)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      error = input_error(e, "data.validation_file_pattern", file_pattern)
+      if error is None:
+        raise
+      raise error from None
     return float(self.validation_accuracy.result())
 
   def save_checkpoint(self) -> str:
@@ -326,7 +406,13 @@ class Trainer:
         num_steps = min(
           config.log_every - self.step % config.log_every, self.total_steps - self.step
         )
-        self._train_step_fn(iterator, tf.constant(num_steps))
+        try:
+          self._train_step_fn(iterator, tf.constant(num_steps))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+          error = input_error(e, "data.train_file_pattern", self.data.train_file_pattern)
+          if error is None:
+            raise
+          raise error from None
         loss = float(self.train_loss.result())
         if not math.isfinite(loss):
           raise NonFiniteLossError(

@@ -7,7 +7,11 @@ describes come from the same code:
 
 * the file is read whole and fully decoded, so missing, empty, truncated or
   corrupt files fail here, as an `ImageError` whose message names the file;
-* images larger than `MAX_PIXELS` are refused (decompression bombs);
+* images with more than `MAX_PIXELS` pixels (or the caller's `max_pixels`)
+  are refused from their header, before any pixel is decoded (decompression
+  bombs); Pillow's own limit (`Image.MAX_IMAGE_PIXELS`, a warning then an
+  error) is switched off on import, so this one limit, with its message
+  naming the file, is the only one;
 * the EXIF orientation is applied;
 * every Pillow mode becomes 8-bit RGB: grayscale and bilevel are repeated,
   palettes expanded, alpha dropped (as DELF's `convert('RGB')`), CMYK, YCbCr,
@@ -25,8 +29,12 @@ import struct
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Refuse decompression bombs explicitly instead of relying on Pillow's warning.
-MAX_PIXELS = 200_000_000
+# The project's one pixel limit (decompression bombs), checked from the header
+# before decoding. 100 Mpixels decode to 300 MB of RGB (about 3x that at the
+# peak of a mode conversion), so a few decoding threads fit in a few GB.
+MAX_PIXELS = 100_000_000
+# Pillow's limit would warn (or raise its own error) before ours is checked.
+Image.MAX_IMAGE_PIXELS = None
 EXIF_ORIENTATION_TAG = 0x0112
 
 # What Pillow raises on a corrupt or truncated file while opening or decoding.
@@ -56,15 +64,46 @@ def read_file(path: str | os.PathLike) -> bytes:
   return data
 
 
-def open_image(data: bytes, name: str = "<bytes>") -> Image.Image:
+def _pixel_limit(max_pixels: int | None) -> int:
+  limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+  if limit < 1:
+    raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+  return limit
+
+
+def check_size(image: Image.Image, name: str = "<image>", max_pixels: int | None = None) -> None:
+  """Refuses an opened (not yet decoded) image that is empty or has too many pixels.
+
+  Args:
+    image: from `Image.open`; only its header is used.
+    name: what error messages call the image (its path).
+    max_pixels: the limit; default `MAX_PIXELS`.
+
+  Raises:
+    ImageError: naming `name`, if a side is 0 or width x height > the limit.
+    ValueError: if `max_pixels` is not positive.
+  """
+  limit = _pixel_limit(max_pixels)
+  width, height = image.size
+  if width < 1 or height < 1:
+    raise ImageError(f"{name}: empty image ({width}x{height})")
+  if width * height > limit:
+    raise ImageError(
+      f"{name}: image too large ({width}x{height} = {width * height} pixels > limit {limit})"
+    )
+
+
+def open_image(data: bytes, name: str = "<bytes>", max_pixels: int | None = None) -> Image.Image:
   """Opens and fully decodes encoded image bytes with Pillow.
 
   The image keeps its file's mode and orientation (see `to_rgb_array`); its
-  `format` is Pillow's name of the file format ('JPEG', 'PNG', ...).
+  `format` is Pillow's name of the file format ('JPEG', 'PNG', ...). Its size
+  is checked from the header (`check_size`) before it is decoded.
 
   Args:
     data: the encoded image.
     name: what error messages call the image (its path).
+    max_pixels: the pixel limit; default `MAX_PIXELS`.
 
   Returns:
     A loaded Pillow image.
@@ -72,7 +111,9 @@ def open_image(data: bytes, name: str = "<bytes>") -> Image.Image:
   Raises:
     ImageError: naming `name`, if the bytes are empty, not an image,
       truncated, corrupt, or the image is empty or too large.
+    ValueError: if `max_pixels` is not positive.
   """
+  limit = _pixel_limit(max_pixels)
   if not data:
     raise ImageError(f"{name}: not a recognised image format (empty file)")
   try:
@@ -83,13 +124,11 @@ def open_image(data: bytes, name: str = "<bytes>") -> Image.Image:
     raise ImageError(f"{name}: image too large ({e})") from e
   except _DECODE_ERRORS as e:
     raise ImageError(f"{name}: cannot decode image ({e})") from e
-  width, height = image.size
-  if width < 1 or height < 1:
+  try:
+    check_size(image, name, limit)
+  except ImageError:
     image.close()
-    raise ImageError(f"{name}: empty image ({width}x{height})")
-  if width * height > MAX_PIXELS:
-    image.close()
-    raise ImageError(f"{name}: image too large ({width}x{height})")
+    raise
   try:
     image.load()  # Full decode: catches truncated and corrupt files.
   except Image.DecompressionBombError as e:
@@ -160,12 +199,16 @@ def to_rgb_array(image: Image.Image, name: str = "<image>") -> np.ndarray:
     raise ImageError(f"{name}: cannot decode image ({e})") from e
 
 
-def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
+def decode_image(
+  source: str | os.PathLike | bytes, name: str | None = None, max_pixels: int | None = None
+) -> np.ndarray:
   """Decodes an image file, or its bytes, to RGB uint8 [H, W, 3] (see module doc).
 
   Args:
     source: a path, or the encoded bytes of an image.
     name: what error messages call the image; default the path, or '<bytes>'.
+    max_pixels: the pixel limit, checked from the header before decoding;
+      default `MAX_PIXELS`.
 
   Returns:
     The RGB uint8 [H, W, 3] array, EXIF orientation applied.
@@ -173,11 +216,13 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> 
   Raises:
     ImageError: naming the file, if it is missing, unreadable, empty, not an
       image, truncated, corrupt or too large.
+    ValueError: if `max_pixels` is not positive.
   """
+  limit = _pixel_limit(max_pixels)
   if isinstance(source, bytes | bytearray | memoryview):
     data, name = bytes(source), name or "<bytes>"
   else:
     name = name or os.fspath(source)
     data = read_file(source)
-  with open_image(data, name) as image:
+  with open_image(data, name, limit) as image:
     return to_rgb_array(image, name)

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import pickle
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -167,6 +168,13 @@ CASES = (
     "{w}/o",
   ),
   Case(
+    "extract_truncated_saved_model",
+    "extract",
+    ("--config={w}/truncated.pbtxt", "--images_dir={w}/images", "--output_dir={w}/out_k"),
+    r"{w}/truncated_model: cannot load the SavedModel",
+    "{w}/out_k",
+  ),
+  Case(
     "extract_output_is_a_file",
     "extract",
     ("--config={w}/good.pbtxt", "--images_dir={w}/images", "--output_dir={w}/a_file"),
@@ -233,6 +241,36 @@ CASES = (
     r"q1",
   ),
   Case(
+    "retrieve_non_finite_descriptor",
+    "retrieve",
+    (
+      "--dataset_file_path={w}/gnd.pkl",
+      "--query_features_dir={w}/nan_descriptors",
+      "--index_features_dir={w}/descriptors",
+    ),
+    r"{w}/nan_descriptors/q1\.dolg_global: non-finite",
+  ),
+  Case(
+    "retrieve_dimension_mismatch",
+    "retrieve",
+    (
+      "--dataset_file_path={w}/gnd.pkl",
+      "--query_features_dir={w}/descriptors",
+      "--index_features_dir={w}/wide_descriptors",
+    ),
+    r"8-D .*16-D",
+  ),
+  Case(
+    "retrieve_truncated_descriptor",
+    "retrieve",
+    (
+      "--dataset_file_path={w}/gnd.pkl",
+      "--query_features_dir={w}/truncated_descriptors",
+      "--index_features_dir={w}/descriptors",
+    ),
+    r"{w}/truncated_descriptors/q1\.dolg_global",
+  ),
+  Case(
     "retrieve_bad_gv_threshold",
     "retrieve",
     (
@@ -282,7 +320,13 @@ def _write_workspace(w: str) -> None:
   with open(os.path.join(w, "bad.yaml"), "w") as f:
     f.write("model: [unclosed\n")
   export_dir = testutil.tiny_export("dolg")
+  truncated = os.path.join(w, "truncated_model")
+  shutil.copytree(export_dir, truncated)
+  for name in os.listdir(os.path.join(truncated, "variables")):
+    if name.startswith("variables.data"):
+      os.truncate(os.path.join(truncated, "variables", name), 100)
   texts = {
+    "truncated.pbtxt": f'model_path: "{truncated}"\n',
     "good.pbtxt": f'model_path: "{export_dir}"\n',
     "typo.pbtxt": f'modle_path: "{export_dir}"\n',
     "negative.pbtxt": f'model_path: "{export_dir}"\nimage_scales: -1\n',
@@ -309,6 +353,15 @@ def _write_workspace(w: str) -> None:
     for name in names:
       vector = rng.normal(size=8).astype(np.float32)
       datum_io.write_to_file(os.path.join(w, folder, f"{name}.dolg_global"), vector)
+  for folder, dim in (("nan_descriptors", 8), ("wide_descriptors", 16)):
+    os.makedirs(os.path.join(w, folder))
+    for name in ("q1", "q2", "d1", "d2"):
+      vector = rng.normal(size=dim).astype(np.float32)
+      if folder == "nan_descriptors" and name == "q1":
+        vector[3] = np.nan
+      datum_io.write_to_file(os.path.join(w, folder, f"{name}.dolg_global"), vector)
+  shutil.copytree(os.path.join(w, "descriptors"), os.path.join(w, "truncated_descriptors"))
+  os.truncate(os.path.join(w, "truncated_descriptors", "q1.dolg_global"), 7)
   # A run folder started with the tiny synthetic experiment (config only, no checkpoint).
   config_lib.save_config(experiments.get("dolg_synthetic"), os.path.join(w, "resume"))
 

@@ -319,6 +319,22 @@ def resolve_config(
   return resolved
 
 
+def load_saved_model(model_path: str, source: str = "<config>"):
+  """tf.saved_model.load, with a damaged SavedModel reported as one ValueError naming it.
+
+  A truncated variables file, say, surfaces from TF as an IndexError or an
+  OpError deep inside the checkpoint reader.
+  """
+  try:
+    return tf.saved_model.load(model_path)
+  except (IndexError, KeyError, ValueError, OSError, tf.errors.OpError) as e:
+    reason = " ".join(str(e).split())[:300]
+    raise ValueError(
+      f"{model_path}: cannot load the SavedModel (model_path in {source}): "
+      f"{type(e).__name__}: {reason}"
+    ) from e
+
+
 class Extractor:
   """Global (DOLG) or local + global (DELG) extraction with a SavedModel, per a DolgConfig.
 
@@ -373,7 +389,7 @@ class Extractor:
       model_path = model_path or config_io.resolve_model_path(config, config_path)
       if not os.path.exists(os.path.join(model_path, "saved_model.pb")):
         raise FileNotFoundError(f"{model_path}: no saved_model.pb (model_path in {source})")
-      self._loaded = tf.saved_model.load(model_path)
+      self._loaded = load_saved_model(model_path, source)
     self.model_path = model_path
     self.config = config = resolve_config(config, config_path, model_path)
     name = model_path or "<loaded SavedModel>"

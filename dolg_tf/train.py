@@ -156,6 +156,18 @@ def check_resume(config: config_lib.ExperimentConfig, layout: run_layout.RunLayo
     logging.warning("config change on resume: %s %r -> %r", key, old, new)
 
 
+def check_logdir(path: str) -> None:
+  """Creates the run folder, or refuses one that is a file or not writable (cli.UserError)."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise cli.UserError(f"--logdir: {path} is a file, not a folder")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise cli.UserError(f"--logdir: cannot create {path} ({e.strerror or e})") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise cli.UserError(f"--logdir: {path} is not writable")
+
+
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -170,6 +182,7 @@ def main(argv):
     )
   if not config.train.max_steps and not config.train.epochs:
     raise cli.UserError("set --max_steps or --epochs")
+  check_logdir(layout.root)
   check_resume(config, layout)
   data = config.data
   if data.is_synthetic:

@@ -91,6 +91,9 @@ CASES = (
     r"model\.backbone_depth: 26 -> 50",
     "{w}/resume/checkpoints",
   ),
+  Case(
+    "train_logdir_is_a_file", "train", ("--logdir={w}/a_file",), r"--logdir: {w}/a_file is a file"
+  ),
   Case("train_both_data_sources", "train", ("--train_file_pattern=x*",), r"exclusive"),
   # Export.
   Case("export_no_logdir", "export", (), r"--logdir"),

@@ -241,9 +241,9 @@ class TrainerTest(tf.test.TestCase):
       ):
         self._trainer(model, logdir, **overrides)
 
-  def test_killed_run_leaves_a_usable_checkpoint(self):
-    logdir = self.create_tempdir().full_path
-    command = [
+  def _train_command(self, logdir, checkpoint_every):
+    """`python -m dolg_tf.train` on the tiny data, running (almost) forever."""
+    return [
       sys.executable,
       "-m",
       "dolg_tf.train",
@@ -257,9 +257,13 @@ class TrainerTest(tf.test.TestCase):
       "--image_size=32",
       "--max_steps=100000",
       "--log_every=1",
-      "--checkpoint_every=1",
+      f"--checkpoint_every={checkpoint_every}",
       "--export_at_end=false",
     ]
+
+  def test_killed_run_leaves_a_usable_checkpoint(self):
+    logdir = self.create_tempdir().full_path
+    command = self._train_command(logdir, checkpoint_every=1)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint_dir = os.path.join(logdir, "checkpoints")
     try:
@@ -278,23 +282,8 @@ class TrainerTest(tf.test.TestCase):
 
   def test_sigterm_saves_the_step_and_exits_143(self):
     logdir = self.create_tempdir().full_path
-    command = [
-      sys.executable,
-      "-m",
-      "dolg_tf.train",
-      f"--train_file_pattern={self.train_pattern}",
-      "--dataset_version=synthetic",
-      f"--num_classes={self.num_classes}",
-      f"--logdir={logdir}",
-      "--experiment=dolg_gldv2",
-      "--config_file=" + config_lib.save_model_config(TINY, self.create_tempdir().full_path),
-      "--batch_size=4",
-      "--image_size=32",
-      "--max_steps=100000",
-      "--log_every=1",
-      "--checkpoint_every=100000",  # the only checkpoint is the one SIGTERM saves
-      "--validate_every=0",
-    ]
+    # The only checkpoint is the one SIGTERM saves.
+    command = self._train_command(logdir, checkpoint_every=100000)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
       lines = []

@@ -89,12 +89,6 @@ def input_error(error: Exception, field: str, file_pattern: str) -> input_pipeli
   return input_pipeline.DataError(f"{field} {file_pattern!r}: {described}; {hint}")
 
 
-def count_examples(file_pattern: str) -> int:
-  """Number of records in the TFRecord files matching `file_pattern`."""
-  files = tf.io.gfile.glob(file_pattern)
-  return int(sum(1 for _ in tf.data.TFRecordDataset(files)))
-
-
 def build_strategy(config: config_lib.TrainConfig) -> tf.distribute.Strategy:
   """The tf.distribute strategy named by the config (tf-models-official helper)."""
   if config.distribution_strategy == "one_device":

@@ -371,13 +371,8 @@ def _write_workspace(w: str) -> None:
 
 def _run(case: Case, w: str) -> subprocess.CompletedProcess:
   args = [a.replace("{w}", w) for a in case.args]
-  return subprocess.run(
-    [sys.executable, "-m", MODULES[case.command], *args],
-    capture_output=True,
-    text=True,
-    cwd=w,
-    timeout=300,
-    env=dict(os.environ, PYTHONWARNINGS="ignore"),
+  return testutil.run_module(
+    MODULES[case.command], *args, cwd=w, env=dict(os.environ, PYTHONWARNINGS="ignore")
   )
 
 

@@ -9,8 +9,6 @@ torchvision) are skipped with a visible reason when it is not installed.
 
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +18,7 @@ from dolg_tf import config as config_lib
 from dolg_tf.convert import official_dolg
 from dolg_tf.io import config_io
 from dolg_tf.model import backbones, builder
+from tests import testutil
 
 try:
   import torch
@@ -347,12 +346,8 @@ class TorchFreeTest(tf.test.TestCase):
       official_dolg.infer_model_config(forty)
 
   def _convert(self, *args):
-    return subprocess.run(
-      [sys.executable, "-m", "dolg_tf.convert.convert_official_dolg", *args],
-      capture_output=True,
-      text=True,
-      cwd=self.create_tempdir().full_path,
-      timeout=300,
+    return testutil.run_module(
+      "dolg_tf.convert.convert_official_dolg", *args, cwd=self.create_tempdir().full_path
     )
 
   def _assert_one_line_error(self, result, message):

@@ -5,8 +5,6 @@ import json
 import os
 import pickle
 import re
-import subprocess
-import sys
 from unittest import mock
 
 import numpy as np
@@ -17,6 +15,7 @@ from dolg_tf.extraction import descriptor_store
 from dolg_tf.io import datum_io
 from dolg_tf.retrieval import perform_retrieval, search
 from dolg_tf.utils import cli
+from tests import testutil
 
 
 class _Flags:
@@ -248,12 +247,8 @@ class UserErrorsTest(tf.test.TestCase):
       self._evaluate()
 
   def _run(self, *args):
-    return subprocess.run(
-      [sys.executable, "-m", "dolg_tf.retrieval.perform_retrieval", *args],
-      capture_output=True,
-      text=True,
-      cwd=self.root,
-      timeout=120,
+    return testutil.run_module(
+      "dolg_tf.retrieval.perform_retrieval", *args, cwd=self.root, timeout=120
     )
 
   def _assert_one_line_error(self, result, message):

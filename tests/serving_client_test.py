@@ -5,8 +5,6 @@ import http.server
 import io
 import os
 import socket
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -61,13 +59,7 @@ class NoServerTest(tf.test.TestCase):
     Image.new("RGB", (8, 6), (10, 20, 30)).save(self.image)
 
   def _run(self, *args):
-    return subprocess.run(
-      [sys.executable, "-m", "dolg_tf.export.serving_client", *args],
-      capture_output=True,
-      text=True,
-      cwd=self.dir,
-      timeout=120,
-    )
+    return testutil.run_module("dolg_tf.export.serving_client", *args, cwd=self.dir, timeout=120)
 
   def _assert_one_line_error(self, result, prefix):
     self.assertEqual(result.returncode, 2, result.stderr)

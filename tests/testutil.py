@@ -14,6 +14,8 @@ import atexit
 import functools
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import tensorflow as tf
@@ -26,6 +28,15 @@ from dolg_tf.model import builder
 TINY_DOLG = config_lib.ModelConfig(
   backbone_depth=26, backbone_width_multiplier=0.125, local_dim=32, embedding_dim=16
 )
+# The tiny DOLG trained by the training tests: a smaller local branch and the
+# head scale a 16-d embedding learns with.
+TINY_TRAIN_DOLG = config_lib.ModelConfig(
+  backbone_depth=26,
+  backbone_width_multiplier=0.125,
+  local_dim=16,
+  embedding_dim=16,
+  head_scale=4.0,
+)
 # The tiny DELG network (DELG defaults otherwise: keras layout, (x - 128) / 128 input).
 TINY_DELG = config_lib.delg_config(
   backbone_depth=26,
@@ -34,6 +45,20 @@ TINY_DELG = config_lib.delg_config(
   delg_reduced_dim=8,
   delg_attention_hidden=16,
 )
+
+
+def run_module(module: str, *args: str, cwd=None, env=None, timeout=300):
+  """`python -m <module> <args>` with text stdout/stderr captured (a CompletedProcess)."""
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    capture_output=True,
+    text=True,
+    cwd=cwd,
+    env=env,
+    timeout=timeout,
+  )
+
+
 # Models are built by a call on a zero batch of this size.
 IMAGE_SIZE = 64
 # Small serve_encoded settings (`tiny_export(name, export_config=SMALL_EXPORT_CONFIG)`):

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import tensorflow as tf
 
@@ -22,20 +21,13 @@ from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.data import synthetic
 from dolg_tf.training import trainer
+from tests import testutil
 
-TINY = config_lib.ModelConfig(
-  backbone_depth=26,
-  backbone_width_multiplier=0.125,
-  local_dim=16,
-  embedding_dim=16,
-  head_scale=4.0,
-)
+TINY = testutil.TINY_TRAIN_DOLG
 
 
 def _run(module: str, args: list[str]) -> subprocess.CompletedProcess:
-  return subprocess.run(
-    [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300
-  )
+  return testutil.run_module(module, *args)
 
 
 class TrainExportErrorsTest(tf.test.TestCase):

@@ -19,14 +19,9 @@ from dolg_tf import run_layout, train
 from dolg_tf.data import gldv2, input_pipeline, synthetic
 from dolg_tf.training import trainer
 from dolg_tf.utils import cli
+from tests import testutil
 
-TINY = config_lib.ModelConfig(
-  backbone_depth=26,
-  backbone_width_multiplier=0.125,
-  local_dim=16,
-  embedding_dim=16,
-  head_scale=4.0,
-)
+TINY = testutil.TINY_TRAIN_DOLG
 DATA_FIELDS = {f.name for f in dataclasses.fields(config_lib.DataConfig)}
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from official.modeling import hyperparams
 
+from dolg_tf.export import signatures
 from dolg_tf.utils import files
 
 # Official DOLG / torchvision ImageNet statistics in pixel units (RGB order).
@@ -47,6 +48,8 @@ OFFICIAL_DILATIONS = (6, 12, 18)
 PAPER_DILATIONS = (3, 6, 9)
 # The official DOLG test-time pyramid (1/sqrt(2), 1, sqrt(2)).
 OFFICIAL_SCALES = (0.7071, 1.0, 1.4142)
+# The pyramid of the official evaluation script (evaler/infer.py), with no size cap.
+OFFICIAL_INFER_SCALES = (0.3535, 0.5, 0.7071, 1.0, 1.4142)
 DATASET_VERSIONS = ("gld_v1", "gld_v2", "gld_v2_clean", "synthetic")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -635,6 +638,7 @@ def load_config(path: str) -> ExperimentConfig:
     FileNotFoundError: no config there. ConfigError: invalid (file and field named).
   """
   values = load_config_dict(path)
+  values.pop(signatures.INTERFACE_KEY, None)  # a SavedModel's config.json records it
   try:
     return ExperimentConfig.from_dict(values)
   except ConfigError as e:

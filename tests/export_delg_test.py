@@ -39,7 +39,7 @@ class DelgExportTest(tf.test.TestCase):
       for (y, x), score in np.ndenumerate(attention):
         box = np.array([y * stride - padding, x * stride - padding] * 2, np.float32)
         box[2:] += rf_size - 1
-        expected.append((score, scale, box / scale, features[y, x]))
+        expected.append((score, 1.0 / scale, box / scale, features[y, x]))  # DELF: 1 / s
     self.assertLen(out["scores"], len(expected))  # threshold 0 keeps every location
     order = np.argsort([-e[0] for e in expected], kind="stable")
     self.assertAllClose(out["scores"], [expected[i][0] for i in order], rtol=1e-5)

@@ -170,8 +170,9 @@ class ExtractorTest(tf.test.TestCase):
     box = (10.4, 20.0, 50.0, 70.0)  # x1, y1, x2, y2 -> rows 20:70, cols 10:50
     prepared = extractor.load_and_preprocess(path, box)
     cropped = image[20:70, 10:50]
-    expected_image, _ = image_loading.resize_image(cropped, 32)
-    self.assertEqual(prepared.shape, (32, 26, 3))  # 50x40 -> largest side 32
+    # DELF scales max_image_size by the crop's share of the largest side: 32 * 50 / 90.
+    expected_image, _ = image_loading.resize_image(cropped, 32, resize_factor=50 / 90)
+    self.assertEqual(prepared.shape, (18, 14, 3))  # 50x40 -> largest side round(17.8)
     self.assertAllEqual(prepared, expected_image)
     expected = self._signature(expected_image)["global_descriptor"].numpy()
     self.assertAllClose(extractor.extract_from_file(path, box), expected, atol=1e-6)

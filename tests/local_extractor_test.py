@@ -1,6 +1,8 @@
 """Tests for DELG local + global extraction from an exported SavedModel."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from dolg_tf.export import signatures
 from dolg_tf.extraction import binarize, local_extractor, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, datum_io, feature_io
@@ -69,6 +72,24 @@ class LocalExtractorTest(tf.test.TestCase):
     # Keypoints are the box centres of the raw signature output.
     raw = extractor.run_model(extractor.preprocess(self.image).image)
     self.assertAllClose(local_extractor.keypoint_centers(raw["boxes"]) * 2.0, locations, atol=1e-3)
+
+  def test_scales_follow_delf_convention(self):
+    # DELF's .delg_local `scales` hold 1 / s for a feature found at pyramid scale s.
+    result = self._extractor().extract(self.image)
+    self.assertContainsSubset(set(np.unique(result["scales"]).tolist()), {2.0, 1.0})
+    # Exports made before interface version 2 held s: extraction inverts theirs.
+    old_export = os.path.join(self.create_tempdir().full_path, "1")
+    shutil.copytree(self.export_dir, old_export)
+    asset = os.path.join(old_export, signatures.CONFIG_ASSET)
+    with open(asset) as f:
+      payload = json.load(f)
+    self.assertEqual(payload.pop(signatures.INTERFACE_KEY), signatures.INTERFACE_VERSION)
+    with open(asset, "w") as f:
+      json.dump(payload, f)
+    config = config_io.parse_dolg_config(CONFIG % ("false", "false"))
+    old = extractor_lib.Extractor(config, model_path=old_export, saved_model=self.loaded)
+    self.assertAllClose(old._local_scales(np.array([0.5, 1.0])), [2.0, 1.0])
+    self.assertAllClose(self._extractor()._local_scales(np.array([2.0, 1.0])), [2.0, 1.0])
 
   def test_one_extractor_for_both_kinds_of_config(self):
     extractor = self._extractor()

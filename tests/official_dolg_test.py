@@ -10,12 +10,15 @@ torchvision) are skipped with a visible reason when it is not installed.
 import os
 import re
 
+import cv2
 import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
 from dolg_tf import config as config_lib
 from dolg_tf.convert import official_dolg
+from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.extraction import image_loading
 from dolg_tf.io import config_io
 from dolg_tf.model import backbones, builder
 from tests import testutil
@@ -391,9 +394,17 @@ class TorchFreeTest(tf.test.TestCase):
     text = official_dolg.official_dolg_pbtxt("/models/dolg/export/1")
     config = config_io.parse_dolg_config(text)
     self.assertEqual(config.model_path, "/models/dolg/export/1")
-    self.assertAllClose(list(config.image_scales), [0.7071, 1.0, 1.4142])
-    self.assertEqual(config.max_image_size, 1024)
+    self.assertAllClose(list(config.image_scales), [0.3535, 0.5, 0.7071, 1.0, 1.4142])
+    self.assertEqual(config.max_image_size, -1)
+    self.assertEqual(config.query_box_rounding, config.TRUNCATE)
     self.assertEqual(config.global_config.scale_pooling, config.global_config.AVERAGE)
+    delf_style = config_io.parse_dolg_config(
+      official_dolg.official_dolg_pbtxt(
+        "/m", official_dolg.DELF_STYLE_MAX_IMAGE_SIZE, official_dolg.DELF_STYLE_SCALES
+      )
+    )
+    self.assertEqual(delf_style.max_image_size, 1024)
+    self.assertLen(delf_style.image_scales, 3)
 
   def test_torchvision_npz_round_trip(self):
     backbone = backbones.ResNetBackbone(26, "pycls", width_multiplier=0.25)
@@ -622,6 +633,73 @@ class OfficialParityTest(tf.test.TestCase):
     for g, w in ((got3, want3), (got4, want4)):
       w = _nchw_to_nhwc(w)
       self.assertLessEqual(np.max(np.abs(g.numpy() - w)) / np.max(np.abs(w)), 1e-4)
+
+
+def _official_test_time_descriptor(torch_model, path, scales, box=None):
+  """The official evaluation (evaler/infer.py + process.py), written here independently.
+
+  cv2 BGR read, float32, query box truncated to int, then per scale a bilinear
+  cv2.resize to int(round(s * H)) x int(round(s * W)) (Python floats), /255,
+  (x - mean) / std per BGR channel, the network, per-scale L2, mean, L2.
+  """
+  image = cv2.imread(path).astype(np.float32)
+  if box is not None:
+    x1, y1, x2, y2 = map(int, box)
+    image = image[y1:y2, x1:x2]
+  height, width = image.shape[:2]
+  total = 0.0
+  for s in scales:
+    resized = cv2.resize(
+      image, (int(round(width * s)), int(round(height * s))), interpolation=cv2.INTER_LINEAR
+    )
+    normalised = (resized / 255.0 - _BGR_MEAN.astype(np.float32)) / _BGR_STD.astype(np.float32)
+    batch = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], np.float32))
+    with torch.no_grad():
+      total = total + F.normalize(torch_model(batch)["descriptor"], p=2, dim=1)
+  mean = (total / len(scales))[0].numpy().astype(np.float64)
+  return mean / np.linalg.norm(mean)
+
+
+@absltest.skipUnless(torch is not None, _TORCH_MISSING)
+class OfficialPipelineTest(tf.test.TestCase):
+  """Image file -> descriptor: the converted model's extraction equals the official test time."""
+
+  def test_converted_extraction_equals_the_official_evaluation(self):
+    torch_model = _torch_dolg(_SMALL_BLOCKS, seed=11)
+    tmp = self.create_tempdir().full_path
+    checkpoint = _save({"model_state": torch_model.state_dict()}, f"{tmp}/official.pyth")
+    paths = official_dolg.convert_official_checkpoint(checkpoint, os.path.join(tmp, "out"))
+    extraction = config_io.load_dolg_config(paths["pbtxt"])
+    self.assertEqual(list(extraction.image_scales), list(np.float32(official_dolg.OFFICIAL_SCALES)))
+    self.assertEqual(extraction.max_image_size, -1)
+    self.assertEqual(extraction.query_box_rounding, config_io.DolgConfig.TRUNCATE)
+    extractor = extractor_lib.Extractor(extraction, config_path=paths["pbtxt"])
+    rng = np.random.default_rng(12)
+    # Odd sizes; 2331 px is over 1024 and a side where float32 and Python rounding
+    # of 1.4142 * 2331 (3296.5 +- ulp) disagree: only the official rounding passes.
+    cases = (
+      ("odd", 97, 131, None),
+      ("tall", 2331, 45, None),
+      ("query", 301, 257, (20.7, 33.9, 190.2, 251.6)),
+    )
+    for name, height, width, box in cases:
+      # JPEG too: Pillow and OpenCV decode it to the same pixels here.
+      path = os.path.join(tmp, f"{name}.{'jpg' if name == 'odd' else 'png'}")
+      smooth = cv2.GaussianBlur(rng.uniform(0, 255, size=[height, width, 3]), (0, 0), 2.0)
+      cv2.imwrite(path, np.clip(smooth, 0, 255).astype(np.uint8))
+      got = extractor.extract_from_file(path, box)
+      want = _official_test_time_descriptor(torch_model, path, official_dolg.OFFICIAL_SCALES, box)
+      difference = float(np.max(np.abs(got - want)))
+      print(f"[official pipeline] {name} {height}x{width}: descriptor max abs {difference:.1e}")
+      self.assertLessEqual(difference, 1e-5, msg=name)
+    # The same image with the DELF rule (rounded box) is a different crop.
+    rounded = image_loading.crop_box(np.zeros([301, 257, 3]), cases[2][3])
+    self.assertEqual(rounded.shape[:2], (252 - 34, 190 - 21))
+
+  def test_float32_size_rounding_would_differ(self):
+    # Why the export rounds s * H in float64: at 2331 px the float32 product rounds down.
+    self.assertEqual(round(2331 * 1.4142), 3297)
+    self.assertEqual(int(np.round(np.float32(2331) * np.float32(1.4142))), 3296)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,17 @@ flags.DEFINE_list(
   "atrous_dilations", None, "Multi-atrous dilations (not stored in checkpoints); default 6,12,18."
 )
 flags.DEFINE_float("fixed_gem_p", 3.0, "GeM p for checkpoints without a learnable pool_g.p.")
-flags.DEFINE_integer("max_image_size", 1024, "Export / extraction: cap on the largest side.")
+flags.DEFINE_integer(
+  "max_image_size",
+  -1,
+  "Export / extraction: cap on the largest side; -1 = none (the official evaluation). "
+  "DELF-style: 1024.",
+)
 flags.DEFINE_list(
   "image_scales",
-  [str(s) for s in official_dolg.OFFICIAL_SCALES],
-  "Export / extraction pyramid scales.",
+  [f"{s:g}" for s in official_dolg.OFFICIAL_SCALES],
+  "Export / extraction pyramid scales (default: the official evaluation's five). "
+  "DELF-style: 0.7071,1,1.4142.",
 )
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
 

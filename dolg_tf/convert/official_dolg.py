@@ -75,8 +75,12 @@ TORCHVISION_INPUT = dict(
   input_std=config_lib.IMAGENET_STD_RGB,
   input_channel_order="RGB",
 )
-# Official test-time pyramid (paper); the official script also has 0.3535 and 0.5.
-OFFICIAL_SCALES = config_lib.OFFICIAL_SCALES
+# The official evaluation's pyramid (evaler/infer.py), used with no size cap:
+# the converter's default, so converted weights give the official descriptors.
+OFFICIAL_SCALES = config_lib.OFFICIAL_INFER_SCALES
+# The DELF-style alternative: the paper's 3 scales, largest side capped at 1024.
+DELF_STYLE_SCALES = config_lib.OFFICIAL_SCALES
+DELF_STYLE_MAX_IMAGE_SIZE = 1024
 # Number of blocks in stage 3 -> ModelConfig.backbone_depth.
 DEPTH_BY_STAGE3_BLOCKS = {blocks[2]: depth for depth, blocks in backbones.STAGE_BLOCKS.items()}
 # Prefixes of the keys that make up the descriptor network: an unmatched key under
@@ -587,7 +591,7 @@ def load_official_checkpoint(
 
 
 def official_dolg_pbtxt(
-  model_path: str, max_image_size: int = 1024, image_scales=OFFICIAL_SCALES
+  model_path: str, max_image_size: int = -1, image_scales=OFFICIAL_SCALES
 ) -> str:
   """A DolgConfig (text format) with the official DOLG test-time settings.
 
@@ -599,17 +603,16 @@ def official_dolg_pbtxt(
 # proto-message: dolg_tf.protos.DolgConfig
 #
 # Extraction config for a DOLG model converted from the official PyTorch code
-# (dolg_tf.convert.convert_official_dolg), with the official test-time pooling:
-# the descriptor of each pyramid scale is L2-normalised, the descriptors are
-# averaged and the average is L2-normalised again.
+# (dolg_tf.convert.convert_official_dolg). By default it reproduces the
+# official evaluation (evaler/infer.py): the whole image at scales 0.3535, 0.5,
+# 0.7071, 1 and 1.4142 with no cap on its size, each scale resized bilinearly
+# to round(s * H) x round(s * W) (Python rounding), each scale's descriptor
+# L2-normalised, averaged, re-normalised; query boxes truncated to integers.
 #
-# Differences from the official script (evaler/infer.py): it resizes the whole
-# image with cv2.resize (INTER_LINEAR) to round(s * H) x round(s * W) with no
-# cap on the image size and, in its shipped form, uses five scales
-# (0.3535, 0.5, 0.7071, 1, 1.4142). Here images are resized with
-# tf.image.resize (bilinear, half-pixel centres) and the largest side is first
-# capped at max_image_size, a sane default for large photos; set it to -1 to
-# resize exactly like the official script.
+# DELF-style alternative (faster on large photos, slightly different
+# descriptors): image_scales 0.7071, 1, 1.4142 and max_image_size: 1024
+# (convert with --image_scales=0.7071,1,1.4142 --max_image_size=1024), and
+# query_box_rounding: ROUND.
 model_path: "{model_path}"
 
 {scales}
@@ -625,6 +628,8 @@ global_config {{
   scale_pooling: AVERAGE
 }}
 
+query_box_rounding: TRUNCATE
+
 global_descriptor_suffix: ".dolg_global"
 """
   config_io.parse_dolg_config(text, "<official_dolg_pbtxt>")
@@ -638,7 +643,7 @@ def convert_official_checkpoint(
   atrous_dilations: Sequence[int] | None = None,
   fixed_gem_p: float = 3.0,
   import_head: bool = False,
-  max_image_size: int = 1024,
+  max_image_size: int = -1,
   image_scales: Sequence[float] = OFFICIAL_SCALES,
 ) -> dict[str, str]:
   """Converts an official checkpoint into `output_dir`.
@@ -653,8 +658,10 @@ def convert_official_checkpoint(
     output_dir: a new or empty folder.
     depth, atrous_dilations, fixed_gem_p, import_head: see
       `load_official_checkpoint`.
-    max_image_size: for the export and the .pbtxt.
-    image_scales: the export's default pyramid and the .pbtxt scales.
+    max_image_size: for the export and the .pbtxt; -1 (default, the official
+      evaluation) = no cap.
+    image_scales: the export's default pyramid and the .pbtxt scales (default
+      the official evaluation's five).
 
   Returns:
     Paths: 'model_config', 'checkpoint' (prefix), 'export', 'pbtxt'.

@@ -19,10 +19,17 @@ DELG exports (`model_config.name == "delg"`) use DELF's local+global
 signature as `serving_default` (see DelgServingModule) and keep the global-only
 one as `serve_global`.
 
-The image at scale s is resized (bilinear) to round(s * H) x round(s * W),
-as DELF does. Nothing of this project is needed to load the export: only
-TensorFlow. `assets.extra/config.json` records the model and export configs
-(dolg_tf.config), which extraction takes its defaults from.
+The image at scale s is resized (bilinear, half-pixel centres, as cv2's
+INTER_LINEAR and DELF's tf.image.resize) to round(s * H) x round(s * W). The
+rounding follows each model's reference code: DOLG exports compute s * H as the
+official evaluation does (Python floats: the float32 scale is first snapped to
+its 6-decimal value, e.g. 0.3535, then multiplied in float64), DELG exports as
+DELF does (float32 product), so at the rare sizes where the two products fall
+on opposite sides of .5 each matches its own reference. DELG's `scales` output
+holds 1 / s, DELF's convention (`signatures.INTERFACE_VERSION` 2). Nothing of
+this project is needed to load the export: only TensorFlow.
+`assets.extra/config.json` records the model and export configs (dolg_tf.config),
+which extraction takes its defaults from.
 
 A version is written as `<export_base>/.tmp-<version>-<pid>` and renamed; a
 failed export removes its folder, and one killed (SIGKILL, power loss) leaves
@@ -50,6 +57,9 @@ DEFAULT_SCALES = config_lib.OFFICIAL_SCALES
 class ServingModule(tf.Module):
   """Wraps a descriptor model with the serving signatures."""
 
+  # How s * H is rounded (see the module docstring): "official" (DOLG) or "delf".
+  SIZE_ROUNDING = "official"
+
   def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
     super().__init__(name="dolg_serving")
     # The SavedModel needs the model's variables, not the Keras object: tracking
@@ -61,12 +71,21 @@ class ServingModule(tf.Module):
     self.max_image_size = int(max_image_size)
     self.image_scales = tuple(float(s) for s in image_scales)
 
+  def _scaled_size(self, image, scale):
+    """round(scale * [H, W]) of a [H, W, C] image, at least 1, as the model's reference code."""
+    if self.SIZE_ROUNDING == "official":
+      size = tf.cast(tf.shape(image)[:2], tf.float64)
+      scale = tf.round(tf.cast(scale, tf.float64) * 1e6) / 1e6
+    else:
+      size = tf.cast(tf.shape(image)[:2], tf.float32)
+    # tf.round rounds half to even, like Python's round().
+    return tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+
   def _describe(self, image, scales):
     """Per-scale descriptors [S, D] of one float32 [H, W, 3] image."""
-    size = tf.cast(tf.shape(image)[:2], tf.float32)
 
     def one_scale(scale):
-      new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+      new_size = self._scaled_size(image, scale)
       resized = tf.image.resize(image[None], new_size, method="bilinear")
       return self.model(resized, training=False)[0]
 
@@ -98,6 +117,8 @@ class ServingModule(tf.Module):
     }
 
   def _resize_to_max(self, image):
+    if self.max_image_size <= 0:  # -1: no limit
+      return image
     size = tf.cast(tf.shape(image)[:2], tf.float32)
     factor = tf.minimum(1.0, self.max_image_size / tf.reduce_max(size))
     new_size = tf.maximum(tf.cast(tf.round(size * factor), tf.int32), 1)
@@ -132,11 +153,14 @@ class DelgServingModule(ServingModule):
   outputs `boxes` [N, 4] (y1, x1, y2, x2 receptive boxes in input-image
           pixels), `features` [N, d] (the autoencoder's reduced features, not
           yet normalised: the extractor L2-normalises and applies PCA, as DELF),
-          `scales` [N], `scores` [N] (attention), `global_descriptors` [G, D]
+          `scales` [N] (1 / s for a feature found at pyramid scale s, DELF's
+          convention), `scores` [N] (attention), `global_descriptors` [G, D]
           (per selected scale, L2-normalised), `global_descriptor` [D] (pooled).
   Keypoints are the features whose attention >= input_abs_thres over all
   scales, the `input_max_feature_num` strongest kept.
   """
+
+  SIZE_ROUNDING = "delf"
 
   def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
     super().__init__(model, max_image_size, image_scales)
@@ -160,14 +184,12 @@ class DelgServingModule(ServingModule):
     input_global_scales_ind,
   ):
     image = tf.cast(input_image, tf.float32)
-    size = tf.cast(tf.shape(image)[:2], tf.float32)
     num_scales = tf.size(input_scales)
     arrays = [tf.TensorArray(tf.float32, size=num_scales, infer_shape=False) for _ in range(4)]
     descriptors = tf.TensorArray(tf.float32, size=num_scales)
     for i in tf.range(num_scales):
       scale = input_scales[i]
-      new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
-      resized = tf.image.resize(image[None], new_size, method="bilinear")
+      resized = tf.image.resize(image[None], self._scaled_size(image, scale), method="bilinear")
       out = self.model(resized, training=False, return_intermediates=True)
       attention = out["attention"][0, :, :, 0]
       features = out["reduced_features"][0]
@@ -178,7 +200,7 @@ class DelgServingModule(ServingModule):
       selected = attention >= input_abs_thres
       arrays[0] = arrays[0].write(i, boxes)
       arrays[1] = arrays[1].write(i, tf.boolean_mask(features, selected))
-      arrays[2] = arrays[2].write(i, tf.fill([tf.shape(grid)[0]], scale))
+      arrays[2] = arrays[2].write(i, tf.fill([tf.shape(grid)[0]], 1.0 / scale))
       arrays[3] = arrays[3].write(i, tf.boolean_mask(attention, selected))
       descriptors = descriptors.write(i, out["descriptor"][0])
     boxes, features, scales, scores = (a.concat() for a in arrays)
@@ -314,7 +336,11 @@ def _write_saved_model(model, model_config, tmp_dir, export_config):
     }
   tf.saved_model.save(module, tmp_dir, signatures=signatures)
   config_lib.save_config(
-    {"model": model_config.as_dict(), "export": export_config.as_dict()},
+    {
+      "model": model_config.as_dict(),
+      "export": export_config.as_dict(),
+      signatures_lib.INTERFACE_KEY: signatures_lib.INTERFACE_VERSION,
+    },
     os.path.join(tmp_dir, signatures_lib.CONFIG_ASSET),
   )
 

@@ -26,10 +26,17 @@ GLOBAL_DESCRIPTORS = "global_descriptors"  # float32 [S or G, D], per scale
 GLOBAL_DESCRIPTOR = "global_descriptor"  # float32 [D] (serve_encoded: [B, D])
 BOXES = "boxes"  # float32 [N, 4]
 FEATURES = "features"  # float32 [N, d]
-SCALES = "scales"  # float32 [N]
+SCALES = "scales"  # float32 [N]: 1 / pyramid scale (DELF), see INTERFACE_VERSION
 SCORES = "scores"  # float32 [N]
 
 # The experiment config (dolg_tf.config) the SavedModel was exported with, as
 # JSON, inside the SavedModel folder: its `model` and `export` sections
 # (pyramid, size limits) give extraction its defaults.
 CONFIG_ASSET = "assets.extra/config.json"
+
+# The version of this interface, recorded in CONFIG_ASSET under INTERFACE_KEY.
+# 2: DELG's SCALES output holds 1 / s, DELF's convention. Exports of this
+# project without the key (version 1) hold s itself; extraction inverts those.
+# DELF's own exports have no CONFIG_ASSET and already hold 1 / s.
+INTERFACE_KEY = "interface_version"
+INTERFACE_VERSION = 2

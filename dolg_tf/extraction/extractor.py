@@ -272,6 +272,29 @@ def read_export_defaults(model_path: str | None) -> tuple[dict, str | None]:
   return {}, None
 
 
+def export_interface_version(model_path: str | None) -> int | None:
+  """signatures.INTERFACE_VERSION of this project's export at `model_path`.
+
+  1 for this project's exports that predate the key; None when the folder has
+  no config asset (e.g. a DELF export, which follows DELF's conventions).
+  """
+  if not model_path:
+    return None
+  path = os.path.join(model_path, signatures.CONFIG_ASSET)
+  if not tf.io.gfile.exists(path):
+    legacy = tf.io.gfile.exists(os.path.join(model_path, LEGACY_EXPORT_CONFIG_ASSET))
+    return 1 if legacy else None
+  try:
+    with tf.io.gfile.GFile(path, "r") as f:
+      payload = json.loads(f.read())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not a JSON file ({e})") from e
+  version = payload.get(signatures.INTERFACE_KEY, 1) if isinstance(payload, dict) else 1
+  if not isinstance(version, int) or isinstance(version, bool):
+    raise ValueError(f"{path}: {signatures.INTERFACE_KEY}: expected an integer, got {version!r}")
+  return version
+
+
 def resolve_config(
   config: DolgConfig, config_path: str | None = None, model_path: str | None = None
 ) -> DolgConfig:
@@ -446,6 +469,9 @@ class Extractor:
     self.max_image_size = int(config.max_image_size)
     self.min_image_size = int(config.min_image_size)
     self.square = bool(config.use_square_images)
+    self.truncate_boxes = config.query_box_rounding == DolgConfig.TRUNCATE
+    # Exports of this project before interface version 2 hold s, not 1 / s, in SCALES.
+    self._invert_local_scales = self.local and export_interface_version(model_path) == 1
     self.suffix = self.global_suffix = config.global_descriptor_suffix
     self.local_suffix = config.local_descriptor_suffix
 
@@ -466,14 +492,21 @@ class Extractor:
   def preprocess(self, image: np.ndarray, box=None):
     """Crops (x1, y1, x2, y2) if `box` is given, then resizes as configured.
 
+    As DELF, a cropped image's max/min_image_size are scaled by
+    max(crop side) / max(image side) (utils.ResizeImage's resize_factor).
+
     Returns:
       The resized uint8 image for global-only extraction; for DELG a
       local_extractor.PreprocessedImage (image and resize factors [sy, sx]).
     """
+    resize_factor = 1.0
     if box is not None:
-      image = image_loading.crop_box(image, box)
+      original_size = max(image.shape[:2])
+      image = image_loading.crop_box(image, box, truncate=self.truncate_boxes)
+      # DELF scales the size limits with the crop (its extract_features.py).
+      resize_factor = max(image.shape[:2]) / original_size
     resized, factors = image_loading.resize_image(
-      image, self.max_image_size, self.min_image_size, self.square
+      image, self.max_image_size, self.min_image_size, self.square, resize_factor
     )
     resized = np.ascontiguousarray(resized)
     if not self.local:
@@ -558,7 +591,7 @@ class Extractor:
     result = {
       "locations": locations.astype(np.float32),
       "descriptors": self.postprocess_descriptors(out[signatures.FEATURES]),
-      "scales": out[signatures.SCALES].astype(np.float32),
+      "scales": self._local_scales(out[signatures.SCALES]),
       "scores": out[signatures.SCORES].astype(np.float32),
     }
     if self.use_global:
@@ -567,6 +600,11 @@ class Extractor:
       if key in result:
         refuse_non_finite(result[key], what, image)
     return result
+
+  def _local_scales(self, scales: np.ndarray) -> np.ndarray:
+    """DELF's .delg_local scales, 1 / pyramid scale, from the signature's output."""
+    scales = np.asarray(scales, np.float32)
+    return (1.0 / scales).astype(np.float32) if self._invert_local_scales else scales
 
   def postprocess_descriptors(self, features: np.ndarray) -> np.ndarray:
     """DELG local descriptors as configured (local_extractor.postprocess_descriptors)."""

@@ -120,17 +120,19 @@ def resize_image(
   return np.asarray(resized), np.array([new_height / height, new_width / width])
 
 
-def crop_box(image: np.ndarray, box) -> np.ndarray:
+def crop_box(image: np.ndarray, box, truncate: bool = False) -> np.ndarray:
   """Crops (x1, y1, x2, y2) as the Revisited Oxford/Paris protocol does for queries.
 
   Coordinates are rounded to the nearest integer, as DELF's extraction does
-  for ROxf/RPar query boxes, and clipped to the image.
+  for ROxf/RPar query boxes, or with `truncate` cut towards zero, as the
+  official DOLG evaluation does; then clipped to the image.
 
   Raises:
     ValueError: if the box is empty after clipping.
   """
   height, width = image.shape[:2]
-  x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+  to_int = int if truncate else (lambda v: int(round(v)))
+  x1, y1, x2, y2 = (to_int(float(v)) for v in box)
   x1, y1, x2, y2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
   if x2 <= x1 or y2 <= y1:
     raise ValueError(f"empty crop box {tuple(box)} for an image of {width}x{height}")

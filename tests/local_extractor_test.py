@@ -14,6 +14,7 @@ from dolg_tf.export import signatures
 from dolg_tf.extraction import binarize, local_extractor, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, datum_io, feature_io
+from dolg_tf.utils import images
 from tests import testutil
 
 TINY_DELG = testutil.TINY_DELG
@@ -90,6 +91,26 @@ class LocalExtractorTest(tf.test.TestCase):
     old = extractor_lib.Extractor(config, model_path=old_export, saved_model=self.loaded)
     self.assertAllClose(old._local_scales(np.array([0.5, 1.0])), [2.0, 1.0])
     self.assertAllClose(self._extractor()._local_scales(np.array([2.0, 1.0])), [2.0, 1.0])
+
+  def test_tiny_images_follow_delf_rule(self):
+    folder = self.create_tempdir().full_path
+    path = os.path.join(folder, "tiny.png")
+    Image.fromarray(self.image[:9, :40]).save(path)  # 9 px high: under DELF's 10
+    text = (CONFIG % ("false", "false")).replace("use_global_features: true", "")
+    local_only = extractor_lib.Extractor(
+      config_io.parse_dolg_config(text + "use_global_features: false"),
+      model_path=self.export_dir,
+      saved_model=self.loaded,
+    )
+    result = local_only.extract_from_file(path)
+    self.assertEqual(result["locations"].shape, (0, 2))
+    self.assertEqual(result["scores"].shape, (0,))
+    written = local_only.write_outputs(folder, "tiny", result)
+    self.assertEqual(written, [os.path.join(folder, "tiny.delg_local")])
+    self.assertEmpty(feature_io.read_from_file(written[0]).scales)
+    # With a global descriptor the image is a failure naming it (DELF's script stops there).
+    with self.assertRaisesRegex(images.ImageError, r"tiny.png: image too small \(40x9"):
+      self._extractor().extract_from_file(path)
 
   def test_one_extractor_for_both_kinds_of_config(self):
     extractor = self._extractor()

@@ -520,7 +520,22 @@ class Extractor:
       images.ImageError: the file cannot be read (named), or the
         crop box is empty.
     """
-    return image_loading.load_and_preprocess(path, box, self.preprocess)
+    return image_loading.load_and_preprocess(
+      path, box, self.preprocess, min_size=self.min_input_size
+    )
+
+  @property
+  def min_input_size(self) -> int:
+    """Smallest side (after crop and resize) load_and_preprocess accepts.
+
+    DELF's tiny-image rule: under 10 px it extracts nothing. Local-only
+    extraction follows it exactly (`extract` gives an empty feature set, written
+    as DELF writes it); with a global descriptor such an image is a failure
+    with its reason, since an empty global descriptor would be a silent wrong
+    result (DELF's own DELG script stops there: its datum_io refuses the empty
+    float64 array).
+    """
+    return 0 if self.local and not self.use_global else image_loading.MIN_IMAGE_SIZE
 
   # --------------------------------------------------------------------------- model
 
@@ -584,6 +599,16 @@ class Extractor:
       image, scale_factors = image
     elif scale_factors is None:
       image, scale_factors = self.preprocess(np.asarray(image))
+    if min(np.shape(image)[:2]) < image_loading.MIN_IMAGE_SIZE:
+      if self.use_global:
+        image_loading.check_min_size(image, "image")
+      width = self.local_pca.pca_dim if self.local_pca is not None else 0
+      return {  # DELF's tiny-image rule: no local features.
+        "locations": np.zeros([0, 2], np.float32),
+        "descriptors": np.zeros([0, width], np.float32),
+        "scales": np.zeros([0], np.float32),
+        "scores": np.zeros([0], np.float32),
+      }
     out = self.run_model(image)
     locations = local_extractor.keypoint_centers(out[signatures.BOXES])
     if not self.use_resized_coordinates:

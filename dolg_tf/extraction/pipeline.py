@@ -562,7 +562,11 @@ def _run(
     if max_pixels is None:
       return extractor.load_and_preprocess(task.path, task.box)
     return image_loading.load_and_preprocess(
-      task.path, task.box, extractor.preprocess, max_pixels=max_pixels
+      task.path,
+      task.box,
+      extractor.preprocess,
+      max_pixels=max_pixels,
+      min_size=getattr(extractor, "min_input_size", image_loading.MIN_IMAGE_SIZE),
     )
 
   error = None

@@ -228,5 +228,21 @@ class ConfigIoTest(tf.test.TestCase, parameterized.TestCase):
       config_io.resolve_model_path(dolg_config_pb2.DolgConfig(), "cfg.pbtxt")
 
 
+class AnyConfigTest(tf.test.TestCase):
+  def test_shipped_configs_load_as_dolg_configs(self):
+    for path in (config_io.DOLG_CONFIG_PATH, config_io.DELG_CONFIG_PATH):
+      self.assertEqual(config_io.load_any_config(path), config_io.load_dolg_config(path))
+
+  def test_delf_config_is_translated(self):
+    path = self.create_tempfile(
+      "delf.pbtxt",
+      content='model_path: "m"\nimage_scales: 1.0\nuse_global_features: true\n'
+      "use_local_features: false\ndelf_global_config { use_pca: false }\n",
+    ).full_path
+    config = config_io.load_any_config(path)
+    self.assertTrue(config.global_config.pca_per_scale)
+    self.assertEqual(config.global_descriptor_suffix, ".delg_global")
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -148,5 +148,66 @@ class DatumIoTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(datum_io.read_from_file(path), np.arange(16))
 
 
+class DelfApiTest(tf.test.TestCase, parameterized.TestCase):
+  """DELF's CamelCase API (delf/python/datum_io.py names and argument order)."""
+
+  @parameterized.named_parameters(
+    ("float64", np.float64, np.float32),
+    ("float16", np.float16, np.float32),
+    ("float32", np.float32, np.float32),
+    ("uint8", np.uint8, np.uint32),
+    ("uint64", np.uint64, np.uint32),
+  )
+  def test_round_trip_dtypes_and_same_bytes(self, dtype, read_dtype):
+    array = (np.arange(24).reshape([2, 3, 4]) * 3).astype(dtype)
+    data = datum_io.SerializeToString(array)
+    self.assertEqual(data, datum_io.serialize_array(array))
+    back = datum_io.ParseFromString(data)
+    self.assertEqual(back.dtype, read_dtype)
+    self.assertAllEqual(back, array.astype(read_dtype))
+    self.assertAllEqual(datum_io.DatumToArray(datum_io.ArrayToDatum(array)), back)
+
+  @parameterized.named_parameters(("bool", np.bool_), ("int32", np.int32), ("str", np.str_))
+  def test_unsupported_dtypes_raise_value_error(self, dtype):
+    with self.assertRaisesRegex(ValueError, "nsupported"):
+      datum_io.ArrayToDatum(np.zeros([3], dtype=dtype))
+
+  def test_empty_array_round_trips(self):
+    array = np.zeros([0, 8], np.float32)
+    self.assertEqual(datum_io.ParseFromString(datum_io.SerializeToString(array)).shape, (0, 8))
+
+  def test_write_to_file_takes_data_first(self):
+    path = os.path.join(self.get_temp_dir(), "x.delg_global")
+    array = np.linspace(-1, 1, 7).astype(np.float32)
+    datum_io.WriteToFile(array, path)
+    self.assertAllEqual(datum_io.ReadFromFile(path), array)
+    other = os.path.join(self.get_temp_dir(), "y.delg_global")
+    datum_io.write_to_file(other, array)
+    with open(path, "rb") as f, open(other, "rb") as g:
+      self.assertEqual(f.read(), g.read())
+    self.assertEqual(sorted(os.listdir(self.get_temp_dir())).count("x.delg_global"), 1)
+
+  def test_pair_functions(self):
+    first = np.arange(6, dtype=np.float32).reshape([2, 3])
+    second = np.arange(4, dtype=np.uint8)
+    data = datum_io.SerializePairToString(first, second)
+    self.assertEqual(data, datum_io.serialize_array_pair(first, second))
+    a, b = datum_io.ParsePairFromString(data)
+    self.assertAllEqual(a, first)
+    self.assertAllEqual(b, second)
+    self.assertEqual(b.dtype, np.uint32)
+    a, b = datum_io.DatumPairToArrays(datum_io.ArraysToDatumPair(first, second))
+    self.assertAllEqual(a, first)
+    path = os.path.join(self.get_temp_dir(), "pair.datum")
+    datum_io.WritePairToFile(first, second, path)
+    a, b = datum_io.ReadPairFromFile(path)
+    self.assertAllEqual(a, first)
+    self.assertAllEqual(b, second)
+
+  def test_read_missing_file(self):
+    with self.assertRaises(FileNotFoundError):
+      datum_io.ReadFromFile(os.path.join(self.get_temp_dir(), "absent"))
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -16,6 +16,7 @@ from PIL import Image
 from dolg_tf import config as config_lib
 from dolg_tf.extraction import descriptor_store, extract_features, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.io import datum_io
 from dolg_tf.utils import cli
 from tests import testutil
 
@@ -128,6 +129,60 @@ class ExtractFeaturesTest(tf.test.TestCase):
       lines = result.stderr.strip().splitlines()
       self.assertTrue(lines[-1].startswith("extract_features: error: "), lines[-1])
       self.assertIn(message, lines[-1])
+
+  def test_delf_command_line_and_config(self):
+    """DELF's DELG script flags and a DelfConfig: cropped queries, <name>.delg_global files."""
+    with open(os.path.join(self.work, "delf_config.pbtxt"), "w") as f:
+      f.write(
+        'model_path: "export/1"\nimage_scales: 0.7071\nimage_scales: 1.0\n'
+        "max_image_size: 40\nuse_local_features: false\nuse_global_features: true\n"
+        "is_tf2_exported: true\ndelf_global_config { use_pca: false }\n"
+      )
+    gnd = {
+      "imlist": ["im0", "im1", "im2"],
+      "qimlist": ["im1"],
+      "gnd": [{"bbx": [5.0, 10.0, 30.0, 40.0], "easy": [0], "hard": [], "junk": [2]}],
+    }
+    with open(os.path.join(self.work, "gnd_delf.pkl"), "wb") as f:
+      pickle.dump(gnd, f)
+    result = self._run(
+      "--delf_config_path=delf_config.pbtxt",
+      "--dataset_file_path=gnd_delf.pkl",
+      "--images_dir=images",
+      "--image_set=query",
+      "--output_features_dir=delf_queries",
+    )
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    out = os.path.join(self.work, "delf_queries")
+    self.assertIn("im1.delg_global", os.listdir(out))
+    got = datum_io.ReadFromFile(os.path.join(out, "im1.delg_global"))
+    # The same pooling as config.pbtxt's (no PCA), on the query cropped to its box.
+    cropped = self.extractor.extract_from_file(self.paths[1], (5, 10, 30, 40))
+    self.assertAllClose(got, cropped, atol=1e-6)
+
+    index = self._run(
+      "--delf_config_path=delf_config.pbtxt",
+      "--dataset_file_path=gnd_delf.pkl",
+      "--images_dir=images",
+      "--image_set=index",
+      "--output_features_dir=delf_index",
+    )
+    self.assertEqual(index.returncode, 0, index.stderr[-3000:])
+    names = sorted(n for n in os.listdir(os.path.join(self.work, "delf_index")) if "delg" in n)
+    self.assertEqual(names, ["im0.delg_global", "im1.delg_global", "im2.delg_global"])
+    got = datum_io.ReadFromFile(os.path.join(self.work, "delf_index", "im1.delg_global"))
+    self.assertAllClose(got, self.extractor.extract_from_file(self.paths[1]), atol=1e-6)
+
+  def test_conflicting_delf_and_project_flags(self):
+    cases = [
+      (["--config=config.pbtxt", "--delf_config_path=other.pbtxt"], "--delf_config_path"),
+      (["--output_dir=a", "--output_features_dir=b"], "--output_features_dir=b conflict"),
+      (["--gnd_path=a.pkl", "--dataset_file_path=b.pkl"], "--dataset_file_path=b.pkl"),
+    ]
+    for flags, message in cases:
+      result = self._run("--images_dir=images", *flags)
+      self.assertEqual(result.returncode, 2, (flags, result.stderr[-3000:]))
+      self.assertIn(message, self._last_line(result))
 
   def _last_line(self, result):
     lines = result.stderr.strip().splitlines()

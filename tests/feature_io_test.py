@@ -130,5 +130,58 @@ class FeatureIoTest(tf.test.TestCase):
       feature_io.read_from_file(path)
 
 
+class DelfApiTest(tf.test.TestCase):
+  """DELF's CamelCase API (delf/python/feature_io.py names and argument order)."""
+
+  def test_round_trip_in_delf_order_and_same_bytes(self):
+    locations, scales, descriptors, attention, orientations = _random_features(9, 16)
+    data = feature_io.SerializeToString(locations, scales, descriptors, attention, orientations)
+    self.assertEqual(
+      data, feature_io.serialize(locations, scales, descriptors, attention, orientations)
+    )
+    back = feature_io.ParseFromString(data)
+    self.assertLen(back, 5)
+    for got, want in zip(back, (locations, scales, descriptors, attention, orientations)):
+      self.assertEqual(got.dtype, np.float64)  # DELF's reader returns float64.
+      self.assertAllClose(got, want)
+    proto = feature_io.ArraysToDelfFeatures(locations, scales, descriptors, attention)
+    self.assertAllEqual(proto.feature[0].y, locations[0, 0])
+    self.assertAllEqual(proto.feature[0].x, locations[0, 1])
+    self.assertAllEqual(feature_io.DelfFeaturesToArrays(proto)[4], np.zeros([9]))
+
+  def test_write_to_file_takes_path_first(self):
+    locations, scales, descriptors, attention, _ = _random_features(4, 8)
+    path = os.path.join(self.get_temp_dir(), "a.delg_local")
+    feature_io.WriteToFile(path, locations, scales, descriptors, attention)
+    other = os.path.join(self.get_temp_dir(), "b.delg_local")
+    feature_io.write_to_file(other, locations, scales, descriptors, attention)
+    with open(path, "rb") as f, open(other, "rb") as g:
+      self.assertEqual(f.read(), g.read())
+    got_locations, got_scales, got_descriptors, got_attention, got_orientations = (
+      feature_io.ReadFromFile(path)
+    )
+    self.assertAllClose(got_locations, locations)
+    self.assertAllClose(got_scales, scales)
+    self.assertAllClose(got_descriptors, descriptors)
+    self.assertAllClose(got_attention, attention)
+    self.assertAllEqual(got_orientations, np.zeros([4]))
+
+  def test_no_features_gives_five_empty_arrays(self):
+    path = os.path.join(self.get_temp_dir(), "empty.delg_local")
+    feature_io.WriteToFile(path, np.zeros([0, 2]), np.zeros([0]), np.zeros([0, 128]), np.zeros([0]))
+    arrays = feature_io.ReadFromFile(path)
+    self.assertLen(arrays, 5)
+    for array in arrays:
+      self.assertEqual(array.shape, (0,))
+      self.assertEqual(array.dtype, np.float64)
+
+  def test_inconsistent_shapes_and_bool_descriptors_raise(self):
+    locations, scales, descriptors, attention, _ = _random_features(3, 4)
+    with self.assertRaisesRegex(ValueError, "scales"):
+      feature_io.ArraysToDelfFeatures(locations, scales[:2], descriptors, attention)
+    with self.assertRaisesRegex(ValueError, "nsupported"):
+      feature_io.SerializeToString(locations, scales, descriptors > 0, attention)
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -19,6 +19,16 @@ the SavedModel, the image pyramid, resizing, scale pooling and PCA.
   ... --gnd_path=gnd_roxford5k.pkl --image_set=index --output_dir=roxford5k/index
   # A million images: sharded .npz output instead of one file per image:
   ... --output_format=shards --shard_size=100000
+  # DELF's DELG command line and config, unchanged (queries are cropped;
+  # <images_dir>/<name>.jpg in, <name>.delg_global / .delg_local out):
+  python extract_features.py --delf_config_path=r50delg_gldv2clean_config.pbtxt \
+      --dataset_file_path=gnd_roxford5k.mat --images_dir=roxford5k/jpg \
+      --image_set=query --output_features_dir=roxford5k/query
+
+--config takes a DolgConfig or a DELF DelfConfig (config_io.load_any_config).
+--delf_config_path, --dataset_file_path and --output_features_dir are DELF's
+names for --config, --gnd_path (+ --query_crop for queries) and --output_dir;
+a flag and its alias with different values are refused.
 
 Outputs go to --output_dir (see dolg_tf/extraction/pipeline.py): per image
 `<name><global_descriptor_suffix>` (DatumProto float32 [D]) or
@@ -49,7 +59,9 @@ from dolg_tf.io import config_io
 from dolg_tf.utils import cli, images
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "DolgConfig text file (.pbtxt), e.g. protos/dolg.pbtxt.")
+flags.DEFINE_string(
+  "config", None, "DolgConfig or DELF DelfConfig text file (.pbtxt), e.g. protos/dolg.pbtxt."
+)
 flags.DEFINE_string("list_images_path", None, "Text file with one image path per line.")
 flags.DEFINE_string(
   "images_dir",
@@ -65,6 +77,16 @@ flags.DEFINE_string(
 flags.DEFINE_enum("image_set", "query", ["query", "index"], "With --gnd_path: qimlist or imlist.")
 flags.DEFINE_bool("query_crop", False, "With --gnd_path and query images: crop to their bbx.")
 flags.DEFINE_string("image_extension", ".jpg", "With --gnd_path: extension of the image files.")
+# DELF's DELG script flags (delf/python/delg/extract_features.py), aliases of the above.
+flags.DEFINE_string(
+  "delf_config_path", None, "DELF's name for --config (DolgConfig or DelfConfig)."
+)
+flags.DEFINE_string(
+  "dataset_file_path",
+  None,
+  "DELF's name for --gnd_path; query images (--image_set=query) are cropped to their boxes.",
+)
+flags.DEFINE_string("output_features_dir", None, "DELF's name for --output_dir.")
 flags.DEFINE_integer("num_threads", 2, "Image decoding threads.")
 flags.DEFINE_integer("prefetch", 8, "Images decoded ahead of the model.")
 flags.DEFINE_integer("shard_size", 100_000, "Descriptors per shard with --output_format=shards.")
@@ -117,9 +139,38 @@ def _tasks():
   return pipeline.tasks_from_paths(paths)
 
 
+# (project flag, DELF alias) pairs.
+_DELF_ALIASES = (
+  ("config", "delf_config_path"),
+  ("gnd_path", "dataset_file_path"),
+  ("output_dir", "output_features_dir"),
+)
+
+
+def _apply_delf_aliases() -> None:
+  """Copies DELF's flag values onto the project's flags (DELF's command line).
+
+  With --dataset_file_path, query images are cropped to their boxes, as in
+  DELF's script.
+
+  Raises:
+    cli.UserError: a flag and its DELF alias given with different values.
+  """
+  for name, alias in _DELF_ALIASES:
+    ours, delf = getattr(FLAGS, name), getattr(FLAGS, alias)
+    if delf is None:
+      continue
+    if ours is not None and ours != delf:
+      raise cli.UserError(f"--{name}={ours} and --{alias}={delf} conflict; give one of them")
+    setattr(FLAGS, name, delf)
+    if alias == "dataset_file_path" and FLAGS.image_set == "query":
+      FLAGS.query_crop = True
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  _apply_delf_aliases()
   if not FLAGS.config:
     raise cli.UserError("--config is required")
   if not FLAGS.output_dir:
@@ -129,7 +180,7 @@ def main(argv):
   if not os.path.isfile(FLAGS.config):
     raise cli.UserError(f"{FLAGS.config}: config file not found")
   try:
-    config = config_io.load_dolg_config(FLAGS.config)
+    config = config_io.load_any_config(FLAGS.config)
     model_path = config_io.resolve_model_path(config, FLAGS.config)
     tasks = _tasks()
   except (OSError, ValueError) as e:

@@ -29,7 +29,10 @@ Global-only extraction (use_local_features false), DELF's order:
        component tends to the scale value of largest magnitude.
   4. Optional PCA (`apply_pca`), DELF's ApplyPcaAndWhitening:
      y = P[:pca_dim] @ (x - mean), with whitening y /= sqrt(var[:pca_dim] + eps),
-     then L2-normalised.
+     then L2-normalised. With `global_config.pca_per_scale` (DELF's order, set
+     for translated DelfConfigs) PCA comes before step 3 instead: each scale's
+     L2-normalised descriptor is projected and L2-normalised, then pooled
+     (AVERAGE = DELF's sum over scales and L2 normalisation).
   `extract` returns the float32 [D] descriptor.
 
 Local + global extraction (use_local_features true, a DELG export): DELF's
@@ -451,6 +454,7 @@ class Extractor:
     self.use_global = bool(config.use_global_features)
     self.scale_pooling = global_config.scale_pooling
     self.gem_p = float(global_config.gem_p)
+    self.pca_per_scale = bool(global_config.pca_per_scale)
     self.pca = (
       PcaProjection(global_config.pca_parameters, config_path)
       if self.use_global and global_config.use_pca
@@ -477,8 +481,8 @@ class Extractor:
 
   @classmethod
   def from_config_file(cls, config_path: str, **kwargs) -> "Extractor":
-    """Loads the config file (validated) and the model it names."""
-    return cls(config_io.load_dolg_config(config_path), config_path=config_path, **kwargs)
+    """Loads the config file (a DolgConfig, or DELF's DelfConfig translated) and its model."""
+    return cls(config_io.load_any_config(config_path), config_path=config_path, **kwargs)
 
   @property
   def output_dim(self) -> int | None:
@@ -553,7 +557,15 @@ class Extractor:
     if self.local:
       inputs[signatures.INPUT_MAX_FEATURE_NUM] = tf.constant(self.max_feature_num, tf.int32)
       inputs[signatures.INPUT_ABS_THRES] = tf.constant(self.score_threshold, tf.float32)
-    return {k: v.numpy() for k, v in self._signature(**inputs).items()}
+    out = {k: v.numpy() for k, v in self._signature(**inputs).items()}
+    # DELF's exports give scores as [N, 1], and a global-only export made with
+    # a multi-scale pool type gives one pooled [D] descriptor.
+    if signatures.SCORES in out:
+      out[signatures.SCORES] = out[signatures.SCORES].reshape([-1])
+    pooled = out.get(signatures.GLOBAL_DESCRIPTORS)
+    if pooled is not None and pooled.ndim == 1:
+      out[signatures.GLOBAL_DESCRIPTORS] = pooled[None]
+    return out
 
   def per_scale_descriptors(self, image: np.ndarray) -> np.ndarray:
     """The signature's L2-normalised global descriptors [S, D] of a preprocessed uint8 image."""
@@ -565,6 +577,10 @@ class Extractor:
     self._dim = per_scale.shape[-1]
     # NaN / inf from the model are refused afterwards (refuse_non_finite), without numpy warnings.
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+      if self.pca is not None and self.pca_per_scale:
+        # DELF's order: each scale L2-normalised, projected and L2-normalised, then pooled.
+        per_scale = self.pca(arrays.l2_normalize(per_scale, axis=1, dtype=np.float64))
+        return pool_scales(per_scale, self.scale_pooling, self.gem_p)
       pooled = pool_scales(per_scale, self.scale_pooling, self.gem_p)
       return self.pca(pooled) if self.pca is not None else pooled
 

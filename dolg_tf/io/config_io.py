@@ -3,6 +3,11 @@
     config = config_io.load_dolg_config("protos/dolg.pbtxt")
     model_dir = config_io.resolve_model_path(config, "protos/dolg.pbtxt")
 
+DELF's DelfConfig files (protos/delf_config.proto, e.g. DELF's
+delg/r50delg_gldv2clean_config.pbtxt) load too: `load_delf_config` translates
+one into a DolgConfig (`delf_to_dolg_config`), and `load_any_config` takes a
+file of either kind (what extract_features --config uses).
+
 Every error is one line naming the file and, where it applies, the line or the
 field, e.g. `protos/x.pbtxt:3:1: Message type "dolg_tf.protos.DolgConfig" has no
 field named "modle_path".` or `protos/x.pbtxt: image_scales[1]: must be a
@@ -15,10 +20,11 @@ import os
 from google.protobuf import text_format
 
 from dolg_tf import protos
-from dolg_tf.protos import dolg_config_pb2
+from dolg_tf.protos import delf_config_pb2, dolg_config_pb2
 from dolg_tf.utils import files as file_utils
 
 DolgConfig = dolg_config_pb2.DolgConfig
+DelfConfig = delf_config_pb2.DelfConfig
 
 # The folder holding the dolg_tf package and protos/ (the repository root in a
 # checkout, the workspace folder in Bazel runfiles).
@@ -42,7 +48,13 @@ def parse_dolg_config(text: str, source: str = "<string>") -> DolgConfig:
     ValueError: `source:line:column: reason` on a parse error (unknown field,
       bad value), `source: field: reason` when validation fails.
   """
-  config = DolgConfig()
+  config = _parse_text(text, DolgConfig(), source)
+  validate_dolg_config(config, source)
+  return config
+
+
+def _parse_text(text: str, config, source: str):
+  """Parses text-format `text` into `config`; a ParseError becomes a one-line ValueError."""
   try:
     text_format.Parse(text, config)
   except text_format.ParseError as e:
@@ -53,7 +65,6 @@ def parse_dolg_config(text: str, source: str = "<string>") -> DolgConfig:
       reason = reason[len(prefix) :]
     where = f"{source}:{line}:{column}" if line is not None else source
     raise ValueError(f"{where}: {' '.join(reason.split())}") from e
-  validate_dolg_config(config, source)
   return config
 
 
@@ -72,12 +83,15 @@ def load_dolg_config(path: str) -> DolgConfig:
       validate.
   """
   path = os.fspath(path)
+  return parse_dolg_config(_read_text(path), path)
+
+
+def _read_text(path: str) -> str:
   data = file_utils.read_bytes(path)
   try:
-    text = data.decode("utf-8")
+    return data.decode("utf-8")
   except UnicodeDecodeError as e:
     raise ValueError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from e
-  return parse_dolg_config(text, path)
 
 
 def _is_positive_finite(value: float) -> bool:
@@ -242,3 +256,152 @@ def resolve_model_path(
     FileNotFoundError: if `must_exist` and the model is not found.
   """
   return resolve_path(config.model_path, "model_path", config_path, must_exist)
+
+
+# DELF DelfConfig -> DolgConfig field names, for error messages.
+_DELF_FIELD_NAMES = (
+  ("global_config.", "delf_global_config."),
+  ("local_config.", "delf_local_config."),
+)
+# Text that marks a .pbtxt as a DelfConfig when it parses as neither message.
+_DELF_MARKERS = ("DelfConfig", "delf_local_config", "delf_global_config", "is_tf2_exported")
+
+
+def _copy_pca(source: delf_config_pb2.DelfPcaParameters, target: DolgConfig.PcaParameters) -> None:
+  for name in ("mean_path", "projection_matrix_path", "pca_dim", "use_whitening"):
+    setattr(target, name, getattr(source, name))
+  if source.pca_variances_path:
+    target.pca_variances_path = source.pca_variances_path
+
+
+def delf_to_dolg_config(delf_config: DelfConfig, source: str = "<config>") -> DolgConfig:
+  """Translates DELF's DelfConfig into the DolgConfig that extracts the same features.
+
+  Mapping: model_path, image_scales, max/min_image_size, use_square_images,
+  use_local_features and use_global_features are copied (with DELF's
+  defaults: local on, global off); delf_local_config's use_pca,
+  pca_parameters, max_feature_num, score_threshold and
+  use_resized_coordinates go to local_config; delf_global_config's
+  image_scales_ind, use_pca and pca_parameters go to global_config with
+  pca_per_scale (DELF's per-scale PCA, then sum and L2) and AVERAGE pooling;
+  the output suffixes are DELG's `.delg_global` / `.delg_local`.
+  is_tf2_exported is not needed: the model is always run through its
+  serving_default signature (a TF1 SavedModel without one is refused, naming
+  the signature, when the extractor loads it).
+
+  Args:
+    delf_config: the DelfConfig.
+    source: name used in error messages (normally the file path).
+
+  Returns:
+    The validated DolgConfig.
+
+  Raises:
+    ValueError: `source: field(s): reason` for DELF fields this project does
+      not implement (delf_local_config.layer_name, iou_threshold below 1, i.e.
+      non-max suppression) or a translated config that fails validation (named
+      with DELF's field names).
+  """
+  local = delf_config.delf_local_config
+  unsupported = []
+  if local.layer_name:
+    unsupported.append("delf_local_config.layer_name")
+  if local.iou_threshold < 1.0:
+    unsupported.append("delf_local_config.iou_threshold")
+  if unsupported:
+    raise ValueError(
+      f"{source}: {', '.join(unsupported)}: not supported by dolg_tf "
+      "(DELF v1 receptive fields / non-max suppression); remove them"
+    )
+  config = DolgConfig(
+    model_path=delf_config.model_path,
+    image_scales=list(delf_config.image_scales),
+    max_image_size=delf_config.max_image_size,
+    min_image_size=delf_config.min_image_size,
+    use_square_images=delf_config.use_square_images,
+    use_local_features=delf_config.use_local_features,
+    use_global_features=delf_config.use_global_features,
+    global_descriptor_suffix=".delg_global",
+    local_descriptor_suffix=".delg_local",
+  )
+  local_config = config.local_config
+  local_config.use_pca = local.use_pca
+  if local.use_pca:
+    _copy_pca(local.pca_parameters, local_config.pca_parameters)
+  local_config.max_feature_num = local.max_feature_num
+  local_config.score_threshold = local.score_threshold
+  local_config.use_resized_coordinates = local.use_resized_coordinates
+
+  delf_global = delf_config.delf_global_config
+  global_config = config.global_config
+  global_config.image_scales_ind.extend(delf_global.image_scales_ind)
+  global_config.use_pca = delf_global.use_pca
+  if delf_global.use_pca:
+    _copy_pca(delf_global.pca_parameters, global_config.pca_parameters)
+  global_config.pca_per_scale = True
+  global_config.scale_pooling = DolgConfig.GlobalConfig.AVERAGE
+
+  errors = config_errors(config)
+  if errors:
+    first = errors[0]
+    for ours, delf in _DELF_FIELD_NAMES:
+      first = first.replace(ours, delf)
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    raise ValueError(f"{source}: {first}{more} (DelfConfig)")
+  return config
+
+
+def parse_delf_config(text: str, source: str = "<string>") -> DolgConfig:
+  """Parses a DELF DelfConfig in text format and translates it (delf_to_dolg_config).
+
+  Raises:
+    ValueError: one line naming `source` and the line or field.
+  """
+  return delf_to_dolg_config(_parse_text(text, DelfConfig(), source), source)
+
+
+def load_delf_config(path: str) -> DolgConfig:
+  """Loads a DELF DelfConfig text file (.pbtxt) as a DolgConfig (delf_to_dolg_config).
+
+  Raises:
+    FileNotFoundError: naming `path`, if it does not exist.
+    ValueError: naming `path` and the line or field.
+  """
+  path = os.fspath(path)
+  return parse_delf_config(_read_text(path), path)
+
+
+def load_any_config(path: str) -> DolgConfig:
+  """Loads a DolgConfig or a DELF DelfConfig text file, telling them apart.
+
+  A file that parses as a DolgConfig is one (a file holding only fields both
+  messages share, e.g. model_path and image_scales, counts as a DolgConfig);
+  else one that parses as a DelfConfig (e.g. it has delf_local_config or
+  delf_global_config) is translated with delf_to_dolg_config.
+
+  Args:
+    path: the config file.
+
+  Returns:
+    The validated DolgConfig.
+
+  Raises:
+    FileNotFoundError: naming `path`, if it does not exist.
+    ValueError: one line naming `path`: the validation error of the kind it
+      parsed as, else the parse error of the kind it looks like (DelfConfig
+      if it mentions a DELF-only field, DolgConfig otherwise).
+  """
+  path = os.fspath(path)
+  text = _read_text(path)
+  try:
+    dolg_config = _parse_text(text, DolgConfig(), path)
+  except ValueError as dolg_error:
+    try:
+      delf_config = _parse_text(text, DelfConfig(), path)
+    except ValueError as delf_error:
+      if any(marker in text for marker in _DELF_MARKERS):
+        raise ValueError(f"{delf_error} (read as a DELF DelfConfig)") from None
+      raise dolg_error from None
+    return delf_to_dolg_config(delf_config, path)
+  validate_dolg_config(dolg_config, path)
+  return dolg_config

@@ -187,3 +187,87 @@ def read_pair_from_file(path: str) -> tuple[np.ndarray, np.ndarray]:
     return parse_array_pair(data)
   except ValueError as e:
     raise OSError(f"{path}: corrupt DatumPairProto file: {e}") from e
+
+
+# DELF's API (delf/python/datum_io.py): same names, argument order and return
+# values, so DELF code runs unchanged with `from dolg_tf.io import datum_io`.
+# The bytes written are those of the snake_case functions above. Differences
+# from DELF: bool arrays are rejected as DELF rejects them (array_to_datum
+# accepts them); uint64 values above 32 bits raise ValueError instead of
+# being truncated; an empty float array is written with an (empty) float_list
+# present, so ParseFromString / ReadFromFile give it back (DELF's reader raises
+# on its own empty arrays); files are written atomically.
+
+
+def ArrayToDatum(arr: np.ndarray) -> datum_pb2.DatumProto:  # noqa: N802 (DELF's name)
+  """DELF's ArrayToDatum: float16/32/64 -> float32, uint8/16/32/64 -> uint32.
+
+  Raises:
+    ValueError: any other dtype (bool and signed integers included).
+  """
+  arr = np.asarray(arr)
+  if arr.dtype.type is np.bool_:
+    raise ValueError(f"Unsupported array type: {arr.dtype}")
+  return array_to_datum(arr)
+
+
+def DatumToArray(datum: datum_pb2.DatumProto) -> np.ndarray:  # noqa: N802
+  """DELF's DatumToArray: a float32 or uint32 array shaped as `datum.shape.dim`."""
+  return datum_to_array(datum)
+
+
+def ArraysToDatumPair(arr_1: np.ndarray, arr_2: np.ndarray) -> datum_pb2.DatumPairProto:  # noqa: N802
+  """DELF's ArraysToDatumPair (ArrayToDatum's dtype rules)."""
+  pair = datum_pb2.DatumPairProto()
+  pair.first.CopyFrom(ArrayToDatum(arr_1))
+  pair.second.CopyFrom(ArrayToDatum(arr_2))
+  return pair
+
+
+def DatumPairToArrays(datum_pair: datum_pb2.DatumPairProto) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802
+  """DELF's DatumPairToArrays: the two arrays (first, second)."""
+  return datum_pair_to_arrays(datum_pair)
+
+
+def SerializeToString(arr: np.ndarray) -> bytes:  # noqa: N802
+  """DELF's SerializeToString: the serialised DatumProto of `arr`."""
+  return ArrayToDatum(arr).SerializeToString()
+
+
+def SerializePairToString(arr_1: np.ndarray, arr_2: np.ndarray) -> bytes:  # noqa: N802
+  """DELF's SerializePairToString: the serialised DatumPairProto of two arrays."""
+  return ArraysToDatumPair(arr_1, arr_2).SerializeToString()
+
+
+def ParseFromString(string: bytes) -> np.ndarray:  # noqa: N802
+  """DELF's ParseFromString: the array of a serialised DatumProto.
+
+  Raises:
+    ValueError: if `string` is not a valid DatumProto.
+  """
+  return parse_array(string)
+
+
+def ParsePairFromString(string: bytes) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802
+  """DELF's ParsePairFromString: the two arrays of a serialised DatumPairProto."""
+  return parse_array_pair(string)
+
+
+def ReadFromFile(file_path: str) -> np.ndarray:  # noqa: N802
+  """DELF's ReadFromFile: the array of a DatumProto file (see read_from_file)."""
+  return read_from_file(file_path)
+
+
+def ReadPairFromFile(file_path: str) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802
+  """DELF's ReadPairFromFile: the two arrays of a DatumPairProto file."""
+  return read_pair_from_file(file_path)
+
+
+def WriteToFile(data: np.ndarray, file_path: str) -> None:  # noqa: N802
+  """DELF's WriteToFile (data first, then the path), written atomically."""
+  file_utils.atomic_write_bytes(file_path, SerializeToString(data))
+
+
+def WritePairToFile(arr_1: np.ndarray, arr_2: np.ndarray, file_path: str) -> None:  # noqa: N802
+  """DELF's WritePairToFile (the arrays first, then the path), written atomically."""
+  file_utils.atomic_write_bytes(file_path, SerializePairToString(arr_1, arr_2))

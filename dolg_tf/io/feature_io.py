@@ -201,3 +201,79 @@ def read_from_file(path: str, descriptor_dim: int = 0) -> LocalFeatures:
     return parse(data, descriptor_dim)
   except ValueError as e:
     raise OSError(f"{path}: corrupt DelfFeatures file: {e}") from e
+
+
+# DELF's API (delf/python/feature_io.py): same names, argument order and return
+# values, so DELF code runs unchanged with `from dolg_tf.io import feature_io`.
+# The bytes written are those of the snake_case functions above. As in DELF,
+# the readers return float64 arrays (binarised uint32 descriptors included);
+# descriptors follow datum_io.ArrayToDatum's dtype rules. With no features
+# they return five empty 1-D float64 arrays (DELF returns four, which cannot
+# be unpacked into its five names). Inconsistent shapes raise ValueError
+# (DELF asserts). Files are written atomically.
+
+
+def _delf_arrays(features: LocalFeatures) -> tuple[np.ndarray, ...]:
+  if not features.attention.shape[0]:
+    return tuple(np.array([]) for _ in range(5))
+  return tuple(np.asarray(a, dtype=np.float64) for a in features)
+
+
+def ArraysToDelfFeatures(  # noqa: N802 (DELF's name)
+  locations: np.ndarray,
+  scales: np.ndarray,
+  descriptors: np.ndarray,
+  attention: np.ndarray,
+  orientations: np.ndarray | None = None,
+) -> feature_pb2.DelfFeatures:
+  """DELF's ArraysToDelfFeatures (see arrays_to_delf_features)."""
+  descriptors = np.asarray(descriptors)
+  if descriptors.dtype.type is np.bool_:
+    raise ValueError(f"Unsupported array type: {descriptors.dtype}")
+  return arrays_to_delf_features(locations, scales, descriptors, attention, orientations)
+
+
+def DelfFeaturesToArrays(delf_features: feature_pb2.DelfFeatures) -> tuple[np.ndarray, ...]:  # noqa: N802
+  """DELF's DelfFeaturesToArrays: (locations, scales, descriptors, attention, orientations)."""
+  return _delf_arrays(delf_features_to_arrays(delf_features))
+
+
+def SerializeToString(  # noqa: N802
+  locations: np.ndarray,
+  scales: np.ndarray,
+  descriptors: np.ndarray,
+  attention: np.ndarray,
+  orientations: np.ndarray | None = None,
+) -> bytes:
+  """DELF's SerializeToString: the serialised DelfFeatures of the arrays."""
+  return ArraysToDelfFeatures(
+    locations, scales, descriptors, attention, orientations
+  ).SerializeToString()
+
+
+def ParseFromString(string: bytes) -> tuple[np.ndarray, ...]:  # noqa: N802
+  """DELF's ParseFromString: the five arrays of serialised DelfFeatures.
+
+  Raises:
+    ValueError: if `string` is not valid serialised DelfFeatures.
+  """
+  return _delf_arrays(parse(string))
+
+
+def ReadFromFile(file_path: str) -> tuple[np.ndarray, ...]:  # noqa: N802
+  """DELF's ReadFromFile: the five arrays of a DelfFeatures file (see read_from_file)."""
+  return _delf_arrays(read_from_file(file_path))
+
+
+def WriteToFile(  # noqa: N802
+  file_path: str,
+  locations: np.ndarray,
+  scales: np.ndarray,
+  descriptors: np.ndarray,
+  attention: np.ndarray,
+  orientations: np.ndarray | None = None,
+) -> None:
+  """DELF's WriteToFile (the path first, as in DELF), written atomically."""
+  file_utils.atomic_write_bytes(
+    file_path, SerializeToString(locations, scales, descriptors, attention, orientations)
+  )

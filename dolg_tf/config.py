@@ -41,7 +41,7 @@ DELG_MEAN_RGB = (128.0, 128.0, 128.0)
 DELG_STD_RGB = (128.0, 128.0, 128.0)
 
 BACKBONE_DEPTHS = (26, 50, 101, 152)
-BACKBONE_LAYOUTS = ("pycls", "keras")
+BACKBONE_LAYOUTS = ("pycls", "keras", "delf")
 MODEL_NAMES = ("dolg", "delg")
 HEAD_TYPES = ("arcface", "curricularface", "subcenter_arcface")
 OFFICIAL_DILATIONS = (6, 12, 18)
@@ -157,13 +157,15 @@ class ModelConfig(_Section):
     backbone_layout: 'pycls' (torchvision/pycls "v1.5": stride on the 3x3 conv,
       no conv biases, PyTorch-style symmetric padding; the official DOLG
       weights) or 'keras' (keras.applications: stride on the first 1x1 conv,
-      conv biases; the Keras ImageNet .h5 weights).
+      conv biases; the Keras ImageNet .h5 weights) or 'delf' (exactly DELF's
+      ResNet50: the keras block, 'same'-padded stem conv, unpadded max-pool,
+      Keras-default BatchNorm; DELF/DELG checkpoints; the DELG default).
     block3_strides: as DELF's ResNet: subsample the stage-3 output by 2 and
       drop the stride of stage 4, so both maps have stride 32.
     bn_momentum: BatchNorm moving-average momentum (Keras convention); None
-      takes the layout's default (pycls 0.9 = PyTorch 0.1, keras 0.99).
+      takes the layout's default (pycls 0.9 = PyTorch 0.1, keras and delf 0.99).
     bn_epsilon: BatchNorm epsilon; None takes the layout's default (pycls 1e-5,
-      keras 1.001e-5).
+      keras 1.001e-5, delf 1e-3 = Keras' default, as DELF).
     input_mean: per-channel mean subtracted from RGB pixels in [0, 255].
     input_std: per-channel std dividing RGB pixels in [0, 255].
     input_channel_order: 'RGB', or 'BGR' to reverse the channels after the
@@ -255,7 +257,7 @@ class ModelConfig(_Section):
   def resolved_bn_epsilon(self) -> float:
     if self.bn_epsilon is not None:
       return self.bn_epsilon
-    return 1e-5 if self.backbone_layout == "pycls" else 1.001e-5
+    return {"pycls": 1e-5, "delf": 1e-3}.get(self.backbone_layout, 1.001e-5)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
@@ -263,11 +265,15 @@ class ModelConfig(_Section):
     return _build(cls, values)
 
 
-# The DELG paper's network: keras-layout R50, GeM p=3 fixed, 2048-d whitening,
-# ArcFace s=45.25 m=0.1, (x - 128) / 128 input.
+# The DELG paper's network as DELF's code builds it: DELF's R50 with
+# block3_strides (local features at stride 32), GeM p=3 fixed, 2048-d whitening,
+# ArcFace s=45.25 m=0.1, (x - 128) / 128 input. Saved configs store every field,
+# so runs made with the earlier default (backbone_layout 'keras',
+# block3_strides false) keep loading with their layout.
 DELG_MODEL = dict(
   name="delg",
-  backbone_layout="keras",
+  backbone_layout="delf",
+  block3_strides=True,
   gem_p_trainable=False,
   embedding_dim=2048,
   input_mean=DELG_MEAN_RGB,

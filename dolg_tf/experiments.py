@@ -7,7 +7,8 @@ As the Model Garden's experiment factory: a name picks the preset, then files,
 
 - dolg_gldv2: the official DOLG recipe (R50, 512 px, batch 64, lr 0.01, ArcFace
   s=30 m=0.15): exactly the field defaults. Give the TFRecords and a schedule.
-- delg_gldv2: DELG's network (DELG_MODEL) with the same training defaults.
+- delg_gldv2: DELG's network (DELG_MODEL: DELF's R50 layout with
+  block3_strides, as DELF trains it) with the same training defaults.
 - dolg_synthetic / delg_synthetic: the README's main job: generated synthetic
   landmarks and a small network that trains in about two minutes on 2 CPU
   cores (`bazel run //dolg_tf:train` with no flags).

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
+from dolg_tf import config as config_lib
 from dolg_tf.model import backbones
 
 # torchvision resnet{50,101,152} parameters without the fc classifier (pycls
@@ -127,6 +128,102 @@ class ResNetBackboneTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(clone.layout, "keras")
     self.assertTrue(clone.block3_strides)
     self.assertEqual(clone.bn_momentum, 0.97)
+
+
+# DELF's ResNet50: Keras-default BatchNorm.
+_DELF_BN = dict(bn_momentum=0.99, bn_epsilon=1e-3)
+
+
+class DelfLayoutTest(tf.test.TestCase, parameterized.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.backbone = _fresh(50, "delf", block3_strides=True, **_DELF_BN)
+
+  @parameterized.parameters(
+    # DELF: 'same' 7x7/2 stem, valid 3x3/2 max-pool, stage 3 subsampled by a 1x1/2 max-pool.
+    (321, 321, (10, 10), (10, 10)),
+    (224, 224, (7, 7), (7, 7)),
+    (97, 131, (3, 4), (3, 4)),
+  )
+  def test_feature_map_shapes_like_delf(self, height, width, f3_hw, f4_hw):
+    f3, f4 = self.backbone(tf.random.uniform([1, height, width, 3]), training=False)
+    self.assertEqual(f3.shape, (1, *f3_hw, 1024))
+    self.assertEqual(f4.shape, (1, *f4_hw, 2048))
+
+  def test_without_block3_strides_stage_4_keeps_its_stride(self):
+    backbone = _fresh(26, "delf", width_multiplier=0.125, **_DELF_BN)
+    f3, f4 = backbone(tf.random.uniform([1, 321, 321, 3]), training=False)
+    self.assertEqual(f3.shape[1:3], (20, 20))
+    self.assertEqual(f4.shape[1:3], (10, 10))
+
+  def test_parameters_and_layer_names_match_the_keras_layout(self):
+    # Same shapes as keras.applications' ResNet50, and its layer names (so its .h5 fits).
+    self.assertEqual(_count(self.backbone.variables), KERAS_APPLICATIONS_PARAMS[50])
+    keras = _built(50, "keras", **_KERAS_BN)
+    delf_names = sorted("/".join(v.name.split("/")[-2:]) for v in self.backbone.variables)
+    keras_names = sorted("/".join(v.name.split("/")[-2:]) for v in keras.variables)
+    self.assertEqual(delf_names, keras_names)
+
+  def test_stem_conv_pads_same_and_pool_does_not_pad(self):
+    images = tf.random.normal([1, 65, 64, 3], seed=3)
+    conv = self.backbone.stem_conv
+    self.assertIsNone(self.backbone.stem_pad)
+    self.assertIsNone(self.backbone.pool_pad)
+    self.assertAllClose(
+      conv(images), tf.nn.conv2d(images, conv.kernel, 2, "SAME") + conv.bias, atol=1e-4
+    )
+    self.assertEqual(self.backbone.pool.padding, "valid")
+    self.assertIsNotNone(conv.bias)
+
+  def test_stride_on_the_first_1x1_and_projection_on_first_blocks(self):
+    stage_3 = self.backbone.stages[1]
+    self.assertEqual(stage_3[0].conv2a.strides, (2, 2))
+    self.assertEqual(stage_3[0].conv2b.strides, (1, 1))
+    self.assertEqual(stage_3[0].conv_shortcut.strides, (2, 2))
+    self.assertTrue(all(stage[0].use_projection for stage in self.backbone.stages))
+    self.assertFalse(any(b.use_projection for stage in self.backbone.stages for b in stage[1:]))
+    self.assertEqual(self.backbone.stages[3][0].conv2a.strides, (1, 1))  # block3_strides
+
+  def test_batchnorm_is_keras_default(self):
+    bns = [
+      layer
+      for layer in _all_layers(self.backbone)
+      if isinstance(layer, tf.keras.layers.BatchNormalization)
+    ]
+    self.assertLen(bns, 1 + 16 * 3 + 4)
+    self.assertTrue(all(b.momentum == 0.99 and b.epsilon == 1e-3 for b in bns))
+    config = config_lib.ModelConfig(backbone_layout="delf")
+    self.assertEqual((config.resolved_bn_epsilon, config.resolved_bn_momentum), (1e-3, 0.99))
+
+  def test_delf_layer_names(self):
+    layers = self.backbone.delf_layers()
+    self.assertLen(layers, 2 + 16 * 6 + 4 * 2)
+    self.assertIs(layers["conv1"], self.backbone.stem_conv)
+    self.assertIs(layers["l4f/bn2c"], self.backbone.stages[2][5].bn2c)
+    self.assertIs(layers["l5a/conv_shortcut"], self.backbone.stages[3][0].conv_shortcut)
+    self.assertNotIn("l5b/conv_shortcut", layers)
+
+  def test_receptive_field_is_delfs(self):
+    # DELF's export_model_utils: rf 291, stride 16 * stride_factor, padding 145.
+    self.assertEqual(backbones.stage3_receptive_field(50, "delf", True), (291, 32, 145))
+    self.assertEqual(backbones.stage3_receptive_field(50, "delf", False), (291, 16, 145))
+    self.assertEqual(backbones.stage3_receptive_field(101, "delf", False), (835, 16, 417))
+
+  def test_tiny_inputs_do_not_crash(self):
+    # DELF's unpadded max-pool is undefined under 5 px (TF errors or dies with SIGFPE).
+    for size in (1, 2, 4):
+      f3, f4 = self.backbone(tf.ones([1, size, size + 1, 3]), training=False)
+      self.assertEqual(f3.shape[1:3], (1, 1))
+      self.assertEqual(f4.shape[1:3], (1, 1))
+    traced = tf.function(lambda x: self.backbone(x, training=False)[1])
+    concrete = traced.get_concrete_function(tf.TensorSpec([1, None, None, 3]))
+    self.assertEqual(concrete(tf.ones([1, 2, 2, 3])).shape[1:3], (1, 1))
+    self.assertEqual(concrete(tf.ones([1, 97, 131, 3])).shape[1:3], (3, 4))
+
+  def test_get_config_round_trip(self):
+    clone = backbones.ResNetBackbone.from_config(self.backbone.get_config())
+    self.assertEqual((clone.layout, clone.block3_strides, clone.bn_epsilon), ("delf", True, 1e-3))
 
 
 def _all_layers(layer):

@@ -29,15 +29,20 @@ class DelgModelTest(tf.test.TestCase):
     self.assertEqual(config.embedding_dim, 2048)
     self.assertFalse(config.gem_p_trainable)
     self.assertEqual(config.input_mean, (128.0,) * 3)
+    # DELF's network: its ResNet50 layout and block3_strides (local features at stride 32).
+    self.assertEqual((config.backbone_layout, config.block3_strides), ("delf", True))
+    self.assertEqual((config.resolved_bn_epsilon, config.resolved_bn_momentum), (1e-3, 0.99))
 
   def test_outputs(self):
     out = self.model(self.images, training=False, return_intermediates=True)
     channels = self.model.backbone.output_channels[0]
     self.assertEqual(out["descriptor"].shape, (2, 32))
     self.assertAllClose(tf.norm(out["descriptor"], axis=-1), [1.0, 1.0], atol=1e-5)
-    self.assertEqual(out["reduced_features"].shape, (2, 4, 5, 8))
-    self.assertEqual(out["reconstructed_features"].shape, (2, 4, 5, channels))
-    self.assertEqual(out["attention"].shape, (2, 4, 5, 1))
+    # DELF at 64 x 80: stem 32 x 40, pool 15 x 19, then 15, 8, 4 (x 19, 10, 5), subsampled.
+    self.assertEqual(out["f3"].shape[1:3], (2, 3))
+    self.assertEqual(out["reduced_features"].shape, (2, 2, 3, 8))
+    self.assertEqual(out["reconstructed_features"].shape, (2, 2, 3, channels))
+    self.assertEqual(out["attention"].shape, (2, 2, 3, 1))
     self.assertTrue(np.all(out["attention"].numpy() > 0))
     self.assertEqual(out["attention_logits"].shape, (2, 5))
     # Attention pooling of the L2-normalised reconstruction.
@@ -86,7 +91,19 @@ class DelgModelTest(tf.test.TestCase):
     self.assertEqual(backbones.stage3_receptive_field(50, "keras"), (291, 16, 145))
     self.assertEqual(backbones.stage3_receptive_field(50, "pycls"), (267, 16, 133))
     self.assertEqual(backbones.stage3_receptive_field(50, "keras", True), (291, 32, 145))
-    self.assertEqual(self.model.receptive_field(), backbones.stage3_receptive_field(26, "keras"))
+    self.assertEqual(
+      self.model.receptive_field(), backbones.stage3_receptive_field(26, "delf", True)
+    )
+
+  def test_old_keras_layout_configs_still_build_their_layout(self):
+    # Saved configs store every field: a run made with the earlier DELG default keeps it.
+    old = dict(TINY_DELG.as_dict(), backbone_layout="keras", block3_strides=False)
+    config = config_lib.ModelConfig.from_dict(old)
+    model = builder.build_model(config, image_size=64)
+    self.assertEqual(model.backbone.layout, "keras")
+    self.assertEqual(model.backbone.bn_epsilon, 1.001e-5)
+    out = model(self.images, training=False, return_intermediates=True)
+    self.assertEqual(out["f3"].shape[1:3], (4, 5))
 
 
 if __name__ == "__main__":

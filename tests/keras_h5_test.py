@@ -46,9 +46,15 @@ class KerasH5Test(tf.test.TestCase):
     expected = tf.keras.applications.resnet.preprocess_input(pixels)
     self.assertAllClose(model.input_normalization(pixels), expected, atol=1e-4)
 
+  def test_delf_layout_loads_the_same_file(self):
+    # DELF's resnet50.py starts from these weights: its layers carry the keras names.
+    backbone = backbones.ResNetBackbone(50, "delf", block3_strides=True)
+    backbone(tf.zeros([1, 32, 32, 3]))
+    self.assertEqual(keras_h5.load_backbone_weights(backbone, self.path), 2 + 16 * 6 + 4 * 2)
+
   def test_errors_name_the_file_and_layer(self):
     pycls = backbones.ResNetBackbone(50, "pycls")
-    with self.assertRaisesRegex(ValueError, "backbone_layout='keras'"):
+    with self.assertRaisesRegex(ValueError, "backbone_layout 'keras' or 'delf', got 'pycls'"):
       keras_h5.load_backbone_weights(pycls, self.path)
     deeper = backbones.ResNetBackbone(101, "keras")
     deeper(tf.zeros([1, 32, 32, 3]))

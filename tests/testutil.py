@@ -37,7 +37,7 @@ TINY_TRAIN_DOLG = config_lib.ModelConfig(
   embedding_dim=16,
   head_scale=4.0,
 )
-# The tiny DELG network (DELG defaults otherwise: keras layout, (x - 128) / 128 input).
+# The tiny DELG network (DELG defaults otherwise: DELF's layout, block3_strides, (x - 128) / 128).
 TINY_DELG = config_lib.delg_config(
   backbone_depth=26,
   backbone_width_multiplier=0.125,

@@ -1,6 +1,6 @@
 """ResNet backbones returning the stage-3 and stage-4 feature maps.
 
-Two layouts of the bottleneck ResNet are supported:
+Three layouts of the bottleneck ResNet are supported:
 
 - 'pycls': the torchvision / pycls ("ResNet v1.5") layout of the official DOLG
   code: the stride-2 sits on the 3x3 conv, convolutions have no bias, and
@@ -11,6 +11,18 @@ Two layouts of the bottleneck ResNet are supported:
 - 'keras': the keras.applications ResNet50/101/152 layout (stride on the first
   1x1 conv, conv biases, a projection shortcut on every stage's first block),
   with the keras.applications layer names so `*_notop.h5` weights load by name.
+- 'delf': exactly the ResNet50 of the DELF/DELG code base
+  (tensorflow/models research/delf, training/model/resnet50.py): the keras
+  block (stride on the first 1x1 conv, conv biases, projection shortcut on each
+  stage's first block) with a 7x7/2 stem conv padded 'same' (TF's asymmetric
+  padding), an unpadded 'valid' 3x3/2 max-pool, Keras-default BatchNorm
+  (epsilon 1e-3, momentum 0.99) and, with `block3_strides`, DELF's 1x1/2
+  max-pool subsampling of the stage-3 output (stage 4 then has stride 1).
+  Python attributes carry DELF's names (`stem_conv`/`stem_bn` = DELF
+  `conv1`/`bn_conv1`; block `l{stage}{letter}` with `conv2a`/`bn2a`,
+  `conv2b`/`bn2b`, `conv2c`/`bn2c`, `conv_shortcut`/`bn_shortcut`), see
+  `ResNetBackbone.delf_layers`; the Keras layer names are keras.applications' (as the
+  'keras' layout), so the same `*_notop.h5` weights match by layer name.
 """
 
 import tensorflow as tf
@@ -18,6 +30,7 @@ import tensorflow as tf
 # Depth 26 (two blocks per stage) is for tests, demos and quick experiments.
 STAGE_BLOCKS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck widths; outputs are 4x.
+LAYOUTS = ("pycls", "keras", "delf")
 
 
 def _pycls_conv_init():
@@ -81,7 +94,6 @@ class PyclsBottleneck(tf.keras.layers.Layer):
       use_projection=self.use_projection,
       bn_momentum=self.bn_momentum,
       bn_epsilon=self.bn_epsilon,
-      width_multiplier=self.width_multiplier,
     )
     return config
 
@@ -140,6 +152,81 @@ class KerasBottleneck(tf.keras.layers.Layer):
     return config
 
 
+class DelfBottleneck(tf.keras.layers.Layer):
+  """Bottleneck residual block of DELF's ResNet50 (its _ConvBlock / _IdentityBlock).
+
+  Attributes follow DELF (`conv2a`, `bn2a`, ..., `conv_shortcut`,
+  `bn_shortcut`); layer names follow keras.applications (`{prefix}_1_conv`,
+  ..., `{prefix}_0_conv`), which have the same shapes.
+  """
+
+  def __init__(
+    self, width, out_channels, strides, use_projection, bn_momentum, bn_epsilon, prefix, **kwargs
+  ):
+    super().__init__(name=prefix, **kwargs)
+    self.width = width
+    self.out_channels = out_channels
+    self.strides = strides
+    self.use_projection = use_projection
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+    self.prefix = prefix
+    bn = lambda name: tf.keras.layers.BatchNormalization(
+      momentum=bn_momentum, epsilon=bn_epsilon, name=f"{prefix}_{name}"
+    )
+    conv = lambda filters, size, name, stride=1, padding="valid": tf.keras.layers.Conv2D(
+      filters, size, strides=stride, padding=padding, name=f"{prefix}_{name}"
+    )
+    self.conv2a = conv(width, 1, "1_conv", stride=strides)
+    self.bn2a = bn("1_bn")
+    self.conv2b = conv(width, 3, "2_conv", padding="same")
+    self.bn2b = bn("2_bn")
+    self.conv2c = conv(out_channels, 1, "3_conv")
+    self.bn2c = bn("3_bn")
+    if use_projection:
+      self.conv_shortcut = conv(out_channels, 1, "0_conv", stride=strides)
+      self.bn_shortcut = bn("0_bn")
+
+  def call(self, x, training=None):
+    y = tf.nn.relu(self.bn2a(self.conv2a(x), training=training))
+    y = tf.nn.relu(self.bn2b(self.conv2b(y), training=training))
+    y = self.bn2c(self.conv2c(y), training=training)
+    shortcut = x
+    if self.use_projection:
+      shortcut = self.bn_shortcut(self.conv_shortcut(x), training=training)
+    return tf.nn.relu(y + shortcut)
+
+  def get_config(self):
+    config = super().get_config()
+    config.pop("name", None)
+    config.update(
+      width=self.width,
+      out_channels=self.out_channels,
+      strides=self.strides,
+      use_projection=self.use_projection,
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      prefix=self.prefix,
+    )
+    return config
+
+
+def delf_block_name(stage_index: int, block_index: int) -> str:
+  """DELF's attribute name of a block: stage_index 0..3 -> 'l2'..'l5', block 0 -> 'a'.
+
+  DELF only has R50 (at most 6 blocks a stage); beyond 26 blocks (R152's stage
+  3) the letter is followed by the index, e.g. 'l4z26'.
+  """
+  letter = chr(ord("a") + min(block_index, 25))
+  suffix = str(block_index) if block_index >= 26 else ""
+  return f"l{stage_index + 2}{letter}{suffix}"
+
+
+# DELF sub-layer attribute names of a block, in order.
+DELF_BLOCK_LAYERS = ("conv2a", "bn2a", "conv2b", "bn2b", "conv2c", "bn2c")
+DELF_SHORTCUT_LAYERS = ("conv_shortcut", "bn_shortcut")
+
+
 class ResNetBackbone(tf.keras.layers.Layer):
   """Bottleneck ResNet returning (stage-3, stage-4) feature maps.
 
@@ -162,8 +249,8 @@ class ResNetBackbone(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     if depth not in STAGE_BLOCKS:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
-    if layout not in ("pycls", "keras"):
-      raise ValueError(f"ResNet layout must be 'pycls' or 'keras', got {layout!r}")
+    if layout not in LAYOUTS:
+      raise ValueError(f"ResNet layout must be one of {LAYOUTS}, got {layout!r}")
     self.depth = depth
     self.layout = layout
     self.block3_strides = block3_strides
@@ -189,6 +276,13 @@ class ResNetBackbone(tf.keras.layers.Layer):
         name="stem_conv",
       )
       self.stem_bn = tf.keras.layers.BatchNormalization(name="stem_bn", **bn_args)
+    elif layout == "delf":
+      # DELF: Conv2D(64, 7, strides 2, padding 'same') with bias, then a valid max-pool.
+      self.stem_pad = None
+      self.stem_conv = tf.keras.layers.Conv2D(
+        stem_width, 7, strides=2, padding="same", name="conv1_conv"
+      )
+      self.stem_bn = tf.keras.layers.BatchNormalization(name="conv1_bn", **bn_args)
     else:
       self.stem_pad = tf.keras.layers.ZeroPadding2D(3, name="conv1_pad")
       self.stem_conv = tf.keras.layers.Conv2D(
@@ -196,7 +290,8 @@ class ResNetBackbone(tf.keras.layers.Layer):
       )
       self.stem_bn = tf.keras.layers.BatchNormalization(name="conv1_bn", **bn_args)
     # Zero padding before the max-pool equals PyTorch's -inf padding: its input is post-ReLU.
-    self.pool_pad = tf.keras.layers.ZeroPadding2D(1, name="pool_pad")
+    # DELF pools without padding.
+    self.pool_pad = None if layout == "delf" else tf.keras.layers.ZeroPadding2D(1, name="pool_pad")
     self.pool = tf.keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="pool")
     self.stages = []
     in_channels = stem_width
@@ -221,6 +316,18 @@ class ResNetBackbone(tf.keras.layers.Layer):
               name=f"s{stage_index + 1}_b{block_index + 1}",
             )
           )
+        elif layout == "delf":
+          blocks.append(
+            DelfBottleneck(
+              width,
+              out_channels,
+              strides,
+              block_index == 0,
+              bn_momentum,
+              bn_epsilon,
+              prefix=f"conv{stage_index + 2}_block{block_index + 1}",
+            )
+          )
         else:
           blocks.append(
             KerasBottleneck(
@@ -239,8 +346,13 @@ class ResNetBackbone(tf.keras.layers.Layer):
       self.block3_subsample = tf.keras.layers.MaxPooling2D(1, strides=2, name="block3_subsample")
 
   def call(self, images, training=None):
-    x = self.stem_bn(self.stem_conv(self.stem_pad(images)), training=training)
-    x = self.pool(self.pool_pad(tf.nn.relu(x)))
+    x = images if self.stem_pad is None else self.stem_pad(images)
+    x = tf.nn.relu(self.stem_bn(self.stem_conv(x), training=training))
+    if self.pool_pad is not None:
+      x = self.pool_pad(x)
+    else:
+      x = _pad_to_at_least(x, 3)
+    x = self.pool(x)
     outputs = []
     for stage_index, blocks in enumerate(self.stages):
       for block in blocks:
@@ -249,6 +361,23 @@ class ResNetBackbone(tf.keras.layers.Layer):
         x = self.block3_subsample(x)
       outputs.append(x)
     return outputs[2], outputs[3]
+
+  def delf_layers(self) -> dict:
+    """{DELF attribute path under `backbone`: layer} of the 'delf' layout.
+
+    E.g. 'conv1', 'bn_conv1', 'l2a/conv2a', 'l2a/bn_shortcut', 'l5c/bn2c': the
+    names of DELF's ResNet50 attributes, which are its checkpoint keys.
+    """
+    if self.layout != "delf":
+      raise ValueError(f"DELF layer names need layout 'delf', got {self.layout!r}")
+    layers = {"conv1": self.stem_conv, "bn_conv1": self.stem_bn}
+    for stage_index, blocks in enumerate(self.stages):
+      for block_index, block in enumerate(blocks):
+        name = delf_block_name(stage_index, block_index)
+        sublayers = DELF_BLOCK_LAYERS + (DELF_SHORTCUT_LAYERS if block.use_projection else ())
+        for attribute in sublayers:
+          layers[f"{name}/{attribute}"] = getattr(block, attribute)
+    return layers
 
   def get_config(self):
     config = super().get_config()
@@ -263,19 +392,39 @@ class ResNetBackbone(tf.keras.layers.Layer):
     return config
 
 
+def _pad_to_at_least(x, size):
+  """Zero-pads the bottom/right of [B, H, W, C] up to `size` x `size` (no-op when larger).
+
+  DELF's unpadded 3x3 max-pool is undefined on maps under 3 x 3 (inputs under
+  5 px; TF errors, or the CPU kernel dies with SIGFPE): this gives such tiny
+  inputs an output and leaves every other input exactly as DELF. The input is
+  post-ReLU, so zeros never win the max over real values.
+  """
+  if x.shape[1] is not None and x.shape[2] is not None and min(x.shape[1], x.shape[2]) >= size:
+    return x
+  shape = tf.shape(x)
+  pad_h = tf.maximum(size - shape[1], 0)
+  pad_w = tf.maximum(size - shape[2], 0)
+  return tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+
+
 def stage3_receptive_field(depth=50, layout="pycls", block3_strides=False):
   """(size, stride, padding) of one stage-3 feature in input pixels.
 
   Feature (i, j) sees the box centred on (i * stride, j * stride) with side
   `size`; padding = (size - 1) / 2 (DELF's CalculateReceptiveBoxes
-  convention). Keras layout R50 gives DELF's (291, 16, 145); the pycls layout
-  puts the stride on the 3x3 conv and sees less (267 for R50).
+  convention). The keras and delf layouts (same strides and kernels; DELF's
+  'same'/'valid' padding moves the box by at most a pixel, not its size) give
+  for R50 DELF's constants (291, 16, 145), and (291, 32, 145) with
+  `block3_strides` (export_model_utils: stride 16 * stride_factor); R101 gives
+  (835, 16, 417). The pycls layout puts the stride on the 3x3 conv and sees
+  less (267 for R50).
   """
   size, jump = 7 + 2 * 2, 4  # 7x7/2 stem, then the 3x3/2 max-pool.
   for stage_index, num_blocks in enumerate(STAGE_BLOCKS[depth][:3]):
     stride = 1 if stage_index == 0 else 2
     for block_index in range(num_blocks):
-      if block_index == 0 and layout == "keras":
+      if block_index == 0 and layout in ("keras", "delf"):
         jump *= stride  # the stride sits on the 1x1 before the 3x3
       size += 2 * jump
       if block_index == 0 and layout == "pycls":

@@ -1,6 +1,10 @@
 """DELG: one network with a GeM global head and an attentive local head.
 
-Cao, Araujo, Sim (ECCV 2020), as the DELF code base's DELG model:
+Cao, Araujo, Sim (ECCV 2020), as the DELF code base's DELG model
+(tensorflow/models research/delf, training/model/delg_model.py); with the
+default config (DELG_MODEL: 'delf' backbone layout, block3_strides) the
+network is DELF's, and `dolg_tf.convert.delf_checkpoint` imports its TF2
+training checkpoints:
 
 - global: GeM (p fixed, 3) on stage 4 -> Dense whitening (2048, bias) -> L2;
   trained with ArcFace (s = 45.25, m = 0.1) on the un-normalised whitened vector.
@@ -140,7 +144,10 @@ class DelgModel(base.RetrievalModel):
     return outputs
 
   def receptive_field(self):
-    """(size, stride, padding) of a local feature in input pixels (keras R50: 291, 16, 145)."""
+    """(size, stride, padding) of a local feature in input pixels.
+
+    DELF's R50 with block3_strides (the default): (291, 32, 145); without: (291, 16, 145).
+    """
     config = self.model_config
     return backbones.stage3_receptive_field(
       config.backbone_depth, config.backbone_layout, config.block3_strides

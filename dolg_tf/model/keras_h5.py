@@ -52,12 +52,14 @@ def load_backbone_weights(backbone: tf.keras.layers.Layer, path: str) -> int:
     The number of layers loaded.
 
   Raises:
-    ValueError: if the backbone is not in the 'keras' layout, or a layer of the
+    ValueError: if the backbone is not in the 'keras' or 'delf' layout, or a layer of the
       backbone is missing from the file, or a shape differs (naming it).
   """
-  if getattr(backbone, "layout", "keras") != "keras":
+  # The delf layout has keras.applications' layer names (DELF starts from these weights too).
+  if getattr(backbone, "layout", "keras") not in ("keras", "delf"):
     raise ValueError(
-      f"{path}: Keras ImageNet weights need backbone_layout='keras', got '{backbone.layout}'"
+      f"{path}: Keras ImageNet weights need backbone_layout 'keras' or 'delf', "
+      f"got '{backbone.layout}'"
     )
   stored = read_h5_weights(path)
   loaded = 0

@@ -35,15 +35,13 @@ itself, which DelgModel does not do.
 import dataclasses
 import os
 import re
-import shutil
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from dolg_tf import config as config_lib
-from dolg_tf import run_layout
-from dolg_tf.export import export_model
+from dolg_tf.convert import artefacts
 from dolg_tf.model import backbones, builder, heads
 
 CHECKPOINT_SUBDIR = "delf_tf2-ckpt"  # train.py's CheckpointManager folder
@@ -353,41 +351,8 @@ def convert_delf_checkpoint(
     FileExistsError: if `output_dir` exists and is not empty.
     OSError, ValueError: see load_delf_checkpoint.
   """
-  output_dir = os.path.abspath(output_dir)
-  if os.path.isdir(output_dir) and os.listdir(output_dir):
-    raise FileExistsError(f"output directory is not empty: {output_dir}")
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-    raise FileExistsError(f"output path exists and is not a directory: {output_dir}")
+  artefacts.check_output_dir(output_dir)
   converted = load_delf_checkpoint(checkpoint, block3_strides, gem_p, arcface_margin, import_head)
-  export_config = export_config or config_lib.ExportConfig()
-  tmp_dir = f"{output_dir}.tmp-{os.getpid()}"
-  if os.path.exists(tmp_dir):
-    shutil.rmtree(tmp_dir)
-  os.makedirs(tmp_dir)
-  try:
-    layout = run_layout.RunLayout(tmp_dir)
-    config_lib.save_config(
-      {"model": converted.config.as_dict(), "export": export_config.as_dict()}, layout.config
-    )
-    objects = dict(model=converted.model)
-    if converted.head is not None:
-      objects["head"] = converted.head
-    manager = tf.train.CheckpointManager(
-      tf.train.Checkpoint(**objects), layout.checkpoints, max_to_keep=1
-    )
-    checkpoint_prefix = manager.save(checkpoint_number=1)
-    export_dir = export_model.export_saved_model(
-      converted.model, converted.config, layout.export, version=1, export_config=export_config
-    )
-    if os.path.isdir(output_dir):
-      os.rmdir(output_dir)  # empty (checked above)
-    os.replace(tmp_dir, output_dir)
-  except BaseException:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise
-  return {
-    "model_config": os.path.join(output_dir, config_lib.CONFIG_FILENAME),
-    "checkpoint": os.path.join(output_dir, os.path.relpath(checkpoint_prefix, tmp_dir)),
-    "export": os.path.join(output_dir, os.path.relpath(export_dir, tmp_dir)),
-    "report": converted.report.summary(),
-  }
+  return artefacts.write_artefacts(
+    converted, output_dir, export_config or config_lib.ExportConfig()
+  )

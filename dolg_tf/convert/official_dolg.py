@@ -47,7 +47,6 @@ torch tensors; `.npz` files and numpy state dicts work without it.
 import dataclasses
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -55,8 +54,7 @@ import tensorflow as tf
 from absl import logging
 
 from dolg_tf import config as config_lib
-from dolg_tf import run_layout
-from dolg_tf.export import export_model
+from dolg_tf.convert import artefacts
 from dolg_tf.io import config_io
 from dolg_tf.model import backbones, builder, heads
 
@@ -670,51 +668,21 @@ def convert_official_checkpoint(
     FileExistsError: if `output_dir` exists and is not empty.
     ValueError: if the checkpoint does not fit (see load_official_checkpoint).
   """
-  output_dir = os.path.abspath(output_dir)
-  if os.path.isdir(output_dir) and os.listdir(output_dir):
-    raise FileExistsError(f"output directory is not empty: {output_dir}")
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-    raise FileExistsError(f"output path exists and is not a directory: {output_dir}")
+  artefacts.check_output_dir(output_dir)
   converted = load_official_checkpoint(
     checkpoint, depth, atrous_dilations, fixed_gem_p, import_head
   )
-  tmp_dir = f"{output_dir}.tmp-{os.getpid()}"
-  if os.path.exists(tmp_dir):
-    shutil.rmtree(tmp_dir)
-  os.makedirs(tmp_dir)
-  try:
-    layout = run_layout.RunLayout(tmp_dir)
-    export_config = config_lib.ExportConfig(
-      image_scales=tuple(image_scales), max_image_size=max_image_size
-    )
-    config_lib.save_config(
-      {"model": converted.config.as_dict(), "export": export_config.as_dict()}, layout.config
-    )
-    objects = dict(model=converted.model)
-    if converted.head is not None:
-      objects["head"] = converted.head
-    manager = tf.train.CheckpointManager(
-      tf.train.Checkpoint(**objects), layout.checkpoints, max_to_keep=1
-    )
-    checkpoint_prefix = manager.save(checkpoint_number=1)
-    export_dir = export_model.export_saved_model(
-      converted.model, converted.config, layout.export, version=1, export_config=export_config
-    )
-    final_export = os.path.join(output_dir, os.path.relpath(export_dir, tmp_dir))
-    with open(os.path.join(tmp_dir, PBTXT_FILENAME), "w") as f:
+  export_config = config_lib.ExportConfig(
+    image_scales=tuple(image_scales), max_image_size=max_image_size
+  )
+
+  def write_pbtxt(tmp_dir, final_export):
+    path = os.path.join(tmp_dir, PBTXT_FILENAME)
+    with open(path, "w") as f:
       f.write(official_dolg_pbtxt(final_export, max_image_size, image_scales))
-    if os.path.isdir(output_dir):
-      os.rmdir(output_dir)  # empty (checked above)
-    os.replace(tmp_dir, output_dir)
-  except BaseException:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise
-  return {
-    "model_config": os.path.join(output_dir, config_lib.CONFIG_FILENAME),
-    "checkpoint": os.path.join(output_dir, os.path.relpath(checkpoint_prefix, tmp_dir)),
-    "export": final_export,
-    "pbtxt": os.path.join(output_dir, PBTXT_FILENAME),
-  }
+    return {"pbtxt": path}
+
+  return artefacts.write_artefacts(converted, output_dir, export_config, write_pbtxt)
 
 
 # --------------------------------------------------------------------------- torchvision

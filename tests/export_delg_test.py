@@ -66,7 +66,14 @@ class DelgExportTest(tf.test.TestCase):
 
   def test_signatures(self):
     self.assertEqual(
-      set(self.loaded.signatures), {"serving_default", "serve_global", "serve_encoded"}
+      set(self.loaded.signatures),
+      {
+        "serving_default",
+        "serve_global",
+        "serve_encoded",
+        "serve_global_batch",
+        "serve_local_batch",
+      },
     )
     out = self.loaded.signatures["serve_global"](
       input_image=tf.constant(self.image),

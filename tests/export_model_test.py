@@ -127,7 +127,7 @@ class ExportModelTest(tf.test.TestCase):
     _, expected = _reference_descriptors(self.model, image, [0.7071, 1.0, 1.4142])
     self.assertAllClose(np.load(os.path.join(workdir, "descriptor.npy")), expected, atol=1e-5)
 
-  def test_saved_model_cli_lists_both_predict_signatures(self):
+  def test_saved_model_cli_lists_the_predict_signatures(self):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     result = subprocess.run(
       [cli, "show", "--dir", self.export_dir, "--all"],
@@ -136,10 +136,10 @@ class ExportModelTest(tf.test.TestCase):
       timeout=300,
     )
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    for name in ("serving_default", "serve_encoded"):
+    for name in ("serving_default", "serve_encoded", "serve_global_batch"):
       self.assertIn(f"signature_def['{name}']", result.stdout)
-    self.assertEqual(result.stdout.count("Method name is: tensorflow/serving/predict"), 2)
-    for tensor in ("input_image", "input_scales", "input_global_scales_ind", "images"):
+    self.assertEqual(result.stdout.count("Method name is: tensorflow/serving/predict"), 3)
+    for tensor in ("input_image", "input_images", "input_scales", "input_global_scales_ind", "images"):
       self.assertIn(f"inputs['{tensor}']", result.stdout)
 
   def test_predict_requests_are_accepted_by_the_signatures(self):

@@ -1,6 +1,6 @@
 """Exports DOLG/DELG models as self-contained SavedModels in TF Serving's layout.
 
-`<export_base>/<version>/` holds a SavedModel with two signatures (both
+`<export_base>/<version>/` holds a SavedModel with these signatures (all
 `tensorflow/serving/predict`):
 
 - `serving_default` (DELF-style, one image):
@@ -14,10 +14,17 @@
     outputs `global_descriptor` float32 [B, D]
   decoding, resizing so the longest side is at most `max_image_size`, the
   pyramid over the export's `image_scales` and pooling run inside the graph.
+- `serve_global_batch` (batched extraction, e.g. on an accelerator): as
+  `serving_default` for `input_images` uint8 [B, H, W, 3], B images of one
+  size; outputs [B, S, D] and [B, D]. Per image it computes what
+  `serving_default` computes (one code path: the single-image signatures run
+  it on a batch of one).
 
 DELG exports (`model_config.name == "delg"`) use DELF's local+global
-signature as `serving_default` (see DelgServingModule) and keep the global-only
-one as `serve_global`.
+signature as `serving_default` (see DelgServingModule), keep the global-only
+one as `serve_global`, and add `serve_local_batch`: the local+global outputs
+of B same-size images, per-feature outputs padded to [B, K, ...] with
+`num_features` [B] valid rows each.
 
 The image at scale s is resized (bilinear, half-pixel centres, as cv2's
 INTER_LINEAR and DELF's tf.image.resize) to round(s * H) x round(s * W). The
@@ -71,36 +78,48 @@ class ServingModule(tf.Module):
     self.max_image_size = int(max_image_size)
     self.image_scales = tuple(float(s) for s in image_scales)
 
-  def _scaled_size(self, image, scale):
-    """round(scale * [H, W]) of a [H, W, C] image, at least 1, as the model's reference code."""
+  def _scaled_size(self, size, scale):
+    """round(scale * size) of an int32 [H, W] size, at least 1, as the model's reference code."""
     if self.SIZE_ROUNDING == "official":
-      size = tf.cast(tf.shape(image)[:2], tf.float64)
+      size = tf.cast(size, tf.float64)
       scale = tf.round(tf.cast(scale, tf.float64) * 1e6) / 1e6
     else:
-      size = tf.cast(tf.shape(image)[:2], tf.float32)
+      size = tf.cast(size, tf.float32)
     # tf.round rounds half to even, like Python's round().
     return tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
 
-  def _describe(self, image, scales):
-    """Per-scale descriptors [S, D] of one float32 [H, W, 3] image."""
+  def _resize_batch(self, images, scale):
+    """float32 [B, H, W, 3] images of one size resized to round(scale * [H, W])."""
+    new_size = self._scaled_size(tf.shape(images)[1:3], scale)
+    return tf.image.resize(images, new_size, method="bilinear")
+
+  def _describe(self, images, scales):
+    """Per-scale descriptors [B, S, D] of float32 [B, H, W, 3] images of one size."""
 
     def one_scale(scale):
-      new_size = self._scaled_size(image, scale)
-      resized = tf.image.resize(image[None], new_size, method="bilinear")
-      return self.model(resized, training=False)[0]
+      return self.model(self._resize_batch(images, scale), training=False)
 
-    return tf.map_fn(
+    per_scale = tf.map_fn(
       one_scale,
       scales,
-      fn_output_signature=tf.TensorSpec([None], tf.float32),
+      fn_output_signature=tf.TensorSpec([None, None], tf.float32),
       parallel_iterations=1,
     )
+    return tf.transpose(per_scale, [1, 0, 2])
 
   @staticmethod
   def _pool(descriptors, scale_indices):
-    selected = tf.gather(descriptors, scale_indices)
+    """The selected scales of [..., S, D] descriptors averaged and L2-normalised: [..., D]."""
+    selected = tf.gather(descriptors, scale_indices, axis=-2)
     l2_normalize = normalization.l2_normalize
-    return l2_normalize(tf.reduce_mean(l2_normalize(selected), axis=0))
+    return l2_normalize(tf.reduce_mean(l2_normalize(selected), axis=-2))
+
+  def _global_outputs(self, images, scales, global_scales_ind):
+    descriptors = self._describe(tf.cast(images, tf.float32), scales)
+    return {
+      signatures_lib.GLOBAL_DESCRIPTORS: descriptors,
+      signatures_lib.GLOBAL_DESCRIPTOR: self._pool(descriptors, global_scales_ind),
+    }
 
   @tf.function(
     input_signature=[
@@ -110,11 +129,18 @@ class ServingModule(tf.Module):
     ]
   )
   def serve(self, input_image, input_scales, input_global_scales_ind):
-    descriptors = self._describe(tf.cast(input_image, tf.float32), input_scales)
-    return {
-      signatures_lib.GLOBAL_DESCRIPTORS: descriptors,
-      signatures_lib.GLOBAL_DESCRIPTOR: self._pool(descriptors, input_global_scales_ind),
-    }
+    outputs = self._global_outputs(input_image[None], input_scales, input_global_scales_ind)
+    return {name: value[0] for name, value in outputs.items()}
+
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec([None, None, None, 3], tf.uint8, name=signatures_lib.INPUT_IMAGES),
+      tf.TensorSpec([None], tf.float32, name=signatures_lib.INPUT_SCALES),
+      tf.TensorSpec([None], tf.int32, name=signatures_lib.INPUT_GLOBAL_SCALES_IND),
+    ]
+  )
+  def serve_batch(self, input_images, input_scales, input_global_scales_ind):
+    return self._global_outputs(input_images, input_scales, input_global_scales_ind)
 
   def _resize_to_max(self, image):
     if self.max_image_size <= 0:  # -1: no limit
@@ -135,7 +161,7 @@ class ServingModule(tf.Module):
       image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
       image = self._resize_to_max(tf.cast(image, tf.float32))
       image.set_shape([None, None, 3])
-      return self._pool(self._describe(image, scales), all_scales)
+      return self._pool(self._describe(image[None], scales)[0], all_scales)
 
     return {
       signatures_lib.GLOBAL_DESCRIPTOR: tf.map_fn(
@@ -166,6 +192,61 @@ class DelgServingModule(ServingModule):
     super().__init__(model, max_image_size, image_scales)
     self.rf_size, self.rf_stride, self.rf_padding = model.receptive_field()
 
+  def _local_outputs(self, images, scales, max_feature_num, abs_thres, global_scales_ind):
+    """DELG's outputs for uint8 [B, H, W, 3] images of one size, per-feature ones padded.
+
+    Per image, the features of every scale whose attention >= abs_thres, the
+    `max_feature_num` strongest first (ties: the earlier scale, then row-major
+    grid order). Rows past NUM_FEATURES[b] of the [B, K, ...] outputs are
+    padding (K = min(max_feature_num, grid positions of all scales)).
+    """
+    images = tf.cast(images, tf.float32)
+    batch = tf.shape(images)[0]
+    num_scales = tf.size(scales)
+    reduced_dim = self.model.autoencoder.reduced_dim
+    # Per scale: boxes [n, 4] and scales [n] (shared by the batch), features
+    # [n, B, d] and masked scores [n, B] (the TensorArrays concatenate along n).
+    arrays = [tf.TensorArray(tf.float32, size=num_scales, infer_shape=False) for _ in range(4)]
+    descriptors = tf.TensorArray(tf.float32, size=num_scales)
+    for i in tf.range(num_scales):
+      scale = scales[i]
+      out = self.model(self._resize_batch(images, scale), training=False, return_intermediates=True)
+      attention = out["attention"][..., 0]  # [B, h, w]
+      height, width = tf.shape(attention)[1], tf.shape(attention)[2]
+      rows, cols = tf.meshgrid(tf.range(height), tf.range(width), indexing="ij")
+      grid = tf.cast(tf.reshape(tf.stack([rows, cols], axis=-1), [-1, 2]), tf.float32)  # (y, x)
+      # Receptive boxes at this scale, mapped back to input-image pixels.
+      top_left = grid * self.rf_stride - self.rf_padding
+      boxes = tf.concat([top_left, top_left + self.rf_size - 1], axis=1) / scale
+      flat_attention = tf.reshape(attention, [batch, -1])
+      masked = tf.where(flat_attention >= abs_thres, flat_attention, -float("inf"))
+      features = tf.reshape(out["reduced_features"], [batch, -1, reduced_dim])
+      arrays[0] = arrays[0].write(i, boxes)
+      arrays[1] = arrays[1].write(i, tf.transpose(features, [1, 0, 2]))
+      arrays[2] = arrays[2].write(i, tf.fill([tf.shape(grid)[0]], 1.0 / scale))
+      arrays[3] = arrays[3].write(i, tf.transpose(masked))
+      descriptors = descriptors.write(i, out["descriptor"])
+    boxes = tf.reshape(arrays[0].concat(), [-1, 4])
+    features = tf.transpose(tf.reshape(arrays[1].concat(), [-1, batch, reduced_dim]), [1, 0, 2])
+    feature_scales = arrays[2].concat()
+    scores = tf.transpose(tf.reshape(arrays[3].concat(), [-1, batch]))  # [B, N]
+    top = tf.math.top_k(scores, tf.minimum(max_feature_num, tf.shape(scores)[1]))
+    valid = top.values > -float("inf")
+    global_descriptors = tf.gather(
+      tf.transpose(descriptors.stack(), [1, 0, 2]), global_scales_ind, axis=1
+    )
+    return {
+      signatures_lib.BOXES: tf.gather(boxes, top.indices),
+      signatures_lib.FEATURES: tf.gather(features, top.indices, batch_dims=1),
+      signatures_lib.SCALES: tf.gather(feature_scales, top.indices),
+      signatures_lib.SCORES: tf.where(valid, top.values, 0.0),
+      signatures_lib.NUM_FEATURES: tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+      signatures_lib.GLOBAL_DESCRIPTORS: global_descriptors,
+      signatures_lib.GLOBAL_DESCRIPTOR: self._pool(
+        global_descriptors, tf.range(tf.shape(global_descriptors)[1])
+      ),
+    }
+
   @tf.function(
     input_signature=[
       tf.TensorSpec([None, None, 3], tf.uint8, name=signatures_lib.INPUT_IMAGE),
@@ -183,41 +264,45 @@ class DelgServingModule(ServingModule):
     input_abs_thres,
     input_global_scales_ind,
   ):
-    image = tf.cast(input_image, tf.float32)
-    num_scales = tf.size(input_scales)
-    arrays = [tf.TensorArray(tf.float32, size=num_scales, infer_shape=False) for _ in range(4)]
-    descriptors = tf.TensorArray(tf.float32, size=num_scales)
-    for i in tf.range(num_scales):
-      scale = input_scales[i]
-      resized = tf.image.resize(image[None], self._scaled_size(image, scale), method="bilinear")
-      out = self.model(resized, training=False, return_intermediates=True)
-      attention = out["attention"][0, :, :, 0]
-      features = out["reduced_features"][0]
-      grid = tf.cast(tf.where(attention >= input_abs_thres), tf.float32)  # [n, 2] (y, x)
-      # Receptive boxes at this scale, mapped back to input-image pixels.
-      top_left = grid * self.rf_stride - self.rf_padding
-      boxes = tf.concat([top_left, top_left + self.rf_size - 1], axis=1) / scale
-      selected = attention >= input_abs_thres
-      arrays[0] = arrays[0].write(i, boxes)
-      arrays[1] = arrays[1].write(i, tf.boolean_mask(features, selected))
-      arrays[2] = arrays[2].write(i, tf.fill([tf.shape(grid)[0]], 1.0 / scale))
-      arrays[3] = arrays[3].write(i, tf.boolean_mask(attention, selected))
-      descriptors = descriptors.write(i, out["descriptor"][0])
-    boxes, features, scales, scores = (a.concat() for a in arrays)
-    boxes = tf.reshape(boxes, [-1, 4])
-    features = tf.reshape(features, [-1, self.model.autoencoder.reduced_dim])
-    keep = tf.math.top_k(scores, tf.minimum(input_max_feature_num, tf.size(scores))).indices
-    global_descriptors = tf.gather(descriptors.stack(), input_global_scales_ind)
+    outputs = self._local_outputs(
+      input_image[None],
+      input_scales,
+      input_max_feature_num,
+      input_abs_thres,
+      input_global_scales_ind,
+    )
+    count = outputs.pop(signatures_lib.NUM_FEATURES)[0]
+    per_feature = (
+      signatures_lib.BOXES,
+      signatures_lib.FEATURES,
+      signatures_lib.SCALES,
+      signatures_lib.SCORES,
+    )
     return {
-      signatures_lib.BOXES: tf.gather(boxes, keep),
-      signatures_lib.FEATURES: tf.gather(features, keep),
-      signatures_lib.SCALES: tf.gather(scales, keep),
-      signatures_lib.SCORES: tf.gather(scores, keep),
-      signatures_lib.GLOBAL_DESCRIPTORS: global_descriptors,
-      signatures_lib.GLOBAL_DESCRIPTOR: self._pool(
-        global_descriptors, tf.range(tf.shape(global_descriptors)[0])
-      ),
+      name: value[0, :count] if name in per_feature else value[0]
+      for name, value in outputs.items()
     }
+
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec([None, None, None, 3], tf.uint8, name=signatures_lib.INPUT_IMAGES),
+      tf.TensorSpec([None], tf.float32, name=signatures_lib.INPUT_SCALES),
+      tf.TensorSpec([], tf.int32, name=signatures_lib.INPUT_MAX_FEATURE_NUM),
+      tf.TensorSpec([], tf.float32, name=signatures_lib.INPUT_ABS_THRES),
+      tf.TensorSpec([None], tf.int32, name=signatures_lib.INPUT_GLOBAL_SCALES_IND),
+    ]
+  )
+  def serve_local_batch(
+    self,
+    input_images,
+    input_scales,
+    input_max_feature_num,
+    input_abs_thres,
+    input_global_scales_ind,
+  ):
+    return self._local_outputs(
+      input_images, input_scales, input_max_feature_num, input_abs_thres, input_global_scales_ind
+    )
 
 
 _TMP_EXPORT = re.compile(r"^\.tmp-(\d+)-(\d+)$")
@@ -327,12 +412,15 @@ def _write_saved_model(model, model_config, tmp_dir, export_config):
       signatures_lib.SERVING_DEFAULT: module.serve_local.get_concrete_function(),
       signatures_lib.SERVE_GLOBAL: module.serve.get_concrete_function(),
       signatures_lib.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
+      signatures_lib.SERVE_GLOBAL_BATCH: module.serve_batch.get_concrete_function(),
+      signatures_lib.SERVE_LOCAL_BATCH: module.serve_local_batch.get_concrete_function(),
     }
   else:
     module = ServingModule(model, max_image_size, image_scales)
     signatures = {
       signatures_lib.SERVING_DEFAULT: module.serve.get_concrete_function(),
       signatures_lib.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
+      signatures_lib.SERVE_GLOBAL_BATCH: module.serve_batch.get_concrete_function(),
     }
   tf.saved_model.save(module, tmp_dir, signatures=signatures)
   config_lib.save_config(

@@ -8,6 +8,10 @@ read them; this module imports nothing, so TF-free code can use it.
 SERVING_DEFAULT = "serving_default"  # DOLG: global descriptors; DELG: DELF's local + global.
 SERVE_GLOBAL = "serve_global"  # DELG exports: the global-only interface of DOLG's default.
 SERVE_ENCODED = "serve_encoded"  # A batch of encoded images (REST clients, base64).
+# Batches of decoded images of one size (batched extraction, accelerators): the
+# global-only interface, and DELG's local+global one, with INPUT_IMAGES.
+SERVE_GLOBAL_BATCH = "serve_global_batch"
+SERVE_LOCAL_BATCH = "serve_local_batch"
 # The signatures with the global-only interface, in order of preference.
 GLOBAL_SIGNATURES = (SERVE_GLOBAL, SERVING_DEFAULT)
 
@@ -18,8 +22,11 @@ INPUT_GLOBAL_SCALES_IND = "input_global_scales_ind"  # int32 [G]
 INPUT_MAX_FEATURE_NUM = "input_max_feature_num"  # int32 []
 INPUT_ABS_THRES = "input_abs_thres"  # float32 []
 INPUT_ENCODED_IMAGES = "images"  # string [B]
+INPUT_IMAGES = "input_images"  # uint8 [B, H, W, 3], the batched signatures
 GLOBAL_INPUTS = frozenset({INPUT_IMAGE, INPUT_SCALES, INPUT_GLOBAL_SCALES_IND})
 LOCAL_GLOBAL_INPUTS = GLOBAL_INPUTS | {INPUT_MAX_FEATURE_NUM, INPUT_ABS_THRES}
+BATCH_GLOBAL_INPUTS = (GLOBAL_INPUTS - {INPUT_IMAGE}) | {INPUT_IMAGES}
+BATCH_LOCAL_GLOBAL_INPUTS = (LOCAL_GLOBAL_INPUTS - {INPUT_IMAGE}) | {INPUT_IMAGES}
 
 # Outputs.
 GLOBAL_DESCRIPTORS = "global_descriptors"  # float32 [S or G, D], per scale
@@ -28,6 +35,9 @@ BOXES = "boxes"  # float32 [N, 4]
 FEATURES = "features"  # float32 [N, d]
 SCALES = "scales"  # float32 [N]: 1 / pyramid scale (DELF), see INTERFACE_VERSION
 SCORES = "scores"  # float32 [N]
+# The batched signatures give every output above with a leading batch axis
+# ([B, S, D], [B, D]; DELG's per-feature outputs padded to [B, K, ...]) and:
+NUM_FEATURES = "num_features"  # int32 [B]: the valid rows of each image's features
 
 # The experiment config (dolg_tf.config) the SavedModel was exported with, as
 # JSON, inside the SavedModel folder: its `model` and `export` sections

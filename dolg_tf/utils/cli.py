@@ -87,8 +87,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
     fail(str(e))
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
-  """Runs `main` as an absl app; a UserError or a bad flag becomes one line and exit status 2."""
+def run(
+  main: Callable[[list[str]], int | None],
+  flags_parser: Callable[[list[str]], list[str]] = _parse_flags,
+) -> None:
+  """Runs `main` as an absl app; a UserError or a bad flag becomes one line and exit status 2.
+
+  `flags_parser` returns the argv `main` gets (beam_cli's keeps Beam's options).
+  """
 
   def guarded(argv):
     if os.environ.get("BUILD_WORKING_DIRECTORY"):
@@ -99,4 +105,4 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     except (UserError, app.UsageError) as e:
       fail(str(e))
 
-  app.run(guarded, flags_parser=_parse_flags)
+  app.run(guarded, flags_parser=flags_parser)

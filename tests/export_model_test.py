@@ -139,7 +139,13 @@ class ExportModelTest(tf.test.TestCase):
     for name in ("serving_default", "serve_encoded", "serve_global_batch"):
       self.assertIn(f"signature_def['{name}']", result.stdout)
     self.assertEqual(result.stdout.count("Method name is: tensorflow/serving/predict"), 3)
-    for tensor in ("input_image", "input_images", "input_scales", "input_global_scales_ind", "images"):
+    for tensor in (
+      "input_image",
+      "input_images",
+      "input_scales",
+      "input_global_scales_ind",
+      "images",
+    ):
       self.assertIn(f"inputs['{tensor}']", result.stdout)
 
   def test_predict_requests_are_accepted_by_the_signatures(self):

@@ -19,12 +19,21 @@ the SavedModel, the image pyramid, resizing, scale pooling and PCA.
   ... --gnd_path=gnd_roxford5k.pkl --image_set=index --output_dir=roxford5k/index
   # A million images: sharded .npz output instead of one file per image:
   ... --output_format=shards --shard_size=100000
+  # Google Landmarks v2 index images (index.csv's ids, <a>/<b>/<c>/<id>.jpg):
+  python extract_features.py --config=protos/dolg.pbtxt --gldv2_csv_path=index.csv \
+      --images_dir=gldv2/index --output_dir=gldv2/index_descriptors
+  # Batches of equal-size images in one forward (for accelerators; same descriptors):
+  ... --batch_size=8
+  # Many machines: the same flags on Apache Beam (dolg_tf/extraction/beam_extract.py):
+  python -m dolg_tf.extraction.beam_extract --config=... --images_dir=... --output_dir=... \
+      --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
   # DELF's DELG command line and config, unchanged (queries are cropped;
   # <images_dir>/<name>.jpg in, <name>.delg_global / .delg_local out):
   python extract_features.py --delf_config_path=r50delg_gldv2clean_config.pbtxt \
       --dataset_file_path=gnd_roxford5k.mat --images_dir=roxford5k/jpg \
       --image_set=query --output_features_dir=roxford5k/query
 
+The input flags are shared with the Beam command (input_flags.py).
 --config takes a DolgConfig or a DELF DelfConfig (config_io.load_any_config).
 --delf_config_path, --dataset_file_path and --output_features_dir are DELF's
 names for --config, --gnd_path (+ --query_crop for queries) and --output_dir;
@@ -53,42 +62,19 @@ import os
 
 from absl import app, flags, logging
 
-from dolg_tf.data import ground_truth
-from dolg_tf.extraction import descriptor_store, pipeline
-from dolg_tf.io import config_io
+from dolg_tf.extraction import descriptor_store, input_flags, pipeline
 from dolg_tf.utils import cli, images
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-  "config", None, "DolgConfig or DELF DelfConfig text file (.pbtxt), e.g. protos/dolg.pbtxt."
-)
-flags.DEFINE_string("list_images_path", None, "Text file with one image path per line.")
-flags.DEFINE_string(
-  "images_dir",
-  None,
-  "Folder of images: searched recursively without --list_images_path; the base of relative "
-  "list entries with it; the folder of <name>.jpg files with --gnd_path.",
-)
-flags.DEFINE_string("output_dir", None, "Folder for the descriptors (created if needed).")
 flags.DEFINE_enum("output_format", "per_image", ["per_image", "shards"], "Output layout.")
-flags.DEFINE_string(
-  "gnd_path", None, "Revisited Oxford/Paris ground truth (gnd_*.pkl or .mat): images to extract."
-)
-flags.DEFINE_enum("image_set", "query", ["query", "index"], "With --gnd_path: qimlist or imlist.")
-flags.DEFINE_bool("query_crop", False, "With --gnd_path and query images: crop to their bbx.")
-flags.DEFINE_string("image_extension", ".jpg", "With --gnd_path: extension of the image files.")
-# DELF's DELG script flags (delf/python/delg/extract_features.py), aliases of the above.
-flags.DEFINE_string(
-  "delf_config_path", None, "DELF's name for --config (DolgConfig or DelfConfig)."
-)
-flags.DEFINE_string(
-  "dataset_file_path",
-  None,
-  "DELF's name for --gnd_path; query images (--image_set=query) are cropped to their boxes.",
-)
-flags.DEFINE_string("output_features_dir", None, "DELF's name for --output_dir.")
 flags.DEFINE_integer("num_threads", 2, "Image decoding threads.")
 flags.DEFINE_integer("prefetch", 8, "Images decoded ahead of the model.")
+flags.DEFINE_integer(
+  "batch_size",
+  1,
+  "Up to this many images of one resized size go through the model in one forward (the "
+  "export's batched signature; what an accelerator needs). 1: one image per forward.",
+)
 flags.DEFINE_integer("shard_size", 100_000, "Descriptors per shard with --output_format=shards.")
 flags.DEFINE_float("log_interval", 30.0, "Seconds between progress logs.")
 flags.DEFINE_integer(
@@ -98,93 +84,14 @@ flags.DEFINE_integer(
 )
 
 
-def _tasks():
-  """The ImageTasks the flags describe.
-
-  Raises:
-    cli.UserError: a bad flag or a missing folder / list.
-  """
-  if FLAGS.gnd_path:
-    if FLAGS.list_images_path:
-      raise cli.UserError("--gnd_path and --list_images_path are exclusive")
-    if not FLAGS.images_dir:
-      raise cli.UserError("--gnd_path needs --images_dir (the folder of the dataset's images)")
-    if not os.path.isdir(FLAGS.images_dir):
-      raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
-    gnd = ground_truth.load_ground_truth(FLAGS.gnd_path)
-    names = gnd.qimlist if FLAGS.image_set == "query" else gnd.imlist
-    paths = [os.path.join(FLAGS.images_dir, n + FLAGS.image_extension) for n in names]
-    boxes = None
-    if FLAGS.image_set == "query":
-      if FLAGS.query_crop:
-        boxes = {n: q["bbx"] for n, q in zip(names, gnd.gnd) if q["bbx"] is not None}
-        missing = len(names) - len(boxes)
-        if missing:
-          logging.warning("%s: %d queries have no bbx; not cropped", FLAGS.gnd_path, missing)
-      else:
-        logging.warning("queries are not cropped; the ROxf/RPar protocol crops them (--query_crop)")
-    return pipeline.tasks_from_paths(paths, boxes)
-  if FLAGS.query_crop:
-    raise cli.UserError("--query_crop needs --gnd_path")
-  if FLAGS.list_images_path:
-    if FLAGS.images_dir and not os.path.isdir(FLAGS.images_dir):
-      raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
-    if not os.path.isfile(FLAGS.list_images_path):
-      raise cli.UserError(f"{FLAGS.list_images_path}: image list not found")
-    paths = pipeline.read_image_list(FLAGS.list_images_path, FLAGS.images_dir)
-  elif FLAGS.images_dir:
-    paths = pipeline.list_images(FLAGS.images_dir)
-  else:
-    raise cli.UserError("give --list_images_path, --images_dir or --gnd_path")
-  return pipeline.tasks_from_paths(paths)
-
-
-# (project flag, DELF alias) pairs.
-_DELF_ALIASES = (
-  ("config", "delf_config_path"),
-  ("gnd_path", "dataset_file_path"),
-  ("output_dir", "output_features_dir"),
-)
-
-
-def _apply_delf_aliases() -> None:
-  """Copies DELF's flag values onto the project's flags (DELF's command line).
-
-  With --dataset_file_path, query images are cropped to their boxes, as in
-  DELF's script.
-
-  Raises:
-    cli.UserError: a flag and its DELF alias given with different values.
-  """
-  for name, alias in _DELF_ALIASES:
-    ours, delf = getattr(FLAGS, name), getattr(FLAGS, alias)
-    if delf is None:
-      continue
-    if ours is not None and ours != delf:
-      raise cli.UserError(f"--{name}={ours} and --{alias}={delf} conflict; give one of them")
-    setattr(FLAGS, name, delf)
-    if alias == "dataset_file_path" and FLAGS.image_set == "query":
-      FLAGS.query_crop = True
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  _apply_delf_aliases()
-  if not FLAGS.config:
-    raise cli.UserError("--config is required")
-  if not FLAGS.output_dir:
-    raise cli.UserError("--output_dir is required")
   if FLAGS.max_pixels < 1:
     raise cli.UserError(f"--max_pixels must be positive, got {FLAGS.max_pixels}")
-  if not os.path.isfile(FLAGS.config):
-    raise cli.UserError(f"{FLAGS.config}: config file not found")
-  try:
-    config = config_io.load_any_config(FLAGS.config)
-    model_path = config_io.resolve_model_path(config, FLAGS.config)
-    tasks = _tasks()
-  except (OSError, ValueError) as e:
-    raise cli.UserError(str(e)) from e
+  if FLAGS.batch_size < 1:
+    raise cli.UserError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
+  config, model_path, tasks = input_flags.read_inputs()
   if config.use_local_features and FLAGS.output_format != "per_image":
     raise cli.UserError(
       f"{FLAGS.config}: use_local_features: DELG results are written per image only "
@@ -221,6 +128,7 @@ def main(argv):
         log_interval=FLAGS.log_interval,
         max_pixels=FLAGS.max_pixels,
         lock=lock,
+        batch_size=FLAGS.batch_size,
       )
     except (descriptor_store.OutputError, ValueError) as e:
       # Bad arguments (before any image is read), or a full / read-only folder.

@@ -365,14 +365,20 @@ class Extractor:
   """Global (DOLG) or local + global (DELG) extraction with a SavedModel, per a DolgConfig.
 
   The pipeline.run_extraction extractor protocol: `load_and_preprocess` is
-  thread-safe and TF-free; `extract` runs the model; `make_writer` gives the
-  DELG writer (None for global-only extraction, which the pipeline writes).
+  thread-safe and TF-free; `extract` runs the model; `extract_batch` runs it
+  once for images of one size (the export's batched signature); `make_writer`
+  gives the DELG writer (None for global-only extraction, which the pipeline
+  writes).
 
   Attributes:
     config: the DolgConfig in use, completed from the SavedModel (resolve_config).
     local: whether local features are extracted (config.use_local_features).
     model_path: the SavedModel folder (None for a loaded SavedModel without a path).
     signature_name: the signature run.
+    batch_signature_name: the batched signature `extract_batch` runs
+      (signatures.SERVE_GLOBAL_BATCH / SERVE_LOCAL_BATCH), or None for exports
+      without it (older exports of this project, DELF's): `extract_batch` then
+      runs the images one by one.
     image_scales: the whole pyramid, float32 [S].
     scales: the scales given to the signature, float32: the global scales for
       global-only extraction, the whole pyramid for DELG.
@@ -439,6 +445,19 @@ class Extractor:
         f"{name}: signature {self.signature_name} takes {sorted(inputs)}, not {kind} "
         f"inputs {sorted(expected)}" + (" (is it a DELG export?)" if self.local else "")
       )
+    batch_name, batch_inputs = (
+      (signatures.SERVE_LOCAL_BATCH, signatures.BATCH_LOCAL_GLOBAL_INPUTS)
+      if self.local
+      else (signatures.SERVE_GLOBAL_BATCH, signatures.BATCH_GLOBAL_INPUTS)
+    )
+    self._batch_signature = self._loaded.signatures.get(batch_name)
+    if self._batch_signature is not None:
+      batch_found = set(self._batch_signature.structured_input_signature[1])
+      if batch_found != batch_inputs:
+        raise ValueError(
+          f"{name}: signature {batch_name} takes {sorted(batch_found)}, not {sorted(batch_inputs)}"
+        )
+    self.batch_signature_name = batch_name if self._batch_signature is not None else None
 
     self.image_scales = np.array(config.image_scales, dtype=np.float32)
     global_config = config.global_config
@@ -543,21 +562,30 @@ class Extractor:
 
   # --------------------------------------------------------------------------- model
 
-  def run_model(self, image: np.ndarray) -> dict[str, np.ndarray]:
-    """The signature's raw outputs (signatures.GLOBAL_DESCRIPTORS, and for DELG
-    BOXES, FEATURES, SCALES, SCORES) for a preprocessed uint8 [H, W, 3] image."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-      raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
+  def _inputs(self) -> dict:
+    """The signature inputs other than the image(s)."""
     inputs = {
-      signatures.INPUT_IMAGE: tf.constant(image),
       signatures.INPUT_SCALES: self._scales_tensor,
       signatures.INPUT_GLOBAL_SCALES_IND: self._global_scale_indices,
     }
     if self.local:
       inputs[signatures.INPUT_MAX_FEATURE_NUM] = tf.constant(self.max_feature_num, tf.int32)
       inputs[signatures.INPUT_ABS_THRES] = tf.constant(self.score_threshold, tf.float32)
-    out = {k: v.numpy() for k, v in self._signature(**inputs).items()}
+    return inputs
+
+  @staticmethod
+  def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+      raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
+    return image
+
+  def run_model(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    """The signature's raw outputs (signatures.GLOBAL_DESCRIPTORS, and for DELG
+    BOXES, FEATURES, SCALES, SCORES) for a preprocessed uint8 [H, W, 3] image."""
+    image = self._check_image(image)
+    outputs = self._signature(input_image=tf.constant(image), **self._inputs())
+    out = {k: v.numpy() for k, v in outputs.items()}
     # DELF's exports give scores as [N, 1], and a global-only export made with
     # a multi-scale pool type gives one pooled [D] descriptor.
     if signatures.SCORES in out:
@@ -566,6 +594,33 @@ class Extractor:
     if pooled is not None and pooled.ndim == 1:
       out[signatures.GLOBAL_DESCRIPTORS] = pooled[None]
     return out
+
+  def run_model_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """`run_model` of each image; images of one size go through one batched forward.
+
+    The batched signature is used when the export has it and there are two
+    or more images of one shape; otherwise (or for mixed shapes) the images
+    are run one by one. Each result holds what `run_model` returns for that
+    image (DELG's padding removed).
+    """
+    images = [self._check_image(image) for image in images]
+    if (
+      self._batch_signature is None
+      or len(images) < 2
+      or any(image.shape != images[0].shape for image in images)
+    ):
+      return [self.run_model(image) for image in images]
+    outputs = self._batch_signature(input_images=tf.constant(np.stack(images)), **self._inputs())
+    out = {k: v.numpy() for k, v in outputs.items()}
+    per_feature = (signatures.BOXES, signatures.FEATURES, signatures.SCALES, signatures.SCORES)
+    results = []
+    for b in range(len(images)):
+      result = {signatures.GLOBAL_DESCRIPTORS: out[signatures.GLOBAL_DESCRIPTORS][b]}
+      if self.local:
+        count = int(out[signatures.NUM_FEATURES][b])
+        result.update({name: out[name][b, :count] for name in per_feature})
+      results.append(result)
+    return results
 
   def per_scale_descriptors(self, image: np.ndarray) -> np.ndarray:
     """The signature's L2-normalised global descriptors [S, D] of a preprocessed uint8 image."""
@@ -605,27 +660,84 @@ class Extractor:
       NonFiniteDescriptorError (a ValueError): a global or local descriptor
         holds NaN or inf (the pipeline records the image as failed).
     """
+    image, scale_factors, result = self._prepare(image, scale_factors)
+    if result is not None:
+      return result
+    return self._finish(image, scale_factors, self.run_model(image))
+
+  def extract_batch(self, images: list) -> list:
+    """`extract` of each image, the model run once per group of equal-size images.
+
+    Args:
+      images: what `extract` takes (without scale factors: DELG images are
+        PreprocessedImages or are preprocessed here).
+
+    Returns:
+      One entry per image, in order: its `extract` result, or the exception
+      `extract` would raise for it (e.g. NonFiniteDescriptorError), so that
+      one bad image does not fail the others. If a batched forward itself
+      fails, its images are run one by one, each failing alone.
+    """
+    prepared = [None] * len(images)
+    results = [None] * len(images)
+    groups = {}
+    for i, image in enumerate(images):
+      try:
+        prepared[i] = self._prepare(image, None)
+      except Exception as e:  # pylint: disable=broad-except
+        results[i] = e
+        continue
+      if prepared[i][2] is not None:
+        results[i] = prepared[i][2]
+      else:
+        groups.setdefault(prepared[i][0].shape, []).append(i)
+    for members in groups.values():
+      try:
+        outputs = self.run_model_batch([prepared[i][0] for i in members])
+      except Exception:  # pylint: disable=broad-except
+        outputs = [None] * len(members)
+      for i, out in zip(members, outputs):
+        image, scale_factors, _ = prepared[i]
+        try:
+          results[i] = self._finish(
+            image, scale_factors, self.run_model(image) if out is None else out
+          )
+        except Exception as e:  # pylint: disable=broad-except
+          results[i] = e
+    return results
+
+  def _prepare(self, image, scale_factors):
+    """(uint8 image for the model, DELG scale factors, result without the model or None)."""
     if not self.local:
       if isinstance(image, local_extractor.PreprocessedImage):
         image = image.image
-      descriptor = self._global(self.run_model(image)[signatures.GLOBAL_DESCRIPTORS])
-      refuse_non_finite(descriptor, "global descriptor", image)
-      return descriptor
+      return image, None, None
     if isinstance(image, local_extractor.PreprocessedImage):
       image, scale_factors = image
     elif scale_factors is None:
       image, scale_factors = self.preprocess(np.asarray(image))
-    if min(np.shape(image)[:2]) < image_loading.MIN_IMAGE_SIZE:
-      if self.use_global:
-        image_loading.check_min_size(image, "image")
-      width = self.local_pca.pca_dim if self.local_pca is not None else 0
-      return {  # DELF's tiny-image rule: no local features.
+    if min(np.shape(image)[:2]) >= image_loading.MIN_IMAGE_SIZE:
+      return image, scale_factors, None
+    if self.use_global:
+      image_loading.check_min_size(image, "image")
+    width = self.local_pca.pca_dim if self.local_pca is not None else 0
+    return (
+      image,
+      scale_factors,
+      {  # DELF's tiny-image rule: no local features.
         "locations": np.zeros([0, 2], np.float32),
         "descriptors": np.zeros([0, width], np.float32),
         "scales": np.zeros([0], np.float32),
         "scores": np.zeros([0], np.float32),
-      }
-    out = self.run_model(image)
+      },
+    )
+
+  def _finish(self, image, scale_factors, out: dict):
+    """`extract`'s result from the model's outputs `out` for `image`."""
+    if not self.local:
+      descriptor = self._global(out[signatures.GLOBAL_DESCRIPTORS])
+      refuse_non_finite(descriptor, "global descriptor", image)
+      return descriptor
     locations = local_extractor.keypoint_centers(out[signatures.BOXES])
     if not self.use_resized_coordinates:
       locations = locations / np.asarray(scale_factors, np.float32)[None, :]

@@ -40,6 +40,10 @@ one-line message saying which and how many images were written: no temporary
 file is left, and the images not written have no output, so the next run
 extracts them.
 
+Batching (`batch_size` > 1): decoded images are grouped by their resized
+size (batching.ShapeBatcher) and each group goes through the model in one
+forward (`extractor.extract_batch`, the export's batched signature).
+
 Image ids are file names without their extension (as DELF names outputs);
 two inputs with the same id are rejected before any work starts. Names
 starting with "." are hidden files, skipped everywhere: a folder walk
@@ -50,17 +54,21 @@ or ground truth is reported as a failure with that reason, never extracted
 
 import collections
 import concurrent.futures
+import csv
 import dataclasses
 import datetime
+import io
 import os
 import queue
 import threading
 import time
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 from absl import logging
 
-from dolg_tf.extraction import descriptor_store, image_loading
+from dolg_tf.data import build_image_dataset
+from dolg_tf.extraction import batching, descriptor_store, image_loading, local_extractor
 from dolg_tf.extraction.descriptor_store import read_descriptors  # noqa: F401 (re-export)
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images as images_lib
@@ -190,6 +198,35 @@ def read_image_list(list_path: str, images_dir: str | None = None) -> list[str]:
         path += ".jpg"
     paths.append(path)
   return paths
+
+
+def read_csv_image_ids(csv_path: str) -> list[str]:
+  """The `id` column of a Google Landmarks v2 CSV (index.csv, test.csv, train.csv), in order.
+
+  Raises:
+    FileNotFoundError: naming the file, if it does not exist.
+    ValueError: naming the file, if it has no `id` column or a row without an id.
+  """
+  text = file_utils.read_bytes(csv_path).decode("utf-8")
+  reader = csv.DictReader(io.StringIO(text))
+  if "id" not in (reader.fieldnames or []):
+    raise ValueError(f"{csv_path}: no 'id' column (header: {reader.fieldnames})")
+  ids = []
+  for line, row in enumerate(reader, 2):
+    image_id = (row.get("id") or "").strip()
+    if not image_id:
+      raise ValueError(f"{csv_path}:{line}: empty id")
+    ids.append(image_id)
+  return ids
+
+
+def gldv2_image_path(images_dir: str, image_id: str) -> str:
+  """The file of a GLDv2 image id (`<a>/<b>/<c>/<id>.jpg` or `<id>.jpg`, as the dataset builder).
+
+  A missing image gets its nested `.jpg` path, so the run reports it as a failure.
+  """
+  found = build_image_dataset.find_image(images_dir, image_id)
+  return found or build_image_dataset.candidate_paths(images_dir, image_id)[0]
 
 
 def tasks_from_paths(paths: Iterable[str], boxes: dict | None = None) -> list[ImageTask]:
@@ -326,6 +363,13 @@ def read_failures(path: str) -> list[dict]:
 # ----------------------------------------------------------------------------- run
 
 
+def image_shape(image) -> tuple[int, ...]:
+  """The shape of a preprocessed image (a uint8 array or a PreprocessedImage): its batching key."""
+  if isinstance(image, local_extractor.PreprocessedImage):
+    image = image.image
+  return tuple(np.shape(image))
+
+
 def _log_progress(
   progress: progress_lib.Progress, summary: ExtractionSummary, force: bool = False
 ) -> None:
@@ -373,6 +417,7 @@ def run_extraction(
   log_interval: float = 30.0,
   max_pixels: int | None = None,
   lock: descriptor_store.OutputLock | None = None,
+  batch_size: int = 1,
 ) -> ExtractionSummary:
   """Describes every task's image and writes the descriptors; see the module doc.
 
@@ -398,6 +443,10 @@ def run_extraction(
       image_loading.load_and_preprocess) unless it is the default.
     lock: a held descriptor_store.OutputLock of `output_dir` (the command
       takes it before loading the model); by default the run takes its own.
+    batch_size: up to this many decoded images of one resized size go
+      through the model in one forward (`extractor.extract_batch`, see
+      batching.py; at most max(batch_size, prefetch) images wait for their
+      batch); 1 runs `extractor.extract` per image.
 
   Returns:
     An ExtractionSummary.
@@ -412,6 +461,10 @@ def run_extraction(
     raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
   if num_threads < 1 or prefetch < 1:
     raise ValueError(f"num_threads and prefetch must be >= 1, got {num_threads}, {prefetch}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if batch_size > 1 and not hasattr(extractor, "extract_batch"):
+    raise ValueError(f"{type(extractor).__name__} has no extract_batch: batch_size unused")
   if max_pixels is not None and max_pixels < 1:
     raise ValueError(f"max_pixels must be positive, got {max_pixels}")
   preprocess = getattr(extractor, "preprocess", None)
@@ -442,6 +495,7 @@ def run_extraction(
       shard_size,
       log_interval,
       max_pixels if preprocess is not None else None,
+      batch_size,
     )
   finally:
     if own_lock is not None:
@@ -460,6 +514,7 @@ def _run(
   shard_size,
   log_interval,
   max_pixels,
+  batch_size,
 ) -> ExtractionSummary:
   """run_extraction once the arguments are checked and the folder is locked."""
   start = time.monotonic()
@@ -587,6 +642,22 @@ def _run(
           return
         in_flight.append((task, executor.submit(load, task)))
 
+    def describe(batch: list) -> None:
+      if len(batch) == 1:
+        try:
+          results = [extractor.extract(batch[0][1])]
+        except Exception as e:  # pylint: disable=broad-except
+          results = [e]
+      else:
+        results = extractor.extract_batch([image for _, image in batch])
+      for (task, _), result in zip(batch, results):
+        if isinstance(result, Exception):
+          fail(task, f"extraction failed: {_reason(result)}")
+        else:
+          put((task, result))
+      _log_progress(progress, summary)
+
+    batcher = batching.ShapeBatcher(batch_size, max(batch_size, prefetch))
     try:
       refill()
       while in_flight:
@@ -598,14 +669,11 @@ def _run(
         except Exception as e:  # pylint: disable=broad-except
           fail(task, _reason(e))
           continue
-        try:
-          descriptor = extractor.extract(image)
-        except Exception as e:  # pylint: disable=broad-except
-          fail(task, f"extraction failed: {_reason(e)}")
-          continue
+        for batch in batcher.add(image_shape(image), (task, image)):
+          describe(batch)
         del image
-        put((task, descriptor))
-        _log_progress(progress, summary)
+      for batch in batcher.flush():
+        describe(batch)
     finally:
       for _, future in in_flight:
         future.cancel()

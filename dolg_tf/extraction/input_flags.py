@@ -1,0 +1,164 @@
+"""The inputs every extraction command takes: config, images, output folder.
+
+extract_features (one machine) and beam_extract (Apache Beam) share these
+flags and read them the same way:
+
+  --config (DELF: --delf_config_path)    DolgConfig or DELF DelfConfig
+  --output_dir (DELF: --output_features_dir)
+  images, one of:
+    --images_dir                         every image under a folder, recursively
+    --list_images_path [--images_dir]    a list, one path per line
+    --gnd_path (DELF: --dataset_file_path) --images_dir --image_set [--query_crop]
+                                         Revisited Oxford/Paris ground truth
+    --gldv2_csv_path --images_dir        a Google Landmarks v2 CSV (column id:
+                                         index.csv, test.csv, train.csv); images
+                                         at <images_dir>/<a>/<b>/<c>/<id>.jpg or
+                                         <images_dir>/<id>.jpg
+
+`read_inputs()` checks them and returns the config, the model folder and the
+tasks, raising cli.UserError (one line naming the flag or file) on a bad one.
+"""
+
+import os
+
+from absl import flags, logging
+
+from dolg_tf.data import ground_truth
+from dolg_tf.extraction import pipeline
+from dolg_tf.io import config_io
+from dolg_tf.utils import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+  "config", None, "DolgConfig or DELF DelfConfig text file (.pbtxt), e.g. protos/dolg.pbtxt."
+)
+flags.DEFINE_string("list_images_path", None, "Text file with one image path per line.")
+flags.DEFINE_string(
+  "images_dir",
+  None,
+  "Folder of images: searched recursively without --list_images_path; the base of relative "
+  "list entries with it; the folder of <name>.jpg files with --gnd_path.",
+)
+flags.DEFINE_string("output_dir", None, "Folder for the descriptors (created if needed).")
+flags.DEFINE_string(
+  "gnd_path", None, "Revisited Oxford/Paris ground truth (gnd_*.pkl or .mat): images to extract."
+)
+flags.DEFINE_enum("image_set", "query", ["query", "index"], "With --gnd_path: qimlist or imlist.")
+flags.DEFINE_bool("query_crop", False, "With --gnd_path and query images: crop to their bbx.")
+flags.DEFINE_string("image_extension", ".jpg", "With --gnd_path: extension of the image files.")
+flags.DEFINE_string(
+  "gldv2_csv_path",
+  None,
+  "Google Landmarks v2 CSV with an id column (index.csv, test.csv, train.csv): its images, "
+  "found under --images_dir in the GLDv2 layout.",
+)
+# DELF's DELG script flags (delf/python/delg/extract_features.py), aliases of the above.
+flags.DEFINE_string(
+  "delf_config_path", None, "DELF's name for --config (DolgConfig or DelfConfig)."
+)
+flags.DEFINE_string(
+  "dataset_file_path",
+  None,
+  "DELF's name for --gnd_path; query images (--image_set=query) are cropped to their boxes.",
+)
+flags.DEFINE_string("output_features_dir", None, "DELF's name for --output_dir.")
+
+
+def tasks_from_flags() -> list:
+  """The pipeline.ImageTasks the input flags describe.
+
+  Raises:
+    cli.UserError: a bad flag or a missing folder / list.
+  """
+  if FLAGS.gnd_path:
+    if FLAGS.list_images_path or FLAGS.gldv2_csv_path:
+      raise cli.UserError("--gnd_path, --list_images_path and --gldv2_csv_path are exclusive")
+    if not FLAGS.images_dir:
+      raise cli.UserError("--gnd_path needs --images_dir (the folder of the dataset's images)")
+    if not os.path.isdir(FLAGS.images_dir):
+      raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
+    gnd = ground_truth.load_ground_truth(FLAGS.gnd_path)
+    names = gnd.qimlist if FLAGS.image_set == "query" else gnd.imlist
+    paths = [os.path.join(FLAGS.images_dir, n + FLAGS.image_extension) for n in names]
+    boxes = None
+    if FLAGS.image_set == "query":
+      if FLAGS.query_crop:
+        boxes = {n: q["bbx"] for n, q in zip(names, gnd.gnd) if q["bbx"] is not None}
+        missing = len(names) - len(boxes)
+        if missing:
+          logging.warning("%s: %d queries have no bbx; not cropped", FLAGS.gnd_path, missing)
+      else:
+        logging.warning("queries are not cropped; the ROxf/RPar protocol crops them (--query_crop)")
+    return pipeline.tasks_from_paths(paths, boxes)
+  if FLAGS.query_crop:
+    raise cli.UserError("--query_crop needs --gnd_path")
+  if FLAGS.gldv2_csv_path:
+    if FLAGS.list_images_path:
+      raise cli.UserError("--gldv2_csv_path and --list_images_path are exclusive")
+    if not FLAGS.images_dir:
+      raise cli.UserError("--gldv2_csv_path needs --images_dir (the folder of the CSV's images)")
+    if not os.path.isdir(FLAGS.images_dir):
+      raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
+    ids = pipeline.read_csv_image_ids(FLAGS.gldv2_csv_path)
+    return pipeline.tasks_from_paths(pipeline.gldv2_image_path(FLAGS.images_dir, i) for i in ids)
+  if FLAGS.list_images_path:
+    if FLAGS.images_dir and not os.path.isdir(FLAGS.images_dir):
+      raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
+    if not os.path.isfile(FLAGS.list_images_path):
+      raise cli.UserError(f"{FLAGS.list_images_path}: image list not found")
+    paths = pipeline.read_image_list(FLAGS.list_images_path, FLAGS.images_dir)
+  elif FLAGS.images_dir:
+    paths = pipeline.list_images(FLAGS.images_dir)
+  else:
+    raise cli.UserError("give --list_images_path, --images_dir, --gnd_path or --gldv2_csv_path")
+  return pipeline.tasks_from_paths(paths)
+
+
+# (project flag, DELF alias) pairs.
+_DELF_ALIASES = (
+  ("config", "delf_config_path"),
+  ("gnd_path", "dataset_file_path"),
+  ("output_dir", "output_features_dir"),
+)
+
+
+def apply_delf_aliases() -> None:
+  """Copies DELF's flag values onto the project's flags (DELF's command line).
+
+  With --dataset_file_path, query images are cropped to their boxes, as in
+  DELF's script.
+
+  Raises:
+    cli.UserError: a flag and its DELF alias given with different values.
+  """
+  for name, alias in _DELF_ALIASES:
+    ours, delf = getattr(FLAGS, name), getattr(FLAGS, alias)
+    if delf is None:
+      continue
+    if ours is not None and ours != delf:
+      raise cli.UserError(f"--{name}={ours} and --{alias}={delf} conflict; give one of them")
+    setattr(FLAGS, name, delf)
+    if alias == "dataset_file_path" and FLAGS.image_set == "query":
+      FLAGS.query_crop = True
+
+
+def read_inputs():
+  """(config, model_path, tasks) from the flags, DELF's aliases applied.
+
+  Raises:
+    cli.UserError: a missing or bad flag, config, model path, folder or list.
+  """
+  apply_delf_aliases()
+  if not FLAGS.config:
+    raise cli.UserError("--config is required")
+  if not FLAGS.output_dir:
+    raise cli.UserError("--output_dir is required")
+  if not os.path.isfile(FLAGS.config):
+    raise cli.UserError(f"{FLAGS.config}: config file not found")
+  try:
+    config = config_io.load_any_config(FLAGS.config)
+    model_path = config_io.resolve_model_path(config, FLAGS.config)
+    tasks = tasks_from_flags()
+  except (OSError, ValueError) as e:
+    raise cli.UserError(str(e)) from e
+  return config, model_path, tasks

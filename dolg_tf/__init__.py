@@ -4,12 +4,10 @@ Importing the package sets two console defaults before TensorFlow loads (this
 module runs before any `dolg_tf.*` module imports TensorFlow): TF's C++ start-up
 lines (CUDA factory registration "E" lines, CPU feature notes) are hidden with
 TF_CPP_MIN_LOG_LEVEL=3, and google.api_core's Python-version FutureWarning is
-ignored, as is Apache Beam's warning that it cannot load its GCS file system
-when google-cloud-storage is not installed (only Dataflow needs it). A TF_CPP_MIN_LOG_LEVEL already in the environment, or `--verbose` on a
+ignored. A TF_CPP_MIN_LOG_LEVEL already in the environment, or `--verbose` on a
 command line, keeps TensorFlow's own behaviour.
 """
 
-import logging
 import os
 import sys
 import warnings
@@ -20,6 +18,3 @@ VERBOSE = any(
 if not VERBOSE:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core")
-  logging.getLogger("apache_beam.io.filesystems").addFilter(
-    lambda record: "GCSFileSystem" not in record.getMessage()
-  )

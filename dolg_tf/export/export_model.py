@@ -279,8 +279,7 @@ class DelgServingModule(ServingModule):
       signatures_lib.SCORES,
     )
     return {
-      name: value[0, :count] if name in per_feature else value[0]
-      for name, value in outputs.items()
+      name: value[0, :count] if name in per_feature else value[0] for name, value in outputs.items()
     }
 
   @tf.function(

@@ -63,34 +63,20 @@ import os
 from absl import app, flags, logging
 
 from dolg_tf.extraction import descriptor_store, input_flags, pipeline
-from dolg_tf.utils import cli, images
+from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("output_format", "per_image", ["per_image", "shards"], "Output layout.")
 flags.DEFINE_integer("num_threads", 2, "Image decoding threads.")
 flags.DEFINE_integer("prefetch", 8, "Images decoded ahead of the model.")
-flags.DEFINE_integer(
-  "batch_size",
-  1,
-  "Up to this many images of one resized size go through the model in one forward (the "
-  "export's batched signature; what an accelerator needs). 1: one image per forward.",
-)
 flags.DEFINE_integer("shard_size", 100_000, "Descriptors per shard with --output_format=shards.")
 flags.DEFINE_float("log_interval", 30.0, "Seconds between progress logs.")
-flags.DEFINE_integer(
-  "max_pixels",
-  images.MAX_PIXELS,
-  "Images with more pixels (width x height, read from the header before decoding) are failures.",
-)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.max_pixels < 1:
-    raise cli.UserError(f"--max_pixels must be positive, got {FLAGS.max_pixels}")
-  if FLAGS.batch_size < 1:
-    raise cli.UserError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
+  input_flags.check_run_flags()
   config, model_path, tasks = input_flags.read_inputs()
   if config.use_local_features and FLAGS.output_format != "per_image":
     raise cli.UserError(

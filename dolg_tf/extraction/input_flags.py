@@ -26,7 +26,7 @@ from absl import flags, logging
 from dolg_tf.data import ground_truth
 from dolg_tf.extraction import pipeline
 from dolg_tf.io import config_io
-from dolg_tf.utils import cli
+from dolg_tf.utils import cli, images
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -46,6 +46,17 @@ flags.DEFINE_string(
 flags.DEFINE_enum("image_set", "query", ["query", "index"], "With --gnd_path: qimlist or imlist.")
 flags.DEFINE_bool("query_crop", False, "With --gnd_path and query images: crop to their bbx.")
 flags.DEFINE_string("image_extension", ".jpg", "With --gnd_path: extension of the image files.")
+flags.DEFINE_integer(
+  "batch_size",
+  1,
+  "Up to this many images of one resized size go through the model in one forward (the "
+  "export's batched signature; what an accelerator needs). 1: one image per forward.",
+)
+flags.DEFINE_integer(
+  "max_pixels",
+  images.MAX_PIXELS,
+  "Images with more pixels (width x height, read from the header before decoding) are failures.",
+)
 flags.DEFINE_string(
   "gldv2_csv_path",
   None,
@@ -140,6 +151,18 @@ def apply_delf_aliases() -> None:
     setattr(FLAGS, name, delf)
     if alias == "dataset_file_path" and FLAGS.image_set == "query":
       FLAGS.query_crop = True
+
+
+def check_run_flags() -> None:
+  """Checks --batch_size and --max_pixels.
+
+  Raises:
+    cli.UserError: naming the flag.
+  """
+  if FLAGS.max_pixels < 1:
+    raise cli.UserError(f"--max_pixels must be positive, got {FLAGS.max_pixels}")
+  if FLAGS.batch_size < 1:
+    raise cli.UserError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
 
 
 def read_inputs():

@@ -295,6 +295,11 @@ class FailureLog:
   def __len__(self) -> int:
     return len(self._rows)
 
+  def image_ids(self) -> list[str]:
+    """The ids that have a row."""
+    with self._lock:
+      return list(self._rows)
+
   def add(self, image_id: str, path: str, reason: str) -> None:
     """Records a failure of `image_id` (replacing an earlier row of it).
 
@@ -382,7 +387,8 @@ def _log_progress(
   )
 
 
-def _reason(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> str:
+  """`<ExceptionType>: <first line>`, the reason column of failures.tsv."""
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0] if text else ''}"
 
@@ -566,7 +572,7 @@ def _run(
       lost = list(pending.values())
       pending.clear()
     for task in lost:
-      fail(task, f"write failed: {_reason(error)}")
+      fail(task, f"write failed: {failure_reason(error)}")
 
   # The error that ended the writer thread; the main thread raises it, so
   # the writer never dies silently (a failures file it cannot write included).
@@ -652,7 +658,7 @@ def _run(
         results = extractor.extract_batch([image for _, image in batch])
       for (task, _), result in zip(batch, results):
         if isinstance(result, Exception):
-          fail(task, f"extraction failed: {_reason(result)}")
+          fail(task, f"extraction failed: {failure_reason(result)}")
         else:
           put((task, result))
       _log_progress(progress, summary)
@@ -667,7 +673,7 @@ def _run(
         try:
           image = future.result()
         except Exception as e:  # pylint: disable=broad-except
-          fail(task, _reason(e))
+          fail(task, failure_reason(e))
           continue
         for batch in batcher.add(image_shape(image), (task, image)):
           describe(batch)

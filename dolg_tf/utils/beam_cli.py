@@ -11,11 +11,13 @@ neither absl nor any of Beam's option groups knows is a user error (one line,
 exit status 2), never silently dropped as Beam itself would.
 """
 
+import logging
 from collections.abc import Callable
 
 from absl import flags
 from apache_beam.options import pipeline_options as beam_options
 
+import dolg_tf
 from dolg_tf.utils import cli
 
 DEFAULT_RUNNER = "DirectRunner"
@@ -51,7 +53,7 @@ def pipeline_options(argv: list[str], **overrides) -> beam_options.PipelineOptio
       raise cli.UserError(f"unexpected argument {arg!r} (Beam options are --name=value)")
     name = arg.split("=", 1)[0]
     if name not in known:
-      raise cli.UserError(f"unknown flag {name} (neither this command's nor a Beam pipeline option)")
+      raise cli.UserError(f"unknown flag {name} (not this command's, nor a Beam pipeline option)")
   options = beam_options.PipelineOptions(args, **overrides)
   standard = options.view_as(beam_options.StandardOptions)
   if not standard.runner:
@@ -67,6 +69,11 @@ def _parse_known_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:
-  """cli.run for a Beam command: absl parses its flags, Beam gets the rest (see `pipeline_options`)."""
-  cli.run(main, flags_parser=_parse_known_flags)
+  """cli.run for a Beam command: absl parses its flags, Beam gets the rest (`pipeline_options`).
 
+  Beam's INFO lines (every worker's start-up and shutdown, relayed by the
+  DirectRunner) are hidden unless --verbose.
+  """
+  if not dolg_tf.VERBOSE:
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+  cli.run(main, flags_parser=_parse_known_flags)

@@ -17,4 +17,4 @@ VERBOSE = any(
 )
 if not VERBOSE:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core")
+  warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.(api_core|auth)")

@@ -94,7 +94,7 @@ def _define_field_flags() -> dict[str, str]:
         str: flags.DEFINE_string,
         tuple: flags.DEFINE_list,
       }[kind]
-      define(field.name, None, help_text)
+      cli.define_override(define, field.name, help_text)
       mapping[field.name] = f"{section}.{field.name}"
   return mapping
 

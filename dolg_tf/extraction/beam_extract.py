@@ -47,7 +47,7 @@ def main(argv):
     raise cli.UserError(str(e)) from e
   try:
     values = beam_pipeline.run_pipeline(
-      config_path, tasks, output_dir, options, FLAGS.batch_size, FLAGS.max_pixels
+      config_path, tasks, output_dir, options, input_flags.batch_size(), FLAGS.max_pixels
     )
   except (descriptor_store.OutputError, ValueError) as e:
     raise cli.UserError(str(e)) from e

@@ -114,7 +114,7 @@ def main(argv):
         log_interval=FLAGS.log_interval,
         max_pixels=FLAGS.max_pixels,
         lock=lock,
-        batch_size=FLAGS.batch_size,
+        batch_size=input_flags.batch_size(),
       )
     except (descriptor_store.OutputError, ValueError) as e:
       # Bad arguments (before any image is read), or a full / read-only folder.

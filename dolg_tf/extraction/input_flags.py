@@ -46,11 +46,11 @@ flags.DEFINE_string(
 flags.DEFINE_enum("image_set", "query", ["query", "index"], "With --gnd_path: qimlist or imlist.")
 flags.DEFINE_bool("query_crop", False, "With --gnd_path and query images: crop to their bbx.")
 flags.DEFINE_string("image_extension", ".jpg", "With --gnd_path: extension of the image files.")
-flags.DEFINE_integer(
+cli.define_override(
+  flags.DEFINE_integer,
   "batch_size",
-  1,
   "Up to this many images of one resized size go through the model in one forward (the "
-  "export's batched signature; what an accelerator needs). 1: one image per forward.",
+  "export's batched signature; what an accelerator needs). Default 1: one image per forward.",
 )
 flags.DEFINE_integer(
   "max_pixels",
@@ -161,8 +161,13 @@ def check_run_flags() -> None:
   """
   if FLAGS.max_pixels < 1:
     raise cli.UserError(f"--max_pixels must be positive, got {FLAGS.max_pixels}")
-  if FLAGS.batch_size < 1:
+  if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
     raise cli.UserError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
+
+
+def batch_size() -> int:
+  """--batch_size, 1 when not given."""
+  return FLAGS.batch_size or 1
 
 
 def read_inputs():

@@ -32,6 +32,24 @@ class UserError(Exception):
   """A bad flag, config field, input file or output location; the message names it."""
 
 
+def define_override(define: Callable[..., object], name: str, help_text: str) -> None:
+  """Defines `--name` with default None (meaning "not given") unless a command already did.
+
+  The training command and the extraction commands both take `--batch_size`
+  (each its own process); a process that imports both (the tests) shares the flag.
+
+  Args:
+    define: flags.DEFINE_integer, flags.DEFINE_string, ...
+    name: the flag.
+    help_text: its help.
+  """
+  if name in flags.FLAGS:
+    if flags.FLAGS[name].default is not None:
+      raise ValueError(f"--{name} is defined twice and one has a default")
+    return
+  define(name, None, help_text)
+
+
 def resolve_path(path: str | None) -> str | None:
   """`path` made absolute (after `~`); empty values and URLs are returned unchanged."""
   if not path or "://" in path:

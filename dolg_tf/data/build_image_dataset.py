@@ -26,8 +26,10 @@ What it does:
     each class contributes in proportion to its size (largest remainders, ties
     broken by the seed), and every class keeps at least one training image.
     The choice of images within a class and the order of records are random
-    with --seed. Corrupt files are only found while writing and are dropped from
-    whichever split they were assigned to.
+    with --seed. Record k of a split goes to shard k % num_shards, so every
+    shard is determined by the inputs alone (beam_dataset.py writes the same
+    bytes shard by shard on many machines). Corrupt files are only found while
+    writing and are dropped from whichever split they were assigned to.
   * Keeps plain RGB JPEGs byte for byte; re-encodes everything else
     (PNG, grayscale, RGBA, CMYK, 16-bit, EXIF-rotated, ...) as RGB JPEG.
   * Never aborts on a bad image: missing and unreadable ones are logged and
@@ -282,6 +284,155 @@ def _prepared_stream(tasks: list[tuple[str, str]], num_workers: int):
     yield from pool.imap(image_codec.prepare_task, tasks, chunksize=8)
 
 
+@dataclasses.dataclass(frozen=True)
+class PlannedRecord:
+  """One image to convert: its file and label; `position` is its place in its split."""
+
+  image_id: str
+  path: str
+  label: int
+  position: int
+
+
+@dataclasses.dataclass
+class DatasetPlan:
+  """What to write, decided before any image is read (`plan_dataset`).
+
+  Attributes:
+    num_listed: images listed in the CSV.
+    mapping: landmark id -> label.
+    missing: images of the CSV whose file was not found.
+    splits: split name -> its records in write order (train first; validation
+      only if non-empty).
+  """
+
+  num_listed: int
+  mapping: dict[int, int]
+  missing: list[Failure]
+  splits: dict[str, list[PlannedRecord]]
+
+  def shard_records(self, split: str, shard: int, num_shards: int) -> list[PlannedRecord]:
+    """The records of one shard, in order: record k of a split goes to shard k % num_shards.
+
+    The shard of a record depends only on the plan (not on which images fail
+    to convert), so any worker writes any shard alone, byte for byte as
+    `build_dataset` does.
+    """
+    return self.splits[split][shard::num_shards]
+
+
+def plan_dataset(
+  train_directory: str,
+  train_csv_path: str | None = None,
+  train_clean_csv_path: str | None = None,
+  validation_split_size: float = 0.2,
+  seed: int = 0,
+) -> DatasetPlan:
+  """Reads the CSV, relabels, locates the files and splits them (see the module docstring).
+
+  Raises:
+    ValueError / FileNotFoundError: on bad arguments or CSV files (naming the file).
+  """
+  if not train_csv_path and not train_clean_csv_path:
+    raise ValueError("give train_csv_path and/or train_clean_csv_path")
+  if not os.path.isdir(train_directory):
+    raise FileNotFoundError(f"{train_directory}: train directory not found")
+  if not 0.0 <= validation_split_size < 1.0:
+    raise ValueError(f"validation_split_size must be in [0, 1), got {validation_split_size}")
+  if train_clean_csv_path:
+    entries = read_train_clean_csv(train_clean_csv_path)
+    source = train_clean_csv_path
+    if train_csv_path:
+      full = {e.image_id: e.landmark_id for e in read_train_csv(train_csv_path)}
+      absent = sum(1 for e in entries if e.image_id not in full)
+      disagree = sum(1 for e in entries if full.get(e.image_id, e.landmark_id) != e.landmark_id)
+      if absent or disagree:
+        logging.warning(
+          "%s vs %s: %d ids absent from train.csv, %d with another landmark_id",
+          train_clean_csv_path,
+          train_csv_path,
+          absent,
+          disagree,
+        )
+  else:
+    entries = read_train_csv(train_csv_path)
+    source = train_csv_path
+  mapping = relabel(e.landmark_id for e in entries)
+  logging.info("%s: %d images of %d landmarks", source, len(entries), len(mapping))
+
+  found, missing = [], []
+  for i, entry in enumerate(entries):
+    path = find_image(train_directory, entry.image_id)
+    if path is None:
+      expected = candidate_paths(train_directory, entry.image_id)[0]
+      reason = f"{expected}: file not found (nor <id>.jpg/.jpeg/.png in {train_directory})"
+      missing.append(Failure(entry.image_id, expected, reason))
+      logging.warning("%s", reason)
+    else:
+      found.append(dataclasses.replace(entry, path=path))
+    if (i + 1) % 100_000 == 0:
+      logging.info("located %d/%d images", i + 1, len(entries))
+  logging.info("%d of %d images found", len(found), len(entries))
+
+  # Split, then shuffle the records of each split.
+  labels = [mapping[e.landmark_id] for e in found]
+  train_idx, val_idx = split_train_validation(labels, validation_split_size, seed)
+  rng = np.random.default_rng([seed, 1])
+  splits = {TRAIN_PREFIX: rng.permutation(train_idx)}
+  validation = rng.permutation(val_idx)
+  if len(validation):
+    splits[VALIDATION_PREFIX] = validation
+  logging.info("split: %d train, %d validation", len(train_idx), len(val_idx))
+  return DatasetPlan(
+    num_listed=len(entries),
+    mapping=mapping,
+    missing=missing,
+    splits={
+      name: [
+        PlannedRecord(found[i].image_id, found[i].path, labels[i], k)
+        for k, i in enumerate(indices)
+      ]
+      for name, indices in splits.items()
+    },
+  )
+
+
+def convert(record: PlannedRecord, prepared_task) -> tuple[bytes | None, Failure | None, str]:
+  """(serialized Example, None, re-encoding) of a converted image, or (None, Failure, "").
+
+  Args:
+    record: the planned record.
+    prepared_task: image_codec.prepare_task's (id, PreparedImage or None, reason).
+  """
+  # Imported here so that `--help` and CSV errors do not wait for TensorFlow.
+  from dolg_tf.data import gldv2  # pylint: disable=g-import-not-at-top
+
+  image_id, prepared, reason = prepared_task
+  assert image_id == record.image_id
+  if prepared is None:
+    logging.warning("skipped %s: %s", image_id, reason)
+    return None, Failure(image_id, record.path, reason), ""
+  example = gldv2.make_example(
+    image_id,
+    prepared.jpeg,
+    record.label,
+    prepared.height,
+    prepared.width,
+    filename=os.path.basename(record.path),
+  )
+  return example.SerializeToString(), None, prepared.reencoded
+
+
+def write_relabeling(path: str, mapping: dict[int, int]) -> None:
+  """`relabeling.csv` (landmark_id,label), atomically."""
+  _write_csv(path, sorted(mapping.items()), ("landmark_id", "label"))
+
+
+def write_failures(path: str, failures: Iterable[Failure]) -> None:
+  """`failures.csv` (id,path,reason), atomically."""
+  _write_csv(path, [(f.image_id, f.path, f.reason) for f in failures], ("id", "path", "reason"))
+
+
 def build_dataset(
   output_directory: str,
   train_directory: str,
@@ -317,108 +468,42 @@ def build_dataset(
       file); bad images never raise.
   """
   start = time.monotonic()
-  # Imported here so that `--help` and CSV errors do not wait for TensorFlow.
   from dolg_tf.data import gldv2  # pylint: disable=g-import-not-at-top
 
-  if not train_csv_path and not train_clean_csv_path:
-    raise ValueError("give train_csv_path and/or train_clean_csv_path")
-  if not os.path.isdir(train_directory):
-    raise FileNotFoundError(f"{train_directory}: train directory not found")
-  if num_shards < 1:
-    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-  num_validation_shards = num_validation_shards or num_shards
-  if not 0.0 <= validation_split_size < 1.0:
-    raise ValueError(f"validation_split_size must be in [0, 1), got {validation_split_size}")
-
-  if train_clean_csv_path:
-    entries = read_train_clean_csv(train_clean_csv_path)
-    source = train_clean_csv_path
-    if train_csv_path:
-      full = {e.image_id: e.landmark_id for e in read_train_csv(train_csv_path)}
-      absent = sum(1 for e in entries if e.image_id not in full)
-      disagree = sum(1 for e in entries if full.get(e.image_id, e.landmark_id) != e.landmark_id)
-      if absent or disagree:
-        logging.warning(
-          "%s vs %s: %d ids absent from train.csv, %d with another landmark_id",
-          train_clean_csv_path,
-          train_csv_path,
-          absent,
-          disagree,
-        )
-  else:
-    entries = read_train_csv(train_csv_path)
-    source = train_csv_path
-  summary = BuildSummary(num_listed=len(entries))
-  mapping = relabel(e.landmark_id for e in entries)
-  summary.num_classes = len(mapping)
-  logging.info("%s: %d images of %d landmarks", source, len(entries), len(mapping))
-
+  shard_counts = check_shard_counts(num_shards, num_validation_shards)
+  plan = plan_dataset(
+    train_directory, train_csv_path, train_clean_csv_path, validation_split_size, seed
+  )
+  summary = BuildSummary(num_listed=plan.num_listed, num_classes=len(plan.mapping))
+  summary.failures = list(plan.missing)
+  summary.planned_validation_ids = sorted(
+    r.image_id for r in plan.splits.get(VALIDATION_PREFIX, [])
+  )
   os.makedirs(output_directory, exist_ok=True)
   summary.relabeling_path = os.path.join(output_directory, RELABELING_FILENAME)
-  _write_csv(summary.relabeling_path, sorted(mapping.items()), ("landmark_id", "label"))
-
-  # Locate the files.
-  found = []
-  for i, entry in enumerate(entries):
-    path = find_image(train_directory, entry.image_id)
-    if path is None:
-      expected = candidate_paths(train_directory, entry.image_id)[0]
-      reason = f"{expected}: file not found (nor <id>.jpg/.jpeg/.png in {train_directory})"
-      summary.failures.append(Failure(entry.image_id, expected, reason))
-      logging.warning("%s", reason)
-    else:
-      found.append(dataclasses.replace(entry, path=path))
-    if (i + 1) % 100_000 == 0:
-      logging.info("located %d/%d images", i + 1, len(entries))
-  logging.info("%d of %d images found", len(found), len(entries))
-
-  # Split, then shuffle the records of each split.
-  labels = [mapping[e.landmark_id] for e in found]
-  train_idx, val_idx = split_train_validation(labels, validation_split_size, seed)
-  rng = np.random.default_rng([seed, 1])
-  train_idx, val_idx = rng.permutation(train_idx), rng.permutation(val_idx)
-  summary.planned_validation_ids = sorted(found[i].image_id for i in val_idx)
-  plan = [(TRAIN_PREFIX, int(i)) for i in train_idx] + [
-    (VALIDATION_PREFIX, int(i)) for i in val_idx
-  ]
-  logging.info("split: %d train, %d validation", len(train_idx), len(val_idx))
+  write_relabeling(summary.relabeling_path, plan.mapping)
 
   writers = {
-    TRAIN_PREFIX: gldv2.ShardedRecordWriter(
-      os.path.join(output_directory, TRAIN_PREFIX), num_shards
-    )
+    split: gldv2.ShardedRecordWriter(os.path.join(output_directory, split), shard_counts[split])
+    for split in plan.splits
   }
-  if len(val_idx):
-    writers[VALIDATION_PREFIX] = gldv2.ShardedRecordWriter(
-      os.path.join(output_directory, VALIDATION_PREFIX), num_validation_shards
-    )
-  progress = progress_lib.Progress(len(plan), "converted", "img", log_interval)
+  work = [(split, record) for split, records in plan.splits.items() for record in records]
+  progress = progress_lib.Progress(len(work), "converted", "img", log_interval)
   reencoded = collections.Counter()
   num_failed = 0
   try:
-    tasks = [(found[i].image_id, found[i].path) for _, i in plan]
-    stream = _prepared_stream(tasks, num_workers)
-    for done, ((split, index), (image_id, prepared, reason)) in enumerate(zip(plan, stream), 1):
-      entry = found[index]
-      assert image_id == entry.image_id
-      if prepared is None:
+    stream = _prepared_stream([(r.image_id, r.path) for _, r in work], num_workers)
+    for done, ((split, record), prepared) in enumerate(zip(work, stream), 1):
+      serialized, failure, how = convert(record, prepared)
+      if failure:
         num_failed += 1
-        summary.failures.append(Failure(image_id, entry.path, reason))
-        logging.warning("skipped %s: %s", image_id, reason)
+        summary.failures.append(failure)
       else:
-        if prepared.reencoded:
-          reencoded[prepared.reencoded.split(" ")[0]] += 1
-        example = gldv2.make_example(
-          image_id,
-          prepared.jpeg,
-          labels[index],
-          prepared.height,
-          prepared.width,
-          filename=os.path.basename(entry.path),
-        )
-        writers[split].write(example)
+        if how:
+          reencoded[how.split(" ")[0]] += 1
+        writers[split].write(serialized, shard=record.position % shard_counts[split])
       progress.update(done - num_failed, processed=done, failed=num_failed)
-    progress.update(len(plan) - num_failed, processed=len(plan), force=True, failed=num_failed)
+    progress.update(len(work) - num_failed, processed=len(work), force=True, failed=num_failed)
   except BaseException:
     for writer in writers.values():
       writer.abort()
@@ -430,12 +515,9 @@ def build_dataset(
     summary.num_validation = writers[VALIDATION_PREFIX].num_written
 
   summary.failures_path = os.path.join(output_directory, FAILURES_FILENAME)
-  _write_csv(
-    summary.failures_path,
-    [(f.image_id, f.path, f.reason) for f in summary.failures],
-    ("id", "path", "reason"),
-  )
-  empty_classes = summary.num_classes - len(set(labels))
+  write_failures(summary.failures_path, summary.failures)
+  labels = {r.label for records in plan.splits.values() for r in records}
+  empty_classes = summary.num_classes - len(labels)
   if empty_classes:
     logging.warning("%d of %d classes have no image found", empty_classes, summary.num_classes)
   if reencoded:
@@ -452,11 +534,30 @@ def build_dataset(
   return summary
 
 
+def check_shard_counts(num_shards: int, num_validation_shards: int | None) -> dict[str, int]:
+  """{split: number of shards}; num_validation_shards None means num_shards.
+
+  Raises:
+    ValueError: a count < 1.
+  """
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  if num_validation_shards is not None and num_validation_shards < 1:
+    raise ValueError(f"num_validation_shards must be >= 1, got {num_validation_shards}")
+  return {TRAIN_PREFIX: num_shards, VALIDATION_PREFIX: num_validation_shards or num_shards}
+
+
 FLAGS = flags.FLAGS
 
 
-def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-  """Defines the binary's flags (only when run as a program, or in tests)."""
+def define_flags(flag_values: flags.FlagValues = FLAGS, local: bool = True) -> None:
+  """Defines the binary's flags (only when run as a program, or in tests).
+
+  Args:
+    flag_values: where.
+    local: also --num_workers and --log_interval (one machine; the Beam
+      command's workers are the runner's).
+  """
   fv = {"flag_values": flag_values}
   flags.DEFINE_string("train_csv_path", None, "GLDv2 train.csv (id,url,landmark_id).", **fv)
   flags.DEFINE_string(
@@ -475,6 +576,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     "validation_split_size", 0.2, "Fraction of images for validation, in [0, 1).", **fv
   )
   flags.DEFINE_integer("seed", 0, "Seed of the split and of the record order.", **fv)
+  if not local:
+    return
   flags.DEFINE_integer(
     "num_workers", os.cpu_count() or 1, "Processes that decode and re-encode images.", **fv
   )

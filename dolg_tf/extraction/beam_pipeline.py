@@ -49,6 +49,7 @@ from dolg_tf.extraction import batching, descriptor_store, image_loading, pipeli
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io
 from dolg_tf.utils import beam_cli
+from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images as images_lib
 
 COUNTER_NAMESPACE = "dolg_extract"
@@ -268,7 +269,7 @@ def run_pipeline(
   start = time.monotonic()
   descriptor_store.prepare_output_dir(output_dir)
   with descriptor_store.OutputLock(output_dir):
-    for path in descriptor_store.remove_stale_temp_files(output_dir):
+    for path in file_utils.remove_stale_temp_files(output_dir):
       logging.info("removed a temporary file of an interrupted run: %s", path)
     todo, skipped, hidden = plan_extraction(config, tasks, output_dir)
     logging.info(

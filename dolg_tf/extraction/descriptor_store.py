@@ -10,8 +10,8 @@
     crash is found even if the manifest was not yet updated.
 
 Temporary files are hidden `.<name>.<pid>.<8 hex>.tmp` files in the output
-folder (file_utils.TEMP_NAME_PATTERN); `remove_stale_temp_files` deletes those
-of dead processes, `remove_own_temp_files` this process's after a stopped run.
+folder (file_utils.TEMP_NAME_PATTERN); `file_utils.remove_stale_temp_files` deletes those
+of dead processes, `file_utils.remove_own_temp_files` this process's after a stopped run.
 
 The output folder: `prepare_output_dir` creates it and proves it writable,
 `OutputLock` (fcntl.flock on `.dolg_extract.lock`) keeps a second extraction
@@ -40,52 +40,6 @@ DEFAULT_SUFFIX = ".dolg_global"
 MANIFEST_FILE = "manifest.json"
 SHARD_PREFIX = "descriptors-"
 SHARD_PATTERN = re.compile(r"^descriptors-(\d{5,})\.npz$")
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def remove_stale_temp_files(output_dir: str) -> list[str]:
-  """Removes temporary files of killed writers (their pid is gone); returns them."""
-  return _remove_temp_files(output_dir, lambda pid: not _pid_alive(pid))
-
-
-def remove_own_temp_files(output_dir: str) -> list[str]:
-  """Removes this process's temporary files (after its writers stopped); returns them.
-
-  Best effort: a file that cannot be removed (read-only file system) stays,
-  for `remove_stale_temp_files` of the next run.
-  """
-  return _remove_temp_files(output_dir, lambda pid: pid == os.getpid(), quiet=True)
-
-
-def _remove_temp_files(output_dir: str, condemned, quiet: bool = False) -> list[str]:
-  removed = []
-  try:
-    entries = list(os.scandir(output_dir))
-  except OSError:
-    if not quiet:
-      raise
-    return removed
-  for entry in entries:
-    match = file_utils.TEMP_NAME_PATTERN.match(entry.name)
-    if match and entry.is_file() and condemned(int(match.group("pid"))):
-      try:
-        os.unlink(entry.path)
-        removed.append(entry.path)
-      except FileNotFoundError:
-        pass
-      except OSError:
-        if not quiet:
-          raise
-  return removed
 
 
 # ----------------------------------------------------------------------------- output folder

@@ -524,7 +524,7 @@ def _run(
 ) -> ExtractionSummary:
   """run_extraction once the arguments are checked and the folder is locked."""
   start = time.monotonic()
-  for path in descriptor_store.remove_stale_temp_files(output_dir):
+  for path in file_utils.remove_stale_temp_files(output_dir):
     logging.info("removed a temporary file of an interrupted run: %s", path)
   suffix = suffix or getattr(extractor, "suffix", None) or DEFAULT_SUFFIX
   if own_writer is not None:
@@ -704,7 +704,7 @@ def _run(
   if error is not None and _is_stop(error):
     code = descriptor_store.folder_errno(error)
     summary.stopped = descriptor_store.FOLDER_ERRNOS.get(code, "output not writable")
-    for path in descriptor_store.remove_own_temp_files(output_dir):
+    for path in file_utils.remove_own_temp_files(output_dir):
       logging.info("removed a temporary file of the stopped run: %s", path)
     message = _stop_message(error, summary, len(todo), output_dir)
     logging.error("%s", message)

@@ -205,3 +205,49 @@ def read_bytes(path: str) -> bytes:
     raise FileNotFoundError(f"{path}: no such file") from e
   except OSError as e:
     raise OSError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+  """Removes temporary files of killed writers (their pid is gone); returns them."""
+  return _remove_temp_files(folder, lambda pid: not _pid_alive(pid))
+
+
+def remove_own_temp_files(folder: str) -> list[str]:
+  """Removes this process's temporary files (after its writers stopped); returns them.
+
+  Best effort: a file that cannot be removed (read-only file system) stays,
+  for `remove_stale_temp_files` of the next run.
+  """
+  return _remove_temp_files(folder, lambda pid: pid == os.getpid(), quiet=True)
+
+
+def _remove_temp_files(folder: str, condemned, quiet: bool = False) -> list[str]:
+  removed = []
+  try:
+    entries = list(os.scandir(folder))
+  except OSError:
+    if not quiet:
+      raise
+    return removed
+  for entry in entries:
+    match = TEMP_NAME_PATTERN.match(entry.name)
+    if match and entry.is_file() and condemned(int(match.group("pid"))):
+      try:
+        os.unlink(entry.path)
+        removed.append(entry.path)
+      except FileNotFoundError:
+        pass
+      except OSError:
+        if not quiet:
+          raise
+  return removed

@@ -1,0 +1,237 @@
+"""The GLDv2 dataset builder on Apache Beam: the same shards as build_image_dataset, many workers.
+
+    summary, counters = beam_dataset.run_pipeline(
+        "/abs/tfrecords", "/abs/train", train_clean_csv_path="train_clean.csv",
+        num_shards=128, options=beam_cli.pipeline_options(argv))
+
+The command is beam_build_dataset.py.
+
+  1. Plan, on the launcher (no image is read): build_image_dataset.plan_dataset
+     reads the CSV, relabels, locates the files and splits them, exactly as
+     the single-process builder; `relabeling.csv` is written. Each shard's
+     records (record k of a split is in shard k % num_shards) go to a plan
+     file `.beam_build/<shard>.tsv`.
+  2. `beam.Create(shard names)` -> `Reshuffle` -> WriteShardDoFn: a worker
+     reads its shard's plan, converts the images (image_codec, the same
+     re-encoding rules) and writes the TFRecord file under a temporary name,
+     renamed when complete; then `.beam_build/<shard>.done.json` records the
+     shard's plan digest, record count and failures. A shard whose file and
+     done record exist for the same plan is skipped, so a rerun after a kill
+     redoes only the missing shards, and a retried bundle rewrites the same
+     bytes atomically. Counters (namespace "dolg_dataset"): records_written,
+     images_failed, shards_written, shards_skipped.
+  3. After the pipeline, the launcher writes `failures.csv` from the plan's
+     missing files and the done records, in the single-process order.
+
+The output folder is then byte for byte what build_image_dataset writes for
+the same flags (plus the hidden `.beam_build/`, which a rerun needs). Files
+are read and written with local file APIs: on a cluster the images and the
+output folder must be on a file system every worker mounts.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+
+import apache_beam as beam
+import tensorflow as tf
+from absl import logging
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+from dolg_tf.data import build_image_dataset as builder
+from dolg_tf.data import gldv2, image_codec
+from dolg_tf.utils import beam_cli
+from dolg_tf.utils import files as file_utils
+
+COUNTER_NAMESPACE = "dolg_dataset"
+WORK_DIR = ".beam_build"
+COUNTER_NAMES = ("records_written", "images_failed", "shards_written", "shards_skipped")
+
+
+def plan_text(records) -> str:
+  """A shard's plan file: position, id, label, path per line (tab-separated)."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+  writer.writerows((r.position, r.image_id, r.label, r.path) for r in records)
+  return buffer.getvalue()
+
+
+def read_plan(text: str) -> list[builder.PlannedRecord]:
+  """The records of a plan file's text."""
+  rows = csv.reader(io.StringIO(text), delimiter="\t")
+  return [builder.PlannedRecord(i, path, int(label), int(k)) for k, i, label, path in rows]
+
+
+def digest(text: str) -> str:
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _read_text(path: str) -> str | None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except FileNotFoundError:
+    return None
+
+
+def _done_path(output_directory: str, shard_name: str) -> str:
+  return os.path.join(output_directory, WORK_DIR, shard_name + ".done.json")
+
+
+def read_done(output_directory: str, shard_name: str, plan_digest: str) -> dict | None:
+  """The done record of a shard written from this plan, or None (absent, stale or unreadable)."""
+  try:
+    with open(_done_path(output_directory, shard_name), encoding="utf-8") as f:
+      done = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if done.get("plan") != plan_digest:
+    return None
+  if not os.path.exists(os.path.join(output_directory, shard_name)):
+    return None
+  return done
+
+
+class WriteShardDoFn(beam.DoFn):
+  """Shard name in; the shard's TFRecord file and done record out (failures as rows)."""
+
+  def __init__(self, output_directory: str):
+    self._output_directory = output_directory
+    self._counters = {name: Metrics.counter(COUNTER_NAMESPACE, name) for name in COUNTER_NAMES}
+
+  def process(self, shard_name: str):
+    out = self._output_directory
+    text = _read_text(os.path.join(out, WORK_DIR, shard_name + ".tsv"))
+    plan_digest = digest(text)
+    done = read_done(out, shard_name, plan_digest)
+    if done is None:
+      done = self._write(shard_name, read_plan(text), plan_digest)
+    else:
+      self._counters["shards_skipped"].inc()
+    yield from done["failures"]
+
+  def _write(self, shard_name: str, records, plan_digest: str) -> dict:
+    final = os.path.join(self._output_directory, shard_name)
+    tmp = file_utils.temp_path(final)
+    failures, written = [], 0
+    try:
+      with tf.io.TFRecordWriter(tmp) as writer:
+        for record in records:
+          prepared = image_codec.prepare_task((record.image_id, record.path))
+          serialized, failure, _ = builder.convert(record, prepared)
+          if failure:
+            failures.append([record.position, failure.image_id, failure.path, failure.reason])
+          else:
+            writer.write(serialized)
+            written += 1
+      os.replace(tmp, final)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+      raise
+    done = {"plan": plan_digest, "records": written, "failures": failures}
+    file_utils.atomic_write_text(_done_path(self._output_directory, shard_name), json.dumps(done))
+    self._counters["records_written"].inc(written)
+    self._counters["images_failed"].inc(len(failures))
+    self._counters["shards_written"].inc()
+    return done
+
+
+def counters(result) -> dict[str, int]:
+  """The pipeline's counters (committed values if the runner has them)."""
+  found = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]
+  values = dict.fromkeys(COUNTER_NAMES, 0)
+  for counter in found:
+    value = counter.committed if counter.committed is not None else counter.attempted
+    values[counter.key.metric.name] += int(value or 0)
+  return values
+
+
+def run_pipeline(
+  output_directory: str,
+  train_directory: str,
+  train_csv_path: str | None = None,
+  train_clean_csv_path: str | None = None,
+  num_shards: int = 128,
+  num_validation_shards: int | None = None,
+  validation_split_size: float = 0.2,
+  seed: int = 0,
+  options=None,
+) -> tuple[builder.BuildSummary, dict[str, int]]:
+  """Plans, runs and waits for the dataset pipeline (module doc).
+
+  The arguments are build_image_dataset.build_dataset's; `options` are Beam's
+  PipelineOptions (default: the DirectRunner).
+
+  Returns:
+    (summary, counters): the summary covers the whole output folder (shards
+    of earlier runs included), the counters this run.
+
+  Raises:
+    ValueError / FileNotFoundError: on bad arguments or CSV files (naming the file).
+  """
+  start = time.monotonic()
+  shard_counts = builder.check_shard_counts(num_shards, num_validation_shards)
+  plan = builder.plan_dataset(
+    train_directory, train_csv_path, train_clean_csv_path, validation_split_size, seed
+  )
+  work_dir = os.path.join(output_directory, WORK_DIR)
+  os.makedirs(work_dir, exist_ok=True)
+  for path in file_utils.remove_stale_temp_files(output_directory):
+    logging.info("removed a temporary file of an interrupted run: %s", path)
+  summary = builder.BuildSummary(num_listed=plan.num_listed, num_classes=len(plan.mapping))
+  summary.relabeling_path = os.path.join(output_directory, builder.RELABELING_FILENAME)
+  builder.write_relabeling(summary.relabeling_path, plan.mapping)
+  summary.planned_validation_ids = sorted(
+    r.image_id for r in plan.splits.get(builder.VALIDATION_PREFIX, [])
+  )
+  shards = {}  # split -> [(shard name, plan digest)]
+  for split in plan.splits:
+    count = shard_counts[split]
+    shards[split] = []
+    for shard in range(count):
+      name = os.path.basename(gldv2.shard_path(split, shard, count))
+      text = plan_text(plan.shard_records(split, shard, count))
+      path = os.path.join(work_dir, name + ".tsv")
+      if _read_text(path) != text:
+        file_utils.atomic_write_text(path, text)
+      shards[split].append((name, digest(text)))
+  names = [name for entries in shards.values() for name, _ in entries]
+  logging.info("%d shards -> %s", len(names), output_directory)
+
+  root = beam.Pipeline(options=options or beam_cli.pipeline_options(["beam_dataset"]))
+  _ = (
+    root
+    | "Shards" >> beam.Create(names, reshuffle=False)
+    | "Spread" >> beam.Reshuffle()
+    | "Write" >> beam.ParDo(WriteShardDoFn(output_directory))
+  )
+  result = root.run()
+  result.wait_until_finish()
+
+  conversion_failures, records, files = [], {}, {}
+  for split_rank, (split, entries) in enumerate(shards.items()):
+    records[split], files[split] = 0, []
+    for name, plan_digest in entries:
+      done = read_done(output_directory, name, plan_digest)
+      if done is None:
+        raise RuntimeError(f"{os.path.join(output_directory, name)}: not written by the pipeline")
+      files[split].append(os.path.join(output_directory, name))
+      records[split] += done["records"]
+      conversion_failures += [(split_rank, row) for row in done["failures"]]
+  summary.num_train = records[builder.TRAIN_PREFIX]
+  summary.train_files = files[builder.TRAIN_PREFIX]
+  summary.num_validation = records.get(builder.VALIDATION_PREFIX, 0)
+  summary.validation_files = files.get(builder.VALIDATION_PREFIX, [])
+  conversion_failures.sort(key=lambda item: (item[0], item[1][0]))
+  summary.failures = list(plan.missing) + [
+    builder.Failure(*row[1:]) for _, row in conversion_failures
+  ]
+  summary.failures_path = os.path.join(output_directory, builder.FAILURES_FILENAME)
+  builder.write_failures(summary.failures_path, summary.failures)
+  summary.seconds = time.monotonic() - start
+  return summary, counters(result)

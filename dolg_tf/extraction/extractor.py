@@ -683,14 +683,17 @@ class Extractor:
     groups = {}
     for i, image in enumerate(images):
       try:
-        prepared[i] = self._prepare(image, None)
+        model_image, scale_factors, done = self._prepare(image, None)
+        if done is None:
+          model_image = self._check_image(model_image)
       except Exception as e:  # pylint: disable=broad-except
         results[i] = e
         continue
-      if prepared[i][2] is not None:
-        results[i] = prepared[i][2]
+      prepared[i] = model_image, scale_factors, done
+      if done is not None:
+        results[i] = done
       else:
-        groups.setdefault(prepared[i][0].shape, []).append(i)
+        groups.setdefault(model_image.shape, []).append(i)
     for members in groups.values():
       try:
         outputs = self.run_model_batch([prepared[i][0] for i in members])

@@ -6,9 +6,11 @@ pycls layout, one scale), in one run:
       --batch_size 1 and --batch_size `--batch_size`: img/s, CPU s/img and
       the largest descriptor difference between the two;
   (b) the Beam pipeline (beam_pipeline.run_pipeline) on the DirectRunner
-      with 2 worker processes (multi_processing): img/s of the whole run
-      (worker start-up and one model load per worker included) and its ratio
-      to (a), and the largest difference to (a)'s descriptors;
+      with 2 worker processes (multi_processing), unbatched and batched:
+      img/s of the whole run (worker start-up and one model load per worker
+      included) and its ratio to (a); the same without the job's fixed cost
+      (the time of a rerun that has nothing to do); the largest difference
+      to (a)'s descriptors;
   (c) planning a resume over `--plan_outputs` already-extracted outputs:
       that many empty `<id>.dolg_global` files in a temp folder, then the
       time of beam_pipeline.plan_extraction (one listing, no model, no image).
@@ -159,23 +161,33 @@ def main(argv):
     f"largest descriptor difference {largest_difference(outputs[1], outputs[FLAGS.batch_size]):.2e}"
   )
 
-  beam_out = os.path.join(workdir, "beam")
   options = beam_cli.pipeline_options(
     ["beam", f"--direct_num_workers={FLAGS.workers}", "--direct_running_mode=multi_processing"]
   )
-  counts = beam_pipeline.run_pipeline(config_path, tasks, beam_out, options, batch_size=1)
-  if counts["done"] != len(tasks):
-    raise RuntimeError(f"Beam wrote {counts['done']} of {len(tasks)}")
-  speed = len(tasks) / counts["seconds"]
-  ratio = speed / outputs[1, "speed"]
-  print(
-    f"(b) Beam DirectRunner, {FLAGS.workers} worker processes: {speed:.2f} img/s "
-    f"(whole run, {counts['seconds']:.1f} s), ratio to one process {ratio:.3f}"
-    f"; largest difference to one process {largest_difference(outputs[1], beam_out):.2e} "
-    f"({_load()})"
-  )
-  again = beam_pipeline.run_pipeline(config_path, tasks, beam_out, options)
-  print(f"(b) rerun: skipped {again['skipped']}, done {again['done']} in {again['seconds']:.1f} s")
+  fixed = None
+  for batch_size in (1, FLAGS.batch_size):
+    beam_out = os.path.join(workdir, f"beam_b{batch_size}")
+    counts = beam_pipeline.run_pipeline(config_path, tasks, beam_out, options, batch_size)
+    if counts["done"] != len(tasks):
+      raise RuntimeError(f"Beam wrote {counts['done']} of {len(tasks)}")
+    if fixed is None:
+      # A rerun has nothing to do: its time is the job's fixed cost (start-up, workers).
+      again = beam_pipeline.run_pipeline(config_path, tasks, beam_out, options)
+      fixed = again["seconds"]
+      print(
+        f"(b) rerun with nothing to do: skipped {again['skipped']}, done {again['done']}, "
+        f"{fixed:.1f} s (the fixed cost of a DirectRunner job)"
+      )
+    speed = len(tasks) / counts["seconds"]
+    net = len(tasks) / max(counts["seconds"] - fixed, 1e-9)
+    single = outputs[batch_size, "speed"]
+    print(
+      f"(b) Beam DirectRunner, {FLAGS.workers} worker processes, --batch_size={batch_size}: "
+      f"whole run {speed:.2f} img/s ({counts['seconds']:.1f} s), ratio to one process "
+      f"{speed / single:.3f}; without the fixed cost {net:.2f} img/s, ratio {net / single:.3f}; "
+      f"largest difference to one process {largest_difference(outputs[1], beam_out):.2e} "
+      f"({_load()})"
+    )
   if FLAGS.plan_outputs:
     time_plan(workdir, FLAGS.plan_outputs)
   if not FLAGS.workdir:

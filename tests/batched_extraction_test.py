@@ -179,16 +179,25 @@ class ShapeBatcherTest(parameterized.TestCase, tf.test.TestCase):
 # ----------------------------------------------------------------------------- DOLG
 
 
-class DolgBatchedExtractionTest(tf.test.TestCase):
+class _SharedExportTest(tf.test.TestCase):
+  """One tiny export of MODEL for the class, its config (+ CONFIG_EXTRA) and an Extractor."""
+
+  MODEL = ""
+  CONFIG_EXTRA = ""
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.export_dir = testutil.tiny_export("dolg", export_config=EXPORT_CONFIG)
-    cls.loaded = testutil.tiny_loaded("dolg", export_config=EXPORT_CONFIG)
-    cls.root = os.path.join(tf.compat.v1.test.get_temp_dir(), "batched_dolg")
+    cls.export_dir = testutil.tiny_export(cls.MODEL, export_config=EXPORT_CONFIG)
+    cls.loaded = testutil.tiny_loaded(cls.MODEL, export_config=EXPORT_CONFIG)
+    cls.root = os.path.join(tf.compat.v1.test.get_temp_dir(), f"batched_{cls.MODEL}")
     os.makedirs(cls.root)
-    cls.config = _write_config(cls.root, "dolg.pbtxt", cls.export_dir)
+    cls.config = _write_config(cls.root, f"{cls.MODEL}.pbtxt", cls.export_dir, cls.CONFIG_EXTRA)
     cls.extractor = extractor_lib.Extractor.from_config_file(cls.config, saved_model=cls.loaded)
+
+
+class DolgBatchedExtractionTest(_SharedExportTest):
+  MODEL = "dolg"
 
   def _inputs(self, indices=(0, 1)):
     return {
@@ -413,21 +422,13 @@ class DolgBatchedExtractionTest(tf.test.TestCase):
 # ----------------------------------------------------------------------------- DELG
 
 
-class DelgBatchedExtractionTest(tf.test.TestCase):
+class DelgBatchedExtractionTest(_SharedExportTest):
+  MODEL = "delg"
+  CONFIG_EXTRA = "use_local_features: true\nlocal_config { max_feature_num: 40 }\n"
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.export_dir = testutil.tiny_export("delg", export_config=EXPORT_CONFIG)
-    cls.loaded = testutil.tiny_loaded("delg", export_config=EXPORT_CONFIG)
-    cls.root = os.path.join(tf.compat.v1.test.get_temp_dir(), "batched_delg")
-    os.makedirs(cls.root)
-    cls.config = _write_config(
-      cls.root,
-      "delg.pbtxt",
-      cls.export_dir,
-      "use_local_features: true\nlocal_config { max_feature_num: 40 }\n",
-    )
-    cls.extractor = extractor_lib.Extractor.from_config_file(cls.config, saved_model=cls.loaded)
     cls.images = np.stack([_image(48, 64, seed) for seed in range(3)])
 
   def _inputs(self, max_feature_num, threshold, indices=(0, 1)):

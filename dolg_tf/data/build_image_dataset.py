@@ -389,8 +389,7 @@ def plan_dataset(
     missing=missing,
     splits={
       name: [
-        PlannedRecord(found[i].image_id, found[i].path, labels[i], k)
-        for k, i in enumerate(indices)
+        PlannedRecord(found[i].image_id, found[i].path, labels[i], k) for k, i in enumerate(indices)
       ]
       for name, indices in splits.items()
     },

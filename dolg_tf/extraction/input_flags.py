@@ -75,6 +75,13 @@ flags.DEFINE_string(
 flags.DEFINE_string("output_features_dir", None, "DELF's name for --output_dir.")
 
 
+def _check_images_dir(needed_by: str) -> None:
+  if not FLAGS.images_dir:
+    raise cli.UserError(f"{needed_by} needs --images_dir (the folder of its images)")
+  if not os.path.isdir(FLAGS.images_dir):
+    raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
+
+
 def tasks_from_flags() -> list:
   """The pipeline.ImageTasks the input flags describe.
 
@@ -84,10 +91,7 @@ def tasks_from_flags() -> list:
   if FLAGS.gnd_path:
     if FLAGS.list_images_path or FLAGS.gldv2_csv_path:
       raise cli.UserError("--gnd_path, --list_images_path and --gldv2_csv_path are exclusive")
-    if not FLAGS.images_dir:
-      raise cli.UserError("--gnd_path needs --images_dir (the folder of the dataset's images)")
-    if not os.path.isdir(FLAGS.images_dir):
-      raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
+    _check_images_dir("--gnd_path")
     gnd = ground_truth.load_ground_truth(FLAGS.gnd_path)
     names = gnd.qimlist if FLAGS.image_set == "query" else gnd.imlist
     paths = [os.path.join(FLAGS.images_dir, n + FLAGS.image_extension) for n in names]
@@ -106,10 +110,7 @@ def tasks_from_flags() -> list:
   if FLAGS.gldv2_csv_path:
     if FLAGS.list_images_path:
       raise cli.UserError("--gldv2_csv_path and --list_images_path are exclusive")
-    if not FLAGS.images_dir:
-      raise cli.UserError("--gldv2_csv_path needs --images_dir (the folder of the CSV's images)")
-    if not os.path.isdir(FLAGS.images_dir):
-      raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
+    _check_images_dir("--gldv2_csv_path")
     ids = pipeline.read_csv_image_ids(FLAGS.gldv2_csv_path)
     return pipeline.tasks_from_paths(pipeline.gldv2_image_path(FLAGS.images_dir, i) for i in ids)
   if FLAGS.list_images_path:

@@ -37,6 +37,7 @@ import numpy as np
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}  # --precisions -> export.precision
 flags.DEFINE_integer("depth", 101, "ResNet depth of the DOLG backbone (pycls layout).")
 flags.DEFINE_integer("image_size", 512, "Side of the square benchmark images.")
 flags.DEFINE_integer("num_images", 20, "Images per measurement.")
@@ -135,24 +136,18 @@ def export_models(workdir: str):
   start = time.time()
   fp32 = builder.build_model(model_config, image_size=64)
   for precision in FLAGS.precisions:
-    if precision == "fp32":
-      model = fp32
-    elif precision == "bf16":
-      tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
-      try:
-        model = builder.build_model(model_config, image_size=64)
-      finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
-      model.set_weights(fp32.get_weights())
-    else:
+    if precision not in PRECISIONS:
       raise app.UsageError(f"unknown precision {precision!r}")
+    # The bf16 export gets the fp32 model's weights (export.precision=bfloat16).
     exports[precision] = export_model.export_saved_model(
-      model,
+      fp32,
       model_config,
       os.path.join(workdir, f"export_{precision}"),
-      export_config=config_lib.ExportConfig(image_scales=(1.0,)),
+      export_config=config_lib.ExportConfig(image_scales=(1.0,), precision=PRECISIONS[precision]),
     )
-    models[precision] = model
+    models[precision] = (
+      export_model.with_precision(fp32, model_config, PRECISIONS[precision]) if FLAGS.xla else None
+    )
   logging.set_verbosity(verbosity)
   print(f"built and exported {'+'.join(exports)} DOLG-R{FLAGS.depth} in {time.time() - start:.0f}s")
   return exports, models

@@ -53,6 +53,8 @@ OFFICIAL_INFER_SCALES = (0.3535, 0.5, 0.7071, 1.0, 1.4142)
 DATASET_VERSIONS = ("gld_v1", "gld_v2", "gld_v2_clean", "synthetic")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+# Export precisions: the SavedModel's compute type (inputs and outputs stay float32 / uint8).
+EXPORT_PRECISIONS = ("float32", "bfloat16")
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
 CONFIG_FILENAME = "config.json"
@@ -428,6 +430,10 @@ class ExportConfig(_Section):
       first; -1 = no limit.
     min_image_size: images whose largest side is below it are upscaled first
       (DELF semantics); -1 = no limit.
+    precision: "float32", or "bfloat16": the network computes in bfloat16
+      (Keras mixed_bfloat16: bf16 convolutions and matmuls, float32 weights
+      kept as bf16 copies, float32 normalisation of the outputs), for CPUs with
+      AVX512_BF16 / AMX and for TPUs. Inputs and outputs keep their dtypes.
   """
 
   SECTION = "export"
@@ -435,8 +441,10 @@ class ExportConfig(_Section):
   image_scales: tuple[float, ...] = OFFICIAL_SCALES
   max_image_size: int = 1024
   min_image_size: int = -1
+  precision: str = "float32"
 
   def validate(self) -> None:
+    _check_choice("export.precision", self.precision, EXPORT_PRECISIONS)
     if not self.image_scales or min(self.image_scales) <= 0:
       raise ConfigError(f"export.image_scales must be positive, got {self.image_scales}")
     for name in ("max_image_size", "min_image_size"):

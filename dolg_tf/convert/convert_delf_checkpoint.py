@@ -13,6 +13,7 @@ from absl import app, flags, logging
 
 from dolg_tf import config as config_lib
 from dolg_tf.convert import delf_checkpoint
+from dolg_tf.export import export_model
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -29,6 +30,7 @@ flags.DEFINE_integer(
   "max_image_size", None, "Export: cap on the largest side (default: ExportConfig's)."
 )
 flags.DEFINE_list("image_scales", None, "Export pyramid scales (default: ExportConfig's).")
+cli.define_override(flags.DEFINE_string, "precision", export_model.PRECISION_HELP)
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
@@ -43,6 +45,8 @@ def _export_config() -> config_lib.ExportConfig:
       ) from None
   if FLAGS.max_image_size is not None:
     overrides["max_image_size"] = FLAGS.max_image_size
+  if FLAGS.precision is not None:
+    overrides["precision"] = FLAGS.precision
   try:
     return config_lib.ExportConfig(**overrides)
   except config_lib.ConfigError as e:

@@ -15,6 +15,7 @@ import os
 from absl import app, flags, logging
 
 from dolg_tf.convert import official_dolg
+from dolg_tf.export import export_model
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -39,6 +40,7 @@ flags.DEFINE_list(
   "Export / extraction pyramid scales (default: the official evaluation's five). "
   "DELF-style: 0.7071,1,1.4142.",
 )
+cli.define_override(flags.DEFINE_string, "precision", export_model.PRECISION_HELP)
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
@@ -86,6 +88,7 @@ def main(argv):
       import_head=FLAGS.import_head,
       max_image_size=FLAGS.max_image_size,
       image_scales=scales,
+      precision=FLAGS.precision or "float32",
     )
   except (OSError, ImportError, ValueError) as e:
     raise cli.UserError(str(e)) from e

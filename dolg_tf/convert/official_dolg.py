@@ -643,6 +643,7 @@ def convert_official_checkpoint(
   import_head: bool = False,
   max_image_size: int = -1,
   image_scales: Sequence[float] = OFFICIAL_SCALES,
+  precision: str = "float32",
 ) -> dict[str, str]:
   """Converts an official checkpoint into `output_dir`.
 
@@ -660,6 +661,8 @@ def convert_official_checkpoint(
       evaluation) = no cap.
     image_scales: the export's default pyramid and the .pbtxt scales (default
       the official evaluation's five).
+    precision: the export's compute precision (config.EXPORT_PRECISIONS); the
+      checkpoint keeps the float32 weights.
 
   Returns:
     Paths: 'model_config', 'checkpoint' (prefix), 'export', 'pbtxt'.
@@ -673,7 +676,7 @@ def convert_official_checkpoint(
     checkpoint, depth, atrous_dilations, fixed_gem_p, import_head
   )
   export_config = config_lib.ExportConfig(
-    image_scales=tuple(image_scales), max_image_size=max_image_size
+    image_scales=tuple(image_scales), max_image_size=max_image_size, precision=precision
   )
 
   def write_pbtxt(tmp_dir, final_export):

@@ -402,9 +402,24 @@ def export_saved_model(
   return export_dir
 
 
+def with_precision(model, model_config: config_lib.ModelConfig, precision: str):
+  """`model`, or for "bfloat16" the same network built under mixed_bfloat16 with its weights."""
+  if precision == "float32":
+    return model
+  policy = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    twin = builder.build_model(model_config, image_size=64)
+  finally:
+    tf.keras.mixed_precision.set_global_policy(policy)
+  twin.set_weights(model.get_weights())
+  return twin
+
+
 def _write_saved_model(model, model_config, tmp_dir, export_config):
   """The SavedModel and its assets.extra/config.json, written into `tmp_dir`."""
   max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
+  model = with_precision(model, model_config, export_config.precision)
   if model_config.name == "delg":
     module = DelgServingModule(model, max_image_size, image_scales)
     signatures = {
@@ -483,6 +498,13 @@ def define_flags():
   )
   flags.DEFINE_integer("max_image_size", None, "Overrides export.max_image_size.")
   flags.DEFINE_list("image_scales", None, "Overrides export.image_scales (serve_encoded pyramid).")
+  cli.define_override(flags.DEFINE_string, "precision", PRECISION_HELP)
+
+
+PRECISION_HELP = (
+  "Overrides export.precision: float32, or bfloat16 (bf16 compute, float32 inputs/outputs; "
+  "for CPUs with AVX512_BF16/AMX)."
+)
 
 
 def main(argv):
@@ -492,7 +514,7 @@ def main(argv):
     raise cli.UserError("--logdir is required")
   try:
     overrides = config_lib.parse_overrides(values.params_override)
-    for name in ("max_image_size", "image_scales"):
+    for name in ("max_image_size", "image_scales", "precision"):
       if values[name].value is not None:
         overrides.setdefault("export", {})[name] = values[name].value
     export_dir = export_from_checkpoint(

@@ -1,0 +1,96 @@
+"""Tests for bfloat16 exports (export.precision, --precision on dolg-export and the converters)."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+
+from dolg_tf import config as config_lib
+from dolg_tf.export import export_model, signatures
+from dolg_tf.extraction import extractor as extractor_lib
+from tests import testutil
+
+BF16_EXPORT = dataclasses.replace(testutil.SMALL_EXPORT_CONFIG, precision="bfloat16")
+
+
+def _image(seed, height=64, width=48):
+  return np.random.default_rng(seed).integers(0, 256, [height, width, 3], dtype=np.uint8)
+
+
+def _config_file(folder, export_dir, local=False):
+  path = os.path.join(folder, "config.pbtxt")
+  with open(path, "w") as f:
+    f.write(f'model_path: "{export_dir}"\nmax_image_size: 80\n')
+    if local:
+      f.write("use_local_features: true\nlocal_config { max_feature_num: 40 }\n")
+  return path
+
+
+class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
+  def test_unknown_precision_is_a_config_error(self):
+    with self.assertRaisesRegex(config_lib.ConfigError, "export.precision"):
+      config_lib.ExportConfig(precision="float16")
+
+  @parameterized.parameters("dolg", "delg")
+  def test_bf16_export_keeps_dtypes_and_descriptors(self, name):
+    fp32_dir = testutil.tiny_export(name, export_config=testutil.SMALL_EXPORT_CONFIG)
+    bf16_dir = testutil.tiny_export(name, export_config=BF16_EXPORT)
+    with open(os.path.join(bf16_dir, signatures.CONFIG_ASSET)) as f:
+      self.assertEqual(json.load(f)["export"]["precision"], "bfloat16")
+    fp32 = testutil.tiny_loaded(name, export_config=testutil.SMALL_EXPORT_CONFIG)
+    bf16 = testutil.tiny_loaded(name, export_config=BF16_EXPORT)
+    self.assertEqual(set(fp32.signatures), set(bf16.signatures))
+    for signature in bf16.signatures:
+      with self.subTest(signature=signature):
+        inputs = bf16.signatures[signature].structured_input_signature[1]
+        expected = fp32.signatures[signature].structured_input_signature[1]
+        self.assertEqual(
+          {k: v.dtype for k, v in inputs.items()}, {k: v.dtype for k, v in expected.items()}
+        )
+        outputs = bf16.signatures[signature].structured_outputs
+        for key, spec in fp32.signatures[signature].structured_outputs.items():
+          self.assertEqual(outputs[key].dtype, spec.dtype, key)
+    # The extractor reads both; bf16 descriptors stay close to fp32 ones
+    # (untrained tiny weights: a loose bound; the benchmark measures real sizes).
+    folder = self.create_tempdir().full_path
+    local = name == "delg"
+    ex32 = extractor_lib.Extractor.from_config_file(
+      _config_file(folder, fp32_dir, local), saved_model=fp32
+    )
+    os.makedirs(os.path.join(folder, "b"))
+    ex16 = extractor_lib.Extractor.from_config_file(
+      _config_file(os.path.join(folder, "b"), bf16_dir, local), saved_model=bf16
+    )
+    for seed in range(3):
+      a, b = ex32.extract(_image(seed)), ex16.extract(_image(seed))
+      if local:
+        a, b = a["global"], b["global"]
+      self.assertEqual(b.dtype, np.float32)
+      self.assertGreater(float(np.dot(a, b)), 0.99)
+
+  def test_the_bf16_model_computes_in_bfloat16(self):
+    model = testutil.tiny_model("dolg")
+    twin = export_model.with_precision(model, testutil.TINY_DOLG, "bfloat16")
+    self.assertEqual(twin.dtype_policy.name, "mixed_bfloat16")
+    self.assertEqual(tf.keras.mixed_precision.global_policy().name, "float32")
+    for mine, theirs in zip(model.get_weights(), twin.get_weights()):
+      self.assertAllEqual(mine, theirs)
+    self.assertIs(export_model.with_precision(model, testutil.TINY_DOLG, "float32"), model)
+
+  def test_export_command_refuses_an_unknown_precision(self):
+    logdir = self.create_tempdir().full_path
+    config_lib.save_config(config_lib.ExperimentConfig(), logdir)
+    result = testutil.run_module(
+      "dolg_tf.export.export_model", f"--logdir={logdir}", "--precision=half"
+    )
+    self.assertEqual(result.returncode, 2, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    self.assertLen(lines, 1, result.stderr)
+    self.assertIn("export.precision", lines[0])
+
+
+if __name__ == "__main__":
+  tf.test.main()

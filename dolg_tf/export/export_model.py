@@ -50,6 +50,7 @@ import re
 
 import tensorflow as tf
 from absl import flags, logging
+from tensorflow.python.framework import convert_to_constants
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
@@ -61,20 +62,42 @@ from dolg_tf.utils import cli
 DEFAULT_SCALES = config_lib.OFFICIAL_SCALES
 
 
+def frozen_forward(model, **call_kwargs):
+  """`model(x, training=False, **call_kwargs)` for float32 [B, H, W, 3], weights as constants.
+
+  The serving graph calls this instead of the Keras model: with the weights
+  constant, Grappler folds batch normalisation into the convolutions (and a
+  bf16 model's weight casts away) and oneDNN keeps its reordered weights, so
+  the served forward is faster than the variable-based one (measured in
+  benchmarks/serving_breakdown_benchmark.py). The SavedModel then holds the
+  weights once, inside this function, and no variables.
+  """
+  forward = tf.function(lambda x: model(x, training=False, **call_kwargs))
+  concrete = forward.get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.float32))
+  frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+  structure = concrete.structured_outputs
+
+  def call(images):
+    return tf.nest.pack_sequence_as(structure, frozen(images), expand_composites=True)
+
+  return call
+
+
 class ServingModule(tf.Module):
   """Wraps a descriptor model with the serving signatures."""
 
   # How s * H is rounded (see the module docstring): "official" (DOLG) or "delf".
   SIZE_ROUNDING = "official"
+  # What the serving graph calls the model with (besides training=False).
+  MODEL_CALL_KWARGS = {}
 
   def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
     super().__init__(name="dolg_serving")
-    # The SavedModel needs the model's variables, not the Keras object: tracking
-    # the model would make tf.saved_model.save trace every layer's call (about
-    # 5 s per export of even a tiny model, 7x the save itself, and 1.7 s more
-    # per load), for functions nothing serves.
+    # Not tracked: the SavedModel needs the frozen forward only, and tracking
+    # the Keras model would make tf.saved_model.save trace every layer's call
+    # (about 5 s per export of even a tiny model) for functions nothing serves.
     self.__dict__["model"] = model
-    self.model_variables = list(model.variables)
+    self._forward = frozen_forward(model, **self.MODEL_CALL_KWARGS)
     self.max_image_size = int(max_image_size)
     self.image_scales = tuple(float(s) for s in image_scales)
 
@@ -90,14 +113,20 @@ class ServingModule(tf.Module):
 
   def _resize_batch(self, images, scale):
     """float32 [B, H, W, 3] images of one size resized to round(scale * [H, W])."""
-    new_size = self._scaled_size(tf.shape(images)[1:3], scale)
-    return tf.image.resize(images, new_size, method="bilinear")
+    size = tf.shape(images)[1:3]
+    new_size = self._scaled_size(size, scale)
+    # Bilinear resizing (half-pixel centres) to the same size is the identity: skip it.
+    return tf.cond(
+      tf.reduce_all(tf.equal(new_size, size)),
+      lambda: images,
+      lambda: tf.image.resize(images, new_size, method="bilinear"),
+    )
 
   def _describe(self, images, scales):
     """Per-scale descriptors [B, S, D] of float32 [B, H, W, 3] images of one size."""
 
     def one_scale(scale):
-      return self.model(self._resize_batch(images, scale), training=False)
+      return self._global_descriptor(self._forward(self._resize_batch(images, scale)))
 
     per_scale = tf.map_fn(
       one_scale,
@@ -106,6 +135,11 @@ class ServingModule(tf.Module):
       parallel_iterations=1,
     )
     return tf.transpose(per_scale, [1, 0, 2])
+
+  @staticmethod
+  def _global_descriptor(outputs):
+    """The global descriptor among the model's outputs."""
+    return outputs
 
   @staticmethod
   def _pool(descriptors, scale_indices):
@@ -187,10 +221,16 @@ class DelgServingModule(ServingModule):
   """
 
   SIZE_ROUNDING = "delf"
+  # One frozen graph serves both the global and the local signatures.
+  MODEL_CALL_KWARGS = {"return_intermediates": True}
 
   def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
     super().__init__(model, max_image_size, image_scales)
     self.rf_size, self.rf_stride, self.rf_padding = model.receptive_field()
+
+  @staticmethod
+  def _global_descriptor(outputs):
+    return outputs["descriptor"]
 
   def _local_outputs(self, images, scales, max_feature_num, abs_thres, global_scales_ind):
     """DELG's outputs for uint8 [B, H, W, 3] images of one size, per-feature ones padded.
@@ -210,7 +250,7 @@ class DelgServingModule(ServingModule):
     descriptors = tf.TensorArray(tf.float32, size=num_scales)
     for i in tf.range(num_scales):
       scale = scales[i]
-      out = self.model(self._resize_batch(images, scale), training=False, return_intermediates=True)
+      out = self._forward(self._resize_batch(images, scale))
       attention = out["attention"][..., 0]  # [B, h, w]
       height, width = tf.shape(attention)[1], tf.shape(attention)[2]
       rows, cols = tf.meshgrid(tf.range(height), tf.range(width), indexing="ij")

@@ -1,0 +1,197 @@
+r"""Where the extraction time goes: the serving signature taken apart, step by step, in one run.
+
+One untrained DOLG (`--depth`, pycls layout) at `--image_size`^2, one scale,
+`--precision`; each row times `--num_images` forwards (after `--warmup`):
+  static      tf.function of the Keras model, input [1, S, S, 3] fixed
+  dynamic     the same with input [1, None, None, 3] (the export's shapes)
+  resize      dynamic + the uint8 -> float cast and the bilinear resize
+  map_fn      resize inside tf.map_fn over the scale tensor (the export's loop)
+  signature   the exported SavedModel's serving_default (+ pooling, L2)
+  extractor   Extractor.extract on a decoded array (+ Python, numpy pooling)
+  pipeline    pipeline.run_extraction over JPEG files (+ decode, write)
+and the ratio of each to `static`; then the same for a `--scales` pyramid
+against the sum of its single-scale signature calls, and the fp32 GEMM
+rate of this CPU (tf.matmul 4096^3) with the img/s it implies for the
+network's FLOPs (counted by TF's profiler on the static graph).
+
+Usage:
+  .venv/bin/python benchmarks/serving_breakdown_benchmark.py [--precision=bfloat16]
+"""
+
+import os
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+from PIL import Image
+
+from dolg_tf import config as config_lib
+from dolg_tf.export import export_model, signatures
+from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.extraction import pipeline
+from dolg_tf.io import config_io
+from dolg_tf.model import builder
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("depth", 101, "ResNet depth (pycls layout).")
+flags.DEFINE_integer("image_size", 512, "Side of the square images.")
+flags.DEFINE_integer("num_images", 8, "Timed forwards per row.")
+flags.DEFINE_integer("warmup", 2, "Untimed forwards before each row.")
+flags.DEFINE_enum("precision", "float32", config_lib.EXPORT_PRECISIONS, "export.precision.")
+flags.DEFINE_list("scales", ["0.7071", "1.0", "1.4142"], "The multi-scale pyramid row.")
+flags.DEFINE_bool("gemm", True, "Measure the fp32 GEMM rate and count the network's FLOPs.")
+
+
+def _rate(fn, inputs) -> float:
+  for x in inputs[: FLAGS.warmup]:
+    fn(x)
+  start = time.perf_counter()
+  for x in inputs:
+    fn(x)
+  return len(inputs) / (time.perf_counter() - start)
+
+
+def _flops(forward, size) -> float:
+  concrete = forward.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
+  options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  graph = concrete.graph
+  info = tf.compat.v1.profiler.profile(graph, options=options)
+  return float(info.total_float_ops)
+
+
+def _gemm_rate(n=4096, repeats=5) -> float:
+  a = tf.random.normal([n, n])
+  b = tf.random.normal([n, n])
+  matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+  matmul().numpy()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    matmul().numpy()
+  return 2.0 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def main(argv):
+  del argv
+  workdir = tempfile.mkdtemp(prefix="serving_breakdown_")
+  size = FLAGS.image_size
+  print(f"TF {tf.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+  model_config = config_lib.ModelConfig(backbone_depth=FLAGS.depth, backbone_layout="pycls")
+  tf.keras.utils.set_random_seed(0)
+  logging.set_verbosity(logging.WARNING)
+  fp32 = builder.build_model(model_config, image_size=64)
+  model = export_model.with_precision(fp32, model_config, FLAGS.precision)
+  export_config = config_lib.ExportConfig(
+    image_scales=(1.0,), max_image_size=2 * size, precision=FLAGS.precision
+  )
+  export_dir = export_model.export_saved_model(
+    fp32, model_config, os.path.join(workdir, "export"), export_config=export_config
+  )
+  rng = np.random.default_rng(0)
+  arrays = [
+    rng.integers(0, 256, [size, size, 3], dtype=np.uint8)
+    for _ in range(FLAGS.num_images + FLAGS.warmup)
+  ]
+  floats = [tf.constant(a[None].astype(np.float32)) for a in arrays]
+  uint8 = [tf.constant(a) for a in arrays]
+
+  static = tf.function(lambda x: model(x, training=False))
+  dynamic = tf.function(
+    lambda x: model(x, training=False),
+    input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)],
+  )
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+  def resize(image):
+    x = tf.cast(image, tf.float32)[None]
+    x = tf.image.resize(x, tf.shape(image)[:2], method="bilinear")
+    return model(x, training=False)
+
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec([None, None, 3], tf.uint8),
+      tf.TensorSpec([None], tf.float32),
+    ]
+  )
+  def map_fn(image, scales):
+    x = tf.cast(image, tf.float32)[None]
+
+    def one(scale):
+      new = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * scale), tf.int32)
+      return model(tf.image.resize(x, new, method="bilinear"), training=False)
+
+    return tf.map_fn(one, scales, fn_output_signature=tf.TensorSpec([None, None], tf.float32))
+
+  loaded = tf.saved_model.load(export_dir)
+  serve = loaded.signatures[signatures.SERVING_DEFAULT]
+  one_scale = tf.constant([1.0])
+
+  def signature(image, scales=one_scale):
+    return serve(
+      input_image=image,
+      input_scales=scales,
+      input_global_scales_ind=tf.range(tf.size(scales), dtype=tf.int32),
+    )[signatures.GLOBAL_DESCRIPTOR].numpy()
+
+  config = config_io.DolgConfig(model_path=export_dir, max_image_size=2 * size)
+  config.image_scales.append(1.0)
+  extractor = extractor_lib.Extractor(config, saved_model=loaded)
+
+  folder = os.path.join(workdir, "images")
+  os.makedirs(folder)
+  paths = []
+  for i, a in enumerate(arrays):
+    paths.append(os.path.join(folder, f"{i:03d}.jpg"))
+    Image.fromarray(a).save(paths[-1], quality=95)
+
+  def run_pipeline(_):
+    out = tempfile.mkdtemp(dir=workdir)
+    summary = pipeline.run_extraction(
+      extractor, pipeline.tasks_from_paths(paths[FLAGS.warmup :]), out, log_interval=1e9
+    )
+    return summary
+
+  rows = [
+    ("static", lambda: _rate(lambda x: static(x).numpy(), floats)),
+    ("dynamic", lambda: _rate(lambda x: dynamic(x).numpy(), floats)),
+    ("resize", lambda: _rate(lambda x: resize(x).numpy(), uint8)),
+    ("map_fn", lambda: _rate(lambda x: map_fn(x, one_scale).numpy(), uint8)),
+    ("signature", lambda: _rate(signature, uint8)),
+    ("extractor", lambda: _rate(extractor.extract, arrays)),
+  ]
+  rates = {}
+  for name, measure in rows:
+    rates[name] = measure()
+  start = time.perf_counter()
+  run_pipeline(None)
+  rates["pipeline"] = FLAGS.num_images / (time.perf_counter() - start)
+  again = _rate(lambda x: static(x).numpy(), floats)
+  print(
+    f"DOLG-R{FLAGS.depth} {size}x{size} {FLAGS.precision}, one scale "
+    f"(static measured again at the end: {again:.3f} img/s)"
+  )
+  for name, rate in rates.items():
+    print(f"  {name:10s} {rate:7.3f} img/s  {rate / rates['static']:.3f} x static")
+
+  scales = tf.constant([float(s) for s in FLAGS.scales])
+  pyramid = _rate(lambda x: signature(x, scales), uint8)
+  singles = [_rate(lambda x, s=s: signature(x, tf.constant([s])), uint8) for s in scales.numpy()]
+  cost = (1 / pyramid) / sum(1 / r for r in singles)
+  print(
+    f"pyramid {FLAGS.scales}: {1 / pyramid:.3f} s/img vs the sum of its single-scale calls "
+    f"{sum(1 / r for r in singles):.3f} s: {cost:.3f}x"
+  )
+  if FLAGS.gemm:
+    flops = _flops(static, size)
+    gemm = _gemm_rate()
+    floor = gemm / flops
+    print(
+      f"network {flops / 1e9:.1f} GFLOP/img (TF profiler); fp32 GEMM {gemm / 1e9:.0f} GFLOP/s "
+      f"-> {floor:.3f} img/s; pipeline at {rates['pipeline'] / floor:.1%} of it"
+    )
+
+
+if __name__ == "__main__":
+  app.run(main)

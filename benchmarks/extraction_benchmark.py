@@ -48,6 +48,7 @@ flags.DEFINE_integer("num_threads", 2, "Pipeline decoding threads.")
 flags.DEFINE_integer("prefetch", 8, "Pipeline prefetch depth.")
 flags.DEFINE_integer("intra_op_threads", 0, "TF intra-op threads (0 = TF default).")
 flags.DEFINE_integer("inter_op_threads", 0, "TF inter-op threads (0 = TF default).")
+flags.DEFINE_bool("freeze_weights", False, "Export with export.freeze_weights.")
 flags.DEFINE_bool("xla", False, "Also time the Keras model with and without jit_compile.")
 flags.DEFINE_bool("memory_run", True, "Measure peak RSS in a separate process.")
 flags.DEFINE_integer("memory_max_size", 1024, "max_image_size of the memory run.")
@@ -143,7 +144,11 @@ def export_models(workdir: str):
       fp32,
       model_config,
       os.path.join(workdir, f"export_{precision}"),
-      export_config=config_lib.ExportConfig(image_scales=(1.0,), precision=PRECISIONS[precision]),
+      export_config=config_lib.ExportConfig(
+        image_scales=(1.0,),
+        precision=PRECISIONS[precision],
+        freeze_weights=FLAGS.freeze_weights,
+      ),
     )
     models[precision] = (
       export_model.with_precision(fp32, model_config, PRECISIONS[precision]) if FLAGS.xla else None

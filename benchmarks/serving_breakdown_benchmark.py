@@ -7,6 +7,7 @@ One untrained DOLG (`--depth`, pycls layout) at `--image_size`^2, one scale,
   resize      dynamic + the uint8 -> float cast and the bilinear resize
   map_fn      resize inside tf.map_fn over the scale tensor (the export's loop)
   signature   the exported SavedModel's serving_default (+ pooling, L2)
+  frozen      the same, exported with export.freeze_weights (constant weights)
   extractor   Extractor.extract on a decoded array (+ Python, numpy pooling)
   pipeline    pipeline.run_extraction over JPEG files (+ decode, write)
 and the ratio of each to `static`; then the same for a `--scales` pyramid
@@ -18,6 +19,7 @@ Usage:
   .venv/bin/python benchmarks/serving_breakdown_benchmark.py [--precision=bfloat16]
 """
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -89,6 +91,12 @@ def main(argv):
   export_dir = export_model.export_saved_model(
     fp32, model_config, os.path.join(workdir, "export"), export_config=export_config
   )
+  frozen_dir = export_model.export_saved_model(
+    fp32,
+    model_config,
+    os.path.join(workdir, "export_frozen"),
+    export_config=dataclasses.replace(export_config, freeze_weights=True),
+  )
   rng = np.random.default_rng(0)
   arrays = [
     rng.integers(0, 256, [size, size, 3], dtype=np.uint8)
@@ -128,7 +136,9 @@ def main(argv):
   serve = loaded.signatures[signatures.SERVING_DEFAULT]
   one_scale = tf.constant([1.0])
 
-  def signature(image, scales=one_scale):
+  serve_frozen = tf.saved_model.load(frozen_dir).signatures[signatures.SERVING_DEFAULT]
+
+  def signature(image, scales=one_scale, serve=serve):
     return serve(
       input_image=image,
       input_scales=scales,
@@ -159,6 +169,7 @@ def main(argv):
     ("resize", lambda: _rate(lambda x: resize(x).numpy(), uint8)),
     ("map_fn", lambda: _rate(lambda x: map_fn(x, one_scale).numpy(), uint8)),
     ("signature", lambda: _rate(signature, uint8)),
+    ("frozen", lambda: _rate(lambda x: signature(x, serve=serve_frozen), uint8)),
     ("extractor", lambda: _rate(extractor.extract, arrays)),
   ]
   rates = {}

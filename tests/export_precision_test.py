@@ -1,4 +1,4 @@
-"""Tests for bfloat16 exports (export.precision, --precision on dolg-export and the converters)."""
+"""Tests for the export options: bfloat16 (export.precision, --precision) and freeze_weights."""
 
 import dataclasses
 import json
@@ -79,6 +79,27 @@ class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
     for mine, theirs in zip(model.get_weights(), twin.get_weights()):
       self.assertAllEqual(mine, theirs)
     self.assertIs(export_model.with_precision(model, testutil.TINY_DOLG, "float32"), model)
+
+  @parameterized.parameters("dolg", "delg")
+  def test_frozen_weights_serve_the_same_descriptors(self, name):
+    plain = testutil.tiny_loaded(name, export_config=testutil.SMALL_EXPORT_CONFIG)
+    frozen_config = dataclasses.replace(testutil.SMALL_EXPORT_CONFIG, freeze_weights=True)
+    frozen = testutil.tiny_loaded(name, export_config=frozen_config)
+    self.assertNotEmpty(plain.model_variables)
+    self.assertFalse(hasattr(frozen, "model_variables"))
+    inputs = {
+      signatures.INPUT_SCALES: tf.constant([0.5, 1.0]),
+      signatures.INPUT_GLOBAL_SCALES_IND: tf.constant([0, 1]),
+    }
+    if name == "delg":
+      inputs[signatures.INPUT_MAX_FEATURE_NUM] = tf.constant(20)
+      inputs[signatures.INPUT_ABS_THRES] = tf.constant(-1e9)
+    image = tf.constant(_image(0))
+    want = plain.signatures[signatures.SERVING_DEFAULT](input_image=image, **inputs)
+    got = frozen.signatures[signatures.SERVING_DEFAULT](input_image=image, **inputs)
+    self.assertEqual(set(want), set(got))
+    for key in want:
+      self.assertAllClose(got[key], want[key], atol=1e-5, rtol=1e-5, msg=key)
 
   def test_export_command_refuses_an_unknown_precision(self):
     logdir = self.create_tempdir().full_path

@@ -45,6 +45,7 @@ such folder whose process is gone (`remove_stale_exports`).
 """
 
 import errno
+import functools
 import os
 import re
 
@@ -65,12 +66,13 @@ DEFAULT_SCALES = config_lib.OFFICIAL_SCALES
 def frozen_forward(model, **call_kwargs):
   """`model(x, training=False, **call_kwargs)` for float32 [B, H, W, 3], weights as constants.
 
-  The serving graph calls this instead of the Keras model: with the weights
-  constant, Grappler folds batch normalisation into the convolutions (and a
-  bf16 model's weight casts away) and oneDNN keeps its reordered weights, so
-  the served forward is faster than the variable-based one (measured in
-  benchmarks/serving_breakdown_benchmark.py). The SavedModel then holds the
-  weights once, inside this function, and no variables.
+  With export.freeze_weights the serving graph calls this instead of the
+  Keras model: with constant weights oneDNN keeps its reordered weights
+  between calls, and the served DOLG-R101 forward is ~15% faster than the
+  variable-based one (benchmarks/serving_breakdown_benchmark.py). The price
+  is memory: TensorFlow copies the constants into every graph it builds from
+  the function, so loading and first calls peak at several GB more. The
+  SavedModel then holds the weights inside this function and no variables.
   """
   forward = tf.function(lambda x: model(x, training=False, **call_kwargs))
   concrete = forward.get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.float32))
@@ -91,13 +93,18 @@ class ServingModule(tf.Module):
   # What the serving graph calls the model with (besides training=False).
   MODEL_CALL_KWARGS = {}
 
-  def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
+  def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES, freeze_weights=False):
     super().__init__(name="dolg_serving")
-    # Not tracked: the SavedModel needs the frozen forward only, and tracking
-    # the Keras model would make tf.saved_model.save trace every layer's call
-    # (about 5 s per export of even a tiny model) for functions nothing serves.
+    # The SavedModel needs the model's variables (or the frozen forward), not the
+    # Keras object: tracking the model would make tf.saved_model.save trace every
+    # layer's call (about 5 s per export of even a tiny model, 7x the save
+    # itself, and 1.7 s more per load), for functions nothing serves.
     self.__dict__["model"] = model
-    self._forward = frozen_forward(model, **self.MODEL_CALL_KWARGS)
+    if freeze_weights:
+      self.__dict__["_forward"] = frozen_forward(model, **self.MODEL_CALL_KWARGS)
+    else:
+      self.model_variables = list(model.variables)
+      self.__dict__["_forward"] = functools.partial(model, training=False, **self.MODEL_CALL_KWARGS)
     self.max_image_size = int(max_image_size)
     self.image_scales = tuple(float(s) for s in image_scales)
 
@@ -224,8 +231,8 @@ class DelgServingModule(ServingModule):
   # One frozen graph serves both the global and the local signatures.
   MODEL_CALL_KWARGS = {"return_intermediates": True}
 
-  def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES):
-    super().__init__(model, max_image_size, image_scales)
+  def __init__(self, model, *args, **kwargs):
+    super().__init__(model, *args, **kwargs)
     self.rf_size, self.rf_stride, self.rf_padding = model.receptive_field()
 
   @staticmethod
@@ -461,7 +468,7 @@ def _write_saved_model(model, model_config, tmp_dir, export_config):
   max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
   model = with_precision(model, model_config, export_config.precision)
   if model_config.name == "delg":
-    module = DelgServingModule(model, max_image_size, image_scales)
+    module = DelgServingModule(model, max_image_size, image_scales, export_config.freeze_weights)
     signatures = {
       signatures_lib.SERVING_DEFAULT: module.serve_local.get_concrete_function(),
       signatures_lib.SERVE_GLOBAL: module.serve.get_concrete_function(),
@@ -470,7 +477,7 @@ def _write_saved_model(model, model_config, tmp_dir, export_config):
       signatures_lib.SERVE_LOCAL_BATCH: module.serve_local_batch.get_concrete_function(),
     }
   else:
-    module = ServingModule(model, max_image_size, image_scales)
+    module = ServingModule(model, max_image_size, image_scales, export_config.freeze_weights)
     signatures = {
       signatures_lib.SERVING_DEFAULT: module.serve.get_concrete_function(),
       signatures_lib.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),

@@ -54,6 +54,10 @@ flags.DEFINE_bool("memory_run", True, "Measure peak RSS in a separate process.")
 flags.DEFINE_integer("memory_max_size", 1024, "max_image_size of the memory run.")
 flags.DEFINE_list("memory_scales", ["0.7071", "1.0", "1.4142"], "Scales of the memory run.")
 flags.DEFINE_integer("memory_images", 3, "Images of the memory run.")
+flags.DEFINE_list(
+  "memory_image_shape", None, "Height,width of the memory run's JPEGs (default 1.5x max side)."
+)
+flags.DEFINE_bool("huge_image", True, "Also a memory run on one 7000x3500 JPEG.")
 flags.DEFINE_string("memory_model", None, "Internal: run only the memory measurement on it.")
 flags.DEFINE_string("workdir", None, "Folder for exports and images (default: a temp folder).")
 
@@ -207,11 +211,13 @@ def memory_run(model_dir: str, workdir: str) -> None:
   from dolg_tf.extraction import pipeline  # pylint: disable=g-import-not-at-top
 
   side = FLAGS.memory_max_size
+  height, width = (
+    [int(v) for v in FLAGS.memory_image_shape]
+    if FLAGS.memory_image_shape
+    else [side * 3 // 4 * 3 // 2, side * 3 // 2]
+  )
   paths = make_images(
-    os.path.join(workdir, "memory_images"),
-    FLAGS.memory_images,
-    side * 3 // 4 * 3 // 2,
-    side * 3 // 2,
+    tempfile.mkdtemp(dir=workdir, prefix="memory_images_"), FLAGS.memory_images, height, width
   )
   config = _config(model_dir, FLAGS.memory_scales, side)
   extractor = extractor_lib.Extractor(config)
@@ -223,7 +229,7 @@ def memory_run(model_dir: str, workdir: str) -> None:
   )
 
 
-def _spawn_memory_run(model_dir: str, workdir: str) -> str:
+def _spawn_memory_run(model_dir: str, workdir: str, *extra: str) -> str:
   argv = [
     sys.executable,
     os.path.abspath(__file__),
@@ -234,6 +240,7 @@ def _spawn_memory_run(model_dir: str, workdir: str) -> str:
     f"--memory_images={FLAGS.memory_images}",
     f"--intra_op_threads={FLAGS.intra_op_threads}",
     f"--inter_op_threads={FLAGS.inter_op_threads}",
+    *extra,
   ]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,6 +305,11 @@ def main(argv):
         f"[{precision}] separate process, max side {FLAGS.memory_max_size}, scales "
         f"{FLAGS.memory_scales}: {_spawn_memory_run(model_dir, workdir)}"
       )
+    if FLAGS.memory_run and FLAGS.huge_image:
+      huge = _spawn_memory_run(
+        model_dir, workdir, "--memory_image_shape=3500,7000", "--memory_images=1"
+      )
+      print(f"[{precision}] separate process, one 7000x3500 JPEG, same settings: {huge}")
   if "fp32" in results and "bf16" in results:
     cosines = np.sum(results["fp32"] * results["bf16"], axis=1)
     print(

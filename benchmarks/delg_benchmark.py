@@ -8,11 +8,20 @@ r"""DELG speed: local + global extraction throughput and re-ranking time per que
     printed (the first image, which traces the graph, is not timed).
 (b) Re-ranking: `--num_queries` queries, each re-ranking `--top_k` database
     images with `--num_features` synthetic 128-D local features per image
-    (KD-tree matching + affine RANSAC, rerank.rerank), float and binarised;
-    one database image per query is a true affine match. Seconds per query.
+    (nearest-neighbour matching + affine RANSAC, rerank.rerank), float and
+    binarised; one database image per query is a true affine match. Seconds
+    per query and ms per (query, image) pair. Binarised re-ranking is timed
+    with the faiss popcount matcher (binarize.match_binary) and with the former
+    unpackbits + float matmul one (binarize.match_binary_reference); their
+    inlier counts must be identical.
+(c) Matchers alone (Na = Nb = `--num_features` random 128-bit rows, two
+    nearest for the ratio test): the reference, match_binary (faiss, 1 and 2
+    threads) and OpenCV's brute-force Hamming matchers; plus the bytes per
+    descriptor of float and binarised storage.
 
 Usage:
   .venv/bin/python benchmarks/delg_benchmark.py [--num_images=5] [--scales=1.0]
+      [--extraction=false]
 
 Other processes on the machine slow every figure; compare within one run.
 """
@@ -24,6 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import cv2
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -32,7 +42,7 @@ from dolg_tf import config as config_lib
 from dolg_tf.export import export_model
 from dolg_tf.extraction import binarize
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import config_io, feature_io
+from dolg_tf.io import config_io, datum_io, feature_io
 from dolg_tf.model import builder
 from dolg_tf.retrieval import rerank
 from dolg_tf.utils import arrays
@@ -44,6 +54,8 @@ flags.DEFINE_integer("max_features", 1000, "Keypoints kept per image.")
 flags.DEFINE_integer("num_queries", 3, "Queries re-ranked.")
 flags.DEFINE_integer("top_k", 100, "Database images verified per query.")
 flags.DEFINE_integer("num_features", 1000, "Local features per image for re-ranking.")
+flags.DEFINE_bool("extraction", True, "Also time (a), DELG extraction (slow: builds the model).")
+flags.DEFINE_integer("matcher_repeats", 20, "Timed calls per matcher in (c).")
 FLAGS = flags.FLAGS
 
 
@@ -109,30 +121,109 @@ def bench_rerank() -> None:
     database[FLAGS.top_k // 2] = _features(rng, mapped, noisy)
     databases.append(database)
   ranks = np.tile(np.arange(FLAGS.top_k), [1, 1])
-  for binary in (False, True):
-    convert = (
-      (lambda f: f._replace(descriptors=binarize.binarize(f.descriptors))) if binary else None
-    )
-    qs = [convert(q) for q in queries] if binary else queries
-    dbs = [[convert(d) for d in db] for db in databases] if binary else databases
+
+  def run(qs, dbs):
+    """(seconds per query, queries whose true match ranks first, inlier counts)."""
     start = time.perf_counter()
-    moved = 0
+    moved, counts = 0, []
     for q in range(FLAGS.num_queries):
-      new_ranks, _ = rerank.rerank(ranks, [qs[q]], dbs[q].__getitem__, top_k=FLAGS.top_k)
+      new_ranks, inliers = rerank.rerank(ranks, [qs[q]], dbs[q].__getitem__, top_k=FLAGS.top_k)
       moved += int(new_ranks[0, 0] == FLAGS.top_k // 2)
-    seconds = (time.perf_counter() - start) / FLAGS.num_queries
+      counts.append(inliers[0])
+    return (time.perf_counter() - start) / FLAGS.num_queries, moved, counts
+
+  def report(name, seconds, moved):
     print(
-      f"re-ranking top-{FLAGS.top_k}, {n} features/image, {'binarised' if binary else 'float'} "
-      f"descriptors: {seconds:.2f} s/query ({1000 * seconds / FLAGS.top_k:.1f} ms/pair); "
+      f"re-ranking top-{FLAGS.top_k}, {n} features/image, {name}: {seconds:.2f} s/query "
+      f"({1000 * seconds / FLAGS.top_k:.1f} ms/pair); "
       f"true match ranked first for {moved}/{FLAGS.num_queries} queries"
     )
+    return seconds
+
+  def convert(f):
+    return f._replace(descriptors=binarize.binarize(f.descriptors))
+
+  float_seconds = report("float descriptors", *run(queries, databases)[:2])
+  qs = [convert(q) for q in queries]
+  dbs = [[convert(d) for d in db] for db in databases]
+  fast_seconds, fast_moved, fast_counts = run(qs, dbs)
+  fast_seconds = report("binarised descriptors (faiss popcount)", fast_seconds, fast_moved)
+  fast_matcher = binarize.match_binary
+  binarize.match_binary = binarize.match_binary_reference  # what rerank called before
+  try:
+    old_seconds, old_moved, old_counts = run(qs, dbs)
+  finally:
+    binarize.match_binary = fast_matcher
+  old_seconds = report("binarised descriptors (reference matmul)", old_seconds, old_moved)
+  if old_counts != fast_counts:
+    raise AssertionError("faiss and reference binary matchers gave different inlier counts")
+  print(
+    f"binarised re-ranking: {old_seconds / fast_seconds:.2f}x faster than with the reference "
+    f"matcher (identical inlier counts); float / binarised time {float_seconds / fast_seconds:.2f}"
+  )
+
+
+def _time_ms(function, repeats):
+  function()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    function()
+  return 1000 * (time.perf_counter() - start) / repeats
+
+
+def bench_matchers() -> None:
+  rng = np.random.default_rng(2)
+  n, num_bytes = FLAGS.num_features, 16
+  a = rng.integers(0, 256, [n, num_bytes], dtype=np.uint8)
+  b = rng.integers(0, 256, [n, num_bytes], dtype=np.uint8)
+  threshold, ratio = binarize.hamming_threshold_for_l2(rerank.DEFAULT_DISTANCE_THRESHOLD, 128), 0.9
+  expected = binarize.match_binary_reference(a, b, threshold, ratio)
+  if not np.array_equal(binarize.match_binary(a, b, threshold, ratio), expected):
+    raise AssertionError("match_binary differs from match_binary_reference")
+  brute_force = cv2.BFMatcher(cv2.NORM_HAMMING)
+  candidates = {
+    "match_binary_reference (unpackbits + float matmul)": lambda: binarize.match_binary_reference(
+      a, b, threshold, ratio
+    ),
+    "match_binary (faiss knn_hamming, 1 thread)": lambda: binarize.match_binary(
+      a, b, threshold, ratio, num_threads=1
+    ),
+    "match_binary (faiss knn_hamming, 2 threads)": lambda: binarize.match_binary(
+      a, b, threshold, ratio, num_threads=2
+    ),
+    "cv2.BFMatcher(NORM_HAMMING).knnMatch k=2 (distances only)": lambda: brute_force.knnMatch(
+      a, b, k=2
+    ),
+    "cv2.batchDistance NORM_HAMMING K=2 (distances only)": lambda: cv2.batchDistance(
+      a, b, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2
+    ),
+  }
+  reference_ms = None
+  for name, function in candidates.items():
+    ms = _time_ms(function, FLAGS.matcher_repeats)
+    reference_ms = reference_ms or ms
+    print(
+      f"matcher {n} x {n} x 128 bits, 2 nearest: {name}: {ms:.2f} ms ({reference_ms / ms:.1f}x)"
+    )
+  float_descriptor = rng.normal(size=[128]).astype(np.float32)
+  packed = binarize.binarize(float_descriptor)
+  print(
+    "bytes per 128-D descriptor: float32 array "
+    f"{float_descriptor.nbytes}, packed uint8 array {packed.nbytes} "
+    f"(1/{float_descriptor.nbytes // packed.nbytes}), as read by feature_io (uint32) "
+    f"{binarize.to_stored(packed).nbytes}; serialized DatumProto: float_list "
+    f"{len(datum_io.serialize_array(float_descriptor))}, uint32_list of the packed bytes "
+    f"{len(datum_io.serialize_array(binarize.to_stored(packed)))}"
+  )
 
 
 def main(argv):
   del argv
   print(f"load average {os.getloadavg()[0]:.2f}, TF {tf.__version__}")
   bench_rerank()
-  bench_extraction()
+  bench_matchers()
+  if FLAGS.extraction:
+    bench_extraction()
 
 
 if __name__ == "__main__":

@@ -361,6 +361,8 @@ class TrainConfig(_Section):
     weight_decay: coupled L2 term, as the official DOLG (PyTorch SGD).
     clip_norm: global-norm gradient clipping; 0 = off.
     mixed_precision: Keras mixed-precision policy.
+    jit_compile: XLA-compile the forward and backward pass (GPU/TPU; on CPU
+      it mostly adds compile time).
     distribution_strategy: tf.distribute strategy (multi_worker_mirrored reads TF_CONFIG).
     num_gpus: GPUs for one_device / mirrored.
     tpu: TPU address for the tpu strategy.
@@ -390,6 +392,7 @@ class TrainConfig(_Section):
   weight_decay: float = 1e-4
   clip_norm: float = 0.0
   mixed_precision: str = "float32"
+  jit_compile: bool = False
   distribution_strategy: str = "one_device"
   num_gpus: int = 0
   tpu: str = ""
@@ -434,6 +437,8 @@ class ExportConfig(_Section):
       (Keras mixed_bfloat16: bf16 convolutions and matmuls, float32 weights
       kept as bf16 copies, float32 normalisation of the outputs), for CPUs with
       AVX512_BF16 / AMX and for TPUs. Inputs and outputs keep their dtypes.
+    jit_compile: the signatures run the network XLA-compiled (GPU/TPU;
+      compiled once per input shape, so for fixed-size batches).
     freeze_weights: serve from a graph with the weights as constants: ~15%
       faster on CPU (oneDNN caches its weight layouts), but loading it peaks
       at several GB more memory (TensorFlow copies the constants per graph).
@@ -447,6 +452,7 @@ class ExportConfig(_Section):
   min_image_size: int = -1
   precision: str = "float32"
   freeze_weights: bool = False
+  jit_compile: bool = False
 
   def validate(self) -> None:
     _check_choice("export.precision", self.precision, EXPORT_PRECISIONS)

@@ -80,13 +80,13 @@ class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
       self.assertAllEqual(mine, theirs)
     self.assertIs(export_model.with_precision(model, testutil.TINY_DOLG, "float32"), model)
 
-  @parameterized.parameters("dolg", "delg")
-  def test_frozen_weights_serve_the_same_descriptors(self, name):
+  @parameterized.product(name=["dolg", "delg"], option=["freeze_weights", "jit_compile"])
+  def test_serving_options_serve_the_same_descriptors(self, name, option):
     plain = testutil.tiny_loaded(name, export_config=testutil.SMALL_EXPORT_CONFIG)
-    frozen_config = dataclasses.replace(testutil.SMALL_EXPORT_CONFIG, freeze_weights=True)
-    frozen = testutil.tiny_loaded(name, export_config=frozen_config)
+    options_config = dataclasses.replace(testutil.SMALL_EXPORT_CONFIG, **{option: True})
+    frozen = testutil.tiny_loaded(name, export_config=options_config)
     self.assertNotEmpty(plain.model_variables)
-    self.assertFalse(hasattr(frozen, "model_variables"))
+    self.assertEqual(hasattr(frozen, "model_variables"), option != "freeze_weights")
     inputs = {
       signatures.INPUT_SCALES: tf.constant([0.5, 1.0]),
       signatures.INPUT_GLOBAL_SCALES_IND: tf.constant([0, 1]),

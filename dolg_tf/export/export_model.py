@@ -93,7 +93,14 @@ class ServingModule(tf.Module):
   # What the serving graph calls the model with (besides training=False).
   MODEL_CALL_KWARGS = {}
 
-  def __init__(self, model, max_image_size=1024, image_scales=DEFAULT_SCALES, freeze_weights=False):
+  def __init__(
+    self,
+    model,
+    max_image_size=1024,
+    image_scales=DEFAULT_SCALES,
+    freeze_weights=False,
+    jit_compile=False,
+  ):
     super().__init__(name="dolg_serving")
     # The SavedModel needs the model's variables (or the frozen forward), not the
     # Keras object: tracking the model would make tf.saved_model.save trace every
@@ -105,6 +112,8 @@ class ServingModule(tf.Module):
     else:
       self.model_variables = list(model.variables)
       self.__dict__["_forward"] = functools.partial(model, training=False, **self.MODEL_CALL_KWARGS)
+    if jit_compile:
+      self.__dict__["_forward"] = tf.function(self._forward, jit_compile=True)
     self.max_image_size = int(max_image_size)
     self.image_scales = tuple(float(s) for s in image_scales)
 
@@ -467,8 +476,9 @@ def _write_saved_model(model, model_config, tmp_dir, export_config):
   """The SavedModel and its assets.extra/config.json, written into `tmp_dir`."""
   max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
   model = with_precision(model, model_config, export_config.precision)
+  options = (export_config.freeze_weights, export_config.jit_compile)
   if model_config.name == "delg":
-    module = DelgServingModule(model, max_image_size, image_scales, export_config.freeze_weights)
+    module = DelgServingModule(model, max_image_size, image_scales, *options)
     signatures = {
       signatures_lib.SERVING_DEFAULT: module.serve_local.get_concrete_function(),
       signatures_lib.SERVE_GLOBAL: module.serve.get_concrete_function(),
@@ -477,7 +487,7 @@ def _write_saved_model(model, model_config, tmp_dir, export_config):
       signatures_lib.SERVE_LOCAL_BATCH: module.serve_local_batch.get_concrete_function(),
     }
   else:
-    module = ServingModule(model, max_image_size, image_scales, export_config.freeze_weights)
+    module = ServingModule(model, max_image_size, image_scales, *options)
     signatures = {
       signatures_lib.SERVING_DEFAULT: module.serve.get_concrete_function(),
       signatures_lib.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),

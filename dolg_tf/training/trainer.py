@@ -285,7 +285,7 @@ class Trainer:
       )
       return per_example, cosines, terms
 
-    def step_fn(images, labels):
+    def gradients(images, labels):
       with tf.GradientTape() as tape:
         per_example, cosines, terms = forward(images, labels)
         loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
@@ -295,7 +295,15 @@ class Trainer:
           l2 = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
           loss += tf.nn.scale_regularization_loss(l2)
         scaled_loss = optimizer.get_scaled_loss(loss) if is_loss_scaled else loss
-      grads = tape.gradient(scaled_loss, variables)
+      return tape.gradient(scaled_loss, variables), per_example, cosines, terms
+
+    if config.jit_compile:
+      # XLA compiles the forward and backward pass; the optimizer and the
+      # metrics stay outside (their variables are updated by TF ops).
+      gradients = tf.function(gradients, jit_compile=True)
+
+    def step_fn(images, labels):
+      grads, per_example, cosines, terms = gradients(images, labels)
       if is_loss_scaled:
         grads = optimizer.get_unscaled_gradients(grads)
       optimizer.apply_gradients(zip(grads, variables))

@@ -437,7 +437,7 @@ class ExportConfig(_Section):
       (Keras mixed_bfloat16: bf16 convolutions and matmuls, float32 weights
       kept as bf16 copies, float32 normalisation of the outputs), for CPUs with
       AVX512_BF16 / AMX and for TPUs. Inputs and outputs keep their dtypes.
-    jit_compile: the signatures run the network XLA-compiled (GPU/TPU;
+    serve_jit_compile: the signatures run the network XLA-compiled (GPU/TPU;
       compiled once per input shape, so for fixed-size batches).
     freeze_weights: serve from a graph with the weights as constants: ~15%
       faster on CPU (oneDNN caches its weight layouts), but loading it peaks
@@ -452,7 +452,7 @@ class ExportConfig(_Section):
   min_image_size: int = -1
   precision: str = "float32"
   freeze_weights: bool = False
-  jit_compile: bool = False
+  serve_jit_compile: bool = False
 
   def validate(self) -> None:
     _check_choice("export.precision", self.precision, EXPORT_PRECISIONS)

@@ -94,6 +94,8 @@ def _define_field_flags() -> dict[str, str]:
         str: flags.DEFINE_string,
         tuple: flags.DEFINE_list,
       }[kind]
+      if field.name in mapping:  # One flat flag per field: names must be unique.
+        raise ValueError(f"{section}.{field.name} and {mapping[field.name]} share a flag name")
       cli.define_override(define, field.name, help_text)
       mapping[field.name] = f"{section}.{field.name}"
   return mapping

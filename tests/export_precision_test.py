@@ -80,7 +80,7 @@ class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
       self.assertAllEqual(mine, theirs)
     self.assertIs(export_model.with_precision(model, testutil.TINY_DOLG, "float32"), model)
 
-  @parameterized.product(name=["dolg", "delg"], option=["freeze_weights", "jit_compile"])
+  @parameterized.product(name=["dolg", "delg"], option=["freeze_weights", "serve_jit_compile"])
   def test_serving_options_serve_the_same_descriptors(self, name, option):
     plain = testutil.tiny_loaded(name, export_config=testutil.SMALL_EXPORT_CONFIG)
     options_config = dataclasses.replace(testutil.SMALL_EXPORT_CONFIG, **{option: True})

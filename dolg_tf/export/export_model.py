@@ -476,7 +476,7 @@ def _write_saved_model(model, model_config, tmp_dir, export_config):
   """The SavedModel and its assets.extra/config.json, written into `tmp_dir`."""
   max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
   model = with_precision(model, model_config, export_config.precision)
-  options = (export_config.freeze_weights, export_config.jit_compile)
+  options = (export_config.freeze_weights, export_config.serve_jit_compile)
   if model_config.name == "delg":
     module = DelgServingModule(model, max_image_size, image_scales, *options)
     signatures = {

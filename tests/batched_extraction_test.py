@@ -195,6 +195,14 @@ class _SharedExportTest(tf.test.TestCase):
     cls.config = _write_config(cls.root, f"{cls.MODEL}.pbtxt", cls.export_dir, cls.CONFIG_EXTRA)
     cls.extractor = extractor_lib.Extractor.from_config_file(cls.config, saved_model=cls.loaded)
 
+  def _extract_batch_spied(self, images):
+    """(extract_batch results, extract results, the mock wrapping the batch signature)."""
+    expected = [self.extractor.extract(image) for image in images]
+    batch_signature = mock.Mock(wraps=self.extractor._batch_signature)
+    with mock.patch.object(self.extractor, "_batch_signature", batch_signature):
+      got = self.extractor.extract_batch(images)
+    return got, expected, batch_signature
+
 
 class DolgBatchedExtractionTest(_SharedExportTest):
   MODEL = "dolg"
@@ -241,10 +249,7 @@ class DolgBatchedExtractionTest(_SharedExportTest):
 
   def test_extract_batch_equals_extract(self):
     images = self._mixed_images()
-    expected = [self.extractor.extract(image) for image in images]
-    batch_signature = mock.Mock(wraps=self.extractor._batch_signature)
-    with mock.patch.object(self.extractor, "_batch_signature", batch_signature):
-      got = self.extractor.extract_batch(images)
+    got, expected, batch_signature = self._extract_batch_spied(images)
     self.assertLen(got, len(images))
     for g, e in zip(got, expected):
       self.assertEqual(g.dtype, np.float32)
@@ -524,10 +529,7 @@ class DelgBatchedExtractionTest(_SharedExportTest):
 
   def test_extract_batch_equals_extract(self):
     images = self._mixed_images()
-    expected = [self.extractor.extract(image) for image in images]
-    batch_signature = mock.Mock(wraps=self.extractor._batch_signature)
-    with mock.patch.object(self.extractor, "_batch_signature", batch_signature):
-      got = self.extractor.extract_batch(images)
+    got, expected, batch_signature = self._extract_batch_spied(images)
     self.assertEqual(batch_signature.call_count, 2)  # 48x64 and 64x48 pairs.
     self.assertLen(got, len(images))
     for g, e in zip(got, expected):

@@ -40,7 +40,6 @@ import apache_beam as beam
 import tensorflow as tf
 from absl import logging
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 
 from dolg_tf.data import build_image_dataset as builder
 from dolg_tf.data import gldv2, image_codec
@@ -141,16 +140,6 @@ class WriteShardDoFn(beam.DoFn):
     return done
 
 
-def counters(result) -> dict[str, int]:
-  """The pipeline's counters (committed values if the runner has them)."""
-  found = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]
-  values = dict.fromkeys(COUNTER_NAMES, 0)
-  for counter in found:
-    value = counter.committed if counter.committed is not None else counter.attempted
-    values[counter.key.metric.name] += int(value or 0)
-  return values
-
-
 def run_pipeline(
   output_directory: str,
   train_directory: str,
@@ -234,4 +223,4 @@ def run_pipeline(
   summary.failures_path = os.path.join(output_directory, builder.FAILURES_FILENAME)
   builder.write_failures(summary.failures_path, summary.failures)
   summary.seconds = time.monotonic() - start
-  return summary, counters(result)
+  return summary, beam_cli.counters(result, COUNTER_NAMESPACE, COUNTER_NAMES)

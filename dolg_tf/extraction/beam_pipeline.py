@@ -41,7 +41,6 @@ import time
 import apache_beam as beam
 from absl import logging
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.transforms import window
 from apache_beam.utils import shared
 
@@ -53,6 +52,7 @@ from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images as images_lib
 
 COUNTER_NAMESPACE = "dolg_extract"
+COUNTER_NAMES = ("done", "skipped", "failed")
 FAILURES_TAG = "failures"
 
 
@@ -238,16 +238,6 @@ def build_pipeline(
   return extracted
 
 
-def counters(result) -> dict[str, int]:
-  """The pipeline's done / skipped / failed counters (committed values if the runner has them)."""
-  found = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]
-  values = {"done": 0, "skipped": 0, "failed": 0}
-  for counter in found:
-    value = counter.committed if counter.committed is not None else counter.attempted
-    values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + int(value or 0)
-  return values
-
-
 def run_pipeline(
   config_path: str,
   tasks,
@@ -285,7 +275,7 @@ def run_pipeline(
     )
     result = root.run()
     result.wait_until_finish()
-  values = counters(result)
+  values = beam_cli.counters(result, COUNTER_NAMESPACE, COUNTER_NAMES)
   values["seconds"] = time.monotonic() - start
   values["total"] = len(tasks)
   return values

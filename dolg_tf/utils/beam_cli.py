@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 
 from absl import flags
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options import pipeline_options as beam_options
 
 import dolg_tf
@@ -77,3 +78,16 @@ def run(main: Callable[[list[str]], int | None]) -> None:
   if not dolg_tf.VERBOSE:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
   cli.run(main, flags_parser=_parse_known_flags)
+
+
+def counters(result, namespace: str, names) -> dict[str, int]:
+  """A finished pipeline's counters of `namespace`, each of `names` present (0 if never set).
+
+  Committed values are taken when the runner has them, attempted ones otherwise.
+  """
+  found = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+  values = dict.fromkeys(names, 0)
+  for counter in found:
+    value = counter.committed if counter.committed is not None else counter.attempted
+    values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + int(value or 0)
+  return values

@@ -55,6 +55,7 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # Export precisions: the SavedModel's compute type (inputs and outputs stay float32 / uint8).
 EXPORT_PRECISIONS = ("float32", "bfloat16")
+EXPORT_SCALE_POOLINGS = ("average", "max")
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
 CONFIG_FILENAME = "config.json"
@@ -188,6 +189,11 @@ class ModelConfig(_Section):
     head_num_subcenters: sub-center head: sub-centres per class.
     delg_reduced_dim: DELG autoencoder bottleneck channels.
     delg_attention_hidden: DELG attention hidden channels.
+    relu_up: SuperGlobal's ReLU-up: 0 = ReLU; a positive t replaces ReLU by
+      max(x, t) at the block outputs of stages 1-3 and inside the stage-1
+      blocks (where SuperGlobal's code applies it; its value 0.014). A
+      training-free change: set it at export (`--params_override
+      model.relu_up=0.014`), or train with it.
   """
 
   SECTION = "model"
@@ -216,6 +222,7 @@ class ModelConfig(_Section):
   head_num_subcenters: int = 3
   delg_reduced_dim: int = 128
   delg_attention_hidden: int = 512
+  relu_up: float = 0.0
 
   def validate(self) -> None:
     _check_choice("model.name", self.name, MODEL_NAMES)
@@ -231,6 +238,8 @@ class ModelConfig(_Section):
       raise ConfigError(f"model.atrous_dilations must be >= 1, got {self.atrous_dilations}")
     if self.backbone_width_multiplier <= 0 or self.gem_p <= 0:
       raise ConfigError("model.backbone_width_multiplier and model.gem_p must be positive")
+    if self.relu_up < 0:
+      raise ConfigError(f"model.relu_up must be >= 0 (0 = ReLU), got {self.relu_up}")
     _check_at_least(
       "model",
       self,
@@ -443,6 +452,17 @@ class ExportConfig(_Section):
       faster on CPU (oneDNN caches its weight layouts), but loading it peaks
       at several GB more memory (TensorFlow copies the constants per graph).
       Off by default: the memory bound matters more for batch extraction.
+    superglobal_gem_p: SuperGlobal's GeM+: the exponent of the global GeM at
+      inference; 0 = the trained p (SuperGlobal: 4.6). A variable of the
+      SavedModel: extraction configs can change it (global_config.gem_plus_p).
+    regional_gem_weight: SuperGlobal's Regional-GeM: f4 is blended as
+      (1 - w) f4 + w LP-pool(f4) before the GeM; 0 = off (SuperGlobal: 0.5).
+      Also a SavedModel variable (global_config.regional_gem_weight).
+    regional_gem_p: Regional-GeM's LP exponent (SuperGlobal: 2.5).
+    regional_gem_size: Regional-GeM's window side, odd (SuperGlobal: 5).
+    scale_pooling: how the serving signatures pool the pyramid's descriptors
+      into `global_descriptor` (and extraction's default): "average" (official
+      DOLG) or "max" (SuperGlobal's Scale-GeM at p = infinity, its default).
   """
 
   SECTION = "export"
@@ -453,9 +473,29 @@ class ExportConfig(_Section):
   precision: str = "float32"
   freeze_weights: bool = False
   serve_jit_compile: bool = False
+  superglobal_gem_p: float = 0.0
+  regional_gem_weight: float = 0.0
+  regional_gem_p: float = 2.5
+  regional_gem_size: int = 5
+  scale_pooling: str = "average"
 
   def validate(self) -> None:
     _check_choice("export.precision", self.precision, EXPORT_PRECISIONS)
+    _check_choice("export.scale_pooling", self.scale_pooling, EXPORT_SCALE_POOLINGS)
+    if self.superglobal_gem_p < 0:
+      raise ConfigError(
+        f"export.superglobal_gem_p must be >= 0 (0 = trained p), got {self.superglobal_gem_p}"
+      )
+    if not 0 <= self.regional_gem_weight <= 1:
+      raise ConfigError(
+        f"export.regional_gem_weight must be in [0, 1], got {self.regional_gem_weight}"
+      )
+    if self.regional_gem_p <= 0:
+      raise ConfigError(f"export.regional_gem_p must be positive, got {self.regional_gem_p}")
+    if self.regional_gem_size < 1 or self.regional_gem_size % 2 == 0:
+      raise ConfigError(
+        f"export.regional_gem_size must be odd and positive, got {self.regional_gem_size}"
+      )
     if not self.image_scales or min(self.image_scales) <= 0:
       raise ConfigError(f"export.image_scales must be positive, got {self.image_scales}")
     for name in ("max_image_size", "min_image_size"):

@@ -56,7 +56,7 @@ from tensorflow.python.framework import convert_to_constants
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.export import signatures as signatures_lib
-from dolg_tf.model import builder, normalization
+from dolg_tf.model import builder, normalization, superglobal
 from dolg_tf.training import trainer as trainer_lib
 from dolg_tf.utils import cli
 
@@ -100,18 +100,32 @@ class ServingModule(tf.Module):
     image_scales=DEFAULT_SCALES,
     freeze_weights=False,
     jit_compile=False,
+    export_config=None,
   ):
     super().__init__(name="dolg_serving")
+    export_config = export_config or config_lib.ExportConfig()
     # The SavedModel needs the model's variables (or the frozen forward), not the
     # Keras object: tracking the model would make tf.saved_model.save trace every
     # layer's call (about 5 s per export of even a tiny model, 7x the save
     # itself, and 1.7 s more per load), for functions nothing serves.
     self.__dict__["model"] = model
     if freeze_weights:
-      self.__dict__["_forward"] = frozen_forward(model, **self.MODEL_CALL_KWARGS)
+      test_time = test_time_options(export_config)
+      call_kwargs = dict(self.MODEL_CALL_KWARGS, test_time=test_time)
+      self.__dict__["_forward"] = frozen_forward(model, **call_kwargs)
     else:
       self.model_variables = list(model.variables)
-      self.__dict__["_forward"] = functools.partial(model, training=False, **self.MODEL_CALL_KWARGS)
+      # Variables, so that extraction can switch GeM+ and Regional-GeM (see Extractor).
+      self.superglobal_gem_p = tf.Variable(
+        float(export_config.superglobal_gem_p), trainable=False, dtype=tf.float32
+      )
+      self.regional_gem_weight = tf.Variable(
+        float(export_config.regional_gem_weight), trainable=False, dtype=tf.float32
+      )
+      test_time = test_time_options(export_config, self.superglobal_gem_p, self.regional_gem_weight)
+      call_kwargs = dict(self.MODEL_CALL_KWARGS, test_time=test_time)
+      self.__dict__["_forward"] = functools.partial(model, training=False, **call_kwargs)
+    self.scale_pooling = export_config.scale_pooling
     if jit_compile:
       self.__dict__["_forward"] = tf.function(self._forward, jit_compile=True)
     self.max_image_size = int(max_image_size)
@@ -157,12 +171,15 @@ class ServingModule(tf.Module):
     """The global descriptor among the model's outputs."""
     return outputs
 
-  @staticmethod
-  def _pool(descriptors, scale_indices):
-    """The selected scales of [..., S, D] descriptors averaged and L2-normalised: [..., D]."""
-    selected = tf.gather(descriptors, scale_indices, axis=-2)
-    l2_normalize = normalization.l2_normalize
-    return l2_normalize(tf.reduce_mean(l2_normalize(selected), axis=-2))
+  def _pool(self, descriptors, scale_indices):
+    """The selected scales of [..., S, D] descriptors pooled and L2-normalised: [..., D].
+
+    export.scale_pooling "average": each scale L2-normalised, averaged (official
+    DOLG); "max": their elementwise maximum (SuperGlobal's Scale-GeM, p = inf).
+    """
+    selected = normalization.l2_normalize(tf.gather(descriptors, scale_indices, axis=-2))
+    reduce = tf.reduce_max if self.scale_pooling == "max" else tf.reduce_mean
+    return normalization.l2_normalize(reduce(selected, axis=-2))
 
   def _global_outputs(self, images, scales, global_scales_ind):
     descriptors = self._describe(tf.cast(images, tf.float32), scales)
@@ -472,11 +489,23 @@ def with_precision(model, model_config: config_lib.ModelConfig, precision: str):
   return twin
 
 
+def test_time_options(export_config, gem_p=None, regional_gem_weight=None):
+  """The model's superglobal.TestTimeOptions of an export (values default to the config's)."""
+  return superglobal.TestTimeOptions(
+    gem_p=export_config.superglobal_gem_p if gem_p is None else gem_p,
+    regional_gem_weight=(
+      export_config.regional_gem_weight if regional_gem_weight is None else regional_gem_weight
+    ),
+    regional_gem_p=export_config.regional_gem_p,
+    regional_gem_size=export_config.regional_gem_size,
+  )
+
+
 def _write_saved_model(model, model_config, tmp_dir, export_config):
   """The SavedModel and its assets.extra/config.json, written into `tmp_dir`."""
   max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
   model = with_precision(model, model_config, export_config.precision)
-  options = (export_config.freeze_weights, export_config.serve_jit_compile)
+  options = (export_config.freeze_weights, export_config.serve_jit_compile, export_config)
   if model_config.name == "delg":
     module = DelgServingModule(model, max_image_size, image_scales, *options)
     signatures = {
@@ -527,10 +556,37 @@ def export_from_checkpoint(
     trainer_lib.CheckpointMismatchError: the checkpoint does not fit the
       run's model config (named).
   """
+  experiment, model = restore_model(logdir, checkpoint, export_overrides)
+  return export_saved_model(
+    model,
+    experiment.model,
+    export_base or run_layout.RunLayout(logdir).export,
+    version,
+    experiment.export,
+  )
+
+
+def restore_model(logdir: str, checkpoint: str = "", overrides=None):
+  """A training run's model with the weights of one of its checkpoints.
+
+  Args:
+    logdir: the run folder (config.json and checkpoints/, see run_layout).
+    checkpoint: a checkpoint prefix; default the latest of `logdir`.
+    overrides: dict or --params_override string applied to the run's config.
+
+  Returns:
+    (the run's ExperimentConfig with the overrides, the restored model).
+
+  Raises:
+    FileNotFoundError: no run folder, config or checkpoint (named).
+    config_lib.ConfigError: a bad override.
+    trainer_lib.CheckpointMismatchError: the checkpoint does not fit the
+      run's model config (named).
+  """
   layout = run_layout.RunLayout(logdir)
   if not os.path.isdir(logdir):
     raise FileNotFoundError(f"--logdir: no run folder {logdir}")
-  experiment = config_lib.override(config_lib.load_config(layout.config), export_overrides or {})
+  experiment = config_lib.override(config_lib.load_config(layout.config), overrides or {})
   if checkpoint:
     if not tf.io.gfile.glob(checkpoint + ".index"):
       raise FileNotFoundError(f"--checkpoint: no checkpoint {checkpoint} ({checkpoint}.index)")
@@ -540,9 +596,7 @@ def export_from_checkpoint(
       raise FileNotFoundError(f"no checkpoint in {layout.checkpoints}")
   model = builder.build_model(experiment.model, image_size=64)
   trainer_lib.restore_checkpoint(tf.train.Checkpoint(model=model), checkpoint, partial=True)
-  return export_saved_model(
-    model, experiment.model, export_base or layout.export, version, experiment.export
-  )
+  return experiment, model
 
 
 def define_flags():

@@ -39,6 +39,11 @@ SCORES = "scores"  # float32 [N]
 # ([B, S, D], [B, D]; DELG's per-feature outputs padded to [B, K, ...]) and:
 NUM_FEATURES = "num_features"  # int32 [B]: the valid rows of each image's features
 
+# Scalar float32 variables of non-frozen exports, attributes of the loaded
+# SavedModel that extraction may assign (SuperGlobal's test-time options):
+GEM_PLUS_P = "superglobal_gem_p"  # GeM+ exponent of the global GeM; 0 = the trained p
+REGIONAL_GEM_WEIGHT = "regional_gem_weight"  # Regional-GeM blend weight; 0 = off
+
 # The experiment config (dolg_tf.config) the SavedModel was exported with, as
 # JSON, inside the SavedModel folder: its `model` and `export` sections
 # (pyramid, size limits) give extraction its defaults.

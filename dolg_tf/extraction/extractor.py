@@ -69,6 +69,14 @@ WHITENING_EPSILON = 1e-12
 LEGACY_EXPORT_CONFIG_ASSET = "assets.extra/export_config.json"
 # DolgConfig fields an export can supply.
 EXPORT_DEFAULT_FIELDS = ("image_scales", "max_image_size", "min_image_size")
+# export.<field> -> (GlobalConfig field overriding it, SavedModel variable), for
+# SuperGlobal's GeM+ and Regional-GeM.
+EXPORT_TEST_TIME_FIELDS = {
+  "superglobal_gem_p": ("gem_plus_p", signatures.GEM_PLUS_P),
+  "regional_gem_weight": ("regional_gem_weight", signatures.REGIONAL_GEM_WEIGHT),
+}
+# export.scale_pooling -> the GlobalConfig.scale_pooling it defaults to.
+EXPORT_SCALE_POOLINGS = {"average": ScalePooling.AVERAGE, "max": ScalePooling.MAX}
 
 
 def pool_scales(per_scale: np.ndarray, method: int = ScalePooling.AVERAGE, p: float = 3.0):
@@ -76,8 +84,9 @@ def pool_scales(per_scale: np.ndarray, method: int = ScalePooling.AVERAGE, p: fl
 
   Args:
     per_scale: float [S, D] descriptors, one row per scale.
-    method: `DolgConfig.GlobalConfig.AVERAGE` or `GEM` (see the module doc).
-    p: GEM exponent (> 0).
+    method: `DolgConfig.GlobalConfig.AVERAGE`, `GEM`, `MAX` or `SCALE_GEM`
+      (see the module doc).
+    p: GEM / SCALE_GEM exponent (> 0).
 
   Returns:
     float32 [D].
@@ -96,6 +105,13 @@ def pool_scales(per_scale: np.ndarray, method: int = ScalePooling.AVERAGE, p: fl
       raise ValueError(f"GEM scale pooling needs p > 0, got {p}")
     m = np.mean(np.sign(normalized) * np.abs(normalized) ** p, axis=0)
     pooled = np.sign(m) * np.abs(m) ** (1.0 / p)
+  elif method == ScalePooling.MAX:
+    pooled = normalized.max(axis=0)
+  elif method == ScalePooling.SCALE_GEM:
+    if not p > 0:
+      raise ValueError(f"SCALE_GEM scale pooling needs p > 0, got {p}")
+    gamma = normalized.min()
+    pooled = np.mean((normalized - gamma) ** p, axis=0) ** (1.0 / p) + gamma
   else:
     raise ValueError(f"unknown scale pooling {method}")
   return arrays.l2_normalize(pooled.astype(np.float32))
@@ -229,7 +245,9 @@ def read_export_defaults(model_path: str | None) -> tuple[dict, str | None]:
   Reads the "export" section of `<model_path>/assets.extra/config.json`
   (signatures.CONFIG_ASSET), or else `<model_path>/assets.extra/export_config.json`
   (older exports). Only the fields of EXPORT_DEFAULT_FIELDS are returned:
-  image_scales (list of float), max_image_size and min_image_size (int, -1 = no limit).
+  image_scales (list of float), max_image_size and min_image_size (int, -1 = no limit);
+  and scale_pooling (a GlobalConfig.ScalePooling), superglobal_gem_p and
+  regional_gem_weight (float) when the export records them.
 
   Args:
     model_path: the SavedModel folder, or None.
@@ -256,12 +274,21 @@ def read_export_defaults(model_path: str | None) -> tuple[dict, str | None]:
     if not isinstance(payload, dict):
       raise ValueError(f"{path}: expected a JSON object{f' {section!r}' if section else ''}")
     defaults = {}
-    for name in EXPORT_DEFAULT_FIELDS:
+    for name in EXPORT_DEFAULT_FIELDS + ("scale_pooling",) + tuple(EXPORT_TEST_TIME_FIELDS):
       value = payload.get(name)
       if value is None:
         continue
       where = f"{path}: {section + '.' if section else ''}{name}"
-      if name == "image_scales":
+      if name in EXPORT_TEST_TIME_FIELDS:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+          raise ValueError(f"{where}: expected a number, got {value!r}")
+        defaults[name] = float(value)
+      elif name == "scale_pooling":
+        if value not in EXPORT_SCALE_POOLINGS:
+          choices = sorted(EXPORT_SCALE_POOLINGS)
+          raise ValueError(f"{where}: expected one of {choices}, got {value!r}")
+        defaults[name] = EXPORT_SCALE_POOLINGS[value]
+      elif name == "image_scales":
         if not isinstance(value, list) or not all(
           isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
         ):
@@ -332,6 +359,10 @@ def resolve_config(
     if not resolved.HasField(name) and name in defaults:
       setattr(resolved, name, defaults[name])
       taken.append(f"{name}={defaults[name]}")
+  pooling = defaults.get("scale_pooling", ScalePooling.AVERAGE)
+  if not resolved.global_config.HasField("scale_pooling") and pooling != ScalePooling.AVERAGE:
+    resolved.global_config.scale_pooling = pooling
+    taken.append(f"global_config.scale_pooling={ScalePooling.ScalePooling.Name(pooling)}")
   if not resolved.image_scales:
     where = f"{defaults_path} has none" if defaults_path else f"no {signatures.CONFIG_ASSET}"
     raise ValueError(
@@ -343,6 +374,37 @@ def resolve_config(
   source_desc = f"{source} (with {defaults_path})" if taken else source
   config_io.validate_dolg_config(resolved, source_desc)
   return resolved
+
+
+def set_test_time_options(loaded, config: DolgConfig, model_path: str | None, source: str):
+  """Sets the SavedModel's GeM+ / Regional-GeM variables for `config`.
+
+  A value the config's global_config sets wins; otherwise the export's own
+  (its config asset), so that a SavedModel object shared by several
+  extractors never keeps another config's values.
+
+  Raises:
+    ValueError: the config sets one but the SavedModel has no such variable
+      (a frozen export, or not one of this project's), named.
+  """
+  defaults, _ = read_export_defaults(model_path)
+  global_config = config.global_config
+  for export_field, (field, attribute) in EXPORT_TEST_TIME_FIELDS.items():
+    variable = getattr(loaded, attribute, None)
+    if global_config.HasField(field):
+      value = getattr(global_config, field)
+      if not isinstance(variable, tf.Variable):
+        raise ValueError(
+          f"{source}: global_config.{field}: {model_path or '<loaded SavedModel>'} has no "
+          f"{attribute} variable (exported with freeze_weights, or not by dolg_tf); "
+          f"set export.{export_field} and export again instead"
+        )
+    elif export_field in defaults:
+      value = defaults[export_field]
+    else:
+      continue
+    if isinstance(variable, tf.Variable):
+      variable.assign(value)
 
 
 def load_saved_model(model_path: str, source: str = "<config>"):
@@ -425,6 +487,8 @@ class Extractor:
     self.model_path = model_path
     self.config = config = resolve_config(config, config_path, model_path)
     name = model_path or "<loaded SavedModel>"
+    if config.use_global_features:
+      set_test_time_options(self._loaded, config, model_path, source)
 
     if self.local:
       candidates, expected = [signatures.SERVING_DEFAULT], signatures.LOCAL_GLOBAL_INPUTS

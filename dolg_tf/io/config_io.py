@@ -144,10 +144,24 @@ def config_errors(config: DolgConfig) -> list[str]:
       seen.add(index)
     if global_config.use_pca:
       errors.extend(_validate_pca(global_config.pca_parameters, "global_config.pca_parameters"))
-    if global_config.scale_pooling == DolgConfig.GlobalConfig.GEM and not _is_positive_finite(
-      global_config.gem_p
+    pooling = global_config.scale_pooling
+    gem_poolings = (DolgConfig.GlobalConfig.GEM, DolgConfig.GlobalConfig.SCALE_GEM)
+    if pooling in gem_poolings and not _is_positive_finite(global_config.gem_p):
+      name = DolgConfig.GlobalConfig.ScalePooling.Name(pooling)
+      errors.append(f"global_config.gem_p: must be positive for {name}, got {global_config.gem_p}")
+    if global_config.HasField("gem_plus_p") and not (
+      math.isfinite(global_config.gem_plus_p) and global_config.gem_plus_p >= 0
     ):
-      errors.append(f"global_config.gem_p: must be positive for GEM, got {global_config.gem_p}")
+      errors.append(
+        f"global_config.gem_plus_p: must be >= 0 (0 = trained p), got {global_config.gem_plus_p}"
+      )
+    if global_config.HasField("regional_gem_weight") and not (
+      0 <= global_config.regional_gem_weight <= 1
+    ):
+      errors.append(
+        "global_config.regional_gem_weight: must be in [0, 1], got "
+        f"{global_config.regional_gem_weight}"
+      )
     if not config.global_descriptor_suffix:
       errors.append("global_descriptor_suffix: must not be empty")
 

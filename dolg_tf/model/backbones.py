@@ -40,13 +40,33 @@ def _pycls_conv_init():
   )
 
 
+def activation(floor: float = 0.0):
+  """ReLU, or SuperGlobal's ReLU-up max(x, floor) for a positive floor."""
+  if floor <= 0:
+    return tf.nn.relu
+  return lambda x: tf.maximum(x, tf.cast(floor, x.dtype))
+
+
 class PyclsBottleneck(tf.keras.layers.Layer):
   """Bottleneck residual block in the pycls/torchvision layout."""
 
   def __init__(
-    self, width, out_channels, strides, use_projection, bn_momentum, bn_epsilon, **kwargs
+    self,
+    width,
+    out_channels,
+    strides,
+    use_projection,
+    bn_momentum,
+    bn_epsilon,
+    inner_floor=0.0,
+    output_floor=0.0,
+    **kwargs,
   ):
     super().__init__(**kwargs)
+    self.inner_floor = float(inner_floor)
+    self.output_floor = float(output_floor)
+    self.inner_act = activation(self.inner_floor)
+    self.output_act = activation(self.output_floor)
     self.width = width
     self.out_channels = out_channels
     self.strides = strides
@@ -80,10 +100,10 @@ class PyclsBottleneck(tf.keras.layers.Layer):
     shortcut = x
     if self.use_projection:
       shortcut = self.bn(self.proj(x), training=training)
-    y = tf.nn.relu(self.a_bn(self.a(x), training=training))
-    y = tf.nn.relu(self.b_bn(self.b(self.b_pad(y)), training=training))
+    y = self.inner_act(self.a_bn(self.a(x), training=training))
+    y = self.inner_act(self.b_bn(self.b(self.b_pad(y)), training=training))
     y = self.c_bn(self.c(y), training=training)
-    return tf.nn.relu(y + shortcut)
+    return self.output_act(y + shortcut)
 
   def get_config(self):
     config = super().get_config()
@@ -94,6 +114,8 @@ class PyclsBottleneck(tf.keras.layers.Layer):
       use_projection=self.use_projection,
       bn_momentum=self.bn_momentum,
       bn_epsilon=self.bn_epsilon,
+      inner_floor=self.inner_floor,
+      output_floor=self.output_floor,
     )
     return config
 
@@ -102,9 +124,23 @@ class KerasBottleneck(tf.keras.layers.Layer):
   """Bottleneck residual block in the keras.applications layout."""
 
   def __init__(
-    self, width, out_channels, strides, use_projection, bn_momentum, bn_epsilon, prefix, **kwargs
+    self,
+    width,
+    out_channels,
+    strides,
+    use_projection,
+    bn_momentum,
+    bn_epsilon,
+    prefix,
+    inner_floor=0.0,
+    output_floor=0.0,
+    **kwargs,
   ):
     super().__init__(name=prefix, **kwargs)
+    self.inner_floor = float(inner_floor)
+    self.output_floor = float(output_floor)
+    self.inner_act = activation(self.inner_floor)
+    self.output_act = activation(self.output_floor)
     self.width = width
     self.out_channels = out_channels
     self.strides = strides
@@ -132,10 +168,10 @@ class KerasBottleneck(tf.keras.layers.Layer):
     shortcut = x
     if self.use_projection:
       shortcut = self.bn0(self.conv0(x), training=training)
-    y = tf.nn.relu(self.bn1(self.conv1(x), training=training))
-    y = tf.nn.relu(self.bn2(self.conv2(y), training=training))
+    y = self.inner_act(self.bn1(self.conv1(x), training=training))
+    y = self.inner_act(self.bn2(self.conv2(y), training=training))
     y = self.bn3(self.conv3(y), training=training)
-    return tf.nn.relu(y + shortcut)
+    return self.output_act(y + shortcut)
 
   def get_config(self):
     config = super().get_config()
@@ -148,6 +184,8 @@ class KerasBottleneck(tf.keras.layers.Layer):
       bn_momentum=self.bn_momentum,
       bn_epsilon=self.bn_epsilon,
       prefix=self.prefix,
+      inner_floor=self.inner_floor,
+      output_floor=self.output_floor,
     )
     return config
 
@@ -161,9 +199,23 @@ class DelfBottleneck(tf.keras.layers.Layer):
   """
 
   def __init__(
-    self, width, out_channels, strides, use_projection, bn_momentum, bn_epsilon, prefix, **kwargs
+    self,
+    width,
+    out_channels,
+    strides,
+    use_projection,
+    bn_momentum,
+    bn_epsilon,
+    prefix,
+    inner_floor=0.0,
+    output_floor=0.0,
+    **kwargs,
   ):
     super().__init__(name=prefix, **kwargs)
+    self.inner_floor = float(inner_floor)
+    self.output_floor = float(output_floor)
+    self.inner_act = activation(self.inner_floor)
+    self.output_act = activation(self.output_floor)
     self.width = width
     self.out_channels = out_channels
     self.strides = strides
@@ -188,13 +240,13 @@ class DelfBottleneck(tf.keras.layers.Layer):
       self.bn_shortcut = bn("0_bn")
 
   def call(self, x, training=None):
-    y = tf.nn.relu(self.bn2a(self.conv2a(x), training=training))
-    y = tf.nn.relu(self.bn2b(self.conv2b(y), training=training))
+    y = self.inner_act(self.bn2a(self.conv2a(x), training=training))
+    y = self.inner_act(self.bn2b(self.conv2b(y), training=training))
     y = self.bn2c(self.conv2c(y), training=training)
     shortcut = x
     if self.use_projection:
       shortcut = self.bn_shortcut(self.conv_shortcut(x), training=training)
-    return tf.nn.relu(y + shortcut)
+    return self.output_act(y + shortcut)
 
   def get_config(self):
     config = super().get_config()
@@ -207,6 +259,8 @@ class DelfBottleneck(tf.keras.layers.Layer):
       bn_momentum=self.bn_momentum,
       bn_epsilon=self.bn_epsilon,
       prefix=self.prefix,
+      inner_floor=self.inner_floor,
+      output_floor=self.output_floor,
     )
     return config
 
@@ -244,6 +298,7 @@ class ResNetBackbone(tf.keras.layers.Layer):
     bn_momentum=0.9,
     bn_epsilon=1e-5,
     width_multiplier=1.0,
+    relu_up=0.0,
     **kwargs,
   ):
     super().__init__(**kwargs)
@@ -259,6 +314,9 @@ class ResNetBackbone(tf.keras.layers.Layer):
     self.width_multiplier = float(width_multiplier)
     if self.width_multiplier <= 0:
       raise ValueError(f"ResNet width_multiplier must be positive, got {width_multiplier}")
+    self.relu_up = float(relu_up)
+    if self.relu_up < 0:
+      raise ValueError(f"ResNet relu_up must be >= 0, got {relu_up}")
     stem_width = max(1, round(64 * self.width_multiplier))
     widths = [max(1, round(w * self.width_multiplier)) for w in STAGE_WIDTHS]
     # Channels of the stage-3 (f3) and stage-4 (f4) outputs.
@@ -300,6 +358,12 @@ class ResNetBackbone(tf.keras.layers.Layer):
       if stage_index == 3 and block3_strides:
         stage_strides = 1
       out_channels = 4 * width
+      # ReLU-up as SuperGlobal's code applies it: the outputs of the blocks of stages
+      # 1-3 and the inner activations of stage 1 (the stem and stage 4 keep ReLU).
+      floors = dict(
+        inner_floor=self.relu_up if stage_index == 0 else 0.0,
+        output_floor=self.relu_up if stage_index < 3 else 0.0,
+      )
       blocks = []
       for block_index in range(num_blocks):
         strides = stage_strides if block_index == 0 else 1
@@ -314,6 +378,7 @@ class ResNetBackbone(tf.keras.layers.Layer):
               bn_momentum,
               bn_epsilon,
               name=f"s{stage_index + 1}_b{block_index + 1}",
+              **floors,
             )
           )
         elif layout == "delf":
@@ -326,6 +391,7 @@ class ResNetBackbone(tf.keras.layers.Layer):
               bn_momentum,
               bn_epsilon,
               prefix=f"conv{stage_index + 2}_block{block_index + 1}",
+              **floors,
             )
           )
         else:
@@ -338,6 +404,7 @@ class ResNetBackbone(tf.keras.layers.Layer):
               bn_momentum,
               bn_epsilon,
               prefix=f"conv{stage_index + 2}_block{block_index + 1}",
+              **floors,
             )
           )
         in_channels = out_channels
@@ -388,6 +455,7 @@ class ResNetBackbone(tf.keras.layers.Layer):
       bn_momentum=self.bn_momentum,
       bn_epsilon=self.bn_epsilon,
       width_multiplier=self.width_multiplier,
+      relu_up=self.relu_up,
     )
     return config
 

@@ -27,6 +27,7 @@ class RetrievalModel(tf.keras.Model):
       config.resolved_bn_momentum,
       config.resolved_bn_epsilon,
       config.backbone_width_multiplier,
+      relu_up=config.relu_up,
       name="backbone",
     )
 

@@ -21,7 +21,7 @@ fields (for keypoint locations) are in `receptive_field()`.
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
-from dolg_tf.model import backbones, base, normalization, pooling
+from dolg_tf.model import backbones, base, normalization, pooling, superglobal
 
 INTERMEDIATES = (
   "f3",
@@ -109,15 +109,19 @@ class DelgModel(base.RetrievalModel):
       else None
     )
 
-  def call(self, images, training=None, return_intermediates=False):
+  def call(self, images, training=None, return_intermediates=False, test_time=None):
     """Computes descriptors (and, on request, the local-branch tensors).
+
+    `test_time`: optional superglobal.TestTimeOptions (GeM+, Regional-GeM).
 
     Returns:
       L2-normalised global descriptors [B, embedding_dim], or a dict with the
       keys of `INTERMEDIATES` (+ "attention_logits" when the classifier exists).
     """
     f3, f4 = self.features(images, training=training)
-    global_embedding = self.whitening(self.pool(f4))
+    f4 = superglobal.apply_regional_gem(f4, test_time)
+    pooled = self.pool(f4, p=superglobal.gem_p(test_time))
+    global_embedding = self.whitening(pooled)
     descriptor = normalization.l2_normalize(global_embedding, axis=-1)
     if not return_intermediates:
       return descriptor

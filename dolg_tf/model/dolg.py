@@ -3,7 +3,15 @@
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
-from dolg_tf.model import base, fusion, initializers, local_branch, normalization, pooling
+from dolg_tf.model import (
+  base,
+  fusion,
+  initializers,
+  local_branch,
+  normalization,
+  pooling,
+  superglobal,
+)
 
 # Keys of the intermediate tensors returned with `return_intermediates=True`.
 INTERMEDIATES = (
@@ -63,7 +71,7 @@ class DolgModel(base.RetrievalModel):
       dtype="float32",
     )
 
-  def call(self, images, training=None, return_intermediates=False):
+  def call(self, images, training=None, return_intermediates=False, test_time=None):
     """Computes descriptors.
 
     Args:
@@ -71,6 +79,7 @@ class DolgModel(base.RetrievalModel):
       training: Keras training flag (BatchNorm statistics, head updates).
       return_intermediates: if True, return a dict with the tensors of
         `INTERMEDIATES` (feature maps are NHWC) instead of the descriptor.
+      test_time: optional superglobal.TestTimeOptions (GeM+, Regional-GeM).
 
     Returns:
       L2-normalised float32 descriptors [B, embedding_dim], or the dict.
@@ -78,7 +87,8 @@ class DolgModel(base.RetrievalModel):
     f3, f4 = self.features(images, training=training)
     local_input = self.multi_atrous(f3) if self.multi_atrous is not None else f3
     f_l, attention = self.attention(local_input, training=training)
-    f_g = tf.cast(self.fc_t(self.pool_g(f4)), tf.float32)
+    f4 = superglobal.apply_regional_gem(f4, test_time)
+    f_g = tf.cast(self.fc_t(self.pool_g(f4, p=superglobal.gem_p(test_time))), tf.float32)
     f_o, f_l_orth = self.fusion(f_l, f_g, return_orthogonal=True)
     embedding = self.fc(f_o)
     descriptor = normalization.l2_normalize(embedding, axis=-1)

@@ -28,10 +28,16 @@ class GeMPooling(tf.keras.layers.Layer):
     )
     super().build(input_shape)
 
-  def call(self, x):
+  def call(self, x, p=None):
+    """GeM of [B, H, W, C] maps; a positive `p` replaces the layer's own exponent (GeM+)."""
     x = tf.cast(x, tf.float32)
-    pooled = tf.reduce_mean(tf.pow(tf.maximum(x, self.eps), self.p), axis=[1, 2])
-    return tf.pow(pooled, 1.0 / self.p)
+    if p is not None:
+      p = tf.cast(p, tf.float32)
+      p = tf.where(p > 0, p, self.p)
+    else:
+      p = self.p
+    pooled = tf.reduce_mean(tf.pow(tf.maximum(x, self.eps), p), axis=[1, 2])
+    return tf.pow(pooled, 1.0 / p)
 
   def get_config(self):
     config = super().get_config()

@@ -13,13 +13,19 @@ One untrained DOLG (`--depth`, pycls layout) at `--image_size`^2, one scale,
 and the ratio of each to `static`; then the same for a `--scales` pyramid
 against the sum of its single-scale signature calls, and the fp32 GEMM
 rate of this CPU (tf.matmul 4096^3) with the img/s it implies for the
-network's FLOPs (counted by TF's profiler on the static graph).
+network's FLOPs (counted by TF's profiler on the static graph). With
+--trace (default), a TF profiler trace of `static` and of `signature`, parsed:
+the op time summed per category (convolutions, matmuls, element-wise and
+normalisation, pooling, resize, padding and layout, loop and control, other)
+next to the wall time, so the signature's extra cost is located by op.
 
 Usage:
   .venv/bin/python benchmarks/serving_breakdown_benchmark.py [--precision=bfloat16]
 """
 
+import collections
 import dataclasses
+import glob
 import os
 import tempfile
 import time
@@ -28,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from dolg_tf import config as config_lib
 from dolg_tf.export import export_model, signatures
@@ -44,6 +51,85 @@ flags.DEFINE_integer("warmup", 2, "Untimed forwards before each row.")
 flags.DEFINE_enum("precision", "float32", config_lib.EXPORT_PRECISIONS, "export.precision.")
 flags.DEFINE_list("scales", ["0.7071", "1.0", "1.4142"], "The multi-scale pyramid row.")
 flags.DEFINE_bool("gemm", True, "Measure the fp32 GEMM rate and count the network's FLOPs.")
+flags.DEFINE_bool("trace", True, "Profile static and signature and break their op time down.")
+
+# Op types of a TF CPU trace by category (the rest is "other").
+OP_CATEGORIES = {
+  "convolution": (
+    "Conv2D",
+    "_FusedConv2D",
+    "DepthwiseConv2dNative",
+    "_MklConv2D",
+    "_MklFusedConv2D",
+  ),
+  "matmul": ("MatMul", "_FusedMatMul", "BatchMatMulV2", "_MklMatMul", "_MklFusedMatMul"),
+  "elementwise, norm": (
+    "FusedBatchNormV3",
+    "Relu",
+    "AddV2",
+    "Add",
+    "Mul",
+    "Sub",
+    "Maximum",
+    "Minimum",
+    "Rsqrt",
+    "RealDiv",
+    "Softplus",
+    "Square",
+    "Sqrt",
+    "Cast",
+    "Neg",
+    "Select",
+    "SelectV2",
+    "Pow",
+  ),
+  "pooling, reductions": ("MaxPool", "AvgPool", "Mean", "Sum", "Max", "Min", "Prod", "L2Loss"),
+  "resize": ("ResizeBilinear",),
+  "padding, layout": (
+    "Pad",
+    "PadV2",
+    "MirrorPad",
+    "Transpose",
+    "Reshape",
+    "ConcatV2",
+    "GatherV2",
+    "Slice",
+    "StridedSlice",
+    "Squeeze",
+    "ExpandDims",
+    "Pack",
+    "Unpack",
+    "_MklToTf",
+  ),
+  "loop, control": (
+    "While",
+    "StatelessWhile",
+    "If",
+    "StatelessIf",
+    "Enter",
+    "Exit",
+    "NextIteration",
+    "Switch",
+    "Merge",
+    "LoopCond",
+    "Less",
+    "LogicalAnd",
+    "TensorListReserve",
+    "TensorListSetItem",
+    "TensorListStack",
+    "TensorListFromTensor",
+    "TensorListGetItem",
+    "TensorListElementShape",
+    "PartitionedCall",
+    "StatefulPartitionedCall",
+    "Identity",
+    "Const",
+    "NoOp",
+    "Range",
+    "Shape",
+  ),
+}
+CATEGORY_OF = {op: category for category, ops in OP_CATEGORIES.items() for op in ops}
 
 
 def _rate(fn, inputs) -> float:
@@ -73,6 +159,55 @@ def _gemm_rate(n=4096, repeats=5) -> float:
   for _ in range(repeats):
     matmul().numpy()
   return 2.0 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def trace_breakdown(fn, inputs, logdir):
+  """(wall s per call, {category: op s per call}, {op type: s per call}) of a profiled run."""
+  fn(inputs[0])
+  tf.profiler.experimental.start(logdir)
+  start = time.perf_counter()
+  for x in inputs:
+    fn(x)
+  wall = time.perf_counter() - start
+  tf.profiler.experimental.stop()
+  path = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1]
+  with open(path, "rb") as f:
+    space = xplane_pb2.XSpace.FromString(f.read())
+  by_op = collections.Counter()
+  for plane in space.planes:
+    if not plane.name.startswith("/host:"):
+      continue
+    for line in plane.lines:
+      if not line.name.startswith("tf_"):  # executor threads; "python" holds eager wrappers
+        continue
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name
+        if ":" in name and "::" not in name:
+          by_op[name.rsplit(":", 1)[1]] += event.duration_ps * 1e-12
+  by_category = collections.Counter()
+  for op, seconds in by_op.items():
+    by_category[CATEGORY_OF.get(op, "other")] += seconds
+  n = len(inputs)
+  return (
+    wall / n,
+    {k: v / n for k, v in by_category.items()},
+    {k: v / n for k, v in by_op.most_common(8)},
+  )
+
+
+def print_traces(traces):
+  """One column per traced function: wall time and op time per category, ms per image."""
+  names = list(traces)
+  print("profiler trace, ms per image (op time summed over TF's executor threads):")
+  print(f"  {'':22s}" + "".join(f"{n:>12s}" for n in names))
+  print(f"  {'wall':22s}" + "".join(f"{traces[n][0] * 1e3:12.1f}" for n in names))
+  categories = list(OP_CATEGORIES) + ["other"]
+  for category in categories:
+    values = [traces[n][1].get(category, 0.0) * 1e3 for n in names]
+    print(f"  {category:22s}" + "".join(f"{v:12.1f}" for v in values))
+  for n in names:
+    top = ", ".join(f"{op} {s * 1e3:.1f}" for op, s in traces[n][2].items())
+    print(f"  top ops of {n}: {top}")
 
 
 def main(argv):
@@ -194,6 +329,14 @@ def main(argv):
     f"pyramid {FLAGS.scales}: {1 / pyramid:.3f} s/img vs the sum of its single-scale calls "
     f"{sum(1 / r for r in singles):.3f} s: {cost:.3f}x"
   )
+  if FLAGS.trace:
+    traces = {
+      "static": trace_breakdown(
+        lambda x: static(x).numpy(), floats, os.path.join(workdir, "trace_static")
+      ),
+      "signature": trace_breakdown(signature, uint8, os.path.join(workdir, "trace_signature")),
+    }
+    print_traces(traces)
   if FLAGS.gemm:
     flops = _flops(static, size)
     gemm = _gemm_rate()

@@ -1,6 +1,18 @@
 """Training throughput and peak memory of DOLG on this machine.
 
   python benchmarks/training_benchmark.py --depth=50 --image_sizes=224,512 --batch_sizes=16,8
+  python benchmarks/training_benchmark.py --compare_official   # the comparison below only
+
+--compare_official measures one piece of work, R50 at 224 px, batch 8, 1000
+classes, ArcFace, SGD with Nesterov momentum and weight decay, in one run:
+  * the Trainer's own train loop (dolg_tf.training.trainer) fed by the real
+    tf.data input pipeline (synthetic GLDv2-layout TFRecords, decoding and
+    random-resized-crop augmentation), fp32, and under mixed_bfloat16;
+  * the same loop fed with one cached batch (no input work at all): the ratio
+    of the two is the input pipeline's cost left after overlap;
+  * the official DOLG PyTorch structure (tests/torch_dolg_reference.py, the
+    optional torch) with an ArcFace head and torch.optim.SGD(nesterov=True)
+    on the same batch shape, fp32, with torch's threads set to the cores.
 
 For each (image size, batch size): builds the model and an ArcFace head
 (81313 classes, GLDv2-clean), runs --warmup_steps untimed training steps (graph
@@ -31,6 +43,10 @@ flags.DEFINE_integer("num_classes", 81313, "Classes of the margin head.")
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps.")
 flags.DEFINE_integer("steps", 5, "Timed steps.")
 flags.DEFINE_string("mixed_precision", "float32", "Keras policy.")
+flags.DEFINE_bool("compare_official", False, "Only the comparison with the official code.")
+flags.DEFINE_integer("compare_steps", 10, "Timed steps of each comparison row.")
+
+COMPARISON = dict(depth=50, image_size=224, batch_size=8, num_classes=1000)
 
 
 def _peak_rss_gb() -> float:
@@ -67,8 +83,117 @@ def measure(image_size: int, batch_size: int) -> float:
   return FLAGS.steps * batch_size / (time.perf_counter() - start)
 
 
+def trainer_rate(workdir: str, mixed_precision: str, cached: bool) -> float:
+  """Images/s of the Trainer's train loop on COMPARISON's work (real or cached input)."""
+  from dolg_tf import run_layout  # noqa: PLC0415
+  from dolg_tf.data import input_pipeline, synthetic  # noqa: PLC0415
+  from dolg_tf.training import trainer as trainer_lib  # noqa: PLC0415
+
+  data_dir = os.path.join(workdir, "data")
+  if not os.path.exists(os.path.join(data_dir, "synthetic_info.json")):
+    synthetic.write_training_set(data_dir, num_classes=20, views_per_class=20, image_size=256)
+  batch, size = COMPARISON["batch_size"], COMPARISON["image_size"]
+  experiment = config_lib.ExperimentConfig(
+    model=config_lib.ModelConfig(backbone_depth=COMPARISON["depth"], head_type="arcface"),
+    data=config_lib.DataConfig(
+      train_file_pattern=os.path.join(data_dir, "train-*"),
+      num_classes=COMPARISON["num_classes"],
+      image_size=size,
+    ),
+    train=config_lib.TrainConfig(
+      batch_size=batch, max_steps=1000, mixed_precision=mixed_precision, nesterov=True
+    ),
+  )
+  layout = run_layout.RunLayout(os.path.join(workdir, f"run_{mixed_precision}_{cached}"))
+  trainer = trainer_lib.Trainer(experiment, layout)
+  train_loop = trainer._make_train_loop()  # the loop Trainer.train runs
+  if cached:
+    images = tf.random.uniform([batch, size, size, 3], 0, 255)
+    labels = tf.random.uniform([batch], 0, COMPARISON["num_classes"], dtype=tf.int32)
+    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+  else:
+    dataset = input_pipeline.make_dataset(
+      experiment.data.train_file_pattern, batch_size=batch, image_size=size, training=True
+    )
+  iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
+  steps = tf.constant(FLAGS.compare_steps)
+  train_loop(iterator, tf.constant(2))  # tracing and warm-up
+  trainer.train_loss.result().numpy()
+  start = time.perf_counter()
+  train_loop(iterator, steps)
+  trainer.train_loss.result().numpy()
+  return FLAGS.compare_steps * batch / (time.perf_counter() - start)
+
+
+def official_rate() -> float | None:
+  """Images/s of the official DOLG structure's training step in PyTorch (None without torch)."""
+  try:
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    from tests import torch_dolg_reference  # noqa: PLC0415
+  except ImportError:
+    return None
+  torch.set_num_threads(os.cpu_count() or 1)
+  torch.manual_seed(0)
+  model = torch_dolg_reference.torch_dolg((3, 4, 6, 3)).train()
+  num_classes, scale, margin = COMPARISON["num_classes"], 30.0, 0.15
+  weight = torch.nn.Parameter(torch.randn(num_classes, 512) * 0.01)
+  parameters = list(model.parameters()) + [weight]
+  optimizer = torch.optim.SGD(parameters, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+  batch, size = COMPARISON["batch_size"], COMPARISON["image_size"]
+  images = torch.rand(batch, 3, size, size)
+  labels = torch.randint(0, num_classes, (batch,))
+
+  def step():
+    cosine = F.linear(model(images)["descriptor"], F.normalize(weight, dim=1)).clamp(-1, 1)
+    target = torch.cos(torch.acos(cosine.gather(1, labels[:, None])) + margin)
+    logits = scale * cosine.scatter(1, labels[:, None], target)
+    loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+  for _ in range(2):
+    step()
+  start = time.perf_counter()
+  for _ in range(FLAGS.compare_steps):
+    step()
+  return FLAGS.compare_steps * batch / (time.perf_counter() - start)
+
+
+def compare_official() -> None:
+  import tempfile  # noqa: PLC0415
+
+  work = ", ".join(f"{k} {v}" for k, v in COMPARISON.items())
+  print(f"training step, {work}, ArcFace, SGD Nesterov ({FLAGS.compare_steps} steps per row)")
+  with tempfile.TemporaryDirectory() as workdir:
+    rates = {
+      "dolg_tf fp32, tf.data input": trainer_rate(workdir, "float32", cached=False),
+      "dolg_tf fp32, cached batch": trainer_rate(workdir, "float32", cached=True),
+      "dolg_tf mixed_bfloat16, tf.data input": trainer_rate(workdir, "mixed_bfloat16", False),
+    }
+  official = official_rate()
+  if official is not None:
+    rates["official DOLG structure (PyTorch) fp32"] = official
+  for name, rate in rates.items():
+    print(f"  {name:<42} {rate:7.2f} img/s")
+  real, cached = rates["dolg_tf fp32, tf.data input"], rates["dolg_tf fp32, cached batch"]
+  print(f"  input pipeline: tf.data step / cached step = {real / cached:.3f}")
+  if official is None:
+    print("  official: torch not installed (requirements-torch.txt)")
+  else:
+    print(f"  dolg_tf fp32 / official fp32 = {real / official:.2f}x")
+  bf16 = rates["dolg_tf mixed_bfloat16, tf.data input"]
+  print(f"  mixed_bfloat16 / fp32 = {bf16 / real:.2f}x")
+
+
 def main(argv):
   del argv  # unused
+  if FLAGS.compare_official:
+    compare_official()
+    return
   print(f"DOLG R{FLAGS.depth} training step, {FLAGS.num_classes} classes, {FLAGS.mixed_precision}")
   print(f"{'image':>6} {'batch':>6} {'img/s':>8} {'peak RSS GB':>12}")
   for size, batch in zip(FLAGS.image_sizes, FLAGS.batch_sizes):

@@ -89,8 +89,8 @@ class ConfigIoTest(tf.test.TestCase, parameterized.TestCase):
     self.assertNotIn("\n", str(cm.exception))
 
   def test_bad_value_names_file_and_line(self):
-    path = self._write("image_scales: 1.0\nglobal_config {\n  scale_pooling: MAX\n}\n")
-    with self.assertRaisesRegex(ValueError, re.escape(path) + r":3:\d+: .*MAX"):
+    path = self._write("image_scales: 1.0\nglobal_config {\n  scale_pooling: MEDIAN\n}\n")
+    with self.assertRaisesRegex(ValueError, re.escape(path) + r":3:\d+: .*MEDIAN"):
       config_io.load_dolg_config(path)
 
   def test_missing_file(self):

@@ -60,7 +60,10 @@ def regional_gem(x, p: float = REFERENCE_REGIONAL_GEM_P, size: int = REFERENCE_R
   height, width = tf.shape(x)[1], tf.shape(x)[2]
 
   def reflected():
-    padded = tf.pad(powered, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    # Reflect padding by gathering, not tf.pad: XLA compiles both branches of the
+    # tf.cond, and its MirrorPad rejects maps too small for the padding.
+    padded = tf.gather(powered, _reflected_indices(height, pad), axis=1)
+    padded = tf.gather(padded, _reflected_indices(width, pad), axis=2)
     return tf.nn.avg_pool2d(padded, size, 1, "VALID")
 
   def inside():
@@ -69,6 +72,13 @@ def regional_gem(x, p: float = REFERENCE_REGIONAL_GEM_P, size: int = REFERENCE_R
 
   pooled = tf.cond(tf.logical_and(height > pad, width > pad), reflected, inside)
   return tf.pow(pooled, 1.0 / p)
+
+
+def _reflected_indices(n, pad):
+  """Source indices of a reflect-padded axis of length n: -pad .. n + pad - 1 mirrored."""
+  i = tf.abs(tf.range(-pad, n + pad))
+  i = (n - 1) - tf.abs((n - 1) - i)
+  return tf.clip_by_value(i, 0, n - 1)  # only maps of side <= pad, never gathered from
 
 
 def apply_regional_gem(f4, options: TestTimeOptions | None):

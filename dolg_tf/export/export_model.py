@@ -44,6 +44,7 @@ it behind hidden from TF Serving: the next export on the machine removes every
 such folder whose process is gone (`remove_stale_exports`).
 """
 
+import dataclasses
 import errno
 import functools
 import os
@@ -58,7 +59,7 @@ from dolg_tf import run_layout
 from dolg_tf.export import signatures as signatures_lib
 from dolg_tf.model import builder, normalization, superglobal
 from dolg_tf.training import trainer as trainer_lib
-from dolg_tf.utils import cli
+from dolg_tf.utils import cli, cpu
 
 DEFAULT_SCALES = config_lib.OFFICIAL_SCALES
 
@@ -504,7 +505,9 @@ def test_time_options(export_config, gem_p=None, regional_gem_weight=None):
 def _write_saved_model(model, model_config, tmp_dir, export_config):
   """The SavedModel and its assets.extra/config.json, written into `tmp_dir`."""
   max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
-  model = with_precision(model, model_config, export_config.precision)
+  precision = cpu.resolve_auto(export_config.precision, "bfloat16")
+  export_config = dataclasses.replace(export_config, precision=precision)
+  model = with_precision(model, model_config, precision)
   options = (export_config.freeze_weights, export_config.serve_jit_compile, export_config)
   if model_config.name == "delg":
     module = DelgServingModule(model, max_image_size, image_scales, *options)

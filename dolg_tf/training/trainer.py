@@ -26,7 +26,7 @@ from dolg_tf import run_layout
 from dolg_tf.data import gldv2, input_pipeline
 from dolg_tf.model import builder, keras_h5
 from dolg_tf.training import schedules
-from dolg_tf.utils import progress
+from dolg_tf.utils import cpu, progress
 
 # DELG's loss weights (DELF train.py defaults).
 DELG_ATTENTION_LOSS_WEIGHT = 1.0
@@ -147,7 +147,8 @@ class Trainer:
     self.config = config = experiment.train
     self.num_classes = gldv2.num_classes(data.dataset_version, data.num_classes or None)
     tf.keras.utils.set_random_seed(config.seed)
-    tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
+    self.mixed_precision = cpu.resolve_auto(config.mixed_precision, "mixed_bfloat16")
+    tf.keras.mixed_precision.set_global_policy(self.mixed_precision)
     self.strategy = build_strategy(config)
     self.is_chief = _is_chief(self.strategy)
     # After the strategy: multi-worker collectives must be set up before any TF op.
@@ -199,7 +200,7 @@ class Trainer:
         nesterov=config.nesterov,
         global_clipnorm=config.clip_norm or None,
       )
-      if config.mixed_precision == "mixed_float16":
+      if self.mixed_precision == "mixed_float16":
         optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
       self.optimizer = optimizer
       self.trainable_variables = self.model.trainable_variables + self.head.trainable_variables
@@ -384,7 +385,7 @@ class Trainer:
       self.total_steps,
       config.batch_size,
       self.strategy.num_replicas_in_sync,
-      config.mixed_precision,
+      self.mixed_precision,
     )
     interrupted = []
     previous_handler = signal.getsignal(signal.SIGTERM)

@@ -15,15 +15,21 @@ global descriptors have a decaying PCA spectrum; with `--spectrum_decay=0`
 they are isotropic, and then the part of a top-100 outside the query's
 cluster is nearly random points that no partition-based index finds.
 
-For every c the table gives, for exact search (tiled BLAS, all queries in one
-batch) and several ScaNN / faiss settings: build time, index size (bytes of
-the serialised index; exact = the float32 matrix), queries/s for the whole
+For every c the table gives, for exact search (the tiled BLAS search and
+faiss.knn, search.exact_search's two backends, all queries in one batch) and
+several ScaNN / faiss settings: build time, index size (bytes of
+the serialised index; exact = the float32 matrix, 2 GB at 1M x 512; ScaNN's
+includes the float32 copy it reorders with), queries/s for the whole
 query batch (2 threads where the library threads), recall@10 and recall@k
 against exact search, and "match R@k": the recall restricted to the exact
 top-k entries that belong to the query's own cluster (the true matches, what
 retrieval quality depends on). Under each table: the fastest setting with
-recall@k >= `--target_recall`, its speed-up over exact search and after how
-many queries its build time is paid back. A database-size sweep at
+recall@k >= `--target_recall`, its speed-up over the fastest exact search
+(and over the tiled one) and after how many queries its build time is paid
+back. ScaNN builds come from `--scann_configs` (tree size as a multiple of
+sqrt(N), AH dimensions per block, SOAR spilling lambda); one faiss IVF-PQ
+build has many lists (`--ivf_hnsw_lists_multiple` x sqrt(N)) behind an HNSW
+coarse quantiser; faiss HNSW runs up to `--hnsw_max_db`. A database-size sweep at
 `--sweep_cosine` then shows from which size an approximate index beats exact
 search at that recall.
 
@@ -31,6 +37,12 @@ With `--descriptors_dir` and `--labels_csv` the same table is printed for
 descriptors the project extracted (the demo's synthetic landmark views): a
 few hundred images, where exact search is the right choice and the table
 only checks that the indices agree with it on real descriptors.
+
+Under each generated table one line times SuperGlobal re-ranking
+(dolg_tf.retrieval.superglobal; `--superglobal_m`, 0 = skip) of the exact
+top-M of the first `--superglobal_queries` queries: ms per query of the
+re-ranking alone, and the fraction of the top-k from the query's own cluster
+before and after it.
 
 Usage:
   .venv/bin/python benchmarks/search_benchmark.py --num_db=100000   # quick
@@ -57,7 +69,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from dolg_tf.retrieval import search  # noqa: E402
+from dolg_tf.retrieval import search, superglobal  # noqa: E402
 from dolg_tf.utils import arrays  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -74,8 +86,20 @@ flags.DEFINE_float("zipf_exponent", 1.0, "Exponent of the head of the size law."
 flags.DEFINE_float("target_recall", 0.95, "Recall@k that counts as good enough.")
 flags.DEFINE_integer("hnsw_max_db", 200_000, "Benchmark faiss HNSW only up to this size.")
 flags.DEFINE_integer("scann_training_sample", 50_000, "ScaNN tree / AH training sample.")
+flags.DEFINE_list(
+  "scann_configs",
+  ["1:2:0", "1:2:1.5", "2:2:1.5", "3:2:1.5"],
+  "ScaNN builds of the full table, each leaves_multiple:dims_per_block:soar_lambda "
+  "(leaves = multiple x ~sqrt(N); soar_lambda 0 = no SOAR spilling).",
+)
+flags.DEFINE_integer(
+  "ivf_hnsw_lists_multiple", 4, "IVF-HNSW-PQ row: lists = this x ~sqrt(N) (0 = skip the row)."
+)
 flags.DEFINE_float("sweep_cosine", 0.5, "Cosine of the database-size sweep (<= 0: no sweep).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("superglobal_m", superglobal.DEFAULT_M, "SuperGlobal top-M (0 = skip it).")
+flags.DEFINE_integer("superglobal_k", superglobal.DEFAULT_K, "SuperGlobal K.")
+flags.DEFINE_integer("superglobal_queries", 200, "Queries of the SuperGlobal timing.")
 flags.DEFINE_string(
   "descriptors_dir",
   None,
@@ -229,19 +253,40 @@ def approximate_rows(db, queries, ref, rows, sweep=False):
   ivf_fractions = (0.02, 0.05, 0.1) if sweep else (0.01, 0.02, 0.05, 0.1)
   with_size = not sweep
 
-  index, build = _build(
-    "scann",
-    db,
-    with_size,
-    num_leaves=leaves,
-    training_sample_size=FLAGS.scann_training_sample,
-  )
-  for f, reorder_factor in scann_settings:
-    reorder = reorder_factor * k
-    index.set_search_params(num_leaves_to_search=part(f), reorder=reorder)
-    setting = f"L{leaves} search {part(f)} rr {reorder}"
-    _row(rows, "scann", setting, build, index, queries, ref)
-  del index
+  configs = ["1:2:0"] if sweep else FLAGS.scann_configs
+  for config in configs:
+    multiple, dims_per_block, soar = (float(v) for v in config.split(":"))
+    num_leaves = max(1, min(n, int(round(multiple * leaves))))
+    params = {"dimensions_per_block": int(dims_per_block)}
+    if soar:
+      params["soar_lambda"] = soar
+    index, build = _build(
+      "scann",
+      db,
+      with_size,
+      num_leaves=num_leaves,
+      training_sample_size=FLAGS.scann_training_sample,
+      **params,
+    )
+    if soar:
+      # SOAR stores each point in a second partition too: fewer leaves reach
+      # the same recall. (4 dims per AH block, "1:4:1.5", halves the scan but
+      # at 1M x 512, cosine 0.5, its recall@100 stalls near 0.87 even with
+      # 1500 candidates reordered.)
+      reorder_factor = 8 if dims_per_block <= 2 else 15
+      settings = [(f, reorder_factor) for f in (0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2)]
+      settings += [(f, r * reorder_factor // 8) for f, r in ((0.1, 4), (0.12, 4), (0.15, 4))]
+      settings += [(f, r * reorder_factor // 8) for f, r in ((0.12, 6), (0.15, 6))]
+    else:
+      settings = scann_settings
+    method = "scann" + (f" soar{soar:g}" if soar else "")
+    for f, reorder_factor in settings:
+      to_search = max(1, min(num_leaves, int(round(f * num_leaves))))
+      reorder = reorder_factor * k
+      index.set_search_params(num_leaves_to_search=to_search, reorder=reorder)
+      setting = f"L{num_leaves} d{int(dims_per_block)} search {to_search} rr {reorder}"
+      _row(rows, method, setting, build, index, queries, ref)
+    del index
 
   index, build = _build("faiss_ivf_flat", db, with_size, nlist=leaves)
   for f in ivf_fractions:
@@ -265,12 +310,54 @@ def approximate_rows(db, queries, ref, rows, sweep=False):
     _row(rows, "faiss_ivfpq+rf", setting, build, index, queries, ref)
   del index
 
+  if FLAGS.ivf_hnsw_lists_multiple > 0:
+    # Many small lists behind an HNSW coarse quantiser (scoring 4000 centroids
+    # per query exactly would cost as much as scanning a few lists).
+    nlist = min(n // 40, FLAGS.ivf_hnsw_lists_multiple * leaves)
+    index, build = _build(
+      "faiss_ivf_pq",
+      db,
+      with_size,
+      nlist=nlist,
+      m=m,
+      refine_k_factor=4,
+      coarse_hnsw_m=32,
+      train_size=40 * nlist,
+    )
+    for f, kf in ((0.025, 10), (0.05, 10), (0.1, 10), (0.15, 10)):
+      nprobe = max(1, int(round(f * nlist)))
+      index.set_search_params(nprobe=nprobe, refine_k_factor=kf)
+      setting = f"IVF{nlist}_HNSW32 np {nprobe} kf {kf}"
+      _row(rows, "faiss_ivfhnsw+rf", setting, build, index, queries, ref)
+    del index
+
   if n <= FLAGS.hnsw_max_db:
     index, build = _build("faiss_hnsw", db, with_size, m=32, ef_construction=80)
     for ef in (128, 256, 512):
       index.set_search_params(ef_search=ef)
       _row(rows, "faiss_hnsw", f"HNSW32 efSearch {ef}", build, index, queries, ref)
     del index
+
+
+def superglobal_line(db, queries, db_labels, query_labels, k):
+  """Times SuperGlobal re-ranking of the exact top-M; one printable line."""
+  m, sg_k = FLAGS.superglobal_m, FLAGS.superglobal_k
+  n = min(FLAGS.superglobal_queries, queries.shape[0])
+  queries, query_labels = queries[:n], query_labels[:n]
+  (ids, scores), search_s = _timed(lambda: search.exact_search(queries, db, m))
+  (new_ids, _), rerank_s = _timed(
+    lambda: superglobal.superglobal_rerank(queries, db, ids, scores, m=m, k=sg_k)
+  )
+
+  def own(ranking):
+    return float(np.mean(db_labels[ranking[:, :k]] == query_labels[:, None]))
+
+  return (
+    f"  SuperGlobal re-ranking (M={m}, K={sg_k}, beta={superglobal.DEFAULT_BETA:g}) of the exact "
+    f"top-{m}, {n} queries: {1000 * rerank_s / n:.1f} ms/query (exact top-{m} search "
+    f"{1000 * search_s / n:.1f} ms/query); own cluster in the top-{k} "
+    f"{100 * own(ids):.1f}% -> {100 * own(new_ids):.1f}%"
+  )
 
 
 def _fmt_bytes(b):
@@ -297,10 +384,17 @@ def print_table(title, rows, k):
 
 
 def pay_off_lines(rows, k):
-  exact = rows[0]
+  exact_rows = [r for r in rows if r["method"].startswith("exact")]
+  tiled = exact_rows[0]
+  exact = max(exact_rows, key=lambda r: r["qps"])
   lines = []
+  if exact is not tiled:
+    lines.append(
+      f"  fastest exact: {exact['method']} [{exact['setting']}] "
+      f"{exact['qps'] / tiled['qps']:.2f}x the tiled search"
+    )
   for key, what in (("rk", f"recall@{k}"), ("match", f"match recall@{k}")):
-    good = [r for r in rows[1:] if r[key] >= FLAGS.target_recall]
+    good = [r for r in rows if r not in exact_rows and r[key] >= FLAGS.target_recall]
     if not good:
       lines.append(f"  no approximate setting reached {what} >= {FLAGS.target_recall}")
       continue
@@ -308,8 +402,10 @@ def pay_off_lines(rows, k):
     speedup = best["qps"] / exact["qps"]
     line = (
       f"  fastest with {what} >= {FLAGS.target_recall}: {best['method']} "
-      f"[{best['setting']}] {best['qps']:.0f} q/s = {speedup:.1f}x exact"
+      f"[{best['setting']}] {best['qps']:.0f} q/s = {speedup:.1f}x the fastest exact"
     )
+    if exact is not tiled:
+      line += f" ({best['qps'] / tiled['qps']:.1f}x the tiled search)"
     if speedup > 1:
       saved = 1.0 / exact["qps"] - 1.0 / best["qps"]
       line += (
@@ -446,7 +542,7 @@ def main(argv):
     db, gen_s = _timed(lambda cosine=cosine: data.database(cosine))
     queries = data.queries(cosine)
     logging.info("cosine %.2f: generated %s descriptors in %.1fs", cosine, f"{len(db):,}", gen_s)
-    exact = search.make_index("exact").build(db)
+    exact = search.make_index("exact", backend="numpy").build(db)
     t0 = time.perf_counter()
     exact_ids, _ = exact.search(queries, k)
     exact_s = time.perf_counter() - t0
@@ -455,7 +551,14 @@ def main(argv):
     build = (0.0, exact.memory_bytes())
     setting = "tiled BLAS, batched"
     _row(rows, "exact", setting, build, exact, queries, ref, search_s=exact_s, ids=exact_ids)
+    # The same matrix searched by faiss.knn (search.exact_search's 'faiss' backend).
+    exact.set_search_params(backend="faiss")
+    _row(rows, "exact faiss", "faiss.knn, batched", build, exact, queries, ref)
     del exact
+    sg_line = ""
+    if FLAGS.superglobal_m > 0:
+      sg_line = superglobal_line(db, queries, data.labels, data.query_labels, k)
+      logging.info("%s", sg_line.strip())
     approximate_rows(db, queries, ref, rows)
     del db
     print_table(
@@ -465,6 +568,8 @@ def main(argv):
       k,
     )
     print(pay_off_lines(rows, k), flush=True)
+    if sg_line:
+      print(sg_line, flush=True)
   if FLAGS.sweep_cosine > 0:
     size_sweep(data, FLAGS.sweep_cosine, k)
   print(f"\ntotal time {time.perf_counter() - start:.0f}s")

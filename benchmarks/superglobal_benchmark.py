@@ -111,6 +111,17 @@ def extraction_config(workdir, variant, model_path, path, scale_gem_p):
   return config
 
 
+def extract(workdir, variant, model_path, folder, images, scale_gem_p):
+  """(config, features folder) of the benchmark images extracted with a variant's config."""
+  config_path = os.path.join(folder, "config.pbtxt")
+  config = extraction_config(workdir, variant, model_path, config_path, scale_gem_p)
+  features = os.path.join(folder, "features")
+  summary = pipeline.run_extraction(extractor_lib.Extractor(config, config_path), images, features)
+  if summary.failed:
+    raise RuntimeError(f"{summary.failed} images failed: {features}/failures.tsv")
+  return config, features
+
+
 def ablate(name, workdir, output_dir):
   """Rows (label, {protocol: mAP}, {protocol: mAP after re-ranking}, ms/query) of one model."""
   benchmark_dir = os.path.join(workdir, "benchmark")
@@ -128,14 +139,7 @@ def ablate(name, workdir, output_dir):
     model_path = trained_export
     if variant.relu_up:
       model_path = export_once(workdir, os.path.join(output_dir, name, "relu_up_export"), relu_up)
-    config_path = os.path.join(folder, "config.pbtxt")
-    config = extraction_config(workdir, variant, model_path, config_path, FLAGS.scale_gem_p)
-    features = os.path.join(folder, "features")
-    summary = pipeline.run_extraction(
-      extractor_lib.Extractor(config, config_path), images, features
-    )
-    if summary.failed:
-      raise RuntimeError(f"{summary.failed} images failed: {features}/failures.tsv")
+    config, features = extract(workdir, variant, model_path, folder, images, FLAGS.scale_gem_p)
     suffix = config.global_descriptor_suffix
     plain = perform_retrieval.evaluate(gnd_path, features, features, suffix=suffix)
     reranked = perform_retrieval.evaluate(
@@ -156,14 +160,7 @@ def precision_rows(name, workdir, output_dir):
     model_path = export_once(workdir, base, {"export": {"precision": precision}})
     folder = os.path.join(output_dir, name, f"precision_{precision}")
     os.makedirs(folder, exist_ok=True)
-    config_path = os.path.join(folder, "config.pbtxt")
-    config = extraction_config(workdir, Variant(precision), model_path, config_path, 3.0)
-    features = os.path.join(folder, "features")
-    summary = pipeline.run_extraction(
-      extractor_lib.Extractor(config, config_path), images, features
-    )
-    if summary.failed:
-      raise RuntimeError(f"{summary.failed} images failed: {features}/failures.tsv")
+    config, features = extract(workdir, Variant(precision), model_path, folder, images, 3.0)
     suffix = config.global_descriptor_suffix
     results[precision] = perform_retrieval.evaluate(gnd_path, features, features, suffix=suffix)
     descriptors[precision] = {

@@ -11,7 +11,7 @@ The layers, lowest first (a module may import its own layer and those below):
   6  dolg_tf.extraction              consumes SavedModels, never model code
   7  dolg_tf.retrieval
   8  dolg_tf.convert
-  9  dolg_tf.train, dolg_tf.demo     the top-level binaries
+  9  dolg_tf.train, dolg_tf.demo, dolg_tf.visualize   the top-level binaries
 """
 
 import ast
@@ -40,6 +40,7 @@ LAYERS = {
   "dolg_tf.convert": 8,
   "dolg_tf.train": 9,
   "dolg_tf.demo": 9,
+  "dolg_tf.visualize": 9,
 }
 # Extraction reads exported SavedModels only (see the architecture notes).
 FORBIDDEN = {"dolg_tf.extraction": ("dolg_tf.model", "dolg_tf.training")}

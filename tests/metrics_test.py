@@ -108,6 +108,16 @@ class RevisitedMetricsTest(tf.test.TestCase):
     plain = metrics.compute_map(ranks, [{"ok": np.array([1, 2])}])
     self.assertLess(plain.mean_ap, result.mean_ap)
 
+  def test_precision_recall_curve_removes_junk(self):
+    # Same ranking as above: junk-free 1, 0, 2, 3 -> hits at positions 0 and 2; a third
+    # positive (9) is never retrieved, so recall stops at 2/3.
+    recall, precision = metrics.precision_recall([7, 8, 1, 0, 2, 3], [1, 2, 9], [7, 8])
+    self.assertAllClose(recall, [0.0, 1.0 / 3.0, 2.0 / 3.0])
+    self.assertAllClose(precision, [1.0, 1.0, 2.0 / 3.0])
+    self.assertAllEqual(metrics.positive_positions([7, 8, 1, 0, 2, 3], [1, 2], [7, 8]), [0, 2])
+    with self.assertRaisesRegex(ValueError, "at least one positive"):
+      metrics.precision_recall([0, 1], [])
+
   def test_truncated_ranking_missing_positives(self):
     # Positive 9 is absent from the ranking: it still counts in the recall step.
     ranks = np.array([[1, 0, 2], [0, 2, 3]])

@@ -42,12 +42,33 @@ class ExactSearchTest(tf.test.TestCase):
     full = queries @ db.T
     expected = np.argsort(-full, axis=1, kind="stable")[:, :13]
     for query_block, db_block in ((7, 97), (61, 1013), (1, 5), (1000, 300)):
-      ids, scores = search.exact_search(queries, db, 13, query_block=query_block, db_block=db_block)
+      ids, scores = search.exact_search(
+        queries, db, 13, query_block=query_block, db_block=db_block, backend="numpy"
+      )
       self.assertEqual(ids.dtype, np.int64)
       self.assertEqual(scores.dtype, np.float32)
       self.assertAllEqual(ids, expected, msg=f"blocks {query_block}x{db_block}")
       self.assertAllClose(scores, np.take_along_axis(full, expected, axis=1), atol=1e-5)
       self.assertTrue(np.all(np.diff(scores, axis=1) <= 0))
+
+  def test_faiss_backend_equals_numpy(self):
+    # Integer vectors: every inner product is exact in float32 whatever the
+    # summation order, so both backends must return identical lists.
+    rng = np.random.default_rng(5)
+    db = rng.integers(-1000, 1001, (2000, 16)).astype(np.float32)
+    for num_queries in (5, 45):  # faiss scans below 20 queries, uses BLAS above
+      queries = rng.integers(-1000, 1001, (num_queries, 16)).astype(np.float32)
+      for k in (1, 10, 100, 2500):  # 2500 > database: padded
+        tiled = search.exact_search(queries, db, k, backend="numpy", db_block=300)
+        faiss_result = search.exact_search(queries, db, k, backend="faiss")
+        self.assertAllEqual(faiss_result[0], tiled[0], msg=f"{num_queries} queries, k={k}")
+        self.assertAllEqual(faiss_result[1], tiled[1])
+    auto = search.exact_search(queries, db, 10)  # numpy by default
+    self.assertAllEqual(auto[0], search.exact_search(queries, db, 10, backend="faiss")[0])
+    index = search.make_index("exact", backend="faiss").build(db)
+    self.assertAllEqual(index.search(queries, 10)[0], auto[0])
+    with self.assertRaisesRegex(ValueError, "backend must be one of"):
+      search.exact_search(queries, db, 10, backend="blas")
 
   def test_k_larger_than_database_is_padded(self):
     rng = np.random.default_rng(1)
@@ -99,6 +120,17 @@ _APPROX = (
     dict(nlist=40, nprobe=10, m=8, nbits=5, fast_scan=False, refine_k_factor=8),
   ),
   ("hnsw", "faiss_hnsw", dict(m=16, ef_construction=40, ef_search=64)),
+  (
+    "scann_soar",
+    "scann",
+    dict(num_leaves=40, num_leaves_to_search=6, reorder=100, soar_lambda=1.5),
+  ),
+  ("ivf_hnsw_flat", "faiss_ivf_flat", dict(nlist=40, nprobe=10, coarse_hnsw_m=8)),
+  (
+    "ivf_hnsw_pq",
+    "faiss_ivf_pq",
+    dict(nlist=40, nprobe=10, m=8, refine_k_factor=8, coarse_hnsw_m=8),
+  ),
 )
 
 
@@ -143,6 +175,11 @@ class ApproximateIndexTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLessEqual(low, full)
     with self.assertRaisesRegex(ValueError, "nlist"):
       index.set_search_params(nlist=3)
+    # An HNSW coarse quantiser finds all nprobe lists (its efSearch follows nprobe).
+    index = search.make_index("faiss_ivf_flat", nlist=40, nprobe=40, coarse_hnsw_m=4)
+    index.build(self.db)
+    ids, _ = index.search(self.queries, 10)
+    self.assertAllClose(search.recall_at_k(ids, self.exact_ids, 10), 1.0)
 
 
 class ExpansionTest(tf.test.TestCase):

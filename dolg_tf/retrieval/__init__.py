@@ -6,7 +6,9 @@ Modules:
   search: tiled exact search, ScaNN and faiss indices behind one interface,
     recall@k, alpha query expansion and database-side augmentation.
   rerank: DELG local feature matching + RANSAC geometric verification.
+  superglobal: SuperGlobal re-ranking of a top-M with global descriptors only
+    (top-M descriptor augmentation + max query expansion, Shao et al. 2023).
   perform_retrieval: the evaluation (global search, QE/DBA, distractors,
-    optional geometric verification) and its binary.
+    optional SuperGlobal and geometric verification) and its binary.
   (The ground truth readers are dolg_tf.data.ground_truth.)
 """

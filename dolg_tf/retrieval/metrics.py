@@ -121,6 +121,56 @@ def _check_ranks(ranks: Any, num_queries: int) -> np.ndarray:
   return ranks
 
 
+def positive_positions(
+  ranking: np.ndarray, ok: Sequence[int], junk: Sequence[int] = ()
+) -> np.ndarray:
+  """Sorted 0-based positions of the positives in `ranking` once junk is removed.
+
+  Args:
+    ranking: int [K] database indices, most similar first.
+    ok: the positives' database indices.
+    junk: the ignored images' database indices.
+
+  Returns:
+    int64 [P] positions (a positive absent from a truncated ranking has none).
+  """
+  ranking = np.asarray(ranking)
+  ok = np.asarray(ok, dtype=np.int64).ravel()
+  junk = np.asarray(junk, dtype=np.int64).ravel()
+  positions = np.flatnonzero(np.isin(ranking, ok))
+  junk_positions = np.flatnonzero(np.isin(ranking, junk))
+  # Junk ranked strictly before each positive shifts it up.
+  return positions - np.searchsorted(junk_positions, positions, side="left")
+
+
+def precision_recall(
+  ranking: np.ndarray, ok: Sequence[int], junk: Sequence[int] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+  """The precision-recall curve of one ranking, junk removed (the points AP integrates).
+
+  Args:
+    ranking: int [K] database indices, most similar first.
+    ok: the positives' database indices (at least one).
+    junk: the ignored images' database indices.
+
+  Returns:
+    (recall, precision), float64 [P + 1] each: (0, 1), then one point per
+    retrieved positive, at its junk-free position r_i: recall (i + 1) / |ok|,
+    precision (i + 1) / (r_i + 1).
+
+  Raises:
+    ValueError: if `ok` is empty.
+  """
+  ok = np.asarray(ok, dtype=np.int64).ravel()
+  if ok.size == 0:
+    raise ValueError("precision_recall needs at least one positive")
+  positions = positive_positions(ranking, ok, junk).astype(np.float64)
+  hits = np.arange(1, positions.size + 1, dtype=np.float64)
+  recall = np.concatenate([[0.0], hits / ok.size])
+  precision = np.concatenate([[1.0], hits / (positions + 1.0)])
+  return recall, precision
+
+
 def compute_map(
   ranks: np.ndarray,
   gnd: Sequence[Mapping[str, Any]],
@@ -154,12 +204,7 @@ def compute_map(
     if ok.size == 0:
       num_skipped += 1
       continue
-    junk = np.asarray(entry.get("junk", ()), dtype=np.int64).ravel()
-    row = ranks[q]
-    positions = np.flatnonzero(np.isin(row, ok))
-    junk_positions = np.flatnonzero(np.isin(row, junk))
-    # Junk ranked strictly before each positive shifts it up.
-    positions = positions - np.searchsorted(junk_positions, positions, side="left")
+    positions = positive_positions(ranks[q], ok, entry.get("junk", ()))
     aps[q] = average_precision(positions, ok.size)
     prs[q] = _precision_at_k(positions, kappas)
   evaluated = num_queries - num_skipped

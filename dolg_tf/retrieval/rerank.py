@@ -344,8 +344,42 @@ def count_inliers(
   max_anisotropy: float | None = None,
 ) -> int:
   """RANSAC inliers of the matches between two images' local features."""
+  return verify(
+    query,
+    index,
+    distance_threshold,
+    ratio,
+    model,
+    residual_threshold,
+    max_trials,
+    seed,
+    max_scale_change,
+    max_anisotropy,
+  )[1].num_inliers
+
+
+def verify(
+  query: feature_io.LocalFeatures,
+  index: feature_io.LocalFeatures,
+  distance_threshold: float | None = None,
+  ratio: float | None = None,
+  model: str = "affine",
+  residual_threshold: float = DEFAULT_RESIDUAL_THRESHOLD,
+  max_trials: int = DEFAULT_MAX_TRIALS,
+  seed: int | None = 0,
+  max_scale_change: float | None = None,
+  max_anisotropy: float | None = None,
+) -> tuple[np.ndarray, RansacResult]:
+  """The tentative matches of two images' local features and their RANSAC fit.
+
+  Args: as `count_inliers` (GeometricVerificationConfig.verify_kwargs()).
+
+  Returns:
+    (int64 [M, 2] matches (row of query, row of index), from `match_features`;
+    the RansacResult of `ransac_inliers`, whose mask marks the inliers).
+  """
   matches = match_features(query.descriptors, index.descriptors, distance_threshold, ratio)
-  return ransac_inliers(
+  result = ransac_inliers(
     query.locations,
     index.locations,
     matches,
@@ -355,7 +389,8 @@ def count_inliers(
     seed=seed,
     max_scale_change=max_scale_change,
     max_anisotropy=max_anisotropy,
-  ).num_inliers
+  )
+  return matches, result
 
 
 def rerank_one(
@@ -482,6 +517,7 @@ def rerank_protocols(
   query_loader: Callable[[int], feature_io.LocalFeatures],
   index_loader: Callable[[int], feature_io.LocalFeatures | None],
   config: GeometricVerificationConfig | None = None,
+  ranks_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, metrics.MapResult]:
   """Revisited-protocol results of the global `ranks` re-ranked per protocol (module doc).
 
@@ -492,6 +528,7 @@ def rerank_protocols(
     index_loader: database index -> LocalFeatures, or None for an image
       without local features (a distractor): 0 inliers.
     config: the verification settings (default GeometricVerificationConfig()).
+    ranks_out: if given, filled with {protocol: re-ranked int [Q, K]}.
 
   Returns:
     {protocol: MapResult} after re-ranking.
@@ -514,6 +551,8 @@ def rerank_protocols(
       **config.verify_kwargs(),
     )
     after[protocol] = metrics.compute_map(new_ranks, protocol_gnd, metrics.DEFAULT_KAPPAS)
+    if ranks_out is not None:
+      ranks_out[protocol] = new_ranks
   elapsed = time.time() - start
   logging.info(
     "verified %d (query, image) pairs in %.1fs (%.3fs per query)",

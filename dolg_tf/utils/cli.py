@@ -61,6 +61,13 @@ def command_name() -> str:
   return os.path.splitext(os.path.basename(sys.argv[0] or "dolg_tf"))[0]
 
 
+def error_message(error: Exception) -> str:
+  """The message of an error; a plain KeyError's without the quotes str() adds."""
+  if type(error) is KeyError and error.args:
+    return str(error.args[0])
+  return str(error)
+
+
 def fail(message: str) -> None:
   """Prints `<command>: error: <message>` and exits with status 2."""
   print(f"{command_name()}: error: {' '.join(str(message).split())}", file=sys.stderr)

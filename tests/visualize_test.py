@@ -1,0 +1,174 @@
+"""Tests for dolg_tf.visualize: attention of the tiny models, a restored run, the command."""
+
+import html.parser
+import os
+import pickle
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+from PIL import Image
+
+from dolg_tf import config as config_lib
+from dolg_tf import visualize
+from dolg_tf.export import export_model
+from dolg_tf.io import datum_io, feature_io
+from dolg_tf.utils import images
+from tests import testutil
+
+
+def _image(height, width, seed=0):
+  """A smooth random RGB image (blocks of 8 px), uint8."""
+  blocks = np.random.default_rng(seed).uniform(0, 255, size=[-(-height // 8), -(-width // 8), 3])
+  return np.kron(blocks, np.ones([8, 8, 1]))[:height, :width].astype(np.uint8)
+
+
+def _write_run(root, name="dolg"):
+  """A run folder (config.json + checkpoints/) holding the shared tiny model's weights."""
+  model_config = testutil.TINY_DOLG if name == "dolg" else testutil.TINY_DELG
+  config_lib.save_config(config_lib.ExperimentConfig(model=model_config), root)
+  tf.train.Checkpoint(model=testutil.tiny_model(name)).save(
+    os.path.join(root, "checkpoints", "ckpt")
+  )
+  return root
+
+
+class _Links(html.parser.HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.links = []
+
+  def handle_starttag(self, tag, attrs):
+    self.links.extend(value for key, value in attrs if key in ("src", "href"))
+
+
+class AttentionTest(tf.test.TestCase, parameterized.TestCase):
+  @parameterized.parameters("dolg", "delg")
+  def test_overlay_has_the_image_size_and_marks_high_attention(self, name):
+    model = testutil.tiny_model(name)
+    image = _image(72, 100)
+    attention = visualize.attention_map(model, image)
+    self.assertEqual(attention.ndim, 2)
+    self.assertGreater(attention.size, 1)
+    self.assertGreater(float(attention.max()), float(attention.min()))
+    shown, overlay = visualize.attention_picture(model, image, max_image_size=0)
+    self.assertAllEqual(shown, image)
+    self.assertEqual(overlay.shape, image.shape)
+    # Where the resized attention peaks the heat map replaces part of the image; where it
+    # is lowest (weight 0) the image is unchanged.
+    resized = np.asarray(Image.fromarray(attention).resize((100, 72), Image.Resampling.BILINEAR))
+    hot = np.unravel_index(np.argmax(resized), resized.shape)
+    cold = np.unravel_index(np.argmin(resized), resized.shape)
+    self.assertGreater(np.abs(overlay[hot].astype(int) - image[hot]).max(), 20)
+    self.assertAllEqual(overlay[cold], image[cold])
+
+  def test_max_image_size_shrinks_the_input(self):
+    shown, overlay = visualize.attention_picture(testutil.tiny_model("dolg"), _image(64, 128), 64)
+    self.assertEqual(shown.shape, (32, 64, 3))
+    self.assertEqual(overlay.shape, (32, 64, 3))
+
+
+class RestoredRunTest(tf.test.TestCase):
+  def test_restore_model_gives_the_checkpointed_attention(self):
+    logdir = _write_run(self.create_tempdir().full_path)
+    experiment, model = export_model.restore_model(logdir)
+    self.assertEqual(experiment.model.name, "dolg")
+    image = _image(64, 64, seed=3)
+    self.assertAllClose(
+      visualize.attention_map(model, image),
+      visualize.attention_map(testutil.tiny_model("dolg"), image),
+      atol=1e-5,
+    )
+
+
+class CommandTest(tf.test.TestCase):
+  def _benchmark(self, root):
+    """A tiny gnd, its images, global descriptors and local features (a shifted grid)."""
+    images_dir = os.path.join(root, "jpg")
+    features = os.path.join(root, "features")
+    os.makedirs(images_dir)
+    os.makedirs(features)
+    imlist, qimlist = ["db0", "db1", "db2"], ["q0"]
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(8, 56, 8), np.arange(8, 56, 8)), -1).reshape(-1, 2)
+    local = rng.normal(size=[len(grid), 8]).astype(np.float32)
+    local /= np.linalg.norm(local, axis=1, keepdims=True)
+    for k, name in enumerate(imlist + qimlist):
+      Image.fromarray(_image(64, 64, seed=k)).save(os.path.join(images_dir, name + ".jpg"))
+      datum_io.write_to_file(os.path.join(features, name + ".dolg_global"), rng.normal(size=4))
+      ones = np.ones(len(grid), np.float32)
+      feature_io.write_to_file(
+        os.path.join(features, name + ".delg_local"), grid + k, ones, local, ones
+      )
+    gnd = {
+      "imlist": imlist,
+      "qimlist": qimlist,
+      "gnd": [{"easy": [0], "hard": [1], "junk": [], "bbx": [4, 4, 60, 60]}],
+    }
+    gnd_path = os.path.join(root, "gnd_tiny.pkl")
+    with open(gnd_path, "wb") as f:
+      pickle.dump(gnd, f)
+    return gnd_path, images_dir, features
+
+  def test_report_with_attention_matches_and_ranked_lists(self):
+    root = self.create_tempdir().full_path
+    logdir = _write_run(os.path.join(root, "run"))
+    gnd_path, images_dir, features = self._benchmark(root)
+    report_dir = os.path.join(root, "report")
+    done = testutil.run_module(
+      "dolg_tf.visualize",
+      f"--report_dir={report_dir}",
+      f"--logdir={logdir}",
+      f"--images_dir={images_dir}",
+      "--attention_images=q0,db1",
+      f"--dataset_file_path={gnd_path}",
+      f"--query_features_dir={features}",
+      f"--index_features_dir={features}",
+      "--num_match_pairs=1",
+      "--match_pairs=db1:db2",
+      "--gv_residual_threshold=2",
+    )
+    self.assertEqual(done.returncode, 0, done.stderr)
+    self.assertIn(f"report: {report_dir}/index.html", done.stdout)
+    with open(os.path.join(report_dir, "index.html"), encoding="utf-8") as f:
+      page = f.read()
+    parser = _Links()
+    parser.feed(page)
+    targets = {link for link in parser.links if not link.startswith("#")}
+    self.assertEqual(targets, set(os.listdir(report_dir)) - {"index.html"})
+    for expected in (
+      "attention_q0.png",
+      "attention_db1.png",
+      "matches_db1_db2.png",
+      "ranked_q0.png",
+      "ap_per_query.png",
+      "precision_recall.png",
+    ):
+      self.assertIn(expected, targets)
+    # Every keypoint grid is the same grid shifted by k: all 36 matches are inliers.
+    self.assertIn("db1 - db2: 36 inliers", page)
+    attention = images.decode_image(os.path.join(report_dir, "attention_q0.png"))
+    self.assertEqual(attention.shape, (64, 2 * 64 + 4, 3))  # image | gap | overlay
+    ranked_matches = [t for t in targets if t.startswith("matches_q0_")]
+    self.assertLen(ranked_matches, 1)  # q0 against its best-ranked positive
+
+  def test_missing_file_is_one_line_and_exit_2(self):
+    root = self.create_tempdir().full_path
+    config_lib.save_config(config_lib.ExperimentConfig(model=testutil.TINY_DOLG), root)
+    report_dir = os.path.join(root, "report")
+    done = testutil.run_module(
+      "dolg_tf.visualize",
+      f"--report_dir={report_dir}",
+      f"--logdir={root}",
+      f"--attention_images={root}/nope.jpg",
+    )
+    self.assertEqual(done.returncode, 2, done.stderr)
+    self.assertEqual(
+      done.stderr.strip(),
+      f"visualize: error: --attention_images: {root}/nope.jpg: image not found",
+    )
+    self.assertFalse(os.path.exists(report_dir))
+
+
+if __name__ == "__main__":
+  tf.test.main()

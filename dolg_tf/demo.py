@@ -47,11 +47,18 @@ flags.DEFINE_enum("model", "dolg", ["dolg", "delg"], "Network trained and evalua
 flags.DEFINE_string(
   "workdir", None, "Where every artifact of the demo goes (default runs/demo, runs/demo_delg)."
 )
-flags.DEFINE_integer("max_steps", None, "Training steps (default: the experiment's, 600).")
-flags.DEFINE_integer(
-  "synthetic_classes", None, "Landmark classes of training and benchmark (default: 16)."
+# Shared with the training command's field flags when one process imports both.
+cli.define_override(
+  flags.DEFINE_integer, "max_steps", "Training steps (default: the experiment's, 600)."
 )
-flags.DEFINE_integer("seed", None, "Seed of data, weights and the baseline (default: 0).")
+cli.define_override(
+  flags.DEFINE_integer,
+  "synthetic_classes",
+  "Landmark classes of training and benchmark (default: 16).",
+)
+cli.define_override(
+  flags.DEFINE_integer, "seed", "Seed of data, weights and the baseline (default: 0)."
+)
 
 # Geometric verification of the DELG demo. DELF's settings are meant for
 # ~1024 px photos; the benchmark views are 128 px, where keypoints sit on a

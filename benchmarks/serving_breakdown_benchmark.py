@@ -1,19 +1,23 @@
 r"""Where the extraction time goes: the serving signature taken apart, step by step, in one run.
 
 One untrained DOLG (`--depth`, pycls layout) at `--image_size`^2, one scale,
-`--precision`; each row times `--num_images` forwards (after `--warmup`):
+`--precision`; each row runs `--num_images` images a round, the rows in turn
+for `--rounds` timed rounds after an untimed one, and gives its median:
   static      tf.function of the Keras model, input [1, S, S, 3] fixed
   dynamic     the same with input [1, None, None, 3] (the export's shapes)
   resize      dynamic + the uint8 -> float cast and the bilinear resize
   map_fn      resize inside tf.map_fn over the scale tensor (the export's loop)
   signature   the exported SavedModel's serving_default (+ pooling, L2)
   frozen      the same, exported with export.freeze_weights (constant weights)
+  baseline    with --baseline_export: the serving_default of an export made by
+              an earlier version of this code (the "before" of a change)
   extractor   Extractor.extract on a decoded array (+ Python, numpy pooling)
   pipeline    pipeline.run_extraction over JPEG files (+ decode, write)
-and the ratio of each to `static`; then the same for a `--scales` pyramid
+and the ratio of each to `static`; then the same for each `--pyramid`
 against the sum of its single-scale signature calls, and the fp32 GEMM
 rate of this CPU (tf.matmul 4096^3) with the img/s it implies for the
-network's FLOPs (counted by TF's profiler on the static graph). With
+network's FLOPs (counted by TF's profiler on the static graph; the bfloat16 GEMM too
+with --precision=bfloat16). With
 --trace (default), a TF profiler trace of `static` and of `signature`, parsed:
 the op time summed per category (convolutions, matmuls, element-wise and
 normalisation, pooling, resize, padding and layout, loop and control, other)
@@ -25,6 +29,7 @@ Usage:
 
 import collections
 import dataclasses
+import functools
 import glob
 import os
 import tempfile
@@ -46,12 +51,26 @@ from dolg_tf.model import builder
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("depth", 101, "ResNet depth (pycls layout).")
 flags.DEFINE_integer("image_size", 512, "Side of the square images.")
-flags.DEFINE_integer("num_images", 8, "Timed forwards per row.")
-flags.DEFINE_integer("warmup", 2, "Untimed forwards before each row.")
+flags.DEFINE_integer("num_images", 4, "Images per row and round.")
+flags.DEFINE_integer("rounds", 3, "Timed rounds (each row once a round, in turn; medians).")
 flags.DEFINE_enum("precision", "float32", config_lib.EXPORT_PRECISIONS, "export.precision.")
-flags.DEFINE_list("scales", ["0.7071", "1.0", "1.4142"], "The multi-scale pyramid row.")
+flags.DEFINE_multi_string(
+  "pyramid",
+  [
+    ",".join(map(str, config_lib.OFFICIAL_SCALES)),
+    ",".join(map(str, config_lib.OFFICIAL_INFER_SCALES)),
+  ],
+  "Multi-scale pyramid rows (comma-separated scales; repeat the flag for more): default the "
+  "shipped 3 scales and the official evaluation's 5.",
+)
 flags.DEFINE_bool("gemm", True, "Measure the fp32 GEMM rate and count the network's FLOPs.")
 flags.DEFINE_bool("trace", True, "Profile static and signature and break their op time down.")
+flags.DEFINE_string(
+  "baseline_export",
+  None,
+  "A SavedModel of the same network exported by an earlier version of this code (one scale, "
+  "max_image_size >= image_size): its serving_default is timed and traced as 'baseline'.",
+)
 
 # Op types of a TF CPU trace by category (the rest is "other").
 OP_CATEGORIES = {
@@ -130,15 +149,32 @@ OP_CATEGORIES = {
   ),
 }
 CATEGORY_OF = {op: category for category, ops in OP_CATEGORIES.items() for op in ops}
+# oneDNN's graph rewrites rename ops (_MklNativePadWithFusedConv2D is a Pad fused into a Conv2D).
+ONEDNN_PREFIXES = ("_MklNativePadWith", "_MklNative", "_MklPadWith", "_Mkl", "_")
 
 
-def _rate(fn, inputs) -> float:
-  for x in inputs[: FLAGS.warmup]:
-    fn(x)
-  start = time.perf_counter()
-  for x in inputs:
-    fn(x)
-  return len(inputs) / (time.perf_counter() - start)
+def op_category(op_type: str) -> str:
+  """The category of a traced op type, oneDNN's renamed ops included."""
+  for prefix in ("",) + ONEDNN_PREFIXES:
+    if op_type.startswith(prefix):
+      base = op_type[len(prefix) :]
+      for candidate in (base, f"_{base}"):
+        if candidate in CATEGORY_OF:
+          return CATEGORY_OF[candidate]
+  return "other"
+
+
+def _interleaved_rates(rows, num_images):
+  """{name: median img/s}: rows[name]() runs `num_images` images; the rows run in turn, round
+  after round (the first round untimed), so a drift of the machine's speed hits all of them."""
+  samples = collections.defaultdict(list)
+  for round_index in range(FLAGS.rounds + 1):
+    for name, run in rows.items():
+      start = time.perf_counter()
+      run()
+      if round_index:
+        samples[name].append(num_images / (time.perf_counter() - start))
+  return {name: float(np.median(values)) for name, values in samples.items()}, samples
 
 
 def _flops(forward, size) -> float:
@@ -150,10 +186,10 @@ def _flops(forward, size) -> float:
   return float(info.total_float_ops)
 
 
-def _gemm_rate(n=4096, repeats=5) -> float:
-  a = tf.random.normal([n, n])
-  b = tf.random.normal([n, n])
-  matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+def _gemm_rate(dtype=tf.float32, n=4096, repeats=5) -> float:
+  a = tf.cast(tf.random.normal([n, n]), dtype)
+  b = tf.cast(tf.random.normal([n, n]), dtype)
+  matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
   matmul().numpy()
   start = time.perf_counter()
   for _ in range(repeats):
@@ -163,7 +199,6 @@ def _gemm_rate(n=4096, repeats=5) -> float:
 
 def trace_breakdown(fn, inputs, logdir):
   """(wall s per call, {category: op s per call}, {op type: s per call}) of a profiled run."""
-  fn(inputs[0])
   tf.profiler.experimental.start(logdir)
   start = time.perf_counter()
   for x in inputs:
@@ -186,7 +221,7 @@ def trace_breakdown(fn, inputs, logdir):
           by_op[name.rsplit(":", 1)[1]] += event.duration_ps * 1e-12
   by_category = collections.Counter()
   for op, seconds in by_op.items():
-    by_category[CATEGORY_OF.get(op, "other")] += seconds
+    by_category[op_category(op)] += seconds
   n = len(inputs)
   return (
     wall / n,
@@ -201,6 +236,8 @@ def print_traces(traces):
   print("profiler trace, ms per image (op time summed over TF's executor threads):")
   print(f"  {'':22s}" + "".join(f"{n:>12s}" for n in names))
   print(f"  {'wall':22s}" + "".join(f"{traces[n][0] * 1e3:12.1f}" for n in names))
+  totals = [sum(traces[n][1].values()) * 1e3 for n in names]
+  print(f"  {'all ops':22s}" + "".join(f"{t:12.1f}" for t in totals))
   categories = list(OP_CATEGORIES) + ["other"]
   for category in categories:
     values = [traces[n][1].get(category, 0.0) * 1e3 for n in names]
@@ -233,10 +270,7 @@ def main(argv):
     export_config=dataclasses.replace(export_config, freeze_weights=True),
   )
   rng = np.random.default_rng(0)
-  arrays = [
-    rng.integers(0, 256, [size, size, 3], dtype=np.uint8)
-    for _ in range(FLAGS.num_images + FLAGS.warmup)
-  ]
+  arrays = [rng.integers(0, 256, [size, size, 3], dtype=np.uint8) for _ in range(FLAGS.num_images)]
   floats = [tf.constant(a[None].astype(np.float32)) for a in arrays]
   uint8 = [tf.constant(a) for a in arrays]
 
@@ -272,6 +306,11 @@ def main(argv):
   one_scale = tf.constant([1.0])
 
   serve_frozen = tf.saved_model.load(frozen_dir).signatures[signatures.SERVING_DEFAULT]
+  serve_baseline = None
+  if FLAGS.baseline_export:
+    serve_baseline = tf.saved_model.load(FLAGS.baseline_export).signatures[
+      signatures.SERVING_DEFAULT
+    ]
 
   def signature(image, scales=one_scale, serve=serve):
     return serve(
@@ -291,44 +330,48 @@ def main(argv):
     paths.append(os.path.join(folder, f"{i:03d}.jpg"))
     Image.fromarray(a).save(paths[-1], quality=95)
 
-  def run_pipeline(_):
-    out = tempfile.mkdtemp(dir=workdir)
-    summary = pipeline.run_extraction(
-      extractor, pipeline.tasks_from_paths(paths[FLAGS.warmup :]), out, log_interval=1e9
-    )
-    return summary
+  def each(fn, inputs):
+    return lambda: [fn(x) for x in inputs]
 
-  rows = [
-    ("static", lambda: _rate(lambda x: static(x).numpy(), floats)),
-    ("dynamic", lambda: _rate(lambda x: dynamic(x).numpy(), floats)),
-    ("resize", lambda: _rate(lambda x: resize(x).numpy(), uint8)),
-    ("map_fn", lambda: _rate(lambda x: map_fn(x, one_scale).numpy(), uint8)),
-    ("signature", lambda: _rate(signature, uint8)),
-    ("frozen", lambda: _rate(lambda x: signature(x, serve=serve_frozen), uint8)),
-    ("extractor", lambda: _rate(extractor.extract, arrays)),
-  ]
-  rates = {}
-  for name, measure in rows:
-    rates[name] = measure()
-  start = time.perf_counter()
-  run_pipeline(None)
-  rates["pipeline"] = FLAGS.num_images / (time.perf_counter() - start)
-  again = _rate(lambda x: static(x).numpy(), floats)
+  def run_pipeline():
+    out = tempfile.mkdtemp(dir=workdir)
+    pipeline.run_extraction(extractor, pipeline.tasks_from_paths(paths), out, log_interval=1e9)
+
+  rows = {
+    "static": each(lambda x: static(x).numpy(), floats),
+    "dynamic": each(lambda x: dynamic(x).numpy(), floats),
+    "resize": each(lambda x: resize(x).numpy(), uint8),
+    "map_fn": each(lambda x: map_fn(x, one_scale).numpy(), uint8),
+    "signature": each(signature, uint8),
+    "frozen": each(lambda x: signature(x, serve=serve_frozen), uint8),
+    "extractor": each(extractor.extract, arrays),
+    "pipeline": run_pipeline,
+  }
+  if serve_baseline is not None:
+    rows["baseline"] = each(lambda x: signature(x, serve=serve_baseline), uint8)
+  rates, samples = _interleaved_rates(rows, FLAGS.num_images)
+  spread = ", ".join(f"{r:.3f}" for r in samples["static"])
   print(
-    f"DOLG-R{FLAGS.depth} {size}x{size} {FLAGS.precision}, one scale "
-    f"(static measured again at the end: {again:.3f} img/s)"
+    f"DOLG-R{FLAGS.depth} {size}x{size} {FLAGS.precision}, one scale, median of {FLAGS.rounds} "
+    f"interleaved rounds of {FLAGS.num_images} images (static's rounds: {spread} img/s)"
   )
   for name, rate in rates.items():
     print(f"  {name:10s} {rate:7.3f} img/s  {rate / rates['static']:.3f} x static")
 
-  scales = tf.constant([float(s) for s in FLAGS.scales])
-  pyramid = _rate(lambda x: signature(x, scales), uint8)
-  singles = [_rate(lambda x, s=s: signature(x, tf.constant([s])), uint8) for s in scales.numpy()]
-  cost = (1 / pyramid) / sum(1 / r for r in singles)
-  print(
-    f"pyramid {FLAGS.scales}: {1 / pyramid:.3f} s/img vs the sum of its single-scale calls "
-    f"{sum(1 / r for r in singles):.3f} s: {cost:.3f}x"
-  )
+  for pyramid_flag in FLAGS.pyramid:
+    scales = [float(s) for s in pyramid_flag.split(",")]
+    pyramid_rows = {
+      "pyramid": each(functools.partial(signature, scales=tf.constant(scales)), uint8)
+    }
+    for scale in scales:
+      pyramid_rows[scale] = each(functools.partial(signature, scales=tf.constant([scale])), uint8)
+    pyramid_rates, _ = _interleaved_rates(pyramid_rows, FLAGS.num_images)
+    total = sum(1 / pyramid_rates[scale] for scale in scales)
+    cost = 1 / pyramid_rates["pyramid"]
+    print(
+      f"pyramid {pyramid_flag}: {cost:.3f} s/img vs the sum of its single-scale calls "
+      f"{total:.3f} s: {cost / total:.3f}x"
+    )
   if FLAGS.trace:
     traces = {
       "static": trace_breakdown(
@@ -336,15 +379,22 @@ def main(argv):
       ),
       "signature": trace_breakdown(signature, uint8, os.path.join(workdir, "trace_signature")),
     }
+    if serve_baseline is not None:
+      traces["baseline"] = trace_breakdown(
+        lambda x: signature(x, serve=serve_baseline), uint8, os.path.join(workdir, "trace_baseline")
+      )
     print_traces(traces)
   if FLAGS.gemm:
     flops = _flops(static, size)
-    gemm = _gemm_rate()
-    floor = gemm / flops
-    print(
-      f"network {flops / 1e9:.1f} GFLOP/img (TF profiler); fp32 GEMM {gemm / 1e9:.0f} GFLOP/s "
-      f"-> {floor:.3f} img/s; pipeline at {rates['pipeline'] / floor:.1%} of it"
-    )
+    dtypes = [tf.float32] + ([tf.bfloat16] if FLAGS.precision == "bfloat16" else [])
+    for dtype in dtypes:
+      gemm = _gemm_rate(dtype)
+      floor = gemm / flops
+      print(
+        f"network {flops / 1e9:.1f} GFLOP/img (TF profiler); {dtype.name} GEMM "
+        f"{gemm / 1e9:.0f} GFLOP/s -> {floor:.3f} img/s; pipeline at "
+        f"{rates['pipeline'] / floor:.1%} of it"
+      )
 
 
 if __name__ == "__main__":

@@ -144,18 +144,17 @@ def export_models(workdir: str):
     if precision not in PRECISIONS:
       raise app.UsageError(f"unknown precision {precision!r}")
     # The bf16 export gets the fp32 model's weights (export.precision=bfloat16).
+    export_config = config_lib.ExportConfig(
+      image_scales=(1.0,), precision=PRECISIONS[precision], freeze_weights=FLAGS.freeze_weights
+    )
     exports[precision] = export_model.export_saved_model(
       fp32,
       model_config,
       os.path.join(workdir, f"export_{precision}"),
-      export_config=config_lib.ExportConfig(
-        image_scales=(1.0,),
-        precision=PRECISIONS[precision],
-        freeze_weights=FLAGS.freeze_weights,
-      ),
+      export_config=export_config,
     )
     models[precision] = (
-      export_model.with_precision(fp32, model_config, PRECISIONS[precision]) if FLAGS.xla else None
+      export_model.serving_model(fp32, model_config, export_config) if FLAGS.xla else None
     )
   logging.set_verbosity(verbosity)
   print(f"built and exported {'+'.join(exports)} DOLG-R{FLAGS.depth} in {time.time() - start:.0f}s")

@@ -3,11 +3,14 @@ r"""Where the extraction time goes: the serving signature taken apart, step by s
 One untrained DOLG (`--depth`, pycls layout) at `--image_size`^2, one scale,
 `--precision`; each row runs `--num_images` images a round, the rows in turn
 for `--rounds` timed rounds after an untimed one, and gives its median:
-  static      tf.function of the Keras model, input [1, S, S, 3] fixed
+  static      tf.function of the Keras model (as trained: batch norms not
+              folded; at --precision), input [1, S, S, 3] fixed
   dynamic     the same with input [1, None, None, 3] (the export's shapes)
   resize      dynamic + the uint8 -> float cast and the bilinear resize
   map_fn      resize inside tf.map_fn over the scale tensor (the export's loop)
-  signature   the exported SavedModel's serving_default (+ pooling, L2)
+  signature   the exported SavedModel's serving_default (+ pooling, L2;
+              export.fold_batch_norms on, the default)
+  unfolded    the same, exported with export.fold_batch_norms=false
   frozen      the same, exported with export.freeze_weights (constant weights)
   baseline    with --baseline_export: the serving_default of an export made by
               an earlier version of this code (the "before" of a change)
@@ -65,6 +68,7 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_bool("gemm", True, "Measure the fp32 GEMM rate and count the network's FLOPs.")
 flags.DEFINE_bool("trace", True, "Profile static and signature and break their op time down.")
+flags.DEFINE_integer("top_ops", 8, "Op types listed under the trace table for each function.")
 flags.DEFINE_string(
   "baseline_export",
   None,
@@ -226,7 +230,7 @@ def trace_breakdown(fn, inputs, logdir):
   return (
     wall / n,
     {k: v / n for k, v in by_category.items()},
-    {k: v / n for k, v in by_op.most_common(8)},
+    {k: v / n for k, v in by_op.most_common(FLAGS.top_ops)},
   )
 
 
@@ -256,12 +260,17 @@ def main(argv):
   tf.keras.utils.set_random_seed(0)
   logging.set_verbosity(logging.WARNING)
   fp32 = builder.build_model(model_config, image_size=64)
-  model = export_model.with_precision(fp32, model_config, FLAGS.precision)
   export_config = config_lib.ExportConfig(
     image_scales=(1.0,), max_image_size=2 * size, precision=FLAGS.precision
   )
+  # The Keras model as trained (batch norms not folded), at the export's precision.
+  unfolded_config = dataclasses.replace(export_config, fold_batch_norms=False)
+  model = export_model.serving_model(fp32, model_config, unfolded_config)
   export_dir = export_model.export_saved_model(
     fp32, model_config, os.path.join(workdir, "export"), export_config=export_config
+  )
+  unfolded_dir = export_model.export_saved_model(
+    fp32, model_config, os.path.join(workdir, "export_unfolded"), export_config=unfolded_config
   )
   frozen_dir = export_model.export_saved_model(
     fp32,
@@ -306,6 +315,7 @@ def main(argv):
   one_scale = tf.constant([1.0])
 
   serve_frozen = tf.saved_model.load(frozen_dir).signatures[signatures.SERVING_DEFAULT]
+  serve_unfolded = tf.saved_model.load(unfolded_dir).signatures[signatures.SERVING_DEFAULT]
   serve_baseline = None
   if FLAGS.baseline_export:
     serve_baseline = tf.saved_model.load(FLAGS.baseline_export).signatures[
@@ -343,6 +353,7 @@ def main(argv):
     "resize": each(lambda x: resize(x).numpy(), uint8),
     "map_fn": each(lambda x: map_fn(x, one_scale).numpy(), uint8),
     "signature": each(signature, uint8),
+    "unfolded": each(lambda x: signature(x, serve=serve_unfolded), uint8),
     "frozen": each(lambda x: signature(x, serve=serve_frozen), uint8),
     "extractor": each(extractor.extract, arrays),
     "pipeline": run_pipeline,

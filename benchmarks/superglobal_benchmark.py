@@ -14,10 +14,12 @@ Prints one table per model (mAP % Easy / Medium / Hard, and ms/query of the
 re-ranking); the GeM+ rows sweep p, since "a tuned p" has to be tuned per
 network. Features are cached under --output_dir: a rerun only scores.
 
---bfloat16 (default on) then exports the same checkpoint with
-export.precision float32 and bfloat16 and prints the smallest and mean
-cosine between the two descriptors of every benchmark image and both mAPs:
-the accuracy bound of a bf16 export on trained weights.
+--bfloat16 (default on) then exports the same checkpoint as trained (float32,
+export.fold_batch_norms=false), with the default float32 export (batch norms
+folded) and with export.precision=bfloat16 (batch norms folded and not), and
+prints the smallest and mean cosine of each one's descriptors to the first's
+over every benchmark image, and all mAPs: the accuracy bound of folding and of
+a bf16 export on trained weights.
 """
 
 import dataclasses
@@ -149,37 +151,47 @@ def ablate(name, workdir, output_dir):
   return rows
 
 
+# Exports compared by --bfloat16; the first is the reference (the Keras graph as trained).
+PRECISION_EXPORTS = {
+  "float32 unfolded": {"precision": "float32", "fold_batch_norms": False},
+  "float32": {"precision": "float32"},
+  "bfloat16": {"precision": "bfloat16"},
+  "bfloat16 unfolded": {"precision": "bfloat16", "fold_batch_norms": False},
+}
+
+
 def precision_rows(name, workdir, output_dir):
-  """bfloat16 vs float32 exports of the trained demo: descriptor cosines and mAP."""
+  """The exports of PRECISION_EXPORTS of the trained demo: descriptor cosines and mAP."""
   benchmark_dir = os.path.join(workdir, "benchmark")
   gnd_path = os.path.join(benchmark_dir, "gnd_synthetic.pkl")
   images = pipeline.tasks_from_paths(pipeline.list_images(os.path.join(benchmark_dir, "jpg")))
   descriptors, results = {}, {}
-  for precision in ("float32", "bfloat16"):
-    base = os.path.join(output_dir, name, f"export_{precision}")
-    model_path = export_once(workdir, base, {"export": {"precision": precision}})
-    folder = os.path.join(output_dir, name, f"precision_{precision}")
+  for label, export in PRECISION_EXPORTS.items():
+    key = label.replace(" ", "_")
+    base = os.path.join(output_dir, name, f"export_{key}")
+    model_path = export_once(workdir, base, {"export": export})
+    folder = os.path.join(output_dir, name, f"precision_{key}")
     os.makedirs(folder, exist_ok=True)
-    config, features = extract(workdir, Variant(precision), model_path, folder, images, 3.0)
+    config, features = extract(workdir, Variant(key), model_path, folder, images, 3.0)
     suffix = config.global_descriptor_suffix
-    results[precision] = perform_retrieval.evaluate(gnd_path, features, features, suffix=suffix)
-    descriptors[precision] = {
+    results[label] = perform_retrieval.evaluate(gnd_path, features, features, suffix=suffix)
+    descriptors[label] = {
       task.image_id: datum_io.read_from_file(os.path.join(features, task.image_id + suffix))
       for task in images
     }
-  cosines = np.array(
-    [
-      float(np.dot(descriptors["float32"][n], descriptors["bfloat16"][n]))
-      for n in descriptors["float32"]
-    ]
-  )
-  print(
-    f"\n=== bfloat16 vs float32 export, trained {name.upper()} demo ({len(cosines)} images) ==="
-  )
-  print(f"descriptor cosine: min {cosines.min():.6f}, mean {cosines.mean():.6f}")
-  for precision, evaluation in results.items():
+  reference, *others = PRECISION_EXPORTS
+  print(f"\n=== exports of the trained {name.upper()} demo ({len(images)} images) ===")
+  for label in others:
+    cosines = np.array(
+      [float(np.dot(descriptors[reference][n], descriptors[label][n])) for n in descriptors[label]]
+    )
+    print(
+      f"{label} vs {reference}: descriptor cosine min {cosines.min():.6f}, "
+      f"mean {cosines.mean():.6f}"
+    )
+  for label, evaluation in results.items():
     maps = " / ".join(f"{100 * evaluation.results[p].mean_ap:.2f}" for p in PROTOCOLS)
-    print(f"{precision:<9} mAP E / M / H {maps}")
+    print(f"{label:<17} mAP E / M / H {maps}")
 
 
 def print_table(name, rows):

@@ -12,7 +12,11 @@ classes, ArcFace, SGD with Nesterov momentum and weight decay, in one run:
     of the two is the input pipeline's cost left after overlap;
   * the official DOLG PyTorch structure (tests/torch_dolg_reference.py, the
     optional torch) with an ArcFace head and torch.optim.SGD(nesterov=True)
-    on the same batch shape, fp32, with torch's threads set to the cores.
+    on the same batch shape, fp32, with torch's threads set to the cores;
+  * with --compare_jit, the fp32 loop with train.jit_compile (XLA).
+Every row is built and warmed up first, then the rows run in turn for
+--compare_rounds rounds of --compare_steps steps, and each prints its median,
+so a drift of the machine's speed hits all of them alike.
 
 For each (image size, batch size): builds the model and an ArcFace head
 (81313 classes, GLDv2-clean), runs --warmup_steps untimed training steps (graph
@@ -45,8 +49,10 @@ flags.DEFINE_integer("warmup_steps", 2, "Untimed steps.")
 flags.DEFINE_integer("steps", 5, "Timed steps.")
 flags.DEFINE_string("mixed_precision", "float32", "Keras policy.")
 flags.DEFINE_bool("compare_official", False, "Only the comparison with the official code.")
-flags.DEFINE_integer("compare_steps", 10, "Timed steps of each comparison row.")
+flags.DEFINE_integer("compare_steps", 5, "Steps of each comparison row per round.")
+flags.DEFINE_integer("compare_rounds", 3, "Rounds of the comparison (the rows in turn; medians).")
 flags.DEFINE_bool("force_bfloat16", False, "Time mixed_bfloat16 even where it is emulated.")
+flags.DEFINE_bool("compare_jit", False, "Also time the fp32 Trainer loop with train.jit_compile.")
 
 COMPARISON = dict(depth=50, image_size=224, batch_size=8, num_classes=1000)
 
@@ -85,8 +91,9 @@ def measure(image_size: int, batch_size: int) -> float:
   return FLAGS.steps * batch_size / (time.perf_counter() - start)
 
 
-def trainer_rate(workdir: str, mixed_precision: str, cached: bool) -> float:
-  """Images/s of the Trainer's train loop on COMPARISON's work (real or cached input)."""
+def trainer_runner(workdir: str, mixed_precision: str, cached: bool, jit_compile=False):
+  """A callable running FLAGS.compare_steps steps of the Trainer's train loop on COMPARISON's
+  work (real or cached input), traced and warmed up."""
   from dolg_tf import run_layout  # noqa: PLC0415
   from dolg_tf.data import input_pipeline, synthetic  # noqa: PLC0415
   from dolg_tf.training import trainer as trainer_lib  # noqa: PLC0415
@@ -103,10 +110,15 @@ def trainer_rate(workdir: str, mixed_precision: str, cached: bool) -> float:
       image_size=size,
     ),
     train=config_lib.TrainConfig(
-      batch_size=batch, max_steps=1000, mixed_precision=mixed_precision, nesterov=True
+      batch_size=batch,
+      max_steps=1000,
+      mixed_precision=mixed_precision,
+      nesterov=True,
+      jit_compile=jit_compile,
     ),
   )
-  layout = run_layout.RunLayout(os.path.join(workdir, f"run_{mixed_precision}_{cached}"))
+  name = f"run_{mixed_precision}_{cached}_{jit_compile}"
+  layout = run_layout.RunLayout(os.path.join(workdir, name))
   trainer = trainer_lib.Trainer(experiment, layout)
   train_loop = trainer._make_train_loop()  # the loop Trainer.train runs
   if cached:
@@ -121,14 +133,17 @@ def trainer_rate(workdir: str, mixed_precision: str, cached: bool) -> float:
   steps = tf.constant(FLAGS.compare_steps)
   train_loop(iterator, tf.constant(2))  # tracing and warm-up
   trainer.train_loss.result().numpy()
-  start = time.perf_counter()
-  train_loop(iterator, steps)
-  trainer.train_loss.result().numpy()
-  return FLAGS.compare_steps * batch / (time.perf_counter() - start)
+
+  def run():
+    train_loop(iterator, steps)
+    trainer.train_loss.result().numpy()
+
+  return run
 
 
-def official_rate() -> float | None:
-  """Images/s of the official DOLG structure's training step in PyTorch (None without torch)."""
+def official_runner():
+  """A callable running FLAGS.compare_steps training steps of the official DOLG structure in
+  PyTorch, warmed up (None without torch)."""
   try:
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
@@ -159,39 +174,57 @@ def official_rate() -> float | None:
 
   for _ in range(2):
     step()
-  start = time.perf_counter()
-  for _ in range(FLAGS.compare_steps):
-    step()
-  return FLAGS.compare_steps * batch / (time.perf_counter() - start)
+
+  def run():
+    for _ in range(FLAGS.compare_steps):
+      step()
+
+  return run
 
 
 def compare_official() -> None:
   import tempfile  # noqa: PLC0415
 
+  import numpy as np  # noqa: PLC0415
+
   work = ", ".join(f"{k} {v}" for k, v in COMPARISON.items())
-  print(f"training step, {work}, ArcFace, SGD Nesterov ({FLAGS.compare_steps} steps per row)")
+  print(
+    f"training step, {work}, ArcFace, SGD Nesterov: median of {FLAGS.compare_rounds} rounds of "
+    f"{FLAGS.compare_steps} steps per row, the rows in turn"
+  )
   rows = [
     ("dolg_tf fp32, tf.data input", "float32", False),
     ("dolg_tf fp32, cached batch", "float32", True),
   ]
+  if FLAGS.compare_jit:
+    rows.append(("dolg_tf fp32 XLA, tf.data input", "float32", False, True))
   native_bf16 = cpu.has_native_bfloat16()
   if native_bf16 or FLAGS.force_bfloat16:
     rows.append(("dolg_tf mixed_bfloat16, tf.data input", "mixed_bfloat16", False))
-  rates = {}
+  official_name = "official DOLG structure (PyTorch) fp32"
   with tempfile.TemporaryDirectory() as workdir:
-    for name, policy, cached in rows:
-      rates[name] = trainer_rate(workdir, policy, cached)
-      print(f"  {name:<42} {rates[name]:7.2f} img/s", flush=True)
-  official = official_rate()
-  name = "official DOLG structure (PyTorch) fp32"
-  if official is not None:
-    print(f"  {name:<42} {official:7.2f} img/s")
+    runners = {name: trainer_runner(workdir, *options) for name, *options in rows}
+    official = official_runner()
+    if official is not None:
+      runners[official_name] = official
+    samples = {name: [] for name in runners}
+    for _ in range(FLAGS.compare_rounds):
+      for name, run in runners.items():
+        start = time.perf_counter()
+        run()
+        samples[name].append(
+          FLAGS.compare_steps * COMPARISON["batch_size"] / (time.perf_counter() - start)
+        )
+  rates = {name: float(np.median(values)) for name, values in samples.items()}
+  for name, rate in rates.items():
+    spread = ", ".join(f"{r:.2f}" for r in samples[name])
+    print(f"  {name:<42} {rate:7.2f} img/s  (rounds: {spread})")
   real, cached = rates["dolg_tf fp32, tf.data input"], rates["dolg_tf fp32, cached batch"]
   print(f"  input pipeline: tf.data step / cached step = {real / cached:.3f}")
   if official is None:
     print("  official: torch not installed (requirements-torch.txt)")
   else:
-    print(f"  dolg_tf fp32 / official fp32 = {real / official:.2f}x")
+    print(f"  dolg_tf fp32 / official fp32 = {real / rates[official_name]:.2f}x")
   bf16 = rates.get("dolg_tf mixed_bfloat16, tf.data input")
   if bf16 is None:
     print("  mixed_bfloat16: skipped, this CPU has no native bfloat16 (--force_bfloat16 runs it)")

@@ -450,6 +450,13 @@ class ExportConfig(_Section):
       AVX512_BF16 / AMX and for TPUs. Inputs and outputs keep their dtypes.
       "auto": bfloat16 when the exporting CPU computes it natively, else
       float32 (the SavedModel records the precision it got).
+    fold_batch_norms: the served network has the backbone's batch norms
+      folded into its convolutions (kernel x gamma / sqrt(var + eps), the
+      shift as a bias): the same function up to float rounding (~2e-7). TF's
+      CPU remapper fuses a float32 convolution with its batch norm anyway,
+      but a bfloat16 one only with a bias, so bfloat16 serving gets ~1.1x
+      faster (DOLG-R101, 512 px, AVX512_BF16) and float32 stays as fast.
+      false serves the Keras graph exactly as trained.
     serve_jit_compile: the signatures run the network XLA-compiled (GPU/TPU;
       compiled once per input shape, so for fixed-size batches).
     freeze_weights: serve from a graph with the weights as constants: ~15%
@@ -475,6 +482,7 @@ class ExportConfig(_Section):
   max_image_size: int = 1024
   min_image_size: int = -1
   precision: str = "float32"
+  fold_batch_norms: bool = True
   freeze_weights: bool = False
   serve_jit_compile: bool = False
   superglobal_gem_p: float = 0.0

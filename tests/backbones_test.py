@@ -130,6 +130,54 @@ class ResNetBackboneTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(clone.bn_momentum, 0.97)
 
 
+def _with_random_statistics(backbone, seed=0):
+  """`backbone` with random batch-norm weights and statistics (fresh ones fold trivially)."""
+  rng = np.random.default_rng(seed)
+  for _, bn in backbone.conv_bn_pairs():
+    c = bn.gamma.shape[0]
+    bn.gamma.assign(rng.uniform(0.3, 1.0, c).astype(np.float32))
+    bn.beta.assign(rng.normal(0.0, 0.1, c).astype(np.float32))
+    bn.moving_mean.assign(rng.normal(0.0, 0.2, c).astype(np.float32))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, c).astype(np.float32))
+  return backbone
+
+
+class FoldBatchNormsTest(tf.test.TestCase, parameterized.TestCase):
+  # Every layout, with its own epsilon (pycls 1e-5 is below fused batch norm's 1.001e-5 floor).
+  @parameterized.parameters(("pycls", 1e-5), ("keras", 1.001e-5), ("delf", 1e-3))
+  def test_folded_backbone_computes_the_same_features(self, layout, epsilon):
+    kwargs = dict(width_multiplier=0.125, bn_epsilon=epsilon)
+    source = _with_random_statistics(_fresh(26, layout, **kwargs))
+    if layout != "pycls":  # their convolutions have biases, which the fold moves into the shift
+      rng = np.random.default_rng(1)
+      for conv, _ in source.conv_bn_pairs():
+        conv.bias.assign(rng.normal(0.0, 0.1, conv.bias.shape).astype(np.float32))
+    folded = _fresh(26, layout, **kwargs)
+    folded.set_weights(source.get_weights())
+    folded.fold_batch_norms(source=source)
+    images = tf.random.stateless_uniform([2, 48, 40, 3], [0, 1], 0, 255)
+    for want, got in zip(source(images, training=False), folded(images, training=False)):
+      self.assertAllClose(got, want, atol=1e-4, rtol=1e-4)
+    self.assertTrue(all(bn.folded for _, bn in folded.conv_bn_pairs()))
+    self.assertFalse(any(bn.folded for _, bn in source.conv_bn_pairs()))
+    with self.assertRaisesRegex(ValueError, "inference only"):
+      folded(images, training=True)
+
+  def test_every_batch_norm_has_its_convolution(self):
+    backbone = _built(50, "pycls")
+    pairs = backbone.conv_bn_pairs()
+    bns = [
+      layer for layer in _all_layers(backbone) if isinstance(layer, backbones.FoldableBatchNorm)
+    ]
+    self.assertCountEqual([id(bn) for _, bn in pairs], [id(bn) for bn in bns])
+    for conv, bn in pairs:
+      self.assertEqual(conv.filters, bn.gamma.shape[0])
+
+  def test_folded_flag_survives_get_config(self):
+    bn = backbones.FoldableBatchNorm(epsilon=1e-5, folded=True)
+    self.assertTrue(backbones.FoldableBatchNorm.from_config(bn.get_config()).folded)
+
+
 # DELF's ResNet50: Keras-default BatchNorm.
 _DELF_BN = dict(bn_momentum=0.99, bn_epsilon=1e-3)
 

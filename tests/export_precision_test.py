@@ -71,14 +71,34 @@ class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
       self.assertEqual(b.dtype, np.float32)
       self.assertGreater(float(np.dot(a, b)), 0.99)
 
-  def test_the_bf16_model_computes_in_bfloat16(self):
-    model = testutil.tiny_model("dolg")
-    twin = export_model.with_precision(model, testutil.TINY_DOLG, "bfloat16")
-    self.assertEqual(twin.dtype_policy.name, "mixed_bfloat16")
+  @parameterized.product(name=["dolg", "delg"], precision=["float32", "bfloat16"])
+  def test_the_serving_twin_computes_at_the_precision_with_folded_batch_norms(
+    self, name, precision
+  ):
+    model = testutil.tiny_model(name)
+    model_config = testutil.TINY_DOLG if name == "dolg" else testutil.TINY_DELG
+    export_config = config_lib.ExportConfig(precision=precision)
+    twin = export_model.serving_model(model, model_config, export_config)
+    want_policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+    self.assertEqual(twin.dtype_policy.name, want_policy)
     self.assertEqual(tf.keras.mixed_precision.global_policy().name, "float32")
-    for mine, theirs in zip(model.get_weights(), twin.get_weights()):
-      self.assertAllEqual(mine, theirs)
-    self.assertIs(export_model.with_precision(model, testutil.TINY_DOLG, "float32"), model)
+    self.assertTrue(all(bn.folded for _, bn in twin.backbone.conv_bn_pairs()))
+    self.assertFalse(any(bn.folded for _, bn in model.backbone.conv_bn_pairs()))
+    images = tf.constant(np.stack([_image(seed, 64, 64) for seed in range(2)]).astype(np.float32))
+    want, got = model(images, training=False), twin(images, training=False)
+    self.assertEqual(got.dtype, tf.float32)
+    if precision == "float32":
+      self.assertAllClose(got, want, atol=1e-5)
+    else:
+      self.assertAllGreater(tf.reduce_sum(want * got, axis=-1), 0.999)
+    unfolded = dataclasses.replace(export_config, fold_batch_norms=False)
+    if precision == "float32":
+      self.assertIs(export_model.serving_model(model, model_config, unfolded), model)
+    else:
+      twin = export_model.serving_model(model, model_config, unfolded)
+      self.assertFalse(any(bn.folded for _, bn in twin.backbone.conv_bn_pairs()))
+      for mine, theirs in zip(model.get_weights(), twin.get_weights()):
+        self.assertAllEqual(mine, theirs)
 
   @parameterized.product(name=["dolg", "delg"], option=["freeze_weights", "serve_jit_compile"])
   def test_serving_options_serve_the_same_descriptors(self, name, option):

@@ -476,17 +476,35 @@ def export_saved_model(
   return export_dir
 
 
-def with_precision(model, model_config: config_lib.ModelConfig, precision: str):
-  """`model`, or for "bfloat16" the same network built under mixed_bfloat16 with its weights."""
-  if precision == "float32":
+def serving_model(model, model_config: config_lib.ModelConfig, export_config):
+  """The network an export serves: `model`, or a twin for export.precision and fold_batch_norms.
+
+  "bfloat16" builds the twin under Keras mixed_bfloat16 (bf16 convolutions and
+  matmuls, float32 weights). export.fold_batch_norms folds the backbone's batch
+  norms into its convolutions, from `model`'s float32 weights
+  (backbones.FoldableBatchNorm): TF's CPU remapper fuses a convolution with a
+  bias in float32 and bfloat16 alike, but a bfloat16 convolution not with a
+  batch norm. The twin is for inference only; `model` is not changed.
+
+  Args:
+    model: the trained float32 model.
+    model_config: its config.
+    export_config: an ExportConfig whose precision is resolved (not "auto").
+  """
+  bfloat16 = export_config.precision == "bfloat16"
+  if not bfloat16 and not export_config.fold_batch_norms:
     return model
   policy = tf.keras.mixed_precision.global_policy()
-  tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  tf.keras.mixed_precision.set_global_policy("mixed_bfloat16" if bfloat16 else "float32")
   try:
-    twin = builder.build_model(model_config, image_size=64)
+    # A DELG model converted with its attention classifier has two more weights.
+    num_classes = getattr(model, "num_classes", None)
+    twin = builder.build_model(model_config, image_size=64, num_classes=num_classes)
   finally:
     tf.keras.mixed_precision.set_global_policy(policy)
   twin.set_weights(model.get_weights())
+  if export_config.fold_batch_norms:
+    twin.backbone.fold_batch_norms(source=model.backbone)
   return twin
 
 
@@ -507,7 +525,7 @@ def _write_saved_model(model, model_config, tmp_dir, export_config):
   max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
   precision = cpu.resolve_auto(export_config.precision, "bfloat16")
   export_config = dataclasses.replace(export_config, precision=precision)
-  model = with_precision(model, model_config, precision)
+  model = serving_model(model, model_config, export_config)
   options = (export_config.freeze_weights, export_config.serve_jit_compile, export_config)
   if model_config.name == "delg":
     module = DelgServingModule(model, max_image_size, image_scales, *options)

@@ -25,6 +25,7 @@ Three layouts of the bottleneck ResNet are supported:
   'keras' layout), so the same `*_notop.h5` weights match by layer name.
 """
 
+import numpy as np
 import tensorflow as tf
 
 # Depth 26 (two blocks per stage) is for tests, demos and quick experiments.
@@ -47,8 +48,65 @@ def activation(floor: float = 0.0):
   return lambda x: tf.maximum(x, tf.cast(floor, x.dtype))
 
 
-class PyclsBottleneck(tf.keras.layers.Layer):
-  """Bottleneck residual block in the pycls/torchvision layout."""
+# tf.nn.fused_batch_norm (Keras's fused path) raises smaller epsilons to this.
+_FUSED_MIN_EPSILON = 1.001e-5
+
+
+class FoldableBatchNorm(tf.keras.layers.BatchNormalization):
+  """Keras BatchNormalization that can be folded into the convolution before it.
+
+  Folded (`fold_batch_norm`, inference only), the convolution's kernel carries
+  the scale gamma / sqrt(variance + epsilon), `beta` holds the shift and the
+  layer only adds it. TF's CPU remapper fuses a float32 FusedBatchNorm into the
+  convolution before it, but not a bfloat16 one; a BiasAdd it fuses in both.
+  """
+
+  def __init__(self, *args, folded=False, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.folded = bool(folded)
+
+  def call(self, inputs, training=None, mask=None):
+    if not self.folded:
+      return super().call(inputs, training=training, mask=mask)
+    if training:
+      raise ValueError(f"{self.name} is folded into its convolution: inference only")
+    inputs = tf.cast(inputs, self.compute_dtype)
+    return tf.nn.bias_add(inputs, tf.cast(self.beta, inputs.dtype))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(folded=self.folded)
+    return config
+
+
+def fold_batch_norm(conv, bn, source_conv=None, source_bn=None):
+  """Folds FoldableBatchNorm `bn` into Conv2D `conv` (in float64, then each variable's dtype).
+
+  The weights are read from `source_conv`, `source_bn` (default `conv`, `bn`),
+  e.g. the float32 model of a bfloat16 twin, so that bfloat16 rounds the folded
+  kernel once.
+  """
+  source_conv = source_conv or conv
+  source_bn = source_bn or bn
+  gamma, beta, mean, variance = (
+    np.asarray(v.numpy(), np.float64)
+    for v in (source_bn.gamma, source_bn.beta, source_bn.moving_mean, source_bn.moving_variance)
+  )
+  epsilon = source_bn.epsilon
+  if source_bn.fused:
+    epsilon = max(epsilon, _FUSED_MIN_EPSILON)
+  scale = gamma / np.sqrt(variance + epsilon)
+  bias = np.asarray(source_conv.bias.numpy(), np.float64) if source_conv.use_bias else 0.0
+  kernel = np.asarray(source_conv.kernel.numpy(), np.float64) * scale
+  conv.kernel.assign(tf.cast(kernel, conv.kernel.dtype))
+  if conv.use_bias:
+    conv.bias.assign(tf.zeros_like(conv.bias))
+  bn.beta.assign(tf.cast(beta + scale * (bias - mean), bn.beta.dtype))
+  bn.folded = True
+
+
+class _Bottleneck(tf.keras.layers.Layer):
+  """What the bottleneck layouts share: arguments, activations (ReLU or ReLU-up), config."""
 
   def __init__(
     self,
@@ -63,19 +121,48 @@ class PyclsBottleneck(tf.keras.layers.Layer):
     **kwargs,
   ):
     super().__init__(**kwargs)
-    self.inner_floor = float(inner_floor)
-    self.output_floor = float(output_floor)
-    self.inner_act = activation(self.inner_floor)
-    self.output_act = activation(self.output_floor)
     self.width = width
     self.out_channels = out_channels
     self.strides = strides
     self.use_projection = use_projection
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
-    bn = lambda name: tf.keras.layers.BatchNormalization(
-      momentum=bn_momentum, epsilon=bn_epsilon, name=name
+    self.inner_floor = float(inner_floor)
+    self.output_floor = float(output_floor)
+    self.inner_act = activation(self.inner_floor)
+    self.output_act = activation(self.output_floor)
+
+  def _bn(self, name):
+    return FoldableBatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)
+
+  def conv_bn_pairs(self):
+    """[(Conv2D, the FoldableBatchNorm after it)] of the block."""
+    names = self.CONV_BN + ((self.PROJECTION,) if self.use_projection else ())
+    return [(getattr(self, conv), getattr(self, bn)) for conv, bn in names]
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+      width=self.width,
+      out_channels=self.out_channels,
+      strides=self.strides,
+      use_projection=self.use_projection,
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      inner_floor=self.inner_floor,
+      output_floor=self.output_floor,
     )
+    return config
+
+
+class PyclsBottleneck(_Bottleneck):
+  """Bottleneck residual block in the pycls/torchvision layout."""
+
+  CONV_BN = (("a", "a_bn"), ("b", "b_bn"), ("c", "c_bn"))
+  PROJECTION = ("proj", "bn")
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
     conv = lambda filters, size, name, stride=1: tf.keras.layers.Conv2D(
       filters,
       size,
@@ -85,16 +172,16 @@ class PyclsBottleneck(tf.keras.layers.Layer):
       kernel_initializer=_pycls_conv_init(),
       name=name,
     )
-    self.a = conv(width, 1, "a")
-    self.a_bn = bn("a_bn")
+    self.a = conv(self.width, 1, "a")
+    self.a_bn = self._bn("a_bn")
     self.b_pad = tf.keras.layers.ZeroPadding2D(1, name="b_pad")
-    self.b = conv(width, 3, "b", stride=strides)
-    self.b_bn = bn("b_bn")
-    self.c = conv(out_channels, 1, "c")
-    self.c_bn = bn("c_bn")
-    if use_projection:
-      self.proj = conv(out_channels, 1, "proj", stride=strides)
-      self.bn = bn("bn")
+    self.b = conv(self.width, 3, "b", stride=self.strides)
+    self.b_bn = self._bn("b_bn")
+    self.c = conv(self.out_channels, 1, "c")
+    self.c_bn = self._bn("c_bn")
+    if self.use_projection:
+      self.proj = conv(self.out_channels, 1, "proj", stride=self.strides)
+      self.bn = self._bn("bn")
 
   def call(self, x, training=None):
     shortcut = x
@@ -105,64 +192,46 @@ class PyclsBottleneck(tf.keras.layers.Layer):
     y = self.c_bn(self.c(y), training=training)
     return self.output_act(y + shortcut)
 
+
+class _PrefixedBottleneck(_Bottleneck):
+  """keras.applications naming: the block is called `prefix`, its layers `{prefix}_{name}`."""
+
+  def __init__(self, *args, prefix, **kwargs):
+    super().__init__(*args, name=prefix, **kwargs)
+    self.prefix = prefix
+
+  def _bn(self, name):
+    return super()._bn(f"{self.prefix}_{name}")
+
+  def _conv(self, filters, size, name, stride=1, padding="valid"):
+    return tf.keras.layers.Conv2D(
+      filters, size, strides=stride, padding=padding, name=f"{self.prefix}_{name}"
+    )
+
   def get_config(self):
     config = super().get_config()
-    config.update(
-      width=self.width,
-      out_channels=self.out_channels,
-      strides=self.strides,
-      use_projection=self.use_projection,
-      bn_momentum=self.bn_momentum,
-      bn_epsilon=self.bn_epsilon,
-      inner_floor=self.inner_floor,
-      output_floor=self.output_floor,
-    )
+    config.pop("name", None)
+    config.update(prefix=self.prefix)
     return config
 
 
-class KerasBottleneck(tf.keras.layers.Layer):
+class KerasBottleneck(_PrefixedBottleneck):
   """Bottleneck residual block in the keras.applications layout."""
 
-  def __init__(
-    self,
-    width,
-    out_channels,
-    strides,
-    use_projection,
-    bn_momentum,
-    bn_epsilon,
-    prefix,
-    inner_floor=0.0,
-    output_floor=0.0,
-    **kwargs,
-  ):
-    super().__init__(name=prefix, **kwargs)
-    self.inner_floor = float(inner_floor)
-    self.output_floor = float(output_floor)
-    self.inner_act = activation(self.inner_floor)
-    self.output_act = activation(self.output_floor)
-    self.width = width
-    self.out_channels = out_channels
-    self.strides = strides
-    self.use_projection = use_projection
-    self.bn_momentum = bn_momentum
-    self.bn_epsilon = bn_epsilon
-    self.prefix = prefix
-    bn = lambda name: tf.keras.layers.BatchNormalization(
-      momentum=bn_momentum, epsilon=bn_epsilon, name=f"{prefix}_{name}"
-    )
-    conv = lambda filters, size, name, stride=1, padding="valid": tf.keras.layers.Conv2D(
-      filters, size, strides=stride, padding=padding, name=f"{prefix}_{name}"
-    )
-    if use_projection:
-      self.conv0 = conv(out_channels, 1, "0_conv", stride=strides)
-      self.bn0 = bn("0_bn")
-    self.conv1 = conv(width, 1, "1_conv", stride=strides)
-    self.bn1 = bn("1_bn")
-    self.conv2 = conv(width, 3, "2_conv", padding="same")
-    self.bn2 = bn("2_bn")
-    self.conv3 = conv(out_channels, 1, "3_conv")
-    self.bn3 = bn("3_bn")
+  CONV_BN = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+  PROJECTION = ("conv0", "bn0")
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    if self.use_projection:
+      self.conv0 = self._conv(self.out_channels, 1, "0_conv", stride=self.strides)
+      self.bn0 = self._bn("0_bn")
+    self.conv1 = self._conv(self.width, 1, "1_conv", stride=self.strides)
+    self.bn1 = self._bn("1_bn")
+    self.conv2 = self._conv(self.width, 3, "2_conv", padding="same")
+    self.bn2 = self._bn("2_bn")
+    self.conv3 = self._conv(self.out_channels, 1, "3_conv")
+    self.bn3 = self._bn("3_bn")
 
   def call(self, x, training=None):
     shortcut = x
@@ -173,24 +242,8 @@ class KerasBottleneck(tf.keras.layers.Layer):
     y = self.bn3(self.conv3(y), training=training)
     return self.output_act(y + shortcut)
 
-  def get_config(self):
-    config = super().get_config()
-    config.pop("name", None)
-    config.update(
-      width=self.width,
-      out_channels=self.out_channels,
-      strides=self.strides,
-      use_projection=self.use_projection,
-      bn_momentum=self.bn_momentum,
-      bn_epsilon=self.bn_epsilon,
-      prefix=self.prefix,
-      inner_floor=self.inner_floor,
-      output_floor=self.output_floor,
-    )
-    return config
 
-
-class DelfBottleneck(tf.keras.layers.Layer):
+class DelfBottleneck(_PrefixedBottleneck):
   """Bottleneck residual block of DELF's ResNet50 (its _ConvBlock / _IdentityBlock).
 
   Attributes follow DELF (`conv2a`, `bn2a`, ..., `conv_shortcut`,
@@ -198,46 +251,20 @@ class DelfBottleneck(tf.keras.layers.Layer):
   ..., `{prefix}_0_conv`), which have the same shapes.
   """
 
-  def __init__(
-    self,
-    width,
-    out_channels,
-    strides,
-    use_projection,
-    bn_momentum,
-    bn_epsilon,
-    prefix,
-    inner_floor=0.0,
-    output_floor=0.0,
-    **kwargs,
-  ):
-    super().__init__(name=prefix, **kwargs)
-    self.inner_floor = float(inner_floor)
-    self.output_floor = float(output_floor)
-    self.inner_act = activation(self.inner_floor)
-    self.output_act = activation(self.output_floor)
-    self.width = width
-    self.out_channels = out_channels
-    self.strides = strides
-    self.use_projection = use_projection
-    self.bn_momentum = bn_momentum
-    self.bn_epsilon = bn_epsilon
-    self.prefix = prefix
-    bn = lambda name: tf.keras.layers.BatchNormalization(
-      momentum=bn_momentum, epsilon=bn_epsilon, name=f"{prefix}_{name}"
-    )
-    conv = lambda filters, size, name, stride=1, padding="valid": tf.keras.layers.Conv2D(
-      filters, size, strides=stride, padding=padding, name=f"{prefix}_{name}"
-    )
-    self.conv2a = conv(width, 1, "1_conv", stride=strides)
-    self.bn2a = bn("1_bn")
-    self.conv2b = conv(width, 3, "2_conv", padding="same")
-    self.bn2b = bn("2_bn")
-    self.conv2c = conv(out_channels, 1, "3_conv")
-    self.bn2c = bn("3_bn")
-    if use_projection:
-      self.conv_shortcut = conv(out_channels, 1, "0_conv", stride=strides)
-      self.bn_shortcut = bn("0_bn")
+  CONV_BN = (("conv2a", "bn2a"), ("conv2b", "bn2b"), ("conv2c", "bn2c"))
+  PROJECTION = ("conv_shortcut", "bn_shortcut")
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.conv2a = self._conv(self.width, 1, "1_conv", stride=self.strides)
+    self.bn2a = self._bn("1_bn")
+    self.conv2b = self._conv(self.width, 3, "2_conv", padding="same")
+    self.bn2b = self._bn("2_bn")
+    self.conv2c = self._conv(self.out_channels, 1, "3_conv")
+    self.bn2c = self._bn("3_bn")
+    if self.use_projection:
+      self.conv_shortcut = self._conv(self.out_channels, 1, "0_conv", stride=self.strides)
+      self.bn_shortcut = self._bn("0_bn")
 
   def call(self, x, training=None):
     y = self.inner_act(self.bn2a(self.conv2a(x), training=training))
@@ -247,22 +274,6 @@ class DelfBottleneck(tf.keras.layers.Layer):
     if self.use_projection:
       shortcut = self.bn_shortcut(self.conv_shortcut(x), training=training)
     return self.output_act(y + shortcut)
-
-  def get_config(self):
-    config = super().get_config()
-    config.pop("name", None)
-    config.update(
-      width=self.width,
-      out_channels=self.out_channels,
-      strides=self.strides,
-      use_projection=self.use_projection,
-      bn_momentum=self.bn_momentum,
-      bn_epsilon=self.bn_epsilon,
-      prefix=self.prefix,
-      inner_floor=self.inner_floor,
-      output_floor=self.output_floor,
-    )
-    return config
 
 
 def delf_block_name(stage_index: int, block_index: int) -> str:
@@ -333,20 +344,20 @@ class ResNetBackbone(tf.keras.layers.Layer):
         kernel_initializer=_pycls_conv_init(),
         name="stem_conv",
       )
-      self.stem_bn = tf.keras.layers.BatchNormalization(name="stem_bn", **bn_args)
+      self.stem_bn = FoldableBatchNorm(name="stem_bn", **bn_args)
     elif layout == "delf":
       # DELF: Conv2D(64, 7, strides 2, padding 'same') with bias, then a valid max-pool.
       self.stem_pad = None
       self.stem_conv = tf.keras.layers.Conv2D(
         stem_width, 7, strides=2, padding="same", name="conv1_conv"
       )
-      self.stem_bn = tf.keras.layers.BatchNormalization(name="conv1_bn", **bn_args)
+      self.stem_bn = FoldableBatchNorm(name="conv1_bn", **bn_args)
     else:
       self.stem_pad = tf.keras.layers.ZeroPadding2D(3, name="conv1_pad")
       self.stem_conv = tf.keras.layers.Conv2D(
         stem_width, 7, strides=2, padding="valid", name="conv1_conv"
       )
-      self.stem_bn = tf.keras.layers.BatchNormalization(name="conv1_bn", **bn_args)
+      self.stem_bn = FoldableBatchNorm(name="conv1_bn", **bn_args)
     # Zero padding before the max-pool equals PyTorch's -inf padding: its input is post-ReLU.
     # DELF pools without padding.
     self.pool_pad = None if layout == "delf" else tf.keras.layers.ZeroPadding2D(1, name="pool_pad")
@@ -428,6 +439,26 @@ class ResNetBackbone(tf.keras.layers.Layer):
         x = self.block3_subsample(x)
       outputs.append(x)
     return outputs[2], outputs[3]
+
+  def conv_bn_pairs(self):
+    """[(Conv2D, the FoldableBatchNorm after it)] of the whole backbone, stem first."""
+    pairs = [(self.stem_conv, self.stem_bn)]
+    for blocks in self.stages:
+      for block in blocks:
+        pairs.extend(block.conv_bn_pairs())
+    return pairs
+
+  def fold_batch_norms(self, source=None):
+    """Folds every batch norm into its convolution (`fold_batch_norm`): an inference-only model.
+
+    Args:
+      source: the backbone of the same network to read the weights from
+        (default this one), e.g. the float32 model of a bfloat16 twin.
+    """
+    pairs = self.conv_bn_pairs()
+    source_pairs = (source or self).conv_bn_pairs()
+    for (conv, bn), (source_conv, source_bn) in zip(pairs, source_pairs, strict=True):
+      fold_batch_norm(conv, bn, source_conv, source_bn)
 
   def delf_layers(self) -> dict:
     """{DELF attribute path under `backbone`: layer} of the 'delf' layout.

@@ -332,30 +332,10 @@ def ransac_inliers(
 
 
 def count_inliers(
-  query: feature_io.LocalFeatures,
-  index: feature_io.LocalFeatures,
-  distance_threshold: float | None = None,
-  ratio: float | None = None,
-  model: str = "affine",
-  residual_threshold: float = DEFAULT_RESIDUAL_THRESHOLD,
-  max_trials: int = DEFAULT_MAX_TRIALS,
-  seed: int | None = 0,
-  max_scale_change: float | None = None,
-  max_anisotropy: float | None = None,
+  query: feature_io.LocalFeatures, index: feature_io.LocalFeatures, *args, **kwargs
 ) -> int:
-  """RANSAC inliers of the matches between two images' local features."""
-  return verify(
-    query,
-    index,
-    distance_threshold,
-    ratio,
-    model,
-    residual_threshold,
-    max_trials,
-    seed,
-    max_scale_change,
-    max_anisotropy,
-  )[1].num_inliers
+  """RANSAC inliers of the matches between two images' local features (args: as `verify`)."""
+  return verify(query, index, *args, **kwargs)[1].num_inliers
 
 
 def verify(
@@ -372,7 +352,14 @@ def verify(
 ) -> tuple[np.ndarray, RansacResult]:
   """The tentative matches of two images' local features and their RANSAC fit.
 
-  Args: as `count_inliers` (GeometricVerificationConfig.verify_kwargs()).
+  Args:
+    query: the query image's local features.
+    index: the index image's.
+    distance_threshold, ratio: what `match_features` keeps (descriptor
+      distance bound, Lowe's ratio test).
+    model, residual_threshold, max_trials, seed, max_scale_change,
+      max_anisotropy: the RANSAC fit, as `ransac_inliers`.
+    (GeometricVerificationConfig.verify_kwargs() gives them all.)
 
   Returns:
     (int64 [M, 2] matches (row of query, row of index), from `match_features`;

@@ -98,32 +98,30 @@ def pad(image: np.ndarray, height: int, width: int, background: Color = WHITE) -
   return out
 
 
+def _stack(images: Sequence[np.ndarray], gap: int, background: Color, axis: int) -> np.ndarray:
+  """Images along `axis` (1 side by side, 0 one above the other), aligned at the top left."""
+  images = [check_image(image) for image in images]
+  shape = [max(image.shape[i] for image in images) for i in (0, 1)]
+  shape[axis] = sum(image.shape[axis] for image in images) + gap * (len(images) - 1)
+  out = np.empty(shape + [3], np.uint8)
+  out[:] = background
+  offset = 0
+  for image in images:
+    start = [0, 0]
+    start[axis] = offset
+    out[start[0] : start[0] + image.shape[0], start[1] : start[1] + image.shape[1]] = image
+    offset += image.shape[axis] + gap
+  return out
+
+
 def hstack(images: Sequence[np.ndarray], gap: int = 0, background: Color = WHITE) -> np.ndarray:
   """Images side by side, top-aligned, `gap` pixels of `background` between them."""
-  images = [check_image(image) for image in images]
-  height = max(image.shape[0] for image in images)
-  width = sum(image.shape[1] for image in images) + gap * (len(images) - 1)
-  out = np.empty([height, width, 3], np.uint8)
-  out[:] = background
-  x = 0
-  for image in images:
-    out[: image.shape[0], x : x + image.shape[1]] = image
-    x += image.shape[1] + gap
-  return out
+  return _stack(images, gap, background, axis=1)
 
 
 def vstack(images: Sequence[np.ndarray], gap: int = 0, background: Color = WHITE) -> np.ndarray:
   """Images one above the other, left-aligned, `gap` pixels of `background` between them."""
-  images = [check_image(image) for image in images]
-  width = max(image.shape[1] for image in images)
-  height = sum(image.shape[0] for image in images) + gap * (len(images) - 1)
-  out = np.empty([height, width, 3], np.uint8)
-  out[:] = background
-  y = 0
-  for image in images:
-    out[y : y + image.shape[0], : image.shape[1]] = image
-    y += image.shape[0] + gap
-  return out
+  return _stack(images, gap, background, axis=0)
 
 
 def _draw(image: np.ndarray, paint) -> np.ndarray:

@@ -35,21 +35,25 @@ import dataclasses
 import functools
 import glob
 import os
+import sys
 import tempfile
 import time
 
-import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
-from PIL import Image
-from tensorflow.tsl.profiler.protobuf import xplane_pb2
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dolg_tf import config as config_lib
-from dolg_tf.export import export_model, signatures
-from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import pipeline
-from dolg_tf.io import config_io
-from dolg_tf.model import builder
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from PIL import Image  # noqa: E402
+from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
+
+from benchmarks import interleaved  # noqa: E402
+from dolg_tf import config as config_lib  # noqa: E402
+from dolg_tf.export import export_model, signatures  # noqa: E402
+from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
+from dolg_tf.extraction import pipeline  # noqa: E402
+from dolg_tf.io import config_io  # noqa: E402
+from dolg_tf.model import builder  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("depth", 101, "ResNet depth (pycls layout).")
@@ -166,19 +170,6 @@ def op_category(op_type: str) -> str:
         if candidate in CATEGORY_OF:
           return CATEGORY_OF[candidate]
   return "other"
-
-
-def _interleaved_rates(rows, num_images):
-  """{name: median img/s}: rows[name]() runs `num_images` images; the rows run in turn, round
-  after round (the first round untimed), so a drift of the machine's speed hits all of them."""
-  samples = collections.defaultdict(list)
-  for round_index in range(FLAGS.rounds + 1):
-    for name, run in rows.items():
-      start = time.perf_counter()
-      run()
-      if round_index:
-        samples[name].append(num_images / (time.perf_counter() - start))
-  return {name: float(np.median(values)) for name, values in samples.items()}, samples
 
 
 def _flops(forward, size) -> float:
@@ -360,7 +351,9 @@ def main(argv):
   }
   if serve_baseline is not None:
     rows["baseline"] = each(lambda x: signature(x, serve=serve_baseline), uint8)
-  rates, samples = _interleaved_rates(rows, FLAGS.num_images)
+  rates, samples = interleaved.interleaved_rates(
+    rows, FLAGS.num_images, FLAGS.rounds, untimed_rounds=1
+  )
   spread = ", ".join(f"{r:.3f}" for r in samples["static"])
   print(
     f"DOLG-R{FLAGS.depth} {size}x{size} {FLAGS.precision}, one scale, median of {FLAGS.rounds} "
@@ -376,7 +369,9 @@ def main(argv):
     }
     for scale in scales:
       pyramid_rows[scale] = each(functools.partial(signature, scales=tf.constant([scale])), uint8)
-    pyramid_rates, _ = _interleaved_rates(pyramid_rows, FLAGS.num_images)
+    pyramid_rates, _ = interleaved.interleaved_rates(
+      pyramid_rows, FLAGS.num_images, FLAGS.rounds, untimed_rounds=1
+    )
     total = sum(1 / pyramid_rates[scale] for scale in scales)
     cost = 1 / pyramid_rates["pyramid"]
     print(

@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks import interleaved  # noqa: E402
 from dolg_tf import config as config_lib  # noqa: E402
 from dolg_tf.model import builder  # noqa: E402
 from dolg_tf.utils import cpu  # noqa: E402
@@ -185,8 +186,6 @@ def official_runner():
 def compare_official() -> None:
   import tempfile  # noqa: PLC0415
 
-  import numpy as np  # noqa: PLC0415
-
   work = ", ".join(f"{k} {v}" for k, v in COMPARISON.items())
   print(
     f"training step, {work}, ArcFace, SGD Nesterov: median of {FLAGS.compare_rounds} rounds of "
@@ -207,15 +206,8 @@ def compare_official() -> None:
     official = official_runner()
     if official is not None:
       runners[official_name] = official
-    samples = {name: [] for name in runners}
-    for _ in range(FLAGS.compare_rounds):
-      for name, run in runners.items():
-        start = time.perf_counter()
-        run()
-        samples[name].append(
-          FLAGS.compare_steps * COMPARISON["batch_size"] / (time.perf_counter() - start)
-        )
-  rates = {name: float(np.median(values)) for name, values in samples.items()}
+    items = FLAGS.compare_steps * COMPARISON["batch_size"]
+    rates, samples = interleaved.interleaved_rates(runners, items, FLAGS.compare_rounds)
   for name, rate in rates.items():
     spread = ", ".join(f"{r:.2f}" for r in samples[name])
     print(f"  {name:<42} {rate:7.2f} img/s  (rounds: {spread})")

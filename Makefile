@@ -1,8 +1,14 @@
 # dolg_tf developer entry points. Every target runs the idempotent set-up first.
-VENV ?= $(CURDIR)/.venv
+#
+# STACK picks the stack (tools/stack.sh): auto (default: the design card's stack when
+# python3.11 exists, else the current one), card (Python 3.11, TF 2.15.1, .venv) or
+# current (Python 3.13/3.12, TF 2.20, .venv-current). `make ci` tests both.
+STACK ?= auto
+export STACK
+VENV := $(shell bash tools/stack.sh $(STACK) venv 2>/dev/null || echo .venv-unknown)
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint pytest bazel-build bazel-test lock clean
+.PHONY: setup demo test lint pytest bazel-build bazel-test cross-stack ci lock clean
 
 setup:
 	bash tools/setup.sh
@@ -25,18 +31,34 @@ pytest:
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 bazel-build:
-	bazel build //...
+	PYTHON_BIN_PATH=$(PY) bazel build //...
 
 bazel-test: setup
-	bazel test //...
+	PYTHON_BIN_PATH=$(PY) bazel test //...
 
-# Regenerate the lock file from requirements.txt in a throw-away venv.
+# SavedModels and checkpoints across the two stacks (sets both up first).
+cross-stack:
+	STACK=card bash tools/setup.sh
+	STACK=current bash tools/setup.sh
+	DOLG_CARD_PYTHON=$$(bash tools/stack.sh card venv)/bin/python \
+	DOLG_CURRENT_PYTHON=$$(bash tools/stack.sh current venv)/bin/python \
+	  $$(bash tools/stack.sh current venv)/bin/python -m pytest -q tests/cross_stack_test.py
+
+# What CI runs: the whole suite on both stacks, then the cross-stack checks.
+ci:
+	$(MAKE) test STACK=card
+	$(MAKE) test STACK=current
+	$(MAKE) cross-stack
+
+# Regenerate the stack's lock file from its requirements in a throw-away venv.
 lock:
-	rm -rf /tmp/dolg_lock_venv && python3.11 -m venv /tmp/dolg_lock_venv
-	/tmp/dolg_lock_venv/bin/pip install -q pip==24.0 && /tmp/dolg_lock_venv/bin/pip install -q -r requirements.txt
-	{ echo "# Complete pinned environment for dolg_tf (pip freeze of requirements.txt in a fresh"; \
-	  echo "# Python 3.11 venv). The set-up step installs exactly this. Regenerate: make lock"; \
-	  /tmp/dolg_lock_venv/bin/pip freeze; } > requirements.lock
+	rm -rf /tmp/dolg_lock_venv && $$(bash tools/stack.sh $(STACK) python) -m venv /tmp/dolg_lock_venv
+	if [ "$$(bash tools/stack.sh $(STACK) name)" = card ]; then req=requirements.txt; pip=24.0; \
+	  else req=requirements-current.txt; pip=25.3; fi; \
+	/tmp/dolg_lock_venv/bin/pip install -q pip==$$pip && /tmp/dolg_lock_venv/bin/pip install -q -r $$req && \
+	{ echo "# Complete pinned environment for dolg_tf (pip freeze of $$req in a fresh"; \
+	  echo "# $$(/tmp/dolg_lock_venv/bin/python -V) venv). The set-up step installs exactly this. Regenerate: make lock STACK=$$(bash tools/stack.sh $(STACK) name)"; \
+	  /tmp/dolg_lock_venv/bin/pip freeze; } > $$(bash tools/stack.sh $(STACK) lock)
 
 clean:
 	rm -rf .setup-logs protos/*_pb2.py

@@ -38,6 +38,7 @@ from dolg_tf.export import export_model
 from dolg_tf.extraction import beam_pipeline, descriptor_store, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io
+from dolg_tf.keras_api import keras
 from dolg_tf.model import builder
 from dolg_tf.utils import beam_cli
 
@@ -74,7 +75,7 @@ def write_images(folder: str, count: int, size: int) -> list[str]:
 def export_dolg(workdir: str) -> str:
   """An untrained DOLG export (one scale, max side = --image_size); its config file's path."""
   model_config = config_lib.ModelConfig(backbone_depth=FLAGS.depth, backbone_layout="pycls")
-  tf.keras.utils.set_random_seed(0)
+  keras.utils.set_random_seed(0)
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)
   model_dir = export_model.export_saved_model(

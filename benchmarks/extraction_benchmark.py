@@ -17,6 +17,10 @@ CPU seconds per image (time.process_time, all threads) are printed too: they
 depend much less than img/s on other processes sharing the cores.
 `--xla` adds the Keras model's forward as a tf.function with and without
 jit_compile (XLA), for comparison with the SavedModel signature.
+`--compare_official` (default on, needs the optional torch) times the official
+DOLG structure in PyTorch (tests/torch_dolg_reference.py, fp32, eval mode,
+torch threads = cores) on the same images at one scale, right after the
+pipeline rows, and prints the fp32 and bf16 pipelines' ratios to it.
 
 Usage:
   .venv/bin/python benchmarks/extraction_benchmark.py                   # R101, 512, fp32+bf16
@@ -59,6 +63,9 @@ flags.DEFINE_list(
 )
 flags.DEFINE_bool("huge_image", True, "Also a memory run on one 7000x3500 JPEG.")
 flags.DEFINE_string("memory_model", None, "Internal: run only the memory measurement on it.")
+flags.DEFINE_bool(
+  "compare_official", True, "Also time the official DOLG structure in PyTorch (needs torch)."
+)
 flags.DEFINE_string("workdir", None, "Folder for exports and images (default: a temp folder).")
 
 
@@ -123,10 +130,9 @@ def export_models(workdir: str):
   Returns:
     ({precision: export dir}, {precision: Keras model or None}).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   from dolg_tf import config as config_lib  # pylint: disable=g-import-not-at-top
   from dolg_tf.export import export_model  # pylint: disable=g-import-not-at-top
+  from dolg_tf.keras_api import keras  # pylint: disable=g-import-not-at-top
   from dolg_tf.model import builder  # pylint: disable=g-import-not-at-top
 
   existing = {p: os.path.join(workdir, f"export_{p}", "1") for p in FLAGS.precisions}
@@ -136,7 +142,7 @@ def export_models(workdir: str):
   model_config = config_lib.ModelConfig(backbone_depth=FLAGS.depth, backbone_layout="pycls")
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)  # the export's INFO lines are long and many
-  tf.keras.utils.set_random_seed(0)
+  keras.utils.set_random_seed(0)
   exports, models = {}, {}
   start = time.time()
   fp32 = builder.build_model(model_config, image_size=64)
@@ -182,6 +188,44 @@ def time_bare(extractor, arrays) -> tuple[float, float, np.ndarray]:
   outputs = [extractor.extract(a) for a in arrays]
   seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
   return len(arrays) / seconds, cpu / len(arrays), np.stack(outputs)
+
+
+def time_official_forward(arrays) -> float | None:
+  """img/s of the official DOLG structure's forward in PyTorch on `arrays`; None without torch.
+
+  Same depth, one scale, fp32, ImageNet normalisation on the decoded uint8 image as the
+  official test code does it; the descriptor is read back to numpy like ours.
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests import torch_dolg_reference  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}[FLAGS.depth]
+  torch.set_num_threads(os.cpu_count() or 1)
+  model = torch_dolg_reference.torch_dolg(blocks).eval()
+  mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+  std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+  def forward(array):
+    with torch.no_grad():
+      x = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255.0
+      return model((x - mean) / std)["descriptor"].numpy()
+
+  for a in arrays[: FLAGS.warmup]:
+    forward(a)
+  start = time.perf_counter()
+  for a in arrays:
+    forward(a)
+  return len(arrays) / (time.perf_counter() - start)
+
+
+def torch_version() -> str:
+  import torch  # pylint: disable=g-import-not-at-top
+
+  return torch.__version__
 
 
 def time_pipeline(extractor, paths, output_dir) -> tuple[float, float]:
@@ -274,7 +318,7 @@ def main(argv):
 
   arrays = [image_loading.load_image(p) for p in paths]
   exports, models = export_models(workdir)
-  results = {}
+  results, pipeline_rates = {}, {}
   for precision, model_dir in exports.items():
     extractor = extractor_lib.Extractor(_config(model_dir, FLAGS.scales, size))
     before, cpu_before, descriptors = time_bare(extractor, arrays)
@@ -282,6 +326,7 @@ def main(argv):
     after, cpu_after, _ = time_bare(extractor, arrays)
     bare, cpu_bare = (before + after) / 2, (cpu_before + cpu_after) / 2
     results[precision] = descriptors
+    pipeline_rates[precision] = whole
     print(
       f"[{precision}] DOLG-R{FLAGS.depth} {size}x{size} scales {FLAGS.scales}: "
       f"bare forward {before:.3f} / {after:.3f} img/s (before/after), "
@@ -309,6 +354,19 @@ def main(argv):
         model_dir, workdir, "--memory_image_shape=3500,7000", "--memory_images=1"
       )
       print(f"[{precision}] separate process, one 7000x3500 JPEG, same settings: {huge}")
+  if FLAGS.compare_official:
+    official = time_official_forward(arrays)
+    if official is None:
+      print("[official] torch not installed (requirements-torch.txt): no PyTorch row")
+    else:
+      ratios = ", ".join(
+        f"{p} pipeline / official = {r / official:.2f}x" for p, r in pipeline_rates.items()
+      )
+      print(
+        f"[official] DOLG-R{FLAGS.depth} structure in PyTorch {torch_version()} fp32 "
+        f"{size}x{size}: "
+        f"{official:.3f} img/s; {ratios} ({_load()})"
+      )
   if "fp32" in results and "bf16" in results:
     cosines = np.sum(results["fp32"] * results["bf16"], axis=1)
     print(

@@ -53,6 +53,7 @@ from dolg_tf.export import export_model, signatures  # noqa: E402
 from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
 from dolg_tf.extraction import pipeline  # noqa: E402
 from dolg_tf.io import config_io  # noqa: E402
+from dolg_tf.keras_api import keras  # noqa: E402
 from dolg_tf.model import builder  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -248,7 +249,7 @@ def main(argv):
   size = FLAGS.image_size
   print(f"TF {tf.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
   model_config = config_lib.ModelConfig(backbone_depth=FLAGS.depth, backbone_layout="pycls")
-  tf.keras.utils.set_random_seed(0)
+  keras.utils.set_random_seed(0)
   logging.set_verbosity(logging.WARNING)
   fp32 = builder.build_model(model_config, image_size=64)
   export_config = config_lib.ExportConfig(

@@ -38,6 +38,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import interleaved  # noqa: E402
 from dolg_tf import config as config_lib  # noqa: E402
+from dolg_tf.keras_api import keras  # noqa: E402
 from dolg_tf.model import builder  # noqa: E402
 from dolg_tf.utils import cpu  # noqa: E402
 
@@ -63,12 +64,12 @@ def _peak_rss_gb() -> float:
 
 
 def measure(image_size: int, batch_size: int) -> float:
-  tf.keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+  keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
   config = config_lib.ModelConfig(backbone_depth=FLAGS.depth)
   model = builder.build_model(config, image_size=image_size)
   head = builder.build_head(config, FLAGS.num_classes)
   head(tf.zeros([1, config.embedding_dim]))
-  optimizer = tf.keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True, global_clipnorm=10.0)
+  optimizer = keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True, global_clipnorm=10.0)
   variables = model.trainable_variables + head.trainable_variables
   images = tf.random.uniform([batch_size, image_size, image_size, 3], 0, 255)
   labels = tf.random.uniform([batch_size], 0, FLAGS.num_classes, dtype=tf.int32)
@@ -78,7 +79,7 @@ def measure(image_size: int, batch_size: int) -> float:
     with tf.GradientTape() as tape:
       logits = head(model(images, training=True), labels, training=True)
       loss = tf.reduce_mean(
-        tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
       )
       loss += 1e-4 * tf.add_n([tf.nn.l2_loss(v) for v in variables])
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 
-import tensorflow as tf
 from absl import flags, logging
 from google.protobuf import text_format
 
@@ -38,6 +37,7 @@ from dolg_tf.export import export_model
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import pipeline
 from dolg_tf.io import config_io
+from dolg_tf.keras_api import keras
 from dolg_tf.model import builder
 from dolg_tf.retrieval import perform_retrieval, rerank
 from dolg_tf.utils import cli
@@ -127,7 +127,7 @@ def export_untrained(layout: run_layout.RunLayout) -> str:
   if existing:
     return existing
   config = config_lib.load_config(layout.config)
-  tf.keras.utils.set_random_seed(config.train.seed)
+  keras.utils.set_random_seed(config.train.seed)
   model = builder.build_model(config.model, image_size=64)
   return export_model.export_saved_model(model, config.model, base, export_config=config.export)
 

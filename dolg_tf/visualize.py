@@ -47,6 +47,7 @@ from dolg_tf.data import ground_truth
 from dolg_tf.export import export_model
 from dolg_tf.extraction import image_loading, pipeline
 from dolg_tf.io import feature_io
+from dolg_tf.keras_api import keras
 from dolg_tf.retrieval import perform_retrieval, report, rerank
 from dolg_tf.training import trainer as trainer_lib
 from dolg_tf.utils import cli, drawing, images
@@ -54,7 +55,7 @@ from dolg_tf.utils import cli, drawing, images
 FLAGS = flags.FLAGS
 
 
-def attention_map(model: tf.keras.Model, image: np.ndarray) -> np.ndarray:
+def attention_map(model: keras.Model, image: np.ndarray) -> np.ndarray:
   """The model's attention on an RGB uint8 image: float32 [h, w] at the local branch's stride.
 
   DOLG: the self-attention of its local branch; DELG: the keypoint attention
@@ -66,7 +67,7 @@ def attention_map(model: tf.keras.Model, image: np.ndarray) -> np.ndarray:
 
 
 def attention_picture(
-  model: tf.keras.Model, image: np.ndarray, max_image_size: int = 512
+  model: keras.Model, image: np.ndarray, max_image_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
   """(the image as the model saw it, shrunk to `max_image_size`; its attention overlay)."""
   if max_image_size > 0:

@@ -7,6 +7,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones
 
 # torchvision resnet{50,101,152} parameters without the fc classifier (pycls
@@ -108,9 +109,7 @@ class ResNetBackboneTest(tf.test.TestCase, parameterized.TestCase):
     backbone = backbones.ResNetBackbone(50, "pycls", bn_momentum=0.8, bn_epsilon=1e-3)
     backbone(tf.zeros([1, 32, 32, 3]))
     bns = [
-      layer
-      for layer in _all_layers(backbone)
-      if isinstance(layer, tf.keras.layers.BatchNormalization)
+      layer for layer in _all_layers(backbone) if isinstance(layer, keras.layers.BatchNormalization)
     ]
     self.assertLen(bns, 1 + 16 * 3 + 4)
     self.assertTrue(all(b.momentum == 0.8 and b.epsilon == 1e-3 for b in bns))
@@ -237,7 +236,7 @@ class DelfLayoutTest(tf.test.TestCase, parameterized.TestCase):
     bns = [
       layer
       for layer in _all_layers(self.backbone)
-      if isinstance(layer, tf.keras.layers.BatchNormalization)
+      if isinstance(layer, keras.layers.BatchNormalization)
     ]
     self.assertLen(bns, 1 + 16 * 3 + 4)
     self.assertTrue(all(b.momentum == 0.99 and b.epsilon == 1e-3 for b in bns))

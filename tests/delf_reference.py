@@ -18,14 +18,15 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones
 
-layers = tf.keras.layers
+layers = keras.layers
 # As DELF's train.py: CheckpointManager(checkpoint, <logdir>/delf_tf2-ckpt).
 CHECKPOINT_SUBDIR = "delf_tf2-ckpt"
 
 
-class _Block(tf.keras.Model):
+class _Block(keras.Model):
   """DELF's _ConvBlock (`projection`) / _IdentityBlock: stride on conv2a."""
 
   def __init__(self, filters, strides=1, projection=False):
@@ -52,7 +53,7 @@ class _Block(tf.keras.Model):
     return tf.nn.relu(y + shortcut)
 
 
-class DelfResNet(tf.keras.Model):
+class DelfResNet(keras.Model):
   """DELF's ResNet50 (include_top False, GeM, embedding layer, no average pooling)."""
 
   def __init__(
@@ -102,7 +103,7 @@ class DelfResNet(tf.keras.Model):
     return self.build_call(images, training, {})
 
 
-class DelfAttention(tf.keras.Model):
+class DelfAttention(keras.Model):
   """DELF's AttentionModel: conv1 (attn_conv1) + bn_conv1 + ReLU, conv2 + softplus."""
 
   def __init__(self, hidden=512):
@@ -121,7 +122,7 @@ class DelfAttention(tf.keras.Model):
     return tf.reduce_mean(targets * prob, [1, 2]), prob, score
 
 
-class DelfAutoencoder(tf.keras.Model):
+class DelfAutoencoder(keras.Model):
   """DELF's AutoencoderModel: conv1 (autoenc_conv1, linear), conv2 (autoenc_conv2, ReLU)."""
 
   def __init__(self, reduced_dim, channels):
@@ -134,7 +135,7 @@ class DelfAutoencoder(tf.keras.Model):
     return self.conv2(reduced), reduced
 
 
-class DelfDelg(tf.keras.Model):
+class DelfDelg(keras.Model):
   """DELF's Delg with use_dim_reduction, after init_classifiers(num_classes)."""
 
   def __init__(
@@ -156,7 +157,7 @@ class DelfDelg(tf.keras.Model):
     self.num_classes = num_classes
     if num_classes:
       self.cosine_weights = tf.Variable(
-        tf.keras.initializers.GlorotUniform()([embedding_dim, num_classes]),
+        keras.initializers.GlorotUniform()([embedding_dim, num_classes]),
         name="cosine_weights",
       )
       self.scale_factor = tf.Variable(scale_factor, name="scale_factor", trainable=False)
@@ -225,7 +226,7 @@ def save_delf_checkpoint(model, logdir, save_weights=False):
   optimizer's slot variables exist as in a training checkpoint). With
   `save_weights`, also `model.save_weights(<logdir>/delf_weights)` as train.py.
   """
-  optimizer = tf.keras.optimizers.SGD(learning_rate=0.0, momentum=0.9)
+  optimizer = keras.optimizers.SGD(learning_rate=0.0, momentum=0.9)
   variables = model.trainable_variables
   optimizer.apply_gradients(zip([tf.zeros_like(v) for v in variables], variables))
   checkpoint = tf.train.Checkpoint(optimizer=optimizer, model=model)

@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder, delg
 
 TINY_DELG = config_lib.delg_config(
@@ -19,7 +20,7 @@ class DelgModelTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(3)
     cls.model = builder.build_model(TINY_DELG, image_size=64, num_classes=5)
     cls.images = tf.random.stateless_uniform([2, 64, 80, 3], [1, 2], 0.0, 255.0)
 
@@ -59,7 +60,7 @@ class DelgModelTest(tf.test.TestCase):
     with tf.GradientTape(persistent=True) as tape:
       out = self.model(self.images, training=True, return_intermediates=True)
       attention_loss = tf.reduce_mean(
-        tf.keras.losses.sparse_categorical_crossentropy(
+        keras.losses.sparse_categorical_crossentropy(
           labels, out["attention_logits"], from_logits=True
         )
       )

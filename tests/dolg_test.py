@@ -7,6 +7,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
+from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, dolg
 from tests import testutil
 
@@ -19,7 +20,7 @@ class DolgModelTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     cls.config = config_lib.ModelConfig(embedding_dim=64)
     cls.model = builder.build_model(cls.config, image_size=64)
 
@@ -71,7 +72,7 @@ class DolgModelTest(tf.test.TestCase, parameterized.TestCase):
   def test_saved_model_round_trip_gives_identical_outputs(self):
     export_dir = os.path.join(self.create_tempdir().full_path, "saved_model")
     # The same DolgModel class at the tiny size: serialising the R50 took most of this file's time.
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     model = builder.build_model(testutil.TINY_DOLG, image_size=64)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
@@ -124,7 +125,7 @@ class DolgVariantsTest(tf.test.TestCase, parameterized.TestCase):
   def test_mixed_precision(self, policy):
     config = testutil.TINY_DOLG  # the policy logic does not depend on the network's size
     reference = builder.build_model(config, image_size=64)
-    tf.keras.mixed_precision.set_global_policy(policy)
+    keras.mixed_precision.set_global_policy(policy)
     try:
       model = builder.build_model(config, image_size=64)
       model.set_weights(reference.get_weights())
@@ -137,7 +138,7 @@ class DolgVariantsTest(tf.test.TestCase, parameterized.TestCase):
         loss = tf.reduce_sum(model(images, training=True))
       grads = tape.gradient(loss, model.trainable_variables)
     finally:
-      tf.keras.mixed_precision.set_global_policy("float32")
+      keras.mixed_precision.set_global_policy("float32")
     self.assertEqual(out["descriptor"].dtype, tf.float32)
     self.assertTrue(all(np.all(np.isfinite(g.numpy())) for g in grads if g is not None))
     expected = reference(images, training=False)

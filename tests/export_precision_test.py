@@ -11,6 +11,7 @@ from absl.testing import parameterized
 from dolg_tf import config as config_lib
 from dolg_tf.export import export_model, signatures
 from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.keras_api import keras
 from tests import testutil
 
 BF16_EXPORT = dataclasses.replace(testutil.SMALL_EXPORT_CONFIG, precision="bfloat16")
@@ -81,7 +82,7 @@ class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
     twin = export_model.serving_model(model, model_config, export_config)
     want_policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
     self.assertEqual(twin.dtype_policy.name, want_policy)
-    self.assertEqual(tf.keras.mixed_precision.global_policy().name, "float32")
+    self.assertEqual(keras.mixed_precision.global_policy().name, "float32")
     self.assertTrue(all(bn.folded for _, bn in twin.backbone.conv_bn_pairs()))
     self.assertFalse(any(bn.folded for _, bn in model.backbone.conv_bn_pairs()))
     images = tf.constant(np.stack([_image(seed, 64, 64) for seed in range(2)]).astype(np.float32))

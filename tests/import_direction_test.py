@@ -2,7 +2,8 @@
 
 The layers, lowest first (a module may import its own layer and those below):
 
-  0  dolg_tf (package), dolg_tf.utils, dolg_tf.protos, dolg_tf.export.signatures
+  0  dolg_tf (package), dolg_tf.utils, dolg_tf.protos, dolg_tf.export.signatures,
+     dolg_tf.keras_api (the one Keras 2 API)
   1  dolg_tf.io                      DELF wire formats, extraction config files
   2  dolg_tf.config, experiments, run_layout
   3  dolg_tf.data, dolg_tf.model
@@ -27,6 +28,7 @@ LAYERS = {
   "dolg_tf.utils": 0,
   "dolg_tf.protos": 0,
   "dolg_tf.export.signatures": 0,
+  "dolg_tf.keras_api": 0,
   "dolg_tf.io": 1,
   "dolg_tf.config": 2,
   "dolg_tf.experiments": 2,

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder, keras_h5
 
 
@@ -14,13 +15,13 @@ class KerasH5Test(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(2)
-    cls.reference = tf.keras.applications.ResNet50(
+    keras.utils.set_random_seed(2)
+    cls.reference = keras.applications.ResNet50(
       include_top=False, weights=None, input_shape=(None, None, 3)
     )
     # Non-trivial BatchNorm statistics, as in real ImageNet weights.
     for layer in cls.reference.layers:
-      if isinstance(layer, tf.keras.layers.BatchNormalization):
+      if isinstance(layer, keras.layers.BatchNormalization):
         layer.moving_mean.assign(np.random.normal(0, 0.1, layer.moving_mean.shape))
         layer.moving_variance.assign(np.random.uniform(0.5, 1.5, layer.moving_variance.shape))
     cls.path = os.path.join(tf.compat.v1.test.get_temp_dir(), "resnet50_notop.h5")
@@ -33,9 +34,7 @@ class KerasH5Test(tf.test.TestCase):
     # Stem conv+bn, 3 conv+bn pairs per block, a projection pair per stage.
     self.assertEqual(keras_h5.load_backbone_weights(backbone, self.path), 2 + 16 * 6 + 4 * 2)
     f3, f4 = backbone(images, training=False)
-    stage3 = tf.keras.Model(
-      self.reference.input, self.reference.get_layer("conv4_block6_out").output
-    )
+    stage3 = keras.Model(self.reference.input, self.reference.get_layer("conv4_block6_out").output)
     self.assertAllClose(f4, self.reference(images, training=False), rtol=1e-4, atol=1e-4)
     self.assertAllClose(f3, stage3(images, training=False), rtol=1e-4, atol=1e-4)
 
@@ -43,7 +42,7 @@ class KerasH5Test(tf.test.TestCase):
     config = config_lib.ModelConfig(backbone_layout="keras", **keras_h5.KERAS_IMAGENET_INPUT)
     model = builder.build_model(config)
     pixels = tf.random.uniform([1, 8, 8, 3], 0.0, 255.0, seed=4)
-    expected = tf.keras.applications.resnet.preprocess_input(pixels)
+    expected = keras.applications.resnet.preprocess_input(pixels)
     self.assertAllClose(model.input_normalization(pixels), expected, atol=1e-4)
 
   def test_delf_layout_loads_the_same_file(self):

@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
+from dolg_tf.keras_api import keras
 from dolg_tf.model import local_branch
 
 
@@ -26,12 +27,12 @@ class SpatialAttentionTest(tf.test.TestCase):
     self.assertAllClose(f_l, reference_attention * reference_unit, atol=1e-5)
 
   def test_float32_under_mixed_precision(self):
-    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy("mixed_float16")
     try:
       layer = local_branch.SpatialAttention2d(channels=16)
       f_l, attention = layer(tf.random.normal([1, 4, 4, 8]), training=False)
     finally:
-      tf.keras.mixed_precision.set_global_policy("float32")
+      keras.mixed_precision.set_global_policy("float32")
     self.assertEqual(f_l.dtype, tf.float32)
     self.assertEqual(attention.dtype, tf.float32)
 

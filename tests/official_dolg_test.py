@@ -20,6 +20,7 @@ from dolg_tf.convert import official_dolg
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import image_loading
 from dolg_tf.io import config_io
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder
 from tests import testutil
 
@@ -80,7 +81,7 @@ class TorchFreeTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tf.keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(3)
     cls.config = config_lib.ModelConfig(
       backbone_depth=26,
       backbone_width_multiplier=0.25,

@@ -11,6 +11,7 @@ from dolg_tf import config as config_lib
 from dolg_tf.export import signatures
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder, pooling, superglobal
 from tests import testutil
 
@@ -94,7 +95,7 @@ class OperatorTest(tf.test.TestCase):
 
 class ReluUpTest(tf.test.TestCase):
   def test_floors_stages_1_to_3_only(self):
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     plain = backbones.ResNetBackbone(26, width_multiplier=0.25)
     lifted = backbones.ResNetBackbone(26, width_multiplier=0.25, relu_up=0.014)
     images = tf.random.normal([1, 64, 64, 3])

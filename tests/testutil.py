@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from dolg_tf import config as config_lib
 from dolg_tf.export import export_model
+from dolg_tf.keras_api import keras
 from dolg_tf.model import builder
 
 # The one tiny DOLG network of the tests: 2 blocks per stage, 1/8 of the widths.
@@ -86,7 +87,7 @@ def _config(name: str) -> config_lib.ModelConfig:
   raise ValueError(f"unknown tiny model {name!r}: 'dolg' or 'delg'")
 
 
-def tiny_model(name: str = "dolg") -> tf.keras.Model:
+def tiny_model(name: str = "dolg") -> keras.Model:
   """The shared tiny model ('dolg' or 'delg'), built at IMAGE_SIZE. Read-only."""
   return _tiny_model(name)
 
@@ -124,7 +125,7 @@ def tiny_loaded(name: str = "dolg", **kwargs):
 @functools.cache
 def _tiny_model(name):
   config = _config(name)
-  tf.keras.utils.set_random_seed(_SEEDS[name])
+  keras.utils.set_random_seed(_SEEDS[name])
   return builder.build_model(config, image_size=IMAGE_SIZE)
 
 

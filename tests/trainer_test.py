@@ -17,6 +17,7 @@ from absl.testing import flagsaver
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
 from dolg_tf.data import gldv2, input_pipeline, synthetic
+from dolg_tf.keras_api import keras
 from dolg_tf.training import trainer
 from dolg_tf.utils import cli
 from tests import testutil
@@ -97,7 +98,7 @@ class TrainerTest(tf.test.TestCase):
     # own randomness) differ slightly, so the updates are compared by direction.
     updates = {}
     for jit_compile in (False, True):
-      tf.keras.utils.set_random_seed(0)
+      keras.utils.set_random_seed(0)
       run = self._trainer(
         TINY,
         self.create_tempdir().full_path,

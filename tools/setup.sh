@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# One idempotent set-up step for dolg_tf on a fresh Debian 12 / Python 3.11 machine:
+# One idempotent set-up step for dolg_tf on a fresh Debian 12 or 13 machine:
+#   0. pick the stack (tools/stack.sh): STACK=card (Python 3.11, TF 2.15.1,
+#      requirements.lock, .venv), STACK=current (Python 3.13/3.12, TF 2.20,
+#      requirements-current.lock, .venv-current) or STACK=auto (default: card
+#      when python3.11 exists, else current);
 #   1. apt packages: bazel-bootstrap (Bazel 4.2.3) and protobuf-compiler;
-#   2. a virtualenv (.venv, or $DOLG_VENV) holding exactly requirements.lock;
+#   2. a virtualenv holding exactly the stack's lock file;
 #   3. dolg_tf installed editable (generates dolg_tf/protos/*_pb2.py).
 # Each step is skipped when its result is already up to date, so a re-run takes
 # seconds. Set DOLG_SKIP_APT=1 to skip step 1 (e.g. on a machine without root).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${DOLG_VENV:-$ROOT/.venv}"
-PYTHON_FOR_VENV="${PYTHON_FOR_VENV:-python3.11}"
 LOG_DIR="$ROOT/.setup-logs"
 mkdir -p "$LOG_DIR"
 
 say() { echo "[setup] $*"; }
 die() { echo "[setup] ERROR: $*" >&2; exit 1; }
+
+# --- 0. The stack ----------------------------------------------------------------
+stack_info="$(bash "$ROOT/tools/stack.sh" "${STACK:-auto}")" || exit 2
+STACK_NAME="$(sed -n 's/^name=//p' <<<"$stack_info")"
+PYTHON_FOR_VENV="$(sed -n 's/^python=//p' <<<"$stack_info")"
+LOCK="$ROOT/$(sed -n 's/^lock=//p' <<<"$stack_info")"
+VENV="$(sed -n 's/^venv=//p' <<<"$stack_info")"
+say "stack: $STACK_NAME ($(sed -n 's/^why=//p' <<<"$stack_info")); $(basename "$LOCK") into $VENV"
+if [[ "$STACK_NAME" == card ]]; then PIP_VERSION=24.0; else PIP_VERSION=25.3; fi
 
 # --- 1. System packages -------------------------------------------------------
 if [[ "${DOLG_SKIP_APT:-0}" != "1" ]]; then
@@ -40,20 +51,29 @@ if [[ "${DOLG_SKIP_APT:-0}" != "1" ]]; then
 fi
 
 # --- 2. Python virtualenv -------------------------------------------------------
-command -v "$PYTHON_FOR_VENV" >/dev/null 2>&1 || die "$PYTHON_FOR_VENV not found (dolg_tf needs Python 3.11)"
 if [[ ! -x "$VENV/bin/python" ]]; then
-  say "creating virtualenv $VENV"
-  "$PYTHON_FOR_VENV" -m venv "$VENV"
+  say "creating virtualenv $VENV with $PYTHON_FOR_VENV"
+  if ! "$PYTHON_FOR_VENV" -m venv "$VENV" >"$LOG_DIR/venv.log" 2>&1; then
+    # Debian's interpreters ship venv (ensurepip) separately.
+    rm -rf "$VENV"
+    version="$("$PYTHON_FOR_VENV" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    [[ "${DOLG_SKIP_APT:-0}" == "1" ]] && die "$PYTHON_FOR_VENV -m venv failed (see $LOG_DIR/venv.log)"
+    say "apt-get install python$version-venv (log: $LOG_DIR/apt.log)"
+    SUDO=""; [[ "$(id -u)" != "0" ]] && SUDO="sudo"
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+        "python$version-venv"; } >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install python$version-venv failed"
+    "$PYTHON_FOR_VENV" -m venv "$VENV" || die "$PYTHON_FOR_VENV -m venv failed"
+  fi
 fi
-lock_hash="$(sha256sum "$ROOT/requirements.lock" | cut -d' ' -f1)"
+lock_hash="$(sha256sum "$LOCK" | cut -d' ' -f1)"
 stamp="$VENV/.dolg_lock.sha256"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$lock_hash" ]]; then
-  say "installing requirements.lock into $VENV (about 2 minutes; log: $LOG_DIR/pip.log)"
-  if ! { "$VENV/bin/python" -m pip install -q --disable-pip-version-check pip==24.0 && \
-         "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.lock" && \
-         "$VENV/bin/python" -m pip check; } >"$LOG_DIR/pip.log" 2>&1; then
-    grep -v "is ignored: it is neither" "$LOG_DIR/pip.log" | tail -30 >&2
-    die "pip install -r requirements.lock failed"
+  say "installing $(basename "$LOCK") into $VENV (about 2 minutes; log: $LOG_DIR/pip-$STACK_NAME.log)"
+  if ! { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "pip==$PIP_VERSION" && \
+         "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$LOCK" && \
+         "$VENV/bin/python" -m pip check; } >"$LOG_DIR/pip-$STACK_NAME.log" 2>&1; then
+    grep -v "is ignored: it is neither" "$LOG_DIR/pip-$STACK_NAME.log" | tail -30 >&2
+    die "pip install -r $(basename "$LOCK") failed"
   fi
   echo "$lock_hash" >"$stamp"
 else
@@ -62,8 +82,12 @@ fi
 
 # --- 2b. Optional PyTorch (checkpoint converter and its parity tests) -----------
 # DOLG_SKIP_TORCH=1 skips it; a failure only warns: the converter's tests then
-# skip with a visible reason and everything else works without torch.
-if [[ "${DOLG_SKIP_TORCH:-0}" != "1" ]]; then
+# skip with a visible reason and everything else works without torch. The CPU
+# build on this machine kind's disk is for Python 3.11: on the current stack a
+# plain `pip install torch` would download a multi-GB CUDA build, so it is skipped.
+if [[ "$STACK_NAME" != card ]]; then
+  say "optional torch skipped on the current stack (converter tests skip; see requirements-torch.txt)"
+elif [[ "${DOLG_SKIP_TORCH:-0}" != "1" ]]; then
   torch_hash="$(sha256sum "$ROOT/requirements-torch.txt" | cut -d' ' -f1)"
   torch_stamp="$VENV/.dolg_torch.sha256"
   if [[ ! -f "$torch_stamp" || "$(cat "$torch_stamp")" != "$torch_hash" ]]; then
@@ -87,14 +111,14 @@ fi
 pkg_hash="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/protos/*.proto "$ROOT"/protos/*.pbtxt | sha256sum | cut -d' ' -f1)"
 pkg_stamp="$VENV/.dolg_package.sha256"
 if [[ ! -f "$pkg_stamp" || "$(cat "$pkg_stamp")" != "$pkg_hash" || ! -f "$ROOT/dolg_tf/protos/datum_pb2.py" ]]; then
-  say "pip install -e . (dolg_tf, editable; log: $LOG_DIR/package.log)"
+  say "pip install -e . (dolg_tf, editable; log: $LOG_DIR/package-$STACK_NAME.log)"
   if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
-       --no-build-isolation -e "$ROOT" >"$LOG_DIR/package.log" 2>&1; then
-    tail -30 "$LOG_DIR/package.log" >&2
+       --no-build-isolation -e "$ROOT" >"$LOG_DIR/package-$STACK_NAME.log" 2>&1; then
+    tail -30 "$LOG_DIR/package-$STACK_NAME.log" >&2
     die "pip install -e . failed"
   fi
   echo "$pkg_hash" >"$pkg_stamp"
 else
   say "dolg_tf package up to date"
 fi
-say "done. Python: $VENV/bin/python"
+say "done. Stack $STACK_NAME, Python: $VENV/bin/python ($("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])'))"

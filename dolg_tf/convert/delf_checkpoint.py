@@ -42,6 +42,7 @@ from absl import logging
 
 from dolg_tf import config as config_lib
 from dolg_tf.convert import artefacts
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder, heads
 
 CHECKPOINT_SUBDIR = "delf_tf2-ckpt"  # train.py's CheckpointManager folder
@@ -90,7 +91,7 @@ class ConvertedModel:
     checkpoint: the checkpoint prefix that was read.
   """
 
-  model: tf.keras.Model
+  model: keras.Model
   config: config_lib.ModelConfig
   head: heads.CosineHead | None
   report: ImportReport
@@ -219,7 +220,7 @@ def _entries(model, head=None) -> list[tuple[str, tf.Variable]]:
 
   entries = []
   for name, layer in model.backbone.delf_layers().items():
-    weights = _BN if isinstance(layer, tf.keras.layers.BatchNormalization) else _CONV
+    weights = _BN if isinstance(layer, keras.layers.BatchNormalization) else _CONV
     entries += layer_entries(f"backbone/{name}", layer, weights)
   entries += layer_entries("backbone/embedding_layer", model.whitening, _CONV)
   entries += layer_entries("attention/conv1", model.attention.conv1, _CONV)

@@ -56,6 +56,7 @@ from absl import logging
 from dolg_tf import config as config_lib
 from dolg_tf.convert import artefacts
 from dolg_tf.io import config_io
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder, heads
 
 # The official preprocessing, on [0, 1] pixels in BGR order.
@@ -171,7 +172,7 @@ class ConvertedModel:
     report: what the import consumed.
   """
 
-  model: tf.keras.Model
+  model: keras.Model
   config: config_lib.ModelConfig
   head: heads.CosineHead | None
   report: ImportReport
@@ -422,7 +423,7 @@ def _backbone_entries(backbone, stem_names, block_name) -> list[_Entry]:
           continue
         layer = getattr(block, name)
         key = block_name(stage_index + 1, block_index + 1, name)
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
+        if isinstance(layer, keras.layers.BatchNormalization):
           entries += _bn_entries(layer, key)
         else:
           entries += _conv_entries(layer, key)

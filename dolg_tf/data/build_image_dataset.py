@@ -419,7 +419,7 @@ def convert(record: PlannedRecord, prepared_task) -> tuple[bytes | None, Failure
     prepared.width,
     filename=os.path.basename(record.path),
   )
-  return example.SerializeToString(), None, prepared.reencoded
+  return example.SerializeToString(deterministic=True), None, prepared.reencoded
 
 
 def write_relabeling(path: str, mapping: dict[int, int]) -> None:

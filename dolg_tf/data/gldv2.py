@@ -185,7 +185,7 @@ class ShardedRecordWriter:
     if self._closed:
       raise ValueError(f"{self.prefix}: writer is closed")
     if isinstance(record, tf.train.Example):
-      record = record.SerializeToString()
+      record = record.SerializeToString(deterministic=True)
     if shard is None:
       shard = self._next
       self._next = (self._next + 1) % self.num_shards

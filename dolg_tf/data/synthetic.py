@@ -486,7 +486,7 @@ def write_training_set(
         image_id, image_codec.encode_jpeg(image, jpeg_quality), c, image_size, image_size
       )
       split = "validation" if v >= views_per_class - num_val else "train"
-      records[split].append(example.SerializeToString())
+      records[split].append(example.SerializeToString(deterministic=True))
   os.makedirs(out_dir, exist_ok=True)
   order_rng = np.random.default_rng([seed, _ORDER_STREAM])
   files = {}

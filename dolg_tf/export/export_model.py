@@ -57,6 +57,7 @@ from tensorflow.python.framework import convert_to_constants
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.export import signatures as signatures_lib
+from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, normalization, superglobal
 from dolg_tf.training import trainer as trainer_lib
 from dolg_tf.utils import cli, cpu
@@ -494,14 +495,14 @@ def serving_model(model, model_config: config_lib.ModelConfig, export_config):
   bfloat16 = export_config.precision == "bfloat16"
   if not bfloat16 and not export_config.fold_batch_norms:
     return model
-  policy = tf.keras.mixed_precision.global_policy()
-  tf.keras.mixed_precision.set_global_policy("mixed_bfloat16" if bfloat16 else "float32")
+  policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy("mixed_bfloat16" if bfloat16 else "float32")
   try:
     # A DELG model converted with its attention classifier has two more weights.
     num_classes = getattr(model, "num_classes", None)
     twin = builder.build_model(model_config, image_size=64, num_classes=num_classes)
   finally:
-    tf.keras.mixed_precision.set_global_policy(policy)
+    keras.mixed_precision.set_global_policy(policy)
   twin.set_weights(model.get_weights())
   if export_config.fold_batch_norms:
     twin.backbone.fold_batch_norms(source=model.backbone)

@@ -28,6 +28,8 @@ Three layouts of the bottleneck ResNet are supported:
 import numpy as np
 import tensorflow as tf
 
+from dolg_tf.keras_api import keras
+
 # Depth 26 (two blocks per stage) is for tests, demos and quick experiments.
 STAGE_BLOCKS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck widths; outputs are 4x.
@@ -36,9 +38,7 @@ LAYOUTS = ("pycls", "keras", "delf")
 
 def _pycls_conv_init():
   # pycls: normal(0, sqrt(2 / fan_out)).
-  return tf.keras.initializers.VarianceScaling(
-    2.0, mode="fan_out", distribution="untruncated_normal"
-  )
+  return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
 def activation(floor: float = 0.0):
@@ -52,7 +52,7 @@ def activation(floor: float = 0.0):
 _FUSED_MIN_EPSILON = 1.001e-5
 
 
-class FoldableBatchNorm(tf.keras.layers.BatchNormalization):
+class FoldableBatchNorm(keras.layers.BatchNormalization):
   """Keras BatchNormalization that can be folded into the convolution before it.
 
   Folded (`fold_batch_norm`, inference only), the convolution's kernel carries
@@ -105,7 +105,7 @@ def fold_batch_norm(conv, bn, source_conv=None, source_bn=None):
   bn.folded = True
 
 
-class _Bottleneck(tf.keras.layers.Layer):
+class _Bottleneck(keras.layers.Layer):
   """What the bottleneck layouts share: arguments, activations (ReLU or ReLU-up), config."""
 
   def __init__(
@@ -163,7 +163,7 @@ class PyclsBottleneck(_Bottleneck):
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
-    conv = lambda filters, size, name, stride=1: tf.keras.layers.Conv2D(
+    conv = lambda filters, size, name, stride=1: keras.layers.Conv2D(
       filters,
       size,
       strides=stride,
@@ -174,7 +174,7 @@ class PyclsBottleneck(_Bottleneck):
     )
     self.a = conv(self.width, 1, "a")
     self.a_bn = self._bn("a_bn")
-    self.b_pad = tf.keras.layers.ZeroPadding2D(1, name="b_pad")
+    self.b_pad = keras.layers.ZeroPadding2D(1, name="b_pad")
     self.b = conv(self.width, 3, "b", stride=self.strides)
     self.b_bn = self._bn("b_bn")
     self.c = conv(self.out_channels, 1, "c")
@@ -204,7 +204,7 @@ class _PrefixedBottleneck(_Bottleneck):
     return super()._bn(f"{self.prefix}_{name}")
 
   def _conv(self, filters, size, name, stride=1, padding="valid"):
-    return tf.keras.layers.Conv2D(
+    return keras.layers.Conv2D(
       filters, size, strides=stride, padding=padding, name=f"{self.prefix}_{name}"
     )
 
@@ -292,7 +292,7 @@ DELF_BLOCK_LAYERS = ("conv2a", "bn2a", "conv2b", "bn2b", "conv2c", "bn2c")
 DELF_SHORTCUT_LAYERS = ("conv_shortcut", "bn_shortcut")
 
 
-class ResNetBackbone(tf.keras.layers.Layer):
+class ResNetBackbone(keras.layers.Layer):
   """Bottleneck ResNet returning (stage-3, stage-4) feature maps.
 
   Input: normalised float images [B, H, W, 3] of any size. Output: f3
@@ -334,8 +334,8 @@ class ResNetBackbone(tf.keras.layers.Layer):
     self.output_channels = (4 * widths[2], 4 * widths[3])
     bn_args = dict(momentum=bn_momentum, epsilon=bn_epsilon)
     if layout == "pycls":
-      self.stem_pad = tf.keras.layers.ZeroPadding2D(3, name="stem_pad")
-      self.stem_conv = tf.keras.layers.Conv2D(
+      self.stem_pad = keras.layers.ZeroPadding2D(3, name="stem_pad")
+      self.stem_conv = keras.layers.Conv2D(
         stem_width,
         7,
         strides=2,
@@ -348,20 +348,20 @@ class ResNetBackbone(tf.keras.layers.Layer):
     elif layout == "delf":
       # DELF: Conv2D(64, 7, strides 2, padding 'same') with bias, then a valid max-pool.
       self.stem_pad = None
-      self.stem_conv = tf.keras.layers.Conv2D(
+      self.stem_conv = keras.layers.Conv2D(
         stem_width, 7, strides=2, padding="same", name="conv1_conv"
       )
       self.stem_bn = FoldableBatchNorm(name="conv1_bn", **bn_args)
     else:
-      self.stem_pad = tf.keras.layers.ZeroPadding2D(3, name="conv1_pad")
-      self.stem_conv = tf.keras.layers.Conv2D(
+      self.stem_pad = keras.layers.ZeroPadding2D(3, name="conv1_pad")
+      self.stem_conv = keras.layers.Conv2D(
         stem_width, 7, strides=2, padding="valid", name="conv1_conv"
       )
       self.stem_bn = FoldableBatchNorm(name="conv1_bn", **bn_args)
     # Zero padding before the max-pool equals PyTorch's -inf padding: its input is post-ReLU.
     # DELF pools without padding.
-    self.pool_pad = None if layout == "delf" else tf.keras.layers.ZeroPadding2D(1, name="pool_pad")
-    self.pool = tf.keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="pool")
+    self.pool_pad = None if layout == "delf" else keras.layers.ZeroPadding2D(1, name="pool_pad")
+    self.pool = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="pool")
     self.stages = []
     in_channels = stem_width
     for stage_index, (num_blocks, width) in enumerate(zip(STAGE_BLOCKS[depth], widths)):
@@ -421,7 +421,7 @@ class ResNetBackbone(tf.keras.layers.Layer):
         in_channels = out_channels
       self.stages.append(blocks)
     if block3_strides:
-      self.block3_subsample = tf.keras.layers.MaxPooling2D(1, strides=2, name="block3_subsample")
+      self.block3_subsample = keras.layers.MaxPooling2D(1, strides=2, name="block3_subsample")
 
   def call(self, images, training=None):
     x = images if self.stem_pad is None else self.stem_pad(images)

@@ -1,12 +1,11 @@
 """What DOLG and DELG share: input normalisation, the ResNet backbone, their one config."""
 
-import tensorflow as tf
-
 from dolg_tf import config as config_lib
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, normalization
 
 
-class RetrievalModel(tf.keras.Model):
+class RetrievalModel(keras.Model):
   """Images -> (f3, f4) through the configured backbone; subclasses add the heads.
 
   The ModelConfig is the model's only copy of its settings (`get_config`

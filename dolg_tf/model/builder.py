@@ -3,12 +3,13 @@
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
+from dolg_tf.keras_api import keras
 from dolg_tf.model import delg, dolg, heads
 
 
 def build_model(
   config: config_lib.ModelConfig, image_size: int | None = None, num_classes: int | None = None
-) -> tf.keras.Model:
+) -> keras.Model:
   """Returns the descriptor model described by `config`.
 
   Args:

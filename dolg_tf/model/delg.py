@@ -21,6 +21,7 @@ fields (for keypoint locations) are in `receptive_field()`.
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
+from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, base, normalization, pooling, superglobal
 
 INTERMEDIATES = (
@@ -36,15 +37,15 @@ INTERMEDIATES = (
 )
 
 
-class DelgAutoencoder(tf.keras.layers.Layer):
+class DelgAutoencoder(keras.layers.Layer):
   """1x1 conv to `reduced_dim` (linear) and back to `channels` (ReLU)."""
 
   def __init__(self, reduced_dim=128, channels=1024, **kwargs):
     super().__init__(**kwargs)
     self.reduced_dim = reduced_dim
     self.channels = channels
-    self.reduce = tf.keras.layers.Conv2D(reduced_dim, 1, name="autoenc_conv1")
-    self.expand = tf.keras.layers.Conv2D(channels, 1, activation="relu", name="autoenc_conv2")
+    self.reduce = keras.layers.Conv2D(reduced_dim, 1, name="autoenc_conv1")
+    self.expand = keras.layers.Conv2D(channels, 1, activation="relu", name="autoenc_conv2")
 
   def call(self, x):
     reduced = self.reduce(x)
@@ -56,7 +57,7 @@ class DelgAutoencoder(tf.keras.layers.Layer):
     return config
 
 
-class DelgAttention(tf.keras.layers.Layer):
+class DelgAttention(keras.layers.Layer):
   """DELF attention: scores, probabilities and attention-pooled features.
 
   prob = softplus(conv(ReLU(BN(conv(x))))); pooled = mean(l2n(targets) * prob).
@@ -67,11 +68,11 @@ class DelgAttention(tf.keras.layers.Layer):
     self.hidden = hidden
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
-    self.conv1 = tf.keras.layers.Conv2D(hidden, 1, name="attn_conv1")
-    self.bn = tf.keras.layers.BatchNormalization(
+    self.conv1 = keras.layers.Conv2D(hidden, 1, name="attn_conv1")
+    self.bn = keras.layers.BatchNormalization(
       momentum=bn_momentum, epsilon=bn_epsilon, name="bn_conv1"
     )
-    self.conv2 = tf.keras.layers.Conv2D(1, 1, name="attn_conv2")
+    self.conv2 = keras.layers.Conv2D(1, 1, name="attn_conv2")
 
   def call(self, x, targets=None, training=None):
     hidden = tf.nn.relu(self.bn(self.conv1(x), training=training))
@@ -97,16 +98,14 @@ class DelgModel(base.RetrievalModel):
     self.num_classes = num_classes
     f3_channels = self.backbone.output_channels[0]
     self.pool = pooling.GeMPooling(config.gem_p, config.gem_p_trainable, config.gem_eps, name="gem")
-    self.whitening = tf.keras.layers.Dense(
+    self.whitening = keras.layers.Dense(
       config.embedding_dim, name="embedding_layer", dtype="float32"
     )
     self.autoencoder = DelgAutoencoder(config.delg_reduced_dim, f3_channels, name="autoencoder")
     self.attention = DelgAttention(config.delg_attention_hidden, name="attention")
     # The attention classifier exists only when training (num_classes known).
     self.attention_classifier = (
-      tf.keras.layers.Dense(num_classes, name="attention_fc", dtype="float32")
-      if num_classes
-      else None
+      keras.layers.Dense(num_classes, name="attention_fc", dtype="float32") if num_classes else None
     )
 
   def call(self, images, training=None, return_intermediates=False, test_time=None):

@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
+from dolg_tf.keras_api import keras
 from dolg_tf.model import (
   base,
   fusion,
@@ -60,11 +61,11 @@ class DolgModel(base.RetrievalModel):
     self.pool_g = pooling.GeMPooling(
       config.gem_p, config.gem_p_trainable, config.gem_eps, name="pool_g"
     )
-    self.fc_t = tf.keras.layers.Dense(
+    self.fc_t = keras.layers.Dense(
       config.local_dim, kernel_initializer=initializers.pytorch_default(), name="fc_t"
     )
     self.fusion = fusion.OrthogonalFusion(name="orthogonal_fusion")
-    self.fc = tf.keras.layers.Dense(
+    self.fc = keras.layers.Dense(
       config.embedding_dim,
       kernel_initializer=initializers.pytorch_default(),
       name="fc",

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from dolg_tf.keras_api import keras
+
 
 def orthogonal_component(local_features, global_feature):
   """Removes from every local vector its projection onto the global feature.
@@ -27,7 +29,7 @@ def orthogonal_component(local_features, global_feature):
   return local_features - projection, projection
 
 
-class OrthogonalFusion(tf.keras.layers.Layer):
+class OrthogonalFusion(keras.layers.Layer):
   """[f_g, avgpool(f_l_orth)]: the concatenation order of the official code."""
 
   def __init__(self, **kwargs):

@@ -11,13 +11,14 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from dolg_tf.keras_api import keras
 from dolg_tf.model import normalization
 
 # Keeps acos/sqrt gradients finite at cos = +-1.
 _COS_CLIP = 1.0 - 1e-7
 
 
-class CosineHead(tf.keras.layers.Layer):
+class CosineHead(keras.layers.Layer):
   """Base class: class weights and the cosine matrix; subclasses add margins."""
 
   def __init__(self, num_classes, scale=30.0, margin=0.15, num_subcenters=1, **kwargs):
@@ -33,7 +34,7 @@ class CosineHead(tf.keras.layers.Layer):
     self.kernel = self.add_weight(
       name="kernel",
       shape=[embedding_dim, self.num_classes * self.num_subcenters],
-      initializer=tf.keras.initializers.GlorotUniform(),
+      initializer=keras.initializers.GlorotUniform(),
       dtype=tf.float32,
     )
     super().build(input_shape)

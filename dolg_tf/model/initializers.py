@@ -1,6 +1,6 @@
 """Weight initialisers that mirror the official PyTorch code's defaults."""
 
-import tensorflow as tf
+from dolg_tf.keras_api import keras
 
 
 def pytorch_default():
@@ -9,4 +9,4 @@ def pytorch_default():
   (kaiming_uniform with a=sqrt(5).) The official DOLG local branch and fc
   layers keep this default; Keras' Glorot init would start them larger.
   """
-  return tf.keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+  return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")

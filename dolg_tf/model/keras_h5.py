@@ -10,7 +10,8 @@ the matching ModelConfig input settings.
 
 import h5py
 import numpy as np
-import tensorflow as tf
+
+from dolg_tf.keras_api import keras
 
 # ModelConfig overrides that reproduce keras.applications.resnet.preprocess_input.
 KERAS_IMAGENET_INPUT = dict(
@@ -45,7 +46,7 @@ def read_h5_weights(path: str) -> dict:
     raise OSError(f"{path}: cannot read Keras weights: {e}") from e
 
 
-def load_backbone_weights(backbone: tf.keras.layers.Layer, path: str) -> int:
+def load_backbone_weights(backbone: keras.layers.Layer, path: str) -> int:
   """Assigns the .h5 weights to `backbone`'s layers of the same names.
 
   Returns:
@@ -65,7 +66,7 @@ def load_backbone_weights(backbone: tf.keras.layers.Layer, path: str) -> int:
   loaded = 0
   for layer in backbone._flatten_layers(include_self=False, recursive=True):
     if not layer.weights or not isinstance(
-      layer, tf.keras.layers.Conv2D | tf.keras.layers.BatchNormalization
+      layer, keras.layers.Conv2D | keras.layers.BatchNormalization
     ):
       continue
     if layer.name not in stored:

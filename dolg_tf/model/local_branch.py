@@ -2,10 +2,11 @@
 
 import tensorflow as tf
 
+from dolg_tf.keras_api import keras
 from dolg_tf.model import initializers, normalization
 
 
-class MultiAtrous(tf.keras.layers.Layer):
+class MultiAtrous(keras.layers.Layer):
   """Multi-atrous module (the official code's `ASPP`).
 
   Branches on the input map: an image-pool branch (global average pool ->
@@ -19,17 +20,17 @@ class MultiAtrous(tf.keras.layers.Layer):
     self.dilations = tuple(int(d) for d in dilations)
     self.branch_channels = branch_channels
     self.output_channels = output_channels
-    self.image_pool_conv = tf.keras.layers.Conv2D(
+    self.image_pool_conv = keras.layers.Conv2D(
       branch_channels, 1, kernel_initializer=initializers.pytorch_default(), name="image_pool_conv"
     )
     self.branches = [
-      tf.keras.layers.Conv2D(
+      keras.layers.Conv2D(
         branch_channels, 1, kernel_initializer=initializers.pytorch_default(), name="conv1x1"
       )
     ]
     for d in self.dilations:
       self.branches.append(
-        tf.keras.layers.Conv2D(
+        keras.layers.Conv2D(
           branch_channels,
           3,
           padding="same",
@@ -38,7 +39,7 @@ class MultiAtrous(tf.keras.layers.Layer):
           name=f"conv3x3_d{d}",
         )
       )
-    self.fuse = tf.keras.layers.Conv2D(
+    self.fuse = keras.layers.Conv2D(
       output_channels, 1, kernel_initializer=initializers.pytorch_default(), name="fuse"
     )
 
@@ -58,7 +59,7 @@ class MultiAtrous(tf.keras.layers.Layer):
     return config
 
 
-class SpatialAttention2d(tf.keras.layers.Layer):
+class SpatialAttention2d(keras.layers.Layer):
   """DOLG self-attention (the official `SpatialAttention2d`).
 
   x = BN(conv1x1(f)); n = L2-normalise x over channels (before the ReLU);
@@ -71,13 +72,11 @@ class SpatialAttention2d(tf.keras.layers.Layer):
     self.channels = channels
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
-    self.conv1 = tf.keras.layers.Conv2D(
+    self.conv1 = keras.layers.Conv2D(
       channels, 1, kernel_initializer=initializers.pytorch_default(), name="conv1"
     )
-    self.bn = tf.keras.layers.BatchNormalization(
-      momentum=bn_momentum, epsilon=bn_epsilon, name="bn"
-    )
-    self.conv2 = tf.keras.layers.Conv2D(
+    self.bn = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="bn")
+    self.conv2 = keras.layers.Conv2D(
       1, 1, kernel_initializer=initializers.pytorch_default(), name="conv2"
     )
 

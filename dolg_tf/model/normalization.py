@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from dolg_tf.keras_api import keras
+
 # PyTorch's F.normalize eps: x / max(||x||, eps).
 L2_EPSILON = 1e-12
 
@@ -14,7 +16,7 @@ def l2_normalize(x, axis=-1, epsilon=L2_EPSILON):
   return x * tf.math.rsqrt(tf.maximum(squared_norm, epsilon * epsilon))
 
 
-class InputNormalization(tf.keras.layers.Layer):
+class InputNormalization(keras.layers.Layer):
   """Maps RGB pixels in [0, 255] to the network's input space.
 
   (pixel - mean) / std per channel, then optionally RGB -> BGR (the official

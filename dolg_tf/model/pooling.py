@@ -2,8 +2,10 @@
 
 import tensorflow as tf
 
+from dolg_tf.keras_api import keras
 
-class GeMPooling(tf.keras.layers.Layer):
+
+class GeMPooling(keras.layers.Layer):
   """Generalized-mean pooling over the spatial axes.
 
   gem(x) = (mean_{h,w} max(x, eps)^p)^(1/p), per channel, computed in float32
@@ -45,7 +47,7 @@ class GeMPooling(tf.keras.layers.Layer):
     return config
 
 
-class AveragePooling(tf.keras.layers.Layer):
+class AveragePooling(keras.layers.Layer):
   """Spatial average pooling: [B, H, W, C] -> [B, C]."""
 
   def call(self, x):

@@ -34,17 +34,20 @@ found fewer) the rows are padded with id -1 and score -inf.
 """
 
 import abc
+import importlib
+import importlib.util
 import json
 import math
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from dolg_tf.utils import arrays
+from dolg_tf.utils import arrays, cli
 from dolg_tf.utils import files as file_utils
 
 META_FILENAME = "index_meta.json"
@@ -392,9 +395,7 @@ class ScannIndex(SearchIndex):
     self._searcher = None
 
   def build(self, database: Any) -> "ScannIndex":
-    # Search engine, loaded only when a ScaNN index is used.
-    from scann.scann_ops.py import scann_ops_pybind  # noqa: PLC0415
-
+    scann_ops_pybind = _scann_numpy_api()
     db = self._check_database(database)
     n = db.shape[0]
     p = self.params
@@ -447,14 +448,39 @@ class ScannIndex(SearchIndex):
     _rewrite_scann_asset_paths(tmp_dir, final_dir)
 
   def _load_payload(self, directory: str) -> None:
-    # Search engine, loaded only when a ScaNN index is used.
-    from scann.scann_ops.py import scann_ops_pybind  # noqa: PLC0415
-
+    scann_ops_pybind = _scann_numpy_api()
     assets = _rewrite_scann_asset_paths(directory, os.path.abspath(directory), write=False)
     self._searcher = scann_ops_pybind.ScannSearcher(
       scann_ops_pybind.scann_pybind.ScannNumpy(directory, assets)
     )
     self._set_threads()
+
+
+_SCANN_NUMPY_API = "scann.scann_ops.py.scann_ops_pybind"
+
+
+def _scann_numpy_api():
+  """ScaNN's numpy API (scann_ops_pybind), loaded without ScaNN's TensorFlow ops.
+
+  `import scann` also loads scann_ops, a TF op library built against one
+  TensorFlow release (scann 1.4.2's fails to load on TF 2.21), and dolg_tf never
+  uses it. So the package's `__init__` is skipped for this one import; the bare
+  package object is dropped again afterwards, so a later `import scann` of the
+  user's runs ScaNN's own `__init__` as usual.
+  """
+  if _SCANN_NUMPY_API in sys.modules:
+    return sys.modules[_SCANN_NUMPY_API]
+  spec = importlib.util.find_spec("scann")
+  if spec is None:
+    raise cli.UserError("a 'scann' index needs the scann package (pip install scann)")
+  bare = "scann" not in sys.modules
+  if bare:
+    sys.modules["scann"] = importlib.util.module_from_spec(spec)
+  try:
+    return importlib.import_module(_SCANN_NUMPY_API)
+  finally:
+    if bare:
+      del sys.modules["scann"]
 
 
 def _rewrite_scann_asset_paths(directory: str, target_dir: str, write: bool = True) -> str:

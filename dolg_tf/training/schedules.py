@@ -1,7 +1,8 @@
 """Learning-rate schedules: linear warm-up followed by cosine, linear or constant."""
 
-import tensorflow as tf
 from official.modeling.optimization import lr_schedule
+
+from dolg_tf.keras_api import keras
 
 
 def build_schedule(
@@ -10,7 +11,7 @@ def build_schedule(
   schedule: str = "cosine",
   warmup_steps: int = 0,
   warmup_factor: float = 0.1,
-) -> tf.keras.optimizers.schedules.LearningRateSchedule:
+) -> keras.optimizers.schedules.LearningRateSchedule:
   """Returns the schedule, a function of the optimizer's step.
 
   Warm-up rises linearly from `warmup_factor * initial_lr` to the decayed value
@@ -23,13 +24,13 @@ def build_schedule(
   if total_steps < 1:
     raise ValueError(f"total_steps must be >= 1, got {total_steps}")
   if schedule == "cosine":
-    decayed = tf.keras.optimizers.schedules.CosineDecay(initial_lr, total_steps, alpha=0.0)
+    decayed = keras.optimizers.schedules.CosineDecay(initial_lr, total_steps, alpha=0.0)
   elif schedule == "linear":
-    decayed = tf.keras.optimizers.schedules.PolynomialDecay(
+    decayed = keras.optimizers.schedules.PolynomialDecay(
       initial_lr, total_steps, end_learning_rate=0.0, power=1.0
     )
   elif schedule == "constant":
-    decayed = tf.keras.optimizers.schedules.PolynomialDecay(
+    decayed = keras.optimizers.schedules.PolynomialDecay(
       initial_lr, total_steps, end_learning_rate=initial_lr, power=1.0
     )
   else:

@@ -24,6 +24,7 @@ from official.common import distribute_utils
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.data import gldv2, input_pipeline
+from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, keras_h5
 from dolg_tf.training import schedules
 from dolg_tf.utils import cpu, progress
@@ -146,9 +147,9 @@ class Trainer:
     self.data = data = data or experiment.data
     self.config = config = experiment.train
     self.num_classes = gldv2.num_classes(data.dataset_version, data.num_classes or None)
-    tf.keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.seed)
     self.mixed_precision = cpu.resolve_auto(config.mixed_precision, "mixed_bfloat16")
-    tf.keras.mixed_precision.set_global_policy(self.mixed_precision)
+    keras.mixed_precision.set_global_policy(self.mixed_precision)
     self.strategy = build_strategy(config)
     self.is_chief = _is_chief(self.strategy)
     # After the strategy: multi-worker collectives must be set up before any TF op.
@@ -194,27 +195,27 @@ class Trainer:
         self.warmup_steps,
         config.warmup_factor,
       )
-      optimizer = tf.keras.optimizers.SGD(
+      optimizer = keras.optimizers.SGD(
         self.learning_rate,
         momentum=config.momentum,
         nesterov=config.nesterov,
         global_clipnorm=config.clip_norm or None,
       )
       if self.mixed_precision == "mixed_float16":
-        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
       self.optimizer = optimizer
       self.trainable_variables = self.model.trainable_variables + self.head.trainable_variables
       self.optimizer.build(self.trainable_variables)
-      self.train_loss = tf.keras.metrics.Mean("loss")
+      self.train_loss = keras.metrics.Mean("loss")
       # Per-term losses (DELG: global, attention, reconstruction).
       self.term_losses = {
-        name: tf.keras.metrics.Mean(name)
+        name: keras.metrics.Mean(name)
         for name in (
           ("global_loss", "attention_loss", "reconstruction_loss") if self.is_delg else ()
         )
       }
-      self.train_accuracy = tf.keras.metrics.SparseCategoricalAccuracy("accuracy")
-      self.validation_accuracy = tf.keras.metrics.SparseCategoricalAccuracy("accuracy")
+      self.train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+      self.validation_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
     self.checkpoint = tf.train.Checkpoint(
       model=self.model, head=self.head, optimizer=self.optimizer
     )
@@ -258,10 +259,10 @@ class Trainer:
     config = self.config
     model, head, optimizer = self.model, self.head, self.optimizer
     variables = self.trainable_variables
-    is_loss_scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    is_loss_scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
 
     def cross_entropy(labels, logits):
-      return tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+      return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
     def forward(images, labels):
       """Per-example loss, margin-free cosines (for accuracy) and per-example loss terms."""

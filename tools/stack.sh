@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Which of dolg_tf's two supported stacks to set up, and where it lives.
+#
+#   bash tools/stack.sh [STACK] [FIELD]
+#
+# STACK: card     the design card's stack: Python 3.11, TensorFlow 2.15.1 (requirements.lock)
+#        current  Python 3.13 or 3.12, TensorFlow 2.20 (requirements-current.lock)
+#        auto     (default) card when python3.11 is on PATH, else current with the newest of
+#                 python3.13 / python3.12 found
+# FIELD: name | python | lock | venv | why (default: all of them, one `key=value` a line)
+#
+# $PYTHON_FOR_VENV overrides the interpreter and $DOLG_VENV the virtualenv folder.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+stack="${1:-auto}"
+field="${2:-}"
+[[ -z "$stack" ]] && stack=auto
+
+has_python() { command -v "$1" >/dev/null 2>&1 && "$1" -c "" >/dev/null 2>&1; }
+
+# python3.X on PATH, else one that pyenv has installed but not activated (its shim
+# then refuses to run it).
+find_python() {
+  local version="$1" candidate
+  if has_python "python$version"; then
+    command -v "python$version"
+    return 0
+  fi
+  if command -v pyenv >/dev/null 2>&1; then
+    for candidate in $(ls -d "$(pyenv root)"/versions/"$version".*/bin/"python$version" 2>/dev/null | sort -V -r); do
+      if has_python "$candidate"; then
+        echo "$candidate"
+        return 0
+      fi
+    done
+  fi
+  return 1
+}
+
+newest_current_python() { find_python 3.13 || find_python 3.12; }
+
+case "$stack" in
+  auto)
+    if find_python 3.11 >/dev/null; then
+      stack=card
+      why="python3.11 found: the design card's stack (STACK=current picks TF 2.20 instead)"
+    elif python="$(newest_current_python)"; then
+      stack=current
+      why="no python3.11: the current stack on the newest supported Python found ($python)"
+    else
+      echo "tools/stack.sh: error: no supported Python found (python3.11, python3.12 or python3.13)" >&2
+      exit 2
+    fi
+    ;;
+  card) why="STACK=card" ;;
+  current) why="STACK=current" ;;
+  *)
+    echo "tools/stack.sh: error: STACK must be auto, card or current, not '$stack'" >&2
+    exit 2
+    ;;
+esac
+
+if [[ "$stack" == card ]]; then
+  if [[ -n "${PYTHON_FOR_VENV:-}" ]]; then
+    python="$PYTHON_FOR_VENV"
+  elif ! python="$(find_python 3.11)"; then
+    echo "tools/stack.sh: error: STACK=card needs python3.11 on PATH" >&2
+    exit 2
+  fi
+  lock="requirements.lock"
+  venv="${DOLG_VENV:-$ROOT/.venv}"
+else
+  if [[ -n "${PYTHON_FOR_VENV:-}" ]]; then
+    python="$PYTHON_FOR_VENV"
+  elif ! python="$(newest_current_python)"; then
+    echo "tools/stack.sh: error: STACK=current needs python3.13 or python3.12 on PATH" >&2
+    exit 2
+  fi
+  lock="requirements-current.lock"
+  venv="${DOLG_VENV:-$ROOT/.venv-current}"
+fi
+
+case "$field" in
+  "") printf 'name=%s\npython=%s\nlock=%s\nvenv=%s\nwhy=%s\n' "$stack" "$python" "$lock" "$venv" "$why" ;;
+  name) echo "$stack" ;;
+  python) echo "$python" ;;
+  lock) echo "$lock" ;;
+  venv) echo "$venv" ;;
+  why) echo "$why" ;;
+  *) echo "tools/stack.sh: error: unknown field '$field'" >&2; exit 2 ;;
+esac

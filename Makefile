@@ -42,13 +42,11 @@ cross-stack:
 	STACK=current bash tools/setup.sh
 	DOLG_CARD_PYTHON=$$(bash tools/stack.sh card venv)/bin/python \
 	DOLG_CURRENT_PYTHON=$$(bash tools/stack.sh current venv)/bin/python \
-	  $$(bash tools/stack.sh current venv)/bin/python -m pytest -q tests/cross_stack_test.py
+	  $$(bash tools/stack.sh current venv)/bin/python -m pytest -q -s tests/cross_stack_test.py
 
-# What CI runs: the whole suite on both stacks, then the cross-stack checks.
+# What CI runs: the whole suite on both stacks (side by side), then the cross-stack checks.
 ci:
-	$(MAKE) test STACK=card
-	$(MAKE) test STACK=current
-	$(MAKE) cross-stack
+	bash .ci/run
 
 # Regenerate the stack's lock file from its requirements in a throw-away venv.
 lock:

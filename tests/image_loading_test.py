@@ -40,7 +40,7 @@ class LoadImageTest(tf.test.TestCase, parameterized.TestCase):
     loaded = image_loading.load_image(self._path("c.png"))
     self.assertEqual(loaded.shape, (20, 30, 3))
     self.assertEqual(int(loaded.max()), 255)
-    self.assertEqual(int(loaded[10, 15, 0]), int(round(gray16[10, 15] * 255 / 65535)))
+    self.assertEqual(int(loaded[10, 15, 0]), round(int(gray16[10, 15]) * 255 / 65535))
 
   def test_exif_orientation_is_applied(self):
     image = Image.fromarray(self.rgb)

@@ -76,7 +76,7 @@ class DecodeImageTest(tf.test.TestCase, parameterized.TestCase):
     loaded = images.decode_image(self._path("g16.png"))
     self.assertEqual(loaded.shape, (20, 30, 3))
     self.assertEqual(int(loaded.max()), 255)
-    self.assertEqual(int(loaded[10, 15, 0]), int(round(gray16[10, 15] * 255 / 65535)))
+    self.assertEqual(int(loaded[10, 15, 0]), round(int(gray16[10, 15]) * 255 / 65535))
     # 32-bit integers within 8 bits are kept as they are; larger ones scaled from 16 bits.
     small = Image.fromarray(np.array([[0, 7, 255]], np.int32), "I")
     self.assertAllEqual(images.convert_mode(small)[0, :, 0], [0, 7, 255])

@@ -62,23 +62,21 @@ case "$stack" in
 esac
 
 if [[ "$stack" == card ]]; then
-  if [[ -n "${PYTHON_FOR_VENV:-}" ]]; then
-    python="$PYTHON_FOR_VENV"
-  elif ! python="$(find_python 3.11)"; then
-    echo "tools/stack.sh: error: STACK=card needs python3.11 on PATH" >&2
-    exit 2
-  fi
+  find_stack_python() { find_python 3.11; }
+  wanted="python3.11"
   lock="requirements.lock"
   venv="${DOLG_VENV:-$ROOT/.venv}"
 else
-  if [[ -n "${PYTHON_FOR_VENV:-}" ]]; then
-    python="$PYTHON_FOR_VENV"
-  elif ! python="$(newest_current_python)"; then
-    echo "tools/stack.sh: error: STACK=current needs python3.13 or python3.12 on PATH" >&2
-    exit 2
-  fi
+  find_stack_python() { newest_current_python; }
+  wanted="python3.13 or python3.12"
   lock="requirements-current.lock"
   venv="${DOLG_VENV:-$ROOT/.venv-current}"
+fi
+if [[ -n "${PYTHON_FOR_VENV:-}" ]]; then
+  python="$PYTHON_FOR_VENV"
+elif ! python="$(find_stack_python)"; then
+  echo "tools/stack.sh: error: STACK=$stack needs $wanted (on PATH, or installed by pyenv)" >&2
+  exit 2
 fi
 
 case "$field" in

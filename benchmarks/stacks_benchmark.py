@@ -61,9 +61,9 @@ def _versions(python: str) -> str:
   return _run(
     python,
     "-c",
-    "import sys, tensorflow as tf; from dolg_tf.keras_api import keras; "
-    "print(f'Python {sys.version.split()[0]}, TF {tf.__version__}, {keras.__name__} "
-    "{keras.__version__}')",
+    "import sys, importlib.metadata as m, tensorflow as tf; from dolg_tf import keras_api; "
+    "k = 'keras' if keras_api.KERAS_FROM_TF else 'tf_keras'; "
+    "print(f'Python {sys.version.split()[0]}, TF {tf.__version__}, {k} {m.version(k)}')",
   ).strip()
 
 

@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -180,6 +182,40 @@ class ApproximateIndexTest(tf.test.TestCase, parameterized.TestCase):
     index.build(self.db)
     ids, _ = index.search(self.queries, 10)
     self.assertAllClose(search.recall_at_k(ids, self.exact_ids, 10), 1.0)
+
+
+_SCANN_WITHOUT_TF_OPS = """
+import sys
+import numpy as np
+from dolg_tf.retrieval import search
+db = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+db /= np.linalg.norm(db, axis=1, keepdims=True)  # unit rows: each row is its own nearest
+index = search.make_index("scann", num_leaves=10).build(db)
+index.save(sys.argv[1])
+ids, _ = search.load_index(sys.argv[1]).search(db[:5], 3)
+assert ids.shape == (5, 3) and ids.min() >= 0 and ids.max() < 300, ids
+leftover = sorted(m for m in sys.modules if m == "scann" or m.startswith("scann."))
+assert not leftover, leftover  # ScaNN's TF ops never loaded; nothing half-imported stays.
+import scann  # The user's own import is complete.
+assert scann.scann_ops_pybind.builder is not None and scann.ScannBuilder is not None
+print("ok")
+"""
+
+
+class ScannImportTest(tf.test.TestCase):
+  def test_scann_index_without_scann_tf_ops_and_user_import_intact(self):
+    index_dir = os.path.join(self.create_tempdir().full_path, "index")
+    result = subprocess.run(
+      [sys.executable, "-c", _SCANN_WITHOUT_TF_OPS, index_dir],
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    self.assertEqual(result.stdout.strip(), "ok")
+    # ScaNN 1.4's C++ INFO lines (and Abseil's preamble) are not shown without --verbose.
+    self.assertNotIn("InitializeLog", result.stderr)
+    self.assertNotRegex(result.stderr, r"(?m)^I\d{4} .*\.(cc|h):\d+\]")
 
 
 class ExpansionTest(tf.test.TestCase):

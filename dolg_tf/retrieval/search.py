@@ -34,6 +34,7 @@ found fewer) the rows are padded with id -1 and score -inf.
 """
 
 import abc
+import functools
 import importlib
 import importlib.util
 import json
@@ -47,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from dolg_tf.utils import arrays, cli
+from dolg_tf.utils import arrays, cli, native_logs
 from dolg_tf.utils import files as file_utils
 
 META_FILENAME = "index_meta.json"
@@ -421,7 +422,8 @@ class ScannIndex(SearchIndex):
     )
     if p["reorder"]:
       builder = builder.reorder(p["reorder"])
-    self._searcher = builder.build()
+    with native_logs.quiet_native_info():
+      self._searcher = builder.build()
     self._set_threads()
     return self
 
@@ -450,37 +452,37 @@ class ScannIndex(SearchIndex):
   def _load_payload(self, directory: str) -> None:
     scann_ops_pybind = _scann_numpy_api()
     assets = _rewrite_scann_asset_paths(directory, os.path.abspath(directory), write=False)
-    self._searcher = scann_ops_pybind.ScannSearcher(
-      scann_ops_pybind.scann_pybind.ScannNumpy(directory, assets)
-    )
+    with native_logs.quiet_native_info():
+      self._searcher = scann_ops_pybind.ScannSearcher(
+        scann_ops_pybind.scann_pybind.ScannNumpy(directory, assets)
+      )
     self._set_threads()
 
 
-_SCANN_NUMPY_API = "scann.scann_ops.py.scann_ops_pybind"
-
-
+@functools.cache
 def _scann_numpy_api():
   """ScaNN's numpy API (scann_ops_pybind), loaded without ScaNN's TensorFlow ops.
 
   `import scann` also loads scann_ops, a TF op library built against one
   TensorFlow release (scann 1.4.2's fails to load on TF 2.21), and dolg_tf never
-  uses it. So the package's `__init__` is skipped for this one import; the bare
-  package object is dropped again afterwards, so a later `import scann` of the
-  user's runs ScaNN's own `__init__` as usual.
+  uses it. So the module is imported under a bare `scann` package whose
+  `__init__` does not run, and every `scann` module this import added is taken
+  out of sys.modules again: a later `import scann` of the user's is a fresh,
+  complete import, as if dolg_tf had not been there.
   """
-  if _SCANN_NUMPY_API in sys.modules:
-    return sys.modules[_SCANN_NUMPY_API]
+  if "scann" in sys.modules:  # The user's complete ScaNN: use its module.
+    return importlib.import_module("scann.scann_ops.py.scann_ops_pybind")
   spec = importlib.util.find_spec("scann")
   if spec is None:
     raise cli.UserError("a 'scann' index needs the scann package (pip install scann)")
-  bare = "scann" not in sys.modules
-  if bare:
-    sys.modules["scann"] = importlib.util.module_from_spec(spec)
+  before = set(sys.modules)
+  sys.modules["scann"] = importlib.util.module_from_spec(spec)
   try:
-    return importlib.import_module(_SCANN_NUMPY_API)
+    return importlib.import_module("scann.scann_ops.py.scann_ops_pybind")
   finally:
-    if bare:
-      del sys.modules["scann"]
+    for name in set(sys.modules) - before:
+      if name == "scann" or name.startswith("scann."):
+        del sys.modules[name]
 
 
 def _rewrite_scann_asset_paths(directory: str, target_dir: str, write: bool = True) -> str:

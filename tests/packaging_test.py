@@ -1,7 +1,10 @@
 """pyproject.toml: ranges that admit both stacks' lock files; exact pins only in the locks."""
 
+import json
 import os
 import re
+import subprocess
+import sys
 import tomllib
 
 import tensorflow as tf
@@ -69,6 +72,36 @@ class PackagingTest(tf.test.TestCase):
     python = _pyproject()["project"]["requires-python"]
     for version in ("3.11.7", "3.12.1", "3.13.0"):
       self.assertTrue(Requirement(f"python{python}").specifier.contains(version), version)
+
+  def test_pip_install_keeps_the_environment_s_tensorflow(self):
+    # pip's own resolution against this venv (one of the two locks): it would add dolg_tf and
+    # change nothing else, so `pip install .` into an existing TF 2.15 / 2.20 environment keeps
+    # its TensorFlow, numpy and protobuf.
+    if not os.path.exists(os.path.join(REPO_ROOT, "setup.py")):
+      self.skipTest("needs the source tree (Bazel's runfiles hold no setup.py)")
+    report = os.path.join(self.create_tempdir().full_path, "report.json")
+    result = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--no-build-isolation",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--report",
+        report,
+        REPO_ROOT,
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    with open(report, encoding="utf-8") as f:
+      installs = [item["metadata"]["name"] for item in json.load(f)["install"]]
+    self.assertEqual(installs, ["dolg_tf"])
 
   def test_license_is_an_spdx_expression(self):
     self.assertEqual(_pyproject()["project"]["license"], "Apache-2.0")

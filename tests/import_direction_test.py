@@ -17,6 +17,7 @@ The layers, lowest first (a module may import its own layer and those below):
 
 import ast
 import os
+import re
 
 import tensorflow as tf
 
@@ -141,6 +142,28 @@ class ImportDirectionTest(tf.test.TestCase):
     found = list(project_imports(tree, "dolg_tf.io.datum_io"))
     self.assertEqual(found, [("dolg_tf.model.dolg", 4, False)])
     self.assertEqual(layer_of(_resolve("dolg_tf.model.dolg")), ("dolg_tf.model", 3))
+
+  def test_keras_only_through_keras_api(self):
+    # One Keras 2 on both stacks: `tf.keras` is Keras 3 on TF >= 2.16 and `keras` may be too.
+    pattern = re.compile(r"\btf\.keras\b|^\s*(import keras\b|from keras\b|import tf_keras\b)", re.M)
+    # The API itself, the test that uses a user's Keras 3 beside it, and this check.
+    exempt = {
+      "dolg_tf/keras_api.py",
+      "tests/keras3_coexistence_test.py",
+      "tests/import_direction_test.py",
+    }
+    problems = []
+    for folder in ("dolg_tf", "tests", "benchmarks"):
+      for root, _, files in os.walk(os.path.join(REPO_ROOT, folder)):
+        for name in sorted(files):
+          relative = os.path.relpath(os.path.join(root, name), REPO_ROOT)
+          if not name.endswith(".py") or relative.replace(os.sep, "/") in exempt:
+            continue
+          with open(os.path.join(REPO_ROOT, relative), encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+              if pattern.search(line):
+                problems.append(f"{relative}:{number}: {line.strip()}")
+    self.assertEqual(problems, [])
 
   def test_no_top_level_export_or_protos_package_is_installed(self):
     # pyproject installs dolg_tf only; the top-level export/ holds scripts, not a package.

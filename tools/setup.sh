@@ -25,7 +25,9 @@ PYTHON_FOR_VENV="$(sed -n 's/^python=//p' <<<"$stack_info")"
 LOCK="$ROOT/$(sed -n 's/^lock=//p' <<<"$stack_info")"
 VENV="$(sed -n 's/^venv=//p' <<<"$stack_info")"
 say "stack: $STACK_NAME ($(sed -n 's/^why=//p' <<<"$stack_info")); $(basename "$LOCK") into $VENV"
-if [[ "$STACK_NAME" == card ]]; then PIP_VERSION=24.0; else PIP_VERSION=25.3; fi
+# pip, and setuptools >= 77 for pyproject's SPDX license (the card's lock, a pip freeze, has none;
+# the current lock pins 84.2.1).
+if [[ "$STACK_NAME" == card ]]; then BOOTSTRAP=(pip==24.0 setuptools==80.10.2); else BOOTSTRAP=(pip==25.3); fi
 
 # --- 1. System packages -------------------------------------------------------
 if [[ "${DOLG_SKIP_APT:-0}" != "1" ]]; then
@@ -69,7 +71,7 @@ lock_hash="$(sha256sum "$LOCK" | cut -d' ' -f1)"
 stamp="$VENV/.dolg_lock.sha256"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$lock_hash" ]]; then
   say "installing $(basename "$LOCK") into $VENV (about 2 minutes; log: $LOG_DIR/pip-$STACK_NAME.log)"
-  if ! { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "pip==$PIP_VERSION" && \
+  if ! { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${BOOTSTRAP[@]}" && \
          "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$LOCK" && \
          "$VENV/bin/python" -m pip check; } >"$LOG_DIR/pip-$STACK_NAME.log" 2>&1; then
     grep -v "is ignored: it is neither" "$LOG_DIR/pip-$STACK_NAME.log" | tail -30 >&2

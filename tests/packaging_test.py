@@ -57,7 +57,7 @@ class PackagingTest(tf.test.TestCase):
           )
 
   def test_dependencies_are_ranges_not_pins(self):
-    for requirement in _requirements(("beam",)):
+    for requirement in _requirements(("addons", "beam", "dev", "torch")):
       operators = {spec.operator for spec in requirement.specifier}
       self.assertNotIn("==", operators, str(requirement))
       self.assertNotIn("===", operators, str(requirement))

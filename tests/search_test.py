@@ -4,13 +4,14 @@ import os
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
 from dolg_tf.retrieval import metrics, search
-from dolg_tf.utils import arrays
+from dolg_tf.utils import arrays, cli
 
 
 def _clustered(rng, num_clusters, size, dim, cosine, num_queries, distractors=0):
@@ -203,6 +204,17 @@ print("ok")
 
 
 class ScannImportTest(tf.test.TestCase):
+  def test_missing_scann_is_a_one_line_user_error(self):
+    search._scann_numpy_api.cache_clear()
+    self.addCleanup(search._scann_numpy_api.cache_clear)
+    without_scann = {k: v for k, v in sys.modules.items() if k.split(".")[0] != "scann"}
+    with (
+      mock.patch.dict(sys.modules, without_scann, clear=True),
+      mock.patch.object(search.importlib.util, "find_spec", return_value=None),
+    ):
+      with self.assertRaisesRegex(cli.UserError, "needs the scann package"):
+        search.make_index("scann").build(np.eye(4, dtype=np.float32))
+
   def test_scann_index_without_scann_tf_ops_and_user_import_intact(self):
     index_dir = os.path.join(self.create_tempdir().full_path, "index")
     result = subprocess.run(

@@ -51,9 +51,9 @@ ci:
 # Regenerate the stack's lock file from its requirements in a throw-away venv.
 lock:
 	rm -rf /tmp/dolg_lock_venv && $$(bash tools/stack.sh $(STACK) python) -m venv /tmp/dolg_lock_venv
-	if [ "$$(bash tools/stack.sh $(STACK) name)" = card ]; then req=requirements.txt; pip=24.0; \
-	  else req=requirements-current.txt; pip=25.3; fi; \
-	/tmp/dolg_lock_venv/bin/pip install -q pip==$$pip && /tmp/dolg_lock_venv/bin/pip install -q -r $$req && \
+	req=$$(bash tools/stack.sh $(STACK) requirements); \
+	/tmp/dolg_lock_venv/bin/pip install -q $$(bash tools/stack.sh $(STACK) bootstrap) && \
+	/tmp/dolg_lock_venv/bin/pip install -q -r $$req && \
 	{ echo "# Complete pinned environment for dolg_tf (pip freeze of $$req in a fresh"; \
 	  echo "# $$(/tmp/dolg_lock_venv/bin/python -V) venv). The set-up step installs exactly this. Regenerate: make lock STACK=$$(bash tools/stack.sh $(STACK) name)"; \
 	  /tmp/dolg_lock_venv/bin/pip freeze; } > $$(bash tools/stack.sh $(STACK) lock)

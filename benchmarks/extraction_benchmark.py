@@ -190,8 +190,9 @@ def time_bare(extractor, arrays) -> tuple[float, float, np.ndarray]:
   return len(arrays) / seconds, cpu / len(arrays), np.stack(outputs)
 
 
-def time_official_forward(arrays) -> float | None:
-  """img/s of the official DOLG structure's forward in PyTorch on `arrays`; None without torch.
+def time_official_forward(arrays) -> tuple[float, str] | None:
+  """(img/s, torch version) of the official DOLG structure's forward in PyTorch on `arrays`;
+  None without torch.
 
   Same depth, one scale, fp32, ImageNet normalisation on the decoded uint8 image as the
   official test code does it; the descriptor is read back to numpy like ours.
@@ -203,9 +204,10 @@ def time_official_forward(arrays) -> float | None:
     from tests import torch_dolg_reference  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}[FLAGS.depth]
+  from dolg_tf.model import backbones  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(os.cpu_count() or 1)
-  model = torch_dolg_reference.torch_dolg(blocks).eval()
+  model = torch_dolg_reference.torch_dolg(backbones.STAGE_BLOCKS[FLAGS.depth]).eval()
   mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
   std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -219,13 +221,7 @@ def time_official_forward(arrays) -> float | None:
   start = time.perf_counter()
   for a in arrays:
     forward(a)
-  return len(arrays) / (time.perf_counter() - start)
-
-
-def torch_version() -> str:
-  import torch  # pylint: disable=g-import-not-at-top
-
-  return torch.__version__
+  return len(arrays) / (time.perf_counter() - start), torch.__version__
 
 
 def time_pipeline(extractor, paths, output_dir) -> tuple[float, float]:
@@ -355,17 +351,17 @@ def main(argv):
       )
       print(f"[{precision}] separate process, one 7000x3500 JPEG, same settings: {huge}")
   if FLAGS.compare_official:
-    official = time_official_forward(arrays)
-    if official is None:
+    timed = time_official_forward(arrays)
+    if timed is None:
       print("[official] torch not installed (requirements-torch.txt): no PyTorch row")
     else:
+      official, torch_version = timed
       ratios = ", ".join(
         f"{p} pipeline / official = {r / official:.2f}x" for p, r in pipeline_rates.items()
       )
       print(
-        f"[official] DOLG-R{FLAGS.depth} structure in PyTorch {torch_version()} fp32 "
-        f"{size}x{size}: "
-        f"{official:.3f} img/s; {ratios} ({_load()})"
+        f"[official] DOLG-R{FLAGS.depth} structure in PyTorch {torch_version} fp32 "
+        f"{size}x{size}: {official:.3f} img/s; {ratios} ({_load()})"
       )
   if "fp32" in results and "bf16" in results:
     cosines = np.sum(results["fp32"] * results["bf16"], axis=1)

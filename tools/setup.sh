@@ -20,14 +20,28 @@ die() { echo "[setup] ERROR: $*" >&2; exit 1; }
 
 # --- 0. The stack ----------------------------------------------------------------
 stack_info="$(bash "$ROOT/tools/stack.sh" "${STACK:-auto}")" || exit 2
-STACK_NAME="$(sed -n 's/^name=//p' <<<"$stack_info")"
-PYTHON_FOR_VENV="$(sed -n 's/^python=//p' <<<"$stack_info")"
-LOCK="$ROOT/$(sed -n 's/^lock=//p' <<<"$stack_info")"
-VENV="$(sed -n 's/^venv=//p' <<<"$stack_info")"
-say "stack: $STACK_NAME ($(sed -n 's/^why=//p' <<<"$stack_info")); $(basename "$LOCK") into $VENV"
-# pip, and setuptools >= 77 for pyproject's SPDX license (the card's lock, a pip freeze, has none;
-# the current lock pins 84.2.1).
-if [[ "$STACK_NAME" == card ]]; then BOOTSTRAP=(pip==24.0 setuptools==80.10.2); else BOOTSTRAP=(pip==25.3); fi
+stack_field() { sed -n "s/^$1=//p" <<<"$stack_info"; }
+STACK_NAME="$(stack_field name)"
+PYTHON_FOR_VENV="$(stack_field python)"
+LOCK="$ROOT/$(stack_field lock)"
+VENV="$(stack_field venv)"
+read -r -a BOOTSTRAP <<<"$(stack_field bootstrap)"
+say "stack: $STACK_NAME ($(stack_field why)); $(basename "$LOCK") into $VENV"
+
+# apt-get install PACKAGE... as root or with sudo; the log in $LOG_DIR/apt.log.
+apt_install() {
+  local sudo=""
+  if [[ "$(id -u)" != "0" ]]; then
+    command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install $*"
+    sudo="sudo"
+  fi
+  say "apt-get install $* (log: $LOG_DIR/apt.log)"
+  if ! { $sudo apt-get update -qq && \
+         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"; } >>"$LOG_DIR/apt.log" 2>&1; then
+    tail -20 "$LOG_DIR/apt.log" >&2
+    die "apt-get install $* failed"
+  fi
+}
 
 # --- 1. System packages -------------------------------------------------------
 if [[ "${DOLG_SKIP_APT:-0}" != "1" ]]; then
@@ -35,18 +49,7 @@ if [[ "${DOLG_SKIP_APT:-0}" != "1" ]]; then
   command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)
   command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
   if ((${#missing[@]})); then
-    SUDO=""
-    if [[ "$(id -u)" != "0" ]]; then
-      command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install ${missing[*]}"
-      SUDO="sudo"
-    fi
-    say "apt-get install ${missing[*]} (log: $LOG_DIR/apt.log)"
-    if ! { $SUDO apt-get update -qq && \
-           DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"; } \
-           >"$LOG_DIR/apt.log" 2>&1; then
-      tail -20 "$LOG_DIR/apt.log" >&2
-      die "apt-get install ${missing[*]} failed"
-    fi
+    apt_install "${missing[@]}"
   else
     say "apt packages present (bazel, protoc)"
   fi
@@ -60,10 +63,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     rm -rf "$VENV"
     version="$("$PYTHON_FOR_VENV" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     [[ "${DOLG_SKIP_APT:-0}" == "1" ]] && die "$PYTHON_FOR_VENV -m venv failed (see $LOG_DIR/venv.log)"
-    say "apt-get install python$version-venv (log: $LOG_DIR/apt.log)"
-    SUDO=""; [[ "$(id -u)" != "0" ]] && SUDO="sudo"
-    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
-        "python$version-venv"; } >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install python$version-venv failed"
+    apt_install "python$version-venv"
     "$PYTHON_FOR_VENV" -m venv "$VENV" || die "$PYTHON_FOR_VENV -m venv failed"
   fi
 fi

@@ -7,7 +7,8 @@
 #        current  Python 3.13 or 3.12, TensorFlow 2.20 (requirements-current.lock)
 #        auto     (default) card when python3.11 is on PATH, else current with the newest of
 #                 python3.13 / python3.12 found
-# FIELD: name | python | lock | venv | why (default: all of them, one `key=value` a line)
+# FIELD: name | python | requirements | lock | bootstrap | venv | why (default: all of them,
+#        one `key=value` a line). bootstrap: what pip installs into a new venv before the lock.
 #
 # $PYTHON_FOR_VENV overrides the interpreter and $DOLG_VENV the virtualenv folder.
 set -euo pipefail
@@ -64,12 +65,17 @@ esac
 if [[ "$stack" == card ]]; then
   find_stack_python() { find_python 3.11; }
   wanted="python3.11"
+  requirements="requirements.txt"
   lock="requirements.lock"
+  # setuptools >= 77 reads pyproject's SPDX license; this lock (a pip freeze) pins none.
+  bootstrap="pip==24.0 setuptools==80.10.2"
   venv="${DOLG_VENV:-$ROOT/.venv}"
 else
   find_stack_python() { newest_current_python; }
   wanted="python3.13 or python3.12"
-  lock="requirements-current.lock"
+  requirements="requirements-current.txt"
+  lock="requirements-current.lock"  # pins setuptools 84.2.1
+  bootstrap="pip==25.3"
   venv="${DOLG_VENV:-$ROOT/.venv-current}"
 fi
 if [[ -n "${PYTHON_FOR_VENV:-}" ]]; then
@@ -79,12 +85,13 @@ elif ! python="$(find_stack_python)"; then
   exit 2
 fi
 
-case "$field" in
-  "") printf 'name=%s\npython=%s\nlock=%s\nvenv=%s\nwhy=%s\n' "$stack" "$python" "$lock" "$venv" "$why" ;;
-  name) echo "$stack" ;;
-  python) echo "$python" ;;
-  lock) echo "$lock" ;;
-  venv) echo "$venv" ;;
-  why) echo "$why" ;;
-  *) echo "tools/stack.sh: error: unknown field '$field'" >&2; exit 2 ;;
-esac
+name="$stack"
+fields=(name python requirements lock bootstrap venv why)
+if [[ -z "$field" ]]; then
+  for f in "${fields[@]}"; do echo "$f=${!f}"; done
+elif [[ " ${fields[*]} " == *" $field "* ]]; then
+  echo "${!field}"
+else
+  echo "tools/stack.sh: error: unknown field '$field'" >&2
+  exit 2
+fi

@@ -8,9 +8,8 @@ in each stack's virtualenv:
     extraction pipeline in fp32 and bf16 (and, where torch is installed, the official
     DOLG structure's forward in PyTorch on the same images);
   * benchmarks/training_benchmark.py --compare_official: a training step of R50, batch 8
-    at 224 px, 1000 classes, fp32 and (where the CPU has native bf16) mixed_bfloat16, fed by
-    tf.data (and the official
-    structure's PyTorch step where torch is installed).
+    at 224 px, 1000 classes, fp32 and (where the CPU has native bf16) mixed_bfloat16, fed
+    by tf.data (and the official structure's PyTorch step where torch is installed).
 Their own lines are printed as they come, then a table of medians. The PyTorch rows
 come from the stack that has torch (on this machine kind only the card's: the CPU
 wheel on disk is for Python 3.11), measured in the same run, so every ratio divides

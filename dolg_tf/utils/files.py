@@ -7,12 +7,20 @@ then renamed over the final name with `os.replace` (atomic on POSIX when both
 are on the same file system). On failure the temporary is removed and the
 destination is left as it was.
 
+Durable, too: the temporary file's data is fsync'ed before the rename and the
+folder is fsync'ed after it (`fsync_dir`), so after a crash or power cut a
+file that exists is whole (never a 0-byte or zero-filled file of a rename
+that reached the disk before its data). File systems that cannot fsync a
+folder (EINVAL) are tolerated; a failing fsync of the data (EIO, ENOSPC) is a
+write error naming the destination.
+
   atomic_write_bytes(path, data) / atomic_write_text(path, text)
   with atomic_open(path, "wb") as f: np.savez(f, ...)    # streamed, not buffered
   atomic_write_dir(folder, lambda tmp: write_files_into(tmp))
 """
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -44,6 +52,46 @@ def _unlink_quietly(path: str) -> None:
 
 def _write_error(path: str, error: OSError) -> OSError:
   return OSError(f"{path}: cannot write ({error.strerror or error})")
+
+
+# fsync errors of a folder that mean "not supported here", not "not written".
+_DIR_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EISDIR, errno.EACCES}
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+  """Makes the entries of `folder` (creations, renames, removals) durable.
+
+  File systems that cannot fsync a folder are tolerated (no error).
+
+  Raises:
+    IOError: the folder's fsync failed with a real write error (EIO, ENOSPC).
+  """
+  try:
+    fd = os.open(os.fspath(folder) or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+  except OSError:
+    return  # e.g. a folder we may write but not open for reading: nothing to sync.
+  try:
+    os.fsync(fd)
+  except OSError as e:
+    if e.errno not in _DIR_FSYNC_UNSUPPORTED:
+      raise
+  finally:
+    os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+  """fsyncs every file and folder under `root` (a folder built by atomic_write_dir)."""
+  for folder, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(folder, name)
+      if os.path.islink(path):
+        continue
+      fd = os.open(path, os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+    fsync_dir(folder)
 
 
 @contextlib.contextmanager
@@ -95,9 +143,16 @@ def atomic_open(
     _unlink_quietly(tmp_path)
     raise
   try:
-    f.close()  # Flushes: a full disk shows here.
+    f.flush()  # A full disk shows here...
+    os.fsync(f.fileno())  # ...or here (delayed allocation, NFS).
+    f.close()
     os.replace(tmp_path, path)
+    fsync_dir(os.path.dirname(tmp_path))
   except BaseException as e:  # Also Ctrl-C: no temporary file is left behind.
+    try:
+      f.close()
+    except OSError:
+      pass
     _unlink_quietly(tmp_path)
     if isinstance(e, OSError):
       raise _write_error(path, e) from e
@@ -166,6 +221,13 @@ def atomic_write_dir(directory: str | os.PathLike, write: Callable[[str], None])
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
+  try:
+    _fsync_tree(tmp_dir)
+  except BaseException as e:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    if isinstance(e, OSError):
+      raise _write_error(directory, e) from e
+    raise
   old_dir = None
   try:
     if os.path.lexists(directory):
@@ -182,6 +244,10 @@ def atomic_write_dir(directory: str | os.PathLike, write: Callable[[str], None])
     if isinstance(e, OSError):
       raise _write_error(directory, e) from e
     raise
+  try:
+    fsync_dir(parent)
+  except OSError as e:
+    raise _write_error(directory, e) from e
   if old_dir is None:
     return
   if os.path.isdir(old_dir) and not os.path.islink(old_dir):

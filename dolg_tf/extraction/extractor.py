@@ -526,6 +526,8 @@ class Extractor:
     self.image_scales = np.array(config.image_scales, dtype=np.float32)
     global_config = config.global_config
     indices = list(global_config.image_scales_ind) or list(range(len(self.image_scales)))
+    # The scales the global descriptor pools (each must see at least MIN_IMAGE_SIZE px).
+    self.global_scales = self.image_scales[indices]
     if self.local:
       self.scales = self.image_scales
       self._global_scale_indices = tf.constant(np.array(indices, dtype=np.int32))
@@ -596,9 +598,47 @@ class Extractor:
       image, self.max_image_size, self.min_image_size, self.square, resize_factor
     )
     resized = np.ascontiguousarray(resized)
+    self.check_pyramid(resized)
     if not self.local:
       return resized
     return local_extractor.PreprocessedImage(resized, np.asarray(factors, np.float32))
+
+  def check_pyramid(self, image: np.ndarray) -> None:
+    """Refuses a resized image the network would see at a useless size at some scale.
+
+    The export resizes the image to round(side x scale) at each scale. With a
+    global descriptor, both sides must be at least MIN_IMAGE_SIZE px at the
+    smallest global scale (DELF's 10 px rule, applied to what the network
+    sees); at the largest scale run, the largest side must be at most
+    config_io.MAX_INPUT_SIDE px (beyond it a forward needs GBs: e.g. a config
+    with max_image_size -1, no limit, and large photos). An image already
+    under MIN_IMAGE_SIZE is left to image_loading.check_min_size's message.
+
+    Raises:
+      ValueError: one line with the sizes and the scale (the pipeline adds
+        the file and records a failure).
+    """
+    height, width = (int(d) for d in np.shape(image)[:2])
+    if min(height, width) < image_loading.MIN_IMAGE_SIZE:
+      return
+    minimum = image_loading.MIN_IMAGE_SIZE
+    if self.use_global and len(self.global_scales):
+      scale = float(np.min(self.global_scales))
+      sides = [max(round(d * scale), 1) for d in (width, height)]
+      if min(sides) < minimum:
+        raise ValueError(
+          f"image too small for image_scales: {width}x{height} after resizing is "
+          f"{sides[0]}x{sides[1]} px at scale {scale:g}; both sides must be at least "
+          f"{minimum} px at every global scale, no descriptor written"
+        )
+    scale = float(np.max(self.scales))
+    sides = [round(d * scale) for d in (width, height)]
+    if max(sides) > config_io.MAX_INPUT_SIDE:
+      raise ValueError(
+        f"image too large for image_scales: {width}x{height} after resizing is "
+        f"{sides[0]}x{sides[1]} px at scale {scale:g}, over the {config_io.MAX_INPUT_SIDE} px "
+        "the network may see; set max_image_size in the config"
+      )
 
   def load_and_preprocess(self, path: str, box=None):
     """`load_image` + `preprocess`. Thread-safe; no TensorFlow.

@@ -54,7 +54,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from dolg_tf.data import image_codec
-from dolg_tf.utils import cli
+from dolg_tf.utils import cli, untrusted
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import progress as progress_lib
 
@@ -112,12 +112,18 @@ class BuildSummary:
   seconds: float = 0.0
 
 
-def _open_csv(path: str, required: Sequence[str]) -> tuple[csv.DictReader, io.TextIOBase]:
+def _open_csv(path: str, required: Sequence[str]) -> tuple[csv.DictReader, io.BufferedReader]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: CSV file not found")
-  f = open(path, newline="", encoding="utf-8")  # closed by the caller
-  reader = csv.DictReader(f)
-  missing = [c for c in required if c not in (reader.fieldnames or [])]
+  f = open(path, "rb")  # closed by the caller
+  # UTF-8 (a leading BOM dropped); a byte that is not is one error naming file, line, offset.
+  reader = csv.DictReader(untrusted.utf8_lines(f, path))
+  try:
+    fieldnames = reader.fieldnames
+  except ValueError:
+    f.close()
+    raise
+  missing = [c for c in required if c not in (fieldnames or [])]
   if missing:
     f.close()
     raise ValueError(
@@ -184,6 +190,20 @@ def read_train_clean_csv(path: str) -> list[ImageEntry]:
   return entries
 
 
+def id_problem(image_id: str) -> str:
+  """Why an id cannot name a file in the image folder ('/', '\\' or '..' in it), or ''.
+
+  GLDv2 ids are hex digits; such an id would lead elsewhere, so it is never
+  looked up.
+  """
+  if "/" in image_id or "\\" in image_id or ".." in image_id:
+    return (
+      f"id {image_id!r} contains '/', '\\' or '..': ids are file names in the image folder "
+      "(hex digits in GLDv2); not read"
+    )
+  return ""
+
+
 def candidate_paths(train_directory: str, image_id: str) -> list[str]:
   """Where an image may be: GLDv2 nested layout first, then flat, per extension."""
   paths = []
@@ -197,7 +217,9 @@ def candidate_paths(train_directory: str, image_id: str) -> list[str]:
 
 
 def find_image(train_directory: str, image_id: str) -> str | None:
-  """The first existing candidate path of `image_id`, or None."""
+  """The first existing candidate path of `image_id`, or None (always for an `id_problem`)."""
+  if id_problem(image_id):
+    return None
   for path in candidate_paths(train_directory, image_id):
     if os.path.isfile(path):
       return path
@@ -362,8 +384,13 @@ def plan_dataset(
 
   found, missing = [], []
   for i, entry in enumerate(entries):
-    path = find_image(train_directory, entry.image_id)
-    if path is None:
+    problem = id_problem(entry.image_id)
+    path = None if problem else find_image(train_directory, entry.image_id)
+    if problem:
+      flat = os.path.join(train_directory, entry.image_id + IMAGE_EXTENSIONS[0])
+      missing.append(Failure(entry.image_id, flat, problem))
+      logging.warning("%s", problem)
+    elif path is None:
       expected = candidate_paths(train_directory, entry.image_id)[0]
       reason = f"{expected}: file not found (nor <id>.jpg/.jpeg/.png in {train_directory})"
       missing.append(Failure(entry.image_id, expected, reason))

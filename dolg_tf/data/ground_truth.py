@@ -21,17 +21,22 @@ MATLAB `crop_qim` adds 1 to `bbx` because "gnd bbx is zero-based"):
     unchanged (as float64).
   * Cell-array names are flattened to Python strings.
 
-Both forms give the same `RevisitedGroundTruth`. Pickle files are only read
-from trusted sources (unpickling can run code).
+Both forms give the same `RevisitedGroundTruth`. Neither runs code from the
+file: pickles are read with `untrusted.load_pickle`, which accepts only
+containers, strings, numbers and numpy arrays and refuses any other global the
+pickle names (one line naming the file and the global), and `loadmat` reads
+data only. The structure is then checked: a missing key, a wrong type or an
+index outside `imlist` is a ValueError naming the file and the field.
 """
 
 import dataclasses
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from dolg_tf.utils import untrusted
 
 PROTOCOLS = ("easy", "medium", "hard")
 _INDEX_FIELDS = ("easy", "hard", "junk")
@@ -74,7 +79,7 @@ def _index_array(value: Any, path: str, query: int, field: str, one_based: bool)
   """Converts one index list to a 0-based int64 vector."""
   try:
     arr = np.asarray(value if value is not None else [], dtype=np.float64).ravel()
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError, RecursionError) as e:
     raise ValueError(f"{path}: gnd[{query}]['{field}'] is not a list of indices ({e})") from e
   if arr.size and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
     raise ValueError(f"{path}: gnd[{query}]['{field}'] holds non-integer indices")
@@ -91,7 +96,7 @@ def _bbx_array(value: Any, path: str, query: int) -> np.ndarray | None:
     return None
   try:
     arr = np.asarray(value, dtype=np.float64).ravel()
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError, RecursionError) as e:
     raise ValueError(f"{path}: gnd[{query}]['bbx'] is not 4 numbers ({e})") from e
   if arr.size == 0:
     return None
@@ -119,10 +124,12 @@ def _read_pkl(path: str) -> RevisitedGroundTruth:
   try:
     with open(path, "rb") as f:
       try:
-        cfg = pickle.load(f)
-      except UnicodeDecodeError:
+        cfg = untrusted.load_pickle(f)
+      except UnicodeDecodeError:  # Python 2 str objects (numpy arrays pickled by Python 2)
         f.seek(0)
-        cfg = pickle.load(f, encoding="latin1")
+        cfg = untrusted.load_pickle(f, encoding="latin1")
+  except untrusted.RefusedPickleError as e:
+    raise ValueError(f"{path}: {e}") from None
   except OSError as e:
     raise OSError(f"{path}: cannot read ({e.strerror or e})") from e
   except EOFError as e:
@@ -152,11 +159,26 @@ def _read_pkl(path: str) -> RevisitedGroundTruth:
     gnd.append(entry)
   gt = RevisitedGroundTruth(
     dataset=_dataset_name(path),
-    imlist=tuple(str(s) for s in cfg["imlist"]),
-    qimlist=tuple(str(s) for s in cfg["qimlist"]),
+    imlist=_pkl_names(cfg["imlist"], path, "imlist"),
+    qimlist=_pkl_names(cfg["qimlist"], path, "qimlist"),
     gnd=tuple(gnd),
   )
   return _validate(gt, path)
+
+
+def _pkl_names(values: Any, path: str, key: str) -> tuple[str, ...]:
+  """Image names of a pickle: str (or UTF-8 bytes), never the repr of another object."""
+  names = []
+  for i, value in enumerate(values):
+    if isinstance(value, bytes):
+      try:
+        value = value.decode("utf-8")
+      except UnicodeDecodeError:
+        raise ValueError(f"{path}: {key}[{i}] is not UTF-8 text") from None
+    if not isinstance(value, str):
+      raise ValueError(f"{path}: {key}[{i}] is a {type(value).__name__}, expected a string")
+    names.append(str(value))
+  return tuple(names)
 
 
 def _mat_strings(cell: Any) -> tuple[str, ...]:

@@ -68,7 +68,8 @@ def plan_extraction(config, tasks, output_dir: str) -> tuple[list, int, list]:
   """Splits `tasks` into (to do, number already done, hidden names) by one listing of the folder.
 
   An image is done when every file of `output_names` exists. Hidden names
-  (pipeline.is_hidden) are never extracted; they are reported as failures.
+  (pipeline.is_hidden) and refused tasks (ImageTask.refused, e.g. a path
+  outside the images folder) are never extracted; they are reported as failures.
   """
   try:
     present = {e.name for e in os.scandir(output_dir) if not e.name.startswith(".")}
@@ -76,7 +77,7 @@ def plan_extraction(config, tasks, output_dir: str) -> tuple[list, int, list]:
     present = set()
   todo, hidden, skipped = [], [], 0
   for task in tasks:
-    if pipeline.is_hidden(task.image_id):
+    if pipeline.refusal_reason(task):
       hidden.append(task)
     elif all(name in present for name in output_names(config, task.image_id)):
       skipped += 1
@@ -223,7 +224,7 @@ def build_pipeline(
       ExtractDoFn(config_path, output_dir, batch_size, max_pixels, shared.Shared())
     ).with_outputs(FAILURES_TAG, main="done")
   )
-  hidden_rows = [(t.image_id, t.path, pipeline.HIDDEN_REASON) for t in hidden]
+  hidden_rows = [(t.image_id, t.path, pipeline.refusal_reason(t)) for t in hidden]
   failures = (
     extracted[FAILURES_TAG],
     root | "Hidden" >> beam.Create(hidden_rows),

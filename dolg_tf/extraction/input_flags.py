@@ -15,6 +15,13 @@ flags and read them the same way:
                                          at <images_dir>/<a>/<b>/<c>/<id>.jpg or
                                          <images_dir>/<id>.jpg
 
+Entries of a list, ground-truth names and GLDv2 ids are joined to
+--images_dir and must stay inside it (lexically, after os.path.normpath):
+absolute entries elsewhere and `..` escapes become failures.tsv rows, never
+opened, unless --allow_outside_images_dir; GLDv2 ids with '/', '\\' or '..'
+always do. Without --images_dir, list entries are paths as written (relative
+to the current directory).
+
 `read_inputs()` checks them and returns the config, the model folder and the
 tasks, raising cli.UserError (one line naming the flag or file) on a bad one.
 """
@@ -46,6 +53,12 @@ flags.DEFINE_string(
 flags.DEFINE_enum("image_set", "query", ["query", "index"], "With --gnd_path: qimlist or imlist.")
 flags.DEFINE_bool("query_crop", False, "With --gnd_path and query images: crop to their bbx.")
 flags.DEFINE_string("image_extension", ".jpg", "With --gnd_path: extension of the image files.")
+flags.DEFINE_bool(
+  "allow_outside_images_dir",
+  False,
+  "Read list entries and ground-truth names that lead outside --images_dir (absolute paths, "
+  "'..'); by default they are failures, never opened.",
+)
 cli.define_override(
   flags.DEFINE_integer,
   "batch_size",
@@ -82,6 +95,27 @@ def _check_images_dir(needed_by: str) -> None:
     raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
 
 
+def _tasks(paths: list, boxes: dict | None = None, reasons: dict | None = None) -> list:
+  """Tasks of `paths` under --images_dir; refused ones (`reasons`, outside it) are failures.
+
+  Paths outside --images_dir are refused unless --allow_outside_images_dir.
+  Refused tasks come first and take no part in the image-id collisions of
+  pipeline.tasks_from_paths (a refused `../x.jpg` never displaces `x.jpg`).
+  Their image id is their path: never an output name, and one failures.tsv
+  row per refused entry (`../a/x.jpg` and `../b/x.jpg` would share `x`).
+  """
+  reasons = dict(reasons or {})
+  if not FLAGS.allow_outside_images_dir:
+    for path in paths:
+      reasons[path] = reasons.get(path) or pipeline.outside_reason(path, FLAGS.images_dir)
+  reasons = {path: reason for path, reason in reasons.items() if reason}
+  refused = [
+    pipeline.ImageTask(path, path, refused=reason)
+    for path, reason in reasons.items()
+  ]
+  return refused + pipeline.tasks_from_paths([p for p in paths if p not in reasons], boxes)
+
+
 def tasks_from_flags() -> list:
   """The pipeline.ImageTasks the input flags describe.
 
@@ -104,7 +138,7 @@ def tasks_from_flags() -> list:
           logging.warning("%s: %d queries have no bbx; not cropped", FLAGS.gnd_path, missing)
       else:
         logging.warning("queries are not cropped; the ROxf/RPar protocol crops them (--query_crop)")
-    return pipeline.tasks_from_paths(paths, boxes)
+    return _tasks(paths, boxes)
   if FLAGS.query_crop:
     raise cli.UserError("--query_crop needs --gnd_path")
   if FLAGS.gldv2_csv_path:
@@ -112,13 +146,19 @@ def tasks_from_flags() -> list:
       raise cli.UserError("--gldv2_csv_path and --list_images_path are exclusive")
     _check_images_dir("--gldv2_csv_path")
     ids = pipeline.read_csv_image_ids(FLAGS.gldv2_csv_path)
-    return pipeline.tasks_from_paths(pipeline.gldv2_image_path(FLAGS.images_dir, i) for i in ids)
+    paths = [pipeline.gldv2_image_path(FLAGS.images_dir, i) for i in ids]
+    bad_ids = {p: pipeline.gldv2_id_reason(i) for p, i in zip(paths, ids)}
+    return _tasks(paths, reasons=bad_ids)
   if FLAGS.list_images_path:
     if FLAGS.images_dir and not os.path.isdir(FLAGS.images_dir):
       raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
     if not os.path.isfile(FLAGS.list_images_path):
       raise cli.UserError(f"{FLAGS.list_images_path}: image list not found")
-    paths = pipeline.read_image_list(FLAGS.list_images_path, FLAGS.images_dir)
+    paths = pipeline.read_image_list(
+      FLAGS.list_images_path, FLAGS.images_dir, FLAGS.allow_outside_images_dir
+    )
+    if FLAGS.images_dir:
+      return _tasks(paths)
   elif FLAGS.images_dir:
     paths = pipeline.list_images(FLAGS.images_dir)
   else:

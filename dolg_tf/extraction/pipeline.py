@@ -73,6 +73,7 @@ from dolg_tf.extraction.descriptor_store import read_descriptors  # noqa: F401 (
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images as images_lib
 from dolg_tf.utils import progress as progress_lib
+from dolg_tf.utils import untrusted
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 OUTPUT_FORMATS = ("per_image", "shards")
@@ -91,6 +92,8 @@ class ImageTask:
   image_id: str
   path: str
   box: tuple[float, float, float, float] | None = None
+  # Why the file must not be read (e.g. outside --images_dir): a failure row, never opened.
+  refused: str = ""
 
 
 @dataclasses.dataclass
@@ -174,26 +177,31 @@ def list_images(images_dir: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -
   return sorted(paths)
 
 
-def read_image_list(list_path: str, images_dir: str | None = None) -> list[str]:
-  """Image paths from a text file, one per line (blank lines and `#` comments skipped).
+def read_image_list(
+  list_path: str, images_dir: str | None = None, allow_outside: bool = True
+) -> list[str]:
+  """Image paths from a UTF-8 text file, one per line (blank lines and `#` comments skipped).
 
   A relative entry is taken relative to `images_dir` when given, else to the
   current directory. An entry without an image extension whose `<entry>.jpg`
-  exists refers to that file (DELF lists name images without extension).
-  Missing files and hidden names (starting with '.') are kept: the run
-  reports them as failures.
+  exists refers to that file (DELF lists name images without extension); with
+  `allow_outside` False that is only looked for inside `images_dir`.
+  Missing files, hidden names (starting with '.') and entries outside
+  `images_dir` are kept: the run reports them as failures (`outside_reason`).
 
   Raises:
     FileNotFoundError: naming the list, if it does not exist.
+    ValueError: naming the list, the byte offset and the line, if it is not UTF-8.
   """
-  text = file_utils.read_bytes(list_path).decode("utf-8")
+  text = untrusted.decode_text(file_utils.read_bytes(list_path), list_path)
   paths = []
   for line in text.splitlines():
     entry = line.strip()
     if not entry or entry.startswith("#"):
       continue
     path = os.path.join(images_dir, entry) if images_dir else entry
-    if not path.lower().endswith(IMAGE_EXTENSIONS) and not os.path.exists(path):
+    probe = allow_outside or not images_dir or untrusted.is_inside(path, images_dir)
+    if probe and not path.lower().endswith(IMAGE_EXTENSIONS) and not os.path.exists(path):
       if os.path.exists(path + ".jpg"):
         path += ".jpg"
     paths.append(path)
@@ -203,11 +211,14 @@ def read_image_list(list_path: str, images_dir: str | None = None) -> list[str]:
 def read_csv_image_ids(csv_path: str) -> list[str]:
   """The `id` column of a Google Landmarks v2 CSV (index.csv, test.csv, train.csv), in order.
 
+  Ids are returned as written; `gldv2_id_reason` says which must not be read.
+
   Raises:
     FileNotFoundError: naming the file, if it does not exist.
-    ValueError: naming the file, if it has no `id` column or a row without an id.
+    ValueError: naming the file, if it is not UTF-8, has no `id` column or a
+      row without an id.
   """
-  text = file_utils.read_bytes(csv_path).decode("utf-8")
+  text = untrusted.decode_text(file_utils.read_bytes(csv_path), csv_path)
   reader = csv.DictReader(io.StringIO(text))
   if "id" not in (reader.fieldnames or []):
     raise ValueError(f"{csv_path}: no 'id' column (header: {reader.fieldnames})")
@@ -223,10 +234,42 @@ def read_csv_image_ids(csv_path: str) -> list[str]:
 def gldv2_image_path(images_dir: str, image_id: str) -> str:
   """The file of a GLDv2 image id (`<a>/<b>/<c>/<id>.jpg` or `<id>.jpg`, as the dataset builder).
 
-  A missing image gets its nested `.jpg` path, so the run reports it as a failure.
+  A missing image gets its nested `.jpg` path, so the run reports it as a
+  failure; an id `gldv2_id_reason` refuses gets `<images_dir>/<id>.jpg`
+  without any file being looked at.
   """
+  if gldv2_id_reason(image_id):
+    return os.path.join(images_dir, image_id + ".jpg")
   found = build_image_dataset.find_image(images_dir, image_id)
   return found or build_image_dataset.candidate_paths(images_dir, image_id)[0]
+
+
+def outside_reason(path: str, images_dir: str) -> str:
+  """Why `path` (an entry joined to `images_dir`) is refused, or '' if it lies inside it.
+
+  The rule is lexical: os.path.normpath of the path must be `images_dir` or
+  below it, so absolute entries elsewhere and `..` escapes are refused;
+  symbolic links inside the folder are followed.
+  """
+  if untrusted.is_inside(path, images_dir):
+    return ""
+  return (
+    f"{path}: outside the images folder {images_dir} (an absolute path or '..' in the entry); "
+    "not read unless --allow_outside_images_dir is given"
+  )
+
+
+def gldv2_id_reason(image_id: str) -> str:
+  """Why a GLDv2 id is refused ('/', '\\' or '..' in it: ids are file names), or ''."""
+  problem = build_image_dataset.id_problem(image_id)
+  return f"GLDv2 {problem}" if problem else ""
+
+
+def refusal_reason(task: ImageTask) -> str:
+  """Why `task` is a failure without its file being opened (refused, hidden name), or ''."""
+  if task.refused:
+    return task.refused
+  return HIDDEN_REASON if is_hidden(task.image_id) else ""
 
 
 def tasks_from_paths(paths: Iterable[str], boxes: dict | None = None) -> list[ImageTask]:
@@ -534,8 +577,8 @@ def _run(
   else:
     writer = descriptor_store.ShardWriter(output_dir, shard_size)
   existing = writer.existing_ids()
-  hidden = [t for t in tasks if is_hidden(t.image_id)]
-  todo = [t for t in tasks if t.image_id not in existing and not is_hidden(t.image_id)]
+  hidden = [t for t in tasks if refusal_reason(t)]  # hidden names, refused paths
+  todo = [t for t in tasks if t.image_id not in existing and not refusal_reason(t)]
   summary = ExtractionSummary(total=len(tasks), skipped=len(tasks) - len(todo) - len(hidden))
   failures = FailureLog(os.path.join(output_dir, FAILURES_FILE))
   lock = threading.Lock()
@@ -545,7 +588,7 @@ def _run(
     len(tasks),
     summary.skipped,
     len(todo),
-    f", {len(hidden)} hidden names refused" if hidden else "",
+    f", {len(hidden)} refused (hidden names, paths outside the images folder)" if hidden else "",
     output_dir,
     output_format,
   )
@@ -634,7 +677,7 @@ def _run(
   try:
     failures.resolve(existing)  # Done earlier (e.g. from another list): not a failure.
     for task in hidden:
-      fail(task, HIDDEN_REASON)
+      fail(task, refusal_reason(task))
     writer_thread = threading.Thread(target=write_loop, name="descriptor-writer", daemon=True)
     writer_thread.start()
     executor = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="image-loader")

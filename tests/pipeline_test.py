@@ -322,8 +322,9 @@ class PipelineTest(tf.test.TestCase):
     )
     with self.assertRaisesRegex(FileNotFoundError, "nolist.txt"):
       pipeline.read_image_list(os.path.join(self.images_dir, "nolist.txt"))
-    with self.assertRaisesRegex(ValueError, "image id 'A' already used"):
-      pipeline.tasks_from_paths(["p/A.jpg", "q/A.png"])
+    first, second = pipeline.tasks_from_paths(["p/A.jpg", "q/A.png"])  # No longer refused whole.
+    self.assertEqual(first.refused, "")
+    self.assertStartsWith(second.refused, "duplicate image id 'A': already used by p/A.jpg")
     tasks = pipeline.tasks_from_paths(["p/A.jpg"], boxes={"A": [1, 2, 3, 4]})
     self.assertEqual(tasks[0].box, (1.0, 2.0, 3.0, 4.0))
 

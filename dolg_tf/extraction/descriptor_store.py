@@ -18,7 +18,13 @@ The output folder: `prepare_output_dir` creates it and proves it writable,
 out, `OutputError` is a one-line error about the folder, and `folder_errno`
 tells a folder-wide write error (disk full, read-only, permission denied)
 from a failure of one image. `read_descriptors` reads either form back as
-(ids, matrix).
+(ids, matrix), refusing (ValueError naming the file) any descriptor that
+cannot be ranked: `descriptor_problem`.
+
+Resuming: a per-image file counts as done only if it parses and its
+descriptor is usable (`datum_file_problem`; any other is logged and written
+again); a shard that does not read back is renamed `<name>.corrupt` and its
+images are extracted again.
 """
 
 import errno
@@ -32,6 +38,7 @@ import zipfile
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 
 from dolg_tf.io import datum_io
 from dolg_tf.utils import files as file_utils
@@ -40,6 +47,104 @@ DEFAULT_SUFFIX = ".dolg_global"
 MANIFEST_FILE = "manifest.json"
 SHARD_PREFIX = "descriptors-"
 SHARD_PATTERN = re.compile(r"^descriptors-(\d{5,})\.npz$")
+# A shard that does not read back on resume is renamed `<name><CORRUPT_SUFFIX>`
+# (no longer a shard) and its images are extracted again.
+CORRUPT_SUFFIX = ".corrupt"
+# The smallest L2 norm a descriptor may have: retrieval L2-normalises in float32
+# with this floor (utils.arrays.l2_normalize), so a smaller one does not become
+# a unit vector, and a zero one would rank by position, not by content.
+MIN_DESCRIPTOR_NORM = 1e-12
+# Rows checked at a time (bounds the temporaries of the check on a large shard).
+_CHECK_ROWS = 8192
+
+
+# ----------------------------------------------------------------------------- validity
+
+
+def _row_problem(row: np.ndarray) -> str:
+  """What is wrong with a float32 [D] descriptor known to be unusable (see descriptor_problem)."""
+  bad = int(np.count_nonzero(~np.isfinite(row)))
+  if bad:
+    return f"non-finite descriptor ({bad} of {row.size} values are NaN or inf)"
+  if not row.any():
+    return f"all-zero descriptor ({row.size} values)"
+  with np.errstate(over="ignore"):
+    norm = float(np.linalg.norm(row))
+  if not np.isfinite(norm):
+    largest = float(np.max(np.abs(row)))
+    return f"descriptor whose L2 norm overflows float32 (largest |value| {largest:.3g})"
+  return (
+    f"descriptor whose L2 norm {norm:.3g} is under {MIN_DESCRIPTOR_NORM:g} (normalises to zero)"
+  )
+
+
+def _bad_rows(matrix: np.ndarray) -> np.ndarray:
+  """Indices of the rows of float32 [N, D] that retrieval cannot rank (see descriptor_problem)."""
+  bad = []
+  for start in range(0, len(matrix), _CHECK_ROWS):
+    block = matrix[start : start + _CHECK_ROWS]
+    with np.errstate(over="ignore", invalid="ignore"):
+      norms = np.linalg.norm(block, axis=1)
+    ok = np.isfinite(norms) & (norms >= MIN_DESCRIPTOR_NORM)  # NaN / inf rows: non-finite norm
+    bad.append(np.flatnonzero(~ok) + start)
+  return np.concatenate(bad) if bad else np.zeros([0], np.int64)
+
+
+def descriptor_problem(descriptor) -> str | None:
+  """Why `descriptor` cannot be ranked, or None if it can.
+
+  A global descriptor must be a 1-D [D] vector (D > 0) of finite numbers
+  whose float32 L2 norm is finite and at least MIN_DESCRIPTOR_NORM: an
+  all-zero vector (a degenerate export), NaN / inf values, or values so large
+  (e.g. 1e30) that the norm overflows float32 would all rank as noise.
+
+  Returns:
+    One phrase ('all-zero descriptor (16 values)', ...), or None.
+  """
+  values = np.asarray(descriptor)
+  if values.ndim != 1:
+    return f"{values.ndim}-D descriptor of shape {list(values.shape)}, not a [D] vector"
+  if values.size == 0:
+    return "empty descriptor (0 values)"
+  if values.dtype.kind not in "fiu":
+    return f"descriptor of dtype {values.dtype}, not numbers"
+  with np.errstate(over="ignore", invalid="ignore"):
+    values = values.astype(np.float32)  # float64 beyond float32 becomes inf: refused
+  return _row_problem(values) if _bad_rows(values[None]).size else None
+
+
+def datum_file_problem(path: str) -> str | None:
+  """Why the DatumProto descriptor file `path` is not a usable output, or None.
+
+  Reads and parses the file (a few KB): empty, truncated or garbage files and
+  unusable descriptors (`descriptor_problem`) are named.
+  """
+  try:
+    data = file_utils.read_bytes(path)
+  except OSError as e:
+    return f"unreadable ({os_error_text(e)})"
+  if not data:
+    return "empty file (0 bytes)"
+  try:
+    descriptor = datum_io.parse_array(data)
+  except ValueError as e:
+    return f"corrupt DatumProto ({e})"
+  return descriptor_problem(descriptor)
+
+
+def check_existing(paths: dict) -> set[str]:
+  """The ids of {id: path} whose DatumProto descriptor file is usable (`datum_file_problem`).
+
+  Each other file is logged (INFO) and left for the run to write again.
+  """
+  ok = set()
+  for image_id, path in paths.items():
+    problem = datum_file_problem(path)
+    if problem is None:
+      ok.add(image_id)
+    else:
+      logging.info("%s: %s; extracting the image again", path, problem)
+  return ok
 
 
 # ----------------------------------------------------------------------------- output folder
@@ -225,13 +330,15 @@ class PerImageWriter:
     self.suffix = suffix
 
   def existing_ids(self) -> set[str]:
-    """Ids that already have a descriptor file."""
+    """Ids that already have a usable descriptor file (each file is parsed: check_existing)."""
     n = len(self.suffix)
-    return {
-      e.name[:-n]
-      for e in os.scandir(self.output_dir)
-      if e.name.endswith(self.suffix) and not e.name.startswith(".")
-    }
+    return check_existing(
+      {
+        e.name[:-n]: e.path
+        for e in os.scandir(self.output_dir)
+        if e.name.endswith(self.suffix) and not e.name.startswith(".")
+      }
+    )
 
   def write(self, image_id: str, descriptor: np.ndarray) -> list[str]:
     """Writes one file; returns the ids written."""
@@ -273,7 +380,7 @@ def _read_shard(path: str, ids_only: bool = False):
       else:
         descriptors = np.asarray(data["descriptors"], dtype=np.float32)
         shape = descriptors.shape
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     raise OSError(f"{path}: not a descriptor shard ({e})") from e
   if len(shape) != 2 or shape[0] != len(ids):
     raise OSError(f"{path}: {len(ids)} ids but descriptors of shape {tuple(shape)}")
@@ -293,7 +400,13 @@ class ShardWriter:
     self._known = set()
     self.dim = None
     for path in _shard_files(output_dir):
-      ids, _, shape = _read_shard(path, ids_only=True)
+      try:
+        ids, _, shape = _read_shard(path, ids_only=True)
+      except OSError as e:  # Truncated or empty (a copy, an old unsynced write): redo its images.
+        aside = path + CORRUPT_SUFFIX
+        logging.warning("%s; renamed to %s, its images are extracted again", e, aside)
+        os.replace(path, aside)
+        continue
       if self.dim is not None and shape[1] != self.dim:
         raise OSError(f"{path}: {shape[1]}-D descriptors, other shards have {self.dim}")
       self.dim = int(shape[1])
@@ -378,13 +491,19 @@ def _missing_error(missing: Sequence[str], total: int, source: str) -> MissingDe
   return MissingDescriptorsError(missing_message(missing, total, "descriptors", source), missing)
 
 
-def _refuse_non_finite_rows(block: np.ndarray, path: str, block_ids: Sequence[str]) -> None:
-  """Raises ValueError naming the shard and the first image whose row holds NaN or inf."""
-  bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+def _refuse_bad_rows(block: np.ndarray, path: str, block_ids: Sequence[str]) -> None:
+  """Raises ValueError naming the shard and the first image whose row cannot be ranked."""
+  non_finite = np.flatnonzero(~np.isfinite(block).all(axis=1))
+  if non_finite.size:
+    raise ValueError(
+      f"{path}: non-finite descriptor (NaN or inf) for image {block_ids[non_finite[0]]} "
+      f"({non_finite.size} of {len(block_ids)} rows)"
+    )
+  bad = _bad_rows(block)
   if bad.size:
     raise ValueError(
-      f"{path}: non-finite descriptor (NaN or inf) for image {block_ids[bad[0]]} "
-      f"({bad.size} of {len(block_ids)} rows)"
+      f"{path}: {_row_problem(block[bad[0]])} for image {block_ids[bad[0]]} "
+      f"({bad.size} of {len(block_ids)} rows unusable)"
     )
 
 
@@ -431,7 +550,7 @@ def _read_shards(paths: list[str], ids, source: str):
       raise OSError(f"{path}: not a descriptor shard ({e})") from e
     if block.shape != (count, matrix.shape[1]):
       raise OSError(f"{path}: descriptors of shape {block.shape}, its header said {count} rows")
-    _refuse_non_finite_rows(block, path, all_ids[row : row + count])
+    _refuse_bad_rows(block, path, all_ids[row : row + count])
     matrix[row : row + count] = block
     row += count
   return _select(all_ids, matrix, ids, source)
@@ -448,13 +567,12 @@ def _per_image_ids(paths: list[str], suffix: str) -> dict[str, str]:
 
 
 def _read_per_image_file(path: str) -> np.ndarray:
-  descriptor = datum_io.read_from_file(path).astype(np.float32).ravel()
-  bad = int(np.count_nonzero(~np.isfinite(descriptor)))
-  if bad:
-    raise ValueError(
-      f"{path}: non-finite descriptor ({bad} of {descriptor.size} values are NaN or inf)"
-    )
-  return descriptor
+  """The float32 [D] descriptor of a DatumProto file; ValueError naming it if unusable."""
+  descriptor = datum_io.read_from_file(path)
+  problem = descriptor_problem(descriptor)
+  if problem is not None:
+    raise ValueError(f"{path}: {problem}")
+  return descriptor.astype(np.float32)
 
 
 def _read_per_image(paths: list[str], ids, suffix: str, source: str):
@@ -555,8 +673,9 @@ def read_descriptors(
       are absent (counted and the first few named, before any descriptor is
       read).
     ValueError / IOError: inconsistent, truncated or corrupt files, or a
-      non-finite (NaN / inf) descriptor (the file named, and for a shard the
-      image id).
+      descriptor retrieval cannot rank (`descriptor_problem`: not a 1-D [D]
+      vector, NaN / inf, all zero, a float32 L2 norm that overflows or is
+      under MIN_DESCRIPTOR_NORM); the file named, and for a shard the image id.
   """
   is_shards, paths = _source_files(source, suffix)
   if is_shards:

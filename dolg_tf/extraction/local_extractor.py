@@ -39,8 +39,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+from absl import logging
 
-from dolg_tf.extraction import binarize
+from dolg_tf.extraction import binarize, descriptor_store
 from dolg_tf.io import datum_io, feature_io
 from dolg_tf.utils import arrays
 
@@ -84,6 +85,31 @@ def postprocess_descriptors(
   return descriptors
 
 
+# The first byte of a non-empty DelfFeatures file: field 1 (`feature`), length-delimited.
+_DELF_FEATURES_TAG = 0x0A
+
+
+def local_file_problem(path: str) -> str | None:
+  """Why the DelfFeatures file `path` is not a whole output, by its first byte; or None.
+
+  A 0-byte file is refused (a writer without fsync killed by a power cut
+  leaves one; an image with no feature at all is then extracted again on each
+  resume), and so is a file not starting with DelfFeatures' `feature` tag
+  (e.g. zero-filled). A file truncated after its start is not detected here:
+  reading it (retrieval's geometric verification) fails naming it.
+  """
+  try:
+    with open(path, "rb") as f:
+      head = f.read(1)
+  except OSError as e:
+    return f"unreadable ({descriptor_store.os_error_text(e)})"
+  if not head:
+    return "empty file (0 bytes)"
+  if head[0] != _DELF_FEATURES_TAG:
+    return f"not a DelfFeatures file (first byte 0x{head[0]:02x})"
+  return None
+
+
 class LocalGlobalWriter:
   """`pipeline.run_extraction` writer of DELG results (per-image files only).
 
@@ -98,11 +124,32 @@ class LocalGlobalWriter:
     self._extractor = extractor_
 
   def existing_ids(self) -> set[str]:
-    """Ids whose `output_paths` files all exist."""
+    """Ids whose `output_paths` files all exist and look whole.
+
+    The global DatumProto file (a few KB) is parsed and its descriptor
+    checked (descriptor_store.datum_file_problem); the local DelfFeatures file
+    (often ~0.5 MB) is only checked to start as one (`local_file_problem`):
+    parsing every one would read the whole collection on each resume. A
+    rejected image is logged (INFO) and extracted again.
+    """
     names = {e.name for e in os.scandir(self.output_dir) if not e.name.startswith(".")}
     local = self._extractor.local_suffix
     candidates = {n[: -len(local)] for n in names if n.endswith(local)}
-    return {i for i in candidates if all(p in names for p in self._extractor.output_paths("", i))}
+    done = set()
+    for image_id in sorted(candidates):
+      paths = self._extractor.output_paths(self.output_dir, image_id)
+      if not all(os.path.basename(p) in names for p in paths):
+        continue
+      problems = [
+        (p, local_file_problem(p) if p.endswith(local) else descriptor_store.datum_file_problem(p))
+        for p in paths
+      ]
+      bad = [(p, problem) for p, problem in problems if problem is not None]
+      if bad:
+        logging.info("%s: %s; extracting the image again", *bad[0])
+      else:
+        done.add(image_id)
+    return done
 
   def write(self, image_id: str, result: dict) -> list[str]:
     """Writes one image's files atomically; returns the ids written."""

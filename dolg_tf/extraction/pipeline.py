@@ -44,8 +44,13 @@ Batching (`batch_size` > 1): decoded images are grouped by their resized
 size (batching.ShapeBatcher) and each group goes through the model in one
 forward (`extractor.extract_batch`, the export's batched signature).
 
-Image ids are file names without their extension (as DELF names outputs);
-two inputs with the same id are rejected before any work starts. Names
+Image ids are file names without their extension (as DELF names outputs,
+and GLDv2's nested `a/b/c/<id>.jpg` layout needs). Two inputs with the same
+id (`img.bmp` and `img.webp`, or `100CANON/IMG_0001.JPG` and
+`101CANON/IMG_0001.JPG`) cannot both have an output: the first in input order
+(folder walks are sorted) keeps the id, each later one is a failures.tsv row
+(`duplicate image id ...: already used by <first path>`) and the rest of the
+run goes on. Names
 starting with "." are hidden files, skipped everywhere: a folder walk
 (`list_images`) never lists them (nor hidden folders), and one named by a list
 or ground truth is reported as a failure with that reason, never extracted
@@ -60,6 +65,7 @@ import datetime
 import io
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -72,6 +78,7 @@ from dolg_tf.extraction import batching, descriptor_store, image_loading, local_
 from dolg_tf.extraction.descriptor_store import read_descriptors  # noqa: F401 (re-export)
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images as images_lib
+from dolg_tf.utils import memory_budget as budget_lib
 from dolg_tf.utils import progress as progress_lib
 from dolg_tf.utils import untrusted
 
@@ -273,30 +280,81 @@ def refusal_reason(task: ImageTask) -> str:
 
 
 def tasks_from_paths(paths: Iterable[str], boxes: dict | None = None) -> list[ImageTask]:
-  """One task per path; `boxes` maps an image id to its crop box.
+  """One task per path, in order; `boxes` maps an image id to its crop box.
 
-  Raises:
-    ValueError: two paths give the same image id (both named).
+  Image ids repeat when two files differ only in folder or extension: the
+  first path in input order keeps the id, each later one is refused
+  (`mark_collisions`) and becomes a failures row. A path listed twice is kept
+  once.
   """
   boxes = boxes or {}
-  tasks, seen = [], {}
+  tasks = []
   for path in paths:
     image_id = image_id_from_path(path)
-    if image_id in seen:
-      raise ValueError(
-        f"{path}: image id {image_id!r} already used by {seen[image_id]}; outputs would collide"
-      )
-    seen[image_id] = path
     box = boxes.get(image_id)
     tasks.append(ImageTask(image_id, path, None if box is None else tuple(float(v) for v in box)))
-  return tasks
+  return mark_collisions(tasks)
 
 
-# ----------------------------------------------------------------------------- failures
+# The start of a failures.tsv reason of an image whose id an earlier input has.
+COLLISION_REASON_PREFIX = "duplicate image id "
 
 
-def _sanitize(text: str) -> str:
-  return " ".join(str(text).split())
+def collision_reason(image_id: str, kept_path: str) -> str:
+  """The failures.tsv reason of an image not extracted because `kept_path` has its id."""
+  return (
+    f"{COLLISION_REASON_PREFIX}{image_id!r}: already used by {kept_path}; not extracted "
+    "(outputs are named by file name without extension: rename the file, or extract "
+    "each folder into its own output folder)"
+  )
+
+
+def mark_collisions(tasks: Sequence[ImageTask]) -> list[ImageTask]:
+  """`tasks` with each repeated image id refused (`collision_reason`) after its first use.
+
+  Among tasks not refused already, the first of an id (input order) keeps
+  it; a later task with the same path and box is dropped (listed twice),
+  one with another path or box gets `refused` naming the path that kept the
+  id. Deterministic for a given input order (folder walks are sorted).
+  """
+  marked, first = [], {}
+  for task in tasks:
+    if refusal_reason(task):
+      marked.append(task)
+      continue
+    earlier = first.setdefault(task.image_id, task)
+    if earlier is task:
+      marked.append(task)
+    elif (earlier.path, earlier.box) == (task.path, task.box):
+      logging.info("%s: listed twice, extracted once", task.path)
+    else:
+      reason = collision_reason(task.image_id, earlier.path)
+      marked.append(dataclasses.replace(task, refused=reason))
+  return marked
+
+
+# failures.tsv fields are backslash-escaped, so any id, path or reason (tabs,
+# newlines, runs of spaces, backslashes included) reads back exactly.
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+_ESCAPE_PATTERN = re.compile(r"\\([\\tnr])")
+
+
+def escape_field(text) -> str:
+  """A failures.tsv field: backslash, tab, newline and carriage return as \\\\, \\t, \\n, \\r."""
+  return str(text).translate(_ESCAPES)
+
+
+def unescape_field(text: str) -> str:
+  """The inverse of `escape_field` (other backslashes are kept as they are)."""
+  return _ESCAPE_PATTERN.sub(lambda m: _UNESCAPES[m.group(1)], text)
+
+
+def _row_key(row: dict):
+  """An image's row is keyed by its id; a duplicate-id row by (id, path), so success keeps it."""
+  if row.get("reason", "").startswith(COLLISION_REASON_PREFIX):
+    return (row["image_id"], row.get("path", ""))
+  return row["image_id"]
 
 
 class FailureLog:
@@ -304,7 +362,11 @@ class FailureLog:
 
   The rows of earlier runs are read first. `add` puts (or replaces) an
   image's row, `resolve` removes the rows of images that now have a
-  descriptor; rows of other images are kept. The file is rewritten
+  descriptor; rows of other images are kept. Rows are keyed by the exact id
+  (fields are backslash-escaped in the file: `escape_field`); a duplicate-id
+  row (`collision_reason`) is keyed by id and path, so the success of the
+  path that kept the id does not remove it (`forget_collisions` does, when a
+  run decides the collisions of that id again). The file is rewritten
   atomically (temporary file + rename), the first change at once (so an
   unwritable file stops a run at its first failure), later ones at most every
   `save_interval` seconds, the rest by `close`; it is removed when no rows
@@ -333,7 +395,7 @@ class FailureLog:
         raise descriptor_store.OutputError(
           f"{path}: cannot read the failures file ({descriptor_store.os_error_text(e)})"
         ) from e
-      self._rows = {r["image_id"]: r for r in rows if r.get("image_id")}
+      self._rows = {_row_key(r): r for r in rows if r.get("image_id")}
 
   def __len__(self) -> int:
     return len(self._rows)
@@ -350,21 +412,26 @@ class FailureLog:
       descriptor_store.OutputError: naming the file, if it cannot be written.
     """
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    row = {
-      "time": stamp,
-      "image_id": _sanitize(image_id),
-      "path": _sanitize(path),
-      "reason": _sanitize(reason),
-    }
+    row = {"time": stamp, "image_id": str(image_id), "path": str(path), "reason": str(reason)}
     with self._lock:
-      self._rows[row["image_id"]] = row
+      self._rows[_row_key(row)] = row
       self._changed()
 
   def resolve(self, image_ids: Iterable[str]) -> None:
-    """Removes the rows of `image_ids` (they have a descriptor now)."""
+    """Removes the rows of `image_ids` (they have a descriptor now); duplicate-id rows stay."""
     with self._lock:
       removed = [self._rows.pop(i) for i in image_ids if i in self._rows]
       if removed:
+        self._changed()
+
+  def forget_collisions(self, image_ids: Iterable[str]) -> None:
+    """Removes the duplicate-id rows of `image_ids` (a run about to decide them again)."""
+    image_ids = set(image_ids)
+    with self._lock:
+      stale = [k for k in self._rows if isinstance(k, tuple) and k[0] in image_ids]
+      for key in stale:
+        del self._rows[key]
+      if stale:
         self._changed()
 
   def close(self) -> None:
@@ -387,7 +454,10 @@ class FailureLog:
     self._last_save = time.monotonic()
     try:
       if self._rows:
-        lines = ["\t".join(row.get(c, "") for c in self.COLUMNS) for row in self._rows.values()]
+        lines = [
+          "\t".join(escape_field(row.get(c, "")) for c in self.COLUMNS)
+          for row in self._rows.values()
+        ]
         file_utils.atomic_write_text(self.path, self.HEADER + "\n".join(lines) + "\n")
       elif os.path.lexists(self.path):
         os.unlink(self.path)
@@ -399,13 +469,15 @@ class FailureLog:
 
 
 def read_failures(path: str) -> list[dict]:
-  """Rows of a failures.tsv file as dicts (time, image_id, path, reason)."""
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    header = f.readline().rstrip("\n").split("\t")
-    for line in f:
-      rows.append(dict(zip(header, line.rstrip("\n").split("\t"))))
-  return rows
+  """Rows of a failures.tsv file as dicts (time, image_id, path, reason), fields unescaped."""
+  with open(path, encoding="utf-8", newline="") as f:
+    lines = f.read().split("\n")
+  if lines and lines[-1] == "":
+    lines.pop()
+  if not lines:
+    return []
+  header = [unescape_field(c) for c in lines[0].split("\t")]
+  return [dict(zip(header, map(unescape_field, line.split("\t")))) for line in lines[1:]]
 
 
 # ----------------------------------------------------------------------------- run
@@ -467,6 +539,7 @@ def run_extraction(
   max_pixels: int | None = None,
   lock: descriptor_store.OutputLock | None = None,
   batch_size: int = 1,
+  max_bytes_in_flight: int | None = None,
 ) -> ExtractionSummary:
   """Describes every task's image and writes the descriptors; see the module doc.
 
@@ -483,7 +556,8 @@ def run_extraction(
     output_format: 'per_image' or 'shards'.
     suffix: per-image file suffix; default `extractor.suffix` or DEFAULT_SUFFIX.
     num_threads: image decoding threads.
-    prefetch: images decoded ahead of the model (bounds memory).
+    prefetch: images decoded ahead of the model (bounds their number; their
+      memory is bounded by `max_bytes_in_flight`).
     shard_size: descriptors per shard in 'shards' mode.
     log_interval: seconds between progress logs.
     max_pixels: images with more pixels are failures, refused from their
@@ -496,6 +570,13 @@ def run_extraction(
       through the model in one forward (`extractor.extract_batch`, see
       batching.py; at most max(batch_size, prefetch) images wait for their
       batch); 1 runs `extractor.extract` per image.
+    max_bytes_in_flight: the memory budget of the images being decoded or
+      waiting for the model (image_loading.estimate_load_bytes of each, from
+      its header, then what its preprocessed image holds until the model has
+      used it); a loader waits until its image fits, and an image larger than
+      the whole budget is a failure. Default
+      image_loading.MAX_BYTES_IN_FLIGHT. Images of an extractor without
+      `preprocess` count only once loaded.
 
   Returns:
     An ExtractionSummary.
@@ -510,6 +591,8 @@ def run_extraction(
     raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
   if num_threads < 1 or prefetch < 1:
     raise ValueError(f"num_threads and prefetch must be >= 1, got {num_threads}, {prefetch}")
+  if max_bytes_in_flight is not None and max_bytes_in_flight < 1:
+    raise ValueError(f"max_bytes_in_flight must be positive, got {max_bytes_in_flight}")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if batch_size > 1 and not hasattr(extractor, "extract_batch"):
@@ -523,10 +606,7 @@ def run_extraction(
   own_writer = make_writer(output_dir) if make_writer is not None else None
   if own_writer is not None and output_format != "per_image":
     raise ValueError(f"{type(extractor).__name__} results are written per image only")
-  ids = [t.image_id for t in tasks]
-  if len(set(ids)) != len(ids):
-    duplicates = sorted(i for i, c in collections.Counter(ids).items() if c > 1)
-    raise ValueError(f"duplicate image ids: {duplicates[:5]}")
+  tasks = mark_collisions(tasks)  # Tasks built by hand may repeat ids too.
   descriptor_store.prepare_output_dir(output_dir)
   own_lock = None
   if lock is None:
@@ -545,6 +625,7 @@ def run_extraction(
       log_interval,
       max_pixels if preprocess is not None else None,
       batch_size,
+      max_bytes_in_flight or image_loading.MAX_BYTES_IN_FLIGHT,
     )
   finally:
     if own_lock is not None:
@@ -564,6 +645,7 @@ def _run(
   log_interval,
   max_pixels,
   batch_size,
+  max_bytes_in_flight,
 ) -> ExtractionSummary:
   """run_extraction once the arguments are checked and the folder is locked."""
   start = time.monotonic()
@@ -662,25 +744,47 @@ def _run(
       except queue.Full:
         pass
 
-  def load(task: ImageTask):
-    if max_pixels is None:
-      return extractor.load_and_preprocess(task.path, task.box)
-    return image_loading.load_and_preprocess(
-      task.path,
-      task.box,
-      extractor.preprocess,
-      max_pixels=max_pixels,
-      min_size=getattr(extractor, "min_input_size", image_loading.MIN_IMAGE_SIZE),
-    )
+  def reserve(task: ImageTask, ticket: budget_lib.Ticket, nbytes: int) -> None:
+    try:
+      ticket.acquire(nbytes)  # Waits for its turn and room in the budget.
+    except budget_lib.TooLarge as e:
+      raise images_lib.ImageError(f"{task.path}: image {e} (max_bytes_in_flight)") from e
+
+  def load(task: ImageTask, ticket: budget_lib.Ticket):
+    """Loads and preprocesses `task`'s image; `ticket` then holds the bytes of the result."""
+    try:
+      preprocess = getattr(extractor, "preprocess", None)
+      if preprocess is None:
+        ticket.charge(0)  # No estimate before decoding: the result alone is counted.
+        image = extractor.load_and_preprocess(task.path, task.box)
+      else:
+        image = image_loading.load_and_preprocess(
+          task.path,
+          task.box,
+          preprocess,
+          max_pixels=max_pixels,
+          min_size=getattr(extractor, "min_input_size", image_loading.MIN_IMAGE_SIZE),
+          before_decode=lambda nbytes: reserve(task, ticket, nbytes),
+        )
+      ticket.charge(int(getattr(getattr(image, "image", image), "nbytes", 0)))
+      return image
+    except BaseException:
+      ticket.release()
+      raise
 
   error = None
   try:
     failures.resolve(existing)  # Done earlier (e.g. from another list): not a failure.
+    failures.forget_collisions({t.image_id for t in tasks})  # Decided again below.
     for task in hidden:
       fail(task, refusal_reason(task))
     writer_thread = threading.Thread(target=write_loop, name="descriptor-writer", daemon=True)
     writer_thread.start()
     executor = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="image-loader")
+    # Bytes of the images being decoded or waiting for the model, granted in
+    # task order; an image's ticket is released once the model has used it.
+    budget = budget_lib.ByteBudget(max_bytes_in_flight)
+    charged = {}  # image id -> ticket, for the images in the batcher
     in_flight = collections.deque()
     next_task = iter(todo)
 
@@ -689,7 +793,8 @@ def _run(
         task = next(next_task, None)
         if task is None:
           return
-        in_flight.append((task, executor.submit(load, task)))
+        ticket = budget.ticket()  # In task order: the oldest image is served first.
+        in_flight.append((task, ticket, executor.submit(load, task, ticket)))
 
     def describe(batch: list) -> None:
       if len(batch) == 1:
@@ -702,29 +807,53 @@ def _run(
       for (task, _), result in zip(batch, results):
         if isinstance(result, Exception):
           fail(task, f"extraction failed: {failure_reason(result)}")
+          continue
+        global_descriptor = result.get("global") if isinstance(result, dict) else result
+        problem = (
+          None
+          if global_descriptor is None
+          else descriptor_store.descriptor_problem(global_descriptor)
+        )
+        if problem is not None:  # A degenerate export: never written, never ranked.
+          fail(task, f"model returned a zero/non-finite descriptor: {problem}")
         else:
           put((task, result))
       _log_progress(progress, summary)
+
+    def consume(batches: list) -> None:
+      """Runs the model on `batches`, then frees their images' bytes in the budget."""
+      for batch in batches:
+        try:
+          describe(batch)
+        finally:
+          for task, _ in batch:
+            charged.pop(task.image_id).release()
 
     batcher = batching.ShapeBatcher(batch_size, max(batch_size, prefetch))
     try:
       refill()
       while in_flight:
         check_writer()
-        task, future = in_flight.popleft()
+        task, ticket, future = in_flight.popleft()
         refill()
+        while not future.done():
+          concurrent.futures.wait([future], timeout=0.1)
+          if len(batcher) and budget.stalled():
+            # The next image waits for bytes held by images waiting for a
+            # batch: describe those now, in smaller batches.
+            consume(batcher.flush())
         try:
           image = future.result()
         except Exception as e:  # pylint: disable=broad-except
-          fail(task, failure_reason(e))
+          fail(task, failure_reason(e))  # `load` released its ticket.
           continue
-        for batch in batcher.add(image_shape(image), (task, image)):
-          describe(batch)
+        charged[task.image_id] = ticket
+        consume(batcher.add(image_shape(image), (task, image)))
         del image
-      for batch in batcher.flush():
-        describe(batch)
+      consume(batcher.flush())
     finally:
-      for _, future in in_flight:
+      budget.close()  # Loaders waiting for room give up: the pool can shut down.
+      for _, _, future in in_flight:
         future.cancel()
       executor.shutdown(wait=True)
       # The writer writes what is queued, then flushes the shard buffer.

@@ -15,6 +15,7 @@ import io
 import os
 import pickle
 import subprocess
+import types
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +23,7 @@ from absl.testing import flagsaver, parameterized
 from PIL import Image
 
 from dolg_tf.data import build_image_dataset, ground_truth
-from dolg_tf.extraction import extract_features, input_flags, pipeline
+from dolg_tf.extraction import beam_pipeline, extract_features, input_flags, pipeline
 from dolg_tf.io import datum_io
 from dolg_tf.utils import cli, untrusted
 from tests import testutil
@@ -51,6 +52,56 @@ def _gnd(names_db=("d1", "d2"), names_q=("q1",), arrays=True):
   bbx = np.array([1.0, 2.0, 20.0, 25.0]) if arrays else [1.0, 2.0, 20.0, 25.0]
   query = {"bbx": bbx, "easy": index([0]), "hard": index([1]), "junk": index([]), "ok": index([0])}
   return {"imlist": list(names_db), "qimlist": list(names_q), "gnd": [query] * len(names_q)}
+
+
+def _py2_str(data: bytes) -> bytes:
+  """A Python 2 `str` in a pickle (SHORT_BINSTRING / BINSTRING)."""
+  if len(data) < 256:
+    return b"U" + bytes([len(data)]) + data
+  return b"T" + len(data).to_bytes(4, "little") + data
+
+
+def _py2_array(values, dtype: str) -> bytes:
+  """The pickle opcodes Python 2's numpy 1 writes for a 1-D array (data as a Python 2 str)."""
+  data = np.asarray(values, dtype="<" + dtype).tobytes()
+  return (
+    b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+    + _py2_str(b"b")
+    + b"\x87R(K\x01"
+    + b"K"
+    + bytes([len(values)])
+    + b"\x85"
+    + b"cnumpy\ndtype\n"
+    + _py2_str(dtype.encode())
+    + b"K\x00K\x01\x87R"
+    + b"(K\x03"
+    + _py2_str(b"<")
+    + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    + b"\x89"
+    + _py2_str(data)
+    + b"tb"
+  )
+
+
+def _py2_gnd_pickle() -> bytes:
+  """_gnd() as Python 2 pickled it (protocol 2, str names, numpy arrays).
+
+  Opcodes: `}` empty dict, `]` empty list, `(` mark, `e` appends, `u` setitems.
+  """
+  s = _py2_str
+  parts = [
+    b"\x80\x02}(",
+    s(b"imlist") + b"](" + s(b"d1") + s(b"d2") + b"e",
+    s(b"qimlist") + b"](" + s(b"q1") + b"e",
+    s(b"gnd") + b"](}(",
+    s(b"bbx") + _py2_array([1.0, 2.0, 20.0, 25.0], "f8"),
+    s(b"easy") + _py2_array([0], "i8"),
+    s(b"hard") + _py2_array([1], "i8"),
+    s(b"junk") + b"]",
+    b"ue",  # the query dict, the gnd list
+    b"u.",  # the top dict
+  ]
+  return b"".join(parts)
 
 
 def _write_pickle(path, obj, protocol=2):
@@ -217,6 +268,15 @@ class GroundTruthPickleTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(gt.imlist, ("d1", "d2"))
     self.assertEqual(gt.qimlist, ("q1",))
     self.assertAllEqual(gt.gnd[0]["easy"], [0])
+    self.assertAllEqual(gt.gnd[0]["hard"], [1])
+    self.assertAllClose(gt.gnd[0]["bbx"], [1.0, 2.0, 20.0, 25.0])
+
+  def test_python2_numpy_pickle_loads(self):
+    path = os.path.join(self.create_tempdir().full_path, "gnd_rparis6k.pkl")
+    with open(path, "wb") as f:
+      f.write(_py2_gnd_pickle())
+    gt = ground_truth.load_ground_truth(path)
+    self.assertEqual((gt.imlist, gt.qimlist), (("d1", "d2"), ("q1",)))
     self.assertAllEqual(gt.gnd[0]["hard"], [1])
     self.assertAllClose(gt.gnd[0]["bbx"], [1.0, 2.0, 20.0, 25.0])
 
@@ -394,6 +454,19 @@ class PathRuleTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLen(reasons, 4)
     for image_id in ("../outside", "sub/s1", "a\\\\b", "..x"):
       self.assertTrue(any(f"GLDv2 id '{image_id}'" in r for r in reasons), (image_id, reasons))
+
+  def test_beam_plan_reports_refused_tasks_as_failures(self):
+    list_path = self._write("list.txt", b"q1.jpg\n../outside.jpg\n")
+    with flagsaver.flagsaver(images_dir=self.images, list_images_path=list_path):
+      tasks = input_flags.tasks_from_flags()
+    config = types.SimpleNamespace(
+      use_global_features=True, use_local_features=False, global_descriptor_suffix=".g"
+    )
+    todo, skipped, refused = beam_pipeline.plan_extraction(config, tasks, self.w)
+    self.assertEqual([t.image_id for t in todo], ["q1"])
+    self.assertEqual(skipped, 0)
+    self.assertEqual([t.path for t in refused], [os.path.join(self.images, "../outside.jpg")])
+    self.assertRegex(pipeline.refusal_reason(refused[0]), OUTSIDE_RULE)
 
   def test_non_utf8_csv_is_one_line_naming_file_offset_and_line(self):
     csv_path = self._write("index.csv", b"id\nq1\n\xffx\n")

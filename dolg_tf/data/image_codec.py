@@ -10,7 +10,12 @@ so the dataset builder hands every file to `prepare_jpeg`, which:
   and 16-bit images converted to 8-bit RGB) and re-encodes it as a JPEG;
 * fully decodes the image in both cases, so truncated or corrupt files are
   reported here (as `images.ImageError`, naming the file) and not later in
-  tf.data.
+  tf.data;
+* reads files as extraction does (`images.read_file`): only regular files
+  (a device, named pipe, socket or directory named like an image is refused,
+  never read or waited on), at most `images.MAX_FILE_BYTES`, and images whose
+  decoding would need more than `images.MAX_IMAGE_BYTES` are refused from
+  their header.
 
 This module does not import TensorFlow, so process pools that only prepare
 images start quickly.
@@ -72,8 +77,9 @@ def prepare_jpeg(path: str, quality: int = DEFAULT_JPEG_QUALITY) -> PreparedImag
     A PreparedImage.
 
   Raises:
-    images.ImageError: naming `path`, if the file is missing, empty, not an
-      image, truncated, corrupt or too large.
+    images.ImageError: naming `path`, if the file is missing, not a regular
+      file, empty, not an image, truncated, corrupt or too large (file size,
+      pixels or memory).
   """
   data = images.read_file(path)
   with images.open_image(data, path) as image:

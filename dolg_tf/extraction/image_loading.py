@@ -4,13 +4,18 @@
 the project's one decoder (dolg_tf/utils/images.py: EXIF orientation applied;
 grayscale, palette, RGBA/LA (alpha dropped, as DELF's `convert('RGB')`), CMYK
 and 16-bit images converted; more than `images.MAX_PIXELS` pixels, or the
-caller's `max_pixels`, refused from the header before decoding).
+caller's `max_pixels`, refused from the header before decoding; so are images
+whose loading would need more than `images.MAX_IMAGE_BYTES`, by
+`estimate_load_bytes`, and a caller may wait for room in a memory budget
+before the pixels are decoded: `before_decode`).
 `resize_image` follows DELF's `utils.ResizeImage` for max/min image size and
 square images. `load_and_preprocess` refuses an image whose crop-and-resize
 result has a side under `MIN_IMAGE_SIZE` (10) pixels: DELF's extractor returns
 empty features below 10 x 10 after resizing; here no descriptor is made and
 the image is a failure with that reason.
 """
+
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -19,20 +24,59 @@ from dolg_tf.utils import images
 
 # DELF's _MIN_HEIGHT / _MIN_WIDTH: below this, after resizing, no features.
 MIN_IMAGE_SIZE = 10
+# The default memory budget of extraction's loader threads together
+# (pipeline.run_extraction's max_bytes_in_flight): the images being decoded
+# (estimate_load_bytes) and those waiting for the model. Equal to the
+# per-image limit, so every image that may be decoded at all fits alone.
+MAX_BYTES_IN_FLIGHT = images.MAX_IMAGE_BYTES
 
 
-def load_image(path: str, max_pixels: int | None = None) -> np.ndarray:
+def estimate_load_bytes(image: Image.Image, file_bytes: int = 0, box=None) -> int:
+  """An upper bound of the memory `load_and_preprocess` needs, from an image's header.
+
+  The larger of decoding (images.estimate_decode_bytes) and resizing: the
+  RGB array (3 bytes per pixel) with Pillow's copy of it (4; a crop box's
+  region is first copied out of the array, 3 more), plus the file and a fixed
+  allowance for temporaries.
+
+  Args:
+    image: from `Image.open`; only its header (size, mode) is used.
+    file_bytes: size of the encoded file.
+    box: the crop box, if any.
+  """
+  width, height = image.size
+  pixels = int(width) * int(height)
+  resize = pixels * (3 + (4 if box is None else 7))
+  decode = images.estimate_decode_bytes(image, file_bytes)
+  return max(decode, int(file_bytes) + resize + images.WORK_BYTES)
+
+
+def load_image(
+  path: str,
+  max_pixels: int | None = None,
+  *,
+  box=None,
+  before_decode: Callable[[int], None] | None = None,
+) -> np.ndarray:
   """Reads `path` as RGB uint8 [H, W, 3].
 
   Args:
-    path: the image file.
+    path: the image file (a regular file; see images.open_file).
     max_pixels: pixel limit, checked from the header; default images.MAX_PIXELS.
+    box: the crop box that will be applied, if any (for the memory estimate).
+    before_decode: called with `estimate_load_bytes` before the pixels are
+      decoded (e.g. to wait for room in a memory budget).
 
   Raises:
-    images.ImageError: naming the file, if it is missing, unreadable,
-      truncated, empty or too large.
+    images.ImageError: naming the file, if it is missing, unreadable, not a
+      regular file, truncated, empty or too large (pixels, file or memory).
   """
-  return images.decode_image(path, max_pixels=max_pixels)
+  return images.decode_image(
+    path,
+    max_pixels=max_pixels,
+    estimate=lambda image, file_bytes: estimate_load_bytes(image, file_bytes, box),
+    before_decode=before_decode,
+  )
 
 
 def check_min_size(image: np.ndarray, name: str, min_size: int = MIN_IMAGE_SIZE) -> None:
@@ -55,6 +99,7 @@ def load_and_preprocess(
   preprocess,
   max_pixels: int | None = None,
   min_size: int = MIN_IMAGE_SIZE,
+  before_decode: Callable[[int], None] | None = None,
 ):
   """`load_image(path)` then `preprocess(image, box)`, then the size check.
 
@@ -62,11 +107,12 @@ def load_and_preprocess(
   images.ImageError naming the file. The result (an array, or an object with
   an `image` array such as DELG's PreprocessedImage) must have both sides of
   at least `min_size` pixels, as DELF extracts nothing under 10 x 10.
+  `before_decode` is passed to `load_image`.
 
   Raises:
     images.ImageError: naming the file.
   """
-  image = load_image(path, max_pixels)
+  image = load_image(path, max_pixels, box=box, before_decode=before_decode)
   try:
     result = preprocess(image, box)
   except ValueError as e:

@@ -106,6 +106,22 @@ class FailureIdsTest(tf.test.TestCase):
     self.assertFalse(os.path.exists(os.path.join(out, pipeline.FAILURES_FILE)))
     self.assertTrue(os.path.isfile(os.path.join(out, "x\ty\\z" + SUFFIX)))
 
+  def test_collision_rows_survive_the_success_of_their_id(self):
+    path = os.path.join(self.root, pipeline.FAILURES_FILE)
+    log = pipeline.FailureLog(path)
+    log.add("a", "x/a.jpg", "unreadable")
+    log.add("a", "y/a.jpg", pipeline.collision_reason("a", "x/a.jpg"))
+    log.close()
+    log = pipeline.FailureLog(path)  # Keys rebuilt from the file.
+    self.assertEqual(log.image_ids(), ["a"])
+    log.resolve(["a"])
+    log.close()
+    (row,) = pipeline.read_failures(path)
+    self.assertEqual((row["image_id"], row["path"]), ("a", "y/a.jpg"))
+    log.forget_collisions(["a"])
+    log.close()
+    self.assertFalse(os.path.exists(path))
+
   def test_escaping_round_trips(self):
     for text in ("a b", "a\tb", "a\nb\r", "back\\slash", "\\t literal", ""):
       escaped = pipeline.escape_field(text)

@@ -31,6 +31,7 @@ import errno
 import fcntl
 import glob
 import json
+import math
 import os
 import re
 import socket
@@ -108,9 +109,14 @@ def descriptor_problem(descriptor) -> str | None:
     return "empty descriptor (0 values)"
   if values.dtype.kind not in "fiu":
     return f"descriptor of dtype {values.dtype}, not numbers"
-  with np.errstate(over="ignore", invalid="ignore"):
-    values = values.astype(np.float32)  # float64 beyond float32 becomes inf: refused
-  return _row_problem(values) if _bad_rows(values[None]).size else None
+  if values.dtype != np.float32:
+    with np.errstate(over="ignore", invalid="ignore"):
+      values = values.astype(np.float32)  # float64 beyond float32 becomes inf
+  # Summed in float32, as retrieval normalises: NaN, inf or an overflow give a non-finite sum.
+  squared = float(np.dot(values, values))
+  if math.isfinite(squared) and squared >= MIN_DESCRIPTOR_NORM**2:
+    return None
+  return _row_problem(values)
 
 
 def datum_file_problem(path: str) -> str | None:

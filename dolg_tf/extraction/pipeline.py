@@ -401,9 +401,9 @@ class FailureLog:
     return len(self._rows)
 
   def image_ids(self) -> list[str]:
-    """The ids that have a row."""
+    """The ids that have a row (once each, duplicate-id rows included)."""
     with self._lock:
-      return list(self._rows)
+      return list(dict.fromkeys(row["image_id"] for row in self._rows.values()))
 
   def add(self, image_id: str, path: str, reason: str) -> None:
     """Records a failure of `image_id` (replacing an earlier row of it).

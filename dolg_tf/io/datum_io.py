@@ -14,6 +14,8 @@ DELF's `DatumToArray` does: the original dtype (e.g. uint8, bool, float64) is
 not recorded on the wire, so cast after reading if you need it back.
 """
 
+import math
+
 import numpy as np
 from google.protobuf import message as protobuf_message
 
@@ -103,6 +105,52 @@ def serialize_array(array: np.ndarray) -> bytes:
   return array_to_datum(array).SerializeToString()
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+  """(value, next position) of the base-128 varint at `data[pos:]`."""
+  value, shift = 0, 0
+  while True:
+    byte = data[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    if not byte & 0x80:
+      return value, pos
+    shift += 7
+
+
+def _packed_floats(data: bytes, count: int) -> np.ndarray | None:
+  """The `count` float_list values of a parsed DatumProto read straight from its bytes.
+
+  Converting the parsed repeated field costs ~0.3 ms for 512 floats (one
+  Python float each); a file written as every writer does (one packed run of
+  values) is read with np.frombuffer instead. None for any other layout (the
+  caller then converts the parsed field).
+  """
+  if count == 0:
+    return None
+  try:
+    pos, found = 0, None
+    while pos < len(data):
+      tag, pos = _varint(data, pos)
+      if tag & 7 != 2:  # DatumProto's fields are all length-delimited.
+        return None
+      length, pos = _varint(data, pos)
+      if tag >> 3 == 2:  # float_list
+        if found is not None:
+          return None
+        inner, end = pos, pos + length
+        tag, inner = _varint(data, inner)
+        size, inner = _varint(data, inner)
+        if tag != 0x0A or size != 4 * count or inner + size != end:
+          return None
+        found = inner
+      pos += length
+    if found is None:
+      return None
+    return np.frombuffer(data, "<f4", count=count, offset=found).astype(np.float32)
+  except IndexError:
+    return None
+
+
 def parse_array(data: bytes) -> np.ndarray:
   """Parses a serialised DatumProto into an array.
 
@@ -114,6 +162,13 @@ def parse_array(data: bytes) -> np.ndarray:
     datum.ParseFromString(data)
   except protobuf_message.DecodeError as e:
     raise ValueError(f"not a serialised DatumProto ({e})") from e
+  if datum.WhichOneof("kind_oneof") == "float_list":
+    values = _packed_floats(data, len(datum.float_list.value))
+    if values is not None:
+      shape = tuple(int(d) for d in datum.shape.dim)
+      if any(d < 0 for d in shape) or math.prod(shape) != values.size:
+        raise ValueError(f"DatumProto shape {list(shape)} does not match its {values.size} values")
+      return values.reshape(shape)
   return datum_to_array(datum)
 
 

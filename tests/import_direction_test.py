@@ -3,7 +3,7 @@
 The layers, lowest first (a module may import its own layer and those below):
 
   0  dolg_tf (package), dolg_tf.utils, dolg_tf.protos, dolg_tf.export.signatures,
-     dolg_tf.keras_api (the one Keras 2 API)
+     dolg_tf.keras_api (the one Keras 2 API); dolg_tf.utils.dir_lock imports no dolg_tf module
   1  dolg_tf.io                      DELF wire formats, extraction config files
   2  dolg_tf.config, experiments, run_layout
   3  dolg_tf.data, dolg_tf.model
@@ -27,6 +27,7 @@ PACKAGE_DIR = os.path.join(REPO_ROOT, "dolg_tf")
 LAYERS = {
   "dolg_tf": 0,
   "dolg_tf.utils": 0,
+  "dolg_tf.utils.dir_lock": 0,
   "dolg_tf.protos": 0,
   "dolg_tf.export.signatures": 0,
   "dolg_tf.keras_api": 0,
@@ -46,7 +47,11 @@ LAYERS = {
   "dolg_tf.visualize": 9,
 }
 # Extraction reads exported SavedModels only (see the architecture notes).
-FORBIDDEN = {"dolg_tf.extraction": ("dolg_tf.model", "dolg_tf.training")}
+FORBIDDEN = {
+  "dolg_tf.extraction": ("dolg_tf.model", "dolg_tf.training"),
+  # The generic folder lock (training, export, extraction) stands alone.
+  "dolg_tf.utils.dir_lock": ("dolg_tf",),
+}
 # The only function-level imports of project modules, each to keep a command's
 # start-up free of TensorFlow; the import line (or the line above) says so.
 ALLOWED_FUNCTION_LEVEL = {

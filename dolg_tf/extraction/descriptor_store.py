@@ -28,13 +28,11 @@ images are extracted again.
 """
 
 import errno
-import fcntl
 import glob
 import json
 import math
 import os
 import re
-import socket
 import zipfile
 from collections.abc import Sequence
 
@@ -42,6 +40,7 @@ import numpy as np
 from absl import logging
 
 from dolg_tf.io import datum_io
+from dolg_tf.utils import dir_lock
 from dolg_tf.utils import files as file_utils
 
 DEFAULT_SUFFIX = ".dolg_global"
@@ -248,84 +247,40 @@ class OutputLock:
   def __init__(self, output_dir: str):
     self.output_dir = output_dir
     self.path = os.path.join(output_dir, LOCK_FILE)
-    self._fd = None
+    self._lock = dir_lock.DirLock(self.path)
 
   @property
   def held(self) -> bool:
-    return self._fd is not None
+    return self._lock.held
 
   def acquire(self) -> "OutputLock":
-    """Takes the lock without waiting.
+    """Takes the lock without waiting (dolg_tf.utils.dir_lock).
 
     Raises:
       OutputError: naming the folder and the pid and host of the holder, if
         another extraction holds it; naming the lock file if it cannot be
         created or locked.
     """
-    if self._fd is not None:
-      return self
-    while True:
-      try:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-      except OSError as e:
-        raise OutputError(f"{self.path}: cannot create the lock file ({os_error_text(e)})") from e
-      try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        holder = _lock_holder(fd)
-        os.close(fd)
-        raise OutputError(
-          f"{self.output_dir}: output folder in use by another extraction ({holder}); "
-          "wait for it to finish or use another output folder"
-        ) from None
-      except OSError as e:
-        os.close(fd)
-        raise OutputError(f"{self.path}: cannot lock ({os_error_text(e)})") from e
-      # A holder may have removed the file between our open and flock: then
-      # our lock is on a deleted file and another run can lock a new one.
-      try:
-        same = _same_file(os.stat(self.path), os.fstat(fd))
-      except FileNotFoundError:
-        same = False
-      if same:
-        break
-      os.close(fd)
     try:
-      os.ftruncate(fd, 0)
-      os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    except OSError:
-      pass  # The lock holds anyway; a refused run then names no pid.
-    self._fd = fd
+      self._lock.acquire()
+    except dir_lock.LockBusyError as e:
+      raise OutputError(
+        f"{self.output_dir}: output folder in use by another extraction ({e.holder}); "
+        "wait for it to finish or use another output folder"
+      ) from None
+    except dir_lock.LockFileError as e:
+      raise OutputError(f"{self.path}: cannot {e.action} ({os_error_text(e)})") from e
     return self
 
   def release(self) -> None:
     """Removes the lock file and drops the lock (no-op if not held)."""
-    if self._fd is None:
-      return
-    fd, self._fd = self._fd, None
-    try:
-      os.unlink(self.path)  # Before unlocking: see `acquire`.
-    except OSError:
-      pass
-    os.close(fd)
+    self._lock.release()
 
   def __enter__(self) -> "OutputLock":
     return self.acquire()
 
   def __exit__(self, *exc_info) -> None:
     self.release()
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-  return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _lock_holder(fd: int) -> str:
-  try:
-    text = os.pread(fd, 256, 0).decode("utf-8", "replace")
-  except OSError:
-    text = ""
-  return " ".join(text.split()) or "pid unknown"
 
 
 class PerImageWriter:

@@ -19,10 +19,13 @@ global descriptors only and again after geometric verification (local feature
 matching + RANSAC) of each query's top `--gv_top_k`.
 
 Every step is resumable: re-running skips training, data and descriptors
-that are already there.
+that are already there. Ctrl-C or SIGTERM during training stops the training
+process too (SIGTERM: it saves a checkpoint first) before the demo exits with
+130 / 143 (cli.py).
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -110,7 +113,7 @@ def train(layout: run_layout.RunLayout) -> str:
     f"--seed={config.train.seed}",
   ]
   print("$ dolg-train " + " ".join(command[3:]), flush=True)
-  returncode = subprocess.run(command).returncode
+  returncode = _run_training(command)
   if returncode == 143:
     print("training stopped by SIGTERM; run the demo again to resume", file=sys.stderr)
     sys.exit(returncode)
@@ -118,6 +121,33 @@ def train(layout: run_layout.RunLayout) -> str:
     # dolg-train printed its own error; exit with its status, without a traceback.
     sys.exit(returncode)
   return layout.latest_export()
+
+
+# Seconds the training process gets to stop after the demo is interrupted: to
+# end on its own Ctrl-C (a terminal signals both), then to save after SIGTERM.
+TRAINING_SIGINT_SECONDS = 2.0
+TRAINING_SIGTERM_SECONDS = 120.0
+
+
+def _run_training(command: list[str]) -> int:
+  """Runs the training process; if the demo is interrupted, stops it first (see module doc)."""
+  process = subprocess.Popen(command)
+  try:
+    return process.wait()
+  except BaseException:  # Ctrl-C, cli.Terminated: the child must not outlive the demo
+    for sig, seconds in (
+      (None, TRAINING_SIGINT_SECONDS),
+      (signal.SIGTERM, TRAINING_SIGTERM_SECONDS),
+      (signal.SIGKILL, None),
+    ):
+      if sig is not None and process.poll() is None:
+        process.send_signal(sig)
+      try:
+        process.wait(timeout=seconds)
+        break
+      except subprocess.TimeoutExpired:
+        continue
+    raise
 
 
 def export_untrained(layout: run_layout.RunLayout) -> str:

@@ -11,11 +11,21 @@
   caller's folder ($BUILD_WORKING_DIRECTORY) first, so relative paths on the
   command line and in configs mean what they mean without Bazel.
   `resolve_path` makes such a path absolute (for files handed to subprocesses).
+* Interruptions: Ctrl-C (SIGINT) and SIGTERM unwind the command (its `finally`
+  blocks and context managers run: temporary files removed, locks released),
+  then print one line `<command>: interrupted` or `<command>: terminated` and
+  exit with status 130 (128 + SIGINT) or 143 (128 + SIGTERM), as a shell
+  reports a process killed by that signal; no traceback. A command that
+  installs its own SIGTERM handler (training: it saves a checkpoint) keeps it
+  while it is installed. If threads still hold the process 5 s after the line,
+  it exits anyway.
 """
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from absl import app, flags
@@ -24,12 +34,26 @@ from absl import logging as absl_logging
 import dolg_tf
 
 EXIT_USER_ERROR = 2
+# As a shell reports a process killed by the signal.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+# Seconds a process may take to exit after the interruption line (threads that
+# block in a read or a native call) before it exits without waiting for them.
+EXIT_GRACE_SECONDS = 5.0
 
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's start-up lines, warnings and INFO logs.")
 
 
 class UserError(Exception):
   """A bad flag, config field, input file or output location; the message names it."""
+
+
+class Terminated(BaseException):  # noqa: N818 (like KeyboardInterrupt, not an error)
+  """SIGTERM, raised in the main thread by `run`'s handler (a BaseException, as KeyboardInterrupt).
+
+  It unwinds the command like Ctrl-C does: `except Exception` does not catch
+  it, `finally` blocks run.
+  """
 
 
 def define_override(define: Callable[..., object], name: str, help_text: str) -> None:
@@ -112,13 +136,53 @@ def _parse_flags(argv: list[str]) -> list[str]:
     fail(str(e))
 
 
+def _raise_terminated(signum, frame) -> None:
+  """The SIGTERM handler of `run`: the first SIGTERM unwinds, later ones (during cleanup) wait."""
+  del frame
+  signal.signal(signum, lambda *_: None)
+  raise Terminated()
+
+
+def _install_sigterm_handler():
+  """SIGTERM raises Terminated in the main thread; returns the previous handler (None: unchanged).
+
+  A handler somebody already installed (an embedding program) is left alone.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    return None
+  if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    return None
+  signal.signal(signal.SIGTERM, _raise_terminated)
+  return signal.SIG_DFL
+
+
+def exit_interrupted(word: str, status: int) -> None:
+  """Prints `<command>: <word>` and exits with `status`, at the latest EXIT_GRACE_SECONDS later.
+
+  Called once the command has unwound (its cleanup done). Non-daemon threads
+  still blocked (a read of a pipe, a native call) would keep the process
+  alive: a daemon timer ends it after the grace period.
+  """
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  print(f"{command_name()}: {word}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  timer = threading.Timer(EXIT_GRACE_SECONDS, os._exit, [status])  # pylint: disable=protected-access
+  timer.daemon = True
+  timer.start()
+  sys.exit(status)
+
+
 def run(
   main: Callable[[list[str]], int | None],
   flags_parser: Callable[[list[str]], list[str]] = _parse_flags,
 ) -> None:
   """Runs `main` as an absl app; a UserError or a bad flag becomes one line and exit status 2.
 
-  `flags_parser` returns the argv `main` gets (beam_cli's keeps Beam's options).
+  Ctrl-C exits 130 and SIGTERM 143 after the command's cleanup, with one line
+  (module doc). `flags_parser` returns the argv `main` gets (beam_cli's keeps
+  Beam's options).
   """
 
   def guarded(argv):
@@ -130,4 +194,13 @@ def run(
     except (UserError, app.UsageError) as e:
       fail(str(e))
 
-  app.run(guarded, flags_parser=flags_parser)
+  previous = _install_sigterm_handler()
+  try:
+    app.run(guarded, flags_parser=flags_parser)
+  except KeyboardInterrupt:
+    exit_interrupted("interrupted", EXIT_INTERRUPTED)
+  except Terminated:
+    exit_interrupted("terminated", EXIT_TERMINATED)
+  finally:
+    if previous is not None and signal.getsignal(signal.SIGTERM) is _raise_terminated:
+      signal.signal(signal.SIGTERM, previous)

@@ -23,6 +23,12 @@ The command is beam_build_dataset.py.
   3. After the pipeline, the launcher writes `failures.csv` from the plan's
      missing files and the done records, in the single-process order.
 
+A shard that cannot be written because of the folder (disk full, quota,
+read-only, permission) is counted (`unwritten_<errno>`) instead of failing the
+pipeline, and the launcher raises one OSError naming the folder and the shards
+left for the next run. An interrupted launcher (Ctrl-C, SIGTERM) stops its
+local workers and removes their temporary files before it exits.
+
 The output folder is then byte for byte what build_image_dataset writes for
 the same flags (plus the hidden `.beam_build/`, which a rerun needs). Files
 are read and written with local file APIs: on a cluster the images and the
@@ -30,6 +36,7 @@ output folder must be on a file system every worker mounts.
 """
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -43,12 +50,35 @@ from apache_beam.metrics import Metrics
 
 from dolg_tf.data import build_image_dataset as builder
 from dolg_tf.data import gldv2, image_codec
-from dolg_tf.utils import beam_cli
+from dolg_tf.utils import beam_cli, cli
 from dolg_tf.utils import files as file_utils
 
 COUNTER_NAMESPACE = "dolg_dataset"
 WORK_DIR = ".beam_build"
 COUNTER_NAMES = ("records_written", "images_failed", "shards_written", "shards_skipped")
+# Shards not written because the output folder refused them: `unwritten_<errno>`.
+UNWRITTEN_PREFIX = "unwritten_"
+FOLDER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def folder_errno(error: BaseException | None) -> int | None:
+  """The errno of a write error about the whole folder (TF's file errors included), else None.
+
+  The error's causes are looked at too.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in FOLDER_ERRNOS:
+      return error.errno
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+      return errno.ENOSPC
+    if isinstance(error, tf.errors.PermissionDeniedError):
+      return errno.EACCES
+    if isinstance(error, tf.errors.OpError) and "Read-only file system" in str(error):
+      return errno.EROFS
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def plan_text(records) -> str:
@@ -108,7 +138,14 @@ class WriteShardDoFn(beam.DoFn):
     plan_digest = digest(text)
     done = read_done(out, shard_name, plan_digest)
     if done is None:
-      done = self._write(shard_name, read_plan(text), plan_digest)
+      try:
+        done = self._write(shard_name, read_plan(text), plan_digest)
+      except (OSError, tf.errors.OpError) as e:
+        code = folder_errno(e)
+        if code is None:
+          raise
+        Metrics.counter(COUNTER_NAMESPACE, f"{UNWRITTEN_PREFIX}{code}").inc()
+        return
     else:
       self._counters["shards_skipped"].inc()
     yield from done["failures"]
@@ -199,8 +236,28 @@ def run_pipeline(
     | "Spread" >> beam.Reshuffle()
     | "Write" >> beam.ParDo(WriteShardDoFn(output_directory))
   )
-  result = root.run()
-  result.wait_until_finish()
+  try:
+    with beam_cli.workers_stopped_on_interrupt():
+      result = root.run()
+      result.wait_until_finish()
+  except (KeyboardInterrupt, cli.Terminated):
+    beam_cli.stop_workers()
+    file_utils.remove_stale_temp_files(output_directory)
+    raise
+  counters = beam_cli.counters(result, COUNTER_NAMESPACE, COUNTER_NAMES)
+  unwritten = {
+    int(name[len(UNWRITTEN_PREFIX) :]): count
+    for name, count in counters.items()
+    if name.startswith(UNWRITTEN_PREFIX) and count
+  }
+  if unwritten:
+    file_utils.remove_stale_temp_files(output_directory)
+    reason = ", ".join(sorted({os.strerror(code) for code in unwritten}))
+    raise OSError(
+      f"{output_directory}: dataset stopped ({reason}): this run wrote "
+      f"{counters['shards_written']} shards, left {sum(unwritten.values())} not written "
+      "(the next run writes them)"
+    )
 
   conversion_failures, records, files = [], {}, {}
   for split_rank, (split, entries) in enumerate(shards.items()):
@@ -223,4 +280,4 @@ def run_pipeline(
   summary.failures_path = os.path.join(output_directory, builder.FAILURES_FILENAME)
   builder.write_failures(summary.failures_path, summary.failures)
   summary.seconds = time.monotonic() - start
-  return summary, beam_cli.counters(result, COUNTER_NAMESPACE, COUNTER_NAMES)
+  return summary, {name: counters[name] for name in COUNTER_NAMES}

@@ -29,6 +29,15 @@ The pipeline:
   Counters (namespace "dolg_extract"): done, skipped, failed; the command
   prints them when the pipeline finishes.
 
+A write error about the whole output folder (disk full, quota, read-only,
+permission: descriptor_store.FOLDER_ERRNOS) is not an image's failure: the
+worker stops describing images (counters `unwritten_<errno>`, and
+`failures_unwritten_<errno>` if failures.tsv cannot be written either) and the
+launcher raises one descriptor_store.OutputError naming the folder, how many
+images were written and how many are left for the next run. An interrupted
+launcher (Ctrl-C, SIGTERM) stops its local workers and removes their
+temporary files before it exits.
+
 Only per-image outputs are written (`--output_format=shards` is
 extract_features' single-writer layout). Images and outputs are read and
 written with local file APIs: on a cluster they must live on a file system
@@ -47,12 +56,16 @@ from apache_beam.utils import shared
 from dolg_tf.extraction import batching, descriptor_store, image_loading, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io
-from dolg_tf.utils import beam_cli
+from dolg_tf.utils import beam_cli, cli
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images as images_lib
 
 COUNTER_NAMESPACE = "dolg_extract"
 COUNTER_NAMES = ("done", "skipped", "failed")
+# Images not written because the folder took no more files: `unwritten_<errno>`;
+# a failures.tsv that could not be written: `failures_unwritten_<errno>` (0: not an OS error).
+UNWRITTEN_PREFIX = "unwritten_"
+FAILURES_UNWRITTEN_PREFIX = "failures_unwritten_"
 FAILURES_TAG = "failures"
 
 
@@ -116,10 +129,19 @@ class ExtractDoFn(beam.DoFn):
       self._output_dir, self._extractor.suffix
     )
 
+    # The FOLDER_ERRNOS errno once the output folder refused a file: later images are not read.
+    self._stopped = None
+
   def start_bundle(self):
     self._batcher = batching.ShapeBatcher(self._batch_size, 2 * self._batch_size)
 
+  def _unwritten(self, count: int = 1) -> None:
+    Metrics.counter(COUNTER_NAMESPACE, f"{UNWRITTEN_PREFIX}{self._stopped}").inc(count)
+
   def process(self, task):
+    if self._stopped is not None:
+      self._unwritten()
+      return
     paths = self._extractor.output_paths(self._output_dir, task.image_id)
     if all(os.path.exists(p) for p in paths):
       self._skipped.inc()
@@ -147,6 +169,9 @@ class ExtractDoFn(beam.DoFn):
           yield _global_window_value(output)
 
   def _describe(self, batch):
+    if self._stopped is not None:
+      self._unwritten(len(batch))
+      return
     images = [image for _, image in batch]
     if len(batch) == 1:
       try:
@@ -159,9 +184,17 @@ class ExtractDoFn(beam.DoFn):
       if isinstance(result, Exception):
         yield from self._fail(task, f"extraction failed: {pipeline.failure_reason(result)}")
         continue
+      if self._stopped is not None:
+        self._unwritten()
+        continue
       try:
         self._writer.write(task.image_id, result)
       except OSError as e:
+        code = descriptor_store.folder_errno(e)
+        if code is not None:  # the folder, not this image: stop; the launcher reports it
+          self._stopped = code
+          self._unwritten()
+          continue
         yield from self._fail(task, f"write failed: {pipeline.failure_reason(e)}")
         continue
       self._done.inc()
@@ -191,15 +224,22 @@ def write_failures(rows, config, output_dir: str) -> int:
   """Merges this run's failures into `<output_dir>/failures.tsv`; returns the rows kept.
 
   Rows of earlier runs stay unless their image now has its files; this run's
-  rows replace earlier ones of the same image. Written atomically.
+  rows replace earlier ones of the same image. Written atomically. A file that
+  cannot be written is counted (`failures_unwritten_<errno>`), not raised:
+  the launcher reports it (run_pipeline).
   """
-  log = pipeline.FailureLog(os.path.join(output_dir, pipeline.FAILURES_FILE), save_interval=1e9)
-  present = {e.name for e in os.scandir(output_dir) if not e.name.startswith(".")}
-  done = [i for i in log.image_ids() if all(n in present for n in output_names(config, i))]
-  log.resolve(done)
-  for image_id, path, reason in sorted(rows):
-    log.add(image_id, path, reason)
-  log.close()
+  try:
+    log = pipeline.FailureLog(os.path.join(output_dir, pipeline.FAILURES_FILE), save_interval=1e9)
+    present = {e.name for e in os.scandir(output_dir) if not e.name.startswith(".")}
+    done = [i for i in log.image_ids() if all(n in present for n in output_names(config, i))]
+    log.resolve(done)
+    for image_id, path, reason in sorted(rows):
+      log.add(image_id, path, reason)
+    log.close()
+  except OSError as e:
+    code = descriptor_store.folder_errno(e) or 0
+    Metrics.counter(COUNTER_NAMESPACE, f"{FAILURES_UNWRITTEN_PREFIX}{code}").inc()
+    return 0
   return len(log)
 
 
@@ -274,9 +314,45 @@ def run_pipeline(
     build_pipeline(
       root, config_path, config, todo, skipped, output_dir, batch_size, max_pixels, hidden
     )
-    result = root.run()
-    result.wait_until_finish()
+    try:
+      with beam_cli.workers_stopped_on_interrupt():
+        result = root.run()
+        result.wait_until_finish()
+    except (KeyboardInterrupt, cli.Terminated):
+      beam_cli.stop_workers()
+      file_utils.remove_stale_temp_files(output_dir)
+      raise
+    file_utils.remove_stale_temp_files(output_dir)
   values = beam_cli.counters(result, COUNTER_NAMESPACE, COUNTER_NAMES)
   values["seconds"] = time.monotonic() - start
   values["total"] = len(tasks)
+  _check_stopped(values, output_dir)
   return values
+
+
+def _check_stopped(values: dict[str, int], output_dir: str) -> None:
+  """Raises OutputError if a worker found the folder full / read-only (module doc)."""
+  unwritten = {
+    int(name[len(UNWRITTEN_PREFIX) :]): count
+    for name, count in values.items()
+    if name.startswith(UNWRITTEN_PREFIX) and count
+  }
+  failures_file = [
+    int(name[len(FAILURES_UNWRITTEN_PREFIX) :])
+    for name, count in values.items()
+    if name.startswith(FAILURES_UNWRITTEN_PREFIX) and count
+  ]
+  if not unwritten and not failures_file:
+    return
+  codes = list(unwritten) + failures_file
+  reason = ", ".join(
+    sorted({descriptor_store.FOLDER_ERRNOS.get(c, "output not writable") for c in codes})
+  )
+  left = sum(unwritten.values())  # every image to do is done, failed, skipped or unwritten
+  message = (
+    f"{output_dir}: extraction stopped ({reason}): this run wrote {values['done']}, "
+    f"failed {values['failed']}, left {left} not written (the next run extracts them)"
+  )
+  if failures_file:
+    message += f"; {pipeline.FAILURES_FILE} not written"
+  raise descriptor_store.OutputError(message)

@@ -6,7 +6,13 @@
   python -m export.serving_client --mode=grpc --server=localhost:8500 --model=dolg img.jpg
 
 Prints one line per image: the file name and the first values of its
-L2-normalised descriptor (and writes them with --output_npy).
+L2-normalised descriptor (and writes them with --output_npy, atomically).
+
+The server's reply is checked before anything is printed or written: one
+finite descriptor per image sent (REST: a [N, D] `global_descriptor` for N
+images; gRPC: [D]), at most MAX_REPLY_BYTES_PER_IMAGE per image (REST). A
+reply of another shape or row count, or with a NaN/Inf value, is one line
+naming the server (exit status 2) and nothing is written.
 """
 
 import base64
@@ -21,8 +27,12 @@ from absl import app, flags
 
 from dolg_tf.export import signatures
 from dolg_tf.utils import cli
+from dolg_tf.utils import files as file_utils
 
 FLAGS = flags.FLAGS
+# The REST reply read at most: this much per image sent, plus REPLY_BYTES_BASE.
+MAX_REPLY_BYTES_PER_IMAGE = 4 << 20
+REPLY_BYTES_BASE = 1 << 20
 
 
 def rest_request_body(image_bytes_list: list[bytes]) -> dict:
@@ -45,6 +55,32 @@ def _error_text(error: BaseException) -> str:
   return " ".join(str(error).split())[:300] or type(error).__name__
 
 
+def check_descriptors(where: str, descriptors: np.ndarray, expected_rows: int) -> np.ndarray:
+  """`descriptors` if it is [expected_rows, D] (D >= 1) and finite, as float32.
+
+  Raises:
+    ServerError: naming `where` (the server or URL) and the shapes or rows.
+  """
+  shape = list(descriptors.shape)
+  if descriptors.ndim != 2 or not descriptors.shape[1]:
+    raise ServerError(
+      f"{where}: reply has shape {shape}, expected [{expected_rows}, D] "
+      "(one descriptor per image sent)"
+    )
+  if descriptors.shape[0] != expected_rows:
+    raise ServerError(
+      f"{where}: reply has {descriptors.shape[0]} descriptors for {expected_rows} images sent "
+      f"(shape {shape})"
+    )
+  bad = np.flatnonzero(~np.isfinite(descriptors).all(axis=1))
+  if bad.size:
+    raise ServerError(
+      f"{where}: non-finite (NaN/Inf) descriptor for image {int(bad[0]) + 1} of {expected_rows}"
+      + (f" and {bad.size - 1} more" if bad.size > 1 else "")
+    )
+  return descriptors.astype(np.float32, copy=False)
+
+
 def predict_rest(
   server: str, model: str, image_bytes_list: list[bytes], timeout: float | None = None
 ) -> np.ndarray:
@@ -58,9 +94,12 @@ def predict_rest(
 
   Raises:
     ServerError: naming the server address, if it does not answer (refused
-      connection, timeout), answers with an HTTP error or without outputs.
+      connection, timeout), answers with an HTTP error or without outputs, or
+      with a reply that is too large, of another shape than [N, D] for N
+      images, or not finite (check_descriptors).
   """
   timeout = FLAGS.timeout if timeout is None else timeout
+  limit = REPLY_BYTES_BASE + MAX_REPLY_BYTES_PER_IMAGE * len(image_bytes_list)
   url = f"http://{server}/v1/models/{model}:predict"
   request = urllib.request.Request(
     url,
@@ -69,7 +108,7 @@ def predict_rest(
   )
   try:
     with urllib.request.urlopen(request, timeout=timeout) as response:
-      body = response.read()
+      body = response.read(limit + 1)
   except urllib.error.HTTPError as e:  # the server answered with an error
     detail = _error_text(e.read().decode("utf-8", "replace") or e.reason)
     raise ServerError(f"{url}: HTTP {e.code}: {detail}") from e
@@ -84,13 +123,18 @@ def predict_rest(
     raise ServerError(f"{server}: no answer within {timeout:g}s (REST, {url})") from e
   except (OSError, http.client.HTTPException) as e:
     raise ServerError(f"{server}: REST request failed ({_error_text(e)})") from e
+  if len(body) > limit:
+    raise ServerError(
+      f"{url}: reply larger than {limit} bytes for {len(image_bytes_list)} images; refused"
+    )
   try:
     outputs = json.loads(body)["outputs"]
-    return np.asarray(
+    descriptors = np.asarray(
       outputs[signatures.GLOBAL_DESCRIPTOR] if isinstance(outputs, dict) else outputs, np.float32
     )
-  except (ValueError, KeyError, TypeError) as e:
+  except (ValueError, KeyError, TypeError, OverflowError) as e:
     raise ServerError(f"{url}: not a predict response with outputs ({_error_text(e)})") from e
+  return check_descriptors(url, descriptors, len(image_bytes_list))
 
 
 def grpc_request(model: str, image: np.ndarray, scales=(0.7071, 1.0, 1.4142)):
@@ -119,7 +163,8 @@ def predict_grpc(
 
   Raises:
     ServerError: naming the server address, if it does not answer
-      (unavailable, deadline exceeded) or refuses the request.
+      (unavailable, deadline exceeded), refuses the request, or replies
+      without a finite [D] `global_descriptor`.
   """
   # Optional deps: gRPC mode only.
   import grpc  # noqa: PLC0415
@@ -140,7 +185,21 @@ def predict_grpc(
       raise ServerError(f"{server}: no answer within {timeout:g}s (gRPC)") from e
     name = code.name if code is not None else "error"
     raise ServerError(f"{server}: gRPC Predict failed ({name}: {detail})") from e
-  return tf.make_ndarray(response.outputs[signatures.GLOBAL_DESCRIPTOR])[None]
+  if signatures.GLOBAL_DESCRIPTOR not in response.outputs:
+    raise ServerError(
+      f"{server}: gRPC reply without {signatures.GLOBAL_DESCRIPTOR!r} "
+      f"(outputs: {sorted(response.outputs)})"
+    )
+  try:
+    descriptor = np.asarray(tf.make_ndarray(response.outputs[signatures.GLOBAL_DESCRIPTOR]))
+    descriptor = descriptor.astype(np.float32)
+  except (ValueError, TypeError) as e:
+    raise ServerError(f"{server}: unreadable gRPC {signatures.GLOBAL_DESCRIPTOR} ({e})") from e
+  if descriptor.ndim != 1:
+    raise ServerError(
+      f"{server}: gRPC reply has shape {list(descriptor.shape)}, expected [D] (one image sent)"
+    )
+  return check_descriptors(server, descriptor[None], 1)
 
 
 def _read_image_file(path: str) -> bytes:
@@ -176,13 +235,18 @@ def main(argv):
       )
   except ServerError as e:
     raise cli.UserError(str(e)) from e
-  for path, descriptor in zip(paths, descriptors):
+  # Each predict_* checked its reply; the rows are the images, in order.
+  for path, descriptor in zip(paths, descriptors, strict=True):
     print(f"{path}: dim {descriptor.size}, {np.array2string(descriptor[:4], precision=4)} ...")
   if FLAGS.output_npy:
+    # np.save's name: ".npy" is added unless given.
+    path = FLAGS.output_npy if FLAGS.output_npy.endswith(".npy") else FLAGS.output_npy + ".npy"
+    buffer = io.BytesIO()
+    np.save(buffer, descriptors)
     try:
-      np.save(FLAGS.output_npy, descriptors)
+      file_utils.atomic_write_bytes(path, buffer.getvalue())
     except OSError as e:
-      raise cli.UserError(f"--output_npy: {FLAGS.output_npy}: {e.strerror or e}") from e
+      raise cli.UserError(f"--output_npy: {e}") from e
 
 
 def define_flags():

@@ -34,10 +34,10 @@ MAX_BYTES_IN_FLIGHT = images.MAX_IMAGE_BYTES
 def estimate_load_bytes(image: Image.Image, file_bytes: int = 0, box=None) -> int:
   """An upper bound of the memory `load_and_preprocess` needs, from an image's header.
 
-  The larger of decoding (images.estimate_decode_bytes) and resizing: the
-  RGB array (3 bytes per pixel) with Pillow's copy of it (4; a crop box's
-  region is first copied out of the array, 3 more), plus the file and a fixed
-  allowance for temporaries.
+  The larger of decoding (images.estimate_decode_bytes) and resizing, once
+  the file is closed: the RGB array (3 bytes per pixel) with Pillow's copy of
+  it (4; a crop box's region is first copied out of the array, 3 more), plus
+  a fixed allowance for temporaries.
 
   Args:
     image: from `Image.open`; only its header (size, mode) is used.
@@ -48,7 +48,7 @@ def estimate_load_bytes(image: Image.Image, file_bytes: int = 0, box=None) -> in
   pixels = int(width) * int(height)
   resize = pixels * (3 + (4 if box is None else 7))
   decode = images.estimate_decode_bytes(image, file_bytes)
-  return max(decode, int(file_bytes) + resize + images.WORK_BYTES)
+  return max(decode, resize + images.WORK_BYTES)
 
 
 def load_image(

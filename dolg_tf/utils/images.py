@@ -135,6 +135,8 @@ def open_file(path: str | os.PathLike, max_bytes: int | None = None) -> BinaryIO
       raise _not_regular(path, mode)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
+  except ImageError:
+    raise
   except FileNotFoundError as e:
     raise ImageError(f"{path}: file not found") from e
   except OSError as e:
@@ -391,7 +393,8 @@ def _gray_to_rgb(image: Image.Image, orientation: int) -> np.ndarray:
   for first, end, band in _bands(image):
     if mode == "F":
       values = np.nan_to_num(np.asarray(band, dtype=np.float64), nan=0.0)
-      values *= 255.0 if top <= 1.0 else 1.0
+      with np.errstate(over="ignore"):  # +-inf became +-1.8e308: * 255 is +-inf, then clipped
+        values *= 255.0 if top <= 1.0 else 1.0
       np.round(values, out=values)
     elif mode != "I":
       _put_gray(view[first:end], _SIXTEEN_TO_EIGHT[np.asarray(band)])

@@ -112,7 +112,8 @@ def descriptor_problem(descriptor) -> str | None:
     with np.errstate(over="ignore", invalid="ignore"):
       values = values.astype(np.float32)  # float64 beyond float32 becomes inf
   # Summed in float32, as retrieval normalises: NaN, inf or an overflow give a non-finite sum.
-  squared = float(np.dot(values, values))
+  with np.errstate(over="ignore", invalid="ignore"):  # numpy 2 warns on a dot overflow.
+    squared = float(np.dot(values, values))
   if math.isfinite(squared) and squared >= MIN_DESCRIPTOR_NORM**2:
     return None
   return _row_problem(values)

@@ -7,6 +7,10 @@
 Work is overlapped in three stages: `num_threads` worker threads decode and
 resize the next `prefetch` images (Pillow and NumPy release the GIL) while the
 calling thread runs the model, and a background thread writes the results.
+The loaders share a byte budget (`max_bytes_in_flight`, utils/memory_budget.py):
+each waits, in image order, until the memory its image needs (estimated from
+the header) fits, and the preprocessed image stays counted until the model has
+used it, so more threads never mean more memory.
 
 Outputs (`output_format`, layouts in descriptor_store.py):
   per_image: `<output_dir>/<image_id><suffix>`, a DatumProto of a float32 [D]
@@ -167,7 +171,10 @@ def is_hidden(name: str) -> bool:
 def list_images(images_dir: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
   """Image files under `images_dir`, recursively, sorted (case-insensitive extensions).
 
-  Hidden files and folders (names starting with '.') are skipped.
+  Hidden files and folders (names starting with '.') are skipped. Other
+  non-folders with an image extension are listed whatever they are (a named
+  pipe, a socket, a link to a device): loading refuses them without reading
+  (images.open_file), each a failure.
 
   Raises:
     FileNotFoundError: naming the folder, if it does not exist.

@@ -189,7 +189,10 @@ def _image_path(spec: str, what: str) -> str:
   if os.path.splitext(spec)[1].lower() in pipeline.IMAGE_EXTENSIONS:
     path = cli.resolve_path(spec)
   elif FLAGS.images_dir:
-    path = report.gnd_image_path(cli.resolve_path(FLAGS.images_dir), spec, FLAGS.image_extension)
+    try:
+      path = report.gnd_image_path(cli.resolve_path(FLAGS.images_dir), spec, FLAGS.image_extension)
+    except ValueError as e:
+      raise cli.UserError(f"{what}: {e}") from e
   else:
     raise cli.UserError(f"{what} {spec!r}: not an image path, and no --images_dir to find it in")
   if not os.path.isfile(path):

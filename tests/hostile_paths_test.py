@@ -25,6 +25,7 @@ from PIL import Image
 from dolg_tf.data import build_image_dataset, ground_truth
 from dolg_tf.extraction import beam_pipeline, extract_features, input_flags, pipeline
 from dolg_tf.io import datum_io
+from dolg_tf.retrieval import report
 from dolg_tf.utils import cli, untrusted
 from tests import testutil
 
@@ -514,6 +515,12 @@ class TextAndDatasetTest(tf.test.TestCase):
     self.assertFalse(untrusted.is_inside("/data/img/../imgs/b.jpg", "/data/img"))
     self.assertFalse(untrusted.is_inside("/data/img2/b.jpg", "/data/img"))
     self.assertTrue(untrusted.is_inside("/anything", "/"))
+
+  def test_report_refuses_ground_truth_names_outside_images_dir(self):
+    self.assertEqual(report.gnd_image_path("/data/img", "all_souls_1"), "/data/img/all_souls_1.jpg")
+    for name in ("../secret", "/etc/passwd", "a/../../b"):
+      with self.assertRaisesRegex(ValueError, "resolves outside the images folder /data/img"):
+        report.gnd_image_path("/data/img", name)
 
   def test_dataset_builder_skips_and_counts_bad_ids_and_reads_a_bom(self):
     w = self.create_tempdir().full_path

@@ -43,7 +43,7 @@ from dolg_tf.data import ground_truth
 from dolg_tf.extraction import descriptor_store, image_loading
 from dolg_tf.io import feature_io
 from dolg_tf.retrieval import metrics, rerank
-from dolg_tf.utils import drawing
+from dolg_tf.utils import drawing, untrusted
 from dolg_tf.utils import files as file_utils
 
 INDEX_HTML = "index.html"
@@ -77,8 +77,18 @@ RANKED_LIST_COLORS = 256
 
 
 def gnd_image_path(images_dir: str, name: str, image_extension: str = ".jpg") -> str:
-  """The image file of a ground-truth name: `<images_dir>/<name><image_extension>`."""
-  return os.path.join(images_dir, name + image_extension)
+  """The image file of a ground-truth name: `<images_dir>/<name><image_extension>`.
+
+  Raises:
+    ValueError: naming `name`, if the path leaves `images_dir` (an absolute
+      name or `..`): ground-truth names are data, never paths elsewhere.
+  """
+  path = os.path.join(images_dir, name + image_extension)
+  if not untrusted.is_inside(path, images_dir):
+    raise ValueError(
+      f"ground-truth image name {name!r}: resolves outside the images folder {images_dir}"
+    )
+  return path
 
 
 def attention_overlay(image: np.ndarray, attention: np.ndarray, alpha: float = 0.6) -> np.ndarray:

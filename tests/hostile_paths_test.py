@@ -516,6 +516,17 @@ class TextAndDatasetTest(tf.test.TestCase):
     self.assertFalse(untrusted.is_inside("/data/img2/b.jpg", "/data/img"))
     self.assertTrue(untrusted.is_inside("/anything", "/"))
 
+  def test_malformed_csv_row_names_file_and_line(self):
+    path = os.path.join(self.create_tempdir().full_path, "index.csv")
+    with open(path, "w") as f:
+      f.write("id,url\nabc,x\n" + "d" * 200_000 + ",y\n")
+    with self.assertRaisesRegex(ValueError, rf"^{path}:3: malformed CSV \(field larger"):
+      pipeline.read_csv_image_ids(path)
+    with open(path, "w") as f:
+      f.write("id,landmark_id\nabc,1\n" + "d" * 200_000 + ",2\n")
+    with self.assertRaisesRegex(ValueError, rf"^{path}:3: malformed CSV"):
+      build_image_dataset.read_train_csv(path)
+
   def test_report_refuses_ground_truth_names_outside_images_dir(self):
     self.assertEqual(report.gnd_image_path("/data/img", "all_souls_1"), "/data/img/all_souls_1.jpg")
     for name in ("../secret", "/etc/passwd", "a/../../b"):

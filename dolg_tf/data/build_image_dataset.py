@@ -150,7 +150,7 @@ def read_train_csv(path: str) -> list[ImageEntry]:
   reader, f = _open_csv(path, ("id", "landmark_id"))
   entries, seen, duplicates = [], set(), 0
   with f:
-    for row in reader:
+    for row in untrusted.csv_rows(reader, path):
       line = reader.line_num
       image_id = (row["id"] or "").strip()
       if not image_id:
@@ -177,7 +177,7 @@ def read_train_clean_csv(path: str) -> list[ImageEntry]:
   reader, f = _open_csv(path, ("landmark_id", "images"))
   entries, seen, duplicates = [], set(), 0
   with f:
-    for row in reader:
+    for row in untrusted.csv_rows(reader, path):
       landmark = _landmark(row["landmark_id"], path, reader.line_num)
       for image_id in (row["images"] or "").split():
         if image_id in seen:

@@ -237,7 +237,7 @@ def read_csv_image_ids(csv_path: str) -> list[str]:
   if "id" not in (reader.fieldnames or []):
     raise ValueError(f"{csv_path}: no 'id' column (header: {reader.fieldnames})")
   ids = []
-  for line, row in enumerate(reader, 2):
+  for line, row in enumerate(untrusted.csv_rows(reader, csv_path), 2):
     image_id = (row.get("id") or "").strip()
     if not image_id:
       raise ValueError(f"{csv_path}:{line}: empty id")

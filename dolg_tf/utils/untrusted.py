@@ -16,6 +16,7 @@ This module imports only the standard library and numpy.
 """
 
 import codecs
+import csv
 import os
 import pickle
 from collections.abc import Iterable, Iterator
@@ -174,3 +175,21 @@ def is_inside(path: str, folder: str) -> bool:
   folder = os.path.abspath(folder)
   path = os.path.abspath(path)
   return os.path.commonpath([folder, path]) == folder
+
+
+def csv_rows(reader: Iterable[Any], path: str) -> Iterator[Any]:
+  """The rows of a csv reader; a malformed row (e.g. a field over csv's size limit) names the file.
+
+  Raises:
+    ValueError: `<path>:<line>: malformed CSV (<reason>)`.
+  """
+  rows = iter(reader)
+  while True:
+    try:
+      row = next(rows)
+    except StopIteration:
+      return
+    except csv.Error as e:
+      line = getattr(reader, "line_num", -1) + 1  # the line being read when it failed
+      raise ValueError(f"{path}:{line}: malformed CSV ({e})") from None
+    yield row

@@ -62,8 +62,13 @@ def _mkfifo(path):
 
 def _socket_file(path):
   server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-  server.bind(path)  # The socket file stays after the socket is closed.
-  server.close()
+  cwd = os.getcwd()
+  os.chdir(os.path.dirname(path))  # A relative name: socket paths are limited to 107 bytes.
+  try:
+    server.bind(os.path.basename(path))  # The socket file stays after the socket is closed.
+  finally:
+    os.chdir(cwd)
+    server.close()
   return path
 
 

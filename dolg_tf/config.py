@@ -658,6 +658,10 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tup
 # ----------------------------------------------------------------------------- files
 
 
+# Configs are a few KB; a larger file is not read (bounded memory on a hostile file).
+MAX_CONFIG_BYTES = 4 * 2**20
+
+
 def save_config(config: hyperparams.Config | Mapping[str, Any], path: str) -> str:
   """Writes a config (or its sections as a dict) as JSON, atomically; returns `path`.
 
@@ -692,11 +696,16 @@ def load_config_dict(path: str) -> dict:
 
   Raises:
     FileNotFoundError: no config there (named).
-    ConfigError: not a JSON/YAML mapping (named).
+    ConfigError: not a JSON/YAML mapping, or larger than MAX_CONFIG_BYTES (named).
   """
   path = _config_file(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"config not found: {path}")
+  size = os.path.getsize(path) if os.path.isfile(path) else 0
+  if size > MAX_CONFIG_BYTES:
+    raise ConfigError(
+      f"{path}: {size} bytes, more than a config may have ({MAX_CONFIG_BYTES // 2**20} MiB)"
+    )
   try:
     text = files.read_bytes(path).decode("utf-8")
     # YAML 1.1 reads JSON's 1e-06 as a string: JSON files are parsed as JSON.

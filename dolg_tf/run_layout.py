@@ -5,12 +5,46 @@
 <logdir>/export/<N>/     SavedModels in TF Serving's layout
 <logdir>/data/           generated synthetic training data
 <logdir>/train/, validation/   TensorBoard summaries
+<logdir>/.dolg_train.lock      held (fcntl.flock) by the training run using the folder
+
+`write_failure` tells a write error of the whole file system (disk full, quota,
+read-only) from any other, so that commands can name the folder they write to.
 """
 
 import dataclasses
+import errno
 import os
 
 from dolg_tf import config as config_lib
+
+# The training run's lock file (dolg_tf.utils.dir_lock) inside the run folder.
+TRAIN_LOCK_FILE = ".dolg_train.lock"
+
+# Write errors of a whole file system: (errno, the OS's words for it, ours).
+_WRITE_FAILURES = (
+  (errno.ENOSPC, "No space left on device", "disk full"),
+  (errno.EDQUOT, "Disk quota exceeded", "disk quota exceeded"),
+  (errno.EROFS, "Read-only file system", "read-only file system"),
+)
+
+
+def write_failure(error: BaseException | None) -> str | None:
+  """'disk full', 'disk quota exceeded' or 'read-only file system' if `error` is one, else None.
+
+  Looks at `error` and the errors it was raised from: an OSError's errno, or
+  the OS's words in the message (TensorFlow's file errors, e.g.
+  ResourceExhaustedError on a full disk, carry no errno).
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    code = getattr(error, "errno", None)
+    text = str(error)
+    for number, words, ours in _WRITE_FAILURES:
+      if code == number or words in text:
+        return ours
+    error = error.__cause__ or error.__context__
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +64,10 @@ class RunLayout:
   @property
   def export(self) -> str:
     return os.path.join(self.root, "export")
+
+  @property
+  def lock(self) -> str:
+    return os.path.join(self.root, TRAIN_LOCK_FILE)
 
   @property
   def data(self) -> str:

@@ -14,17 +14,23 @@ the field flags below (each named after its field and defaulting to "not
 given"). The resolved config is written to <logdir>/config.json. Re-running
 with the same --logdir resumes from the latest checkpoint; a config that
 differs from the saved one is refused (the differing fields are listed) unless
---allow_config_change, which logs each change.
+--allow_config_change, which logs each change. So is a run folder whose
+config.json is missing or unreadable while it holds checkpoints (the config
+they were trained with is unknown). One run at a time per --logdir: a second
+is refused naming the first's pid and host (an fcntl.flock on
+<logdir>/.dolg_train.lock, which a killed run cannot leave behind).
 
 Exit status: 0 when done; 2 with one line `dolg-train: error: ...` for a user
 error (a flag or field, a training file that is missing, corrupt or holds a
-label outside [0, num_classes), a checkpoint that does not fit the config); 1
+label outside [0, num_classes), a checkpoint that does not fit the config or
+is damaged, a run folder in use, full or read-only); 1
 when the loss becomes NaN/Inf; 143 (128 + SIGTERM, as a process killed by
 SIGTERM) after a SIGTERM, once the checkpoint of the current step is saved, so
 that schedulers see a preempted job and a re-run resumes.
 """
 
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -37,7 +43,7 @@ from dolg_tf import experiments, run_layout
 from dolg_tf.data import input_pipeline, synthetic
 from dolg_tf.export import export_model
 from dolg_tf.training import trainer as trainer_lib
-from dolg_tf.utils import cli
+from dolg_tf.utils import cli, dir_lock
 
 FLAGS = flags.FLAGS
 
@@ -135,12 +141,32 @@ def experiment_from_flags() -> config_lib.ExperimentConfig:
 def check_resume(config: config_lib.ExperimentConfig, layout: run_layout.RunLayout) -> None:
   """Refuses to resume a run whose saved config differs (unless --allow_config_change).
 
+  A run folder with checkpoints but without a readable config.json is refused
+  too: the config its checkpoints were trained with is unknown.
+
   Raises:
-    cli.UserError: listing the differing fields.
+    cli.UserError: listing the differing fields, or naming the missing or
+      unreadable config.json.
   """
+  unknown = None
+  if not os.path.exists(layout.config):
+    if trainer_lib.existing_checkpoints(layout.checkpoints):
+      unknown = f"{layout.config}: missing, but {layout.checkpoints} holds checkpoints"
+  else:
+    try:
+      saved = config_lib.load_config_dict(layout.config)
+    except (config_lib.ConfigError, OSError) as e:
+      unknown = str(e)
+  if unknown is not None:
+    if not FLAGS.allow_config_change:
+      raise cli.UserError(
+        f"{unknown}; the config the run's checkpoints were trained with is unknown: use a new "
+        "--logdir, restore the file, or give --allow_config_change to resume with this config"
+      )
+    logging.warning("%s; resuming with this config (--allow_config_change)", unknown)
+    return
   if not os.path.exists(layout.config):
     return
-  saved = config_lib.load_config_dict(layout.config)
   changes = {
     k: v
     for k, v in config_lib.differences(saved, config.as_dict()).items()
@@ -170,6 +196,44 @@ def check_logdir(path: str) -> None:
     raise cli.UserError(f"--logdir: {path} is not writable")
 
 
+def is_chief_task() -> bool:
+  """Whether TF_CONFIG (multi-worker training) makes this process the chief, or there is none.
+
+  Every worker of a multi-worker run is started with the same --logdir; only
+  the chief writes there (see trainer._is_chief), so only the chief locks it.
+  """
+  try:
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task") or {}
+    task_type, index = task.get("type"), int(task.get("index", 0))
+    cluster = tf_config.get("cluster") or {}
+  except (ValueError, TypeError, AttributeError):
+    return True  # TensorFlow reports a bad TF_CONFIG itself.
+  if not task_type or task_type == "chief":
+    return True
+  return task_type == "worker" and index == 0 and "chief" not in cluster
+
+
+def lock_logdir(layout: run_layout.RunLayout) -> dir_lock.DirLock:
+  """Takes the run folder's lock, held until the process ends (cli.UserError if taken).
+
+  A worker that is not the chief of a multi-worker run takes none (an unheld lock).
+  """
+  lock = dir_lock.DirLock(layout.lock)
+  if not is_chief_task():
+    return lock
+  try:
+    return lock.acquire()
+  except dir_lock.LockBusyError as e:
+    raise cli.UserError(
+      f"--logdir {layout.root}: in use by another training run ({e.holder}); wait for it to "
+      "finish or use another --logdir"
+    ) from None
+  except dir_lock.LockFileError as e:
+    reason = run_layout.write_failure(e) or e.strerror
+    raise cli.UserError(f"--logdir {layout.root}: cannot {e.action} ({reason})") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -185,7 +249,25 @@ def main(argv):
   if not config.train.max_steps and not config.train.epochs:
     raise cli.UserError("set --max_steps or --epochs")
   check_logdir(layout.root)
-  check_resume(config, layout)
+  lock = lock_logdir(layout)
+  try:
+    check_resume(config, layout)
+    _train(config, layout)
+  except Exception as e:  # A full or read-only disk: one line naming the run folder.
+    reason = run_layout.write_failure(e)
+    if reason is None or isinstance(e, cli.UserError):
+      raise
+    if isinstance(e, trainer_lib.WriteError | export_model.ExportError):
+      raise cli.UserError(str(e)) from None
+    raise cli.UserError(
+      f"--logdir {layout.root}: cannot write ({reason}): {trainer_lib.first_line(e)}"
+    ) from None
+  finally:
+    lock.release()
+
+
+def _train(config: config_lib.ExperimentConfig, layout: run_layout.RunLayout) -> None:
+  """Builds the trainer, trains (unless --export_only) and exports; see the module doc."""
   data = config.data
   if data.is_synthetic:
     train_pattern, validation_pattern, _ = synthetic.ensure_demo_data(
@@ -227,9 +309,16 @@ def main(argv):
       print(f"Stopped by SIGTERM; checkpoint: {trainer.manager.latest_checkpoint}", flush=True)
       sys.exit(EXIT_PREEMPTED)
   if config.train.export_at_end and trainer.is_chief:
-    export_dir = export_model.export_saved_model(
-      trainer.model, config.model, layout.export, export_config=config.export
-    )
+    try:
+      export_dir = export_model.export_saved_model(
+        trainer.model,
+        config.model,
+        layout.export,
+        export_config=config.export,
+        source=f"checkpoint {trainer.manager.latest_checkpoint}",
+      )
+    except (export_model.ExportError, FileExistsError) as e:
+      raise cli.UserError(str(e)) from None
     print(f"SavedModel: {export_dir}")
   print(f"Checkpoints: {layout.checkpoints}")
 

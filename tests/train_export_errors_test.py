@@ -121,9 +121,15 @@ class TrainExportErrorsTest(tf.test.TestCase):
         self._train_args(logdir, self.corrupt_pattern),
         f"{re.escape(self.truncated)}: record \\d+ at byte \\d+ of \\d+ is truncated or corrupt",
       ),
-      # config.json deleted, then another --embedding_dim: the checkpoint no longer fits.
+      # config.json deleted, then another --embedding_dim (allowed): the checkpoint no longer fits.
       "checkpoint_of_another_model": (
-        self._train_args(mismatched, self.train_pattern, "--embedding_dim=32", "--max_steps=2"),
+        self._train_args(
+          mismatched,
+          self.train_pattern,
+          "--embedding_dim=32",
+          "--max_steps=2",
+          "--allow_config_change",
+        ),
         f"checkpoint {re.escape(mismatched)}/checkpoints/ckpt-1 does not fit the model",
       ),
       "export_only_without_checkpoint": (

@@ -3,7 +3,8 @@
 `<output_dir>/config.json` (model + export sections), `checkpoints/ckpt-1*`
 (tf.train.Checkpoint with `model` and, if imported, `head`) and `export/1/`
 (SavedModel), all written into a temporary sibling folder renamed at the end,
-so a failed conversion leaves nothing behind.
+so a failed conversion leaves nothing behind. A full or read-only disk is one
+OSError naming the output folder (the converters print it as one line).
 """
 
 import os
@@ -36,6 +37,7 @@ def write_artefacts(
   output_dir: str,
   export_config: config_lib.ExportConfig,
   write_extra: Callable[[str, str], dict[str, str]] | None = None,
+  source: str | None = None,
 ) -> dict[str, str]:
   """Writes a converted model's config, checkpoint and export atomically.
 
@@ -45,12 +47,33 @@ def write_artefacts(
     export_config: the export's pyramid and size limits.
     write_extra: called as write_extra(tmp_dir, final_export_path) before the
       rename, to add files; returns {name: path under tmp_dir} to report.
+    source: the converted checkpoint, named if its model is degenerate
+      (export_model.check_probe_descriptor).
 
   Returns:
     Paths: 'model_config', 'checkpoint' (prefix), 'export', and write_extra's.
+
+  Raises:
+    FileExistsError: `output_dir` is a file or a non-empty folder.
+    OSError: naming `output_dir`, if the disk is full or read-only (nothing is
+      left behind).
   """
   output_dir = check_output_dir(output_dir)
   tmp_dir = f"{output_dir}.tmp-{os.getpid()}"
+  try:
+    return _write(converted, output_dir, tmp_dir, export_config, write_extra, source)
+  except BaseException as e:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    reason = run_layout.write_failure(e) if isinstance(e, Exception) else None
+    if reason is None:
+      raise
+    raise OSError(
+      f"{output_dir}: cannot write the converted model ({reason}); nothing was written"
+    ) from e
+
+
+def _write(converted, output_dir, tmp_dir, export_config, write_extra, source):
+  """write_artefacts' work: everything into `tmp_dir`, renamed to `output_dir`."""
   if os.path.exists(tmp_dir):
     shutil.rmtree(tmp_dir)
   os.makedirs(tmp_dir)
@@ -68,7 +91,12 @@ def write_artefacts(
     )
     checkpoint_prefix = manager.save(checkpoint_number=1)
     export_dir = export_model.export_saved_model(
-      converted.model, converted.config, layout.export, version=1, export_config=export_config
+      converted.model,
+      converted.config,
+      layout.export,
+      version=1,
+      export_config=export_config,
+      source=source,
     )
     extra = write_extra(tmp_dir, final(export_dir)) if write_extra else {}
     if os.path.isdir(output_dir):

@@ -355,5 +355,8 @@ def convert_delf_checkpoint(
   artefacts.check_output_dir(output_dir)
   converted = load_delf_checkpoint(checkpoint, block3_strides, gem_p, arcface_margin, import_head)
   return artefacts.write_artefacts(
-    converted, output_dir, export_config or config_lib.ExportConfig()
+    converted,
+    output_dir,
+    export_config or config_lib.ExportConfig(),
+    source=f"checkpoint {checkpoint}",
   )

@@ -686,7 +686,9 @@ def convert_official_checkpoint(
       f.write(official_dolg_pbtxt(final_export, max_image_size, image_scales))
     return {"pbtxt": path}
 
-  return artefacts.write_artefacts(converted, output_dir, export_config, write_pbtxt)
+  return artefacts.write_artefacts(
+    converted, output_dir, export_config, write_pbtxt, source=f"checkpoint {checkpoint}"
+  )
 
 
 # --------------------------------------------------------------------------- torchvision

@@ -41,15 +41,22 @@ which extraction takes its defaults from.
 A version is written as `<export_base>/.tmp-<version>-<pid>` and renamed; a
 failed export removes its folder, and one killed (SIGKILL, power loss) leaves
 it behind hidden from TF Serving: the next export on the machine removes every
-such folder whose process is gone (`remove_stale_exports`).
+such folder whose process is gone (`remove_stale_exports`). One export at a
+time per `<export_base>`: a second is refused naming the first's pid and host
+(an fcntl.flock on `<export_base>/.dolg_export.lock`, dolg_tf.utils.dir_lock).
+A full or read-only disk, a negative version, or a model whose descriptor of a
+fixed test image is all zero or not finite (`check_probe_descriptor`) is an
+ExportError naming the folder or the checkpoint, and leaves no version behind.
 """
 
+import contextlib
 import dataclasses
 import errno
 import functools
 import os
 import re
 
+import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 from tensorflow.python.framework import convert_to_constants
@@ -60,9 +67,17 @@ from dolg_tf.export import signatures as signatures_lib
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, normalization, superglobal
 from dolg_tf.training import trainer as trainer_lib
-from dolg_tf.utils import cli, cpu
+from dolg_tf.utils import cli, cpu, dir_lock
 
 DEFAULT_SCALES = config_lib.OFFICIAL_SCALES
+# The lock file of an export base (dolg_tf.utils.dir_lock); TF Serving ignores files.
+EXPORT_LOCK_FILE = ".dolg_export.lock"
+# The side of the fixed test image whose descriptor every export checks.
+PROBE_IMAGE_SIZE = 64
+
+
+class ExportError(ValueError):
+  """An export that cannot be written or would be useless; the message names the folder."""
 
 
 def frozen_forward(model, **call_kwargs):
@@ -433,12 +448,63 @@ def next_version(export_base: str) -> int:
   return max(versions, default=0) + 1
 
 
+def probe_image() -> np.ndarray:
+  """The fixed uint8 [64, 64, 3] test image of `check_probe_descriptor` (stripes and a ramp)."""
+  y, x = np.mgrid[0:PROBE_IMAGE_SIZE, 0:PROBE_IMAGE_SIZE]
+  channels = [(x * 4) % 256, (y * 4) % 256, ((x + 2 * y) * 8) % 256]
+  return np.stack(channels, axis=-1).astype(np.uint8)
+
+
+def probe_problem(descriptor) -> str | None:
+  """Why a served (L2-normalised) global descriptor is degenerate, or None if it is not."""
+  values = np.asarray(descriptor, np.float32).ravel()
+  bad = int(np.count_nonzero(~np.isfinite(values)))
+  if bad:
+    return f"{bad} of its {values.size} values are NaN or inf"
+  if not values.any():
+    return f"all {values.size} values are zero"
+  norm = float(np.linalg.norm(values))
+  if norm < 0.5:
+    return f"its L2 norm is {norm:.3g}, not 1: the features before normalisation are ~0"
+  return None
+
+
+def check_probe_descriptor(module, source: str) -> None:
+  """Refuses a serving module whose descriptor of `probe_image()` is degenerate.
+
+  A checkpoint whose weights are NaN, or make every feature zero, would
+  otherwise export and give the same useless descriptor for every image.
+
+  Raises:
+    ExportError: naming `source` and what is wrong.
+  """
+  outputs = module.serve(tf.constant(probe_image()), tf.constant([1.0]), tf.constant([0], tf.int32))
+  problem = probe_problem(outputs[signatures_lib.GLOBAL_DESCRIPTOR].numpy())
+  if problem is not None:
+    raise ExportError(
+      f"{source}: the model's global descriptor of a fixed {PROBE_IMAGE_SIZE}x"
+      f"{PROBE_IMAGE_SIZE} test image is degenerate ({problem}); its weights are damaged or "
+      "diverged: export another checkpoint"
+    )
+
+
+def _check_version(version) -> None:
+  if version is None:
+    return
+  if isinstance(version, bool) or not isinstance(version, int | np.integer) or version < 0:
+    raise ExportError(
+      f"--version: {version!r} is not a non-negative integer (TF Serving loads only version "
+      "folders named by one; 0 = the next free number)"
+    )
+
+
 def export_saved_model(
   model,
   model_config: config_lib.ModelConfig,
   export_base: str,
   version: int | None = None,
   export_config: config_lib.ExportConfig | None = None,
+  source: str | None = None,
 ) -> str:
   """Writes `<export_base>/<version>/` atomically and returns its path.
 
@@ -454,11 +520,47 @@ def export_saved_model(
     version: the version folder; default the next free number.
     export_config: pyramid and size limits (serve_encoded, extraction
       defaults); default ExportConfig().
+    source: what the weights come from (a checkpoint), named by a refusal of
+      a degenerate model; default "the model".
 
   Raises:
     FileExistsError: if that version already exists.
+    ExportError: a negative version; another export holds `export_base`; the
+      disk is full or read-only; the model's descriptor is degenerate
+      (`check_probe_descriptor`). Nothing is left of the new version.
   """
+  _check_version(version)
   export_config = export_config or config_lib.ExportConfig()
+  local = "://" not in export_base
+  created = local and not os.path.isdir(export_base)
+  lock = None
+  try:
+    try:
+      tf.io.gfile.makedirs(export_base)
+      if local:
+        lock = dir_lock.DirLock(os.path.join(export_base, EXPORT_LOCK_FILE)).acquire()
+    except dir_lock.LockBusyError as e:
+      raise ExportError(
+        f"{export_base}: another export is writing here ({e.holder}); wait for it to finish"
+      ) from None
+    return _export_locked(model, model_config, export_base, version, export_config, source)
+  except (OSError, tf.errors.OpError) as e:
+    reason = run_layout.write_failure(e)
+    if reason is None:
+      raise
+    raise ExportError(
+      f"{export_base}: cannot write the export ({reason}); no new version was left there"
+    ) from e
+  finally:
+    if lock is not None:
+      lock.release()
+    if created:
+      with contextlib.suppress(OSError):  # Left only if it is empty (a failed first export).
+        os.rmdir(export_base)
+
+
+def _export_locked(model, model_config, export_base, version, export_config, source):
+  """export_saved_model's work, with `export_base` locked."""
   remove_stale_exports(export_base)
   version = version or next_version(export_base)
   export_dir = os.path.join(export_base, str(version))
@@ -468,7 +570,7 @@ def export_saved_model(
   if tf.io.gfile.exists(tmp_dir):
     tf.io.gfile.rmtree(tmp_dir)
   try:
-    _write_saved_model(model, model_config, tmp_dir, export_config)
+    _write_saved_model(model, model_config, tmp_dir, export_config, source or "the model")
     tf.io.gfile.rename(tmp_dir, export_dir)
   except BaseException:
     if tf.io.gfile.exists(tmp_dir):
@@ -521,8 +623,11 @@ def test_time_options(export_config, gem_p=None, regional_gem_weight=None):
   )
 
 
-def _write_saved_model(model, model_config, tmp_dir, export_config):
-  """The SavedModel and its assets.extra/config.json, written into `tmp_dir`."""
+def _write_saved_model(model, model_config, tmp_dir, export_config, source):
+  """The SavedModel and its assets.extra/config.json, written into `tmp_dir`.
+
+  The model's descriptor of a fixed image is checked first (ExportError naming `source`).
+  """
   max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
   precision = cpu.resolve_auto(export_config.precision, "bfloat16")
   export_config = dataclasses.replace(export_config, precision=precision)
@@ -544,6 +649,7 @@ def _write_saved_model(model, model_config, tmp_dir, export_config):
       signatures_lib.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
       signatures_lib.SERVE_GLOBAL_BATCH: module.serve_batch.get_concrete_function(),
     }
+  check_probe_descriptor(module, source)
   tf.saved_model.save(module, tmp_dir, signatures=signatures)
   config_lib.save_config(
     {
@@ -578,13 +684,14 @@ def export_from_checkpoint(
     trainer_lib.CheckpointMismatchError: the checkpoint does not fit the
       run's model config (named).
   """
-  experiment, model = restore_model(logdir, checkpoint, export_overrides)
+  experiment, model, checkpoint = _restore(logdir, checkpoint, export_overrides)
   return export_saved_model(
     model,
     experiment.model,
     export_base or run_layout.RunLayout(logdir).export,
     version,
     experiment.export,
+    source=f"checkpoint {checkpoint}",
   )
 
 
@@ -603,8 +710,14 @@ def restore_model(logdir: str, checkpoint: str = "", overrides=None):
     FileNotFoundError: no run folder, config or checkpoint (named).
     config_lib.ConfigError: a bad override.
     trainer_lib.CheckpointMismatchError: the checkpoint does not fit the
-      run's model config (named).
+      run's model config, or is damaged (named, with the previous one).
   """
+  experiment, model, _ = _restore(logdir, checkpoint, overrides)
+  return experiment, model
+
+
+def _restore(logdir: str, checkpoint: str, overrides):
+  """restore_model's (config, model), and the checkpoint prefix it restored."""
   layout = run_layout.RunLayout(logdir)
   if not os.path.isdir(logdir):
     raise FileNotFoundError(f"--logdir: no run folder {logdir}")
@@ -613,12 +726,18 @@ def restore_model(logdir: str, checkpoint: str = "", overrides=None):
     if not tf.io.gfile.glob(checkpoint + ".index"):
       raise FileNotFoundError(f"--checkpoint: no checkpoint {checkpoint} ({checkpoint}.index)")
   else:
-    checkpoint = tf.train.latest_checkpoint(layout.checkpoints)
+    # The newest whose files exist (a damaged latest one may have been deleted by hand).
+    existing = trainer_lib.existing_checkpoints(layout.checkpoints)
+    checkpoint = existing[-1] if existing else None
     if not checkpoint:
       raise FileNotFoundError(f"no checkpoint in {layout.checkpoints}")
   model = builder.build_model(experiment.model, image_size=64)
-  trainer_lib.restore_checkpoint(tf.train.Checkpoint(model=model), checkpoint, partial=True)
-  return experiment, model
+  try:
+    trainer_lib.restore_checkpoint(tf.train.Checkpoint(model=model), checkpoint, partial=True)
+  except trainer_lib.CheckpointDamagedError as e:
+    advice = f": export it with --checkpoint={e.previous}" if e.previous else ""
+    raise trainer_lib.CheckpointDamagedError(str(e) + advice, e.path, e.previous) from None
+  return experiment, model, checkpoint
 
 
 def define_flags():
@@ -645,6 +764,11 @@ def main(argv):
   values = flags.FLAGS
   if not values.logdir:
     raise cli.UserError("--logdir is required")
+  if values.version < 0:
+    raise cli.UserError(
+      f"--version: {values.version} is negative; TF Serving loads only version folders named "
+      "by a non-negative integer (0 = the next free number)"
+    )
   try:
     overrides = config_lib.parse_overrides(values.params_override)
     for name in ("max_image_size", "image_scales", "precision"):
@@ -662,6 +786,8 @@ def main(argv):
     FileExistsError,
     config_lib.ConfigError,
     trainer_lib.CheckpointMismatchError,
+    ExportError,
+    OSError,  # e.g. the export folder's lock file cannot be created (permission denied)
   ) as e:
     raise cli.UserError(str(e)) from None
   print(f"SavedModel: {export_dir}")

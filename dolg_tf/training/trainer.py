@@ -7,11 +7,17 @@ before it atomically rewrites the `checkpoint` index, so a run killed at any
 moment (even SIGKILL) leaves the previous checkpoint usable. A checkpoint that
 does not fit the model of the config (another embedding size, depth, head or
 number of classes) is refused naming it (CheckpointMismatchError), as is a
-training or validation file that is missing, corrupt or holds labels outside
-[0, num_classes) (input_pipeline.check_records, before the first step).
+damaged one, e.g. a truncated data file (CheckpointDamagedError, naming the
+previous checkpoint), and a training or validation file that is missing,
+corrupt or holds labels outside [0, num_classes) (input_pipeline.check_records,
+before the first step). A checkpoint that cannot be saved (disk full, read-only
+file system) leaves no part of it behind (WriteError); the earlier ones stay.
+SIGTERM is checked after every step.
 """
 
+import glob
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -42,7 +48,80 @@ class CheckpointMismatchError(ValueError):
   """A checkpoint does not fit the model being built; the message names it."""
 
 
-def _first_line(error: Exception, limit: int = 160) -> str:
+class CheckpointDamagedError(CheckpointMismatchError):
+  """A checkpoint's files are truncated or corrupt; the message names it.
+
+  Attributes:
+    path: the checkpoint prefix.
+    previous: the newest earlier checkpoint of its folder whose index exists, or None.
+  """
+
+  def __init__(self, message: str, path: str, previous: str | None):
+    super().__init__(message)
+    self.path = path
+    self.previous = previous
+
+
+class WriteError(OSError):
+  """A file of the run folder cannot be written (disk full, read-only); the message names it."""
+
+
+# Messages of TensorFlow's checkpoint reader for files that are cut short or garbled.
+_DAMAGE_SIGNS = (
+  "Read less bytes than requested",
+  "sstable",
+  "Checksum does not match",
+  "truncated",
+  "corrupt",
+  "Data loss",
+)
+
+
+def checkpoint_number(path: str) -> int:
+  """N of a `.../ckpt-N` prefix (-1 if it has none)."""
+  tail = path.rsplit("-", 1)[-1]
+  return int(tail) if tail.isdigit() else -1
+
+
+def existing_checkpoints(directory: str) -> list[str]:
+  """The prefixes listed in `<directory>/checkpoint` whose `.index` exists, oldest first."""
+  state = tf.train.get_checkpoint_state(directory)
+  if state is None:
+    return []
+  paths = [
+    p if os.path.isabs(p) or "://" in p else os.path.join(directory, p)
+    for p in state.all_model_checkpoint_paths
+  ]
+  if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
+    paths.append(state.model_checkpoint_path)
+  found = [p for p in paths if tf.io.gfile.exists(p + ".index")]
+  return sorted(set(found), key=checkpoint_number)
+
+
+def previous_checkpoint(path: str) -> str | None:
+  """The newest checkpoint before `path` in its folder's `checkpoint` list, or None."""
+  number = checkpoint_number(path)
+  earlier = [
+    p
+    for p in existing_checkpoints(os.path.dirname(path))
+    if checkpoint_number(p) < number and p != path
+  ]
+  return earlier[-1] if earlier else None
+
+
+def _damage(error: Exception) -> str | None:
+  """What is wrong with a checkpoint whose restore raised `error`, if its files are damaged."""
+  text = first_line(error)
+  if isinstance(error, IndexError) or "Read less bytes than requested" in text:
+    return "a data file is shorter than its index says: truncated"
+  if isinstance(error, tf.errors.DataLossError) or any(s in text for s in _DAMAGE_SIGNS):
+    return text
+  if ".data-" in text and "No such file" in text:
+    return f"a data file is missing ({text})"
+  return None
+
+
+def first_line(error: Exception, limit: int = 160) -> str:
   """The start of an error's message (TF's can be thousands of characters), one line."""
   text = " ".join(str(getattr(error, "message", None) or error).split())
   return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -58,6 +137,8 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial: bool
       or optimizer).
 
   Raises:
+    CheckpointDamagedError: a file of the checkpoint is truncated, corrupt or
+      missing (the checkpoint, the reason and the previous checkpoint named).
     CheckpointMismatchError: a variable is missing or has another shape (the
       checkpoint and the reason named).
   """
@@ -66,11 +147,20 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial: bool
     if partial:
       status.expect_partial()
     status.assert_existing_objects_matched()
-  except (ValueError, AssertionError, tf.errors.OpError) as e:
+  except (ValueError, AssertionError, IndexError, tf.errors.OpError) as e:
+    damage = _damage(e)
+    if damage is not None:
+      previous = previous_checkpoint(path)
+      raise CheckpointDamagedError(
+        f"checkpoint {path} is damaged ({damage}); "
+        + (f"the previous checkpoint is {previous}" if previous else "there is no earlier one"),
+        path,
+        previous,
+      ) from None
     if isinstance(e, tf.errors.NotFoundError):
       raise CheckpointMismatchError(f"checkpoint {path}: not found or unreadable") from None
     raise CheckpointMismatchError(
-      f"checkpoint {path} does not fit the model of this config ({_first_line(e)}); it was "
+      f"checkpoint {path} does not fit the model of this config ({first_line(e)}); it was "
       "written with another model section (e.g. embedding_dim, backbone or num_classes): use "
       "that run's config.json, or a new --logdir"
     ) from None
@@ -81,7 +171,7 @@ def input_error(error: Exception, field: str, file_pattern: str) -> input_pipeli
   hint = "set data.skip_corrupt_records=true to skip such records"
   if isinstance(error, tf.errors.DataLossError):
     return input_pipeline.DataError(
-      f"{field} {file_pattern!r}: a record does not read ({_first_line(error)}; did a file "
+      f"{field} {file_pattern!r}: a record does not read ({first_line(error)}; did a file "
       f"change after the check at start-up?); {hint}"
     )
   described = input_pipeline.image_error(error)
@@ -223,9 +313,18 @@ class Trainer:
       self.checkpoint, self._checkpoint_dir, max_to_keep=config.max_checkpoints
     )
     self.restored_from = None
-    if self.manager.latest_checkpoint:
-      restore_checkpoint(self.checkpoint, self.manager.latest_checkpoint)
-      self.restored_from = self.manager.latest_checkpoint
+    latest = self.latest_checkpoint()
+    if latest:
+      try:
+        restore_checkpoint(self.checkpoint, latest)
+      except CheckpointDamagedError as e:
+        advice = (
+          f": to resume from it, delete {latest}.index (and its data file)"
+          if e.previous
+          else f": delete {self._checkpoint_dir} to start over, or use a new --logdir"
+        )
+        raise CheckpointDamagedError(str(e) + advice, e.path, e.previous) from None
+      self.restored_from = latest
       logging.info("Resumed from %s at step %d", self.restored_from, self.step)
     self._train_step_fn = None
     self._eval_step_fn = None
@@ -233,6 +332,25 @@ class Trainer:
   @property
   def step(self) -> int:
     return int(self.optimizer.iterations.numpy())
+
+  def latest_checkpoint(self) -> str | None:
+    """The newest checkpoint of the run whose files exist (None if there is none).
+
+    The `checkpoint` file may list one whose files were deleted (a damaged
+    checkpoint removed by hand): the one before it is used, with a warning.
+    """
+    listed = self.manager.latest_checkpoint
+    if not listed:
+      return None
+    existing = existing_checkpoints(self._checkpoint_dir)
+    latest = existing[-1] if existing else None
+    if latest != listed:
+      logging.warning(
+        "%s is listed as the latest checkpoint but its files are missing; using %s",
+        listed,
+        latest or "none (starting from scratch)",
+      )
+    return latest
 
   def _dataset(self, file_pattern: str, training: bool) -> tf.distribute.DistributedDataset:
     config, data = self.config, self.data
@@ -353,9 +471,46 @@ class Trainer:
     return float(self.validation_accuracy.result())
 
   def save_checkpoint(self) -> str:
-    path = self.manager.save(checkpoint_number=self.step)
+    """Saves the current step's checkpoint; returns its prefix.
+
+    Raises:
+      WriteError: naming the run folder, if the disk is full or read-only;
+        the unfinished checkpoint's files are removed, earlier ones kept.
+    """
+    number = self.step
+    try:
+      path = self.manager.save(checkpoint_number=number)
+    except (tf.errors.OpError, OSError) as e:
+      prefix = os.path.join(self._checkpoint_dir, f"ckpt-{number}")
+      self._remove_unfinished_checkpoint(prefix)
+      reason = run_layout.write_failure(e)
+      if reason is None:
+        raise
+      latest = self.latest_checkpoint()
+      resume = (
+        f"the last checkpoint is {latest}: free space, then run the same command to resume"
+        if latest
+        else "there is no earlier checkpoint"
+      )
+      raise WriteError(
+        f"--logdir {self.layout.root}: cannot save checkpoint {prefix} ({reason}); "
+        f"its unfinished files were removed; {resume}"
+      ) from e
     logging.info("Saved checkpoint %s", path)
     return path
+
+  def _remove_unfinished_checkpoint(self, prefix: str) -> None:
+    """Removes what a failed save of `prefix` left: its `_temp` folder and unlisted files."""
+    shutil.rmtree(prefix + "_temp", ignore_errors=True)
+    leftovers = glob.glob(os.path.join(self._checkpoint_dir, "checkpoint.tmp*"))
+    if prefix not in self.manager.checkpoints:
+      leftovers += glob.glob(glob.escape(prefix) + ".index")
+      leftovers += glob.glob(glob.escape(prefix) + ".data-*")
+    for path in leftovers:
+      try:
+        os.remove(path)
+      except OSError:
+        pass
 
   def train(self) -> dict:
     """Runs until `total_steps`; returns final metrics.
@@ -377,17 +532,7 @@ class Trainer:
       self._train_step_fn = self._make_train_loop()
     iterator = iter(self._dataset(self.data.train_file_pattern, training=True))
     start_step = self.step
-    logging.info(
-      "Training %s R%d on %d classes: steps %d -> %d, global batch %d, %d replica(s), %s",
-      self.model_config.name,
-      self.model_config.backbone_depth,
-      self.num_classes,
-      start_step,
-      self.total_steps,
-      config.batch_size,
-      self.strategy.num_replicas_in_sync,
-      self.mixed_precision,
-    )
+    # From here on a SIGTERM saves the current step's checkpoint (see train.py).
     interrupted = []
     previous_handler = signal.getsignal(signal.SIGTERM)
 
@@ -399,6 +544,17 @@ class Trainer:
       signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread
       previous_handler = None
+    logging.info(
+      "Training %s R%d on %d classes: steps %d -> %d, global batch %d, %d replica(s), %s",
+      self.model_config.name,
+      self.model_config.backbone_depth,
+      self.num_classes,
+      start_step,
+      self.total_steps,
+      config.batch_size,
+      self.strategy.num_replicas_in_sync,
+      self.mixed_precision,
+    )
     metrics = {}
     try:
       first_time = time.time()
@@ -406,17 +562,26 @@ class Trainer:
       steps = progress.Progress(
         self.total_steps, "step", "steps", interval=math.inf, start=start_step
       )
+      one_step = tf.constant(1)
       while self.step < self.total_steps and not interrupted:
         num_steps = min(
           config.log_every - self.step % config.log_every, self.total_steps - self.step
         )
-        try:
-          self._train_step_fn(iterator, tf.constant(num_steps))
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-          error = input_error(e, "data.train_file_pattern", self.data.train_file_pattern)
-          if error is None:
-            raise
-          raise error from None
+        # One step per call, so that a SIGTERM (handled between calls) stops after the
+        # current step, not after up to log_every of them.
+        done = 0
+        while done < num_steps and not interrupted:
+          try:
+            self._train_step_fn(iterator, one_step)
+          except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            error = input_error(e, "data.train_file_pattern", self.data.train_file_pattern)
+            if error is None:
+              raise
+            raise error from None
+          done += 1
+        if not done:
+          break
+        num_steps = done
         loss = float(self.train_loss.result())
         if not math.isfinite(loss):
           raise NonFiniteLossError(
@@ -455,11 +620,16 @@ class Trainer:
         self.train_accuracy.reset_state()
         if self.step % config.checkpoint_every < num_steps or self.step >= self.total_steps:
           self.save_checkpoint()
-        if config.validate_every and self.step % config.validate_every < num_steps:
+        if (
+          config.validate_every
+          and self.step % config.validate_every < num_steps
+          and not interrupted
+        ):
           self._log_validation(validation_writer)
       if interrupted:
         logging.warning("SIGTERM received at step %d: saving and stopping", self.step)
-        self.save_checkpoint()
+        if self.latest_checkpoint() != os.path.join(self._checkpoint_dir, f"ckpt-{self.step}"):
+          self.save_checkpoint()
         metrics["interrupted"] = True
         return metrics
       if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(

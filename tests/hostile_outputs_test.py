@@ -460,7 +460,7 @@ class ResumeTest(tf.test.TestCase):
     )
     for image_id, global_bytes, local_bytes in (
       ("ok", datum_io.serialize_array(GOOD), features),
-      ("empty_local", datum_io.serialize_array(GOOD), b""),
+      ("no_local_features", datum_io.serialize_array(GOOD), b""),
       ("zeroed_local", datum_io.serialize_array(GOOD), b"\0" * len(features)),
       ("empty_global", b"", features),
       ("no_global", None, features),
@@ -469,7 +469,7 @@ class ResumeTest(tf.test.TestCase):
         _touch(os.path.join(out, image_id + ".delg_global"), global_bytes)
       _touch(os.path.join(out, image_id + ".delg_local"), local_bytes)
     writer = local_extractor.LocalGlobalWriter(out, Outputs())
-    self.assertEqual(writer.existing_ids(), {"ok"})
+    self.assertEqual(writer.existing_ids(), {"ok", "no_local_features"})
 
 
 if __name__ == "__main__":

@@ -92,11 +92,12 @@ _DELF_FEATURES_TAG = 0x0A
 def local_file_problem(path: str) -> str | None:
   """Why the DelfFeatures file `path` is not a whole output, by its first byte; or None.
 
-  A 0-byte file is refused (a writer without fsync killed by a power cut
-  leaves one; an image with no feature at all is then extracted again on each
-  resume), and so is a file not starting with DelfFeatures' `feature` tag
-  (e.g. zero-filled). A file truncated after its start is not detected here:
-  reading it (retrieval's geometric verification) fails naming it.
+  A 0-byte file is whole: an image without any local feature serializes to
+  no bytes (DELF's format), and outputs are fsynced before their rename, so a
+  power cut cannot leave an empty file in their place. A file not starting
+  with DelfFeatures' `feature` tag (e.g. zero-filled) is refused. A file
+  truncated after its start is not detected here: reading it (retrieval's
+  geometric verification) fails naming it.
   """
   try:
     with open(path, "rb") as f:
@@ -104,7 +105,7 @@ def local_file_problem(path: str) -> str | None:
   except OSError as e:
     return f"unreadable ({descriptor_store.os_error_text(e)})"
   if not head:
-    return "empty file (0 bytes)"
+    return None
   if head[0] != _DELF_FEATURES_TAG:
     return f"not a DelfFeatures file (first byte 0x{head[0]:02x})"
   return None

@@ -242,7 +242,7 @@ def run_pipeline(
       result.wait_until_finish()
   except (KeyboardInterrupt, cli.Terminated):
     beam_cli.stop_workers()
-    file_utils.remove_stale_temp_files(output_directory)
+    beam_cli.remove_worker_temp_files(output_directory)
     raise
   counters = beam_cli.counters(result, COUNTER_NAMESPACE, COUNTER_NAMES)
   unwritten = {

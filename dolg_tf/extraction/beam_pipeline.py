@@ -320,7 +320,7 @@ def run_pipeline(
         result.wait_until_finish()
     except (KeyboardInterrupt, cli.Terminated):
       beam_cli.stop_workers()
-      file_utils.remove_stale_temp_files(output_dir)
+      beam_cli.remove_worker_temp_files(output_dir)
       raise
     file_utils.remove_stale_temp_files(output_dir)
   values = beam_cli.counters(result, COUNTER_NAMESPACE, COUNTER_NAMES)

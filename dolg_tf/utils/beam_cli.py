@@ -38,6 +38,7 @@ from apache_beam.options import pipeline_options as beam_options
 
 import dolg_tf
 from dolg_tf.utils import cli
+from dolg_tf.utils import files as file_utils
 
 DEFAULT_RUNNER = "DirectRunner"
 # Set by the launcher (its pid) for the worker processes it starts.
@@ -161,8 +162,11 @@ def watch_launcher() -> None:
   default_hook = threading.excepthook
 
   def quiet_if_orphaned(args):
-    if not _process_alive(launcher):
-      os._exit(1)  # pylint: disable=protected-access
+    # A killed launcher closes its sockets before it is a zombie: wait a moment for that.
+    for _ in range(20):
+      if os.getppid() != parent or not _process_alive(launcher):
+        os._exit(1)  # pylint: disable=protected-access
+      time.sleep(0.05)
     default_hook(args)
 
   threading.excepthook = quiet_if_orphaned
@@ -229,13 +233,20 @@ def workers_stopped_on_interrupt():
         signal.signal(sig, previous[sig])
 
 
+# The worker processes stop_workers ended (their temporary files are garbage).
+_stopped = set()
+
+
 def stop_workers(timeout: float = 5.0) -> list[int]:
   """Ends this launcher's worker processes (its descendants): SIGTERM, then SIGKILL.
 
   Called when the launcher is interrupted: the runner's threads that watched
   the workers then end quietly. Returns the pids it signalled.
   """
-  threading.excepthook = lambda args: None  # the runner's threads see their workers die
+  # The runner's threads see their workers die: their errors and log lines are not news.
+  threading.excepthook = lambda args: None
+  if not dolg_tf.VERBOSE:
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
   pending, found = [os.getpid()], []
   while pending:
     for child in _child_pids(pending.pop()):
@@ -251,7 +262,30 @@ def stop_workers(timeout: float = 5.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_process_alive(p) for p in found):
       time.sleep(0.05)
+  _stopped.update(found)
   return found
+
+
+def remove_worker_temp_files(folder: str) -> list[str]:
+  """Removes the temporary files of stopped workers and of dead processes in `folder`.
+
+  A worker just killed may still be a zombie (its pid exists): files.py's
+  stale-file rule would keep its files.
+  """
+  removed = file_utils.remove_stale_temp_files(folder)
+  try:
+    entries = list(os.scandir(folder))
+  except OSError:
+    return removed
+  for entry in entries:
+    match = file_utils.TEMP_NAME_PATTERN.match(entry.name)
+    if match and int(match.group("pid")) in _stopped:
+      try:
+        os.unlink(entry.path)
+        removed.append(entry.path)
+      except FileNotFoundError:
+        pass
+  return removed
 
 
 def _parse_known_flags(argv: list[str]) -> list[str]:

@@ -309,6 +309,7 @@ class GroundTruthPickleTest(tf.test.TestCase, parameterized.TestCase):
       _Reduce(np.zeros(0).__reduce__()[0], (np.ndarray, (10**12,), b"b")),
       r"an array of shape",
     ),
+    ("ndarray_called", _Reduce(np.ndarray, ((10**6, 10**6),)), r"numpy\.ndarray called directly"),
   )
   def test_crafted_pickles_are_refused_and_run_nothing(self, payload, refused):
     tmp = self.create_tempdir().full_path

@@ -55,6 +55,17 @@ def _empty_bytes(*args: Any) -> bytes:
   return b""
 
 
+class _NdarrayName:
+  """What `numpy.ndarray` means in an array pickle: the type `_reconstruct` is given.
+
+  numpy never calls the type itself; calling it (`ndarray(shape)`) would
+  allocate whatever shape the file asks for, so that is refused.
+  """
+
+  def __new__(cls, *args: Any, **kwargs: Any):
+    raise RefusedPickleError("numpy.ndarray called directly")
+
+
 def _numpy_globals() -> dict[tuple[str, str], Any]:
   """The numpy callables array pickles name, under their numpy 1 and numpy 2 module names.
 
@@ -69,9 +80,9 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
 
   def empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     # numpy pickles an array as _reconstruct(ndarray, (0,), b'b') + __setstate__ with its data.
-    if subtype is not np.ndarray or int(np.prod(shape, dtype=np.float64)) > 1:
+    if subtype is not _NdarrayName or int(np.prod(shape, dtype=np.float64)) > 1:
       raise RefusedPickleError(f"an array of shape {shape!r} before its data")
-    return reconstruct(subtype, shape, dtype)
+    return reconstruct(np.ndarray, shape, dtype)
 
   def numpy_scalar(dtype: Any, *args: Any) -> Any:
     # The data of a numpy scalar is its itemsize bytes (latin-1 text for Python 2 pickles).
@@ -82,7 +93,7 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
     return scalar(dtype, *args)
 
   table = {
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NdarrayName,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
     ("builtins", "bytes"): _empty_bytes,

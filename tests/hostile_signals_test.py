@@ -363,6 +363,34 @@ class TrainingInterruptionTest(SignalTestCase):
     self.assertFalse(os.path.exists(os.path.join(logdir, "export")))
 
 
+class DemoInterruptionTest(SignalTestCase):
+  def test_sigterm_to_the_demo_stops_its_training_with_a_checkpoint(self):
+    workdir = os.path.join(self.create_tempdir().full_path, "demo")
+    process = _Process(
+      self,
+      "dolg_tf.demo",
+      f"--workdir={workdir}",
+      "--max_steps=100000",
+      "--synthetic_classes=4",
+    )
+    checkpoints = os.path.join(workdir, "checkpoints")
+
+    def training():
+      return [p for p in _descendants(process.pid) if "dolg_tf.train" in _cmdline(p)]
+
+    # Logged by Trainer.train as it installs its SIGTERM handler.
+    process.wait_until(
+      self, lambda: training() and "Training dolg" in process.stderr(), "the training loop"
+    )
+    children = training()
+    self.assertEqual(process.signal_and_wait(signal.SIGTERM), 143, process.stderr()[-3000:])
+    self.assert_one_line(process.stderr(), "demo: terminated")
+    self.assertEqual([p for p in children if _alive(p)], [])
+    # The training process got SIGTERM from the demo: it saved the step it was at.
+    self.assertIn("Stopped by SIGTERM; checkpoint: ", process.stdout())
+    self.assertIsNotNone(tf.train.latest_checkpoint(checkpoints))
+
+
 class BeamTest(SignalTestCase):
   @classmethod
   def setUpClass(cls):

@@ -118,15 +118,18 @@ def _process_alive(pid: int) -> bool:
       state = f.read().rsplit(b")", 1)[1].split()[0]
     return state not in (b"Z", b"X")
   except FileNotFoundError:
-    return False
-  except (OSError, IndexError):
-    try:
-      os.kill(pid, 0)
-    except ProcessLookupError:
+    if os.path.isdir("/proc/self"):
       return False
-    except OSError:
-      pass
-    return True
+  except (OSError, IndexError):
+    pass
+  # No /proc (macOS): signal 0 probes the pid (a zombie counts as running).
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    pass
+  return True
 
 
 def _set_parent_death_signal() -> None:

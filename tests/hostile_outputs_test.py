@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 from PIL import Image
 
-from dolg_tf.extraction import descriptor_store, local_extractor, pipeline
+from dolg_tf.extraction import beam_pipeline, descriptor_store, local_extractor, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, datum_io, feature_io
 from dolg_tf.utils import files as file_utils
@@ -121,6 +121,18 @@ class FailureIdsTest(tf.test.TestCase):
     log.forget_collisions(["a"])
     log.close()
     self.assertFalse(os.path.exists(path))
+
+  def test_beam_failures_file_forgets_collisions_of_the_run(self):
+    path = os.path.join(self.root, pipeline.FAILURES_FILE)
+    log = pipeline.FailureLog(path)
+    log.add("a", "y/a.jpg", pipeline.collision_reason("a", "x/a.jpg"))
+    log.add("b", "y/b.jpg", pipeline.collision_reason("b", "x/b.jpg"))
+    log.close()
+    config = config_io.DolgConfig()
+    # This run was given "a" (no longer repeated) but not "b": only a's stale row goes.
+    kept = beam_pipeline.write_failures([], config, self.root, run_ids=["a"])
+    self.assertEqual(kept, 1)
+    self.assertEqual([r["image_id"] for r in pipeline.read_failures(path)], ["b"])
 
   def test_escaping_round_trips(self):
     for text in ("a b", "a\tb", "a\nb\r", "back\\slash", "\\t literal", ""):

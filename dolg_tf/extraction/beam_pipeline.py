@@ -220,11 +220,12 @@ class _CountSkipped(beam.DoFn):
     return []
 
 
-def write_failures(rows, config, output_dir: str) -> int:
+def write_failures(rows, config, output_dir: str, run_ids=()) -> int:
   """Merges this run's failures into `<output_dir>/failures.tsv`; returns the rows kept.
 
   Rows of earlier runs stay unless their image now has its files; this run's
-  rows replace earlier ones of the same image. Written atomically. A file that
+  rows replace earlier ones of the same image, and its duplicate-id rows those
+  of the ids in `run_ids` (every id this run was given). Written atomically. A file that
   cannot be written is counted (`failures_unwritten_<errno>`), not raised:
   the launcher reports it (run_pipeline).
   """
@@ -233,6 +234,7 @@ def write_failures(rows, config, output_dir: str) -> int:
     present = {e.name for e in os.scandir(output_dir) if not e.name.startswith(".")}
     done = [i for i in log.image_ids() if all(n in present for n in output_names(config, i))]
     log.resolve(done)
+    log.forget_collisions(run_ids)
     for image_id, path, reason in sorted(rows):
       log.add(image_id, path, reason)
     log.close()
@@ -253,8 +255,13 @@ def build_pipeline(
   batch_size: int = 1,
   max_pixels: int = images_lib.MAX_PIXELS,
   hidden=(),
+  run_ids=(),
 ):
-  """Adds the extraction of `tasks` (planned: not yet done) to `root`; see the module doc."""
+  """Adds the extraction of `tasks` (planned: not yet done) to `root`; see the module doc.
+
+  `run_ids` are the ids of every task of the run (done earlier ones included),
+  whose duplicate-id rows of earlier runs are decided again.
+  """
   extracted = (
     root
     | "Images" >> beam.Create(list(tasks), reshuffle=False)
@@ -272,7 +279,7 @@ def build_pipeline(
   _ = (
     failures
     | "FailureList" >> beam.combiners.ToList()
-    | "FailuresFile" >> beam.Map(write_failures, config, output_dir)
+    | "FailuresFile" >> beam.Map(write_failures, config, output_dir, sorted(set(run_ids)))
   )
   planned = root | "PlannedSkips" >> beam.Create([skipped])
   _ = planned | "CountSkipped" >> beam.ParDo(_CountSkipped())
@@ -312,7 +319,16 @@ def run_pipeline(
     )
     root = beam.Pipeline(options=options or beam_cli.pipeline_options(["beam_extract"]))
     build_pipeline(
-      root, config_path, config, todo, skipped, output_dir, batch_size, max_pixels, hidden
+      root,
+      config_path,
+      config,
+      todo,
+      skipped,
+      output_dir,
+      batch_size,
+      max_pixels,
+      hidden,
+      run_ids=[t.image_id for t in tasks],
     )
     try:
       with beam_cli.workers_stopped_on_interrupt():

@@ -8,6 +8,11 @@ Python-version FutureWarning is ignored. A TF_CPP_MIN_LOG_LEVEL already in the
 environment, `--verbose` on a command line, or a process that imported
 TensorFlow first keeps TensorFlow's own behaviour. Keras is never configured
 here: dolg_tf takes its own Keras 2 (dolg_tf/keras_api.py).
+
+In a dolg_tf command, Ctrl-C while its modules are still importing (before
+`utils/cli.run` takes over) prints `<command>: interrupted` instead of a
+traceback (an excepthook, installed only if none was set; other programs that
+import dolg_tf keep Python's behaviour).
 """
 
 import os
@@ -21,3 +26,28 @@ if not VERBOSE:
   if "tensorflow" not in sys.modules:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.(api_core|auth)")
+
+
+def _is_dolg_command() -> bool:
+  """Whether this process runs a dolg_tf command (console script, `-m dolg_tf...`, Bazel)."""
+  program = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.basename(program).startswith("dolg-") or program.startswith(root + os.sep)
+
+
+def _command_excepthook(kind, value, traceback):
+  """Ctrl-C before a command's `cli.run` (while TensorFlow loads): one line, no traceback.
+
+  Once `cli.run` runs, it handles Ctrl-C itself (exit 130 after clean-up);
+  before, nothing needs cleaning. Python then exits as killed by SIGINT (130).
+  """
+  if issubclass(kind, KeyboardInterrupt) and _is_dolg_command():
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    print(f"{name}: interrupted", file=sys.stderr, flush=True)
+    return
+  _previous_excepthook(kind, value, traceback)
+
+
+_previous_excepthook = sys.excepthook
+if sys.excepthook is sys.__excepthook__:
+  sys.excepthook = _command_excepthook

@@ -304,6 +304,16 @@ class ExtractionInterruptionTest(SignalTestCase):
     if not _outputs(out):  # stopped before extracting: the folder it created is gone
       self.assertFalse(os.path.exists(out))
 
+  def test_sigint_while_importing(self):
+    # Within the first half second the command is still importing (TensorFlow
+    # takes seconds): dolg_tf's excepthook prints the one line; Python then
+    # ends as killed by SIGINT (-2, i.e. 130 in a shell). Later, cli.run
+    # exits 130 itself: either way one line, no traceback.
+    process = _Process(self, "dolg_tf.train", "--logdir=" + self.create_tempdir().full_path)
+    time.sleep(0.5)
+    self.assertIn(process.signal_and_wait(signal.SIGINT), (-signal.SIGINT, 130))
+    self.assert_one_line(process.stderr(), "train: interrupted")
+
   def test_sigint_while_waiting_for_a_server(self):
     with socket.socket() as listener:  # accepts the connection, never answers
       listener.bind(("127.0.0.1", 0))

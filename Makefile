@@ -27,7 +27,7 @@ lint:
 	$(VENV)/bin/ruff format --check .
 
 pytest:
-	$(PY) -m pytest -q tests; rc=$$?; \
+	$(PY) -m pytest -q --durations=25 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 bazel-build:

@@ -466,26 +466,10 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
     args = self._train_args(
       logdir, "--max_steps=1000000", "--log_every=100000", "--checkpoint_every=100000"
     )
-    process = subprocess.Popen(
-      [sys.executable, "-m", "dolg_tf.train", *args],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
+    status, out, err = testutil.signal_after_line(
+      [sys.executable, "-m", "dolg_tf.train", *args], "Training dolg R26", signal.SIGTERM
     )
-    try:
-      lines = []
-      for line in process.stderr:
-        lines.append(line)
-        if "Training dolg R26" in line:
-          break
-      process.send_signal(signal.SIGTERM)
-      out, err = process.communicate(timeout=120)
-    finally:
-      if process.poll() is None:
-        process.kill()
-        process.wait()
-    err = "".join(lines) + err
-    self.assertEqual(process.returncode, train.EXIT_PREEMPTED, err[-2000:])
+    self.assertEqual(status, train.EXIT_PREEMPTED, err[-2000:])
     self.assertNotIn("Traceback", err)
     saved_step = int(re.search(r"SIGTERM received at step (\d+)", err).group(1))
     self.assertLess(saved_step, 100000)

@@ -13,6 +13,7 @@ Plain functions (not pytest fixtures), so files also run as `python tests/x_test
 import atexit
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,26 @@ SMALL_EXPORT_CONFIG = config_lib.ExportConfig(max_image_size=80, image_scales=(0
 _SEEDS = {"dolg": 1, "delg": 4}
 # tiny_export's SavedModels: {(name, repr of the export arguments): export folder}.
 _EXPORTS = {}
+
+
+def signal_after_line(
+  command: list[str], pattern: str, signum: int, timeout: float = 120
+) -> tuple[int, str, str]:
+  """Runs `command`, signals `signum` once a stderr line matches `pattern`; (status, out, err)."""
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    lines = []
+    for line in process.stderr:
+      lines.append(line)
+      if re.search(pattern, line):
+        break
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=timeout)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  return process.returncode, out, "".join(lines) + err
 
 
 @functools.cache

@@ -306,21 +306,11 @@ class TrainerTest(tf.test.TestCase):
     logdir = self.create_tempdir().full_path
     # The only checkpoint is the one SIGTERM saves.
     command = self._train_command(logdir, checkpoint_every=100000)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-      lines = []
-      for line in process.stderr:  # the step lines are logged to stderr
-        lines.append(line)
-        if re.search(r"\bstep [2-9]\d*/100000", line):
-          break
-      process.send_signal(signal.SIGTERM)
-      out, err = process.communicate(timeout=120)
-    finally:
-      if process.poll() is None:
-        process.kill()
-        process.wait()
-    err = "".join(lines) + err
-    self.assertEqual(process.returncode, train.EXIT_PREEMPTED, err[-2000:])
+    # The step lines are logged to stderr.
+    status, out, err = testutil.signal_after_line(
+      command, r"\bstep [2-9]\d*/100000", signal.SIGTERM
+    )
+    self.assertEqual(status, train.EXIT_PREEMPTED, err[-2000:])
     self.assertEqual(train.EXIT_PREEMPTED, 143)
     saved_step = int(re.search(r"SIGTERM received at step (\d+)", err).group(1))
     latest = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))

@@ -50,7 +50,7 @@ from apache_beam.metrics import Metrics
 
 from dolg_tf.data import build_image_dataset as builder
 from dolg_tf.data import gldv2, image_codec
-from dolg_tf.utils import beam_cli, cli
+from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
 
 COUNTER_NAMESPACE = "dolg_dataset"
@@ -236,14 +236,7 @@ def run_pipeline(
     | "Spread" >> beam.Reshuffle()
     | "Write" >> beam.ParDo(WriteShardDoFn(output_directory))
   )
-  try:
-    with beam_cli.workers_stopped_on_interrupt():
-      result = root.run()
-      result.wait_until_finish()
-  except (KeyboardInterrupt, cli.Terminated):
-    beam_cli.stop_workers()
-    beam_cli.remove_worker_temp_files(output_directory)
-    raise
+  result = beam_cli.run_to_the_end(root, output_directory)
   counters = beam_cli.counters(result, COUNTER_NAMESPACE, COUNTER_NAMES)
   unwritten = {
     int(name[len(UNWRITTEN_PREFIX) :]): count

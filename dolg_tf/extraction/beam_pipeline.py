@@ -56,7 +56,7 @@ from apache_beam.utils import shared
 from dolg_tf.extraction import batching, descriptor_store, image_loading, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io
-from dolg_tf.utils import beam_cli, cli
+from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images as images_lib
 
@@ -330,14 +330,7 @@ def run_pipeline(
       hidden,
       run_ids=[t.image_id for t in tasks],
     )
-    try:
-      with beam_cli.workers_stopped_on_interrupt():
-        result = root.run()
-        result.wait_until_finish()
-    except (KeyboardInterrupt, cli.Terminated):
-      beam_cli.stop_workers()
-      beam_cli.remove_worker_temp_files(output_dir)
-      raise
+    result = beam_cli.run_to_the_end(root, output_dir)
     file_utils.remove_stale_temp_files(output_dir)
   values = beam_cli.counters(result, COUNTER_NAMESPACE, COUNTER_NAMES)
   values["seconds"] = time.monotonic() - start

@@ -291,6 +291,24 @@ def remove_worker_temp_files(folder: str) -> list[str]:
   return removed
 
 
+def run_to_the_end(root, output_dir: str):
+  """Runs the pipeline `root` and waits for it; returns its result.
+
+  On Ctrl-C or SIGTERM its local workers are ended and their temporary files
+  in `output_dir` removed before the interruption propagates (cli.run then
+  exits 130 / 143).
+  """
+  try:
+    with workers_stopped_on_interrupt():
+      result = root.run()
+      result.wait_until_finish()
+  except (KeyboardInterrupt, cli.Terminated):
+    stop_workers()
+    remove_worker_temp_files(output_dir)
+    raise
+  return result
+
+
 def _parse_known_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv, known_only=True)

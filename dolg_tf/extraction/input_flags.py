@@ -109,10 +109,7 @@ def _tasks(paths: list, boxes: dict | None = None, reasons: dict | None = None) 
     for path in paths:
       reasons[path] = reasons.get(path) or pipeline.outside_reason(path, FLAGS.images_dir)
   reasons = {path: reason for path, reason in reasons.items() if reason}
-  refused = [
-    pipeline.ImageTask(path, path, refused=reason)
-    for path, reason in reasons.items()
-  ]
+  refused = [pipeline.ImageTask(path, path, refused=reason) for path, reason in reasons.items()]
   return refused + pipeline.tasks_from_paths([p for p in paths if p not in reasons], boxes)
 
 

@@ -31,8 +31,13 @@ if not VERBOSE:
 def _is_dolg_command() -> bool:
   """Whether this process runs a dolg_tf command (console script, `-m dolg_tf...`, Bazel)."""
   program = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return os.path.basename(program).startswith("dolg-") or program.startswith(root + os.sep)
+  package = os.path.dirname(os.path.abspath(__file__))
+  thin_entry_points = (os.path.dirname(package), os.path.join(os.path.dirname(package), "export"))
+  return (
+    os.path.basename(program).startswith("dolg-")
+    or program.startswith(package + os.sep)
+    or (program.endswith(".py") and os.path.dirname(program) in thin_entry_points)
+  )
 
 
 def _command_excepthook(kind, value, traceback):

@@ -104,21 +104,24 @@ class TrainExportErrorsTest(tf.test.TestCase):
         self.assertRegex(last, f"^{command}: error: .*{message}")
 
   def test_train_errors(self):
-    logdir = self.create_tempdir().full_path
+    # One run folder per case: the cases run two at a time, and a run folder takes one run.
+    logdirs = [self.create_tempdir().full_path for _ in range(3)]
     mismatched = self._copy_run("mismatched")
     os.remove(os.path.join(mismatched, config_lib.CONFIG_FILENAME))
     no_checkpoint = self.create_tempdir().full_path
     train_cases = {
       "no_validation_file": (
-        self._train_args(logdir, self.train_pattern, f"--validation_file_pattern={logdir}/v-*"),
-        f"data.validation_file_pattern matches no file: '{re.escape(logdir)}/v-\\*'",
+        self._train_args(
+          logdirs[0], self.train_pattern, f"--validation_file_pattern={logdirs[0]}/v-*"
+        ),
+        f"data.validation_file_pattern matches no file: '{re.escape(logdirs[0])}/v-\\*'",
       ),
       "label_outside_num_classes": (
-        self._train_args(logdir, self.train_pattern, "--num_classes=2"),
+        self._train_args(logdirs[1], self.train_pattern, "--num_classes=2"),
         r"/train-0000\d-of-00002: record \d+ has label [23], outside \[0, 2\)",
       ),
       "truncated_file": (
-        self._train_args(logdir, self.corrupt_pattern),
+        self._train_args(logdirs[2], self.corrupt_pattern),
         f"{re.escape(self.truncated)}: record \\d+ at byte \\d+ of \\d+ is truncated or corrupt",
       ),
       # config.json deleted, then another --embedding_dim (allowed): the checkpoint no longer fits.

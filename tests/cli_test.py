@@ -1,5 +1,6 @@
 """Tests for dolg_tf.utils.cli: one-line errors, bazel working directory, quiet console."""
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import textwrap
 
 import tensorflow as tf
+from absl import flags
 
 from dolg_tf.utils import cli
 
@@ -81,6 +83,94 @@ class CliTest(tf.test.TestCase):
     self.assertFalse(noise.filter(record(tf_module, logging.WARNING)))
     self.assertTrue(noise.filter(record(tf_module, logging.ERROR)))
     self.assertTrue(noise.filter(record(cli.__file__, logging.INFO)))
+
+
+@dataclasses.dataclass
+class _Export:
+  image_scales: tuple[float, ...] = (0.5, 1.0)
+  max_image_size: int = 1024
+  precision: str = "float32"
+  fold_batch_norms: bool = True
+  gem_power: float | None = None
+
+
+@dataclasses.dataclass
+class _Train:
+  batch_size: int = 64
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class _Tree:
+  train: _Train = dataclasses.field(default_factory=_Train)
+  export: _Export = dataclasses.field(default_factory=_Export)
+
+
+class ConfigFlagsTest(tf.test.TestCase):
+  def test_one_flag_per_field_typed_by_its_hint_and_not_given_by_default(self):
+    flag_values = flags.FlagValues()
+    mapping = cli.define_config_flags(_Export(), flag_values=flag_values)
+    self.assertEqual(
+      mapping,
+      {
+        n: n
+        for n in ("image_scales", "max_image_size", "precision", "fold_batch_norms", "gem_power")
+      },
+    )
+    flag_values(["prog", "--max_image_size=512", "--image_scales=0.7,1", "--nofold_batch_norms"])
+    self.assertEqual(flag_values["max_image_size"].value, 512)
+    self.assertEqual(flag_values["image_scales"].value, ["0.7", "1"])
+    self.assertIs(flag_values["fold_batch_norms"].value, False)
+    self.assertIsNone(flag_values["precision"].value)
+    self.assertEqual(
+      cli.given_overrides(mapping, flag_values),
+      {"max_image_size": 512, "image_scales": ["0.7", "1"], "fold_batch_norms": False},
+    )
+    flag_values(["prog", "--gem_power=2.5"])
+    self.assertEqual(flag_values["gem_power"].value, 2.5)
+
+  def test_help_names_the_field_and_the_configs_value(self):
+    flag_values = flags.FlagValues()
+    cli.define_config_flags(_Export(precision="bfloat16"), flag_values=flag_values)
+    self.assertIn("precision", flag_values["precision"].help)
+    self.assertIn("'bfloat16'", flag_values["precision"].help)
+    self.assertIn("0.5,1.0", flag_values["image_scales"].help)
+    cli.define_config_flags(
+      _Train(), flag_values=flag_values, default_help="from --experiment", skip=("seed",)
+    )
+    self.assertIn("from --experiment", flag_values["batch_size"].help)
+    self.assertNotIn("seed", flag_values)
+
+  def test_sections_give_dotted_paths_and_nested_overrides(self):
+    flag_values = flags.FlagValues()
+    mapping = cli.define_config_flags(
+      _Tree(), sections=("train", "export"), skip=("export.gem_power",), flag_values=flag_values
+    )
+    self.assertEqual(mapping["batch_size"], "train.batch_size")
+    self.assertEqual(mapping["precision"], "export.precision")
+    self.assertNotIn("gem_power", mapping)
+    self.assertIn("export.precision", flag_values["precision"].help)
+    flag_values(["prog", "--batch_size=8", "--precision=bfloat16"])
+    self.assertEqual(
+      cli.given_overrides(mapping, flag_values),
+      {"train": {"batch_size": 8}, "export": {"precision": "bfloat16"}},
+    )
+
+  def test_a_second_call_is_a_no_op_and_a_clash_is_an_error(self):
+    flag_values = flags.FlagValues()
+    first = cli.define_config_flags(_Train(), flag_values=flag_values)
+    self.assertEqual(cli.define_config_flags(_Train(), flag_values=flag_values), first)
+    with self.assertRaisesRegex(ValueError, "--batch_size .*another meaning"):
+      cli.define_config_flags(_Tree(), sections=("train",), flag_values=flag_values)
+
+  def test_two_fields_with_one_name_are_refused(self):
+    @dataclasses.dataclass
+    class _Clash:
+      train: _Train = dataclasses.field(default_factory=_Train)
+      other: _Train = dataclasses.field(default_factory=_Train)
+
+    with self.assertRaisesRegex(ValueError, "other.batch_size and train.batch_size"):
+      cli.define_config_flags(_Clash(), sections=("train", "other"), flag_values=flags.FlagValues())
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@
   it exits anyway.
 """
 
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -72,6 +75,119 @@ def define_override(define: Callable[..., object], name: str, help_text: str) ->
       raise ValueError(f"--{name} is defined twice and one has a default")
     return
   define(name, None, help_text)
+
+
+_FLAG_DEFINERS = {
+  bool: flags.DEFINE_bool,
+  int: flags.DEFINE_integer,
+  float: flags.DEFINE_float,
+  str: flags.DEFINE_string,
+  tuple: flags.DEFINE_list,
+}
+
+
+def _flag_kind(hint) -> type:
+  """bool/int/float/str/tuple: the type a field flag parses (`X | None` -> X)."""
+  if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+    hint = next(t for t in typing.get_args(hint) if t is not type(None))
+  return typing.get_origin(hint) or hint
+
+
+def _field_flags(config, prefix: str, skip: frozenset) -> list[tuple[str, str, type, object]]:
+  """(flag name, field path, kind, default) for each field of the dataclass `config`."""
+  hints = typing.get_type_hints(type(config))
+  rows = []
+  for field in dataclasses.fields(config):
+    path = f"{prefix}{field.name}"
+    if field.name in skip or path in skip:
+      continue
+    kind = _flag_kind(hints[field.name])
+    if kind not in _FLAG_DEFINERS:
+      raise TypeError(f"{path}: a field of type {hints[field.name]} cannot be a flag")
+    rows.append((field.name, path, kind, getattr(config, field.name)))
+  return rows
+
+
+def _default_text(value) -> str:
+  if isinstance(value, tuple | list):
+    return ",".join(str(v) for v in value)
+  return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def define_config_flags(
+  config,
+  sections: Iterable[str] | None = None,
+  skip: Iterable[str] = (),
+  flag_values: flags.FlagValues = flags.FLAGS,
+  default_help: str | None = None,
+) -> dict[str, str]:
+  """Defines one override flag per field of the dataclass `config`; returns flag -> field path.
+
+  Each flag is named after its field and defaults to None, meaning "not
+  given" (`given_overrides` collects the given ones); its type follows the
+  field's type hint (bool, int, float, str; a tuple is a comma-separated
+  list) and its help names the field and its value in `config`. Calling it
+  again with the same fields is a no-op (a command's `define_flags` may run
+  twice); a flag of the same name defined otherwise is an error.
+
+  Args:
+    config: a dataclass instance (a config section, or a tree of sections).
+    sections: the names of `config`'s section fields whose fields become flags
+      (paths "section.field"); None: `config`'s own fields (paths "field").
+    skip: field names or paths that get no flag.
+    flag_values: where to define them (a private FlagValues in tests).
+    default_help: the help's default text instead of the field's value (e.g.
+      "from --experiment" when presets change the defaults).
+
+  Returns:
+    {flag name: dotted field path}, e.g. {"precision": "export.precision"}.
+
+  Raises:
+    ValueError: two fields share a flag name, or a flag of that name exists
+      with another meaning.
+    TypeError: a field type that cannot be a flag.
+  """
+  skip = frozenset(skip)
+  if sections is None:
+    rows = _field_flags(config, "", skip)
+  else:
+    rows = [
+      row for name in sections for row in _field_flags(getattr(config, name), f"{name}.", skip)
+    ]
+  mapping: dict[str, str] = {}
+  for name, path, kind, default in rows:
+    if name in mapping:
+      raise ValueError(f"{path} and {mapping[name]} share the flag name --{name}")
+    mapping[name] = path
+    shown = default_help or f"{_default_text(default)} when not given"
+    help_text = f"Overrides the config field {path} (default: {shown})."
+    if name in flag_values:
+      if flag_values[name].help != help_text or flag_values[name].default is not None:
+        raise ValueError(f"--{name} (for {path}) is already defined with another meaning")
+      continue
+    _FLAG_DEFINERS[kind](name, None, help_text, flag_values=flag_values)
+  return mapping
+
+
+def given_overrides(
+  mapping: Mapping[str, str], flag_values: flags.FlagValues = flags.FLAGS
+) -> dict:
+  """The flags of `mapping` (flag -> field path) that were given, as a nested dict of values.
+
+  E.g. {"export": {"precision": "bfloat16"}} for `--precision=bfloat16` and
+  mapping {"precision": "export.precision"}; flags left at None are absent.
+  """
+  values: dict = {}
+  for name, path in mapping.items():
+    value = flag_values[name].value
+    if value is None:
+      continue
+    *parents, field = path.split(".")
+    node = values
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[field] = value
+  return values
 
 
 def resolve_path(path: str | None) -> str | None:

@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from absl.testing import flagsaver
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
 from dolg_tf.data import gldv2, input_pipeline, synthetic
 from dolg_tf.keras_api import keras
+from dolg_tf.model import checkpoint_restore
 from dolg_tf.training import trainer
 from dolg_tf.utils import cli
 from tests import testutil
@@ -257,7 +257,7 @@ class TrainerTest(tf.test.TestCase):
       (TINY, {"num_classes": 5}),
     ):
       with self.assertRaisesRegex(
-        trainer.CheckpointMismatchError,
+        checkpoint_restore.CheckpointMismatchError,
         f"checkpoint {checkpoint} does not fit the model of this config "
         r"\(Received incompatible tensor with shape \(16, 4\)",
       ):
@@ -334,9 +334,8 @@ class ResumeCheckTest(tf.test.TestCase):
       train.check_resume(changed, layout)
     # Runtime settings (logging, checkpoint cadence, export) may change.
     train.check_resume(config_lib.override(saved, "train.log_every=5"), layout)
-    with flagsaver.flagsaver(allow_config_change=True):
-      with self.assertLogs(level="WARNING") as logs:
-        train.check_resume(changed, layout)
+    with self.assertLogs(level="WARNING") as logs:
+      train.check_resume(changed, layout, allow_config_change=True)
     self.assertLen(logs.output, 2)
     self.assertIn("model.head_margin 0.15 -> 0.3", logs.output[1])
 

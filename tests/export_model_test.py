@@ -13,7 +13,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from dolg_tf import config as config_lib
 from dolg_tf.export import export_model, signatures
-from dolg_tf.training import trainer
+from dolg_tf.model import checkpoint_restore
 from tests import testutil
 
 TINY = testutil.TINY_DOLG
@@ -229,7 +229,7 @@ class ExportFolderTest(tf.test.TestCase):
       os.path.join(logdir, "checkpoints", "ckpt")
     )
     with self.assertRaisesRegex(
-      trainer.CheckpointMismatchError, f"checkpoint {prefix} does not fit the model"
+      checkpoint_restore.CheckpointMismatchError, f"checkpoint {prefix} does not fit the model"
     ):
       export_model.export_from_checkpoint(logdir)
     with self.assertRaisesRegex(FileNotFoundError, f"--checkpoint: no checkpoint {logdir}/nope"):

@@ -32,7 +32,7 @@ from dolg_tf.convert import official_dolg
 from dolg_tf.data import synthetic
 from dolg_tf.export import export_model
 from dolg_tf.keras_api import keras
-from dolg_tf.model import builder
+from dolg_tf.model import builder, checkpoint_restore
 from dolg_tf.training import trainer
 from dolg_tf.utils import dir_lock
 from tests import testutil
@@ -389,7 +389,7 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(run.restored_from, prefix + "1")
     self.assertEqual(run.step, 1)
     self.assertIn(f"{prefix}2 is listed as the latest checkpoint but its files are", logs.output[0])
-    _, model = export_model.restore_model(logdir)  # Export takes ckpt-1 too.
+    _, model = checkpoint_restore.restore_model(logdir)  # Export takes ckpt-1 too.
     self.assertLen(model.variables, len(run.model.variables))
 
   # ----------------------------------------------------------------------------- locks
@@ -480,7 +480,7 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_a_checkpoint_of_nan_weights_is_not_exported(self):
     logdir = self._copy_run()
-    _, model = export_model.restore_model(logdir)
+    _, model = checkpoint_restore.restore_model(logdir)
     for variable in model.variables:
       variable.assign(tf.fill(variable.shape, float("nan")))
     prefix = tf.train.Checkpoint(model=model).save(os.path.join(logdir, "nan", "ckpt"))
@@ -496,7 +496,7 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
     self.assertFalse(os.path.exists(os.path.join(logdir, "export")))
 
   def test_a_model_of_zero_weights_is_not_exported(self):
-    _, model = export_model.restore_model(self.run_dir)
+    _, model = checkpoint_restore.restore_model(self.run_dir)
     for variable in model.variables:
       variable.assign(tf.zeros(variable.shape, variable.dtype))
     base = os.path.join(self.create_tempdir().full_path, "export")

@@ -11,8 +11,8 @@ from PIL import Image
 
 from dolg_tf import config as config_lib
 from dolg_tf import visualize
-from dolg_tf.export import export_model
 from dolg_tf.io import datum_io, feature_io
+from dolg_tf.model import checkpoint_restore
 from dolg_tf.utils import images
 from tests import testutil
 
@@ -71,7 +71,7 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
 class RestoredRunTest(tf.test.TestCase):
   def test_restore_model_gives_the_checkpointed_attention(self):
     logdir = _write_run(self.create_tempdir().full_path)
-    experiment, model = export_model.restore_model(logdir)
+    experiment, model = checkpoint_restore.restore_model(logdir)
     self.assertEqual(experiment.model.name, "dolg")
     image = _image(64, 64, seed=3)
     self.assertAllClose(

@@ -65,8 +65,7 @@ from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.export import signatures as signatures_lib
 from dolg_tf.keras_api import keras
-from dolg_tf.model import builder, normalization, superglobal
-from dolg_tf.training import trainer as trainer_lib
+from dolg_tf.model import builder, checkpoint_restore, normalization, superglobal
 from dolg_tf.utils import cli, cpu, dir_lock
 
 DEFAULT_SCALES = config_lib.OFFICIAL_SCALES
@@ -681,10 +680,12 @@ def export_from_checkpoint(
   Raises:
     FileNotFoundError: no run folder, config or checkpoint (named).
     config_lib.ConfigError: a bad override.
-    trainer_lib.CheckpointMismatchError: the checkpoint does not fit the
+    checkpoint_restore.CheckpointMismatchError: the checkpoint does not fit the
       run's model config (named).
   """
-  experiment, model, checkpoint = _restore(logdir, checkpoint, export_overrides)
+  experiment, model, checkpoint = checkpoint_restore.restore_run(
+    logdir, checkpoint, export_overrides
+  )
   return export_saved_model(
     model,
     experiment.model,
@@ -693,51 +694,6 @@ def export_from_checkpoint(
     experiment.export,
     source=f"checkpoint {checkpoint}",
   )
-
-
-def restore_model(logdir: str, checkpoint: str = "", overrides=None):
-  """A training run's model with the weights of one of its checkpoints.
-
-  Args:
-    logdir: the run folder (config.json and checkpoints/, see run_layout).
-    checkpoint: a checkpoint prefix; default the latest of `logdir`.
-    overrides: dict or --params_override string applied to the run's config.
-
-  Returns:
-    (the run's ExperimentConfig with the overrides, the restored model).
-
-  Raises:
-    FileNotFoundError: no run folder, config or checkpoint (named).
-    config_lib.ConfigError: a bad override.
-    trainer_lib.CheckpointMismatchError: the checkpoint does not fit the
-      run's model config, or is damaged (named, with the previous one).
-  """
-  experiment, model, _ = _restore(logdir, checkpoint, overrides)
-  return experiment, model
-
-
-def _restore(logdir: str, checkpoint: str, overrides):
-  """restore_model's (config, model), and the checkpoint prefix it restored."""
-  layout = run_layout.RunLayout(logdir)
-  if not os.path.isdir(logdir):
-    raise FileNotFoundError(f"--logdir: no run folder {logdir}")
-  experiment = config_lib.override(config_lib.load_config(layout.config), overrides or {})
-  if checkpoint:
-    if not tf.io.gfile.glob(checkpoint + ".index"):
-      raise FileNotFoundError(f"--checkpoint: no checkpoint {checkpoint} ({checkpoint}.index)")
-  else:
-    # The newest whose files exist (a damaged latest one may have been deleted by hand).
-    existing = trainer_lib.existing_checkpoints(layout.checkpoints)
-    checkpoint = existing[-1] if existing else None
-    if not checkpoint:
-      raise FileNotFoundError(f"no checkpoint in {layout.checkpoints}")
-  model = builder.build_model(experiment.model, image_size=64)
-  try:
-    trainer_lib.restore_checkpoint(tf.train.Checkpoint(model=model), checkpoint, partial=True)
-  except trainer_lib.CheckpointDamagedError as e:
-    advice = f": export it with --checkpoint={e.previous}" if e.previous else ""
-    raise trainer_lib.CheckpointDamagedError(str(e) + advice, e.path, e.previous) from None
-  return experiment, model, checkpoint
 
 
 def define_flags():
@@ -785,7 +741,7 @@ def main(argv):
     FileNotFoundError,
     FileExistsError,
     config_lib.ConfigError,
-    trainer_lib.CheckpointMismatchError,
+    checkpoint_restore.CheckpointMismatchError,
     ExportError,
     OSError,  # e.g. the export folder's lock file cannot be created (permission denied)
   ) as e:

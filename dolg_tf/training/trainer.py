@@ -31,9 +31,10 @@ from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.data import gldv2, input_pipeline
 from dolg_tf.keras_api import keras
-from dolg_tf.model import builder, keras_h5
+from dolg_tf.model import builder, checkpoint_restore, keras_h5
 from dolg_tf.training import schedules
 from dolg_tf.utils import cpu, progress
+from dolg_tf.utils.error_text import first_line
 
 # DELG's loss weights (DELF train.py defaults).
 DELG_ATTENTION_LOSS_WEIGHT = 1.0
@@ -44,126 +45,8 @@ class NonFiniteLossError(RuntimeError):
   """The training loss became NaN or Inf."""
 
 
-class CheckpointMismatchError(ValueError):
-  """A checkpoint does not fit the model being built; the message names it."""
-
-
-class CheckpointDamagedError(CheckpointMismatchError):
-  """A checkpoint's files are truncated or corrupt; the message names it.
-
-  Attributes:
-    path: the checkpoint prefix.
-    previous: the newest earlier checkpoint of its folder whose index exists, or None.
-  """
-
-  def __init__(self, message: str, path: str, previous: str | None):
-    super().__init__(message)
-    self.path = path
-    self.previous = previous
-
-
 class WriteError(OSError):
   """A file of the run folder cannot be written (disk full, read-only); the message names it."""
-
-
-# Messages of TensorFlow's checkpoint reader for files that are cut short or garbled.
-_DAMAGE_SIGNS = (
-  "Read less bytes than requested",
-  "sstable",
-  "Checksum does not match",
-  "truncated",
-  "corrupt",
-  "Data loss",
-)
-
-
-def checkpoint_number(path: str) -> int:
-  """N of a `.../ckpt-N` prefix (-1 if it has none)."""
-  tail = path.rsplit("-", 1)[-1]
-  return int(tail) if tail.isdigit() else -1
-
-
-def existing_checkpoints(directory: str) -> list[str]:
-  """The prefixes listed in `<directory>/checkpoint` whose `.index` exists, oldest first."""
-  state = tf.train.get_checkpoint_state(directory)
-  if state is None:
-    return []
-  paths = [
-    p if os.path.isabs(p) or "://" in p else os.path.join(directory, p)
-    for p in state.all_model_checkpoint_paths
-  ]
-  if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
-    paths.append(state.model_checkpoint_path)
-  found = [p for p in paths if tf.io.gfile.exists(p + ".index")]
-  return sorted(set(found), key=checkpoint_number)
-
-
-def previous_checkpoint(path: str) -> str | None:
-  """The newest checkpoint before `path` in its folder's `checkpoint` list, or None."""
-  number = checkpoint_number(path)
-  earlier = [
-    p
-    for p in existing_checkpoints(os.path.dirname(path))
-    if checkpoint_number(p) < number and p != path
-  ]
-  return earlier[-1] if earlier else None
-
-
-def _damage(error: Exception) -> str | None:
-  """What is wrong with a checkpoint whose restore raised `error`, if its files are damaged."""
-  text = first_line(error)
-  if isinstance(error, IndexError) or "Read less bytes than requested" in text:
-    return "a data file is shorter than its index says: truncated"
-  if isinstance(error, tf.errors.DataLossError) or any(s in text for s in _DAMAGE_SIGNS):
-    return text
-  if ".data-" in text and "No such file" in text:
-    return f"a data file is missing ({text})"
-  return None
-
-
-def first_line(error: Exception, limit: int = 160) -> str:
-  """The start of an error's message (TF's can be thousands of characters), one line."""
-  text = " ".join(str(getattr(error, "message", None) or error).split())
-  return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
-  """Restores `path` into `checkpoint`, checking every existing object got its values.
-
-  Args:
-    checkpoint: the objects to restore (built, so shapes are known).
-    path: the checkpoint prefix.
-    partial: the checkpoint may hold more than `checkpoint` (export: no head
-      or optimizer).
-
-  Raises:
-    CheckpointDamagedError: a file of the checkpoint is truncated, corrupt or
-      missing (the checkpoint, the reason and the previous checkpoint named).
-    CheckpointMismatchError: a variable is missing or has another shape (the
-      checkpoint and the reason named).
-  """
-  try:
-    status = checkpoint.restore(path)
-    if partial:
-      status.expect_partial()
-    status.assert_existing_objects_matched()
-  except (ValueError, AssertionError, IndexError, tf.errors.OpError) as e:
-    damage = _damage(e)
-    if damage is not None:
-      previous = previous_checkpoint(path)
-      raise CheckpointDamagedError(
-        f"checkpoint {path} is damaged ({damage}); "
-        + (f"the previous checkpoint is {previous}" if previous else "there is no earlier one"),
-        path,
-        previous,
-      ) from None
-    if isinstance(e, tf.errors.NotFoundError):
-      raise CheckpointMismatchError(f"checkpoint {path}: not found or unreadable") from None
-    raise CheckpointMismatchError(
-      f"checkpoint {path} does not fit the model of this config ({first_line(e)}); it was "
-      "written with another model section (e.g. embedding_dim, backbone or num_classes): use "
-      "that run's config.json, or a new --logdir"
-    ) from None
 
 
 def input_error(error: Exception, field: str, file_pattern: str) -> input_pipeline.DataError | None:
@@ -316,14 +199,16 @@ class Trainer:
     latest = self.latest_checkpoint()
     if latest:
       try:
-        restore_checkpoint(self.checkpoint, latest)
-      except CheckpointDamagedError as e:
+        checkpoint_restore.restore_checkpoint(self.checkpoint, latest)
+      except checkpoint_restore.CheckpointDamagedError as e:
         advice = (
           f": to resume from it, delete {latest}.index (and its data file)"
           if e.previous
           else f": delete {self._checkpoint_dir} to start over, or use a new --logdir"
         )
-        raise CheckpointDamagedError(str(e) + advice, e.path, e.previous) from None
+        raise checkpoint_restore.CheckpointDamagedError(
+          str(e) + advice, e.path, e.previous
+        ) from None
       self.restored_from = latest
       logging.info("Resumed from %s at step %d", self.restored_from, self.step)
     self._train_step_fn = None
@@ -342,7 +227,7 @@ class Trainer:
     listed = self.manager.latest_checkpoint
     if not listed:
       return None
-    existing = existing_checkpoints(self._checkpoint_dir)
+    existing = checkpoint_restore.existing_checkpoints(self._checkpoint_dir)
     latest = existing[-1] if existing else None
     if latest != listed:
       logging.warning(

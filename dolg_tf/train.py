@@ -34,7 +34,6 @@ import json
 import os
 import signal
 import sys
-import typing
 
 from absl import flags, logging
 
@@ -48,17 +47,6 @@ from dolg_tf.utils import cli, dir_lock
 from dolg_tf.utils.error_text import first_line
 
 FLAGS = flags.FLAGS
-
-flags.DEFINE_enum("experiment", experiments.DEFAULT, list(experiments.NAMES), "Named preset.")
-flags.DEFINE_multi_string("config_file", [], "YAML/JSON config file(s), applied in order.")
-flags.DEFINE_string(
-  "params_override", "", "Overrides: 'train.batch_size=8,model.embedding_dim=128' or YAML."
-)
-flags.DEFINE_string("logdir", "runs/demo", "Run folder: checkpoints, summaries, config, export.")
-flags.DEFINE_bool(
-  "allow_config_change", False, "Resume even if the config differs from <logdir>/config.json."
-)
-flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --logdir.")
 
 # The exit status of a run stopped by SIGTERM (checkpoint saved), as a shell reports a
 # process killed by SIGTERM: schedulers treat the job as preempted, not as done.
@@ -81,53 +69,73 @@ RUNTIME_FIELDS = frozenset(
 ) | {f"export.{f.name}" for f in dataclasses.fields(config_lib.ExportConfig)}
 
 
-def _define_field_flags() -> dict[str, str]:
+# The sections whose fields get a flag each (model.name is chosen by --experiment).
+FIELD_FLAG_SECTIONS = ("model", "data", "train", "export")
+
+
+def _define_field_flags(flag_values: flags.FlagValues) -> dict[str, str]:
   """One override flag per config field (named as the field); returns flag -> field path."""
-  defaults = config_lib.ExperimentConfig()
-  mapping = {}
-  for section in ("model", "data", "train", "export"):
-    config = getattr(defaults, section)
-    hints = typing.get_type_hints(type(config))
-    for field in dataclasses.fields(config):
-      if section == "model" and field.name == "name":
-        continue  # Chosen by --experiment.
-      hint = hints[field.name]
-      kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-      kind = typing.get_origin(kind) or kind
-      help_text = f"Overrides {section}.{field.name} (default: from --experiment)."
-      define = {
-        bool: flags.DEFINE_bool,
-        int: flags.DEFINE_integer,
-        float: flags.DEFINE_float,
-        str: flags.DEFINE_string,
-        tuple: flags.DEFINE_list,
-      }[kind]
-      if field.name in mapping:  # One flat flag per field: names must be unique.
-        raise ValueError(f"{section}.{field.name} and {mapping[field.name]} share a flag name")
-      cli.define_override(define, field.name, help_text)
-      mapping[field.name] = f"{section}.{field.name}"
-  return mapping
+  return cli.define_config_flags(
+    config_lib.ExperimentConfig(),
+    sections=FIELD_FLAG_SECTIONS,
+    skip=("model.name",),
+    flag_values=flag_values,
+    default_help="from --experiment",
+  )
 
 
-FIELD_FLAGS = _define_field_flags()
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the command's flags (a second call is a no-op)."""
+  if "experiment" not in flag_values:
+    flags.DEFINE_enum(
+      "experiment",
+      experiments.DEFAULT,
+      list(experiments.NAMES),
+      "Named preset.",
+      flag_values=flag_values,
+    )
+    flags.DEFINE_multi_string(
+      "config_file", [], "YAML/JSON config file(s), applied in order.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+      "params_override",
+      "",
+      "Overrides: 'train.batch_size=8,model.embedding_dim=128' or YAML.",
+      flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+      "logdir",
+      "runs/demo",
+      "Run folder: checkpoints, summaries, config, export.",
+      flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+      "allow_config_change",
+      False,
+      "Resume even if the config differs from <logdir>/config.json.",
+      flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+      "export_only",
+      False,
+      "Only export the latest checkpoint of --logdir.",
+      flag_values=flag_values,
+    )
+  _define_field_flags(flag_values)
 
 
-def experiment_from_flags() -> config_lib.ExperimentConfig:
+def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.ExperimentConfig:
   """The ExperimentConfig the flags describe (see the module doc for the order).
 
   Raises:
     config_lib.ConfigError: an unknown field or a bad value (named).
   """
-  config = experiments.get(FLAGS.experiment)
-  for path in FLAGS.config_file:
+  config = experiments.get(flag_values.experiment)
+  for path in flag_values.config_file:
     config = config_lib.override(config, config_lib.load_config_dict(path))
-  config = config_lib.override(config, FLAGS.params_override)
-  values = {}
-  for flag_name, path in FIELD_FLAGS.items():
-    if FLAGS[flag_name].value is not None:
-      section, field = path.split(".")
-      values.setdefault(section, {})[field] = FLAGS[flag_name].value
-  config = config_lib.override(config, values)
+  config = config_lib.override(config, flag_values.params_override)
+  field_flags = _define_field_flags(flag_values)
+  config = config_lib.override(config, cli.given_overrides(field_flags, flag_values))
   for name in ("train_file_pattern", "validation_file_pattern"):
     if getattr(config.data, name):
       config = config_lib.override(
@@ -140,8 +148,12 @@ def experiment_from_flags() -> config_lib.ExperimentConfig:
   return config
 
 
-def check_resume(config: config_lib.ExperimentConfig, layout: run_layout.RunLayout) -> None:
-  """Refuses to resume a run whose saved config differs (unless --allow_config_change).
+def check_resume(
+  config: config_lib.ExperimentConfig,
+  layout: run_layout.RunLayout,
+  allow_config_change: bool = False,
+) -> None:
+  """Refuses to resume a run whose saved config differs (unless `allow_config_change`).
 
   A run folder with checkpoints but without a readable config.json is refused
   too: the config its checkpoints were trained with is unknown.
@@ -160,7 +172,7 @@ def check_resume(config: config_lib.ExperimentConfig, layout: run_layout.RunLayo
     except (config_lib.ConfigError, OSError) as e:
       unknown = str(e)
   if unknown is not None:
-    if not FLAGS.allow_config_change:
+    if not allow_config_change:
       raise cli.UserError(
         f"{unknown}; the config the run's checkpoints were trained with is unknown: use a new "
         "--logdir, restore the file, or give --allow_config_change to resume with this config"
@@ -177,7 +189,7 @@ def check_resume(config: config_lib.ExperimentConfig, layout: run_layout.RunLayo
   if not changes:
     return
   listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
-  if not FLAGS.allow_config_change:
+  if not allow_config_change:
     raise cli.UserError(
       f"{layout.config}: the run was started with another config ({listed}); "
       "use a new --logdir, or --allow_config_change to resume with the new values"
@@ -253,8 +265,8 @@ def main(argv):
   check_logdir(layout.root)
   lock = lock_logdir(layout)
   try:
-    check_resume(config, layout)
-    _train(config, layout)
+    check_resume(config, layout, FLAGS.allow_config_change)
+    _train(config, layout, FLAGS.export_only)
   except Exception as e:  # A full or read-only disk: one line naming the run folder.
     reason = run_layout.write_failure(e)
     if reason is None or isinstance(e, cli.UserError):
@@ -268,8 +280,10 @@ def main(argv):
     lock.release()
 
 
-def _train(config: config_lib.ExperimentConfig, layout: run_layout.RunLayout) -> None:
-  """Builds the trainer, trains (unless --export_only) and exports; see the module doc."""
+def _train(
+  config: config_lib.ExperimentConfig, layout: run_layout.RunLayout, export_only: bool
+) -> None:
+  """Builds the trainer, trains (unless `export_only`) and exports; see the module doc."""
   data = config.data
   if data.is_synthetic:
     train_pattern, validation_pattern, _ = synthetic.ensure_demo_data(
@@ -294,9 +308,9 @@ def _train(config: config_lib.ExperimentConfig, layout: run_layout.RunLayout) ->
     checkpoint_restore.CheckpointMismatchError,
   ) as e:
     raise cli.UserError(str(e)) from None
-  if FLAGS.export_only and trainer.restored_from is None:
+  if export_only and trainer.restored_from is None:
     raise cli.UserError(f"--export_only: no checkpoint in {layout.checkpoints}")
-  if not FLAGS.export_only:
+  if not export_only:
     try:
       metrics = trainer.train()
     except trainer_lib.NonFiniteLossError as e:
@@ -327,6 +341,7 @@ def _train(config: config_lib.ExperimentConfig, layout: run_layout.RunLayout) ->
 
 def run():
   """The `dolg-train` command (and `bazel run //dolg_tf:train`)."""
+  define_flags()
   cli.run(main)
 
 

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from absl.testing import flagsaver
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
@@ -335,9 +334,8 @@ class ResumeCheckTest(tf.test.TestCase):
       train.check_resume(changed, layout)
     # Runtime settings (logging, checkpoint cadence, export) may change.
     train.check_resume(config_lib.override(saved, "train.log_every=5"), layout)
-    with flagsaver.flagsaver(allow_config_change=True):
-      with self.assertLogs(level="WARNING") as logs:
-        train.check_resume(changed, layout)
+    with self.assertLogs(level="WARNING") as logs:
+      train.check_resume(changed, layout, allow_config_change=True)
     self.assertLen(logs.output, 2)
     self.assertIn("model.head_margin 0.15 -> 0.3", logs.output[1])
 

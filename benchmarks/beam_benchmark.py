@@ -35,9 +35,9 @@ from PIL import Image
 
 from dolg_tf import config as config_lib
 from dolg_tf.export import export_model
-from dolg_tf.extraction import beam_pipeline, descriptor_store, pipeline
+from dolg_tf.extraction import beam_pipeline, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import config_io
+from dolg_tf.io import config_io, descriptor_reading
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder
 from dolg_tf.utils import beam_cli
@@ -107,8 +107,8 @@ def single_process(config_path, tasks, output_dir, batch_size):
 
 
 def largest_difference(folder_a: str, folder_b: str) -> float:
-  a = dict(zip(*descriptor_store.read_descriptors(folder_a, suffix=SUFFIX)))
-  b = dict(zip(*descriptor_store.read_descriptors(folder_b, suffix=SUFFIX)))
+  a = dict(zip(*descriptor_reading.read_descriptors(folder_a, suffix=SUFFIX)))
+  b = dict(zip(*descriptor_reading.read_descriptors(folder_b, suffix=SUFFIX)))
   if sorted(a) != sorted(b):
     raise RuntimeError(f"{folder_a} and {folder_b} hold different images")
   return max(float(np.abs(a[k] - b[k]).max()) for k in a)

@@ -40,9 +40,8 @@ from absl import app, flags
 
 from dolg_tf import config as config_lib
 from dolg_tf.export import export_model
-from dolg_tf.extraction import binarize
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import config_io, datum_io, feature_io
+from dolg_tf.io import binarize, config_io, datum_io, feature_io
 from dolg_tf.model import builder
 from dolg_tf.retrieval import rerank
 from dolg_tf.utils import arrays

@@ -310,7 +310,7 @@ def main(argv):
   )
   size = FLAGS.image_size
   paths = make_images(os.path.join(workdir, "images"), FLAGS.num_images, size, size)
-  from dolg_tf.extraction import image_loading  # pylint: disable=g-import-not-at-top
+  from dolg_tf.io import image_loading  # pylint: disable=g-import-not-at-top
 
   arrays = [image_loading.load_image(p) for p in paths]
   exports, models = export_models(workdir)

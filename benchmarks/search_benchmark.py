@@ -472,7 +472,7 @@ def own_descriptors(k):
   """The same table on extracted descriptors (database = non-query rows of the labels)."""
   import csv  # noqa: PLC0415
 
-  from dolg_tf.extraction import descriptor_store  # noqa: PLC0415
+  from dolg_tf.io import descriptor_files, descriptor_reading  # noqa: PLC0415
 
   if not FLAGS.labels_csv:
     raise app.UsageError("--descriptors_dir needs --labels_csv")
@@ -480,13 +480,13 @@ def own_descriptors(k):
     rows = list(csv.DictReader(f))
   query_rows = [r for r in rows if r["set"] == "query"]
   db_rows = [r for r in rows if r["set"] != "query"]
-  _, db = descriptor_store.read_descriptors(
-    FLAGS.descriptors_dir, ids=[r["name"] for r in db_rows], suffix=descriptor_store.DEFAULT_SUFFIX
+  _, db = descriptor_reading.read_descriptors(
+    FLAGS.descriptors_dir, ids=[r["name"] for r in db_rows], suffix=descriptor_files.DEFAULT_SUFFIX
   )
-  _, queries = descriptor_store.read_descriptors(
+  _, queries = descriptor_reading.read_descriptors(
     FLAGS.descriptors_dir,
     ids=[r["name"] for r in query_rows],
-    suffix=descriptor_store.DEFAULT_SUFFIX,
+    suffix=descriptor_files.DEFAULT_SUFFIX,
   )
   db_labels = np.asarray([int(r["class"]) for r in db_rows])
   query_labels = np.asarray([int(r["class"]) for r in query_rows])

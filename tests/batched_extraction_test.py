@@ -17,15 +17,9 @@ from absl.testing import flagsaver, parameterized
 from PIL import Image
 
 from dolg_tf.export import signatures
-from dolg_tf.extraction import (
-  batching,
-  descriptor_store,
-  extract_features,
-  local_extractor,
-  pipeline,
-)
+from dolg_tf.extraction import batching, extract_features, local_extractor, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import datum_io
+from dolg_tf.io import datum_io, descriptor_reading
 from tests import testutil
 
 EXPORT_CONFIG = testutil.SMALL_EXPORT_CONFIG
@@ -334,8 +328,8 @@ class DolgBatchedExtractionTest(_SharedExportTest):
       group = call.args[0]
       self.assertBetween(len(group), 2, 4)
       self.assertLen({image.shape for image in group}, 1)
-    ids, matrix = descriptor_store.read_descriptors(single_dir)
-    batch_ids, batch_matrix = descriptor_store.read_descriptors(batch_dir)
+    ids, matrix = descriptor_reading.read_descriptors(single_dir)
+    batch_ids, batch_matrix = descriptor_reading.read_descriptors(batch_dir)
     self.assertEqual(ids, [pipeline.image_id_from_path(p) for p in paths])
     self.assertEqual(batch_ids, ids)
     self.assertEqual(matrix.shape, (10, 16))
@@ -398,7 +392,7 @@ class DolgBatchedExtractionTest(_SharedExportTest):
       gldv2_csv_path=csv_path, images_dir=images, output_dir=out, batch_size=2
     )
     self.assertEqual(code, 0)  # Some images have descriptors.
-    ids, matrix = descriptor_store.read_descriptors(out)
+    ids, matrix = descriptor_reading.read_descriptors(out)
     self.assertEqual(ids, sorted(present))
     for image_id, row in zip(ids, matrix):
       self.assertAllClose(row, self.extractor.extract_from_file(paths[image_id]), atol=ATOL, rtol=0)
@@ -577,8 +571,8 @@ class DelgBatchedExtractionTest(_SharedExportTest):
         self.assertEqual(a.shape, b.shape, name)
         self.assertAllClose(a, b, atol=ATOL, rtol=0, msg=name)
     suffix = self.extractor.global_suffix
-    ids, matrix = descriptor_store.read_descriptors(single_dir, suffix=suffix)
-    batch_ids, batch_matrix = descriptor_store.read_descriptors(batch_dir, suffix=suffix)
+    ids, matrix = descriptor_reading.read_descriptors(single_dir, suffix=suffix)
+    batch_ids, batch_matrix = descriptor_reading.read_descriptors(batch_dir, suffix=suffix)
     self.assertEqual(ids, [t.image_id for t in tasks])
     self.assertEqual(batch_ids, ids)
     self.assertAllClose(batch_matrix, matrix, atol=ATOL, rtol=0)

@@ -18,8 +18,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dolg_tf.extraction import beam_pipeline, descriptor_store, local_extractor, pipeline
+from dolg_tf.extraction import beam_pipeline, local_extractor, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.io import descriptor_reading
 from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
 from tests import testutil
@@ -51,7 +52,7 @@ def _command(*args, timeout=300):
 
 
 def _global_outputs(folder):
-  return descriptor_store.read_descriptors(folder, suffix=SUFFIX)
+  return descriptor_reading.read_descriptors(folder, suffix=SUFFIX)
 
 
 def _temp_files(folder):
@@ -139,7 +140,7 @@ class BeamExtractTest(tf.test.TestCase):
     self.assertNotEmpty(written_before)
     self.assertLess(len(written_before), NUM_IMAGES + 1)
     for name in written_before:  # Nothing partial: every file parses, with the reference values.
-      descriptor = descriptor_store.read_descriptors(out, [name[: -len(SUFFIX)]], suffix=SUFFIX)
+      descriptor = descriptor_reading.read_descriptors(out, [name[: -len(SUFFIX)]], suffix=SUFFIX)
       index = self.reference_ids.index(name[: -len(SUFFIX)])
       self.assertAllClose(descriptor[1][0], self.reference_matrix[index], atol=1e-6, rtol=0)
 
@@ -183,8 +184,8 @@ class BeamExtractTest(tf.test.TestCase):
       for a, b in zip(got, want):
         self.assertAllClose(a, b, atol=1e-6, rtol=0)
     self.assertAllClose(
-      descriptor_store.read_descriptors(out, suffix=SUFFIX)[1],
-      descriptor_store.read_descriptors(single, suffix=SUFFIX)[1],
+      descriptor_reading.read_descriptors(out, suffix=SUFFIX)[1],
+      descriptor_reading.read_descriptors(single, suffix=SUFFIX)[1],
       atol=1e-6,
       rtol=0,
     )

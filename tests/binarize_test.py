@@ -3,8 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from dolg_tf.extraction import binarize
-from dolg_tf.io import datum_io
+from dolg_tf.io import binarize, datum_io
 from dolg_tf.retrieval import rerank
 
 

@@ -1,4 +1,4 @@
-"""Tests for the read path of dolg_tf.extraction.descriptor_store: refusals that name the file."""
+"""Tests for the read path of dolg_tf.io.descriptor_reading: refusals that name the file."""
 
 import os
 import re
@@ -6,10 +6,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from dolg_tf.extraction import descriptor_store
-from dolg_tf.io import datum_io
+from dolg_tf.io import datum_io, descriptor_files, descriptor_reading
 
-SUFFIX = descriptor_store.DEFAULT_SUFFIX
+SUFFIX = descriptor_files.DEFAULT_SUFFIX
 
 
 def _shard(path, ids, descriptors):
@@ -31,8 +30,8 @@ class DescriptorReadingTest(tf.test.TestCase):
     path = os.path.join(self.dir, "b" + SUFFIX)
     message = r": non-finite descriptor \(2 of 3 values are NaN or inf\)$"
     with self.assertRaisesRegex(ValueError, "^" + re.escape(path) + message):
-      descriptor_store.read_descriptors(self.dir)
-    ids, matrix = descriptor_store.read_descriptors(self.dir, ids=["a"])  # b is not read
+      descriptor_reading.read_descriptors(self.dir)
+    ids, matrix = descriptor_reading.read_descriptors(self.dir, ids=["a"])  # b is not read
     self.assertEqual(ids, ["a"])
     self.assertAllEqual(matrix, [[1.0, 0.0, 0.0]])
 
@@ -46,13 +45,13 @@ class DescriptorReadingTest(tf.test.TestCase):
       ValueError,
       "^" + re.escape(bad) + r": non-finite descriptor \(NaN or inf\) for image d \(2 of 3 rows\)$",
     ):
-      descriptor_store.read_descriptors(self.dir)
+      descriptor_reading.read_descriptors(self.dir)
 
   def test_missing_ids_are_counted_with_the_first_few_named(self):
     self._per_image(["a", "b"], np.eye(2))
     wanted = ["a", "m1", "b", "m2", "m3", "m4", "m5", "m6"]
-    with self.assertRaises(descriptor_store.MissingDescriptorsError) as raised:
-      descriptor_store.read_descriptors(self.dir, ids=wanted)
+    with self.assertRaises(descriptor_reading.MissingDescriptorsError) as raised:
+      descriptor_reading.read_descriptors(self.dir, ids=wanted)
     self.assertEqual(
       str(raised.exception), f"6 of 8 descriptors missing in {self.dir}: m1, m2, m3, m4, m5, ..."
     )
@@ -62,20 +61,20 @@ class DescriptorReadingTest(tf.test.TestCase):
     shards = self.create_tempdir().full_path
     _shard(os.path.join(shards, "descriptors-00000.npz"), ["a"], np.ones([1, 2]))
     with self.assertRaisesRegex(KeyError, f"^1 of 2 descriptors missing in {shards}: z$"):
-      descriptor_store.read_descriptors(shards, ids=["a", "z"])
+      descriptor_reading.read_descriptors(shards, ids=["a", "z"])
 
   def test_list_ids_and_descriptor_dim_read_at_most_one_descriptor(self):
     self._per_image(["b", "a"], np.eye(2, 5))
     datum_io.write_to_file(os.path.join(self.dir, "c" + SUFFIX), np.array([np.nan], np.float32))
-    self.assertEqual(descriptor_store.list_ids(self.dir), ["a", "b", "c"])
-    self.assertEqual(descriptor_store.descriptor_dim(self.dir, ids=["z", "b"]), 5)
-    self.assertIsNone(descriptor_store.descriptor_dim(self.dir, ids=["z"]))
+    self.assertEqual(descriptor_reading.list_ids(self.dir), ["a", "b", "c"])
+    self.assertEqual(descriptor_reading.descriptor_dim(self.dir, ids=["z", "b"]), 5)
+    self.assertIsNone(descriptor_reading.descriptor_dim(self.dir, ids=["z"]))
     shards = self.create_tempdir().full_path
     _shard(os.path.join(shards, "descriptors-00000.npz"), ["x", "y"], np.full([2, 7], np.nan))
-    self.assertEqual(descriptor_store.list_ids(shards), ["x", "y"])
-    self.assertEqual(descriptor_store.descriptor_dim(os.path.join(shards, "*.npz")), 7)
+    self.assertEqual(descriptor_reading.list_ids(shards), ["x", "y"])
+    self.assertEqual(descriptor_reading.descriptor_dim(os.path.join(shards, "*.npz")), 7)
     with self.assertRaisesRegex(FileNotFoundError, "nothing-here: no descriptor files found"):
-      descriptor_store.list_ids(os.path.join(self.dir, "nothing-here"))
+      descriptor_reading.list_ids(os.path.join(self.dir, "nothing-here"))
 
   def test_truncated_files_are_named(self):
     self._per_image(["a"], [np.arange(16)])
@@ -85,7 +84,7 @@ class DescriptorReadingTest(tf.test.TestCase):
     with open(path, "wb") as f:
       f.write(data[: len(data) // 2])
     with self.assertRaisesRegex(OSError, "^" + re.escape(path) + ": corrupt DatumProto file"):
-      descriptor_store.read_descriptors(self.dir)
+      descriptor_reading.read_descriptors(self.dir)
     shards = self.create_tempdir().full_path
     shard = _shard(os.path.join(shards, "descriptors-00000.npz"), ["x"], np.ones([1, 8]))
     with open(shard, "rb") as f:
@@ -93,7 +92,7 @@ class DescriptorReadingTest(tf.test.TestCase):
     with open(shard, "wb") as f:
       f.write(data[:-20])
     with self.assertRaisesRegex(OSError, "^" + re.escape(shard) + ": not a descriptor shard"):
-      descriptor_store.read_descriptors(shards)
+      descriptor_reading.read_descriptors(shards)
 
 
 if __name__ == "__main__":

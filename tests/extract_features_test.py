@@ -14,9 +14,9 @@ from absl.testing import flagsaver
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.extraction import descriptor_store, extract_features, pipeline
+from dolg_tf.extraction import extract_features, output_folder, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import datum_io
+from dolg_tf.io import datum_io, descriptor_files
 from dolg_tf.utils import cli
 from tests import testutil
 
@@ -246,7 +246,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
   def test_a_folder_in_use_is_refused_naming_the_holder(self):
     out = os.path.join(self.work, "locked_out")
     os.makedirs(out)
-    with descriptor_store.OutputLock(out):
+    with output_folder.OutputLock(out):
       result = self._run("--config=config.pbtxt", "--images_dir=images", "--output_dir=locked_out")
     self.assertEqual(result.returncode, 2, result.stderr[-3000:])
     self.assertEqual(
@@ -287,7 +287,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
         self._main(config=config, images_dir=images_dir, output_dir=out)
       model.assert_not_called()
     # Disk full after the first image: one line saying so; the rest is done by the next run.
-    real_write = descriptor_store.datum_io.write_to_file
+    real_write = descriptor_files.datum_io.write_to_file
     calls = []
 
     def full_after_one(path, array):
@@ -298,7 +298,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
         )
       real_write(path, array)
 
-    with mock.patch.object(descriptor_store.datum_io, "write_to_file", side_effect=full_after_one):
+    with mock.patch.object(descriptor_files.datum_io, "write_to_file", side_effect=full_after_one):
       with self.assertRaisesRegex(
         cli.UserError,
         f"^{out}: extraction stopped \\(disk full\\): .*im1.dolg_global: cannot write "

@@ -1,4 +1,4 @@
-"""Tests for the output folder checks and lock of dolg_tf.extraction.descriptor_store."""
+"""Tests for the output folder checks and lock of dolg_tf.extraction.output_folder."""
 
 import contextlib
 import errno
@@ -11,13 +11,14 @@ from unittest import mock
 
 import tensorflow as tf
 
-from dolg_tf.extraction import descriptor_store
+from dolg_tf.extraction import output_folder
+from dolg_tf.io import descriptor_files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD_LOCK = (
   "import sys, time\n"
-  "from dolg_tf.extraction import descriptor_store\n"
-  "descriptor_store.OutputLock(sys.argv[1]).acquire()\n"
+  "from dolg_tf.extraction import output_folder\n"
+  "output_folder.OutputLock(sys.argv[1]).acquire()\n"
   "print('locked', flush=True)\n"
   "time.sleep(120)\n"
 )
@@ -47,8 +48,8 @@ class PrepareOutputDirTest(tf.test.TestCase):
 
   def test_creates_and_probes(self):
     out = os.path.join(self.root, "a", "b")
-    self.assertTrue(descriptor_store.prepare_output_dir(out))
-    self.assertFalse(descriptor_store.prepare_output_dir(out))
+    self.assertTrue(output_folder.prepare_output_dir(out))
+    self.assertFalse(output_folder.prepare_output_dir(out))
     self.assertEqual(os.listdir(out), [])  # The probe is gone.
 
   def test_a_file_is_refused(self):
@@ -56,14 +57,14 @@ class PrepareOutputDirTest(tf.test.TestCase):
     with open(path, "w") as f:
       f.write("x")
     with self.assertRaisesRegex(
-      descriptor_store.OutputError, f"^{path}: output folder is a file, not a folder$"
+      output_folder.OutputError, f"^{path}: output folder is a file, not a folder$"
     ):
-      descriptor_store.prepare_output_dir(path)
+      output_folder.prepare_output_dir(path)
     with self.assertRaisesRegex(
-      descriptor_store.OutputError,
+      output_folder.OutputError,
       rf"^{path}/sub: cannot create the output folder \(Not a directory\)$",
     ):
-      descriptor_store.prepare_output_dir(os.path.join(path, "sub"))
+      output_folder.prepare_output_dir(os.path.join(path, "sub"))
 
   def test_read_only_folders_existing_or_to_be_created(self):
     folder = os.path.join(self.root, "ro")
@@ -76,20 +77,20 @@ class PrepareOutputDirTest(tf.test.TestCase):
       patch = contextlib.nullcontext()  # Real permissions.
     with patch:
       with self.assertRaisesRegex(
-        descriptor_store.OutputError,
+        output_folder.OutputError,
         rf"^{folder}: output folder is not writable \(Permission denied\)$",
       ):
-        descriptor_store.prepare_output_dir(folder)
+        output_folder.prepare_output_dir(folder)
       with self.assertRaisesRegex(
-        descriptor_store.OutputError,
+        output_folder.OutputError,
         rf"^{folder}/new: cannot create the output folder \(Permission denied\)$",
       ):
-        descriptor_store.prepare_output_dir(os.path.join(folder, "new"))
+        output_folder.prepare_output_dir(os.path.join(folder, "new"))
     with refuse_writes_under(folder, errno.EROFS):
       with self.assertRaisesRegex(
-        descriptor_store.OutputError, r"not writable \(Read-only file system\)$"
+        output_folder.OutputError, r"not writable \(Read-only file system\)$"
       ):
-        descriptor_store.prepare_output_dir(folder)
+        output_folder.prepare_output_dir(folder)
 
   def test_folder_errno_follows_causes(self):
     try:
@@ -98,10 +99,10 @@ class PrepareOutputDirTest(tf.test.TestCase):
       except OSError as e:
         raise OSError("x: cannot write (No space left on device)") from e
     except OSError as wrapped:
-      self.assertEqual(descriptor_store.folder_errno(wrapped), errno.ENOSPC)
-      self.assertEqual(descriptor_store.os_error_text(wrapped), "No space left on device")
-    self.assertIsNone(descriptor_store.folder_errno(OSError(errno.ENAMETOOLONG, "long")))
-    self.assertIsNone(descriptor_store.folder_errno(ValueError("x")))
+      self.assertEqual(output_folder.folder_errno(wrapped), errno.ENOSPC)
+      self.assertEqual(descriptor_files.os_error_text(wrapped), "No space left on device")
+    self.assertIsNone(output_folder.folder_errno(OSError(errno.ENAMETOOLONG, "long")))
+    self.assertIsNone(output_folder.folder_errno(ValueError("x")))
 
 
 class OutputLockTest(tf.test.TestCase):
@@ -110,17 +111,17 @@ class OutputLockTest(tf.test.TestCase):
     self.out = self.create_tempdir().full_path
 
   def test_a_second_open_is_refused_naming_pid_and_host(self):
-    with descriptor_store.OutputLock(self.out) as lock:
+    with output_folder.OutputLock(self.out) as lock:
       self.assertTrue(lock.held)
       with self.assertRaisesRegex(
-        descriptor_store.OutputError,
+        output_folder.OutputError,
         rf"^{self.out}: output folder in use by another extraction "
         rf"\(pid {os.getpid()} on {socket.gethostname()}\); wait for it to finish or use "
         "another output folder$",
       ):
-        descriptor_store.OutputLock(self.out).acquire()
+        output_folder.OutputLock(self.out).acquire()
     self.assertEqual(os.listdir(self.out), [])  # Released: the lock file is gone.
-    descriptor_store.OutputLock(self.out).acquire().release()
+    output_folder.OutputLock(self.out).acquire().release()
 
   def test_another_process_holds_it_until_killed(self):
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
@@ -131,15 +132,15 @@ class OutputLockTest(tf.test.TestCase):
     self.addCleanup(holder.kill)
     self.assertEqual(holder.stdout.readline().strip(), "locked")
     with self.assertRaisesRegex(
-      descriptor_store.OutputError,
+      output_folder.OutputError,
       rf"in use by another extraction \(pid {holder.pid} on {socket.gethostname()}\)",
     ):
-      descriptor_store.OutputLock(self.out).acquire()
+      output_folder.OutputLock(self.out).acquire()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     # The killed holder left its lock file, but no lock.
-    self.assertEqual(os.listdir(self.out), [descriptor_store.LOCK_FILE])
-    lock = descriptor_store.OutputLock(self.out).acquire()
+    self.assertEqual(os.listdir(self.out), [output_folder.LOCK_FILE])
+    lock = output_folder.OutputLock(self.out).acquire()
     with open(lock.path) as f:
       self.assertEqual(f.read(), f"pid {os.getpid()} on {socket.gethostname()}\n")
     lock.release()

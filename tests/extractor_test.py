@@ -12,8 +12,8 @@ from PIL import Image
 
 from dolg_tf.export import signatures
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import image_loading, pipeline
-from dolg_tf.io import config_io, datum_io
+from dolg_tf.extraction import pipeline
+from dolg_tf.io import config_io, datum_io, image_loading
 from dolg_tf.utils import images
 from tests import testutil
 

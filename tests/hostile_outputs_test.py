@@ -20,9 +20,9 @@ import tensorflow as tf
 from absl.testing import parameterized
 from PIL import Image
 
-from dolg_tf.extraction import beam_pipeline, descriptor_store, local_extractor, pipeline
+from dolg_tf.extraction import beam_pipeline, local_extractor, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import config_io, datum_io, feature_io
+from dolg_tf.io import config_io, datum_io, descriptor_files, descriptor_reading, feature_io
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images
 from tests import testutil
@@ -246,7 +246,7 @@ class RetrievalRefusesTest(parameterized.TestCase, tf.test.TestCase):
     bad = os.path.join(self.features, "db1" + SUFFIX)
     datum_io.write_to_file(bad, values)
     with self.assertRaisesRegex(ValueError, "^" + bad + ": " + message):
-      descriptor_store.read_descriptors(self.features)
+      descriptor_reading.read_descriptors(self.features)
 
   def test_dolg_retrieve_exits_2_naming_the_file(self):
     bad = os.path.join(self.features, "db1" + SUFFIX)
@@ -277,7 +277,7 @@ class RetrievalRefusesTest(parameterized.TestCase, tf.test.TestCase):
     with open(shard, "wb") as f:
       np.savez(f, ids=np.array(["a", "b", "c"]), descriptors=rows)
     with self.assertRaisesRegex(ValueError, "^" + shard + ": " + message):
-      descriptor_store.read_descriptors(folder)
+      descriptor_reading.read_descriptors(folder)
 
 
 class PyramidConfigTest(parameterized.TestCase, tf.test.TestCase):
@@ -441,7 +441,7 @@ class ResumeTest(tf.test.TestCase):
     self.assertIn(file("a") + ": empty file (0 bytes); extracting the image again", text)
     self.assertIn(file("b") + ": corrupt DatumProto", text)
     self.assertIn(file("d") + ": all-zero descriptor", text)
-    _, matrix = descriptor_store.read_descriptors(self.out)
+    _, matrix = descriptor_reading.read_descriptors(self.out)
     self.assertAllEqual(matrix, np.stack([GOOD] * 5))
 
   def test_truncated_shard_is_set_aside_and_its_images_extracted_again(self):
@@ -452,12 +452,12 @@ class ResumeTest(tf.test.TestCase):
     summary, loaded = self._run("shards")
     self.assertEqual((summary.done, summary.skipped), (3, 2))
     self.assertEqual(loaded, ["a.jpg", "b.jpg", "c.jpg"])
-    self.assertTrue(os.path.exists(shard + descriptor_store.CORRUPT_SUFFIX))
-    ids, matrix = descriptor_store.read_descriptors(self.out)
+    self.assertTrue(os.path.exists(shard + descriptor_files.CORRUPT_SUFFIX))
+    ids, matrix = descriptor_reading.read_descriptors(self.out)
     self.assertCountEqual(ids, list("abcde"))
     self.assertAllEqual(matrix, np.stack([GOOD] * 5))
     with self.assertRaises(zipfile.BadZipFile):
-      zipfile.ZipFile(shard + descriptor_store.CORRUPT_SUFFIX)
+      zipfile.ZipFile(shard + descriptor_files.CORRUPT_SUFFIX)
 
   def test_delg_writer_checks_both_files(self):
     class Outputs:

@@ -32,7 +32,8 @@ from PIL import Image, ImageFile, ImageOps
 
 from dolg_tf import config as config_lib
 from dolg_tf.data import image_codec
-from dolg_tf.extraction import image_loading, pipeline
+from dolg_tf.extraction import pipeline
+from dolg_tf.io import image_loading
 from dolg_tf.utils import images
 from dolg_tf.utils import memory_budget as budget_lib
 from tests import testutil

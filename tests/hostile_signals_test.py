@@ -32,7 +32,8 @@ from PIL import Image
 
 from dolg_tf import config as config_lib
 from dolg_tf.data import beam_dataset, synthetic
-from dolg_tf.extraction import beam_pipeline, descriptor_store, pipeline
+from dolg_tf.extraction import beam_pipeline, output_folder, pipeline
+from dolg_tf.io import descriptor_files, descriptor_reading
 from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
 from tests import testutil
@@ -273,9 +274,9 @@ class ExtractionInterruptionTest(SignalTestCase):
     self.assertNotEmpty(written)
     self.assertLess(len(written), NUM_IMAGES)
     self.assertEqual(_temp_files(out), [])
-    self.assertFalse(os.path.exists(os.path.join(out, descriptor_store.LOCK_FILE)))
+    self.assertFalse(os.path.exists(os.path.join(out, output_folder.LOCK_FILE)))
     ids = [name[: -len(SUFFIX)] for name in written]
-    _, matrix = descriptor_store.read_descriptors(out, ids, suffix=SUFFIX)  # nothing partial
+    _, matrix = descriptor_reading.read_descriptors(out, ids, suffix=SUFFIX)  # nothing partial
     self.assertTrue(np.isfinite(matrix).all())
 
     again = testutil.run_module("dolg_tf.extraction.extract_features", *args)
@@ -288,7 +289,7 @@ class ExtractionInterruptionTest(SignalTestCase):
   def test_sigint_while_the_model_loads(self):
     # The command locks the output folder, then imports TensorFlow and loads the model.
     out = os.path.join(self.create_tempdir().full_path, "out")
-    lock = os.path.join(out, descriptor_store.LOCK_FILE)
+    lock = os.path.join(out, output_folder.LOCK_FILE)
     process = _Process(
       self,
       "dolg_tf.extraction.extract_features",
@@ -450,7 +451,7 @@ class BeamTest(SignalTestCase):
     self.assert_one_line(process.stderr(), f"beam_extract: {word}")
     self._assert_gone(workers)
     self.assertEqual(_temp_files(out), [])
-    self.assertFalse(os.path.exists(os.path.join(out, descriptor_store.LOCK_FILE)))
+    self.assertFalse(os.path.exists(os.path.join(out, output_folder.LOCK_FILE)))
     self.assertLess(len(_outputs(out)), NUM_BEAM_SIGNAL_IMAGES)
     self.assertNotIn("FutureWarning", process.stderr())
 
@@ -496,12 +497,12 @@ class BeamTest(SignalTestCase):
     self.assertLess(len(written), NUM_BEAM_IMAGES)
     if written:
       ids = [n[: -len(SUFFIX)] for n in written]
-      descriptor_store.read_descriptors(out, ids, suffix=SUFFIX)  # nothing partial
+      descriptor_reading.read_descriptors(out, ids, suffix=SUFFIX)  # nothing partial
 
   def test_full_disk_by_fault_injection(self):
     # The same refusal without a mount: in-process, Beam's in-memory runner.
     out = self.create_tempdir().full_path
-    real_write = descriptor_store.PerImageWriter.write
+    real_write = descriptor_files.PerImageWriter.write
     calls = []
 
     def write(writer, image_id, result):
@@ -511,9 +512,9 @@ class BeamTest(SignalTestCase):
       return real_write(writer, image_id, result)
 
     tasks = pipeline.tasks_from_paths(pipeline.list_images(self.images))
-    with tf.compat.v1.test.mock.patch.object(descriptor_store.PerImageWriter, "write", write):
+    with tf.compat.v1.test.mock.patch.object(descriptor_files.PerImageWriter, "write", write):
       with self.assertRaisesRegex(
-        descriptor_store.OutputError,
+        output_folder.OutputError,
         f"^{re.escape(out)}: extraction stopped \\(disk full\\): this run wrote 3, failed 0, "
         f"left {NUM_BEAM_IMAGES - 3} not written",
       ):

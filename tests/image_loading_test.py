@@ -1,4 +1,4 @@
-"""Tests for dolg_tf.extraction.image_loading."""
+"""Tests for dolg_tf.io.image_loading."""
 
 import os
 
@@ -7,7 +7,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 from PIL import Image
 
-from dolg_tf.extraction import image_loading
+from dolg_tf.io import image_loading
 from dolg_tf.utils import images
 
 

@@ -11,9 +11,9 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf.export import signatures
-from dolg_tf.extraction import binarize, local_extractor, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import config_io, datum_io, feature_io
+from dolg_tf.extraction import local_extractor, pipeline
+from dolg_tf.io import binarize, config_io, datum_io, feature_io
 from dolg_tf.utils import images
 from tests import testutil
 

@@ -18,8 +18,7 @@ from absl.testing import absltest
 from dolg_tf import config as config_lib
 from dolg_tf.convert import official_dolg
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import image_loading
-from dolg_tf.io import config_io
+from dolg_tf.io import config_io, image_loading
 from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder
 from tests import testutil

@@ -11,8 +11,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from dolg_tf.extraction import descriptor_store
-from dolg_tf.io import datum_io
+from dolg_tf.io import datum_io, descriptor_reading
 from dolg_tf.retrieval import perform_retrieval, search
 from dolg_tf.utils import cli
 from tests import testutil
@@ -163,10 +162,10 @@ class UserErrorsTest(tf.test.TestCase):
       f"2 of 7 index descriptors missing in {self.index}: db1, db6"
     )
     with (
-      mock.patch.object(descriptor_store, "read_descriptors") as read,
+      mock.patch.object(descriptor_reading, "read_descriptors") as read,
       mock.patch.object(search, "search_with_expansion") as ranking,
     ):
-      with self.assertRaises(descriptor_store.MissingDescriptorsError) as raised:
+      with self.assertRaises(descriptor_reading.MissingDescriptorsError) as raised:
         self._evaluate()
     self.assertEqual(str(raised.exception), expected)
     self.assertIsInstance(raised.exception, ValueError)
@@ -206,7 +205,7 @@ class UserErrorsTest(tf.test.TestCase):
     self._write(self.queries, self.qimlist, dim=64)
     self._write(self.index, self.imlist, dim=128)
     with mock.patch.object(
-      descriptor_store, "read_descriptors", wraps=descriptor_store.read_descriptors
+      descriptor_reading, "read_descriptors", wraps=descriptor_reading.read_descriptors
     ) as read:
       with self.assertRaisesRegex(
         ValueError,

@@ -14,9 +14,9 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.extraction import descriptor_store, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import datum_io
+from dolg_tf.extraction import output_folder, pipeline
+from dolg_tf.io import datum_io, descriptor_files
 from dolg_tf.utils import files as file_utils
 from tests import testutil
 
@@ -205,7 +205,7 @@ class PipelineTest(tf.test.TestCase):
     os.unlink(live)
     outputs = sorted(n for n in os.listdir(self.out) if n.endswith(SUFFIX))
     self.assertEqual(outputs, [f"im0{SUFFIX}"])
-    self.assertFalse(os.path.exists(os.path.join(self.out, descriptor_store.LOCK_FILE)))
+    self.assertFalse(os.path.exists(os.path.join(self.out, output_folder.LOCK_FILE)))
     # The next run finishes the job, extracting only what is missing.
     counting = CountingExtractor(self.extractor)
     summary = self._run(tasks, counting)
@@ -233,7 +233,7 @@ class PipelineTest(tf.test.TestCase):
     counting = CountingExtractor(self.extractor)
     summary = self._run(tasks, counting, output_format="shards", shard_size=3)
     self.assertEqual((summary.done, summary.skipped, counting.calls), (1, 4, 1))
-    with open(os.path.join(self.out, descriptor_store.MANIFEST_FILE)) as f:
+    with open(os.path.join(self.out, descriptor_files.MANIFEST_FILE)) as f:
       manifest = json.load(f)
     self.assertEqual(manifest["num_descriptors"], 5)
     self.assertEqual(manifest["dim"], 16)
@@ -265,7 +265,7 @@ class PipelineTest(tf.test.TestCase):
       f.write(b"PK\x03\x04partial")
       raise KeyboardInterrupt
 
-    with mock.patch.object(descriptor_store.np, "savez", side_effect=die_midway):
+    with mock.patch.object(descriptor_files.np, "savez", side_effect=die_midway):
       with self.assertRaises(KeyboardInterrupt):
         self._run(tasks, output_format="shards", shard_size=2)
     self.assertEqual(os.listdir(self.out), [])
@@ -412,7 +412,7 @@ class PipelineTest(tf.test.TestCase):
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
       real_write(path, array)
 
-    with mock.patch.object(descriptor_store.datum_io, "write_to_file", side_effect=refuse_w1):
+    with mock.patch.object(descriptor_files.datum_io, "write_to_file", side_effect=refuse_w1):
       summary = self._run(pipeline.tasks_from_paths(paths))
     self.assertEqual((summary.done, summary.failed, summary.stopped), (2, 1, ""))
     rows = pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
@@ -452,7 +452,7 @@ class PipelineTest(tf.test.TestCase):
 
         counting = CountingExtractor(self.extractor)
         with mock.patch.object(
-          descriptor_store.datum_io, "write_to_file", side_effect=second_write_fails
+          descriptor_files.datum_io, "write_to_file", side_effect=second_write_fails
         ):
           with self.assertRaises(pipeline.ExtractionStopped) as raised:
             self._run(tasks, counting, prefetch=1)
@@ -476,7 +476,7 @@ class PipelineTest(tf.test.TestCase):
       f.write(b"PK\x03\x04partial")
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with mock.patch.object(descriptor_store.np, "savez", side_effect=full):
+    with mock.patch.object(descriptor_files.np, "savez", side_effect=full):
       with self.assertRaisesRegex(
         pipeline.ExtractionStopped, r"extraction stopped \(disk full\).* left 3 not written"
       ):
@@ -507,7 +507,7 @@ class PipelineTest(tf.test.TestCase):
         )
       return real_atomic(path, text, **kwargs)
 
-    with mock.patch.object(descriptor_store.datum_io, "write_to_file", side_effect=refuse_f1):
+    with mock.patch.object(descriptor_files.datum_io, "write_to_file", side_effect=refuse_f1):
       with mock.patch.object(
         pipeline.file_utils, "atomic_write_text", side_effect=broken_failures_file
       ):
@@ -521,7 +521,7 @@ class PipelineTest(tf.test.TestCase):
     os.remove(os.path.join(self.out, f"f0{SUFFIX}"))
     os.mkdir(failures_path)
     with self.assertRaisesRegex(
-      descriptor_store.OutputError, "failures.tsv: cannot read the failures file"
+      output_folder.OutputError, "failures.tsv: cannot read the failures file"
     ):
       self._run(tasks)
     self._assert_no_temp_or_lock()
@@ -535,14 +535,14 @@ class PipelineTest(tf.test.TestCase):
       f.write("a file")
     with mock.patch.object(counting, "load_and_preprocess") as loads:
       with self.assertRaisesRegex(
-        descriptor_store.OutputError, f"^{self.out}: output folder is a file, not a folder$"
+        output_folder.OutputError, f"^{self.out}: output folder is a file, not a folder$"
       ):
         self._run(tasks, counting)
       os.remove(self.out)
       os.makedirs(self.out)
-      with descriptor_store.OutputLock(self.out):  # Another open of the lock file.
+      with output_folder.OutputLock(self.out):  # Another open of the lock file.
         with self.assertRaisesRegex(
-          descriptor_store.OutputError,
+          output_folder.OutputError,
           rf"^{self.out}: output folder in use by another extraction "
           rf"\(pid {os.getpid()} on {socket.gethostname()}\)",
         ):

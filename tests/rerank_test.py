@@ -7,8 +7,8 @@ from unittest import mock
 import numpy as np
 import tensorflow as tf
 
-from dolg_tf.extraction import binarize, local_extractor
-from dolg_tf.io import datum_io, feature_io
+from dolg_tf.extraction import local_extractor
+from dolg_tf.io import binarize, datum_io, feature_io
 from dolg_tf.retrieval import perform_retrieval, rerank
 
 # Affine map of (x, y) points: dst = A @ [x, y, 1].

@@ -25,7 +25,7 @@ import os
 
 from absl import flags
 
-from dolg_tf.extraction import beam_pipeline, descriptor_store, input_flags
+from dolg_tf.extraction import beam_pipeline, input_flags, output_folder
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.utils import beam_cli, cli
 
@@ -49,7 +49,7 @@ def main(argv):
     values = beam_pipeline.run_pipeline(
       config_path, tasks, output_dir, options, input_flags.batch_size(), FLAGS.max_pixels
     )
-  except (descriptor_store.OutputError, ValueError) as e:
+  except (output_folder.OutputError, ValueError) as e:
     raise cli.UserError(str(e)) from e
   print(
     f"done {values['done']}, skipped {values['skipped']}, failed {values['failed']}, "

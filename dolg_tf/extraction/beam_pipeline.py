@@ -30,10 +30,10 @@ The pipeline:
   prints them when the pipeline finishes.
 
 A write error about the whole output folder (disk full, quota, read-only,
-permission: descriptor_store.FOLDER_ERRNOS) is not an image's failure: the
+permission: output_folder.FOLDER_ERRNOS) is not an image's failure: the
 worker stops describing images (counters `unwritten_<errno>`, and
 `failures_unwritten_<errno>` if failures.tsv cannot be written either) and the
-launcher raises one descriptor_store.OutputError naming the folder, how many
+launcher raises one output_folder.OutputError naming the folder, how many
 images were written and how many are left for the next run. An interrupted
 launcher (Ctrl-C, SIGTERM) stops its local workers and removes their
 temporary files before it exits.
@@ -53,9 +53,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.utils import shared
 
-from dolg_tf.extraction import batching, descriptor_store, image_loading, pipeline
+from dolg_tf.extraction import batching, output_folder, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import config_io
+from dolg_tf.io import config_io, descriptor_files, image_loading
 from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images as images_lib
@@ -125,7 +125,7 @@ class ExtractDoFn(beam.DoFn):
 
     self._extractor = self._handle.acquire(load).extractor
     writer = self._extractor.make_writer(self._output_dir)
-    self._writer = writer or descriptor_store.PerImageWriter(
+    self._writer = writer or descriptor_files.PerImageWriter(
       self._output_dir, self._extractor.suffix
     )
 
@@ -190,7 +190,7 @@ class ExtractDoFn(beam.DoFn):
       try:
         self._writer.write(task.image_id, result)
       except OSError as e:
-        code = descriptor_store.folder_errno(e)
+        code = output_folder.folder_errno(e)
         if code is not None:  # the folder, not this image: stop; the launcher reports it
           self._stopped = code
           self._unwritten()
@@ -239,7 +239,7 @@ def write_failures(rows, config, output_dir: str, run_ids=()) -> int:
       log.add(image_id, path, reason)
     log.close()
   except OSError as e:
-    code = descriptor_store.folder_errno(e) or 0
+    code = output_folder.folder_errno(e) or 0
     Metrics.counter(COUNTER_NAMESPACE, f"{FAILURES_UNWRITTEN_PREFIX}{code}").inc()
     return 0
   return len(log)
@@ -298,15 +298,15 @@ def run_pipeline(
 
   Raises:
     ValueError: a bad config or batch size.
-    descriptor_store.OutputError: the output folder is a file, not writable,
+    output_folder.OutputError: the output folder is a file, not writable,
       or used by another extraction on this machine.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   config = config_io.load_any_config(config_path)
   start = time.monotonic()
-  descriptor_store.prepare_output_dir(output_dir)
-  with descriptor_store.OutputLock(output_dir):
+  output_folder.prepare_output_dir(output_dir)
+  with output_folder.OutputLock(output_dir):
     for path in file_utils.remove_stale_temp_files(output_dir):
       logging.info("removed a temporary file of an interrupted run: %s", path)
     todo, skipped, hidden = plan_extraction(config, tasks, output_dir)
@@ -355,7 +355,7 @@ def _check_stopped(values: dict[str, int], output_dir: str) -> None:
     return
   codes = list(unwritten) + failures_file
   reason = ", ".join(
-    sorted({descriptor_store.FOLDER_ERRNOS.get(c, "output not writable") for c in codes})
+    sorted({output_folder.FOLDER_ERRNOS.get(c, "output not writable") for c in codes})
   )
   left = sum(unwritten.values())  # every image to do is done, failed, skipped or unwritten
   message = (
@@ -364,4 +364,4 @@ def _check_stopped(values: dict[str, int], output_dir: str) -> None:
   )
   if failures_file:
     message += f"; {pipeline.FAILURES_FILE} not written"
-  raise descriptor_store.OutputError(message)
+  raise output_folder.OutputError(message)

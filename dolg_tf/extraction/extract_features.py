@@ -62,7 +62,7 @@ import os
 
 from absl import app, flags, logging
 
-from dolg_tf.extraction import descriptor_store, input_flags, pipeline
+from dolg_tf.extraction import input_flags, output_folder, pipeline
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -85,9 +85,9 @@ def main(argv):
     )
   # The output folder is checked and locked before the model loads.
   try:
-    created = descriptor_store.prepare_output_dir(FLAGS.output_dir)
-    lock = descriptor_store.OutputLock(FLAGS.output_dir).acquire()
-  except descriptor_store.OutputError as e:
+    created = output_folder.prepare_output_dir(FLAGS.output_dir)
+    lock = output_folder.OutputLock(FLAGS.output_dir).acquire()
+  except output_folder.OutputError as e:
     raise cli.UserError(str(e)) from e
   started = False
   try:
@@ -116,7 +116,7 @@ def main(argv):
         lock=lock,
         batch_size=input_flags.batch_size(),
       )
-    except (descriptor_store.OutputError, ValueError) as e:
+    except (output_folder.OutputError, ValueError) as e:
       # Bad arguments (before any image is read), or a full / read-only folder.
       raise cli.UserError(str(e)) from e
   finally:

@@ -56,8 +56,8 @@ import tensorflow as tf
 from absl import logging
 
 from dolg_tf.export import signatures
-from dolg_tf.extraction import image_loading, local_extractor
-from dolg_tf.io import config_io, datum_io
+from dolg_tf.extraction import local_extractor
+from dolg_tf.io import config_io, datum_io, image_loading
 from dolg_tf.utils import arrays
 
 DolgConfig = config_io.DolgConfig

@@ -41,8 +41,7 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from dolg_tf.extraction import binarize, descriptor_store
-from dolg_tf.io import datum_io, feature_io
+from dolg_tf.io import binarize, datum_io, descriptor_files, feature_io
 from dolg_tf.utils import arrays
 
 
@@ -103,7 +102,7 @@ def local_file_problem(path: str) -> str | None:
     with open(path, "rb") as f:
       head = f.read(1)
   except OSError as e:
-    return f"unreadable ({descriptor_store.os_error_text(e)})"
+    return f"unreadable ({descriptor_files.os_error_text(e)})"
   if not head:
     return None
   if head[0] != _DELF_FEATURES_TAG:
@@ -128,7 +127,7 @@ class LocalGlobalWriter:
     """Ids whose `output_paths` files all exist and look whole.
 
     The global DatumProto file (a few KB) is parsed and its descriptor
-    checked (descriptor_store.datum_file_problem); the local DelfFeatures file
+    checked (descriptor_files.datum_file_problem); the local DelfFeatures file
     (often ~0.5 MB) is only checked to start as one (`local_file_problem`):
     parsing every one would read the whole collection on each resume. A
     rejected image is logged (INFO) and extracted again.
@@ -142,7 +141,7 @@ class LocalGlobalWriter:
       if not all(os.path.basename(p) in names for p in paths):
         continue
       problems = [
-        (p, local_file_problem(p) if p.endswith(local) else descriptor_store.datum_file_problem(p))
+        (p, local_file_problem(p) if p.endswith(local) else descriptor_files.datum_file_problem(p))
         for p in paths
       ]
       bad = [(p, problem) for p, problem in problems if problem is not None]

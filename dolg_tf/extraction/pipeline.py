@@ -12,7 +12,7 @@ each waits, in image order, until the memory its image needs (estimated from
 the header) fits, and the preprocessed image stays counted until the model has
 used it, so more threads never mean more memory.
 
-Outputs (`output_format`, layouts in descriptor_store.py):
+Outputs (`output_format`, layouts in io/descriptor_files.py):
   per_image: `<output_dir>/<image_id><suffix>`, a DatumProto of a float32 [D]
     (DELF's `.delg_global` layout), each written atomically.
   shards: descriptors are buffered and written `shard_size` at a time as
@@ -22,8 +22,8 @@ Outputs (`output_format`, layouts in descriptor_store.py):
     run; on an exception or Ctrl-C the buffer is written out first.
 
 The output folder is checked before any image is read (created if needed,
-proven writable: descriptor_store.prepare_output_dir) and locked for the run
-(descriptor_store.OutputLock, an fcntl.flock a killed run cannot leave stale):
+proven writable: output_folder.prepare_output_dir) and locked for the run
+(output_folder.OutputLock, an fcntl.flock a killed run cannot leave stale):
 a second extraction into the same folder is refused, naming the pid and host
 of the first.
 
@@ -38,7 +38,7 @@ or too large (`max_pixels`, from its header), is a row of
 goes on. The file holds one row per image id (a rerun that fails an image
 again replaces its row, a rerun that succeeds removes it) and is rewritten
 atomically. A write error about the whole folder (disk full, read-only file
-system, permission denied: descriptor_store.FOLDER_ERRNOS) or a failures file
+system, permission denied: output_folder.FOLDER_ERRNOS) or a failures file
 that cannot be written stops the run instead with ExtractionStopped, a
 one-line message saying which and how many images were written: no temporary
 file is left, and the images not written have no output, so the next run
@@ -78,8 +78,9 @@ import numpy as np
 from absl import logging
 
 from dolg_tf.data import build_image_dataset
-from dolg_tf.extraction import batching, descriptor_store, image_loading, local_extractor
-from dolg_tf.extraction.descriptor_store import read_descriptors  # noqa: F401 (re-export)
+from dolg_tf.extraction import batching, local_extractor, output_folder
+from dolg_tf.io import descriptor_files, image_loading
+from dolg_tf.io.descriptor_reading import read_descriptors  # noqa: F401 (re-export)
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images as images_lib
 from dolg_tf.utils import memory_budget as budget_lib
@@ -88,7 +89,7 @@ from dolg_tf.utils import untrusted
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 OUTPUT_FORMATS = ("per_image", "shards")
-DEFAULT_SUFFIX = descriptor_store.DEFAULT_SUFFIX
+DEFAULT_SUFFIX = descriptor_files.DEFAULT_SUFFIX
 FAILURES_FILE = "failures.tsv"
 HIDDEN_REASON = (
   "hidden file name (starts with '.'): not extracted, as folder walks skip hidden files; "
@@ -143,7 +144,7 @@ class ExtractionSummary:
     return 1 if self.failed > 0 and self.done + self.skipped == 0 else 0
 
 
-class ExtractionStopped(descriptor_store.OutputError):
+class ExtractionStopped(output_folder.OutputError):
   """The output folder cannot take more files (disk full, read-only, failures file unwritable).
 
   Attributes:
@@ -387,7 +388,7 @@ class FailureLog:
     """Reads the rows of `path` if it exists.
 
     Raises:
-      descriptor_store.OutputError: naming `path`, if it cannot be read.
+      output_folder.OutputError: naming `path`, if it cannot be read.
     """
     self.path = path
     self.save_interval = save_interval
@@ -399,8 +400,8 @@ class FailureLog:
       try:
         rows = read_failures(path)
       except (OSError, UnicodeDecodeError) as e:
-        raise descriptor_store.OutputError(
-          f"{path}: cannot read the failures file ({descriptor_store.os_error_text(e)})"
+        raise output_folder.OutputError(
+          f"{path}: cannot read the failures file ({descriptor_files.os_error_text(e)})"
         ) from e
       self._rows = {_row_key(r): r for r in rows if r.get("image_id")}
 
@@ -416,7 +417,7 @@ class FailureLog:
     """Records a failure of `image_id` (replacing an earlier row of it).
 
     Raises:
-      descriptor_store.OutputError: naming the file, if it cannot be written.
+      output_folder.OutputError: naming the file, if it cannot be written.
     """
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     row = {"time": stamp, "image_id": str(image_id), "path": str(path), "reason": str(reason)}
@@ -445,7 +446,7 @@ class FailureLog:
     """Writes what is not written yet.
 
     Raises:
-      descriptor_store.OutputError: naming the file, if it cannot be written.
+      output_folder.OutputError: naming the file, if it cannot be written.
     """
     with self._lock:
       if self._dirty:
@@ -469,8 +470,8 @@ class FailureLog:
       elif os.path.lexists(self.path):
         os.unlink(self.path)
     except OSError as e:
-      raise descriptor_store.OutputError(
-        f"{self.path}: cannot write the failures file ({descriptor_store.os_error_text(e)})"
+      raise output_folder.OutputError(
+        f"{self.path}: cannot write the failures file ({descriptor_files.os_error_text(e)})"
       ) from e
     self._dirty = False
 
@@ -518,8 +519,8 @@ def failure_reason(error: BaseException) -> str:
 def _is_stop(error: BaseException) -> bool:
   """Whether `error` concerns the whole output folder (the run stops) rather than one image."""
   return (
-    isinstance(error, descriptor_store.OutputError)
-    or descriptor_store.folder_errno(error) is not None
+    isinstance(error, output_folder.OutputError)
+    or output_folder.folder_errno(error) is not None
   )
 
 
@@ -544,7 +545,7 @@ def run_extraction(
   shard_size: int = 100_000,
   log_interval: float = 30.0,
   max_pixels: int | None = None,
-  lock: descriptor_store.OutputLock | None = None,
+  lock: output_folder.OutputLock | None = None,
   batch_size: int = 1,
   max_bytes_in_flight: int | None = None,
 ) -> ExtractionSummary:
@@ -571,7 +572,7 @@ def run_extraction(
       header; default images.MAX_PIXELS. Needs an extractor with
       `preprocess(image, box)` (images are then loaded here with
       image_loading.load_and_preprocess) unless it is the default.
-    lock: a held descriptor_store.OutputLock of `output_dir` (the command
+    lock: a held output_folder.OutputLock of `output_dir` (the command
       takes it before loading the model); by default the run takes its own.
     batch_size: up to this many decoded images of one resized size go
       through the model in one forward (`extractor.extract_batch`, see
@@ -590,7 +591,7 @@ def run_extraction(
 
   Raises:
     ValueError: bad arguments or duplicate ids.
-    descriptor_store.OutputError: the output folder is a file, not writable,
+    output_folder.OutputError: the output folder is a file, not writable,
       or in use by another extraction; raised before any image is read.
     ExtractionStopped: the folder could not take more files (see module doc).
   """
@@ -614,10 +615,10 @@ def run_extraction(
   if own_writer is not None and output_format != "per_image":
     raise ValueError(f"{type(extractor).__name__} results are written per image only")
   tasks = mark_collisions(tasks)  # Tasks built by hand may repeat ids too.
-  descriptor_store.prepare_output_dir(output_dir)
+  output_folder.prepare_output_dir(output_dir)
   own_lock = None
   if lock is None:
-    own_lock = lock = descriptor_store.OutputLock(output_dir).acquire()
+    own_lock = lock = output_folder.OutputLock(output_dir).acquire()
   try:
     return _run(
       extractor,
@@ -662,9 +663,9 @@ def _run(
   if own_writer is not None:
     writer = own_writer
   elif output_format == "per_image":
-    writer = descriptor_store.PerImageWriter(output_dir, suffix)
+    writer = descriptor_files.PerImageWriter(output_dir, suffix)
   else:
-    writer = descriptor_store.ShardWriter(output_dir, shard_size)
+    writer = descriptor_files.ShardWriter(output_dir, shard_size)
   existing = writer.existing_ids()
   hidden = [t for t in tasks if refusal_reason(t)]  # hidden names, refused paths
   todo = [t for t in tasks if t.image_id not in existing and not refusal_reason(t)]
@@ -819,7 +820,7 @@ def _run(
         problem = (
           None
           if global_descriptor is None
-          else descriptor_store.descriptor_problem(global_descriptor)
+          else descriptor_files.descriptor_problem(global_descriptor)
         )
         if problem is not None:  # A degenerate export: never written, never ranked.
           fail(task, f"model returned a zero/non-finite descriptor: {problem}")
@@ -876,13 +877,13 @@ def _run(
     error = e
   try:
     failures.close()
-  except descriptor_store.OutputError as e:
+  except output_folder.OutputError as e:
     if error is None:
       error = e
   summary.seconds = time.monotonic() - start
   if error is not None and _is_stop(error):
-    code = descriptor_store.folder_errno(error)
-    summary.stopped = descriptor_store.FOLDER_ERRNOS.get(code, "output not writable")
+    code = output_folder.folder_errno(error)
+    summary.stopped = output_folder.FOLDER_ERRNOS.get(code, "output not writable")
     for path in file_utils.remove_own_temp_files(output_dir):
       logging.info("removed a temporary file of the stopped run: %s", path)
     message = _stop_message(error, summary, len(todo), output_dir)

@@ -35,7 +35,7 @@ DELG_CONFIG_PATH = protos.shipped_config_path("delg")
 
 # The side limits of what the network sees at each pyramid scale: side x scale
 # (the export rounds it). Under MIN_INPUT_SIDE (DELF's 10 px rule,
-# extraction.image_loading.MIN_IMAGE_SIZE) an input holds no image content;
+# io.image_loading.MIN_IMAGE_SIZE) an input holds no image content;
 # over MAX_INPUT_SIDE one forward needs GBs (a ResNet-50 stem output alone is
 # (4096 / 2)^2 x 64 float32 = 1 GiB at 4096 px) and images fail late with
 # ResourceExhaustedError. 4096 is twice DELG's largest input (1024 px x 2.0).

@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags, logging
 
 from dolg_tf.data import ground_truth
-from dolg_tf.extraction import descriptor_store
+from dolg_tf.io import descriptor_files, descriptor_reading
 from dolg_tf.retrieval import metrics, report, rerank, search, superglobal
 from dolg_tf.utils import cli
 from dolg_tf.utils import files as file_utils
@@ -79,7 +79,7 @@ def evaluate(
   query_source: str,
   index_source: str,
   distractor_source: str = "",
-  suffix: str = descriptor_store.DEFAULT_SUFFIX,
+  suffix: str = descriptor_files.DEFAULT_SUFFIX,
   qe_n: int = 0,
   dba_n: int = 0,
   alpha: float = 3.0,
@@ -114,7 +114,7 @@ def evaluate(
     An Evaluation.
 
   Raises:
-    descriptor_store.MissingDescriptorsError (a KeyError and a ValueError):
+    descriptor_reading.MissingDescriptorsError (a KeyError and a ValueError):
       query or index descriptors (or, with geometric verification, local
       feature files) missing, all counted before anything is ranked.
     FileNotFoundError: a source matching nothing (named).
@@ -128,23 +128,27 @@ def evaluate(
   check_descriptors(
     gt, query_source, index_source, suffix, local_suffix if geometric_verification else None
   )
-  _, queries = descriptor_store.read_descriptors(query_source, ids=list(gt.qimlist), suffix=suffix)
+  _, queries = descriptor_reading.read_descriptors(
+    query_source, ids=list(gt.qimlist), suffix=suffix
+  )
   dim = queries.shape[1] if gt.num_queries else None
   # Dimensions of the other sides from one descriptor each, before the index is read.
   sides = [("index", index_source, list(gt.imlist))]
   if distractor_source:
     sides.append(("distractor", distractor_source, None))
   for what, source, ids in sides:
-    other = descriptor_store.descriptor_dim(source, ids, suffix)
+    other = descriptor_reading.descriptor_dim(source, ids, suffix)
     if dim is not None and other is not None and other != dim:
       raise ValueError(
         f"descriptor dimensions differ: query descriptors are {dim}-D ({query_source}), "
         f"{what} descriptors {other}-D ({source})"
       )
-  _, database = descriptor_store.read_descriptors(index_source, ids=list(gt.imlist), suffix=suffix)
+  _, database = descriptor_reading.read_descriptors(
+    index_source, ids=list(gt.imlist), suffix=suffix
+  )
   num_index = len(database)
   if distractor_source:
-    _, distractors = descriptor_store.read_descriptors(distractor_source, suffix=suffix)
+    _, distractors = descriptor_reading.read_descriptors(distractor_source, suffix=suffix)
     if len(distractors) and distractors.shape[1] != database.shape[1]:
       raise ValueError(
         f"descriptor dimensions differ: index descriptors are {database.shape[1]}-D "
@@ -234,7 +238,7 @@ def check_descriptors(
   gt: ground_truth.RevisitedGroundTruth,
   query_source: str,
   index_source: str,
-  suffix: str = descriptor_store.DEFAULT_SUFFIX,
+  suffix: str = descriptor_files.DEFAULT_SUFFIX,
   local_suffix: str | None = None,
 ) -> None:
   """Checks that every query and index image of `gt` has a descriptor, reading none.
@@ -247,18 +251,18 @@ def check_descriptors(
       files are required too.
 
   Raises:
-    descriptor_store.MissingDescriptorsError: one line counting what is
+    descriptor_reading.MissingDescriptorsError: one line counting what is
       missing on each side, with the first few names.
     FileNotFoundError: a source matching nothing (named).
   """
   problems, missing_all = [], []
   sides = (("query", query_source, gt.qimlist), ("index", index_source, gt.imlist))
   for what, source, names in sides:
-    available = set(descriptor_store.list_ids(source, suffix))
+    available = set(descriptor_reading.list_ids(source, suffix))
     missing = [name for name in names if name not in available]
     if missing:
       problems.append(
-        descriptor_store.missing_message(missing, len(names), f"{what} descriptors", source)
+        descriptor_reading.missing_message(missing, len(names), f"{what} descriptors", source)
       )
       missing_all.extend(missing)
   if local_suffix is not None:
@@ -266,13 +270,13 @@ def check_descriptors(
       missing = [n for n in names if not os.path.isfile(os.path.join(source, n + local_suffix))]
       if missing:
         problems.append(
-          descriptor_store.missing_message(
+          descriptor_reading.missing_message(
             missing, len(names), f"{what} local feature files (*{local_suffix})", source
           )
         )
         missing_all.extend(missing)
   if problems:
-    raise descriptor_store.MissingDescriptorsError("; ".join(problems), missing_all)
+    raise descriptor_reading.MissingDescriptorsError("; ".join(problems), missing_all)
 
 
 def write_metrics(results: dict[str, metrics.MapResult], summary: str, output_dir: str) -> str:
@@ -304,7 +308,7 @@ def define_flags():
   flags.DEFINE_string("query_features_dir", None, "Query descriptors (folder or shard glob).")
   flags.DEFINE_string("index_features_dir", None, "Index descriptors (folder or shard glob).")
   flags.DEFINE_string("distractor_features", "", "Optional distractor shards (e.g. +1M).")
-  flags.DEFINE_string("suffix", descriptor_store.DEFAULT_SUFFIX, "Per-image descriptor suffix.")
+  flags.DEFINE_string("suffix", descriptor_files.DEFAULT_SUFFIX, "Per-image descriptor suffix.")
   flags.DEFINE_integer("qe_n", 0, "alpha-QE neighbours (0 = off).")
   flags.DEFINE_integer("dba_n", 0, "alpha-DBA neighbours (0 = off).")
   flags.DEFINE_float("alpha", 3.0, "alpha of QE and DBA.")

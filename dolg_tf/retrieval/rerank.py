@@ -64,8 +64,7 @@ from absl import logging
 from scipy import spatial
 
 from dolg_tf.data import ground_truth
-from dolg_tf.extraction import binarize
-from dolg_tf.io import feature_io
+from dolg_tf.io import binarize, feature_io
 from dolg_tf.retrieval import metrics
 
 # DELF-style defaults.

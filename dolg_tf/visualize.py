@@ -44,12 +44,11 @@ from absl import flags, logging
 from dolg_tf import config as config_lib
 from dolg_tf import demo, run_layout
 from dolg_tf.data import ground_truth
-from dolg_tf.export import export_model
 from dolg_tf.extraction import pipeline
 from dolg_tf.io import feature_io, image_loading
 from dolg_tf.keras_api import keras
+from dolg_tf.model import checkpoint_restore
 from dolg_tf.retrieval import perform_retrieval, report, rerank
-from dolg_tf.training import trainer as trainer_lib
 from dolg_tf.utils import cli, drawing, images
 
 FLAGS = flags.FLAGS
@@ -240,7 +239,7 @@ def _explicit_pairs(gt) -> list[MatchPair]:
 def _load_model():
   if not FLAGS.logdir:
     return None, ""
-  experiment, model = export_model.restore_model(
+  experiment, model = checkpoint_restore.restore_model(
     cli.resolve_path(FLAGS.logdir), cli.resolve_path(FLAGS.checkpoint)
   )
   return model, experiment.model.name
@@ -358,7 +357,7 @@ def main(argv):
     ValueError,
     KeyError,
     config_lib.ConfigError,
-    trainer_lib.CheckpointMismatchError,
+    checkpoint_restore.CheckpointMismatchError,
   ) as e:
     raise cli.UserError(cli.error_message(e)) from e
   print(f"report: {path}")
@@ -474,7 +473,7 @@ def write_readme_examples(
   panels = [_enlarged(query, 2)]
   captions = ["image"]
   for label, run in (("DOLG", dolg_workdir), ("DELG", delg_workdir)):
-    _, model = export_model.restore_model(run)
+    _, model = checkpoint_restore.restore_model(run)
     panels.append(report.attention_overlay(panels[0], attention_map(model, query)))
     captions.append(f"{label} attention")
   strips = [drawing.text_strip(p.shape[1], 16, c, 12) for p, c in zip(panels, captions)]

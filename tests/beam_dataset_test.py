@@ -16,8 +16,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dolg_tf.data import beam_dataset
-from dolg_tf.data import build_image_dataset as builder
+from dolg_tf.data import beam_dataset, dataset_plan, dataset_writer
 from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
 from tests import testutil
@@ -70,7 +69,7 @@ class BeamDatasetTest(tf.test.TestCase):
       writer.writerow(("id", "url", "landmark_id"))
       writer.writerows(rows)
     cls.reference = os.path.join(cls.root, "single")
-    cls.reference_summary = builder.build_dataset(
+    cls.reference_summary = dataset_writer.build_dataset(
       cls.reference, cls.images, train_csv_path=cls.csv, validation_split_size=0.25, **SHARDS
     )
 
@@ -95,7 +94,7 @@ class BeamDatasetTest(tf.test.TestCase):
     self.assertLen(summary.validation_files, 2)
 
   def test_shards_follow_the_plan_position(self):
-    plan = builder.plan_dataset(self.images, self.csv, validation_split_size=0.25)
+    plan = dataset_plan.plan_dataset(self.images, self.csv, validation_split_size=0.25)
     for split, count in (("train", 3), ("validation", 2)):
       for shard in range(count):
         path = os.path.join(self.reference, f"{split}-{shard:05d}-of-{count:05d}")
@@ -160,7 +159,7 @@ class BeamDatasetTest(tf.test.TestCase):
     self.assertEqual(counts["shards_skipped"], 0)
     self.assertEqual(counts["shards_written"], 5)
     single = self.create_tempdir().full_path
-    builder.build_dataset(
+    dataset_writer.build_dataset(
       single, self.images, train_csv_path=self.csv, validation_split_size=0.25, seed=1, **SHARDS
     )
     self.assertEqual(_folder_bytes(out), _folder_bytes(single))

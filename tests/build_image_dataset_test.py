@@ -1,4 +1,4 @@
-"""Tests for dolg_tf.data.build_image_dataset (GLDv2 CSV + images -> TFRecords)."""
+"""Tests for the GLDv2 dataset builder (gldv2_files, dataset_plan, dataset_writer, the command)."""
 
 import csv
 import io
@@ -9,8 +9,8 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from dolg_tf.data import build_image_dataset as bid
-from dolg_tf.data import gldv2
+from dolg_tf.data import build_image_dataset, dataset_plan, dataset_writer, gldv2, gldv2_files
+from dolg_tf.utils import cli
 
 MISSING = "6a6a6a6a6a6a6a6a"
 CORRUPT = "5f5f5f5f5f5f5f5f"
@@ -37,6 +37,14 @@ def _read_records(files):
 def _read_csv(path):
   with open(path, newline="") as f:
     return list(csv.reader(f))
+
+
+def _exit_status(flag_values):
+  """The command's exit status: cli.run turns a UserError into one line and status 2."""
+  try:
+    return build_image_dataset.run_with_flags(flag_values)
+  except cli.UserError:
+    return cli.EXIT_USER_ERROR
 
 
 class BuildImageDatasetTest(tf.test.TestCase):
@@ -102,7 +110,7 @@ class BuildImageDatasetTest(tf.test.TestCase):
       num_workers=1,
     )
     args.update(kwargs)
-    return bid.build_dataset(**args)
+    return dataset_writer.build_dataset(**args)
 
   def test_train_csv_run(self):
     summary = self._build()
@@ -206,19 +214,19 @@ class BuildImageDatasetTest(tf.test.TestCase):
     with open(bad, "w") as f:
       f.write("id,url\nabc,http://x\n")
     with self.assertRaisesRegex(ValueError, r"bad\.csv: missing column\(s\) landmark_id"):
-      bid.read_train_csv(bad)
+      gldv2_files.read_train_csv(bad)
     with open(bad, "w") as f:
       f.write("id,url,landmark_id\nabc,http://x,12\ndef,http://y,twelve\n")
     with self.assertRaisesRegex(ValueError, r"bad\.csv:3: landmark_id 'twelve'"):
-      bid.read_train_csv(bad)
+      gldv2_files.read_train_csv(bad)
     with self.assertRaisesRegex(FileNotFoundError, "nope.csv"):
-      bid.read_train_clean_csv(os.path.join(self.root, "nope.csv"))
+      gldv2_files.read_train_clean_csv(os.path.join(self.root, "nope.csv"))
     with self.assertRaisesRegex(ValueError, "train_csv_path"):
       self._build(train_csv_path=None)
 
   def test_binary_flags(self):
     flag_values = flags.FlagValues()
-    bid.define_flags(flag_values)
+    build_image_dataset.define_flags(flag_values)
     out = os.path.join(self.root, "cli")
     flag_values(
       [
@@ -231,11 +239,11 @@ class BuildImageDatasetTest(tf.test.TestCase):
         "--validation_split_size=0.3",
       ]
     )
-    self.assertEqual(bid.run_with_flags(flag_values), 0)
+    self.assertEqual(_exit_status(flag_values), 0)
     self.assertLen(tf.io.gfile.glob(os.path.join(out, "train-*-of-00001")), 1)
     self.assertLen(tf.io.gfile.glob(os.path.join(out, "validation-*-of-00001")), 1)
     flag_values.train_csv_path = os.path.join(self.root, "missing.csv")
-    self.assertEqual(bid.run_with_flags(flag_values), 2)
+    self.assertEqual(_exit_status(flag_values), 2)
 
 
 class SplitTest(tf.test.TestCase):
@@ -244,29 +252,31 @@ class SplitTest(tf.test.TestCase):
     labels = np.repeat(np.arange(5), sizes)
     rng = np.random.default_rng(0)
     labels = labels[rng.permutation(labels.size)]
-    train, val = bid.split_train_validation(labels, 0.25, seed=1)
+    train, val = dataset_plan.split_train_validation(labels, 0.25, seed=1)
     self.assertLen(val, 12)  # round(0.25 * 48)
     self.assertEqual(sorted(np.concatenate([train, val]).tolist()), list(range(48)))
     for c, n in enumerate(sizes):
       n_val = int(np.sum(labels[val] == c))
       self.assertGreaterEqual(int(np.sum(labels[train] == c)), 1)
       self.assertBetween(n_val, int(np.floor(0.25 * n)), int(np.ceil(0.25 * n)))
-    again = bid.split_train_validation(labels, 0.25, seed=1)
+    again = dataset_plan.split_train_validation(labels, 0.25, seed=1)
     self.assertAllEqual(again[1], val)
-    other = bid.split_train_validation(labels, 0.25, seed=2)
+    other = dataset_plan.split_train_validation(labels, 0.25, seed=2)
     self.assertNotAllEqual(other[1], val)
 
   def test_edge_cases(self):
-    train, val = bid.split_train_validation([3, 3, 4], 0.0, seed=0)
+    train, val = dataset_plan.split_train_validation([3, 3, 4], 0.0, seed=0)
     self.assertAllEqual(train, [0, 1, 2])
     self.assertEmpty(val)
-    train, val = bid.split_train_validation([7, 8, 9], 0.5, seed=0)  # singletons stay in train
+    train, val = dataset_plan.split_train_validation(
+      [7, 8, 9], 0.5, seed=0
+    )  # singletons stay in train
     self.assertEmpty(val)
     with self.assertRaisesRegex(ValueError, "validation_split_size"):
-      bid.split_train_validation([1, 2], 1.0, seed=0)
+      dataset_plan.split_train_validation([1, 2], 1.0, seed=0)
 
   def test_relabel_sorts_landmark_ids(self):
-    self.assertEqual(bid.relabel([1000, 7, 42, 7]), {7: 0, 42: 1, 1000: 2})
+    self.assertEqual(dataset_plan.relabel([1000, 7, 42, 7]), {7: 0, 42: 1, 1000: 2})
 
 
 if __name__ == "__main__":

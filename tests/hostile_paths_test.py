@@ -22,11 +22,11 @@ import tensorflow as tf
 from absl.testing import flagsaver, parameterized
 from PIL import Image
 
-from dolg_tf.data import build_image_dataset, ground_truth
+from dolg_tf.data import dataset_plan, gldv2_files, ground_truth
 from dolg_tf.extraction import beam_pipeline, extract_features, input_flags, pipeline
 from dolg_tf.io import datum_io
-from dolg_tf.retrieval import report
 from dolg_tf.utils import cli, untrusted
+from dolg_tf.visualization import retrieval_report
 from tests import testutil
 
 EXTRACT = "dolg_tf.extraction.extract_features"
@@ -526,13 +526,13 @@ class TextAndDatasetTest(tf.test.TestCase):
     with open(path, "w") as f:
       f.write("id,landmark_id\nabc,1\n" + "d" * 200_000 + ",2\n")
     with self.assertRaisesRegex(ValueError, rf"^{path}:3: malformed CSV"):
-      build_image_dataset.read_train_csv(path)
+      gldv2_files.read_train_csv(path)
 
   def test_report_refuses_ground_truth_names_outside_images_dir(self):
-    self.assertEqual(report.gnd_image_path("/data/img", "all_souls_1"), "/data/img/all_souls_1.jpg")
+    self.assertEqual(retrieval_report.gnd_image_path("/data/img", "all_souls_1"), "/data/img/all_souls_1.jpg")
     for name in ("../secret", "/etc/passwd", "a/../../b"):
       with self.assertRaisesRegex(ValueError, "resolves outside the images folder /data/img"):
-        report.gnd_image_path("/data/img", name)
+        retrieval_report.gnd_image_path("/data/img", name)
 
   def test_dataset_builder_skips_and_counts_bad_ids_and_reads_a_bom(self):
     w = self.create_tempdir().full_path
@@ -542,7 +542,7 @@ class TextAndDatasetTest(tf.test.TestCase):
     csv_path = os.path.join(w, "train.csv")
     with open(csv_path, "wb") as f:
       f.write(b"\xef\xbb\xbfid,url,landmark_id\nabc1,u,1\n../evil,u,1\na/b/c/abc1,u,2\n")
-    plan = build_image_dataset.plan_dataset(train, train_csv_path=csv_path, validation_split_size=0)
+    plan = dataset_plan.plan_dataset(train, train_csv_path=csv_path, validation_split_size=0)
     self.assertEqual(plan.num_listed, 3)
     self.assertEqual(
       [r.path for r in plan.splits["train"]], [os.path.join(train, "a/b/c/abc1.jpg")]
@@ -551,7 +551,7 @@ class TextAndDatasetTest(tf.test.TestCase):
     self.assertCountEqual(reasons, ["../evil", "a/b/c/abc1"])
     for reason in reasons.values():
       self.assertIn("contains '/', '\\' or '..'", reason)
-    self.assertIsNone(build_image_dataset.find_image(train, "../evil"))
+    self.assertIsNone(gldv2_files.find_image(train, "../evil"))
 
   def test_dataset_builder_non_utf8_csv_names_file_and_line(self):
     w = self.create_tempdir().full_path
@@ -561,7 +561,7 @@ class TextAndDatasetTest(tf.test.TestCase):
     with self.assertRaisesRegex(
       ValueError, f"^{csv_path}: not UTF-8 text: .* offset 30 \\(line 3\\)"
     ):
-      build_image_dataset.read_train_csv(csv_path)
+      gldv2_files.read_train_csv(csv_path)
 
 
 if __name__ == "__main__":

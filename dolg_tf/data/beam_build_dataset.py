@@ -15,11 +15,15 @@ import os
 
 from absl import flags
 
-from dolg_tf.data import beam_dataset
-from dolg_tf.data import build_image_dataset as builder
+from dolg_tf.data import beam_dataset, build_image_dataset
 from dolg_tf.utils import beam_cli, cli
 
 FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the command's flags: build_image_dataset's but the local ones (idempotent)."""
+  build_image_dataset.define_flags(flag_values, local=False)
 
 
 def main(argv):
@@ -52,7 +56,7 @@ def main(argv):
 
 def run():
   """The `dolg-build-dataset-beam` command."""
-  builder.define_flags(local=False)
+  define_flags()
   beam_cli.run(main)
 
 

@@ -1,4 +1,4 @@
-"""The GLDv2 dataset builder on Apache Beam: the same shards as build_image_dataset, many workers.
+"""The GLDv2 dataset builder on Apache Beam: the same shards as dataset_writer, many workers.
 
     summary, counters = beam_dataset.run_pipeline(
         "/abs/tfrecords", "/abs/train", train_clean_csv_path="train_clean.csv",
@@ -6,7 +6,7 @@
 
 The command is beam_build_dataset.py.
 
-  1. Plan, on the launcher (no image is read): build_image_dataset.plan_dataset
+  1. Plan, on the launcher (no image is read): dataset_plan.plan_dataset
      reads the CSV, relabels, locates the files and splits them, exactly as
      the single-process builder; `relabeling.csv` is written. Each shard's
      records (record k of a split is in shard k % num_shards) go to a plan
@@ -29,7 +29,7 @@ pipeline, and the launcher raises one OSError naming the folder and the shards
 left for the next run. An interrupted launcher (Ctrl-C, SIGTERM) stops its
 local workers and removes their temporary files before it exits.
 
-The output folder is then byte for byte what build_image_dataset writes for
+The output folder is then byte for byte what dataset_writer writes for
 the same flags (plus the hidden `.beam_build/`, which a rerun needs). Files
 are read and written with local file APIs: on a cluster the images and the
 output folder must be on a file system every worker mounts.
@@ -48,8 +48,8 @@ import tensorflow as tf
 from absl import logging
 from apache_beam.metrics import Metrics
 
-from dolg_tf.data import build_image_dataset as builder
-from dolg_tf.data import gldv2, image_codec
+from dolg_tf.data import dataset_plan, dataset_writer, gldv2, image_codec
+from dolg_tf.data.dataset_plan import TRAIN_PREFIX, VALIDATION_PREFIX
 from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
 
@@ -89,10 +89,10 @@ def plan_text(records) -> str:
   return buffer.getvalue()
 
 
-def read_plan(text: str) -> list[builder.PlannedRecord]:
+def read_plan(text: str) -> list[dataset_plan.PlannedRecord]:
   """The records of a plan file's text."""
   rows = csv.reader(io.StringIO(text), delimiter="\t")
-  return [builder.PlannedRecord(i, path, int(label), int(k)) for k, i, label, path in rows]
+  return [dataset_plan.PlannedRecord(i, path, int(label), int(k)) for k, i, label, path in rows]
 
 
 def digest(text: str) -> str:
@@ -158,7 +158,7 @@ class WriteShardDoFn(beam.DoFn):
       with tf.io.TFRecordWriter(tmp) as writer:
         for record in records:
           prepared = image_codec.prepare_task((record.image_id, record.path))
-          serialized, failure, _ = builder.convert(record, prepared)
+          serialized, failure, _ = dataset_writer.convert(record, prepared)
           if failure:
             failures.append([record.position, failure.image_id, failure.path, failure.reason])
           else:
@@ -177,45 +177,12 @@ class WriteShardDoFn(beam.DoFn):
     return done
 
 
-def run_pipeline(
-  output_directory: str,
-  train_directory: str,
-  train_csv_path: str | None = None,
-  train_clean_csv_path: str | None = None,
-  num_shards: int = 128,
-  num_validation_shards: int | None = None,
-  validation_split_size: float = 0.2,
-  seed: int = 0,
-  options=None,
-) -> tuple[builder.BuildSummary, dict[str, int]]:
-  """Plans, runs and waits for the dataset pipeline (module doc).
-
-  The arguments are build_image_dataset.build_dataset's; `options` are Beam's
-  PipelineOptions (default: the DirectRunner).
-
-  Returns:
-    (summary, counters): the summary covers the whole output folder (shards
-    of earlier runs included), the counters this run.
-
-  Raises:
-    ValueError / FileNotFoundError: on bad arguments or CSV files (naming the file).
-  """
-  start = time.monotonic()
-  shard_counts = builder.check_shard_counts(num_shards, num_validation_shards)
-  plan = builder.plan_dataset(
-    train_directory, train_csv_path, train_clean_csv_path, validation_split_size, seed
-  )
+def _write_shard_plans(
+  plan: dataset_plan.DatasetPlan, shard_counts: dict[str, int], output_directory: str
+) -> dict[str, list[tuple[str, str]]]:
+  """Writes each shard's plan file (unless unchanged); returns split -> [(shard name, digest)]."""
   work_dir = os.path.join(output_directory, WORK_DIR)
-  os.makedirs(work_dir, exist_ok=True)
-  for path in file_utils.remove_stale_temp_files(output_directory):
-    logging.info("removed a temporary file of an interrupted run: %s", path)
-  summary = builder.BuildSummary(num_listed=plan.num_listed, num_classes=len(plan.mapping))
-  summary.relabeling_path = os.path.join(output_directory, builder.RELABELING_FILENAME)
-  builder.write_relabeling(summary.relabeling_path, plan.mapping)
-  summary.planned_validation_ids = sorted(
-    r.image_id for r in plan.splits.get(builder.VALIDATION_PREFIX, [])
-  )
-  shards = {}  # split -> [(shard name, plan digest)]
+  shards = {}
   for split in plan.splits:
     count = shard_counts[split]
     shards[split] = []
@@ -226,9 +193,15 @@ def run_pipeline(
       if _read_text(path) != text:
         file_utils.atomic_write_text(path, text)
       shards[split].append((name, digest(text)))
-  names = [name for entries in shards.values() for name, _ in entries]
-  logging.info("%d shards -> %s", len(names), output_directory)
+  return shards
 
+
+def _run_shard_pipeline(names: list[str], output_directory: str, options) -> dict[str, int]:
+  """Runs WriteShardDoFn over the shards; returns the counters.
+
+  Raises:
+    OSError: naming the folder, if it refused shards (disk full, read-only, ...).
+  """
   root = beam.Pipeline(options=options or beam_cli.pipeline_options(["beam_dataset"]))
   _ = (
     root
@@ -251,7 +224,16 @@ def run_pipeline(
       f"{counters['shards_written']} shards, left {sum(unwritten.values())} not written "
       "(the next run writes them)"
     )
+  return counters
 
+
+def _collect_shards(
+  output_directory: str,
+  shards: dict[str, list[tuple[str, str]]],
+  plan: dataset_plan.DatasetPlan,
+  summary: dataset_writer.BuildSummary,
+) -> None:
+  """Fills `summary` from the done records; writes `failures.csv` in the single-process order."""
   conversion_failures, records, files = [], {}, {}
   for split_rank, (split, entries) in enumerate(shards.items()):
     records[split], files[split] = 0, []
@@ -262,15 +244,59 @@ def run_pipeline(
       files[split].append(os.path.join(output_directory, name))
       records[split] += done["records"]
       conversion_failures += [(split_rank, row) for row in done["failures"]]
-  summary.num_train = records[builder.TRAIN_PREFIX]
-  summary.train_files = files[builder.TRAIN_PREFIX]
-  summary.num_validation = records.get(builder.VALIDATION_PREFIX, 0)
-  summary.validation_files = files.get(builder.VALIDATION_PREFIX, [])
+  summary.num_train = records[TRAIN_PREFIX]
+  summary.train_files = files[TRAIN_PREFIX]
+  summary.num_validation = records.get(VALIDATION_PREFIX, 0)
+  summary.validation_files = files.get(VALIDATION_PREFIX, [])
   conversion_failures.sort(key=lambda item: (item[0], item[1][0]))
   summary.failures = list(plan.missing) + [
-    builder.Failure(*row[1:]) for _, row in conversion_failures
+    dataset_plan.Failure(*row[1:]) for _, row in conversion_failures
   ]
-  summary.failures_path = os.path.join(output_directory, builder.FAILURES_FILENAME)
-  builder.write_failures(summary.failures_path, summary.failures)
+  summary.failures_path = os.path.join(output_directory, dataset_writer.FAILURES_FILENAME)
+  dataset_writer.write_failures(summary.failures_path, summary.failures)
+
+
+def run_pipeline(
+  output_directory: str,
+  train_directory: str,
+  train_csv_path: str | None = None,
+  train_clean_csv_path: str | None = None,
+  num_shards: int = 128,
+  num_validation_shards: int | None = None,
+  validation_split_size: float = 0.2,
+  seed: int = 0,
+  options=None,
+) -> tuple[dataset_writer.BuildSummary, dict[str, int]]:
+  """Plans, runs and waits for the dataset pipeline (module doc).
+
+  The arguments are dataset_writer.build_dataset's; `options` are Beam's
+  PipelineOptions (default: the DirectRunner).
+
+  Returns:
+    (summary, counters): the summary covers the whole output folder (shards
+    of earlier runs included), the counters this run.
+
+  Raises:
+    ValueError / FileNotFoundError: on bad arguments or CSV files (naming the file).
+  """
+  start = time.monotonic()
+  shard_counts = dataset_plan.check_shard_counts(num_shards, num_validation_shards)
+  plan = dataset_plan.plan_dataset(
+    train_directory, train_csv_path, train_clean_csv_path, validation_split_size, seed
+  )
+  os.makedirs(os.path.join(output_directory, WORK_DIR), exist_ok=True)
+  for path in file_utils.remove_stale_temp_files(output_directory):
+    logging.info("removed a temporary file of an interrupted run: %s", path)
+  summary = dataset_writer.BuildSummary(num_listed=plan.num_listed, num_classes=len(plan.mapping))
+  summary.relabeling_path = os.path.join(output_directory, dataset_writer.RELABELING_FILENAME)
+  dataset_writer.write_relabeling(summary.relabeling_path, plan.mapping)
+  summary.planned_validation_ids = sorted(
+    r.image_id for r in plan.splits.get(VALIDATION_PREFIX, [])
+  )
+  shards = _write_shard_plans(plan, shard_counts, output_directory)
+  names = [name for entries in shards.values() for name, _ in entries]
+  logging.info("%d shards -> %s", len(names), output_directory)
+  counters = _run_shard_pipeline(names, output_directory, options)
+  _collect_shards(output_directory, shards, plan, summary)
   summary.seconds = time.monotonic() - start
   return summary, {name: counters[name] for name in COUNTER_NAMES}

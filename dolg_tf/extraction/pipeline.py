@@ -77,7 +77,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from absl import logging
 
-from dolg_tf.data import build_image_dataset
+from dolg_tf.data import gldv2_files
 from dolg_tf.extraction import batching, local_extractor, output_folder
 from dolg_tf.io import descriptor_files, image_loading
 from dolg_tf.io.descriptor_reading import read_descriptors  # noqa: F401 (re-export)
@@ -255,8 +255,8 @@ def gldv2_image_path(images_dir: str, image_id: str) -> str:
   """
   if gldv2_id_reason(image_id):
     return os.path.join(images_dir, image_id + ".jpg")
-  found = build_image_dataset.find_image(images_dir, image_id)
-  return found or build_image_dataset.candidate_paths(images_dir, image_id)[0]
+  found = gldv2_files.find_image(images_dir, image_id)
+  return found or gldv2_files.candidate_paths(images_dir, image_id)[0]
 
 
 def outside_reason(path: str, images_dir: str) -> str:
@@ -276,7 +276,7 @@ def outside_reason(path: str, images_dir: str) -> str:
 
 def gldv2_id_reason(image_id: str) -> str:
   """Why a GLDv2 id is refused ('/', '\\' or '..' in it: ids are file names), or ''."""
-  problem = build_image_dataset.id_problem(image_id)
+  problem = gldv2_files.id_problem(image_id)
   return f"GLDv2 {problem}" if problem else ""
 
 

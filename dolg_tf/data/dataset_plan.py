@@ -1,0 +1,243 @@
+"""What a GLDv2 dataset build writes, decided before any image is read.
+
+`plan_dataset` reads the CSV (gldv2_files), relabels the landmark ids to
+contiguous labels 0..C-1 in ascending landmark id order (over every class of
+the CSV), locates the image files and splits the found ones into train and
+validation per image, stratified by class (`split_train_validation`). The
+order of records within a split is random with the seed. Record k of a split
+goes to shard k % num_shards (`DatasetPlan.shard_records`), so every shard is
+determined by the inputs alone: dataset_writer writes them all in one process,
+beam_dataset shard by shard on many machines, byte for byte the same.
+
+No TensorFlow.
+"""
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from absl import logging
+
+from dolg_tf.data import gldv2_files
+from dolg_tf.data.gldv2_files import ImageEntry
+
+TRAIN_PREFIX = "train"
+VALIDATION_PREFIX = "validation"
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+  """An image left out of the dataset, with its file and the reason."""
+
+  image_id: str
+  path: str
+  reason: str
+
+
+def relabel(landmark_ids: Iterable[int]) -> dict[int, int]:
+  """Maps the distinct landmark ids, in ascending order, to 0..C-1."""
+  return {landmark: label for label, landmark in enumerate(sorted(set(landmark_ids)))}
+
+
+def _check_fraction(validation_fraction: float) -> None:
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f"validation_split_size must be in [0, 1), got {validation_fraction}")
+
+
+def split_train_validation(
+  labels: Sequence[int], validation_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Stratified random split of items by class.
+
+  The validation set gets round(validation_fraction * N) items (fewer only
+  when classes are too small: every class keeps at least one training item).
+  Each class gets floor(fraction * n_c) validation items; the remaining ones
+  go to the classes with the largest remainders, ties broken at random.
+
+  Args:
+    labels: class of each item.
+    validation_fraction: in [0, 1).
+    seed: random seed; the same seed gives the same split.
+
+  Returns:
+    (train indices, validation indices), both sorted int64 arrays.
+
+  Raises:
+    ValueError: if the fraction is outside [0, 1).
+  """
+  _check_fraction(validation_fraction)
+  labels = np.asarray(labels, dtype=np.int64)
+  n = labels.size
+  rng = np.random.default_rng(seed)
+  if n == 0 or validation_fraction == 0.0:
+    return np.arange(n, dtype=np.int64), np.zeros([0], np.int64)
+  classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+  target = int(round(validation_fraction * n))
+  exact = counts * validation_fraction
+  quota = np.minimum(np.floor(exact).astype(np.int64), counts - 1)
+  capacity = counts - 1 - quota
+  remainder = exact - np.floor(exact)
+  # Largest remainder first, random tie-break, only classes with spare capacity.
+  order = np.lexsort((rng.random(classes.size), -remainder))
+  missing = target - int(quota.sum())
+  for c in order:
+    if missing <= 0:
+      break
+    if capacity[c] > 0:
+      quota[c] += 1
+      missing -= 1
+  validation = []
+  for c in range(classes.size):
+    members = np.flatnonzero(inverse == c)
+    if quota[c]:
+      validation.append(rng.choice(members, size=int(quota[c]), replace=False))
+  validation = np.sort(np.concatenate(validation)) if validation else np.zeros([0], np.int64)
+  mask = np.ones(n, bool)
+  mask[validation] = False
+  return np.flatnonzero(mask).astype(np.int64), validation.astype(np.int64)
+
+
+def check_shard_counts(num_shards: int, num_validation_shards: int | None) -> dict[str, int]:
+  """{split: number of shards}; num_validation_shards None means num_shards.
+
+  Raises:
+    ValueError: a count < 1.
+  """
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  if num_validation_shards is not None and num_validation_shards < 1:
+    raise ValueError(f"num_validation_shards must be >= 1, got {num_validation_shards}")
+  return {TRAIN_PREFIX: num_shards, VALIDATION_PREFIX: num_validation_shards or num_shards}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRecord:
+  """One image to convert: its file and label; `position` is its place in its split."""
+
+  image_id: str
+  path: str
+  label: int
+  position: int
+
+
+@dataclasses.dataclass
+class DatasetPlan:
+  """What to write, decided before any image is read (`plan_dataset`).
+
+  Attributes:
+    num_listed: images listed in the CSV.
+    mapping: landmark id -> label.
+    missing: images of the CSV whose file was not found.
+    splits: split name -> its records in write order (train first; validation
+      only if non-empty).
+  """
+
+  num_listed: int
+  mapping: dict[int, int]
+  missing: list[Failure]
+  splits: dict[str, list[PlannedRecord]]
+
+  def shard_records(self, split: str, shard: int, num_shards: int) -> list[PlannedRecord]:
+    """The records of one shard, in order: record k of a split goes to shard k % num_shards.
+
+    The shard of a record depends only on the plan (not on which images fail
+    to convert), so any worker writes any shard alone, byte for byte as
+    dataset_writer.build_dataset does.
+    """
+    return self.splits[split][shard::num_shards]
+
+
+def read_entries(train_csv_path: str | None, train_clean_csv_path: str | None) -> list[ImageEntry]:
+  """The images of train_clean.csv if given (train.csv then only cross-checked), else train.csv."""
+  if not train_clean_csv_path:
+    return gldv2_files.read_train_csv(train_csv_path)
+  entries = gldv2_files.read_train_clean_csv(train_clean_csv_path)
+  if train_csv_path:
+    full = {e.image_id: e.landmark_id for e in gldv2_files.read_train_csv(train_csv_path)}
+    absent = sum(1 for e in entries if e.image_id not in full)
+    disagree = sum(1 for e in entries if full.get(e.image_id, e.landmark_id) != e.landmark_id)
+    if absent or disagree:
+      logging.warning(
+        "%s vs %s: %d ids absent from train.csv, %d with another landmark_id",
+        train_clean_csv_path,
+        train_csv_path,
+        absent,
+        disagree,
+      )
+  return entries
+
+
+def locate_images(
+  train_directory: str, entries: Sequence[ImageEntry]
+) -> tuple[list[ImageEntry], list[Failure]]:
+  """(entries whose file was found, with their path; a Failure per image not found or refused)."""
+  found, missing = [], []
+  for i, entry in enumerate(entries):
+    problem = gldv2_files.id_problem(entry.image_id)
+    path = None if problem else gldv2_files.find_image(train_directory, entry.image_id)
+    if problem:
+      flat = os.path.join(train_directory, entry.image_id + gldv2_files.IMAGE_EXTENSIONS[0])
+      missing.append(Failure(entry.image_id, flat, problem))
+      logging.warning("%s", problem)
+    elif path is None:
+      expected = gldv2_files.candidate_paths(train_directory, entry.image_id)[0]
+      reason = f"{expected}: file not found (nor <id>.jpg/.jpeg/.png in {train_directory})"
+      missing.append(Failure(entry.image_id, expected, reason))
+      logging.warning("%s", reason)
+    else:
+      found.append(dataclasses.replace(entry, path=path))
+    if (i + 1) % 100_000 == 0:
+      logging.info("located %d/%d images", i + 1, len(entries))
+  logging.info("%d of %d images found", len(found), len(entries))
+  return found, missing
+
+
+def _split_records(
+  found: Sequence[ImageEntry], labels: Sequence[int], validation_split_size: float, seed: int
+) -> dict[str, list[PlannedRecord]]:
+  """Splits, then shuffles the records of each split (validation only if non-empty)."""
+  train_idx, val_idx = split_train_validation(labels, validation_split_size, seed)
+  rng = np.random.default_rng([seed, 1])
+  splits = {TRAIN_PREFIX: rng.permutation(train_idx)}
+  validation = rng.permutation(val_idx)
+  if len(validation):
+    splits[VALIDATION_PREFIX] = validation
+  logging.info("split: %d train, %d validation", len(train_idx), len(val_idx))
+  return {
+    name: [
+      PlannedRecord(found[i].image_id, found[i].path, labels[i], k) for k, i in enumerate(indices)
+    ]
+    for name, indices in splits.items()
+  }
+
+
+def plan_dataset(
+  train_directory: str,
+  train_csv_path: str | None = None,
+  train_clean_csv_path: str | None = None,
+  validation_split_size: float = 0.2,
+  seed: int = 0,
+) -> DatasetPlan:
+  """Reads the CSV, relabels, locates the files and splits them (see the module docstring).
+
+  Raises:
+    ValueError / FileNotFoundError: on bad arguments or CSV files (naming the file).
+  """
+  if not train_csv_path and not train_clean_csv_path:
+    raise ValueError("give train_csv_path and/or train_clean_csv_path")
+  if not os.path.isdir(train_directory):
+    raise FileNotFoundError(f"{train_directory}: train directory not found")
+  _check_fraction(validation_split_size)
+  entries = read_entries(train_csv_path, train_clean_csv_path)
+  mapping = relabel(e.landmark_id for e in entries)
+  source = train_clean_csv_path or train_csv_path
+  logging.info("%s: %d images of %d landmarks", source, len(entries), len(mapping))
+  found, missing = locate_images(train_directory, entries)
+  labels = [mapping[e.landmark_id] for e in found]
+  return DatasetPlan(
+    num_listed=len(entries),
+    mapping=mapping,
+    missing=missing,
+    splits=_split_records(found, labels, validation_split_size, seed),
+  )

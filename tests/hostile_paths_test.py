@@ -529,7 +529,9 @@ class TextAndDatasetTest(tf.test.TestCase):
       gldv2_files.read_train_csv(path)
 
   def test_report_refuses_ground_truth_names_outside_images_dir(self):
-    self.assertEqual(retrieval_report.gnd_image_path("/data/img", "all_souls_1"), "/data/img/all_souls_1.jpg")
+    self.assertEqual(
+      retrieval_report.gnd_image_path("/data/img", "all_souls_1"), "/data/img/all_souls_1.jpg"
+    )
     for name in ("../secret", "/etc/passwd", "a/../../b"):
       with self.assertRaisesRegex(ValueError, "resolves outside the images folder /data/img"):
         retrieval_report.gnd_image_path("/data/img", name)

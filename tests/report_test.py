@@ -1,4 +1,4 @@
-"""Tests for dolg_tf.retrieval.report and dolg_tf.utils.drawing: pixels, files, links."""
+"""Tests for dolg_tf.visualization (pictures, plots, the HTML report): pixels, files, links."""
 
 import html.parser
 import os
@@ -10,8 +10,9 @@ from PIL import Image
 
 from dolg_tf.data import ground_truth
 from dolg_tf.io import datum_io, feature_io
-from dolg_tf.retrieval import perform_retrieval, report, rerank
-from dolg_tf.utils import drawing, images
+from dolg_tf.retrieval import perform_retrieval, rerank
+from dolg_tf.utils import images
+from dolg_tf.visualization import drawing, match_images, ranked_lists, retrieval_report
 from tests import testutil
 
 GREY = 100
@@ -95,18 +96,18 @@ class MatchImageTest(tf.test.TestCase):
     locations_a = np.array([[10, 5], [30, 5], [20, 40]], np.float32)
     locations_b = np.array([[10, 50], [30, 50]], np.float32)
     matches = np.array([[0, 0], [1, 1]])
-    picture = report.match_image(
+    picture = match_images.match_image(
       _grey(height, width), _grey(height, width), locations_a, locations_b, matches, [True, False]
     )
-    top = report.MATCH_HEADER_HEIGHT
-    offset_b = width + report.MATCH_GAP
+    top = match_images.MATCH_HEADER_HEIGHT
+    offset_b = width + match_images.MATCH_GAP
     self.assertEqual(picture.shape, (top + height, offset_b + width, 3))
     # Along each horizontal line, from a's keypoint to b's (away from the end dots).
     for x in range(12, offset_b + 45):
-      self.assertEqual(tuple(picture[top + 10, x]), report.INLIER_COLOR, x)
-      self.assertEqual(tuple(picture[top + 30, x]), report.OUTLIER_COLOR, x)
+      self.assertEqual(tuple(picture[top + 10, x]), match_images.INLIER_COLOR, x)
+      self.assertEqual(tuple(picture[top + 30, x]), match_images.OUTLIER_COLOR, x)
     # The unmatched keypoint is a dot; elsewhere the images are untouched.
-    self.assertEqual(tuple(picture[top + 20, 40]), report.KEYPOINT_COLOR)
+    self.assertEqual(tuple(picture[top + 20, 40]), match_images.KEYPOINT_COLOR)
     self.assertEqual(tuple(picture[top + 20, 20]), (GREY,) * 3)
     self.assertEqual(tuple(picture[top + 2, offset_b + 2]), (GREY,) * 3)
     # The header holds the inlier count as dark text on white.
@@ -114,14 +115,14 @@ class MatchImageTest(tf.test.TestCase):
     self.assertGreater(np.count_nonzero(header.max(axis=2) < 80), 20)
 
   def test_diagonal_inlier_line(self):
-    picture = report.match_image(
+    picture = match_images.match_image(
       _grey(40, 40), _grey(40, 40), [[5, 5]], [[35, 35]], [[0, 0]], [True]
     )
-    top, offset_b = report.MATCH_HEADER_HEIGHT, 40 + report.MATCH_GAP
+    top, offset_b = match_images.MATCH_HEADER_HEIGHT, 40 + match_images.MATCH_GAP
     start, end = np.array([5.0, 5 + top]), np.array([35.0 + offset_b, 35 + top])
     for t in np.linspace(0.2, 0.8, 13):
       x, y = np.round(start + t * (end - start)).astype(int)
-      self.assertIn(report.INLIER_COLOR, _colors_near(picture, x, y), (x, y))
+      self.assertIn(match_images.INLIER_COLOR, _colors_near(picture, x, y), (x, y))
 
   def test_verify_pair_finds_the_consistent_matches(self):
     rng = np.random.default_rng(0)
@@ -133,7 +134,7 @@ class MatchImageTest(tf.test.TestCase):
     ones = np.ones(14, np.float32)
     features_a = feature_io.LocalFeatures(locations_a, ones, descriptors, ones, 0 * ones)
     features_b = feature_io.LocalFeatures(locations_b, ones, descriptors, ones, 0 * ones)
-    verified = report.verify_pair(
+    verified = match_images.verify_pair(
       features_a, features_b, rerank.GeometricVerificationConfig(residual_threshold=2.0)
     )
     self.assertAllEqual(verified.matches, np.stack([np.arange(14)] * 2, axis=1))
@@ -147,11 +148,11 @@ class RankedListTest(tf.test.TestCase):
   def test_frames_have_the_colour_of_their_ground_truth_label(self):
     entry = {"easy": [0], "hard": [1], "junk": [2]}
     ranking = [2, 0, 3, 1, 9]
-    labels = report.gt_labels(entry, ranking)
+    labels = ranked_lists.gt_labels(entry, ranking)
     self.assertEqual(labels, ["junk", "easy", "negative", "hard", "negative"])
     thumb, border = 32, 3
     results = [_grey(20, 30, 60 + 20 * i) for i in range(len(ranking) - 1)] + [None]
-    picture = report.ranked_list_image(
+    picture = ranked_lists.ranked_list_image(
       _grey(50, 100),
       results,
       labels,
@@ -161,25 +162,25 @@ class RankedListTest(tf.test.TestCase):
       border=border,
     )
     for rank, label in enumerate(labels, start=1):
-      x1, y1, x2, y2 = report.ranked_tile_box(rank, thumb, border)
-      colour = report.LABEL_COLORS[label]
+      x1, y1, x2, y2 = ranked_lists.ranked_tile_box(rank, thumb, border)
+      colour = ranked_lists.LABEL_COLORS[label]
       for x, y in ((x1, y1), (x2 - 1, y2 - 1), ((x1 + x2) // 2, y1 + 1), (x1 + 1, (y1 + y2) // 2)):
         self.assertEqual(tuple(picture[y, x]), colour, (rank, label, x, y))
       # Inside the frame: the thumbnail, not the frame colour.
       self.assertNotEqual(tuple(picture[(y1 + y2) // 2, (x1 + x2) // 2]), colour)
-    x1, y1, x2, y2 = report.ranked_tile_box(0, thumb, border)
-    self.assertEqual(tuple(picture[y1, x1]), report.QUERY_FRAME_COLOR)
+    x1, y1, x2, y2 = ranked_lists.ranked_tile_box(0, thumb, border)
+    self.assertEqual(tuple(picture[y1, x1]), ranked_lists.QUERY_FRAME_COLOR)
     # The query box (10..60, 10..40 of a 100x50 image) on the 32 px thumbnail: scale 0.32,
     # image offset 8 px down; its top edge at y = 8 + 3.2, from x = 3.2 to 19.2.
     scale, oy = thumb / 100, (thumb - 16) // 2
     top_y = y1 + border + round(oy + 10 * scale)
     for x in range(round(10 * scale) + 2, round(60 * scale) - 2):
-      self.assertIn(report.BOX_COLOR, _colors_near(picture, x1 + border + x, top_y), x)
+      self.assertIn(ranked_lists.BOX_COLOR, _colors_near(picture, x1 + border + x, top_y), x)
     self.assertEqual(tuple(picture[y1 + border + 22, x1 + border + 26]), (GREY,) * 3)
 
   def test_unknown_label_is_refused(self):
     with self.assertRaisesRegex(ValueError, "unknown label"):
-      report.ranked_list_image(_grey(8, 8), [_grey(8, 8)], ["positive"])
+      ranked_lists.ranked_list_image(_grey(8, 8), [_grey(8, 8)], ["positive"])
 
 
 class HtmlReportTest(tf.test.TestCase):
@@ -189,7 +190,7 @@ class HtmlReportTest(tf.test.TestCase):
     gt = ground_truth.load_ground_truth(gnd_path)
     ranks = np.array([[0, 2, 5, 1, 3, 4], [3, 0, 4, 1, 2, 5]])
     report_dir = os.path.join(root, "report")
-    index = report.write_retrieval_report(
+    index = retrieval_report.write_retrieval_report(
       report_dir, gt, ranks, images_dir, summary="a <summary> line", top_k=4, thumb_size=24
     )
     self.assertEqual(index, os.path.join(report_dir, "index.html"))
@@ -220,7 +221,9 @@ class HtmlReportTest(tf.test.TestCase):
     with self.assertRaisesRegex(
       FileNotFoundError, f"^2 of 6 index images \\(\\*.jpg\\) missing in {images_dir}: db4, db5$"
     ):
-      report.write_retrieval_report(report_dir, gt, np.array([[0, 5, 4], [1, 2, 3]]), images_dir)
+      retrieval_report.write_retrieval_report(
+        report_dir, gt, np.array([[0, 5, 4], [1, 2, 3]]), images_dir
+      )
     self.assertEqual(sorted(os.listdir(root)), ["gnd_tiny.pkl", "jpg"])  # no report, no temporary
 
 
@@ -265,7 +268,7 @@ class PerformRetrievalReportTest(tf.test.TestCase):
     # q0's geometric match db1 (hard: not re-ranked on Easy, where it is junk) comes first.
     self.assertEqual(verified.reranked["hard"][0, 0], 1)
     self.assertEqual(verified.reranked["medium"][0, 0], 1)
-    index = report.write_retrieval_report(
+    index = retrieval_report.write_retrieval_report(
       os.path.join(root, "report"), gt, verified.reranked, images_dir, verified.results
     )
     with open(index, encoding="utf-8") as f:

@@ -1,4 +1,4 @@
-"""Tests for dolg_tf.visualize: attention of the tiny models, a restored run, the command."""
+"""Tests for dolg_tf.visualize and visualization.attention: tiny models, a run, the command."""
 
 import html.parser
 import os
@@ -10,10 +10,11 @@ from absl.testing import parameterized
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf import visualize
 from dolg_tf.io import datum_io, feature_io
 from dolg_tf.model import checkpoint_restore
 from dolg_tf.utils import images
+from dolg_tf.visualization import attention as attention_lib
+from dolg_tf.visualization import drawing
 from tests import testutil
 
 
@@ -47,11 +48,11 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
   def test_overlay_has_the_image_size_and_marks_high_attention(self, name):
     model = testutil.tiny_model(name)
     image = _image(72, 100)
-    attention = visualize.attention_map(model, image)
+    attention = attention_lib.attention_map(model, image)
     self.assertEqual(attention.ndim, 2)
     self.assertGreater(attention.size, 1)
     self.assertGreater(float(attention.max()), float(attention.min()))
-    shown, overlay = visualize.attention_picture(model, image, max_image_size=0)
+    shown, overlay = attention_lib.attention_picture(model, image, max_image_size=0)
     self.assertAllEqual(shown, image)
     self.assertEqual(overlay.shape, image.shape)
     # Where the resized attention peaks the heat map replaces part of the image; where it
@@ -63,7 +64,9 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(overlay[cold], image[cold])
 
   def test_max_image_size_shrinks_the_input(self):
-    shown, overlay = visualize.attention_picture(testutil.tiny_model("dolg"), _image(64, 128), 64)
+    shown, overlay = attention_lib.attention_picture(
+      testutil.tiny_model("dolg"), _image(64, 128), 64
+    )
     self.assertEqual(shown.shape, (32, 64, 3))
     self.assertEqual(overlay.shape, (32, 64, 3))
 
@@ -75,8 +78,8 @@ class RestoredRunTest(tf.test.TestCase):
     self.assertEqual(experiment.model.name, "dolg")
     image = _image(64, 64, seed=3)
     self.assertAllClose(
-      visualize.attention_map(model, image),
-      visualize.attention_map(testutil.tiny_model("dolg"), image),
+      attention_lib.attention_map(model, image),
+      attention_lib.attention_map(testutil.tiny_model("dolg"), image),
       atol=1e-5,
     )
 
@@ -148,7 +151,15 @@ class CommandTest(tf.test.TestCase):
     # Every keypoint grid is the same grid shifted by k: all 36 matches are inliers.
     self.assertIn("db1 - db2: 36 inliers", page)
     attention = images.decode_image(os.path.join(report_dir, "attention_q0.png"))
-    self.assertEqual(attention.shape, (64, 2 * 64 + 4, 3))  # image | gap | overlay
+    # Labels over image | gap | overlay | gap | colour bar (issue 26: labelled, with a bar).
+    top, gap = attention_lib.PANEL_LABEL_HEIGHT, attention_lib.PANEL_GAP
+    self.assertEqual(attention.shape[0], top + 64)
+    self.assertGreater(attention.shape[1], 2 * 64 + 2 * gap + attention_lib.COLOUR_BAR_WIDTH)
+    self.assertGreater(np.count_nonzero(attention[:top, :64].max(axis=2) < 80), 10)  # "image"
+    bar_x = 2 * 64 + 2 * gap + 2
+    high, low = drawing.jet(np.array([1.0, 0.0]))
+    self.assertAllEqual(attention[top, bar_x], high)
+    self.assertAllEqual(attention[top + 63, bar_x], low)
     ranked_matches = [t for t in targets if t.startswith("matches_q0_")]
     self.assertLen(ranked_matches, 1)  # q0 against its best-ranked positive
 

@@ -36,9 +36,10 @@ from absl import flags, logging
 
 from dolg_tf.data import ground_truth
 from dolg_tf.io import descriptor_files, descriptor_reading
-from dolg_tf.retrieval import metrics, report, rerank, search, superglobal
+from dolg_tf.retrieval import metrics, rerank, search, superglobal
 from dolg_tf.utils import cli
 from dolg_tf.utils import files as file_utils
+from dolg_tf.visualization import retrieval_report
 
 GeometricVerificationConfig = rerank.GeometricVerificationConfig
 
@@ -327,7 +328,8 @@ def define_flags():
   flags.DEFINE_string(
     "report_dir",
     "",
-    "HTML report folder (ranked lists, AP and PR plots; report.py); needs --images_dir.",
+    "HTML report folder (ranked lists, AP and PR plots; see dolg_tf.visualization); needs "
+    "--images_dir.",
   )
   cli.define_override(
     flags.DEFINE_string, "images_dir", "With --report_dir: folder of the gnd's <name>.jpg images."
@@ -419,13 +421,11 @@ def main(argv):
     print(f"metrics: {path}")
   if FLAGS.report_dir:
     try:
-      path = report.write_retrieval_report(
+      path = retrieval_report.write_evaluation_report(
         cli.resolve_path(FLAGS.report_dir),
         ground_truth.load_ground_truth(cli.resolve_path(FLAGS.dataset_file_path)),
-        evaluation.reranked or evaluation.ranks,
+        evaluation,
         cli.resolve_path(FLAGS.images_dir),
-        evaluation.results,
-        summary=evaluation.summary,
       )
     except (OSError, ValueError) as e:
       raise cli.UserError(cli.error_message(e)) from e

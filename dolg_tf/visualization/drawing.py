@@ -1,4 +1,4 @@
-"""Drawing primitives on RGB uint8 [H, W, 3] arrays: the pictures of dolg_tf.retrieval.report.
+"""Drawing primitives on RGB uint8 [H, W, 3] arrays: the pictures of dolg_tf.visualization.
 
 Every function takes and returns NumPy RGB uint8 arrays (the project's image
 convention) and leaves its input unchanged; Pillow does the drawing. Points
@@ -203,12 +203,54 @@ def text_strip(
   return draw_text(strip, (3, max(0, (height - text_height) // 2)), text, color, size)
 
 
+def wrap_text(text: str, width: int, size: int = 12) -> list[str]:
+  """`text` broken at spaces into lines at most `width` pixels wide in `font(size)`.
+
+  A word wider than `width` on its own stays one (too wide) line.
+  """
+  lines: list[str] = []
+  for word in text.split(" "):
+    candidate = f"{lines[-1]} {word}" if lines else word
+    if lines and text_size(candidate, size)[0] <= width:
+      lines[-1] = candidate
+    else:
+      lines.append(word)
+  return lines or [""]
+
+
+def text_block(
+  width: int, line_height: int, text: str, size: int = 12, color: Color = BLACK
+) -> np.ndarray:
+  """`text` wrapped to `width` (wrap_text), one strip of `line_height` pixels per line."""
+  lines = wrap_text(text, width - 6, size)
+  return vstack([text_strip(width, line_height, line, size, color) for line in lines])
+
+
 def jet(values: np.ndarray) -> np.ndarray:
   """The 'jet' colour map (blue, cyan, yellow, red) of values in [0, 1], as RGB uint8 [..., 3]."""
   v = np.clip(np.asarray(values, np.float32), 0.0, 1.0)[..., None]
   centres = np.array([0.75, 0.5, 0.25], np.float32)  # where red, green, blue peak
   rgb = np.clip(1.5 - np.abs(4.0 * v - 4.0 * centres), 0.0, 1.0)
   return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def colour_bar(
+  height: int, width: int = 12, labels: tuple[str, str] = ("high", "low"), size: int = 11
+) -> np.ndarray:
+  """A vertical jet colour bar (top: 1, bottom: 0) with `labels` beside its two ends.
+
+  Returns:
+    RGB uint8 [height, width + 4 + label width, 3]: the bar at x < width, its
+    top row jet(1), its bottom row jet(0), on white.
+  """
+  values = np.linspace(1.0, 0.0, max(2, height), dtype=np.float32)[:height]
+  bar = np.repeat(jet(values)[:, None, :], width, axis=1)
+  text_width = max(text_size(label, size)[0] for label in labels) + 2
+  out = pad(bar, height, width + 4 + text_width)
+  out = draw_text(out, (width + 4, 0), labels[0], BLACK, size)
+  return draw_text(
+    out, (width + 4, max(0, height - text_size(labels[1], size)[1] - 2)), labels[1], BLACK, size
+  )
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:

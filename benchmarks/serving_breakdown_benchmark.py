@@ -49,10 +49,10 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 from benchmarks import interleaved  # noqa: E402
 from dolg_tf import config as config_lib  # noqa: E402
-from dolg_tf.export import export_model, signatures  # noqa: E402
+from dolg_tf.export import export_model  # noqa: E402
 from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
 from dolg_tf.extraction import pipeline  # noqa: E402
-from dolg_tf.io import config_io  # noqa: E402
+from dolg_tf.io import config_io, savedmodel_contract  # noqa: E402
 from dolg_tf.keras_api import keras  # noqa: E402
 from dolg_tf.model import builder  # noqa: E402
 
@@ -61,12 +61,14 @@ flags.DEFINE_integer("depth", 101, "ResNet depth (pycls layout).")
 flags.DEFINE_integer("image_size", 512, "Side of the square images.")
 flags.DEFINE_integer("num_images", 4, "Images per row and round.")
 flags.DEFINE_integer("rounds", 3, "Timed rounds (each row once a round, in turn; medians).")
-flags.DEFINE_enum("precision", "float32", config_lib.EXPORT_PRECISIONS, "export.precision.")
+flags.DEFINE_enum(
+  "precision", "float32", savedmodel_contract.EXPORT_PRECISIONS, "export.precision."
+)
 flags.DEFINE_multi_string(
   "pyramid",
   [
-    ",".join(map(str, config_lib.OFFICIAL_SCALES)),
-    ",".join(map(str, config_lib.OFFICIAL_INFER_SCALES)),
+    ",".join(map(str, savedmodel_contract.PYRAMID_PRESETS["delf_3"])),
+    ",".join(map(str, savedmodel_contract.PYRAMID_PRESETS["official_5"])),
   ],
   "Multi-scale pyramid rows (comma-separated scales; repeat the flag for more): default the "
   "shipped 3 scales and the official evaluation's 5.",
@@ -303,15 +305,15 @@ def main(argv):
     return tf.map_fn(one, scales, fn_output_signature=tf.TensorSpec([None, None], tf.float32))
 
   loaded = tf.saved_model.load(export_dir)
-  serve = loaded.signatures[signatures.SERVING_DEFAULT]
+  serve = loaded.signatures[savedmodel_contract.SERVING_DEFAULT]
   one_scale = tf.constant([1.0])
 
-  serve_frozen = tf.saved_model.load(frozen_dir).signatures[signatures.SERVING_DEFAULT]
-  serve_unfolded = tf.saved_model.load(unfolded_dir).signatures[signatures.SERVING_DEFAULT]
+  serve_frozen = tf.saved_model.load(frozen_dir).signatures[savedmodel_contract.SERVING_DEFAULT]
+  serve_unfolded = tf.saved_model.load(unfolded_dir).signatures[savedmodel_contract.SERVING_DEFAULT]
   serve_baseline = None
   if FLAGS.baseline_export:
     serve_baseline = tf.saved_model.load(FLAGS.baseline_export).signatures[
-      signatures.SERVING_DEFAULT
+      savedmodel_contract.SERVING_DEFAULT
     ]
 
   def signature(image, scales=one_scale, serve=serve):
@@ -319,7 +321,7 @@ def main(argv):
       input_image=image,
       input_scales=scales,
       input_global_scales_ind=tf.range(tf.size(scales), dtype=tf.int32),
-    )[signatures.GLOBAL_DESCRIPTOR].numpy()
+    )[savedmodel_contract.GLOBAL_DESCRIPTOR].numpy()
 
   config = config_io.DolgConfig(model_path=export_dir, max_image_size=2 * size)
   config.image_scales.append(1.0)

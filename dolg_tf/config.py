@@ -9,6 +9,10 @@ its `hyperparams.Config`:
       train:  TrainConfig   schedule, optimizer, runtime
       export: ExportConfig  the SavedModel's pyramid and size limits (extraction defaults)
 
+The section base (Section, ConfigError) is dolg_tf/io/config_base.py and
+ExportConfig is part of the SavedModel contract (dolg_tf/io/savedmodel_contract.py),
+which extraction reads without this module; both are importable from here.
+
 Each field has one default, here. Named experiments (dolg_tf/experiments.py)
 are presets over these defaults; a YAML/JSON file (`--config_file`) and
 `--params_override` ('train.batch_size=8,model.embedding_dim=128', YAML text or
@@ -22,15 +26,15 @@ stage reads it back with `load_config` / `load_model_config`.
 import dataclasses
 import json
 import os
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 from official.modeling import hyperparams
 
-from dolg_tf.export import signatures
+from dolg_tf.io import savedmodel_contract
+from dolg_tf.io.config_base import ConfigError, Section, check_at_least, check_choice, jsonable
+from dolg_tf.io.savedmodel_contract import ExportConfig
 from dolg_tf.utils import files
 
 # Official DOLG / torchvision ImageNet statistics in pixel units (RGB order).
@@ -46,110 +50,16 @@ MODEL_NAMES = ("dolg", "delg")
 HEAD_TYPES = ("arcface", "curricularface", "subcenter_arcface")
 OFFICIAL_DILATIONS = (6, 12, 18)
 PAPER_DILATIONS = (3, 6, 9)
-# The official DOLG test-time pyramid (1/sqrt(2), 1, sqrt(2)).
-OFFICIAL_SCALES = (0.7071, 1.0, 1.4142)
-# The pyramid of the official evaluation script (evaler/infer.py), with no size cap.
-OFFICIAL_INFER_SCALES = (0.3535, 0.5, 0.7071, 1.0, 1.4142)
 DATASET_VERSIONS = ("gld_v1", "gld_v2", "gld_v2_clean", "synthetic")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
-# Export precisions: the SavedModel's compute type (inputs and outputs stay float32 / uint8).
-EXPORT_PRECISIONS = ("float32", "bfloat16", "auto")
-EXPORT_SCALE_POOLINGS = ("average", "max")
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
 CONFIG_FILENAME = "config.json"
 
 
-class ConfigError(ValueError):
-  """A config file or field is invalid; the message names it."""
-
-
-def _check_choice(field: str, value, choices) -> None:
-  if value not in choices:
-    raise ConfigError(f"{field} must be one of {list(choices)}, got {value!r}")
-
-
-def _check_at_least(owner: str, config, names: Sequence[str], minimum: float) -> None:
-  for name in names:
-    if getattr(config, name) < minimum:
-      raise ConfigError(f"{owner}.{name} must be >= {minimum}, got {getattr(config, name)}")
-
-
-class _Section(hyperparams.Config):
-  """A config section: values coerced to their declared types and validated.
-
-  `hyperparams.Config` stores whatever it is given (an int for a float field,
-  a list for a tuple); sections coerce each value to its annotation so that
-  configs compare and serialise the same however they were built.
-  """
-
-  SECTION = ""
-
-  def __post_init__(self, *args, **kwargs):
-    super().__post_init__(*args, **kwargs)
-    self.coerce()
-    self.validate()
-
-  def coerce(self) -> None:
-    hints = typing.get_type_hints(type(self))
-    for field in dataclasses.fields(self):
-      value = getattr(self, field.name)
-      if value is None or isinstance(value, hyperparams.Config):
-        continue
-      hint = hints[field.name]
-      target = hint
-      if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        target = next(t for t in typing.get_args(hint) if t is not type(None))
-      origin = typing.get_origin(target) or target
-      where = f"{self.SECTION}.{field.name}"
-      try:
-        if origin is tuple:
-          element = typing.get_args(target)[0]
-          if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split() if v]
-          value = tuple(element(v) for v in value)
-        elif origin is bool:
-          if not isinstance(value, bool):
-            raise TypeError(f"expected true/false, got {value!r}")
-        elif origin is int:
-          if isinstance(value, bool) or float(value) != int(value):
-            raise TypeError(f"expected an integer, got {value!r}")
-          value = int(value)
-        elif origin is float:
-          if isinstance(value, bool):
-            raise TypeError(f"expected a number, got {value!r}")
-          value = float(value)
-        elif origin is str:
-          if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {value!r}")
-      except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-      self.__dict__[field.name] = value
-
-  def validate(self) -> None:
-    """Raises ConfigError naming the first invalid field."""
-
-  def to_dict(self) -> dict:
-    return _jsonable(self.as_dict())
-
-  def replace(self, **changes):
-    # hyperparams.Config.replace skips __post_init__; rebuild so values are checked.
-    values = self.as_dict()
-    values.update(changes)
-    return type(self)(**values)
-
-
-def _jsonable(value):
-  if isinstance(value, Mapping):
-    return {k: _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (tuple, list)):
-    return [_jsonable(v) for v in value]
-  return value
-
-
 @dataclasses.dataclass
-class ModelConfig(_Section):
+class ModelConfig(Section):
   """Describes one retrieval network and its training head.
 
   Attributes:
@@ -225,11 +135,11 @@ class ModelConfig(_Section):
   relu_up: float = 0.0
 
   def validate(self) -> None:
-    _check_choice("model.name", self.name, MODEL_NAMES)
-    _check_choice("model.backbone_depth", self.backbone_depth, BACKBONE_DEPTHS)
-    _check_choice("model.backbone_layout", self.backbone_layout, BACKBONE_LAYOUTS)
-    _check_choice("model.head_type", self.head_type, HEAD_TYPES)
-    _check_choice("model.input_channel_order", self.input_channel_order, ("RGB", "BGR"))
+    check_choice("model.name", self.name, MODEL_NAMES)
+    check_choice("model.backbone_depth", self.backbone_depth, BACKBONE_DEPTHS)
+    check_choice("model.backbone_layout", self.backbone_layout, BACKBONE_LAYOUTS)
+    check_choice("model.head_type", self.head_type, HEAD_TYPES)
+    check_choice("model.input_channel_order", self.input_channel_order, ("RGB", "BGR"))
     if len(self.input_mean) != 3 or len(self.input_std) != 3:
       raise ConfigError("model.input_mean and model.input_std need 3 values each")
     if min(self.input_std) <= 0:
@@ -240,7 +150,7 @@ class ModelConfig(_Section):
       raise ConfigError("model.backbone_width_multiplier and model.gem_p must be positive")
     if self.relu_up < 0:
       raise ConfigError(f"model.relu_up must be >= 0 (0 = ReLU), got {self.relu_up}")
-    _check_at_least(
+    check_at_least(
       "model",
       self,
       (
@@ -270,11 +180,6 @@ class ModelConfig(_Section):
       return self.bn_epsilon
     return {"pycls": 1e-5, "delf": 1e-3}.get(self.backbone_layout, 1.001e-5)
 
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
-    """Builds a config from a dict, rejecting unknown keys (ConfigError)."""
-    return _build(cls, values)
-
 
 # The DELG paper's network as DELF's code builds it: DELF's R50 with
 # block3_strides (local features at stride 32), GeM p=3 fixed, 2048-d whitening,
@@ -301,7 +206,7 @@ def delg_config(**overrides) -> ModelConfig:
 
 
 @dataclasses.dataclass
-class DataConfig(_Section):
+class DataConfig(Section):
   """Training data.
 
   Attributes:
@@ -335,9 +240,9 @@ class DataConfig(_Section):
   skip_corrupt_records: bool = False
 
   def validate(self) -> None:
-    _check_choice("data.dataset_version", self.dataset_version, DATASET_VERSIONS)
-    _check_at_least("data", self, ("image_size", "synthetic_views"), 1)
-    _check_at_least("data", self, ("num_classes", "synthetic_classes"), 0)
+    check_choice("data.dataset_version", self.dataset_version, DATASET_VERSIONS)
+    check_at_least("data", self, ("image_size", "synthetic_views"), 1)
+    check_at_least("data", self, ("num_classes", "synthetic_classes"), 0)
     if not 0 < self.min_crop_area <= 1:
       raise ConfigError(f"data.min_crop_area must be in (0, 1], got {self.min_crop_area}")
     if self.train_file_pattern and self.synthetic_classes:
@@ -352,7 +257,7 @@ class DataConfig(_Section):
 
 
 @dataclasses.dataclass
-class TrainConfig(_Section):
+class TrainConfig(Section):
   """Schedule, optimizer and runtime of a training run (official DOLG recipe by default).
 
   Attributes:
@@ -417,107 +322,25 @@ class TrainConfig(_Section):
   imagenet_checkpoint: str = ""
 
   def validate(self) -> None:
-    _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
-    _check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
-    _check_choice("train.distribution_strategy", self.distribution_strategy, STRATEGIES)
-    _check_at_least(
+    check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+    check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
+    check_choice("train.distribution_strategy", self.distribution_strategy, STRATEGIES)
+    check_at_least(
       "train", self, ("batch_size", "log_every", "checkpoint_every", "max_checkpoints"), 1
     )
-    _check_at_least(
+    check_at_least(
       "train",
       self,
       ("max_steps", "epochs", "steps_per_epoch", "warmup_steps", "warmup_epochs", "num_gpus"),
       0,
     )
-    _check_at_least("train", self, ("weight_decay", "clip_norm"), 0)
+    check_at_least("train", self, ("weight_decay", "clip_norm"), 0)
     if self.initial_lr <= 0:
       raise ConfigError(f"train.initial_lr must be positive, got {self.initial_lr}")
 
 
 @dataclasses.dataclass
-class ExportConfig(_Section):
-  """What the SavedModel records for extraction (and serve_encoded uses).
-
-  Attributes:
-    image_scales: the pyramid (official DOLG 1/sqrt(2), 1, sqrt(2)).
-    max_image_size: images whose largest side exceeds it are downscaled
-      first; -1 = no limit.
-    min_image_size: images whose largest side is below it are upscaled first
-      (DELF semantics); -1 = no limit.
-    precision: "float32", or "bfloat16": the network computes in bfloat16
-      (Keras mixed_bfloat16: bf16 convolutions and matmuls, float32 weights
-      kept as bf16 copies, float32 normalisation of the outputs), for CPUs with
-      AVX512_BF16 / AMX and for TPUs. Inputs and outputs keep their dtypes.
-      "auto": bfloat16 when the exporting CPU computes it natively, else
-      float32 (the SavedModel records the precision it got).
-    fold_batch_norms: the served network has the backbone's batch norms
-      folded into its convolutions (kernel x gamma / sqrt(var + eps), the
-      shift as a bias): the same function up to float rounding (~2e-7). TF's
-      CPU remapper fuses a float32 convolution with its batch norm anyway,
-      but a bfloat16 one only with a bias, so bfloat16 serving gets ~1.1x
-      faster (DOLG-R101, 512 px, AVX512_BF16) and float32 stays as fast.
-      false serves the Keras graph exactly as trained.
-    serve_jit_compile: the signatures run the network XLA-compiled (GPU/TPU;
-      compiled once per input shape, so for fixed-size batches).
-    freeze_weights: serve from a graph with the weights as constants: ~15%
-      faster on CPU (oneDNN caches its weight layouts), but loading it peaks
-      at several GB more memory (TensorFlow copies the constants per graph).
-      Off by default: the memory bound matters more for batch extraction.
-    superglobal_gem_p: SuperGlobal's GeM+: the exponent of the global GeM at
-      inference; 0 = the trained p (SuperGlobal: 4.6). A variable of the
-      SavedModel: extraction configs can change it (global_config.gem_plus_p).
-    regional_gem_weight: SuperGlobal's Regional-GeM: f4 is blended as
-      (1 - w) f4 + w LP-pool(f4) before the GeM; 0 = off (SuperGlobal: 0.5).
-      Also a SavedModel variable (global_config.regional_gem_weight).
-    regional_gem_p: Regional-GeM's LP exponent (SuperGlobal: 2.5).
-    regional_gem_size: Regional-GeM's window side, odd (SuperGlobal: 5).
-    scale_pooling: how the serving signatures pool the pyramid's descriptors
-      into `global_descriptor` (and extraction's default): "average" (official
-      DOLG) or "max" (SuperGlobal's Scale-GeM at p = infinity, its default).
-  """
-
-  SECTION = "export"
-
-  image_scales: tuple[float, ...] = OFFICIAL_SCALES
-  max_image_size: int = 1024
-  min_image_size: int = -1
-  precision: str = "float32"
-  fold_batch_norms: bool = True
-  freeze_weights: bool = False
-  serve_jit_compile: bool = False
-  superglobal_gem_p: float = 0.0
-  regional_gem_weight: float = 0.0
-  regional_gem_p: float = 2.5
-  regional_gem_size: int = 5
-  scale_pooling: str = "average"
-
-  def validate(self) -> None:
-    _check_choice("export.precision", self.precision, EXPORT_PRECISIONS)
-    _check_choice("export.scale_pooling", self.scale_pooling, EXPORT_SCALE_POOLINGS)
-    if self.superglobal_gem_p < 0:
-      raise ConfigError(
-        f"export.superglobal_gem_p must be >= 0 (0 = trained p), got {self.superglobal_gem_p}"
-      )
-    if not 0 <= self.regional_gem_weight <= 1:
-      raise ConfigError(
-        f"export.regional_gem_weight must be in [0, 1], got {self.regional_gem_weight}"
-      )
-    if self.regional_gem_p <= 0:
-      raise ConfigError(f"export.regional_gem_p must be positive, got {self.regional_gem_p}")
-    if self.regional_gem_size < 1 or self.regional_gem_size % 2 == 0:
-      raise ConfigError(
-        f"export.regional_gem_size must be odd and positive, got {self.regional_gem_size}"
-      )
-    if not self.image_scales or min(self.image_scales) <= 0:
-      raise ConfigError(f"export.image_scales must be positive, got {self.image_scales}")
-    for name in ("max_image_size", "min_image_size"):
-      value = getattr(self, name)
-      if value != -1 and value <= 0:
-        raise ConfigError(f"export.{name} must be positive or -1 (no limit), got {value}")
-
-
-@dataclasses.dataclass
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
   """Everything one run needs: model, data, training and export settings."""
 
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -534,13 +357,6 @@ class ExperimentConfig(_Section):
   def from_dict(cls, values: Mapping[str, Any]) -> "ExperimentConfig":
     """Builds a config from a (partial) dict, rejecting unknown keys (ConfigError)."""
     return override(cls(), values)
-
-
-def _build(cls, values: Mapping[str, Any]):
-  unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-  if unknown:
-    raise ConfigError(f"unknown {cls.SECTION} field(s): {', '.join(unknown)}")
-  return cls(**values)
 
 
 def _check_keys(config: hyperparams.Config, values: Mapping[str, Any], prefix: str = "") -> None:
@@ -641,7 +457,7 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     if isinstance(value, Mapping):
       flat.update(flatten(value, f"{prefix}{key}."))
     else:
-      flat[f"{prefix}{key}"] = _jsonable(value)
+      flat[f"{prefix}{key}"] = jsonable(value)
   return flat
 
 
@@ -672,7 +488,7 @@ def save_config(config: hyperparams.Config | Mapping[str, Any], path: str) -> st
     path = os.path.join(path, CONFIG_FILENAME)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   values = config.as_dict() if isinstance(config, hyperparams.Config) else dict(config)
-  text = json.dumps(_jsonable(values), indent=2, sort_keys=True) + "\n"
+  text = json.dumps(jsonable(values), indent=2, sort_keys=True) + "\n"
   files.atomic_write_bytes(path, text.encode("utf-8"))
   return path
 
@@ -724,7 +540,9 @@ def load_config(path: str) -> ExperimentConfig:
     FileNotFoundError: no config there. ConfigError: invalid (file and field named).
   """
   values = load_config_dict(path)
-  values.pop(signatures.INTERFACE_KEY, None)  # a SavedModel's config.json records it
+  values.pop(savedmodel_contract.INTERFACE_KEY, None)  # a SavedModel's config.json records it
+  if isinstance(values.get("export"), Mapping):  # keys of older exports
+    values["export"] = savedmodel_contract.upgrade_export_section(values["export"])
   try:
     return ExperimentConfig.from_dict(values)
   except ConfigError as e:

@@ -16,10 +16,9 @@ import tensorflow as tf
 from absl.testing import flagsaver, parameterized
 from PIL import Image
 
-from dolg_tf.export import signatures
 from dolg_tf.extraction import batching, extract_features, local_extractor, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import datum_io, descriptor_reading
+from dolg_tf.io import datum_io, descriptor_reading, savedmodel_contract
 from tests import testutil
 
 EXPORT_CONFIG = testutil.SMALL_EXPORT_CONFIG
@@ -27,7 +26,12 @@ SCALES = (0.5, 1.0)
 ATOL = 1e-6
 # (height, width) of the test images: three batching groups, all under 80 px.
 SIZES = ((48, 64), (64, 48), (40, 40))
-PER_FEATURE = (signatures.BOXES, signatures.FEATURES, signatures.SCALES, signatures.SCORES)
+PER_FEATURE = (
+  savedmodel_contract.BOXES,
+  savedmodel_contract.FEATURES,
+  savedmodel_contract.SCALES,
+  savedmodel_contract.SCORES,
+)
 
 
 def _image(height, width, seed):
@@ -203,8 +207,8 @@ class DolgBatchedExtractionTest(_SharedExportTest):
 
   def _inputs(self, indices=(0, 1)):
     return {
-      signatures.INPUT_SCALES: tf.constant(SCALES, tf.float32),
-      signatures.INPUT_GLOBAL_SCALES_IND: tf.constant(indices, tf.int32),
+      savedmodel_contract.INPUT_SCALES: tf.constant(SCALES, tf.float32),
+      savedmodel_contract.INPUT_GLOBAL_SCALES_IND: tf.constant(indices, tf.int32),
     }
 
   def _mixed_images(self):
@@ -213,31 +217,35 @@ class DolgBatchedExtractionTest(_SharedExportTest):
     return [_image(h, w, seed) for seed, (h, w) in enumerate(shapes)]
 
   def test_export_has_the_batched_signature(self):
-    self.assertIn(signatures.SERVE_GLOBAL_BATCH, self.loaded.signatures)
-    self.assertNotIn(signatures.SERVE_LOCAL_BATCH, self.loaded.signatures)
-    self.assertEqual(self.extractor.batch_signature_name, signatures.SERVE_GLOBAL_BATCH)
-    batch = self.loaded.signatures[signatures.SERVE_GLOBAL_BATCH]
-    self.assertEqual(set(batch.structured_input_signature[1]), signatures.BATCH_GLOBAL_INPUTS)
+    self.assertIn(savedmodel_contract.SERVE_GLOBAL_BATCH, self.loaded.signatures)
+    self.assertNotIn(savedmodel_contract.SERVE_LOCAL_BATCH, self.loaded.signatures)
+    self.assertEqual(self.extractor.batch_signature_name, savedmodel_contract.SERVE_GLOBAL_BATCH)
+    batch = self.loaded.signatures[savedmodel_contract.SERVE_GLOBAL_BATCH]
+    self.assertEqual(
+      set(batch.structured_input_signature[1]), savedmodel_contract.BATCH_GLOBAL_INPUTS
+    )
 
   def test_serve_global_batch_equals_serving_default_per_image(self):
     images = np.stack([_image(48, 64, seed) for seed in range(3)])
     for indices in ((0, 1), (1,)):
       with self.subTest(indices=indices):
-        batch = self.loaded.signatures[signatures.SERVE_GLOBAL_BATCH](
+        batch = self.loaded.signatures[savedmodel_contract.SERVE_GLOBAL_BATCH](
           input_images=tf.constant(images), **self._inputs(indices)
         )
-        per_scale = batch[signatures.GLOBAL_DESCRIPTORS].numpy()
-        pooled = batch[signatures.GLOBAL_DESCRIPTOR].numpy()
+        per_scale = batch[savedmodel_contract.GLOBAL_DESCRIPTORS].numpy()
+        pooled = batch[savedmodel_contract.GLOBAL_DESCRIPTOR].numpy()
         self.assertEqual(per_scale.shape, (3, 2, 16))
         self.assertEqual(pooled.shape, (3, 16))
         for b, image in enumerate(images):
-          single = self.loaded.signatures[signatures.SERVING_DEFAULT](
+          single = self.loaded.signatures[savedmodel_contract.SERVING_DEFAULT](
             input_image=tf.constant(image), **self._inputs(indices)
           )
           self.assertAllClose(
-            per_scale[b], single[signatures.GLOBAL_DESCRIPTORS], atol=ATOL, rtol=0
+            per_scale[b], single[savedmodel_contract.GLOBAL_DESCRIPTORS], atol=ATOL, rtol=0
           )
-          self.assertAllClose(pooled[b], single[signatures.GLOBAL_DESCRIPTOR], atol=ATOL, rtol=0)
+          self.assertAllClose(
+            pooled[b], single[savedmodel_contract.GLOBAL_DESCRIPTOR], atol=ATOL, rtol=0
+          )
         # Different images: different descriptors (the batch is not one image repeated).
         self.assertGreater(np.abs(pooled[0] - pooled[1]).max(), 1e-3)
 
@@ -252,12 +260,13 @@ class DolgBatchedExtractionTest(_SharedExportTest):
     # One forward per size with two or more images (48x64: 3, 64x48: 2); 40x40 runs alone.
     self.assertEqual(batch_signature.call_count, 2)
     batch_sizes = sorted(
-      call.kwargs[signatures.INPUT_IMAGES].shape[0] for call in batch_signature.call_args_list
+      call.kwargs[savedmodel_contract.INPUT_IMAGES].shape[0]
+      for call in batch_signature.call_args_list
     )
     self.assertEqual(batch_sizes, [2, 3])
 
   def test_extract_batch_without_a_batch_signature_runs_images_one_by_one(self):
-    old_export = _without(self.loaded, signatures.SERVE_GLOBAL_BATCH)
+    old_export = _without(self.loaded, savedmodel_contract.SERVE_GLOBAL_BATCH)
     extractor = extractor_lib.Extractor.from_config_file(self.config, saved_model=old_export)
     self.assertIsNone(extractor.batch_signature_name)
     images = self._mixed_images()
@@ -288,8 +297,8 @@ class DolgBatchedExtractionTest(_SharedExportTest):
     def poison_second(group):
       outputs = real(group)
       if len(group) == 2:  # The 48x64 pair: NaN for its second image (images[2]).
-        outputs[1][signatures.GLOBAL_DESCRIPTORS] = np.full_like(
-          outputs[1][signatures.GLOBAL_DESCRIPTORS], np.nan
+        outputs[1][savedmodel_contract.GLOBAL_DESCRIPTORS] = np.full_like(
+          outputs[1][savedmodel_contract.GLOBAL_DESCRIPTORS], np.nan
         )
       return outputs
 
@@ -432,14 +441,14 @@ class DelgBatchedExtractionTest(_SharedExportTest):
 
   def _inputs(self, max_feature_num, threshold, indices=(0, 1)):
     return {
-      signatures.INPUT_SCALES: tf.constant(SCALES, tf.float32),
-      signatures.INPUT_MAX_FEATURE_NUM: tf.constant(max_feature_num, tf.int32),
-      signatures.INPUT_ABS_THRES: tf.constant(threshold, tf.float32),
-      signatures.INPUT_GLOBAL_SCALES_IND: tf.constant(indices, tf.int32),
+      savedmodel_contract.INPUT_SCALES: tf.constant(SCALES, tf.float32),
+      savedmodel_contract.INPUT_MAX_FEATURE_NUM: tf.constant(max_feature_num, tf.int32),
+      savedmodel_contract.INPUT_ABS_THRES: tf.constant(threshold, tf.float32),
+      savedmodel_contract.INPUT_GLOBAL_SCALES_IND: tf.constant(indices, tf.int32),
     }
 
   def _single(self, image, max_feature_num, threshold):
-    outputs = self.loaded.signatures[signatures.SERVING_DEFAULT](
+    outputs = self.loaded.signatures[savedmodel_contract.SERVING_DEFAULT](
       input_image=tf.constant(image), **self._inputs(max_feature_num, threshold)
     )
     return {k: v.numpy() for k, v in outputs.items()}
@@ -453,64 +462,69 @@ class DelgBatchedExtractionTest(_SharedExportTest):
 
   def test_export_has_both_batched_signatures(self):
     self.assertContainsSubset(
-      {signatures.SERVE_GLOBAL_BATCH, signatures.SERVE_LOCAL_BATCH}, set(self.loaded.signatures)
+      {savedmodel_contract.SERVE_GLOBAL_BATCH, savedmodel_contract.SERVE_LOCAL_BATCH},
+      set(self.loaded.signatures),
     )
-    self.assertEqual(self.extractor.batch_signature_name, signatures.SERVE_LOCAL_BATCH)
-    local = self.loaded.signatures[signatures.SERVE_LOCAL_BATCH]
-    self.assertEqual(set(local.structured_input_signature[1]), signatures.BATCH_LOCAL_GLOBAL_INPUTS)
+    self.assertEqual(self.extractor.batch_signature_name, savedmodel_contract.SERVE_LOCAL_BATCH)
+    local = self.loaded.signatures[savedmodel_contract.SERVE_LOCAL_BATCH]
+    self.assertEqual(
+      set(local.structured_input_signature[1]), savedmodel_contract.BATCH_LOCAL_GLOBAL_INPUTS
+    )
 
   def test_serve_global_batch_equals_serve_global_per_image(self):
     inputs = {
-      signatures.INPUT_SCALES: tf.constant(SCALES, tf.float32),
-      signatures.INPUT_GLOBAL_SCALES_IND: tf.constant([0, 1], tf.int32),
+      savedmodel_contract.INPUT_SCALES: tf.constant(SCALES, tf.float32),
+      savedmodel_contract.INPUT_GLOBAL_SCALES_IND: tf.constant([0, 1], tf.int32),
     }
-    batch = self.loaded.signatures[signatures.SERVE_GLOBAL_BATCH](
+    batch = self.loaded.signatures[savedmodel_contract.SERVE_GLOBAL_BATCH](
       input_images=tf.constant(self.images), **inputs
     )
-    self.assertEqual(batch[signatures.GLOBAL_DESCRIPTORS].shape, (3, 2, 16))
-    self.assertEqual(batch[signatures.GLOBAL_DESCRIPTOR].shape, (3, 16))
+    self.assertEqual(batch[savedmodel_contract.GLOBAL_DESCRIPTORS].shape, (3, 2, 16))
+    self.assertEqual(batch[savedmodel_contract.GLOBAL_DESCRIPTOR].shape, (3, 16))
     for b, image in enumerate(self.images):
-      single = self.loaded.signatures[signatures.SERVE_GLOBAL](
+      single = self.loaded.signatures[savedmodel_contract.SERVE_GLOBAL](
         input_image=tf.constant(image), **inputs
       )
-      for name in (signatures.GLOBAL_DESCRIPTORS, signatures.GLOBAL_DESCRIPTOR):
+      for name in (savedmodel_contract.GLOBAL_DESCRIPTORS, savedmodel_contract.GLOBAL_DESCRIPTOR):
         self.assertAllClose(batch[name][b], single[name], atol=ATOL, rtol=0, msg=name)
 
   def test_serve_local_batch_equals_serving_default_per_image(self):
     # A threshold keeping about half of the first image's features: images
     # keep different numbers of features, so some rows of the batch are padding.
-    threshold = float(np.median(self._single(self.images[0], 10_000, -1e9)[signatures.SCORES]))
-    batch = self.loaded.signatures[signatures.SERVE_LOCAL_BATCH](
+    threshold = float(
+      np.median(self._single(self.images[0], 10_000, -1e9)[savedmodel_contract.SCORES])
+    )
+    batch = self.loaded.signatures[savedmodel_contract.SERVE_LOCAL_BATCH](
       input_images=tf.constant(self.images), **self._inputs(10_000, threshold)
     )
     batch = {k: v.numpy() for k, v in batch.items()}
-    num_features = batch[signatures.NUM_FEATURES]
+    num_features = batch[savedmodel_contract.NUM_FEATURES]
     self.assertEqual(num_features.shape, (3,))
     self.assertEqual(num_features.dtype, np.int32)
-    width = batch[signatures.SCORES].shape[1]
-    self.assertEqual(batch[signatures.BOXES].shape, (3, width, 4))
-    self.assertEqual(batch[signatures.FEATURES].shape, (3, width, 8))
-    self.assertEqual(batch[signatures.SCALES].shape, (3, width))
-    self.assertEqual(batch[signatures.GLOBAL_DESCRIPTORS].shape, (3, 2, 16))
-    self.assertEqual(batch[signatures.GLOBAL_DESCRIPTOR].shape, (3, 16))
+    width = batch[savedmodel_contract.SCORES].shape[1]
+    self.assertEqual(batch[savedmodel_contract.BOXES].shape, (3, width, 4))
+    self.assertEqual(batch[savedmodel_contract.FEATURES].shape, (3, width, 8))
+    self.assertEqual(batch[savedmodel_contract.SCALES].shape, (3, width))
+    self.assertEqual(batch[savedmodel_contract.GLOBAL_DESCRIPTORS].shape, (3, 2, 16))
+    self.assertEqual(batch[savedmodel_contract.GLOBAL_DESCRIPTOR].shape, (3, 16))
     self.assertLess(int(num_features.min()), width)  # Padding exists.
     self.assertGreater(int(num_features.min()), 0)
     for b, image in enumerate(self.images):
       single = self._single(image, 10_000, threshold)
       count = int(num_features[b])
-      self.assertLen(single[signatures.SCORES], count)
-      self.assertTrue(np.all(single[signatures.SCORES] >= threshold))
+      self.assertLen(single[savedmodel_contract.SCORES], count)
+      self.assertTrue(np.all(single[savedmodel_contract.SCORES] >= threshold))
       for name in PER_FEATURE:
         self.assertAllClose(batch[name][b, :count], single[name], atol=ATOL, rtol=0, msg=name)
-      for name in (signatures.GLOBAL_DESCRIPTORS, signatures.GLOBAL_DESCRIPTOR):
+      for name in (savedmodel_contract.GLOBAL_DESCRIPTORS, savedmodel_contract.GLOBAL_DESCRIPTOR):
         self.assertAllClose(batch[name][b], single[name], atol=ATOL, rtol=0, msg=name)
 
   def test_serve_local_batch_caps_at_max_feature_num(self):
-    batch = self.loaded.signatures[signatures.SERVE_LOCAL_BATCH](
+    batch = self.loaded.signatures[savedmodel_contract.SERVE_LOCAL_BATCH](
       input_images=tf.constant(self.images), **self._inputs(5, -1e9)
     )
-    self.assertAllEqual(batch[signatures.NUM_FEATURES], [5, 5, 5])
-    self.assertEqual(batch[signatures.FEATURES].shape, (3, 5, 8))
+    self.assertAllEqual(batch[savedmodel_contract.NUM_FEATURES], [5, 5, 5])
+    self.assertEqual(batch[savedmodel_contract.FEATURES].shape, (3, 5, 8))
     for b, image in enumerate(self.images):
       single = self._single(image, 5, -1e9)
       for name in PER_FEATURE:
@@ -532,7 +546,7 @@ class DelgBatchedExtractionTest(_SharedExportTest):
       self.assertBetween(len(g["scores"]), 1, 40)
 
   def test_extract_batch_without_a_batch_signature_runs_images_one_by_one(self):
-    old_export = _without(self.loaded, signatures.SERVE_LOCAL_BATCH)
+    old_export = _without(self.loaded, savedmodel_contract.SERVE_LOCAL_BATCH)
     extractor = extractor_lib.Extractor.from_config_file(self.config, saved_model=old_export)
     self.assertIsNone(extractor.batch_signature_name)
     images = self._mixed_images()

@@ -7,7 +7,8 @@ from unittest import mock
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model, signatures
+from dolg_tf.export import export_model
+from dolg_tf.io import savedmodel_contract
 from dolg_tf.utils import cpu
 from tests import testutil
 
@@ -42,7 +43,7 @@ class CpuTest(tf.test.TestCase):
       export_dir = export_model.export_saved_model(
         testutil.tiny_model("dolg"), testutil.TINY_DOLG, base, export_config=config
       )
-    with open(os.path.join(export_dir, signatures.CONFIG_ASSET)) as f:
+    with open(os.path.join(export_dir, savedmodel_contract.CONFIG_ASSET)) as f:
       self.assertEqual(json.load(f)["export"]["precision"], "float32")
 
   def test_auto_is_a_valid_choice(self):

@@ -12,7 +12,8 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model, signatures
+from dolg_tf.export import export_model
+from dolg_tf.io import savedmodel_contract
 from dolg_tf.model import checkpoint_restore
 from tests import testutil
 
@@ -51,7 +52,9 @@ class ExportModelTest(tf.test.TestCase):
   def test_tf_serving_layout_and_assets(self):
     self.assertEqual(self.export_dir, os.path.join(self.base, "1"))
     self.assertTrue(os.path.exists(os.path.join(self.export_dir, "saved_model.pb")))
-    config = config_lib.load_model_config(os.path.join(self.export_dir, signatures.CONFIG_ASSET))
+    config = config_lib.load_model_config(
+      os.path.join(self.export_dir, savedmodel_contract.CONFIG_ASSET)
+    )
     self.assertEqual(config, TINY)
     self.assertEqual(export_model.next_version(self.base), 2)
     self.assertEqual([d for d in os.listdir(self.base) if d.startswith(".tmp")], [])

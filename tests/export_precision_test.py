@@ -9,8 +9,9 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model, signatures
+from dolg_tf.export import export_model
 from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.io import savedmodel_contract
 from dolg_tf.keras_api import keras
 from tests import testutil
 
@@ -39,7 +40,7 @@ class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
   def test_bf16_export_keeps_dtypes_and_descriptors(self, name):
     fp32_dir = testutil.tiny_export(name, export_config=testutil.SMALL_EXPORT_CONFIG)
     bf16_dir = testutil.tiny_export(name, export_config=BF16_EXPORT)
-    with open(os.path.join(bf16_dir, signatures.CONFIG_ASSET)) as f:
+    with open(os.path.join(bf16_dir, savedmodel_contract.CONFIG_ASSET)) as f:
       self.assertEqual(json.load(f)["export"]["precision"], "bfloat16")
     fp32 = testutil.tiny_loaded(name, export_config=testutil.SMALL_EXPORT_CONFIG)
     bf16 = testutil.tiny_loaded(name, export_config=BF16_EXPORT)
@@ -109,15 +110,15 @@ class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
     self.assertNotEmpty(plain.model_variables)
     self.assertEqual(hasattr(frozen, "model_variables"), option != "freeze_weights")
     inputs = {
-      signatures.INPUT_SCALES: tf.constant([0.5, 1.0]),
-      signatures.INPUT_GLOBAL_SCALES_IND: tf.constant([0, 1]),
+      savedmodel_contract.INPUT_SCALES: tf.constant([0.5, 1.0]),
+      savedmodel_contract.INPUT_GLOBAL_SCALES_IND: tf.constant([0, 1]),
     }
     if name == "delg":
-      inputs[signatures.INPUT_MAX_FEATURE_NUM] = tf.constant(20)
-      inputs[signatures.INPUT_ABS_THRES] = tf.constant(-1e9)
+      inputs[savedmodel_contract.INPUT_MAX_FEATURE_NUM] = tf.constant(20)
+      inputs[savedmodel_contract.INPUT_ABS_THRES] = tf.constant(-1e9)
     image = tf.constant(_image(0))
-    want = plain.signatures[signatures.SERVING_DEFAULT](input_image=image, **inputs)
-    got = frozen.signatures[signatures.SERVING_DEFAULT](input_image=image, **inputs)
+    want = plain.signatures[savedmodel_contract.SERVING_DEFAULT](input_image=image, **inputs)
+    got = frozen.signatures[savedmodel_contract.SERVING_DEFAULT](input_image=image, **inputs)
     self.assertEqual(set(want), set(got))
     for key in want:
       self.assertAllClose(got[key], want[key], atol=1e-5, rtol=1e-5, msg=key)

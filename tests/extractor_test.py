@@ -10,10 +10,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dolg_tf.export import signatures
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import pipeline
-from dolg_tf.io import config_io, datum_io, image_loading
+from dolg_tf.io import config_io, datum_io, image_loading, savedmodel_contract
 from dolg_tf.utils import images
 from tests import testutil
 
@@ -200,7 +199,7 @@ class ExtractorTest(tf.test.TestCase):
     shutil.rmtree(assets, ignore_errors=True)
     os.makedirs(assets)
     for asset, payload in (
-      (signatures.CONFIG_ASSET, config_json),
+      (savedmodel_contract.CONFIG_ASSET, config_json),
       (extractor_lib.LEGACY_EXPORT_CONFIG_ASSET, legacy_json),
     ):
       if payload is not None:
@@ -279,7 +278,7 @@ class ExtractorTest(tf.test.TestCase):
     extractor = self._make(_config_text(self.export_dir), name="nan.pbtxt")
     per_scale = np.full([3, 16], 0.25, np.float32)
     per_scale[1, 3] = np.inf
-    outputs = {signatures.GLOBAL_DESCRIPTORS: per_scale}
+    outputs = {savedmodel_contract.GLOBAL_DESCRIPTORS: per_scale}
     folder = self.create_tempdir().full_path
     path = os.path.join(folder, "bad.png")
     Image.fromarray(self._image()).save(path)

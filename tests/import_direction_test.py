@@ -2,9 +2,10 @@
 
 The layers, lowest first (a module may import its own layer and those below):
 
-  0  dolg_tf (package), dolg_tf.utils, dolg_tf.protos, dolg_tf.export.signatures,
+  0  dolg_tf (package), dolg_tf.utils, dolg_tf.protos,
      dolg_tf.keras_api (the one Keras 2 API); dolg_tf.utils.dir_lock imports no dolg_tf module
-  1  dolg_tf.io                      DELF wire formats, extraction config files
+  1  dolg_tf.io                      DELF wire formats, extraction config files, the
+                                    SavedModel contract (savedmodel_contract)
   2  dolg_tf.config, experiments, run_layout
   3  dolg_tf.data, dolg_tf.model
   4  dolg_tf.training
@@ -30,7 +31,6 @@ LAYERS = {
   "dolg_tf.utils": 0,
   "dolg_tf.utils.dir_lock": 0,
   "dolg_tf.protos": 0,
-  "dolg_tf.export.signatures": 0,
   "dolg_tf.keras_api": 0,
   "dolg_tf.io": 1,
   "dolg_tf.config": 2,

@@ -10,10 +10,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dolg_tf.export import signatures
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import local_extractor, pipeline
-from dolg_tf.io import binarize, config_io, datum_io, feature_io
+from dolg_tf.io import binarize, config_io, datum_io, feature_io, savedmodel_contract
 from dolg_tf.utils import images
 from tests import testutil
 
@@ -81,10 +80,12 @@ class LocalExtractorTest(tf.test.TestCase):
     # Exports made before interface version 2 held s: extraction inverts theirs.
     old_export = os.path.join(self.create_tempdir().full_path, "1")
     shutil.copytree(self.export_dir, old_export)
-    asset = os.path.join(old_export, signatures.CONFIG_ASSET)
+    asset = os.path.join(old_export, savedmodel_contract.CONFIG_ASSET)
     with open(asset) as f:
       payload = json.load(f)
-    self.assertEqual(payload.pop(signatures.INTERFACE_KEY), signatures.INTERFACE_VERSION)
+    self.assertEqual(
+      payload.pop(savedmodel_contract.INTERFACE_KEY), savedmodel_contract.INTERFACE_VERSION
+    )
     with open(asset, "w") as f:
       json.dump(payload, f)
     config = config_io.parse_dolg_config(CONFIG % ("false", "false"))

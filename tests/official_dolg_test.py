@@ -18,7 +18,7 @@ from absl.testing import absltest
 from dolg_tf import config as config_lib
 from dolg_tf.convert import official_dolg
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import config_io, image_loading
+from dolg_tf.io import config_io, image_loading, savedmodel_contract
 from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder
 from tests import testutil
@@ -248,7 +248,7 @@ class TorchFreeTest(tf.test.TestCase):
     self.assertEqual(config.global_config.scale_pooling, config.global_config.AVERAGE)
     delf_style = config_io.parse_dolg_config(
       official_dolg.official_dolg_pbtxt(
-        "/m", official_dolg.DELF_STYLE_MAX_IMAGE_SIZE, official_dolg.DELF_STYLE_SCALES
+        "/m", official_dolg.DELF_STYLE_MAX_IMAGE_SIZE, savedmodel_contract.PYRAMID_PRESETS["delf_3"]
       )
     )
     self.assertEqual(delf_style.max_image_size, 1024)
@@ -520,7 +520,10 @@ class OfficialPipelineTest(tf.test.TestCase):
     checkpoint = _save({"model_state": torch_model.state_dict()}, f"{tmp}/official.pyth")
     paths = official_dolg.convert_official_checkpoint(checkpoint, os.path.join(tmp, "out"))
     extraction = config_io.load_dolg_config(paths["pbtxt"])
-    self.assertEqual(list(extraction.image_scales), list(np.float32(official_dolg.OFFICIAL_SCALES)))
+    self.assertEqual(
+      list(extraction.image_scales),
+      list(np.float32(savedmodel_contract.PYRAMID_PRESETS["official_5"])),
+    )
     self.assertEqual(extraction.max_image_size, -1)
     self.assertEqual(extraction.query_box_rounding, config_io.DolgConfig.TRUNCATE)
     extractor = extractor_lib.Extractor(extraction, config_path=paths["pbtxt"])
@@ -538,7 +541,9 @@ class OfficialPipelineTest(tf.test.TestCase):
       smooth = cv2.GaussianBlur(rng.uniform(0, 255, size=[height, width, 3]), (0, 0), 2.0)
       cv2.imwrite(path, np.clip(smooth, 0, 255).astype(np.uint8))
       got = extractor.extract_from_file(path, box)
-      want = _official_test_time_descriptor(torch_model, path, official_dolg.OFFICIAL_SCALES, box)
+      want = _official_test_time_descriptor(
+        torch_model, path, savedmodel_contract.PYRAMID_PRESETS["official_5"], box
+      )
       difference = float(np.max(np.abs(got - want)))
       print(f"[official pipeline] {name} {height}x{width}: descriptor max abs {difference:.1e}")
       self.assertLessEqual(difference, 1e-5, msg=name)

@@ -8,9 +8,8 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import signatures
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import config_io
+from dolg_tf.io import config_io, savedmodel_contract
 from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder, pooling, superglobal
 from tests import testutil
@@ -125,15 +124,15 @@ class ExportAndExtractionTest(parameterized.TestCase, tf.test.TestCase):
   @parameterized.parameters("dolg", "delg")
   def test_export_serves_the_model_with_its_options(self, name):
     loaded = testutil.tiny_loaded(name, export_config=SUPERGLOBAL_EXPORT)
-    self.assertAllClose(getattr(loaded, signatures.GEM_PLUS_P), 4.6)
-    self.assertAllClose(getattr(loaded, signatures.REGIONAL_GEM_WEIGHT), 0.5)
+    self.assertAllClose(getattr(loaded, savedmodel_contract.GEM_PLUS_P), 4.6)
+    self.assertAllClose(getattr(loaded, savedmodel_contract.REGIONAL_GEM_WEIGHT), 0.5)
     image = _image(1)
-    signature = loaded.signatures[signatures.GLOBAL_SIGNATURES[0 if name == "delg" else 1]]
+    signature = loaded.signatures[savedmodel_contract.GLOBAL_SIGNATURES[0 if name == "delg" else 1]]
     served = signature(
       input_image=tf.constant(image),
       input_scales=tf.constant([1.0]),
       input_global_scales_ind=tf.constant([0]),
-    )[signatures.GLOBAL_DESCRIPTOR]
+    )[savedmodel_contract.GLOBAL_DESCRIPTOR]
     model = testutil.tiny_model(name)
     pixels = tf.cast(image[None], tf.float32)
     expected = model(pixels, training=False, test_time=OPTIONS)
@@ -158,7 +157,7 @@ class ExportAndExtractionTest(parameterized.TestCase, tf.test.TestCase):
     frozen = dataclasses.replace(testutil.SMALL_EXPORT_CONFIG, freeze_weights=True)
     export_dir = testutil.tiny_export("dolg", export_config=frozen)
     loaded = testutil.tiny_loaded("dolg", export_config=frozen)
-    self.assertFalse(hasattr(loaded, signatures.GEM_PLUS_P))
+    self.assertFalse(hasattr(loaded, savedmodel_contract.GEM_PLUS_P))
     folder = self.create_tempdir().full_path
     with self.assertRaisesRegex(ValueError, r"config.pbtxt: global_config.gem_plus_p: .*freeze"):
       _extractor(folder, export_dir, "gem_plus_p: 4.6", loaded)
@@ -167,14 +166,14 @@ class ExportAndExtractionTest(parameterized.TestCase, tf.test.TestCase):
     export_config = dataclasses.replace(testutil.SMALL_EXPORT_CONFIG, scale_pooling="max")
     export_dir = testutil.tiny_export("dolg", export_config=export_config)
     loaded = testutil.tiny_loaded("dolg", export_config=export_config)
-    outputs = loaded.signatures[signatures.SERVING_DEFAULT](
+    outputs = loaded.signatures[savedmodel_contract.SERVING_DEFAULT](
       input_image=tf.constant(_image(3)),
       input_scales=tf.constant([0.5, 1.0]),
       input_global_scales_ind=tf.constant([0, 1]),
     )
-    per_scale = outputs[signatures.GLOBAL_DESCRIPTORS].numpy()
+    per_scale = outputs[savedmodel_contract.GLOBAL_DESCRIPTORS].numpy()
     self.assertAllClose(
-      outputs[signatures.GLOBAL_DESCRIPTOR],
+      outputs[savedmodel_contract.GLOBAL_DESCRIPTOR],
       extractor_lib.pool_scales(per_scale, ScalePooling.MAX),
       atol=1e-6,
     )

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 
 from dolg_tf.convert import official_dolg
 from dolg_tf.export import export_model
+from dolg_tf.io import savedmodel_contract
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -36,7 +37,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_list(
   "image_scales",
-  [f"{s:g}" for s in official_dolg.OFFICIAL_SCALES],
+  [f"{s:g}" for s in savedmodel_contract.PYRAMID_PRESETS["official_5"]],
   "Export / extraction pyramid scales (default: the official evaluation's five). "
   "DELF-style: 0.7071,1,1.4142.",
 )

@@ -55,7 +55,7 @@ from absl import logging
 
 from dolg_tf import config as config_lib
 from dolg_tf.convert import artefacts
-from dolg_tf.io import config_io
+from dolg_tf.io import config_io, savedmodel_contract
 from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder, heads
 
@@ -74,11 +74,10 @@ TORCHVISION_INPUT = dict(
   input_std=config_lib.IMAGENET_STD_RGB,
   input_channel_order="RGB",
 )
-# The official evaluation's pyramid (evaler/infer.py), used with no size cap:
-# the converter's default, so converted weights give the official descriptors.
-OFFICIAL_SCALES = config_lib.OFFICIAL_INFER_SCALES
-# The DELF-style alternative: the paper's 3 scales, largest side capped at 1024.
-DELF_STYLE_SCALES = config_lib.OFFICIAL_SCALES
+# The converter's default pyramid: savedmodel_contract.PYRAMID_PRESETS['official_5'] (the
+# official evaluation's, evaler/infer.py), used with no size cap, so converted weights give
+# the official descriptors. The DELF-style alternative: PYRAMID_PRESETS['delf_3'] (the
+# paper's 3 scales), largest side capped at:
 DELF_STYLE_MAX_IMAGE_SIZE = 1024
 # Number of blocks in stage 3 -> ModelConfig.backbone_depth.
 DEPTH_BY_STAGE3_BLOCKS = {blocks[2]: depth for depth, blocks in backbones.STAGE_BLOCKS.items()}
@@ -590,7 +589,9 @@ def load_official_checkpoint(
 
 
 def official_dolg_pbtxt(
-  model_path: str, max_image_size: int = -1, image_scales=OFFICIAL_SCALES
+  model_path: str,
+  max_image_size: int = -1,
+  image_scales=savedmodel_contract.PYRAMID_PRESETS["official_5"],
 ) -> str:
   """A DolgConfig (text format) with the official DOLG test-time settings.
 
@@ -643,7 +644,7 @@ def convert_official_checkpoint(
   fixed_gem_p: float = 3.0,
   import_head: bool = False,
   max_image_size: int = -1,
-  image_scales: Sequence[float] = OFFICIAL_SCALES,
+  image_scales: Sequence[float] = savedmodel_contract.PYRAMID_PRESETS["official_5"],
   precision: str = "float32",
 ) -> dict[str, str]:
   """Converts an official checkpoint into `output_dir`.
@@ -662,7 +663,7 @@ def convert_official_checkpoint(
       evaluation) = no cap.
     image_scales: the export's default pyramid and the .pbtxt scales (default
       the official evaluation's five).
-    precision: the export's compute precision (config.EXPORT_PRECISIONS); the
+    precision: the export's compute precision (savedmodel_contract.EXPORT_PRECISIONS); the
       checkpoint keeps the float32 weights.
 
   Returns:

@@ -33,7 +33,7 @@ official evaluation does (Python floats: the float32 scale is first snapped to
 its 6-decimal value, e.g. 0.3535, then multiplied in float64), DELG exports as
 DELF does (float32 product), so at the rare sizes where the two products fall
 on opposite sides of .5 each matches its own reference. DELG's `scales` output
-holds 1 / s, DELF's convention (`signatures.INTERFACE_VERSION` 2). Nothing of
+holds 1 / s, DELF's convention (`savedmodel_contract.INTERFACE_VERSION` 2). Nothing of
 this project is needed to load the export: only TensorFlow.
 `assets.extra/config.json` records the model and export configs (dolg_tf.config),
 which extraction takes its defaults from.
@@ -63,12 +63,11 @@ from tensorflow.python.framework import convert_to_constants
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
-from dolg_tf.export import signatures as signatures_lib
+from dolg_tf.io import savedmodel_contract
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, checkpoint_restore, normalization, superglobal
 from dolg_tf.utils import cli, cpu, dir_lock
 
-DEFAULT_SCALES = config_lib.OFFICIAL_SCALES
 # The lock file of an export base (dolg_tf.utils.dir_lock); TF Serving ignores files.
 EXPORT_LOCK_FILE = ".dolg_export.lock"
 # The side of the fixed test image whose descriptor every export checks.
@@ -113,7 +112,7 @@ class ServingModule(tf.Module):
     self,
     model,
     max_image_size=1024,
-    image_scales=DEFAULT_SCALES,
+    image_scales=savedmodel_contract.PYRAMID_PRESETS["delf_3"],
     freeze_weights=False,
     jit_compile=False,
     export_config=None,
@@ -200,15 +199,15 @@ class ServingModule(tf.Module):
   def _global_outputs(self, images, scales, global_scales_ind):
     descriptors = self._describe(tf.cast(images, tf.float32), scales)
     return {
-      signatures_lib.GLOBAL_DESCRIPTORS: descriptors,
-      signatures_lib.GLOBAL_DESCRIPTOR: self._pool(descriptors, global_scales_ind),
+      savedmodel_contract.GLOBAL_DESCRIPTORS: descriptors,
+      savedmodel_contract.GLOBAL_DESCRIPTOR: self._pool(descriptors, global_scales_ind),
     }
 
   @tf.function(
     input_signature=[
-      tf.TensorSpec([None, None, 3], tf.uint8, name=signatures_lib.INPUT_IMAGE),
-      tf.TensorSpec([None], tf.float32, name=signatures_lib.INPUT_SCALES),
-      tf.TensorSpec([None], tf.int32, name=signatures_lib.INPUT_GLOBAL_SCALES_IND),
+      tf.TensorSpec([None, None, 3], tf.uint8, name=savedmodel_contract.INPUT_IMAGE),
+      tf.TensorSpec([None], tf.float32, name=savedmodel_contract.INPUT_SCALES),
+      tf.TensorSpec([None], tf.int32, name=savedmodel_contract.INPUT_GLOBAL_SCALES_IND),
     ]
   )
   def serve(self, input_image, input_scales, input_global_scales_ind):
@@ -217,9 +216,9 @@ class ServingModule(tf.Module):
 
   @tf.function(
     input_signature=[
-      tf.TensorSpec([None, None, None, 3], tf.uint8, name=signatures_lib.INPUT_IMAGES),
-      tf.TensorSpec([None], tf.float32, name=signatures_lib.INPUT_SCALES),
-      tf.TensorSpec([None], tf.int32, name=signatures_lib.INPUT_GLOBAL_SCALES_IND),
+      tf.TensorSpec([None, None, None, 3], tf.uint8, name=savedmodel_contract.INPUT_IMAGES),
+      tf.TensorSpec([None], tf.float32, name=savedmodel_contract.INPUT_SCALES),
+      tf.TensorSpec([None], tf.int32, name=savedmodel_contract.INPUT_GLOBAL_SCALES_IND),
     ]
   )
   def serve_batch(self, input_images, input_scales, input_global_scales_ind):
@@ -234,7 +233,9 @@ class ServingModule(tf.Module):
     return tf.image.resize(image, new_size, method="bilinear")
 
   @tf.function(
-    input_signature=[tf.TensorSpec([None], tf.string, name=signatures_lib.INPUT_ENCODED_IMAGES)]
+    input_signature=[
+      tf.TensorSpec([None], tf.string, name=savedmodel_contract.INPUT_ENCODED_IMAGES)
+    ]
   )
   def serve_encoded(self, images):
     scales = tf.constant(self.image_scales, tf.float32)
@@ -247,7 +248,7 @@ class ServingModule(tf.Module):
       return self._pool(self._describe(image[None], scales)[0], all_scales)
 
     return {
-      signatures_lib.GLOBAL_DESCRIPTOR: tf.map_fn(
+      savedmodel_contract.GLOBAL_DESCRIPTOR: tf.map_fn(
         one_image, images, fn_output_signature=tf.TensorSpec([None], tf.float32)
       )
     }
@@ -325,24 +326,24 @@ class DelgServingModule(ServingModule):
       tf.transpose(descriptors.stack(), [1, 0, 2]), global_scales_ind, axis=1
     )
     return {
-      signatures_lib.BOXES: tf.gather(boxes, top.indices),
-      signatures_lib.FEATURES: tf.gather(features, top.indices, batch_dims=1),
-      signatures_lib.SCALES: tf.gather(feature_scales, top.indices),
-      signatures_lib.SCORES: tf.where(valid, top.values, 0.0),
-      signatures_lib.NUM_FEATURES: tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
-      signatures_lib.GLOBAL_DESCRIPTORS: global_descriptors,
-      signatures_lib.GLOBAL_DESCRIPTOR: self._pool(
+      savedmodel_contract.BOXES: tf.gather(boxes, top.indices),
+      savedmodel_contract.FEATURES: tf.gather(features, top.indices, batch_dims=1),
+      savedmodel_contract.SCALES: tf.gather(feature_scales, top.indices),
+      savedmodel_contract.SCORES: tf.where(valid, top.values, 0.0),
+      savedmodel_contract.NUM_FEATURES: tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+      savedmodel_contract.GLOBAL_DESCRIPTORS: global_descriptors,
+      savedmodel_contract.GLOBAL_DESCRIPTOR: self._pool(
         global_descriptors, tf.range(tf.shape(global_descriptors)[1])
       ),
     }
 
   @tf.function(
     input_signature=[
-      tf.TensorSpec([None, None, 3], tf.uint8, name=signatures_lib.INPUT_IMAGE),
-      tf.TensorSpec([None], tf.float32, name=signatures_lib.INPUT_SCALES),
-      tf.TensorSpec([], tf.int32, name=signatures_lib.INPUT_MAX_FEATURE_NUM),
-      tf.TensorSpec([], tf.float32, name=signatures_lib.INPUT_ABS_THRES),
-      tf.TensorSpec([None], tf.int32, name=signatures_lib.INPUT_GLOBAL_SCALES_IND),
+      tf.TensorSpec([None, None, 3], tf.uint8, name=savedmodel_contract.INPUT_IMAGE),
+      tf.TensorSpec([None], tf.float32, name=savedmodel_contract.INPUT_SCALES),
+      tf.TensorSpec([], tf.int32, name=savedmodel_contract.INPUT_MAX_FEATURE_NUM),
+      tf.TensorSpec([], tf.float32, name=savedmodel_contract.INPUT_ABS_THRES),
+      tf.TensorSpec([None], tf.int32, name=savedmodel_contract.INPUT_GLOBAL_SCALES_IND),
     ]
   )
   def serve_local(
@@ -360,12 +361,12 @@ class DelgServingModule(ServingModule):
       input_abs_thres,
       input_global_scales_ind,
     )
-    count = outputs.pop(signatures_lib.NUM_FEATURES)[0]
+    count = outputs.pop(savedmodel_contract.NUM_FEATURES)[0]
     per_feature = (
-      signatures_lib.BOXES,
-      signatures_lib.FEATURES,
-      signatures_lib.SCALES,
-      signatures_lib.SCORES,
+      savedmodel_contract.BOXES,
+      savedmodel_contract.FEATURES,
+      savedmodel_contract.SCALES,
+      savedmodel_contract.SCORES,
     )
     return {
       name: value[0, :count] if name in per_feature else value[0] for name, value in outputs.items()
@@ -373,11 +374,11 @@ class DelgServingModule(ServingModule):
 
   @tf.function(
     input_signature=[
-      tf.TensorSpec([None, None, None, 3], tf.uint8, name=signatures_lib.INPUT_IMAGES),
-      tf.TensorSpec([None], tf.float32, name=signatures_lib.INPUT_SCALES),
-      tf.TensorSpec([], tf.int32, name=signatures_lib.INPUT_MAX_FEATURE_NUM),
-      tf.TensorSpec([], tf.float32, name=signatures_lib.INPUT_ABS_THRES),
-      tf.TensorSpec([None], tf.int32, name=signatures_lib.INPUT_GLOBAL_SCALES_IND),
+      tf.TensorSpec([None, None, None, 3], tf.uint8, name=savedmodel_contract.INPUT_IMAGES),
+      tf.TensorSpec([None], tf.float32, name=savedmodel_contract.INPUT_SCALES),
+      tf.TensorSpec([], tf.int32, name=savedmodel_contract.INPUT_MAX_FEATURE_NUM),
+      tf.TensorSpec([], tf.float32, name=savedmodel_contract.INPUT_ABS_THRES),
+      tf.TensorSpec([None], tf.int32, name=savedmodel_contract.INPUT_GLOBAL_SCALES_IND),
     ]
   )
   def serve_local_batch(
@@ -478,7 +479,7 @@ def check_probe_descriptor(module, source: str) -> None:
     ExportError: naming `source` and what is wrong.
   """
   outputs = module.serve(tf.constant(probe_image()), tf.constant([1.0]), tf.constant([0], tf.int32))
-  problem = probe_problem(outputs[signatures_lib.GLOBAL_DESCRIPTOR].numpy())
+  problem = probe_problem(outputs[savedmodel_contract.GLOBAL_DESCRIPTOR].numpy())
   if problem is not None:
     raise ExportError(
       f"{source}: the model's global descriptor of a fixed {PROBE_IMAGE_SIZE}x"
@@ -635,18 +636,18 @@ def _write_saved_model(model, model_config, tmp_dir, export_config, source):
   if model_config.name == "delg":
     module = DelgServingModule(model, max_image_size, image_scales, *options)
     signatures = {
-      signatures_lib.SERVING_DEFAULT: module.serve_local.get_concrete_function(),
-      signatures_lib.SERVE_GLOBAL: module.serve.get_concrete_function(),
-      signatures_lib.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
-      signatures_lib.SERVE_GLOBAL_BATCH: module.serve_batch.get_concrete_function(),
-      signatures_lib.SERVE_LOCAL_BATCH: module.serve_local_batch.get_concrete_function(),
+      savedmodel_contract.SERVING_DEFAULT: module.serve_local.get_concrete_function(),
+      savedmodel_contract.SERVE_GLOBAL: module.serve.get_concrete_function(),
+      savedmodel_contract.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
+      savedmodel_contract.SERVE_GLOBAL_BATCH: module.serve_batch.get_concrete_function(),
+      savedmodel_contract.SERVE_LOCAL_BATCH: module.serve_local_batch.get_concrete_function(),
     }
   else:
     module = ServingModule(model, max_image_size, image_scales, *options)
     signatures = {
-      signatures_lib.SERVING_DEFAULT: module.serve.get_concrete_function(),
-      signatures_lib.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
-      signatures_lib.SERVE_GLOBAL_BATCH: module.serve_batch.get_concrete_function(),
+      savedmodel_contract.SERVING_DEFAULT: module.serve.get_concrete_function(),
+      savedmodel_contract.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
+      savedmodel_contract.SERVE_GLOBAL_BATCH: module.serve_batch.get_concrete_function(),
     }
   check_probe_descriptor(module, source)
   tf.saved_model.save(module, tmp_dir, signatures=signatures)
@@ -654,9 +655,9 @@ def _write_saved_model(model, model_config, tmp_dir, export_config, source):
     {
       "model": model_config.as_dict(),
       "export": export_config.as_dict(),
-      signatures_lib.INTERFACE_KEY: signatures_lib.INTERFACE_VERSION,
+      savedmodel_contract.INTERFACE_KEY: savedmodel_contract.INTERFACE_VERSION,
     },
-    os.path.join(tmp_dir, signatures_lib.CONFIG_ASSET),
+    os.path.join(tmp_dir, savedmodel_contract.CONFIG_ASSET),
   )
 
 

@@ -25,7 +25,7 @@ import urllib.request
 import numpy as np
 from absl import app, flags
 
-from dolg_tf.export import signatures
+from dolg_tf.io import savedmodel_contract
 from dolg_tf.utils import cli
 from dolg_tf.utils import files as file_utils
 
@@ -38,9 +38,9 @@ REPLY_BYTES_BASE = 1 << 20
 def rest_request_body(image_bytes_list: list[bytes]) -> dict:
   """The TF Serving REST predict body for the `serve_encoded` signature."""
   return {
-    "signature_name": signatures.SERVE_ENCODED,
+    "signature_name": savedmodel_contract.SERVE_ENCODED,
     "inputs": {
-      signatures.INPUT_ENCODED_IMAGES: [
+      savedmodel_contract.INPUT_ENCODED_IMAGES: [
         {"b64": base64.b64encode(b).decode("ascii")} for b in image_bytes_list
       ]
     },
@@ -130,7 +130,8 @@ def predict_rest(
   try:
     outputs = json.loads(body)["outputs"]
     descriptors = np.asarray(
-      outputs[signatures.GLOBAL_DESCRIPTOR] if isinstance(outputs, dict) else outputs, np.float32
+      outputs[savedmodel_contract.GLOBAL_DESCRIPTOR] if isinstance(outputs, dict) else outputs,
+      np.float32,
     )
   except (ValueError, KeyError, TypeError, OverflowError) as e:
     raise ServerError(f"{url}: not a predict response with outputs ({_error_text(e)})") from e
@@ -145,12 +146,14 @@ def grpc_request(model: str, image: np.ndarray, scales=(0.7071, 1.0, 1.4142)):
 
   request = predict_pb2.PredictRequest()
   request.model_spec.name = model
-  request.model_spec.signature_name = signatures.SERVING_DEFAULT
-  request.inputs[signatures.INPUT_IMAGE].CopyFrom(tf.make_tensor_proto(image.astype(np.uint8)))
-  request.inputs[signatures.INPUT_SCALES].CopyFrom(
+  request.model_spec.signature_name = savedmodel_contract.SERVING_DEFAULT
+  request.inputs[savedmodel_contract.INPUT_IMAGE].CopyFrom(
+    tf.make_tensor_proto(image.astype(np.uint8))
+  )
+  request.inputs[savedmodel_contract.INPUT_SCALES].CopyFrom(
     tf.make_tensor_proto(np.asarray(scales, np.float32))
   )
-  request.inputs[signatures.INPUT_GLOBAL_SCALES_IND].CopyFrom(
+  request.inputs[savedmodel_contract.INPUT_GLOBAL_SCALES_IND].CopyFrom(
     tf.make_tensor_proto(np.arange(len(scales), dtype=np.int32))
   )
   return request
@@ -185,16 +188,20 @@ def predict_grpc(
       raise ServerError(f"{server}: no answer within {timeout:g}s (gRPC)") from e
     name = code.name if code is not None else "error"
     raise ServerError(f"{server}: gRPC Predict failed ({name}: {detail})") from e
-  if signatures.GLOBAL_DESCRIPTOR not in response.outputs:
+  if savedmodel_contract.GLOBAL_DESCRIPTOR not in response.outputs:
     raise ServerError(
-      f"{server}: gRPC reply without {signatures.GLOBAL_DESCRIPTOR!r} "
+      f"{server}: gRPC reply without {savedmodel_contract.GLOBAL_DESCRIPTOR!r} "
       f"(outputs: {sorted(response.outputs)})"
     )
   try:
-    descriptor = np.asarray(tf.make_ndarray(response.outputs[signatures.GLOBAL_DESCRIPTOR]))
+    descriptor = np.asarray(
+      tf.make_ndarray(response.outputs[savedmodel_contract.GLOBAL_DESCRIPTOR])
+    )
     descriptor = descriptor.astype(np.float32)
   except (ValueError, TypeError) as e:
-    raise ServerError(f"{server}: unreadable gRPC {signatures.GLOBAL_DESCRIPTOR} ({e})") from e
+    raise ServerError(
+      f"{server}: unreadable gRPC {savedmodel_contract.GLOBAL_DESCRIPTOR} ({e})"
+    ) from e
   if descriptor.ndim != 1:
     raise ServerError(
       f"{server}: gRPC reply has shape {list(descriptor.shape)}, expected [D] (one image sent)"

@@ -5,7 +5,7 @@
     descriptor = extractor.extract_from_file("image.jpg")          # float32 [D]
 
 One class for both kinds of config. Only the exported SavedModel is used
-(export/export_model.py's signatures, names in export/signatures.py); no
+(export/export_model.py's signatures, names in io/savedmodel_contract.py); no
 model code is imported, so a converted official checkpoint, a trained model
 and a TF Serving deployment give the same descriptors.
 
@@ -42,7 +42,7 @@ processed as local_extractor.py describes; `extract` returns a dict and
 
 Defaults from the SavedModel. When the config leaves `image_scales` empty, or
 does not set `max_image_size` / `min_image_size`, the values come from the
-export's `assets.extra/config.json` (signatures.CONFIG_ASSET, its "export"
+export's `assets.extra/config.json` (savedmodel_contract.CONFIG_ASSET, its "export"
 section), or from `assets.extra/export_config.json` of older exports
 (`read_export_defaults`); the config is then validated again with them
 (`resolve_config`), e.g. `global_config.image_scales_ind` against the pyramid.
@@ -55,9 +55,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dolg_tf.export import signatures
 from dolg_tf.extraction import local_extractor
-from dolg_tf.io import config_io, datum_io, image_loading
+from dolg_tf.io import config_io, datum_io, image_loading, savedmodel_contract
 from dolg_tf.utils import arrays
 
 DolgConfig = config_io.DolgConfig
@@ -65,15 +64,15 @@ ScalePooling = DolgConfig.GlobalConfig
 
 # Added to the PCA variances before the square root when whitening.
 WHITENING_EPSILON = 1e-12
-# The extraction defaults of exports written before signatures.CONFIG_ASSET.
+# The extraction defaults of exports written before savedmodel_contract.CONFIG_ASSET.
 LEGACY_EXPORT_CONFIG_ASSET = "assets.extra/export_config.json"
 # DolgConfig fields an export can supply.
 EXPORT_DEFAULT_FIELDS = ("image_scales", "max_image_size", "min_image_size")
 # export.<field> -> (GlobalConfig field overriding it, SavedModel variable), for
 # SuperGlobal's GeM+ and Regional-GeM.
 EXPORT_TEST_TIME_FIELDS = {
-  "superglobal_gem_p": ("gem_plus_p", signatures.GEM_PLUS_P),
-  "regional_gem_weight": ("regional_gem_weight", signatures.REGIONAL_GEM_WEIGHT),
+  "superglobal_gem_p": ("gem_plus_p", savedmodel_contract.GEM_PLUS_P),
+  "regional_gem_weight": ("regional_gem_weight", savedmodel_contract.REGIONAL_GEM_WEIGHT),
 }
 # export.scale_pooling -> the GlobalConfig.scale_pooling it defaults to.
 EXPORT_SCALE_POOLINGS = {"average": ScalePooling.AVERAGE, "max": ScalePooling.MAX}
@@ -243,7 +242,7 @@ def read_export_defaults(model_path: str | None) -> tuple[dict, str | None]:
   """The extraction defaults an export records, and the file they came from.
 
   Reads the "export" section of `<model_path>/assets.extra/config.json`
-  (signatures.CONFIG_ASSET), or else `<model_path>/assets.extra/export_config.json`
+  (savedmodel_contract.CONFIG_ASSET), or else `<model_path>/assets.extra/export_config.json`
   (older exports). Only the fields of EXPORT_DEFAULT_FIELDS are returned:
   image_scales (list of float), max_image_size and min_image_size (int, -1 = no limit);
   and scale_pooling (a GlobalConfig.ScalePooling), superglobal_gem_p and
@@ -260,7 +259,10 @@ def read_export_defaults(model_path: str | None) -> tuple[dict, str | None]:
   """
   if not model_path:
     return {}, None
-  for asset, section in ((signatures.CONFIG_ASSET, "export"), (LEGACY_EXPORT_CONFIG_ASSET, None)):
+  for asset, section in (
+    (savedmodel_contract.CONFIG_ASSET, "export"),
+    (LEGACY_EXPORT_CONFIG_ASSET, None),
+  ):
     path = os.path.join(model_path, asset)
     if not tf.io.gfile.exists(path):
       continue
@@ -303,14 +305,14 @@ def read_export_defaults(model_path: str | None) -> tuple[dict, str | None]:
 
 
 def export_interface_version(model_path: str | None) -> int | None:
-  """signatures.INTERFACE_VERSION of this project's export at `model_path`.
+  """savedmodel_contract.INTERFACE_VERSION of this project's export at `model_path`.
 
   1 for this project's exports that predate the key; None when the folder has
   no config asset (e.g. a DELF export, which follows DELF's conventions).
   """
   if not model_path:
     return None
-  path = os.path.join(model_path, signatures.CONFIG_ASSET)
+  path = os.path.join(model_path, savedmodel_contract.CONFIG_ASSET)
   if not tf.io.gfile.exists(path):
     legacy = tf.io.gfile.exists(os.path.join(model_path, LEGACY_EXPORT_CONFIG_ASSET))
     return 1 if legacy else None
@@ -319,9 +321,11 @@ def export_interface_version(model_path: str | None) -> int | None:
       payload = json.loads(f.read())
   except (ValueError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not a JSON file ({e})") from e
-  version = payload.get(signatures.INTERFACE_KEY, 1) if isinstance(payload, dict) else 1
+  version = payload.get(savedmodel_contract.INTERFACE_KEY, 1) if isinstance(payload, dict) else 1
   if not isinstance(version, int) or isinstance(version, bool):
-    raise ValueError(f"{path}: {signatures.INTERFACE_KEY}: expected an integer, got {version!r}")
+    raise ValueError(
+      f"{path}: {savedmodel_contract.INTERFACE_KEY}: expected an integer, got {version!r}"
+    )
   return version
 
 
@@ -364,7 +368,9 @@ def resolve_config(
     resolved.global_config.scale_pooling = pooling
     taken.append(f"global_config.scale_pooling={ScalePooling.ScalePooling.Name(pooling)}")
   if not resolved.image_scales:
-    where = f"{defaults_path} has none" if defaults_path else f"no {signatures.CONFIG_ASSET}"
+    where = (
+      f"{defaults_path} has none" if defaults_path else f"no {savedmodel_contract.CONFIG_ASSET}"
+    )
     raise ValueError(
       f"{source}: image_scales: empty, and the SavedModel gives no pyramid "
       f"({model_path or '<loaded SavedModel>'}: {where})"
@@ -438,7 +444,7 @@ class Extractor:
     model_path: the SavedModel folder (None for a loaded SavedModel without a path).
     signature_name: the signature run.
     batch_signature_name: the batched signature `extract_batch` runs
-      (signatures.SERVE_GLOBAL_BATCH / SERVE_LOCAL_BATCH), or None for exports
+      (savedmodel_contract.SERVE_GLOBAL_BATCH / SERVE_LOCAL_BATCH), or None for exports
       without it (older exports of this project, DELF's): `extract_batch` then
       runs the images one by one.
     image_scales: the whole pyramid, float32 [S].
@@ -491,9 +497,15 @@ class Extractor:
       set_test_time_options(self._loaded, config, model_path, source)
 
     if self.local:
-      candidates, expected = [signatures.SERVING_DEFAULT], signatures.LOCAL_GLOBAL_INPUTS
+      candidates, expected = (
+        [savedmodel_contract.SERVING_DEFAULT],
+        savedmodel_contract.LOCAL_GLOBAL_INPUTS,
+      )
     else:
-      candidates, expected = list(signatures.GLOBAL_SIGNATURES), signatures.GLOBAL_INPUTS
+      candidates, expected = (
+        list(savedmodel_contract.GLOBAL_SIGNATURES),
+        savedmodel_contract.GLOBAL_INPUTS,
+      )
     available = [n for n in candidates if n in self._loaded.signatures]
     if not available:
       raise ValueError(
@@ -510,9 +522,9 @@ class Extractor:
         f"inputs {sorted(expected)}" + (" (is it a DELG export?)" if self.local else "")
       )
     batch_name, batch_inputs = (
-      (signatures.SERVE_LOCAL_BATCH, signatures.BATCH_LOCAL_GLOBAL_INPUTS)
+      (savedmodel_contract.SERVE_LOCAL_BATCH, savedmodel_contract.BATCH_LOCAL_GLOBAL_INPUTS)
       if self.local
-      else (signatures.SERVE_GLOBAL_BATCH, signatures.BATCH_GLOBAL_INPUTS)
+      else (savedmodel_contract.SERVE_GLOBAL_BATCH, savedmodel_contract.BATCH_GLOBAL_INPUTS)
     )
     self._batch_signature = self._loaded.signatures.get(batch_name)
     if self._batch_signature is not None:
@@ -669,12 +681,14 @@ class Extractor:
   def _inputs(self) -> dict:
     """The signature inputs other than the image(s)."""
     inputs = {
-      signatures.INPUT_SCALES: self._scales_tensor,
-      signatures.INPUT_GLOBAL_SCALES_IND: self._global_scale_indices,
+      savedmodel_contract.INPUT_SCALES: self._scales_tensor,
+      savedmodel_contract.INPUT_GLOBAL_SCALES_IND: self._global_scale_indices,
     }
     if self.local:
-      inputs[signatures.INPUT_MAX_FEATURE_NUM] = tf.constant(self.max_feature_num, tf.int32)
-      inputs[signatures.INPUT_ABS_THRES] = tf.constant(self.score_threshold, tf.float32)
+      inputs[savedmodel_contract.INPUT_MAX_FEATURE_NUM] = tf.constant(
+        self.max_feature_num, tf.int32
+      )
+      inputs[savedmodel_contract.INPUT_ABS_THRES] = tf.constant(self.score_threshold, tf.float32)
     return inputs
 
   @staticmethod
@@ -685,18 +699,18 @@ class Extractor:
     return image
 
   def run_model(self, image: np.ndarray) -> dict[str, np.ndarray]:
-    """The signature's raw outputs (signatures.GLOBAL_DESCRIPTORS, and for DELG
+    """The signature's raw outputs (savedmodel_contract.GLOBAL_DESCRIPTORS, and for DELG
     BOXES, FEATURES, SCALES, SCORES) for a preprocessed uint8 [H, W, 3] image."""
     image = self._check_image(image)
     outputs = self._signature(input_image=tf.constant(image), **self._inputs())
     out = {k: v.numpy() for k, v in outputs.items()}
     # DELF's exports give scores as [N, 1], and a global-only export made with
     # a multi-scale pool type gives one pooled [D] descriptor.
-    if signatures.SCORES in out:
-      out[signatures.SCORES] = out[signatures.SCORES].reshape([-1])
-    pooled = out.get(signatures.GLOBAL_DESCRIPTORS)
+    if savedmodel_contract.SCORES in out:
+      out[savedmodel_contract.SCORES] = out[savedmodel_contract.SCORES].reshape([-1])
+    pooled = out.get(savedmodel_contract.GLOBAL_DESCRIPTORS)
     if pooled is not None and pooled.ndim == 1:
-      out[signatures.GLOBAL_DESCRIPTORS] = pooled[None]
+      out[savedmodel_contract.GLOBAL_DESCRIPTORS] = pooled[None]
     return out
 
   def run_model_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -716,19 +730,26 @@ class Extractor:
       return [self.run_model(image) for image in images]
     outputs = self._batch_signature(input_images=tf.constant(np.stack(images)), **self._inputs())
     out = {k: v.numpy() for k, v in outputs.items()}
-    per_feature = (signatures.BOXES, signatures.FEATURES, signatures.SCALES, signatures.SCORES)
+    per_feature = (
+      savedmodel_contract.BOXES,
+      savedmodel_contract.FEATURES,
+      savedmodel_contract.SCALES,
+      savedmodel_contract.SCORES,
+    )
     results = []
     for b in range(len(images)):
-      result = {signatures.GLOBAL_DESCRIPTORS: out[signatures.GLOBAL_DESCRIPTORS][b]}
+      result = {
+        savedmodel_contract.GLOBAL_DESCRIPTORS: out[savedmodel_contract.GLOBAL_DESCRIPTORS][b]
+      }
       if self.local:
-        count = int(out[signatures.NUM_FEATURES][b])
+        count = int(out[savedmodel_contract.NUM_FEATURES][b])
         result.update({name: out[name][b, :count] for name in per_feature})
       results.append(result)
     return results
 
   def per_scale_descriptors(self, image: np.ndarray) -> np.ndarray:
     """The signature's L2-normalised global descriptors [S, D] of a preprocessed uint8 image."""
-    descriptors = self.run_model(image)[signatures.GLOBAL_DESCRIPTORS]
+    descriptors = self.run_model(image)[savedmodel_contract.GLOBAL_DESCRIPTORS]
     self._dim = descriptors.shape[-1]
     return descriptors
 
@@ -842,20 +863,20 @@ class Extractor:
   def _finish(self, image, scale_factors, out: dict):
     """`extract`'s result from the model's outputs `out` for `image`."""
     if not self.local:
-      descriptor = self._global(out[signatures.GLOBAL_DESCRIPTORS])
+      descriptor = self._global(out[savedmodel_contract.GLOBAL_DESCRIPTORS])
       refuse_non_finite(descriptor, "global descriptor", image)
       return descriptor
-    locations = local_extractor.keypoint_centers(out[signatures.BOXES])
+    locations = local_extractor.keypoint_centers(out[savedmodel_contract.BOXES])
     if not self.use_resized_coordinates:
       locations = locations / np.asarray(scale_factors, np.float32)[None, :]
     result = {
       "locations": locations.astype(np.float32),
-      "descriptors": self.postprocess_descriptors(out[signatures.FEATURES]),
-      "scales": self._local_scales(out[signatures.SCALES]),
-      "scores": out[signatures.SCORES].astype(np.float32),
+      "descriptors": self.postprocess_descriptors(out[savedmodel_contract.FEATURES]),
+      "scales": self._local_scales(out[savedmodel_contract.SCALES]),
+      "scores": out[savedmodel_contract.SCORES].astype(np.float32),
     }
     if self.use_global:
-      result["global"] = self._global(out[signatures.GLOBAL_DESCRIPTORS])
+      result["global"] = self._global(out[savedmodel_contract.GLOBAL_DESCRIPTORS])
     for key, what in (("global", "global descriptor"), ("descriptors", "local descriptors")):
       if key in result:
         refuse_non_finite(result[key], what, image)

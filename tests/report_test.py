@@ -10,9 +10,9 @@ from PIL import Image
 
 from dolg_tf.data import ground_truth
 from dolg_tf.io import datum_io, feature_io
-from dolg_tf.retrieval import perform_retrieval, rerank
+from dolg_tf.retrieval import metrics, perform_retrieval, rerank
 from dolg_tf.utils import images
-from dolg_tf.visualization import drawing, match_images, ranked_lists, retrieval_report
+from dolg_tf.visualization import drawing, match_images, plots, ranked_lists, retrieval_report
 from tests import testutil
 
 GREY = 100
@@ -88,6 +88,22 @@ class DrawingTest(tf.test.TestCase):
       decoded = images.decode_image(drawing.encode_png(image, colors))
       self.assertAllEqual(decoded, image)
 
+  def test_wrap_text_keeps_every_line_inside_the_width(self):
+    text = "q_00012 - db_00345: 17 inliers / 120 tentative matches (25 of 103 rejected drawn)"
+    lines = drawing.wrap_text(text, 150)
+    self.assertGreater(len(lines), 1)
+    self.assertEqual(" ".join(lines), text)
+    for line in lines:
+      self.assertLessEqual(drawing.text_size(line)[0], 150, line)
+
+  def test_colour_bar_runs_from_high_at_the_top_to_low_at_the_bottom(self):
+    bar = drawing.colour_bar(50, width=10)
+    high, low = drawing.jet(np.array([1.0, 0.0]))
+    self.assertEqual(bar.shape[0], 50)
+    self.assertAllEqual(bar[0, 5], high)
+    self.assertAllEqual(bar[49, 5], low)
+    self.assertGreater(np.count_nonzero(bar[:, 14:].max(axis=2) < 80), 10)  # its labels
+
 
 class MatchImageTest(tf.test.TestCase):
   def test_inlier_and_outlier_lines_have_their_colours(self):
@@ -123,6 +139,39 @@ class MatchImageTest(tf.test.TestCase):
     for t in np.linspace(0.2, 0.8, 13):
       x, y = np.round(start + t * (end - start)).astype(int)
       self.assertIn(match_images.INLIER_COLOR, _colors_near(picture, x, y), (x, y))
+
+  def test_small_images_are_enlarged_and_a_long_title_is_wrapped_not_cut(self):
+    title = "q_00012 - db_00345: 1 inliers / 1 tentative matches (a title longer than the images)"
+    picture = match_images.match_image(
+      _grey(40, 40),
+      _grey(40, 40),
+      [[5, 5]],
+      [[35, 35]],
+      [[0, 0]],
+      [True],
+      title=title,
+      min_side=match_images.READABLE_SIDE,
+      wrap_title=True,
+    )
+    side, gap = match_images.READABLE_SIDE, match_images.MATCH_GAP
+    lines = drawing.wrap_text(title, 2 * side + gap - 6)
+    top = len(lines) * match_images.MATCH_HEADER_HEIGHT
+    self.assertEqual(picture.shape, (top + side, 2 * side + gap, 3))
+    for line in lines:
+      self.assertLess(drawing.text_size(line)[0], picture.shape[1] - 3, line)
+    # The keypoints follow the 8x enlargement: the inlier line starts at a's (5, 5) * 8.
+    self.assertIn(match_images.INLIER_COLOR, _colors_near(picture, 40, top + 40, radius=2))
+    narrow = match_images.match_image(
+      _grey(40, 40),
+      _grey(40, 40),
+      [[5, 5]],
+      [[35, 35]],
+      [[0, 0]],
+      [True],
+      title=title,
+      wrap_title=True,
+    )
+    self.assertGreater(narrow.shape[0] - 40, 2 * match_images.MATCH_HEADER_HEIGHT)
 
   def test_verify_pair_finds_the_consistent_matches(self):
     rng = np.random.default_rng(0)
@@ -181,6 +230,53 @@ class RankedListTest(tf.test.TestCase):
   def test_unknown_label_is_refused(self):
     with self.assertRaisesRegex(ValueError, "unknown label"):
       ranked_lists.ranked_list_image(_grey(8, 8), [_grey(8, 8)], ["positive"])
+
+
+def _map_result(aps):
+  aps = np.asarray(aps, np.float64)
+  kept = aps[~np.isnan(aps)]
+  return metrics.MapResult(
+    float(kept.mean()),
+    aps,
+    np.array([0.5]),
+    np.full([len(aps), 1], 0.5),
+    (1,),
+    int(np.isnan(aps).sum()),
+  )
+
+
+class PlotTest(tf.test.TestCase):
+  def test_ap_plot_tick_labels_are_legible_and_do_not_overlap(self):
+    names = [f"query_{i:05d}" for i in range(150)]
+    aps = np.linspace(0.0, 1.0, 150)
+    aps[3] = np.nan
+    results = {p: _map_result(aps) for p in ground_truth.PROTOCOLS}
+    figure = plots.ap_figure(results, names)
+    axis = figure.axes[-1]
+    labels = [t for t in axis.get_xticklabels() if t.get_text()]
+    self.assertNotEmpty(labels)
+    for label in labels:
+      self.assertGreaterEqual(label.get_fontsize() * plots.DPI / 72, 12)  # pixels, not ~5
+    # Side by side, rotated labels need about their font height each.
+    width_px = figure.get_figwidth() * plots.DPI
+    self.assertLessEqual(len(labels) * plots.MIN_LABEL_POINTS * plots.DPI / 72, width_px)
+    for ax in figure.axes:
+      legend = ax.get_legend()
+      self.assertIsNotNone(legend)
+      self.assertIn("mAP", [t.get_text() for t in legend.get_texts()])
+    png = plots.figure_png(figure)
+    self.assertEqual(images.decode_image(png).shape[1], round(width_px))
+
+  def test_pr_plot_panels_have_legends(self):
+    root = self.create_tempdir().full_path
+    gnd_path, _ = _write_benchmark(root)
+    gt = ground_truth.load_ground_truth(gnd_path)
+    ranks = np.array([[0, 2, 5, 1, 3, 4], [3, 0, 4, 1, 2, 5]])
+    figure = plots.pr_figure({p: ranks for p in ground_truth.PROTOCOLS}, gt)
+    self.assertLen(figure.axes, 3)
+    for ax in figure.axes:
+      texts = [t.get_text() for t in ax.get_legend().get_texts()]
+      self.assertEqual(texts, ["each query", "mean (interpolated)"])
 
 
 class HtmlReportTest(tf.test.TestCase):
@@ -273,6 +369,19 @@ class PerformRetrievalReportTest(tf.test.TestCase):
     )
     with open(index, encoding="utf-8") as f:
       self.assertIn("Rankings of the medium protocol", f.read())
+    # The summary table names each ranking: before and after re-ranking.
+    index = retrieval_report.write_evaluation_report(
+      os.path.join(root, "verified"), gt, verified, images_dir
+    )
+    with open(index, encoding="utf-8") as f:
+      page = f.read()
+    self.assertIn("<tr><th>ranking</th><th>protocol</th><th>mAP %</th>", page)
+    self.assertIn(f"<td>{retrieval_report.BEFORE_RERANKING}</td>", page)
+    self.assertIn(f"<td>{retrieval_report.AFTER_VERIFICATION}</td>", page)
+    self.assertIn(f"show the ranking {retrieval_report.AFTER_VERIFICATION}", page)
+    self.assertEqual(
+      list(retrieval_report.evaluation_stages(plain)), [retrieval_report.NO_RERANKING]
+    )
 
   def test_report_dir_flag_writes_the_report_and_needs_images_dir(self):
     root = self.create_tempdir().full_path

@@ -16,7 +16,7 @@ import tensorflow as tf
 from absl.testing import absltest
 
 from dolg_tf import config as config_lib
-from dolg_tf.convert import official_dolg
+from dolg_tf.convert import official_dolg, official_structure, torch_state, torchvision_resnet
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, image_loading, savedmodel_contract
 from dolg_tf.keras_api import keras
@@ -89,7 +89,7 @@ class TorchFreeTest(tf.test.TestCase):
       use_multi_atrous=True,
       atrous_dilations=(1, 2),
       gem_p=2.5,
-      **official_dolg.OFFICIAL_INPUT,
+      **official_structure.OFFICIAL_INPUT,
     )
     cls.model = builder.build_model(cls.config, image_size=64)
     for variable in cls.model.variables:  # non-trivial BatchNorm statistics
@@ -132,14 +132,14 @@ class TorchFreeTest(tf.test.TestCase):
           "fc.weight": np.zeros([512, 2048]),
         }
       )
-      config = official_dolg.infer_model_config(state)
+      config = official_structure.infer_model_config(state)
       self.assertEqual(config.backbone_depth, depth)
       self.assertFalse(config.use_multi_atrous)
       self.assertFalse(config.gem_p_trainable)
       self.assertEqual(config.gem_p, 3.0)
     state["globalmodel.s3.b40.f.a.weight"] = np.zeros(1)
     with self.assertRaisesRegex(ValueError, r"<state dict>: cannot infer the ResNet depth: 40"):
-      official_dolg.infer_model_config(state)
+      official_structure.infer_model_config(state)
 
   def test_mismatches_name_the_first_key(self):
     missing = dict(self.state)
@@ -189,12 +189,12 @@ class TorchFreeTest(tf.test.TestCase):
       r"cannot infer the ResNet depth: 5 blocks .*: missing key 'globalmodel.s3.b4.f.a.weight' "
       r"\(R50 has 6\)$",
     ):
-      official_dolg.infer_model_config(five)
+      official_structure.infer_model_config(five)
     forty = {f"globalmodel.s3.b{i + 1}.f.a.weight": np.zeros(1) for i in range(40)}
     with self.assertRaisesRegex(
       ValueError, r": unexpected key 'globalmodel.s3.b37.f.a.weight' \(R152 has 36\)$"
     ):
-      official_dolg.infer_model_config(forty)
+      official_structure.infer_model_config(forty)
 
   def _convert(self, *args):
     return testutil.run_module(
@@ -229,14 +229,14 @@ class TorchFreeTest(tf.test.TestCase):
     with open(path, "wb") as f:
       f.write(b"not a zip file")
     with self.assertRaisesRegex(ValueError, r"broken.npz: not a readable .npz"):
-      official_dolg.read_state_dict(path)
+      torch_state.read_state_dict(path)
     path = os.path.join(self.create_tempdir(), "garbage.pyth")
     with open(path, "wb") as f:
       f.write(b"definitely not a checkpoint " * 10)
     with self.assertRaisesRegex(ValueError, r"garbage.pyth: not a PyTorch checkpoint"):
       official_dolg.load_official_checkpoint(path)
     with self.assertRaisesRegex(FileNotFoundError, r"nowhere.pyth"):
-      official_dolg.read_state_dict(os.path.join(self.get_temp_dir(), "nowhere.pyth"))
+      torch_state.read_state_dict(os.path.join(self.get_temp_dir(), "nowhere.pyth"))
 
   def test_pbtxt_is_a_valid_official_config(self):
     text = official_dolg.official_dolg_pbtxt("/models/dolg/export/1")
@@ -260,16 +260,16 @@ class TorchFreeTest(tf.test.TestCase):
     for variable in backbone.variables:
       if "moving" in variable.name:
         variable.assign(np.random.uniform(0.5, 1.5, variable.shape))
-    state = official_dolg.torchvision_state_dict(backbone)
+    state = torchvision_resnet.torchvision_state_dict(backbone)
     self.assertIn("layer3.0.downsample.0.weight", state)
     self.assertEqual(state["conv1.weight"].shape, (16, 3, 7, 7))
     path = os.path.join(self.create_tempdir(), "resnet.npz")
     np.savez(path, **state, **{"fc.weight": np.zeros([10, 512]), "fc.bias": np.zeros([10])})
     fresh = backbones.ResNetBackbone(26, "pycls", width_multiplier=0.25)
-    report = official_dolg.load_torchvision_resnet(fresh, path)
+    report = torchvision_resnet.load_torchvision_resnet(fresh, path)
     self.assertEqual(report.unused, ["fc.bias", "fc.weight"])
     self.assertEqual(report.loaded, len(state))
-    exported = official_dolg.torchvision_state_dict(fresh)
+    exported = torchvision_resnet.torchvision_state_dict(fresh)
     self.assertEqual(sorted(exported), sorted(state))
     for key in state:
       self.assertAllEqual(exported[key], state[key], msg=key)
@@ -278,9 +278,9 @@ class TorchFreeTest(tf.test.TestCase):
       self.assertAllClose(a, b, atol=1e-6)
     del state["layer2.1.bn2.running_mean"]
     with self.assertRaisesRegex(ValueError, r"missing key 'layer2.1.bn2.running_mean'"):
-      official_dolg.load_torchvision_resnet(fresh, state)
+      torchvision_resnet.load_torchvision_resnet(fresh, state)
     with self.assertRaisesRegex(ValueError, r"backbone_layout='pycls'"):
-      official_dolg.load_torchvision_resnet(backbones.ResNetBackbone(26, "keras"), state)
+      torchvision_resnet.load_torchvision_resnet(backbones.ResNetBackbone(26, "keras"), state)
 
 
 @absltest.skipUnless(torch is not None, _TORCH_MISSING or "torch not installed")
@@ -422,7 +422,7 @@ class OfficialParityTest(tf.test.TestCase):
       official_dolg.load_official_checkpoint(path)
     # DataParallel's `module.` prefix is stripped (the head's keys stay unused: TorchFreeTest).
     prefixed = {f"module.{k}": v for k, v in state.items()}
-    loaded = official_dolg.read_state_dict(_save(prefixed, f"{self.tmp}/dp.pyth"))
+    loaded = torch_state.read_state_dict(_save(prefixed, f"{self.tmp}/dp.pyth"))
     self.assertEqual(sorted(loaded), sorted(state))
     self.assertAllEqual(loaded["fc.weight"], state["fc.weight"].numpy())
 
@@ -448,7 +448,7 @@ class OfficialParityTest(tf.test.TestCase):
         key = f"layer{stage[1:]}.{int(block[1:]) - 1}.{rest}"
       state[key] = value
     backbone = backbones.ResNetBackbone(26, "pycls")
-    report = official_dolg.load_torchvision_resnet(backbone, state)
+    report = torchvision_resnet.load_torchvision_resnet(backbone, state)
     self.assertEqual(report.unused, [])
     x = np.random.default_rng(7).normal(size=[1, 3, 61, 80]).astype(np.float32)
     with torch.no_grad():
@@ -471,7 +471,7 @@ class OfficialParityTest(tf.test.TestCase):
           module.running_var.uniform_(0.5, 2.0)
     path = _save(reference.state_dict(), f"{self.tmp}/resnet50.pth")
     backbone = backbones.ResNetBackbone(50, "pycls")
-    report = official_dolg.load_torchvision_resnet(backbone, path)
+    report = torchvision_resnet.load_torchvision_resnet(backbone, path)
     self.assertEqual(report.unused, ["fc.bias", "fc.weight"])
     x = np.random.default_rng(8).normal(size=[1, 3, 65, 47]).astype(np.float32)
     with torch.no_grad():

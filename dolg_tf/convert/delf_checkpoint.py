@@ -41,7 +41,7 @@ import tensorflow as tf
 from absl import logging
 
 from dolg_tf import config as config_lib
-from dolg_tf.convert import artefacts
+from dolg_tf.convert import artefacts, weight_mapping
 from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder, heads
 
@@ -55,28 +55,6 @@ _BOOKKEEPING = re.compile(
   r"^(optimizer/|save_counter/|_CHECKPOINTABLE_OBJECT_GRAPH)|OPTIMIZER_SLOT"
 )
 _NETWORK_PREFIXES = ("backbone/", "attention/", "autoencoder/", "attn_classification/")
-
-
-@dataclasses.dataclass
-class ImportReport:
-  """What an import consumed.
-
-  Attributes:
-    loaded: number of variables assigned.
-    unused: network-side checkpoint keys (without the root) that were not used.
-    ignored: number of optimizer / bookkeeping entries skipped.
-  """
-
-  loaded: int
-  unused: list[str]
-  ignored: int
-
-  def summary(self) -> str:
-    unused = ", ".join(self.unused) if self.unused else "none"
-    return (
-      f"loaded {self.loaded} variables; unused: {unused}; "
-      f"ignored {self.ignored} optimizer/bookkeeping entries"
-    )
 
 
 @dataclasses.dataclass
@@ -94,7 +72,7 @@ class ConvertedModel:
   model: keras.Model
   config: config_lib.ModelConfig
   head: heads.CosineHead | None
-  report: ImportReport
+  report: weight_mapping.ImportReport
   checkpoint: str
 
 
@@ -235,7 +213,7 @@ def _entries(model, head=None) -> list[tuple[str, tf.Variable]]:
   return entries
 
 
-def assign_delf_weights(model, ckpt: _Checkpoint, head=None) -> ImportReport:
+def assign_delf_weights(model, ckpt: _Checkpoint, head=None) -> weight_mapping.ImportReport:
   """Checks every variable and shape first, then assigns (nothing is assigned on error).
 
   Raises:
@@ -269,7 +247,7 @@ def assign_delf_weights(model, ckpt: _Checkpoint, head=None) -> ImportReport:
   for (_, variable), value in zip(entries, values):
     variable.assign(value.astype(variable.dtype.as_numpy_dtype))
   ignored = len(ckpt.all_keys) - len(ckpt.shapes)
-  return ImportReport(loaded=len(entries), unused=leftovers, ignored=ignored)
+  return weight_mapping.ImportReport(loaded=len(entries), unused=leftovers, ignored=ignored)
 
 
 def load_delf_checkpoint(

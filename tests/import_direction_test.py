@@ -61,8 +61,6 @@ FORBIDDEN = {
 ALLOWED_FUNCTION_LEVEL = {
   # --help and missing-flag errors answer before TensorFlow loads.
   ("dolg_tf.data.build_image_dataset", "dolg_tf.data.dataset_writer"),
-  # Rendering worker processes never load TensorFlow.
-  ("dolg_tf.data.synthetic", "dolg_tf.data.gldv2"),
   # Bad flags, configs and image lists are reported before TensorFlow loads.
   ("dolg_tf.extraction.extract_features", "dolg_tf.extraction.extractor"),
 }

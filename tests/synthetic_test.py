@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from dolg_tf.data import gldv2, synthetic
+from dolg_tf.data import gldv2, synthetic, synthetic_scenes
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
@@ -35,31 +35,33 @@ def _nearest_centroid_accuracy(features: np.ndarray, labels: np.ndarray) -> floa
 
 class RenderTest(tf.test.TestCase):
   def test_deterministic_with_a_seed(self):
-    a, b = synthetic.make_scenes(3, seed=5), synthetic.make_scenes(3, seed=5)
+    a, b = synthetic_scenes.make_scenes(3, seed=5), synthetic_scenes.make_scenes(3, seed=5)
     self.assertEqual(a, b)
-    self.assertNotEqual(a, synthetic.make_scenes(3, seed=6))
+    self.assertNotEqual(a, synthetic_scenes.make_scenes(3, seed=6))
     # Scene i does not depend on how many scenes are made.
-    self.assertEqual(synthetic.make_scenes(5, seed=5)[2], a[2])
-    view1 = synthetic.render_view(a[0], np.random.default_rng(1), 40)
-    view2 = synthetic.render_view(b[0], np.random.default_rng(1), 40)
+    self.assertEqual(synthetic_scenes.make_scenes(5, seed=5)[2], a[2])
+    view1 = synthetic_scenes.render_view(a[0], np.random.default_rng(1), 40)
+    view2 = synthetic_scenes.render_view(b[0], np.random.default_rng(1), 40)
     self.assertEqual(view1.dtype, np.uint8)
     self.assertEqual(view1.shape, (40, 40, 3))
     self.assertAllEqual(view1, view2)
-    self.assertNotAllEqual(view1, synthetic.render_view(a[0], np.random.default_rng(2), 40))
+    self.assertNotAllEqual(view1, synthetic_scenes.render_view(a[0], np.random.default_rng(2), 40))
 
   def test_views_share_content_but_not_mean_colour(self):
     num_classes, views = 8, 10
-    scenes = synthetic.make_scenes(num_classes, seed=0)
+    scenes = synthetic_scenes.make_scenes(num_classes, seed=0)
     labels = np.repeat(np.arange(num_classes), views)
 
     def render(params):
       return [
-        synthetic.render_view(scene, np.random.default_rng([0, scene.class_id, v]), 64, params)
+        synthetic_scenes.render_view(
+          scene, np.random.default_rng([0, scene.class_id, v]), 64, params
+        )
         for scene in scenes
         for v in range(views)
       ]
 
-    images = render(synthetic.TRAIN_VIEW)
+    images = render(synthetic_scenes.TRAIN_VIEW)
     thumbs = np.stack([_thumbnail(im) for im in images])
     ncc = thumbs @ thumbs.T
     same = labels[:, None] == labels[None, :]
@@ -73,7 +75,7 @@ class RenderTest(tf.test.TestCase):
     # ...whereas without the colour jitter it would be a good one: the
     # measure can see a colour shortcut.
     no_jitter = dataclasses.replace(
-      synthetic.TRAIN_VIEW,
+      synthetic_scenes.TRAIN_VIEW,
       max_hue_shift_deg=0.0,
       saturation_range=(1.0, 1.0),
       brightness_range=(1.0, 1.0),
@@ -87,9 +89,9 @@ class RenderTest(tf.test.TestCase):
 
   def test_bad_arguments(self):
     with self.assertRaisesRegex(ValueError, "num_classes"):
-      synthetic.make_scenes(0, seed=0)
+      synthetic_scenes.make_scenes(0, seed=0)
     with self.assertRaisesRegex(ValueError, "size"):
-      synthetic.render_view(synthetic.make_scene(0, 0), np.random.default_rng(0), 4)
+      synthetic_scenes.render_view(synthetic_scenes.make_scene(0, 0), np.random.default_rng(0), 4)
 
 
 class TrainingSetTest(tf.test.TestCase):

@@ -1,17 +1,9 @@
-r"""Synthetic landmarks: procedural scenes rendered as many views.
+r"""Synthetic landmarks as data: a training set (GLDv2 TFRecords) and a retrieval benchmark.
 
-Each class is a "landmark": a fixed scene made of a background (sky/ground
-split with a wave texture) and 6-10 patterned shapes (polygons, ellipses,
-stripe patches, checker patches, ring targets) at class-specific positions.
-A view is the scene seen through a random perspective camera (scale, crop,
-rotation, perspective), then degraded with colour jitter, shading, blur and
-noise. The hue of every view is rotated at random over the full circle and the
-canonical scenes share the same mean luminance, contrast and saturation, so
-the mean colour of a view says little about its class: a model has to use the
-shapes and their layout.
-
-Everything is deterministic given the seed: scene `i` depends only on
-(seed, i) and view `v` of class `c` only on (seed, stream, c, v).
+The scenes and their views are synthetic_scenes.py's. Everything is
+deterministic given the seed: view `v` of class `c` depends only on
+(seed, stream, c, v), with one random stream per use, so that the sets never
+share views.
 
   # Training TFRecords (GLDv2 layout) + a Revisited Oxford-style benchmark:
   python -m dolg_tf.data.synthetic --output_dir=/tmp/synth --num_classes=20
@@ -21,407 +13,21 @@ writes `<output_dir>/tfrecords/{train,validation}-NNNNN-of-MMMMM` and
 """
 
 import dataclasses
-import functools
 import io
 import json
-import math
 import os
 import pickle
-import sys
 import time
 
-import cv2
 import numpy as np
 from absl import app, flags, logging
 
-from dolg_tf.data import image_codec
+from dolg_tf.data import gldv2, image_codec, synthetic_scenes
 from dolg_tf.utils import cli
 from dolg_tf.utils import files as file_utils
 
-# The scene content lives in [0, 1]^2 (scene units); the canonical canvas
-# extends CANVAS_MARGIN beyond it on each side with background only.
-CANVAS_MARGIN = 0.5
-ELEMENT_KINDS = ("polygon", "ellipse", "stripes", "checker", "rings")
-# Canonical scenes are normalised to these statistics (content region).
-_TARGET_LUMA_MEAN = 0.47
-_TARGET_LUMA_STD = 0.2
-_TARGET_SATURATION = 0.45
-# Random streams (one per use) so that the sets never share views.
-_SCENE_STREAM = 1
-_TRAIN_STREAM = 2
-_QUERY_STREAM = 3
-_DB_STREAM = 4
-_ORDER_STREAM = 5
-
 GND_FILENAME = "gnd_synthetic.pkl"
 INFO_FILENAME = "synthetic_info.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Element:
-  """One shape of a scene (all lengths in scene units, colours RGB in [0, 1])."""
-
-  kind: str
-  center: tuple[float, float]
-  size: float
-  aspect: float
-  angle: float
-  color: tuple[float, float, float]
-  color2: tuple[float, float, float]
-  period: float
-  vertices: tuple[tuple[float, float], ...] = ()
-  outline: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Scene:
-  """A landmark class: background parameters and shapes.
-
-  Attributes:
-    class_id: the class index.
-    sky: two colours of the vertical sky gradient.
-    ground: two colours mixed by the ground texture.
-    horizon: (height in [0, 1], slope) of the sky/ground boundary.
-    waves: ground texture as (fx, fy, phase) sinusoids, cycles per unit.
-    elements: the shapes, drawn in order.
-  """
-
-  class_id: int
-  sky: tuple[tuple[float, float, float], tuple[float, float, float]]
-  ground: tuple[tuple[float, float, float], tuple[float, float, float]]
-  horizon: tuple[float, float]
-  waves: tuple[tuple[float, float, float], ...]
-  elements: tuple[Element, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewParams:
-  """Ranges of the random camera and photometric changes of a view.
-
-  Attributes:
-    scale_ranges: side of the viewed square in scene units (1 = whole
-      scene); one (low, high) range is picked at random, then a value in it.
-    aspect_range: anisotropic stretch (log-uniform).
-    max_shift: offset of the view centre from the scene centre.
-    max_rotation_deg: in-plane rotation.
-    max_perspective: corner jitter, as a fraction of the side.
-    max_hue_shift_deg: hue rotation (180 = any hue).
-    saturation_range: saturation multiplier.
-    brightness_range: brightness multiplier.
-    contrast_range: contrast multiplier around the mean.
-    max_channel_gain: per-channel gain deviation (white balance).
-    grayscale_prob: probability of a grayscale view.
-    max_shading: strength of a linear illumination gradient.
-    blur_sigma_range: Gaussian blur sigma in output pixels (< 0.3: none).
-    noise_std_range: Gaussian noise std in 0..255 units.
-  """
-
-  scale_ranges: tuple[tuple[float, float], ...] = ((0.45, 1.15),)
-  aspect_range: tuple[float, float] = (0.8, 1.25)
-  max_shift: float = 0.15
-  max_rotation_deg: float = 12.0
-  max_perspective: float = 0.1
-  max_hue_shift_deg: float = 180.0
-  saturation_range: tuple[float, float] = (0.4, 1.5)
-  brightness_range: tuple[float, float] = (0.65, 1.35)
-  contrast_range: tuple[float, float] = (0.6, 1.4)
-  max_channel_gain: float = 0.12
-  grayscale_prob: float = 0.1
-  max_shading: float = 0.3
-  blur_sigma_range: tuple[float, float] = (0.0, 1.0)
-  noise_std_range: tuple[float, float] = (0.0, 6.0)
-
-
-# Training views: broad changes.
-TRAIN_VIEW = ViewParams()
-# Benchmark queries: nearly frontal, most of the scene.
-QUERY_VIEW = ViewParams(
-  scale_ranges=((0.8, 1.0),),
-  aspect_range=(0.95, 1.05),
-  max_shift=0.05,
-  max_rotation_deg=3.0,
-  max_perspective=0.03,
-  blur_sigma_range=(0.0, 0.5),
-  noise_std_range=(0.0, 3.0),
-)
-# Database, 'easy': mild view change.
-EASY_VIEW = ViewParams(
-  scale_ranges=((0.75, 1.05),),
-  aspect_range=(0.9, 1.1),
-  max_shift=0.08,
-  max_rotation_deg=5.0,
-  max_perspective=0.05,
-  blur_sigma_range=(0.0, 0.6),
-  noise_std_range=(0.0, 4.0),
-)
-# Database, 'hard': strong zoom in or out, rotation, perspective, blur.
-HARD_VIEW = ViewParams(
-  scale_ranges=((0.35, 0.55), (1.2, 1.45)),
-  aspect_range=(0.75, 1.33),
-  max_shift=0.2,
-  max_rotation_deg=25.0,
-  max_perspective=0.2,
-  blur_sigma_range=(0.3, 1.5),
-  noise_std_range=(2.0, 10.0),
-)
-# Database, 'junk': tiny crops or extreme perspective; the landmark is barely there.
-JUNK_VIEW = ViewParams(
-  scale_ranges=((0.1, 0.18),),
-  aspect_range=(0.6, 1.6),
-  max_shift=0.35,
-  max_rotation_deg=60.0,
-  max_perspective=0.3,
-  blur_sigma_range=(0.5, 2.0),
-  noise_std_range=(4.0, 14.0),
-)
-
-
-def _random_color(rng: np.random.Generator) -> tuple[float, float, float]:
-  hsv = np.array([[[rng.uniform(0, 360), rng.uniform(0.25, 1.0), rng.uniform(0.15, 1.0)]]])
-  rgb = cv2.cvtColor(hsv.astype(np.float32), cv2.COLOR_HSV2RGB)[0, 0]
-  return tuple(float(x) for x in rgb)
-
-
-def make_scene(class_id: int, seed: int) -> Scene:
-  """The scene of class `class_id`; depends only on (seed, class_id)."""
-  if seed < 0 or class_id < 0:
-    raise ValueError(f"seed and class_id must be >= 0, got {seed}, {class_id}")
-  rng = np.random.default_rng([seed, _SCENE_STREAM, class_id])
-  waves = tuple(
-    (float(rng.uniform(-6, 6)), float(rng.uniform(-6, 6)), float(rng.uniform(0, 2 * math.pi)))
-    for _ in range(3)
-  )
-  elements = []
-  for _ in range(int(rng.integers(6, 11))):
-    kind = ELEMENT_KINDS[int(rng.integers(len(ELEMENT_KINDS)))]
-    size = float(rng.uniform(0.06, 0.2))
-    vertices = ()
-    if kind == "polygon":
-      n = int(rng.integers(3, 9))
-      angles = np.sort(rng.uniform(0, 2 * math.pi, n))
-      radii = rng.uniform(0.45, 1.0, n)
-      vertices = tuple((float(a), float(r)) for a, r in zip(angles, radii))
-    elements.append(
-      Element(
-        kind=kind,
-        center=(float(rng.uniform(0.12, 0.88)), float(rng.uniform(0.12, 0.88))),
-        size=size,
-        aspect=float(np.exp(rng.uniform(-0.6, 0.6))),
-        angle=float(rng.uniform(0, math.pi)),
-        color=_random_color(rng),
-        color2=_random_color(rng),
-        period=float(size * rng.uniform(0.25, 0.6)),
-        vertices=vertices,
-        outline=bool(rng.random() < 0.5),
-      )
-    )
-  return Scene(
-    class_id=class_id,
-    sky=(_random_color(rng), _random_color(rng)),
-    ground=(_random_color(rng), _random_color(rng)),
-    horizon=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(-0.25, 0.25))),
-    waves=waves,
-    elements=tuple(elements),
-  )
-
-
-def make_scenes(num_classes: int, seed: int) -> list[Scene]:
-  """Scenes 0..num_classes-1; scene i is the same for any num_classes > i."""
-  if num_classes < 1:
-    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-  return [make_scene(c, seed) for c in range(num_classes)]
-
-
-def _grid(shape: tuple[int, int], px_per_unit: float) -> tuple[np.ndarray, np.ndarray]:
-  """Scene coordinates (u, v) of the pixel centres of the canonical canvas."""
-  h, w = shape
-  u = (np.arange(w, dtype=np.float32) + 0.5) / px_per_unit - CANVAS_MARGIN
-  v = (np.arange(h, dtype=np.float32) + 0.5) / px_per_unit - CANVAS_MARGIN
-  return np.meshgrid(u, v)
-
-
-def _to_px(points: np.ndarray, px_per_unit: float) -> np.ndarray:
-  return (np.asarray(points) + CANVAS_MARGIN) * px_per_unit
-
-
-def _element_alpha(el: Element, shape: tuple[int, int], px_per_unit: float) -> np.ndarray:
-  """Anti-aliased coverage mask of an element's outline shape, float32 [0, 1]."""
-  mask = np.zeros(shape, np.uint8)
-  shift = 4  # sub-pixel precision of cv2 drawing
-  scale = float(1 << shift)
-  cx, cy = el.center
-  ca, sa = math.cos(el.angle), math.sin(el.angle)
-  rx, ry = el.size * math.sqrt(el.aspect), el.size / math.sqrt(el.aspect)
-  if el.kind == "polygon":
-    pts = [(r * rx * math.cos(a), r * ry * math.sin(a)) for a, r in el.vertices]
-    pts = np.array([(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in pts])
-    polygon = np.round(_to_px(pts, px_per_unit) * scale).astype(np.int32)
-    cv2.fillPoly(mask, [polygon], 255, cv2.LINE_AA, shift)
-  elif el.kind in ("ellipse", "rings"):
-    center = tuple(int(round(c * scale)) for c in _to_px((cx, cy), px_per_unit))
-    axes = (int(round(rx * px_per_unit * scale)), int(round(ry * px_per_unit * scale)))
-    cv2.ellipse(mask, center, axes, math.degrees(el.angle), 0, 360, 255, -1, cv2.LINE_AA, shift)
-  else:  # stripes, checker: rotated rectangle
-    corners = np.array([(-rx, -ry), (rx, -ry), (rx, ry), (-rx, ry)])
-    pts = np.array([(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in corners])
-    polygon = np.round(_to_px(pts, px_per_unit) * scale).astype(np.int32)
-    cv2.fillPoly(mask, [polygon], 255, cv2.LINE_AA, shift)
-  return mask.astype(np.float32) / 255.0
-
-
-def _element_fill(el: Element, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-  """Per-pixel colour of an element's pattern, float32 [H, W, 3]."""
-  c1, c2 = np.array(el.color, np.float32), np.array(el.color2, np.float32)
-  du, dv = u - el.center[0], v - el.center[1]
-  ca, sa = math.cos(el.angle), math.sin(el.angle)
-  x, y = du * ca + dv * sa, -du * sa + dv * ca
-  if el.kind == "stripes":
-    t = np.floor(x / el.period) % 2
-  elif el.kind == "checker":
-    t = (np.floor(x / el.period) + np.floor(y / el.period)) % 2
-  elif el.kind == "rings":
-    t = np.floor(np.sqrt(x * x + y * y) / (0.6 * el.period)) % 2
-  else:  # polygon, ellipse: two-tone split along a rotated line
-    t = (y > 0.3 * el.size).astype(np.float32)
-  t = t.astype(np.float32)[..., None]
-  return c1 * (1 - t) + c2 * t
-
-
-def _normalise(image: np.ndarray, px_per_unit: float) -> np.ndarray:
-  """Gives every canonical scene the same luminance mean/std and mean saturation."""
-  lo = int(round(CANVAS_MARGIN * px_per_unit))
-  hi = int(round((1 + CANVAS_MARGIN) * px_per_unit))
-  content = image[lo:hi, lo:hi]
-  luma = content @ np.array([0.299, 0.587, 0.114], np.float32)
-  gain = _TARGET_LUMA_STD / max(float(luma.std()), 1e-3)
-  image = np.clip((image - float(luma.mean())) * gain + _TARGET_LUMA_MEAN, 0, 1)
-  hsv = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2HSV)
-  mean_s = float(hsv[lo:hi, lo:hi, 1].mean())
-  hsv[..., 1] = np.clip(hsv[..., 1] * (_TARGET_SATURATION / max(mean_s, 1e-3)), 0, 1)
-  return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-
-
-@functools.lru_cache(maxsize=4)
-def render_canonical(scene: Scene, px_per_unit: int) -> np.ndarray:
-  """The scene seen from the front, uint8 RGB, covering [-m, 1 + m]^2 units.
-
-  Args:
-    scene: the scene.
-    px_per_unit: pixels per scene unit.
-
-  Returns:
-    uint8 [N, N, 3] with N = round((1 + 2 * CANVAS_MARGIN) * px_per_unit).
-  """
-  n = int(round((1 + 2 * CANVAS_MARGIN) * px_per_unit))
-  u, v = _grid((n, n), px_per_unit)
-  level, slope = scene.horizon
-  sky = (v < level + slope * (u - 0.5)).astype(np.float32)[..., None]
-  grad = np.clip((v + CANVAS_MARGIN) / (level + 2 * CANVAS_MARGIN), 0, 1)[..., None]
-  sky0, sky1 = (np.array(c, np.float32) for c in scene.sky)
-  sky_rgb = sky0 + (sky1 - sky0) * grad
-  field = sum(np.sin(2 * math.pi * (fx * u + fy * v) + ph) for fx, fy, ph in scene.waves)
-  t = (0.5 + field / (2 * len(scene.waves))).astype(np.float32)[..., None]
-  ground0, ground1 = (np.array(c, np.float32) for c in scene.ground)
-  image = sky * sky_rgb + (1 - sky) * (ground0 + (ground1 - ground0) * t)
-  kernel = np.ones((3, 3), np.uint8)
-  for el in scene.elements:
-    alpha = _element_alpha(el, (n, n), px_per_unit)
-    x, y, w, h = cv2.boundingRect((alpha > 0).astype(np.uint8))
-    if w == 0 or h == 0:
-      continue
-    x0, y0 = max(x - 1, 0), max(y - 1, 0)
-    box = (slice(y0, min(y + h + 1, n)), slice(x0, min(x + w + 1, n)))
-    a = alpha[box][..., None]
-    image[box] = image[box] * (1 - a) + _element_fill(el, u[box], v[box]) * a
-    if el.outline:
-      edge = cv2.morphologyEx(alpha[box], cv2.MORPH_GRADIENT, kernel)[..., None] * 0.85
-      dark = np.array(el.color2, np.float32) * 0.3
-      image[box] = image[box] * (1 - edge) + dark * edge
-  image = _normalise(image, px_per_unit)
-  return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-
-
-def _uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
-  return float(rng.uniform(lo_hi[0], lo_hi[1])) if lo_hi[1] > lo_hi[0] else float(lo_hi[0])
-
-
-def _view_quad(rng: np.random.Generator, params: ViewParams) -> np.ndarray:
-  """Corners (TL, TR, BR, BL) of the viewed region, in scene units, [4, 2]."""
-  scale_range = params.scale_ranges[int(rng.integers(len(params.scale_ranges)))]
-  side = _uniform(rng, scale_range)
-  aspect = math.exp(
-    _uniform(rng, (math.log(params.aspect_range[0]), math.log(params.aspect_range[1])))
-  )
-  hx, hy = 0.5 * side * math.sqrt(aspect), 0.5 * side / math.sqrt(aspect)
-  center = 0.5 + rng.uniform(-params.max_shift, params.max_shift, 2)
-  theta = math.radians(rng.uniform(-params.max_rotation_deg, params.max_rotation_deg))
-  rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
-  corners = np.array([(-hx, -hy), (hx, -hy), (hx, hy), (-hx, hy)]) @ rot.T + center
-  jitter = rng.uniform(-params.max_perspective, params.max_perspective, (4, 2)) * side
-  return corners + jitter
-
-
-def _photometric(image: np.ndarray, rng: np.random.Generator, params: ViewParams) -> np.ndarray:
-  """Colour jitter, shading, blur and noise on float32 RGB [0, 1]; returns uint8."""
-  size = image.shape[0]
-  hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-  hue_shift = rng.uniform(-params.max_hue_shift_deg, params.max_hue_shift_deg)
-  hsv[..., 0] = np.mod(hsv[..., 0] + hue_shift, 360.0)
-  hsv[..., 1] = np.clip(hsv[..., 1] * _uniform(rng, params.saturation_range), 0, 1)
-  image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-  gains = 1 + rng.uniform(-params.max_channel_gain, params.max_channel_gain, 3)
-  image = image * gains.astype(np.float32) * _uniform(rng, params.brightness_range)
-  mean = float(image.mean())
-  image = (image - mean) * _uniform(rng, params.contrast_range) + mean
-  if rng.random() < params.grayscale_prob:
-    gray = image @ np.array([0.299, 0.587, 0.114], np.float32)
-    image = np.repeat(gray[..., None], 3, axis=2)
-  angle = rng.uniform(0, 2 * math.pi)
-  ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
-  shading = math.cos(angle) * ramp[None, :] + math.sin(angle) * ramp[:, None]
-  image = image * (1 + rng.uniform(0, params.max_shading) * shading)[..., None]
-  sigma = _uniform(rng, params.blur_sigma_range)
-  if sigma >= 0.3:
-    image = cv2.GaussianBlur(image, (0, 0), sigma)
-  noise_std = _uniform(rng, params.noise_std_range) / 255.0
-  # Luminance noise (one value per pixel for all channels).
-  image = image + noise_std * rng.standard_normal((size, size, 1), dtype=np.float32)
-  return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-
-
-def render_view(
-  scene: Scene, rng: np.random.Generator, size: int, params: ViewParams = TRAIN_VIEW
-) -> np.ndarray:
-  """Renders one random view of `scene`.
-
-  Args:
-    scene: the scene.
-    rng: source of all the view's randomness (same state, same view).
-    size: output side in pixels.
-    params: ranges of the view changes (TRAIN_VIEW, QUERY_VIEW, EASY_VIEW,
-      HARD_VIEW, JUNK_VIEW or your own).
-
-  Returns:
-    uint8 RGB [size, size, 3].
-  """
-  if size < 8:
-    raise ValueError(f"size must be >= 8, got {size}")
-  px_per_unit = (3 * size) // 2
-  canonical = render_canonical(scene, px_per_unit)
-  quad = _to_px(_view_quad(rng, params), px_per_unit).astype(np.float32)
-  # Warp at twice the output size, then area-downsample (anti-aliasing).
-  big = 2 * size
-  target = np.array([(0, 0), (big, 0), (big, big), (0, big)], np.float32)
-  matrix = cv2.getPerspectiveTransform(quad, target)
-  warped = cv2.warpPerspective(
-    canonical, matrix, (big, big), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-  )
-  small = cv2.resize(warped, (size, size), interpolation=cv2.INTER_AREA)
-  return _photometric(small.astype(np.float32) / 255.0, rng, params)
-
-
-def _view_rng(seed: int, stream: int, class_id: int, index: int) -> np.random.Generator:
-  return np.random.default_rng([seed, stream, class_id, index])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,6 +41,49 @@ class TrainingSetInfo:
   num_validation: int
   train_files: tuple[str, ...]
   validation_files: tuple[str, ...]
+
+
+def _training_records(
+  num_classes: int,
+  views_per_class: int,
+  image_size: int,
+  seed: int,
+  num_val: int,
+  jpeg_quality: int,
+) -> dict[str, list[bytes]]:
+  """{split: serialized Examples}: the last `num_val` views of every class are validation."""
+  records = {"train": [], "validation": []}
+  for scene in synthetic_scenes.make_scenes(num_classes, seed):
+    c = scene.class_id
+    for v in range(views_per_class):
+      image = synthetic_scenes.render_view(
+        scene,
+        synthetic_scenes.view_rng(seed, synthetic_scenes.TRAIN_STREAM, c, v),
+        image_size,
+        synthetic_scenes.TRAIN_VIEW,
+      )
+      image_id = f"synth_c{c:05d}_v{v:05d}"
+      example = gldv2.make_example(
+        image_id, image_codec.encode_jpeg(image, jpeg_quality), c, image_size, image_size
+      )
+      split = "validation" if v >= views_per_class - num_val else "train"
+      records[split].append(example.SerializeToString(deterministic=True))
+  return records
+
+
+def _write_shuffled_shards(
+  out_dir: str, records: dict[str, list[bytes]], num_shards: int, seed: int
+) -> dict[str, tuple[str, ...]]:
+  """Writes each split's records in a seeded random order; returns {split: shard paths}."""
+  os.makedirs(out_dir, exist_ok=True)
+  order_rng = np.random.default_rng([seed, synthetic_scenes.ORDER_STREAM])
+  files = {}
+  for split, serialized in records.items():
+    with gldv2.ShardedRecordWriter(os.path.join(out_dir, split), num_shards) as writer:
+      for i in order_rng.permutation(len(serialized)):
+        writer.write(serialized[i])
+    files[split] = tuple(writer.paths)
+  return files
 
 
 def write_training_set(
@@ -467,34 +116,14 @@ def write_training_set(
   Returns:
     A TrainingSetInfo.
   """
-  # Rendering worker processes import this module: TensorFlow loads only here, in the writer.
-  from dolg_tf.data import gldv2  # pylint: disable=g-import-not-at-top
-
   if views_per_class < 1:
     raise ValueError(f"views_per_class must be >= 1, got {views_per_class}")
   if not 0.0 <= validation_fraction < 1.0:
     raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
   start = time.monotonic()
   num_val = min(int(round(validation_fraction * views_per_class)), views_per_class - 1)
-  records = {"train": [], "validation": []}
-  for scene in make_scenes(num_classes, seed):
-    c = scene.class_id
-    for v in range(views_per_class):
-      image = render_view(scene, _view_rng(seed, _TRAIN_STREAM, c, v), image_size, TRAIN_VIEW)
-      image_id = f"synth_c{c:05d}_v{v:05d}"
-      example = gldv2.make_example(
-        image_id, image_codec.encode_jpeg(image, jpeg_quality), c, image_size, image_size
-      )
-      split = "validation" if v >= views_per_class - num_val else "train"
-      records[split].append(example.SerializeToString(deterministic=True))
-  os.makedirs(out_dir, exist_ok=True)
-  order_rng = np.random.default_rng([seed, _ORDER_STREAM])
-  files = {}
-  for split, serialized in records.items():
-    with gldv2.ShardedRecordWriter(os.path.join(out_dir, split), num_shards) as writer:
-      for i in order_rng.permutation(len(serialized)):
-        writer.write(serialized[i])
-    files[split] = tuple(writer.paths)
+  records = _training_records(num_classes, views_per_class, image_size, seed, num_val, jpeg_quality)
+  files = _write_shuffled_shards(out_dir, records, num_shards, seed)
   info = TrainingSetInfo(
     train_pattern=gldv2.shard_pattern(os.path.join(out_dir, "train")),
     validation_pattern=gldv2.shard_pattern(os.path.join(out_dir, "validation")),
@@ -581,6 +210,81 @@ def _db_kinds(db_per_class: int) -> list[str]:
   return ["easy"] * num_easy + ["hard"] * num_hard + ["junk"] * num_junk
 
 
+@dataclasses.dataclass
+class _BenchmarkLayout:
+  """Which view goes where: database (class, kind, view) and query (class, view) entries.
+
+  Entry i is named by position[i] in a shuffled order, so that database
+  indices say nothing about the class.
+  """
+
+  db: list[tuple[int, str, int]]
+  db_position: np.ndarray
+  queries: list[tuple[int, int]]
+  query_position: np.ndarray
+
+  @property
+  def imlist(self) -> list[str]:
+    return [f"db_{i:05d}" for i in range(len(self.db))]
+
+  @property
+  def qimlist(self) -> list[str]:
+    return [f"q_{i:05d}" for i in range(len(self.queries))]
+
+
+def _render_benchmark(
+  layout: _BenchmarkLayout,
+  scenes: list,
+  num_classes: int,
+  queries_per_class: int,
+  image_size: int,
+  seed: int,
+  write,
+) -> tuple[list[tuple[int, str]], list[str]]:
+  """Renders and writes every view, class by class (the canonical scene is cached).
+
+  Returns:
+    (database (class, kind) by position, labels.csv rows in name order).
+  """
+  kind_params = {
+    "easy": synthetic_scenes.EASY_VIEW,
+    "hard": synthetic_scenes.HARD_VIEW,
+    "junk": synthetic_scenes.JUNK_VIEW,
+  }
+  imlist, qimlist = layout.imlist, layout.qimlist
+  views_per_class = len(layout.db) // len(scenes)
+  db_by_position = [None] * len(layout.db)
+  rows = []
+  for (c, kind, v), pos in zip(layout.db, layout.db_position):
+    rng = synthetic_scenes.view_rng(seed, synthetic_scenes.DB_STREAM, c, v)
+    write(imlist[pos], synthetic_scenes.render_view(scenes[c], rng, image_size, kind_params[kind]))
+    db_by_position[pos] = (c, kind)
+    rows.append((int(pos), f"{imlist[pos]},db,{c},{kind if c < num_classes else 'distractor'}"))
+    if v == views_per_class - 1 and c < num_classes:  # the class's queries, while it is cached
+      for q in range(queries_per_class):
+        qpos = int(layout.query_position[c * queries_per_class + q])
+        rng = synthetic_scenes.view_rng(seed, synthetic_scenes.QUERY_STREAM, c, q)
+        write(
+          qimlist[qpos],
+          synthetic_scenes.render_view(scenes[c], rng, image_size, synthetic_scenes.QUERY_VIEW),
+        )
+        rows.append((len(layout.db) + qpos, f"{qimlist[qpos]},query,{c},query"))
+  return db_by_position, [row for _, row in sorted(rows)]
+
+
+def _ground_truth(
+  layout: _BenchmarkLayout, db_by_position: list[tuple[int, str]], image_size: int
+) -> list[dict]:
+  """gnd[i] of query i: the whole image as 'bbx', its class's 'easy'/'hard'/'junk' indices."""
+  gnd = [None] * len(layout.queries)
+  for (c, _), pos in zip(layout.queries, layout.query_position):
+    entry = {"bbx": [0.0, 0.0, float(image_size), float(image_size)]}
+    for kind in ("easy", "hard", "junk"):
+      entry[kind] = [j for j, (dc, dk) in enumerate(db_by_position) if dc == c and dk == kind]
+    gnd[pos] = entry
+  return gnd
+
+
 def write_retrieval_benchmark(
   out_dir: str,
   num_classes: int = 20,
@@ -628,51 +332,31 @@ def write_retrieval_benchmark(
   if num_distractor_classes is None:
     num_distractor_classes = max(2, num_classes // 2)
   start = time.monotonic()
-  scenes = make_scenes(num_classes + num_distractor_classes, seed)
-  kind_params = {"easy": EASY_VIEW, "hard": HARD_VIEW, "junk": JUNK_VIEW}
-  kinds = _db_kinds(db_per_class)
+  scenes = synthetic_scenes.make_scenes(num_classes + num_distractor_classes, seed)
   images_dir = os.path.join(out_dir, "jpg")
   os.makedirs(images_dir, exist_ok=True)
-  order_rng = np.random.default_rng([seed, _ORDER_STREAM, 1])
-
-  # Rendered class by class (the canonical scene is cached), named in a
-  # shuffled order so that database indices say nothing about the class.
-  db = [(s.class_id, kind, v) for s in scenes for v, kind in enumerate(kinds)]
+  order_rng = np.random.default_rng([seed, synthetic_scenes.ORDER_STREAM, 1])
+  db = [(s.class_id, kind, v) for s in scenes for v, kind in enumerate(_db_kinds(db_per_class))]
   db_position = np.argsort(order_rng.permutation(len(db)))
   queries = [(c, q) for c in range(num_classes) for q in range(queries_per_class)]
-  query_position = np.argsort(order_rng.permutation(len(queries)))
+  layout = _BenchmarkLayout(
+    db, db_position, queries, np.argsort(order_rng.permutation(len(queries)))
+  )
 
   def write(name: str, image: np.ndarray) -> None:
     file_utils.atomic_write_bytes(
       os.path.join(images_dir, name + ".jpg"), image_codec.encode_jpeg(image, jpeg_quality)
     )
 
-  imlist = [f"db_{i:05d}" for i in range(len(db))]
-  qimlist = [f"q_{i:05d}" for i in range(len(queries))]
-  db_by_position = [None] * len(db)
-  rows = []
-  for (c, kind, v), pos in zip(db, db_position):
-    rng = _view_rng(seed, _DB_STREAM, c, v)
-    write(imlist[pos], render_view(scenes[c], rng, image_size, kind_params[kind]))
-    db_by_position[pos] = (c, kind)
-    rows.append((int(pos), f"{imlist[pos]},db,{c},{kind if c < num_classes else 'distractor'}"))
-    if v == len(kinds) - 1 and c < num_classes:  # the class's queries, while it is cached
-      for q in range(queries_per_class):
-        qpos = int(query_position[c * queries_per_class + q])
-        rng = _view_rng(seed, _QUERY_STREAM, c, q)
-        write(qimlist[qpos], render_view(scenes[c], rng, image_size, QUERY_VIEW))
-        rows.append((len(db) + qpos, f"{qimlist[qpos]},query,{c},query"))
-  gnd = [None] * len(queries)
-  for (c, _), pos in zip(queries, query_position):
-    entry = {"bbx": [0.0, 0.0, float(image_size), float(image_size)]}
-    for kind in ("easy", "hard", "junk"):
-      entry[kind] = [j for j, (dc, dk) in enumerate(db_by_position) if dc == c and dk == kind]
-    gnd[pos] = entry
-  rows = [row for _, row in sorted(rows)]
+  db_by_position, rows = _render_benchmark(
+    layout, scenes, num_classes, queries_per_class, image_size, seed, write
+  )
   labels_path = os.path.join(out_dir, "labels.csv")
   file_utils.atomic_write_text(labels_path, "name,set,class,kind\n" + "\n".join(rows) + "\n")
   gnd_path = os.path.join(out_dir, GND_FILENAME)
+  imlist, qimlist = layout.imlist, layout.qimlist
   buffer = io.BytesIO()
+  gnd = _ground_truth(layout, db_by_position, image_size)
   pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, buffer, protocol=4)
   file_utils.atomic_write_bytes(gnd_path, buffer.getvalue())
   logging.info(
@@ -697,7 +381,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-  """Defines the binary's flags (only when run as a program, or in tests)."""
+  """Defines the command's flags (a second call is a no-op)."""
+  if "db_per_class" in flag_values:
+    return
   fv = {"flag_values": flag_values}
   flags.DEFINE_string("output_dir", None, "Output folder (tfrecords/ and benchmark/).", **fv)
   flags.DEFINE_integer("num_classes", 20, "Training classes.", **fv)
@@ -714,11 +400,16 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 def run_with_flags(flag_values: flags.FlagValues) -> int:
-  """Writes the training set and the benchmark; returns the exit status."""
+  """Writes the training set and the benchmark; returns 0.
+
+  Raises:
+    cli.UserError: a missing flag, a bad value or an unwritable output folder
+      (`cli.run` prints it as one line and exits with status 2).
+  """
   fv = flag_values
+  if not fv.output_dir:
+    raise cli.UserError("--output_dir is required")
   try:
-    if not fv.output_dir:
-      raise ValueError("--output_dir is required")
     train = write_training_set(
       os.path.join(fv.output_dir, "tfrecords"),
       num_classes=fv.num_classes,
@@ -738,8 +429,7 @@ def run_with_flags(flag_values: flags.FlagValues) -> int:
       num_distractor_classes=None if fv.num_distractor_classes < 0 else fv.num_distractor_classes,
     )
   except (OSError, ValueError) as e:
-    print(f"synthetic: error: {e}", file=sys.stderr)
-    return 2
+    raise cli.UserError(str(e)) from None
   print(f"train: {train.train_pattern} ({train.num_train} images, {train.num_classes} classes)")
   print(f"validation: {train.validation_pattern} ({train.num_validation} images)")
   print(f"benchmark: {bench.gnd_path} ({bench.num_queries} queries, {bench.num_db} database)")

@@ -76,7 +76,7 @@ def variants(gem_plus_ps, scale_gem_p):
     Variant(f"ReLU-up {superglobal.REFERENCE_RELU_UP:g}", relu_up=True),
     Variant(
       "all four (GeM+ 4.6, R-GeM, Scale-GeM inf, ReLU-up)",
-      gem_plus_p=superglobal.REFERENCE_GEM_P,
+      gem_plus_p=superglobal.REFERENCE_GEM_PLUS_P,
       regional_gem_weight=superglobal.REFERENCE_REGIONAL_GEM_WEIGHT,
       scale_pooling=ScalePooling.MAX,
       relu_up=True,

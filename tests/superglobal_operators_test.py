@@ -18,7 +18,7 @@ ScalePooling = config_io.DolgConfig.GlobalConfig
 SUPERGLOBAL_EXPORT = dataclasses.replace(
   testutil.SMALL_EXPORT_CONFIG, superglobal_gem_p=4.6, regional_gem_weight=0.5
 )
-OPTIONS = superglobal.TestTimeOptions(gem_p=4.6, regional_gem_weight=0.5)
+OPTIONS = superglobal.TestTimeOptions(gem_plus_p=4.6, regional_gem_weight=0.5)
 
 
 def _image(seed, height=64, width=48):

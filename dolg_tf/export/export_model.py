@@ -611,10 +611,10 @@ def serving_model(model, model_config: config_lib.ModelConfig, export_config):
   return twin
 
 
-def test_time_options(export_config, gem_p=None, regional_gem_weight=None):
+def test_time_options(export_config, gem_plus_p=None, regional_gem_weight=None):
   """The model's superglobal.TestTimeOptions of an export (values default to the config's)."""
   return superglobal.TestTimeOptions(
-    gem_p=export_config.superglobal_gem_p if gem_p is None else gem_p,
+    gem_plus_p=export_config.superglobal_gem_p if gem_plus_p is None else gem_plus_p,
     regional_gem_weight=(
       export_config.regional_gem_weight if regional_gem_weight is None else regional_gem_weight
     ),

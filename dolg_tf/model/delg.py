@@ -119,7 +119,7 @@ class DelgModel(base.RetrievalModel):
     """
     f3, f4 = self.features(images, training=training)
     f4 = superglobal.apply_regional_gem(f4, test_time)
-    pooled = self.pool(f4, p=superglobal.gem_p(test_time))
+    pooled = self.pool(f4, p=superglobal.gem_plus_p(test_time))
     global_embedding = self.whitening(pooled)
     descriptor = normalization.l2_normalize(global_embedding, axis=-1)
     if not return_intermediates:

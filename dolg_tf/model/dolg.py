@@ -89,7 +89,7 @@ class DolgModel(base.RetrievalModel):
     local_input = self.multi_atrous(f3) if self.multi_atrous is not None else f3
     f_l, attention = self.attention(local_input, training=training)
     f4 = superglobal.apply_regional_gem(f4, test_time)
-    f_g = tf.cast(self.fc_t(self.pool_g(f4, p=superglobal.gem_p(test_time))), tf.float32)
+    f_g = tf.cast(self.fc_t(self.pool_g(f4, p=superglobal.gem_plus_p(test_time))), tf.float32)
     f_o, f_l_orth = self.fusion(f_l, f_g, return_orthogonal=True)
     embedding = self.fc(f_o)
     descriptor = normalization.l2_normalize(embedding, axis=-1)

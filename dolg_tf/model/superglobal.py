@@ -5,7 +5,7 @@ Retrieval and Reranking", applied to the stage-4 map f4 of DOLG and DELG at
 inference (ReLU-up is the backbone's `relu_up`, see backbones.activation):
 
 - GeM+: GeM with a tuned exponent instead of the trained one
-  (`TestTimeOptions.gem_p`; SuperGlobal uses 4.6 for its CVNet backbone).
+  (`TestTimeOptions.gem_plus_p`; SuperGlobal uses 4.6 for its CVNet backbone).
 - Regional-GeM: f4 <- (1 - w) f4 + w lp(f4), where lp is LP pooling with
   exponent 2.5 over 5x5 windows at stride 1 on the reflect-padded map,
   normalised as a mean: lp(x) = (mean_window x^p)^(1/p). SuperGlobal's code
@@ -28,7 +28,7 @@ from typing import Any
 import tensorflow as tf
 
 # SuperGlobal's settings.
-REFERENCE_GEM_P = 4.6
+REFERENCE_GEM_PLUS_P = 4.6
 REFERENCE_REGIONAL_GEM_WEIGHT = 0.5
 REFERENCE_REGIONAL_GEM_P = 2.5
 REFERENCE_REGIONAL_GEM_SIZE = 5
@@ -40,13 +40,13 @@ class TestTimeOptions:
   """Inference-only options of the global branch (scalars or scalar tensors/variables).
 
   Attributes:
-    gem_p: GeM+ exponent; None or <= 0 keeps the trained one.
+    gem_plus_p: GeM+ exponent; None or <= 0 keeps the trained one.
     regional_gem_weight: Regional-GeM blend weight w in [0, 1]; None or 0 = off.
     regional_gem_p: LP-pooling exponent of Regional-GeM.
     regional_gem_size: its window side (odd).
   """
 
-  gem_p: Any = None
+  gem_plus_p: Any = None
   regional_gem_weight: Any = None
   regional_gem_p: float = REFERENCE_REGIONAL_GEM_P
   regional_gem_size: int = REFERENCE_REGIONAL_GEM_SIZE
@@ -94,6 +94,6 @@ def apply_regional_gem(f4, options: TestTimeOptions | None):
   return tf.cond(weight > 0, blended, lambda: tf.cast(f4, tf.float32))
 
 
-def gem_p(options: TestTimeOptions | None):
+def gem_plus_p(options: TestTimeOptions | None):
   """The GeM+ exponent of the options (None: the trained one)."""
-  return None if options is None else options.gem_p
+  return None if options is None else options.gem_plus_p

@@ -34,7 +34,7 @@ from google.protobuf import text_format
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.extraction import beam_pipeline, pipeline
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, descriptor_reading
@@ -78,7 +78,7 @@ def export_dolg(workdir: str) -> str:
   keras.utils.set_random_seed(0)
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)
-  model_dir = export_model.export_saved_model(
+  model_dir = versions.export_saved_model(
     builder.build_model(model_config, image_size=64),
     model_config,
     os.path.join(workdir, "export"),

@@ -39,7 +39,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import binarize, config_io, datum_io, feature_io
 from dolg_tf.model import builder
@@ -66,7 +66,7 @@ def bench_extraction() -> None:
   model_config = config_lib.delg_config()
   model = builder.build_model(model_config, image_size=FLAGS.image_size)
   with tempfile.TemporaryDirectory() as tmp:
-    export_dir = export_model.export_saved_model(model, model_config, os.path.join(tmp, "delg"))
+    export_dir = versions.export_saved_model(model, model_config, os.path.join(tmp, "delg"))
     scales = "\n".join(f"image_scales: {float(s)}" for s in FLAGS.scales)
     config = config_io.parse_dolg_config(
       f"{scales}\nuse_local_features: true\n"

@@ -131,7 +131,7 @@ def export_models(workdir: str):
     ({precision: export dir}, {precision: Keras model or None}).
   """
   from dolg_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-  from dolg_tf.export import export_model  # pylint: disable=g-import-not-at-top
+  from dolg_tf.export import serving_graph, versions  # pylint: disable=g-import-not-at-top
   from dolg_tf.keras_api import keras  # pylint: disable=g-import-not-at-top
   from dolg_tf.model import builder  # pylint: disable=g-import-not-at-top
 
@@ -153,14 +153,14 @@ def export_models(workdir: str):
     export_config = config_lib.ExportConfig(
       image_scales=(1.0,), precision=PRECISIONS[precision], freeze_weights=FLAGS.freeze_weights
     )
-    exports[precision] = export_model.export_saved_model(
+    exports[precision] = versions.export_saved_model(
       fp32,
       model_config,
       os.path.join(workdir, f"export_{precision}"),
       export_config=export_config,
     )
     models[precision] = (
-      export_model.serving_model(fp32, model_config, export_config) if FLAGS.xla else None
+      serving_graph.serving_model(fp32, model_config, export_config) if FLAGS.xla else None
     )
   logging.set_verbosity(verbosity)
   print(f"built and exported {'+'.join(exports)} DOLG-R{FLAGS.depth} in {time.time() - start:.0f}s")

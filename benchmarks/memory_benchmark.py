@@ -33,7 +33,7 @@ from google.protobuf import text_format
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.io import config_io
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder
@@ -81,7 +81,7 @@ def write_ordinary(folder: str, count: int, width: int) -> None:
 def export_config_file(workdir: str) -> str:
   model_config = config_lib.ModelConfig(backbone_depth=FLAGS.depth, backbone_layout="pycls")
   keras.utils.set_random_seed(0)
-  model_dir = export_model.export_saved_model(
+  model_dir = versions.export_saved_model(
     builder.build_model(model_config, image_size=64),
     model_config,
     os.path.join(workdir, "export"),

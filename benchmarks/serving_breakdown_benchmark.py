@@ -49,7 +49,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 from benchmarks import interleaved  # noqa: E402
 from dolg_tf import config as config_lib  # noqa: E402
-from dolg_tf.export import export_model  # noqa: E402
+from dolg_tf.export import serving_graph, versions  # noqa: E402
 from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
 from dolg_tf.extraction import pipeline  # noqa: E402
 from dolg_tf.io import config_io, savedmodel_contract  # noqa: E402
@@ -259,14 +259,14 @@ def main(argv):
   )
   # The Keras model as trained (batch norms not folded), at the export's precision.
   unfolded_config = dataclasses.replace(export_config, fold_batch_norms=False)
-  model = export_model.serving_model(fp32, model_config, unfolded_config)
-  export_dir = export_model.export_saved_model(
+  model = serving_graph.serving_model(fp32, model_config, unfolded_config)
+  export_dir = versions.export_saved_model(
     fp32, model_config, os.path.join(workdir, "export"), export_config=export_config
   )
-  unfolded_dir = export_model.export_saved_model(
+  unfolded_dir = versions.export_saved_model(
     fp32, model_config, os.path.join(workdir, "export_unfolded"), export_config=unfolded_config
   )
-  frozen_dir = export_model.export_saved_model(
+  frozen_dir = versions.export_saved_model(
     fp32,
     model_config,
     os.path.join(workdir, "export_frozen"),

@@ -32,7 +32,7 @@ from google.protobuf import text_format
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dolg_tf.export import export_model  # noqa: E402
+from dolg_tf.export import versions  # noqa: E402
 from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
 from dolg_tf.extraction import pipeline  # noqa: E402
 from dolg_tf.io import config_io, datum_io  # noqa: E402
@@ -87,10 +87,10 @@ def variants(gem_plus_ps, scale_gem_p):
 
 def export_once(workdir, base, overrides=None):
   """The demo's latest checkpoint exported (once) to `base`, with config overrides."""
-  versions = sorted(int(v) for v in os.listdir(base) if v.isdigit()) if os.path.isdir(base) else []
-  if versions:
-    return os.path.join(base, str(versions[-1]))
-  return export_model.export_from_checkpoint(workdir, export_base=base, export_overrides=overrides)
+  existing = sorted(int(v) for v in os.listdir(base) if v.isdigit()) if os.path.isdir(base) else []
+  if existing:
+    return os.path.join(base, str(existing[-1]))
+  return versions.export_from_checkpoint(workdir, export_base=base, export_overrides=overrides)
 
 
 def extraction_config(workdir, variant, model_path, path, scale_gem_p):

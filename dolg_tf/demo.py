@@ -36,7 +36,7 @@ from google.protobuf import text_format
 from dolg_tf import config as config_lib
 from dolg_tf import experiments, protos, run_layout
 from dolg_tf.data import synthetic
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import pipeline
 from dolg_tf.io import config_io
@@ -159,7 +159,7 @@ def export_untrained(layout: run_layout.RunLayout) -> str:
   config = config_lib.load_config(layout.config)
   keras.utils.set_random_seed(config.train.seed)
   model = builder.build_model(config.model, image_size=64)
-  return export_model.export_saved_model(model, config.model, base, export_config=config.export)
+  return versions.export_saved_model(model, config.model, base, export_config=config.export)
 
 
 def extraction_config(model_path: str, path: str):

@@ -40,7 +40,7 @@ from absl import flags, logging
 from dolg_tf import config as config_lib
 from dolg_tf import experiments, run_layout
 from dolg_tf.data import input_pipeline, synthetic
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.model import checkpoint_restore
 from dolg_tf.training import trainer as trainer_lib
 from dolg_tf.utils import cli, dir_lock
@@ -271,7 +271,7 @@ def main(argv):
     reason = run_layout.write_failure(e)
     if reason is None or isinstance(e, cli.UserError):
       raise
-    if isinstance(e, trainer_lib.WriteError | export_model.ExportError):
+    if isinstance(e, trainer_lib.WriteError | versions.ExportError):
       raise cli.UserError(str(e)) from None
     raise cli.UserError(
       f"--logdir {layout.root}: cannot write ({reason}): {first_line(e)}"
@@ -326,14 +326,14 @@ def _train(
       sys.exit(EXIT_PREEMPTED)
   if config.train.export_at_end and trainer.is_chief:
     try:
-      export_dir = export_model.export_saved_model(
+      export_dir = versions.export_saved_model(
         trainer.model,
         config.model,
         layout.export,
         export_config=config.export,
         source=f"checkpoint {trainer.manager.latest_checkpoint}",
       )
-    except (export_model.ExportError, FileExistsError) as e:
+    except (versions.ExportError, FileExistsError) as e:
       raise cli.UserError(str(e)) from None
     print(f"SavedModel: {export_dir}")
   print(f"Checkpoints: {layout.checkpoints}")

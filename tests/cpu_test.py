@@ -7,7 +7,7 @@ from unittest import mock
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.io import savedmodel_contract
 from dolg_tf.utils import cpu
 from tests import testutil
@@ -40,7 +40,7 @@ class CpuTest(tf.test.TestCase):
     config = config_lib.ExportConfig(max_image_size=80, image_scales=(1.0,), precision="auto")
     base = self.create_tempdir().full_path
     with mock.patch.object(cpu, "has_native_bfloat16", return_value=False):
-      export_dir = export_model.export_saved_model(
+      export_dir = versions.export_saved_model(
         testutil.tiny_model("dolg"), testutil.TINY_DOLG, base, export_config=config
       )
     with open(os.path.join(export_dir, savedmodel_contract.CONFIG_ASSET)) as f:

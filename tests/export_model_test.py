@@ -12,7 +12,7 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.io import savedmodel_contract
 from dolg_tf.model import checkpoint_restore
 from tests import testutil
@@ -56,10 +56,10 @@ class ExportModelTest(tf.test.TestCase):
       os.path.join(self.export_dir, savedmodel_contract.CONFIG_ASSET)
     )
     self.assertEqual(config, TINY)
-    self.assertEqual(export_model.next_version(self.base), 2)
+    self.assertEqual(versions.next_version(self.base), 2)
     self.assertEqual([d for d in os.listdir(self.base) if d.startswith(".tmp")], [])
     with self.assertRaises(FileExistsError):
-      export_model.export_saved_model(self.model, TINY, self.base, version=1)
+      versions.export_saved_model(self.model, TINY, self.base, version=1)
 
   def test_serving_default_matches_project_descriptors(self):
     image = _image(45, 62, 0)
@@ -192,18 +192,18 @@ class ExportFolderTest(tf.test.TestCase):
 
   def test_temp_folders_of_dead_exports_are_removed_and_live_ones_kept(self):
     base = self.create_tempdir().full_path
-    dead = export_model.temp_export_dir(base, 1, pid=self._dead_pid())
-    live = export_model.temp_export_dir(base, 2, pid=os.getppid())
+    dead = versions.temp_export_dir(base, 1, pid=self._dead_pid())
+    live = versions.temp_export_dir(base, 2, pid=os.getppid())
     other = os.path.join(base, ".tmp-notes")
     for folder in (dead, live, other):
       os.makedirs(os.path.join(folder, "variables"))
-    export_dir = export_model.export_saved_model(
+    export_dir = versions.export_saved_model(
       testutil.tiny_model("dolg"), TINY, base, export_config=EXPORT_CONFIG
     )
     self.assertEqual(export_dir, os.path.join(base, "1"))
     self.assertCountEqual(os.listdir(base), ["1", os.path.basename(live), ".tmp-notes"])
-    self.assertEqual(export_model.remove_stale_exports(base), [])
-    self.assertEqual(export_model.remove_stale_exports(os.path.join(base, "none")), [])
+    self.assertEqual(versions.remove_stale_exports(base), [])
+    self.assertEqual(versions.remove_stale_exports(os.path.join(base, "none")), [])
 
   def test_a_failed_export_leaves_no_folder(self):
     base = self.create_tempdir().full_path
@@ -216,7 +216,7 @@ class ExportFolderTest(tf.test.TestCase):
     tf.saved_model.save = failing_save
     try:
       with self.assertRaisesRegex(OSError, "disk full"):
-        export_model.export_saved_model(
+        versions.export_saved_model(
           testutil.tiny_model("dolg"), TINY, base, export_config=EXPORT_CONFIG
         )
     finally:
@@ -234,11 +234,11 @@ class ExportFolderTest(tf.test.TestCase):
     with self.assertRaisesRegex(
       checkpoint_restore.CheckpointMismatchError, f"checkpoint {prefix} does not fit the model"
     ):
-      export_model.export_from_checkpoint(logdir)
+      versions.export_from_checkpoint(logdir)
     with self.assertRaisesRegex(FileNotFoundError, f"--checkpoint: no checkpoint {logdir}/nope"):
-      export_model.export_from_checkpoint(logdir, checkpoint=f"{logdir}/nope")
+      versions.export_from_checkpoint(logdir, checkpoint=f"{logdir}/nope")
     with self.assertRaisesRegex(FileNotFoundError, f"--logdir: no run folder {logdir}/x"):
-      export_model.export_from_checkpoint(f"{logdir}/x")
+      versions.export_from_checkpoint(f"{logdir}/x")
     self.assertFalse(os.path.exists(os.path.join(logdir, "export")))
 
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
+from dolg_tf.export import serving_graph
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import savedmodel_contract
 from dolg_tf.keras_api import keras
@@ -80,7 +80,7 @@ class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
     model = testutil.tiny_model(name)
     model_config = testutil.TINY_DOLG if name == "dolg" else testutil.TINY_DELG
     export_config = config_lib.ExportConfig(precision=precision)
-    twin = export_model.serving_model(model, model_config, export_config)
+    twin = serving_graph.serving_model(model, model_config, export_config)
     want_policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
     self.assertEqual(twin.dtype_policy.name, want_policy)
     self.assertEqual(keras.mixed_precision.global_policy().name, "float32")
@@ -95,9 +95,9 @@ class ExportPrecisionTest(parameterized.TestCase, tf.test.TestCase):
       self.assertAllGreater(tf.reduce_sum(want * got, axis=-1), 0.999)
     unfolded = dataclasses.replace(export_config, fold_batch_norms=False)
     if precision == "float32":
-      self.assertIs(export_model.serving_model(model, model_config, unfolded), model)
+      self.assertIs(serving_graph.serving_model(model, model_config, unfolded), model)
     else:
-      twin = export_model.serving_model(model, model_config, unfolded)
+      twin = serving_graph.serving_model(model, model_config, unfolded)
       self.assertFalse(any(bn.folded for _, bn in twin.backbone.conv_bn_pairs()))
       for mine, theirs in zip(model.get_weights(), twin.get_weights()):
         self.assertAllEqual(mine, theirs)

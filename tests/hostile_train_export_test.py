@@ -30,7 +30,7 @@ from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
 from dolg_tf.convert import official_dolg
 from dolg_tf.data import synthetic
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, checkpoint_restore
 from dolg_tf.training import trainer
@@ -188,8 +188,8 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
     # Mounting not permitted: the same failure injected into the SavedModel writer.
     module, name = (tf.saved_model, "save") if reason == "disk full" else (tf.io.gfile, "makedirs")
     with mock.patch.object(module, name, side_effect=DISK_ERRORS[reason](base)):
-      with self.assertRaisesRegex(export_model.ExportError, f"cannot write the export \\({reason}"):
-        export_model.export_from_checkpoint(self.run_dir, export_base=base)
+      with self.assertRaisesRegex(versions.ExportError, f"cannot write the export \\({reason}"):
+        versions.export_from_checkpoint(self.run_dir, export_base=base)
     self.assertFalse(os.path.exists(base))
 
   def test_training_on_a_full_disk_keeps_the_earlier_checkpoints_and_resumes(self):
@@ -402,7 +402,7 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
     holder = f"pid {os.getpid()} on {re.escape(HOST)}"
     with (
       dir_lock.DirLock(run_layout.RunLayout(logdir).lock),
-      dir_lock.DirLock(os.path.join(export_base, export_model.EXPORT_LOCK_FILE)),
+      dir_lock.DirLock(os.path.join(export_base, versions.EXPORT_LOCK_FILE)),
     ):
       self._run_cases(
         {
@@ -501,12 +501,12 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
       variable.assign(tf.zeros(variable.shape, variable.dtype))
     base = os.path.join(self.create_tempdir().full_path, "export")
     with self.assertRaisesRegex(
-      export_model.ExportError, r"^ckpt-0: the model's global descriptor .* degenerate \(all 16"
+      versions.ExportError, r"^ckpt-0: the model's global descriptor .* degenerate \(all 16"
     ):
-      export_model.export_saved_model(model, TINY, base, source="ckpt-0")
+      versions.export_saved_model(model, TINY, base, source="ckpt-0")
     self.assertFalse(os.path.exists(base))
-    self.assertIsNone(export_model.probe_problem(np.eye(1, 16)[0]))
-    self.assertRegex(export_model.probe_problem(np.full(16, 1e-9)), r"L2 norm is 4e-09, not 1")
+    self.assertIsNone(versions.probe_problem(np.eye(1, 16)[0]))
+    self.assertRegex(versions.probe_problem(np.full(16, 1e-9)), r"L2 norm is 4e-09, not 1")
 
 
 if __name__ == "__main__":

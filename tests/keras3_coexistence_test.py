@@ -39,7 +39,7 @@ if keras3:
 
 from dolg_tf import config as config_lib, run_layout
 from dolg_tf.data import synthetic
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.keras_api import keras as dolg_keras
 from dolg_tf.model import builder
 from dolg_tf.training import trainer
@@ -66,10 +66,10 @@ experiment = config_lib.ExperimentConfig(
 logdir = os.path.join(work, "run")
 run = trainer.Trainer(experiment, run_layout.RunLayout(logdir))
 run.train()
-export = export_model.export_saved_model(
+export = versions.export_saved_model(
   run.model, tiny, os.path.join(work, "export"), export_config=experiment.export
 )
-reexport = export_model.export_from_checkpoint(logdir, export_base=os.path.join(work, "reexport"))
+reexport = versions.export_from_checkpoint(logdir, export_base=os.path.join(work, "reexport"))
 image = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
 descriptors = []
 for folder in (export, reexport):

@@ -22,7 +22,7 @@ import tempfile
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder
 
@@ -118,7 +118,7 @@ def tiny_export(name: str = "dolg", **export_kwargs) -> str:
 
   Args:
     name: 'dolg' or 'delg'.
-    **export_kwargs: passed to export_model.export_saved_model (e.g. the export
+    **export_kwargs: passed to versions.export_saved_model (e.g. the export
       settings); none gives the library's defaults.
 
   Returns:
@@ -127,7 +127,7 @@ def tiny_export(name: str = "dolg", **export_kwargs) -> str:
   key = (name, repr(sorted(export_kwargs.items())))
   if key not in _EXPORTS:
     base = tempfile.mkdtemp(prefix=f"{name}_export_", dir=temp_root())
-    _EXPORTS[key] = export_model.export_saved_model(
+    _EXPORTS[key] = versions.export_saved_model(
       tiny_model(name), _config(name), base, **export_kwargs
     )
   return _EXPORTS[key]

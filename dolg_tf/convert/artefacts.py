@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
-from dolg_tf.export import export_model
+from dolg_tf.export import versions
 
 
 def check_output_dir(output_dir: str) -> str:
@@ -48,7 +48,7 @@ def write_artefacts(
     write_extra: called as write_extra(tmp_dir, final_export_path) before the
       rename, to add files; returns {name: path under tmp_dir} to report.
     source: the converted checkpoint, named if its model is degenerate
-      (export_model.check_probe_descriptor).
+      (versions.check_probe_descriptor).
 
   Returns:
     Paths: 'model_config', 'checkpoint' (prefix), 'export', and write_extra's.
@@ -90,7 +90,7 @@ def _write(converted, output_dir, tmp_dir, export_config, write_extra, source):
       tf.train.Checkpoint(**objects), layout.checkpoints, max_to_keep=1
     )
     checkpoint_prefix = manager.save(checkpoint_number=1)
-    export_dir = export_model.export_saved_model(
+    export_dir = versions.export_saved_model(
       converted.model,
       converted.config,
       layout.export,

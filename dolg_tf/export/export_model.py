@@ -1,719 +1,75 @@
-"""Exports DOLG/DELG models as self-contained SavedModels in TF Serving's layout.
+"""`dolg-export --logdir=runs/demo`: exports a training run's checkpoint for TF Serving.
 
-`<export_base>/<version>/` holds a SavedModel with these signatures (all
-`tensorflow/serving/predict`):
-
-- `serving_default` (DELF-style, one image):
-    inputs  `input_image` uint8 [H, W, 3], `input_scales` float32 [S],
-            `input_global_scales_ind` int32 [G] (which scales are pooled)
-    outputs `global_descriptors` float32 [S, D] (per-scale, L2-normalised),
-            `global_descriptor` float32 [D] (the selected scales' descriptors
-            averaged and L2-normalised: the official DOLG test-time pooling).
-- `serve_encoded` (batch of encoded images, as a REST client sends base64):
-    inputs  `images` string [B] (JPEG/PNG/GIF/BMP bytes)
-    outputs `global_descriptor` float32 [B, D]
-  decoding, resizing so the longest side is at most `max_image_size`, the
-  pyramid over the export's `image_scales` and pooling run inside the graph.
-- `serve_global_batch` (batched extraction, e.g. on an accelerator): as
-  `serving_default` for `input_images` uint8 [B, H, W, 3], B images of one
-  size; outputs [B, S, D] and [B, D]. Per image it computes what
-  `serving_default` computes (one code path: the single-image signatures run
-  it on a batch of one).
-
-DELG exports (`model_config.name == "delg"`) use DELF's local+global
-signature as `serving_default` (see DelgServingModule), keep the global-only
-one as `serve_global`, and add `serve_local_batch`: the local+global outputs
-of B same-size images, per-feature outputs padded to [B, K, ...] with
-`num_features` [B] valid rows each.
-
-The image at scale s is resized (bilinear, half-pixel centres, as cv2's
-INTER_LINEAR and DELF's tf.image.resize) to round(s * H) x round(s * W). The
-rounding follows each model's reference code: DOLG exports compute s * H as the
-official evaluation does (Python floats: the float32 scale is first snapped to
-its 6-decimal value, e.g. 0.3535, then multiplied in float64), DELG exports as
-DELF does (float32 product), so at the rare sizes where the two products fall
-on opposite sides of .5 each matches its own reference. DELG's `scales` output
-holds 1 / s, DELF's convention (`savedmodel_contract.INTERFACE_VERSION` 2). Nothing of
-this project is needed to load the export: only TensorFlow.
-`assets.extra/config.json` records the model and export configs (dolg_tf.config),
-which extraction takes its defaults from.
-
-A version is written as `<export_base>/.tmp-<version>-<pid>` and renamed; a
-failed export removes its folder, and one killed (SIGKILL, power loss) leaves
-it behind hidden from TF Serving: the next export on the machine removes every
-such folder whose process is gone (`remove_stale_exports`). One export at a
-time per `<export_base>`: a second is refused naming the first's pid and host
-(an fcntl.flock on `<export_base>/.dolg_export.lock`, dolg_tf.utils.dir_lock).
-A full or read-only disk, a negative version, or a model whose descriptor of a
-fixed test image is all zero or not finite (`check_probe_descriptor`) is an
-ExportError naming the folder or the checkpoint, and leaves no version behind.
+The command only turns flags into one call of `versions.export_from_checkpoint`:
+the run's config.json, `--params_override`, then one flag per field of the
+export section (`--image_scales`, `--max_image_size`, `--precision`, ...,
+generated from config.ExportConfig) give the export config; the SavedModel
+(serving_graph) is written as the next version folder of `--export_base`
+(default `<logdir>/export`, see versions).
 """
 
-import contextlib
-import dataclasses
-import errno
-import functools
-import os
-import re
-
-import numpy as np
-import tensorflow as tf
-from absl import flags, logging
-from tensorflow.python.framework import convert_to_constants
+from absl import flags
 
 from dolg_tf import config as config_lib
-from dolg_tf import run_layout
-from dolg_tf.io import savedmodel_contract
-from dolg_tf.keras_api import keras
-from dolg_tf.model import builder, checkpoint_restore, normalization, superglobal
-from dolg_tf.utils import cli, cpu, dir_lock
-
-# The lock file of an export base (dolg_tf.utils.dir_lock); TF Serving ignores files.
-EXPORT_LOCK_FILE = ".dolg_export.lock"
-# The side of the fixed test image whose descriptor every export checks.
-PROBE_IMAGE_SIZE = 64
-
-
-class ExportError(ValueError):
-  """An export that cannot be written or would be useless; the message names the folder."""
-
-
-def frozen_forward(model, **call_kwargs):
-  """`model(x, training=False, **call_kwargs)` for float32 [B, H, W, 3], weights as constants.
-
-  With export.freeze_weights the serving graph calls this instead of the
-  Keras model: with constant weights oneDNN keeps its reordered weights
-  between calls, and the served DOLG-R101 forward is ~15% faster than the
-  variable-based one (benchmarks/serving_breakdown_benchmark.py). The price
-  is memory: TensorFlow copies the constants into every graph it builds from
-  the function, so loading and first calls peak at several GB more. The
-  SavedModel then holds the weights inside this function and no variables.
-  """
-  forward = tf.function(lambda x: model(x, training=False, **call_kwargs))
-  concrete = forward.get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.float32))
-  frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
-  structure = concrete.structured_outputs
-
-  def call(images):
-    return tf.nest.pack_sequence_as(structure, frozen(images), expand_composites=True)
-
-  return call
-
-
-class ServingModule(tf.Module):
-  """Wraps a descriptor model with the serving signatures."""
-
-  # How s * H is rounded (see the module docstring): "official" (DOLG) or "delf".
-  SIZE_ROUNDING = "official"
-  # What the serving graph calls the model with (besides training=False).
-  MODEL_CALL_KWARGS = {}
-
-  def __init__(
-    self,
-    model,
-    max_image_size=1024,
-    image_scales=savedmodel_contract.PYRAMID_PRESETS["delf_3"],
-    freeze_weights=False,
-    jit_compile=False,
-    export_config=None,
-  ):
-    super().__init__(name="dolg_serving")
-    export_config = export_config or config_lib.ExportConfig()
-    # The SavedModel needs the model's variables (or the frozen forward), not the
-    # Keras object: tracking the model would make tf.saved_model.save trace every
-    # layer's call (about 5 s per export of even a tiny model, 7x the save
-    # itself, and 1.7 s more per load), for functions nothing serves.
-    self.__dict__["model"] = model
-    if freeze_weights:
-      test_time = test_time_options(export_config)
-      call_kwargs = dict(self.MODEL_CALL_KWARGS, test_time=test_time)
-      self.__dict__["_forward"] = frozen_forward(model, **call_kwargs)
-    else:
-      self.model_variables = list(model.variables)
-      # Variables, so that extraction can switch GeM+ and Regional-GeM (see Extractor).
-      self.superglobal_gem_p = tf.Variable(
-        float(export_config.superglobal_gem_p), trainable=False, dtype=tf.float32
-      )
-      self.regional_gem_weight = tf.Variable(
-        float(export_config.regional_gem_weight), trainable=False, dtype=tf.float32
-      )
-      test_time = test_time_options(export_config, self.superglobal_gem_p, self.regional_gem_weight)
-      call_kwargs = dict(self.MODEL_CALL_KWARGS, test_time=test_time)
-      self.__dict__["_forward"] = functools.partial(model, training=False, **call_kwargs)
-    self.scale_pooling = export_config.scale_pooling
-    if jit_compile:
-      self.__dict__["_forward"] = tf.function(self._forward, jit_compile=True)
-    self.max_image_size = int(max_image_size)
-    self.image_scales = tuple(float(s) for s in image_scales)
-
-  def _scaled_size(self, size, scale):
-    """round(scale * size) of an int32 [H, W] size, at least 1, as the model's reference code."""
-    if self.SIZE_ROUNDING == "official":
-      size = tf.cast(size, tf.float64)
-      scale = tf.round(tf.cast(scale, tf.float64) * 1e6) / 1e6
-    else:
-      size = tf.cast(size, tf.float32)
-    # tf.round rounds half to even, like Python's round().
-    return tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
-
-  def _resize_batch(self, images, scale):
-    """float32 [B, H, W, 3] images of one size resized to round(scale * [H, W])."""
-    size = tf.shape(images)[1:3]
-    new_size = self._scaled_size(size, scale)
-    # Bilinear resizing (half-pixel centres) to the same size is the identity: skip it.
-    return tf.cond(
-      tf.reduce_all(tf.equal(new_size, size)),
-      lambda: images,
-      lambda: tf.image.resize(images, new_size, method="bilinear"),
-    )
-
-  def _describe(self, images, scales):
-    """Per-scale descriptors [B, S, D] of float32 [B, H, W, 3] images of one size."""
-
-    def one_scale(scale):
-      return self._global_descriptor(self._forward(self._resize_batch(images, scale)))
-
-    per_scale = tf.map_fn(
-      one_scale,
-      scales,
-      fn_output_signature=tf.TensorSpec([None, None], tf.float32),
-      parallel_iterations=1,
-    )
-    return tf.transpose(per_scale, [1, 0, 2])
-
-  @staticmethod
-  def _global_descriptor(outputs):
-    """The global descriptor among the model's outputs."""
-    return outputs
-
-  def _pool(self, descriptors, scale_indices):
-    """The selected scales of [..., S, D] descriptors pooled and L2-normalised: [..., D].
-
-    export.scale_pooling "average": each scale L2-normalised, averaged (official
-    DOLG); "max": their elementwise maximum (SuperGlobal's Scale-GeM, p = inf).
-    """
-    selected = normalization.l2_normalize(tf.gather(descriptors, scale_indices, axis=-2))
-    reduce = tf.reduce_max if self.scale_pooling == "max" else tf.reduce_mean
-    return normalization.l2_normalize(reduce(selected, axis=-2))
-
-  def _global_outputs(self, images, scales, global_scales_ind):
-    descriptors = self._describe(tf.cast(images, tf.float32), scales)
-    return {
-      savedmodel_contract.GLOBAL_DESCRIPTORS: descriptors,
-      savedmodel_contract.GLOBAL_DESCRIPTOR: self._pool(descriptors, global_scales_ind),
-    }
-
-  @tf.function(
-    input_signature=[
-      tf.TensorSpec([None, None, 3], tf.uint8, name=savedmodel_contract.INPUT_IMAGE),
-      tf.TensorSpec([None], tf.float32, name=savedmodel_contract.INPUT_SCALES),
-      tf.TensorSpec([None], tf.int32, name=savedmodel_contract.INPUT_GLOBAL_SCALES_IND),
-    ]
-  )
-  def serve(self, input_image, input_scales, input_global_scales_ind):
-    outputs = self._global_outputs(input_image[None], input_scales, input_global_scales_ind)
-    return {name: value[0] for name, value in outputs.items()}
-
-  @tf.function(
-    input_signature=[
-      tf.TensorSpec([None, None, None, 3], tf.uint8, name=savedmodel_contract.INPUT_IMAGES),
-      tf.TensorSpec([None], tf.float32, name=savedmodel_contract.INPUT_SCALES),
-      tf.TensorSpec([None], tf.int32, name=savedmodel_contract.INPUT_GLOBAL_SCALES_IND),
-    ]
-  )
-  def serve_batch(self, input_images, input_scales, input_global_scales_ind):
-    return self._global_outputs(input_images, input_scales, input_global_scales_ind)
-
-  def _resize_to_max(self, image):
-    if self.max_image_size <= 0:  # -1: no limit
-      return image
-    size = tf.cast(tf.shape(image)[:2], tf.float32)
-    factor = tf.minimum(1.0, self.max_image_size / tf.reduce_max(size))
-    new_size = tf.maximum(tf.cast(tf.round(size * factor), tf.int32), 1)
-    return tf.image.resize(image, new_size, method="bilinear")
-
-  @tf.function(
-    input_signature=[
-      tf.TensorSpec([None], tf.string, name=savedmodel_contract.INPUT_ENCODED_IMAGES)
-    ]
-  )
-  def serve_encoded(self, images):
-    scales = tf.constant(self.image_scales, tf.float32)
-    all_scales = tf.range(tf.size(scales))
-
-    def one_image(encoded):
-      image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-      image = self._resize_to_max(tf.cast(image, tf.float32))
-      image.set_shape([None, None, 3])
-      return self._pool(self._describe(image[None], scales)[0], all_scales)
-
-    return {
-      savedmodel_contract.GLOBAL_DESCRIPTOR: tf.map_fn(
-        one_image, images, fn_output_signature=tf.TensorSpec([None], tf.float32)
-      )
-    }
-
-
-class DelgServingModule(ServingModule):
-  """DELG export: DELF's local+global signature as `serving_default`.
-
-  inputs  `input_image` uint8 [H, W, 3], `input_scales` float32 [S],
-          `input_max_feature_num` int32 [], `input_abs_thres` float32 [],
-          `input_global_scales_ind` int32 [G]
-  outputs `boxes` [N, 4] (y1, x1, y2, x2 receptive boxes in input-image
-          pixels), `features` [N, d] (the autoencoder's reduced features, not
-          yet normalised: the extractor L2-normalises and applies PCA, as DELF),
-          `scales` [N] (1 / s for a feature found at pyramid scale s, DELF's
-          convention), `scores` [N] (attention), `global_descriptors` [G, D]
-          (per selected scale, L2-normalised), `global_descriptor` [D] (pooled).
-  Keypoints are the features whose attention >= input_abs_thres over all
-  scales, the `input_max_feature_num` strongest kept.
-  """
-
-  SIZE_ROUNDING = "delf"
-  # One frozen graph serves both the global and the local signatures.
-  MODEL_CALL_KWARGS = {"return_intermediates": True}
-
-  def __init__(self, model, *args, **kwargs):
-    super().__init__(model, *args, **kwargs)
-    self.rf_size, self.rf_stride, self.rf_padding = model.receptive_field()
-
-  @staticmethod
-  def _global_descriptor(outputs):
-    return outputs["descriptor"]
-
-  def _local_outputs(self, images, scales, max_feature_num, abs_thres, global_scales_ind):
-    """DELG's outputs for uint8 [B, H, W, 3] images of one size, per-feature ones padded.
-
-    Per image, the features of every scale whose attention >= abs_thres, the
-    `max_feature_num` strongest first (ties: the earlier scale, then row-major
-    grid order). Rows past NUM_FEATURES[b] of the [B, K, ...] outputs are
-    padding (K = min(max_feature_num, grid positions of all scales)).
-    """
-    images = tf.cast(images, tf.float32)
-    batch = tf.shape(images)[0]
-    num_scales = tf.size(scales)
-    reduced_dim = self.model.autoencoder.reduced_dim
-    # Per scale: boxes [n, 4] and scales [n] (shared by the batch), features
-    # [n, B, d] and masked scores [n, B] (the TensorArrays concatenate along n).
-    arrays = [tf.TensorArray(tf.float32, size=num_scales, infer_shape=False) for _ in range(4)]
-    descriptors = tf.TensorArray(tf.float32, size=num_scales)
-    for i in tf.range(num_scales):
-      scale = scales[i]
-      out = self._forward(self._resize_batch(images, scale))
-      attention = out["attention"][..., 0]  # [B, h, w]
-      height, width = tf.shape(attention)[1], tf.shape(attention)[2]
-      rows, cols = tf.meshgrid(tf.range(height), tf.range(width), indexing="ij")
-      grid = tf.cast(tf.reshape(tf.stack([rows, cols], axis=-1), [-1, 2]), tf.float32)  # (y, x)
-      # Receptive boxes at this scale, mapped back to input-image pixels.
-      top_left = grid * self.rf_stride - self.rf_padding
-      boxes = tf.concat([top_left, top_left + self.rf_size - 1], axis=1) / scale
-      flat_attention = tf.reshape(attention, [batch, -1])
-      masked = tf.where(flat_attention >= abs_thres, flat_attention, -float("inf"))
-      features = tf.reshape(out["reduced_features"], [batch, -1, reduced_dim])
-      arrays[0] = arrays[0].write(i, boxes)
-      arrays[1] = arrays[1].write(i, tf.transpose(features, [1, 0, 2]))
-      arrays[2] = arrays[2].write(i, tf.fill([tf.shape(grid)[0]], 1.0 / scale))
-      arrays[3] = arrays[3].write(i, tf.transpose(masked))
-      descriptors = descriptors.write(i, out["descriptor"])
-    boxes = tf.reshape(arrays[0].concat(), [-1, 4])
-    features = tf.transpose(tf.reshape(arrays[1].concat(), [-1, batch, reduced_dim]), [1, 0, 2])
-    feature_scales = arrays[2].concat()
-    scores = tf.transpose(tf.reshape(arrays[3].concat(), [-1, batch]))  # [B, N]
-    top = tf.math.top_k(scores, tf.minimum(max_feature_num, tf.shape(scores)[1]))
-    valid = top.values > -float("inf")
-    global_descriptors = tf.gather(
-      tf.transpose(descriptors.stack(), [1, 0, 2]), global_scales_ind, axis=1
-    )
-    return {
-      savedmodel_contract.BOXES: tf.gather(boxes, top.indices),
-      savedmodel_contract.FEATURES: tf.gather(features, top.indices, batch_dims=1),
-      savedmodel_contract.SCALES: tf.gather(feature_scales, top.indices),
-      savedmodel_contract.SCORES: tf.where(valid, top.values, 0.0),
-      savedmodel_contract.NUM_FEATURES: tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
-      savedmodel_contract.GLOBAL_DESCRIPTORS: global_descriptors,
-      savedmodel_contract.GLOBAL_DESCRIPTOR: self._pool(
-        global_descriptors, tf.range(tf.shape(global_descriptors)[1])
-      ),
-    }
-
-  @tf.function(
-    input_signature=[
-      tf.TensorSpec([None, None, 3], tf.uint8, name=savedmodel_contract.INPUT_IMAGE),
-      tf.TensorSpec([None], tf.float32, name=savedmodel_contract.INPUT_SCALES),
-      tf.TensorSpec([], tf.int32, name=savedmodel_contract.INPUT_MAX_FEATURE_NUM),
-      tf.TensorSpec([], tf.float32, name=savedmodel_contract.INPUT_ABS_THRES),
-      tf.TensorSpec([None], tf.int32, name=savedmodel_contract.INPUT_GLOBAL_SCALES_IND),
-    ]
-  )
-  def serve_local(
-    self,
-    input_image,
-    input_scales,
-    input_max_feature_num,
-    input_abs_thres,
-    input_global_scales_ind,
-  ):
-    outputs = self._local_outputs(
-      input_image[None],
-      input_scales,
-      input_max_feature_num,
-      input_abs_thres,
-      input_global_scales_ind,
-    )
-    count = outputs.pop(savedmodel_contract.NUM_FEATURES)[0]
-    per_feature = (
-      savedmodel_contract.BOXES,
-      savedmodel_contract.FEATURES,
-      savedmodel_contract.SCALES,
-      savedmodel_contract.SCORES,
-    )
-    return {
-      name: value[0, :count] if name in per_feature else value[0] for name, value in outputs.items()
-    }
-
-  @tf.function(
-    input_signature=[
-      tf.TensorSpec([None, None, None, 3], tf.uint8, name=savedmodel_contract.INPUT_IMAGES),
-      tf.TensorSpec([None], tf.float32, name=savedmodel_contract.INPUT_SCALES),
-      tf.TensorSpec([], tf.int32, name=savedmodel_contract.INPUT_MAX_FEATURE_NUM),
-      tf.TensorSpec([], tf.float32, name=savedmodel_contract.INPUT_ABS_THRES),
-      tf.TensorSpec([None], tf.int32, name=savedmodel_contract.INPUT_GLOBAL_SCALES_IND),
-    ]
-  )
-  def serve_local_batch(
-    self,
-    input_images,
-    input_scales,
-    input_max_feature_num,
-    input_abs_thres,
-    input_global_scales_ind,
-  ):
-    return self._local_outputs(
-      input_images, input_scales, input_max_feature_num, input_abs_thres, input_global_scales_ind
-    )
-
-
-_TMP_EXPORT = re.compile(r"^\.tmp-(\d+)-(\d+)$")
-
-
-def _process_exists(pid: int) -> bool:
-  """Whether a process with this id runs on this machine (signal 0 probes it)."""
-  if pid <= 0:
-    return False
-  try:
-    os.kill(pid, 0)
-  except OSError as e:
-    return e.errno == errno.EPERM  # It exists, as another user's process.
-  return True
-
-
-def temp_export_dir(export_base: str, version: int, pid: int | None = None) -> str:
-  """The hidden folder a version is written to before its rename: `.tmp-<version>-<pid>`."""
-  return os.path.join(export_base, f".tmp-{version}-{os.getpid() if pid is None else pid}")
-
-
-def remove_stale_exports(export_base: str) -> list[str]:
-  """Removes `.tmp-<version>-<pid>` folders of exports whose process is gone.
-
-  Folders of running processes (another export in progress) are kept. The
-  PID is checked on this machine only: on a shared file system, export from
-  one machine at a time.
-
-  Returns:
-    The removed folders.
-  """
-  if not tf.io.gfile.isdir(export_base):
-    return []
-  removed = []
-  for name in tf.io.gfile.listdir(export_base):
-    found = _TMP_EXPORT.match(name.rstrip("/"))
-    if not found or _process_exists(int(found.group(2))):
-      continue
-    path = os.path.join(export_base, name.rstrip("/"))
-    try:
-      tf.io.gfile.rmtree(path)
-    except tf.errors.NotFoundError:
-      continue  # Removed by a concurrent export.
-    logging.info("removed %s, left by an export that did not finish", path)
-    removed.append(path)
-  return removed
-
-
-def next_version(export_base: str) -> int:
-  """1 + the largest numeric version folder under `export_base` (1 if none)."""
-  if not tf.io.gfile.isdir(export_base):
-    return 1
-  versions = [int(d) for d in tf.io.gfile.listdir(export_base) if d.strip("/").isdigit()]
-  return max(versions, default=0) + 1
-
-
-def probe_image() -> np.ndarray:
-  """The fixed uint8 [64, 64, 3] test image of `check_probe_descriptor` (stripes and a ramp)."""
-  y, x = np.mgrid[0:PROBE_IMAGE_SIZE, 0:PROBE_IMAGE_SIZE]
-  channels = [(x * 4) % 256, (y * 4) % 256, ((x + 2 * y) * 8) % 256]
-  return np.stack(channels, axis=-1).astype(np.uint8)
-
-
-def probe_problem(descriptor) -> str | None:
-  """Why a served (L2-normalised) global descriptor is degenerate, or None if it is not."""
-  values = np.asarray(descriptor, np.float32).ravel()
-  bad = int(np.count_nonzero(~np.isfinite(values)))
-  if bad:
-    return f"{bad} of its {values.size} values are NaN or inf"
-  if not values.any():
-    return f"all {values.size} values are zero"
-  norm = float(np.linalg.norm(values))
-  if norm < 0.5:
-    return f"its L2 norm is {norm:.3g}, not 1: the features before normalisation are ~0"
-  return None
-
-
-def check_probe_descriptor(module, source: str) -> None:
-  """Refuses a serving module whose descriptor of `probe_image()` is degenerate.
-
-  A checkpoint whose weights are NaN, or make every feature zero, would
-  otherwise export and give the same useless descriptor for every image.
-
-  Raises:
-    ExportError: naming `source` and what is wrong.
-  """
-  outputs = module.serve(tf.constant(probe_image()), tf.constant([1.0]), tf.constant([0], tf.int32))
-  problem = probe_problem(outputs[savedmodel_contract.GLOBAL_DESCRIPTOR].numpy())
-  if problem is not None:
-    raise ExportError(
-      f"{source}: the model's global descriptor of a fixed {PROBE_IMAGE_SIZE}x"
-      f"{PROBE_IMAGE_SIZE} test image is degenerate ({problem}); its weights are damaged or "
-      "diverged: export another checkpoint"
-    )
-
-
-def _check_version(version) -> None:
-  if version is None:
-    return
-  if isinstance(version, bool) or not isinstance(version, int | np.integer) or version < 0:
-    raise ExportError(
-      f"--version: {version!r} is not a non-negative integer (TF Serving loads only version "
-      "folders named by one; 0 = the next free number)"
-    )
-
-
-def export_saved_model(
-  model,
-  model_config: config_lib.ModelConfig,
-  export_base: str,
-  version: int | None = None,
-  export_config: config_lib.ExportConfig | None = None,
-  source: str | None = None,
-) -> str:
-  """Writes `<export_base>/<version>/` atomically and returns its path.
-
-  The SavedModel is written to a temporary sibling folder and renamed, so TF
-  Serving (which polls `export_base`) never sees a half-written version.
-  `assets.extra/config.json` records the model and export sections
-  (config.save_config), the defaults of extraction.
-
-  Args:
-    model: the built descriptor model.
-    model_config: its config.
-    export_base: TF Serving's model base folder.
-    version: the version folder; default the next free number.
-    export_config: pyramid and size limits (serve_encoded, extraction
-      defaults); default ExportConfig().
-    source: what the weights come from (a checkpoint), named by a refusal of
-      a degenerate model; default "the model".
-
-  Raises:
-    FileExistsError: if that version already exists.
-    ExportError: a negative version; another export holds `export_base`; the
-      disk is full or read-only; the model's descriptor is degenerate
-      (`check_probe_descriptor`). Nothing is left of the new version.
-  """
-  _check_version(version)
-  export_config = export_config or config_lib.ExportConfig()
-  local = "://" not in export_base
-  created = local and not os.path.isdir(export_base)
-  lock = None
-  try:
-    try:
-      tf.io.gfile.makedirs(export_base)
-      if local:
-        lock = dir_lock.DirLock(os.path.join(export_base, EXPORT_LOCK_FILE)).acquire()
-    except dir_lock.LockBusyError as e:
-      raise ExportError(
-        f"{export_base}: another export is writing here ({e.holder}); wait for it to finish"
-      ) from None
-    return _export_locked(model, model_config, export_base, version, export_config, source)
-  except (OSError, tf.errors.OpError) as e:
-    reason = run_layout.write_failure(e)
-    if reason is None:
-      raise
-    raise ExportError(
-      f"{export_base}: cannot write the export ({reason}); no new version was left there"
-    ) from e
-  finally:
-    if lock is not None:
-      lock.release()
-    if created:
-      with contextlib.suppress(OSError):  # Left only if it is empty (a failed first export).
-        os.rmdir(export_base)
-
-
-def _export_locked(model, model_config, export_base, version, export_config, source):
-  """export_saved_model's work, with `export_base` locked."""
-  remove_stale_exports(export_base)
-  version = version or next_version(export_base)
-  export_dir = os.path.join(export_base, str(version))
-  if tf.io.gfile.exists(export_dir):
-    raise FileExistsError(f"export version already exists: {export_dir}")
-  tmp_dir = temp_export_dir(export_base, version)
-  if tf.io.gfile.exists(tmp_dir):
-    tf.io.gfile.rmtree(tmp_dir)
-  try:
-    _write_saved_model(model, model_config, tmp_dir, export_config, source or "the model")
-    tf.io.gfile.rename(tmp_dir, export_dir)
-  except BaseException:
-    if tf.io.gfile.exists(tmp_dir):
-      tf.io.gfile.rmtree(tmp_dir)
-    raise
-  return export_dir
-
-
-def serving_model(model, model_config: config_lib.ModelConfig, export_config):
-  """The network an export serves: `model`, or a twin for export.precision and fold_batch_norms.
-
-  "bfloat16" builds the twin under Keras mixed_bfloat16 (bf16 convolutions and
-  matmuls, float32 weights). export.fold_batch_norms folds the backbone's batch
-  norms into its convolutions, from `model`'s float32 weights
-  (backbones.FoldableBatchNorm): TF's CPU remapper fuses a convolution with a
-  bias in float32 and bfloat16 alike, but a bfloat16 convolution not with a
-  batch norm. The twin is for inference only; `model` is not changed.
-
-  Args:
-    model: the trained float32 model.
-    model_config: its config.
-    export_config: an ExportConfig whose precision is resolved (not "auto").
-  """
-  bfloat16 = export_config.precision == "bfloat16"
-  if not bfloat16 and not export_config.fold_batch_norms:
-    return model
-  policy = keras.mixed_precision.global_policy()
-  keras.mixed_precision.set_global_policy("mixed_bfloat16" if bfloat16 else "float32")
-  try:
-    # A DELG model converted with its attention classifier has two more weights.
-    num_classes = getattr(model, "num_classes", None)
-    twin = builder.build_model(model_config, image_size=64, num_classes=num_classes)
-  finally:
-    keras.mixed_precision.set_global_policy(policy)
-  twin.set_weights(model.get_weights())
-  if export_config.fold_batch_norms:
-    twin.backbone.fold_batch_norms(source=model.backbone)
-  return twin
-
-
-def test_time_options(export_config, gem_plus_p=None, regional_gem_weight=None):
-  """The model's superglobal.TestTimeOptions of an export (values default to the config's)."""
-  return superglobal.TestTimeOptions(
-    gem_plus_p=export_config.superglobal_gem_p if gem_plus_p is None else gem_plus_p,
-    regional_gem_weight=(
-      export_config.regional_gem_weight if regional_gem_weight is None else regional_gem_weight
-    ),
-    regional_gem_p=export_config.regional_gem_p,
-    regional_gem_size=export_config.regional_gem_size,
-  )
-
-
-def _write_saved_model(model, model_config, tmp_dir, export_config, source):
-  """The SavedModel and its assets.extra/config.json, written into `tmp_dir`.
-
-  The model's descriptor of a fixed image is checked first (ExportError naming `source`).
-  """
-  max_image_size, image_scales = export_config.max_image_size, export_config.image_scales
-  precision = cpu.resolve_auto(export_config.precision, "bfloat16")
-  export_config = dataclasses.replace(export_config, precision=precision)
-  model = serving_model(model, model_config, export_config)
-  options = (export_config.freeze_weights, export_config.serve_jit_compile, export_config)
-  if model_config.name == "delg":
-    module = DelgServingModule(model, max_image_size, image_scales, *options)
-    signatures = {
-      savedmodel_contract.SERVING_DEFAULT: module.serve_local.get_concrete_function(),
-      savedmodel_contract.SERVE_GLOBAL: module.serve.get_concrete_function(),
-      savedmodel_contract.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
-      savedmodel_contract.SERVE_GLOBAL_BATCH: module.serve_batch.get_concrete_function(),
-      savedmodel_contract.SERVE_LOCAL_BATCH: module.serve_local_batch.get_concrete_function(),
-    }
-  else:
-    module = ServingModule(model, max_image_size, image_scales, *options)
-    signatures = {
-      savedmodel_contract.SERVING_DEFAULT: module.serve.get_concrete_function(),
-      savedmodel_contract.SERVE_ENCODED: module.serve_encoded.get_concrete_function(),
-      savedmodel_contract.SERVE_GLOBAL_BATCH: module.serve_batch.get_concrete_function(),
-    }
-  check_probe_descriptor(module, source)
-  tf.saved_model.save(module, tmp_dir, signatures=signatures)
-  config_lib.save_config(
-    {
-      "model": model_config.as_dict(),
-      "export": export_config.as_dict(),
-      savedmodel_contract.INTERFACE_KEY: savedmodel_contract.INTERFACE_VERSION,
-    },
-    os.path.join(tmp_dir, savedmodel_contract.CONFIG_ASSET),
-  )
-
-
-def export_from_checkpoint(
-  logdir: str,
-  checkpoint: str = "",
-  export_base: str = "",
-  version: int | None = None,
-  export_overrides=None,
-) -> str:
-  """Restores a training run's checkpoint and exports it.
-
-  Args:
-    logdir: the run folder (config.json and checkpoints/, see run_layout).
-    checkpoint: a checkpoint prefix; default the latest of `logdir`.
-    export_base: default `<logdir>/export`.
-    version: as `export_saved_model`.
-    export_overrides: dict or --params_override string applied to the run's
-      config (e.g. {'export': {'max_image_size': 512}}).
-
-  Raises:
-    FileNotFoundError: no run folder, config or checkpoint (named).
-    config_lib.ConfigError: a bad override.
-    checkpoint_restore.CheckpointMismatchError: the checkpoint does not fit the
-      run's model config (named).
-  """
-  experiment, model, checkpoint = checkpoint_restore.restore_run(
-    logdir, checkpoint, export_overrides
-  )
-  return export_saved_model(
-    model,
-    experiment.model,
-    export_base or run_layout.RunLayout(logdir).export,
-    version,
-    experiment.export,
-    source=f"checkpoint {checkpoint}",
-  )
-
-
-def define_flags():
-  flags.DEFINE_string("logdir", "", "Training run folder (config.json, checkpoints/).")
-  flags.DEFINE_string("checkpoint", "", "Checkpoint prefix; default: the latest in --logdir.")
-  flags.DEFINE_string("export_base", "", "TF Serving model base; default <logdir>/export.")
-  flags.DEFINE_integer("version", 0, "Version folder; 0 = next free.")
-  flags.DEFINE_string(
-    "params_override", "", "Overrides of the run's config, e.g. 'export.max_image_size=512'."
-  )
-  flags.DEFINE_integer("max_image_size", None, "Overrides export.max_image_size.")
-  flags.DEFINE_list("image_scales", None, "Overrides export.image_scales (serve_encoded pyramid).")
-  cli.define_override(flags.DEFINE_string, "precision", PRECISION_HELP)
-
-
+from dolg_tf.export import versions
+from dolg_tf.model import checkpoint_restore
+from dolg_tf.utils import cli
+
+# The config sections whose fields get a flag each.
+FIELD_FLAG_SECTIONS = ("export",)
+# Until the converters generate their flags (they name this help for their --precision).
 PRECISION_HELP = (
   "Overrides export.precision: float32, or bfloat16 (bf16 compute, float32 inputs/outputs; "
   "for CPUs with AVX512_BF16/AMX)."
 )
+
+
+def _define_field_flags(flag_values: flags.FlagValues) -> dict[str, str]:
+  """One flag per export field (named as the field); returns flag -> field path."""
+  return cli.define_config_flags(
+    config_lib.ExperimentConfig(),
+    sections=FIELD_FLAG_SECTIONS,
+    flag_values=flag_values,
+    default_help="the run's config.json",
+  )
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command's flags (a second call is a no-op)."""
+  if "logdir" not in flag_values:
+    flags.DEFINE_string(
+      "logdir", "", "Training run folder (config.json, checkpoints/).", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+      "checkpoint",
+      "",
+      "Checkpoint prefix; default: the latest in --logdir.",
+      flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+      "export_base", "", "TF Serving model base; default <logdir>/export.", flag_values=flag_values
+    )
+    flags.DEFINE_integer("version", 0, "Version folder; 0 = next free.", flag_values=flag_values)
+    flags.DEFINE_string(
+      "params_override",
+      "",
+      "Overrides of the run's config, e.g. 'export.max_image_size=512'.",
+      flag_values=flag_values,
+    )
+  _define_field_flags(flag_values)
+
+
+def overrides_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
+  """--params_override, then the field flags given (they win), as one nested dict.
+
+  Raises:
+    config_lib.ConfigError: a bad --params_override.
+  """
+  overrides = config_lib.parse_overrides(flag_values.params_override)
+  given = cli.given_overrides(_define_field_flags(flag_values), flag_values)
+  for section, fields in given.items():
+    overrides.setdefault(section, {}).update(fields)
+  return overrides
 
 
 def main(argv):
@@ -727,23 +83,19 @@ def main(argv):
       "by a non-negative integer (0 = the next free number)"
     )
   try:
-    overrides = config_lib.parse_overrides(values.params_override)
-    for name in ("max_image_size", "image_scales", "precision"):
-      if values[name].value is not None:
-        overrides.setdefault("export", {})[name] = values[name].value
-    export_dir = export_from_checkpoint(
+    export_dir = versions.export_from_checkpoint(
       cli.resolve_path(values.logdir),
       cli.resolve_path(values.checkpoint),
       cli.resolve_path(values.export_base),
       values.version or None,
-      overrides,
+      overrides_from_flags(values),
     )
   except (
     FileNotFoundError,
     FileExistsError,
     config_lib.ConfigError,
     checkpoint_restore.CheckpointMismatchError,
-    ExportError,
+    versions.ExportError,
     OSError,  # e.g. the export folder's lock file cannot be created (permission denied)
   ) as e:
     raise cli.UserError(str(e)) from None

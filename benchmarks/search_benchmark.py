@@ -16,7 +16,7 @@ they are isotropic, and then the part of a top-100 outside the query's
 cluster is nearly random points that no partition-based index finds.
 
 For every c the table gives, for exact search (the tiled BLAS search and
-faiss.knn, search.exact_search's two backends, all queries in one batch) and
+faiss.knn, exact_search.exact_search's two backends, all queries in one batch) and
 several ScaNN / faiss settings: build time, index size (bytes of
 the serialised index; exact = the float32 matrix, 2 GB at 1M x 512; ScaNN's
 includes the float32 copy it reorders with), queries/s for the whole
@@ -69,7 +69,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from dolg_tf.retrieval import search, superglobal  # noqa: E402
+from dolg_tf.retrieval import exact_search, indexes, search_index, superglobal  # noqa: E402
 from dolg_tf.utils import arrays  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -200,7 +200,7 @@ def _timed(fn):
 
 def _build(kind, db, with_size, **params):
   """Builds an index; returns it with (build seconds, index bytes)."""
-  index, build_s = _timed(lambda: search.make_index(kind, **params).build(db))
+  index, build_s = _timed(lambda: indexes.make_index(kind, **params).build(db))
   return index, (build_s, index.memory_bytes() if with_size else 0)
 
 
@@ -215,8 +215,8 @@ def _row(rows, method, setting, build, index, queries, ref, search_s=None, ids=N
     "build_s": build_s,
     "bytes": nbytes,
     "qps": queries.shape[0] / search_s,
-    "r10": search.recall_at_k(ids, ref.ids, 10),
-    "rk": search.recall_at_k(ids, ref.ids, ref.k),
+    "r10": indexes.recall_at_k(ids, ref.ids, 10),
+    "rk": indexes.recall_at_k(ids, ref.ids, ref.k),
     "match": ref.match_recall(ids),
   }
   rows.append(row)
@@ -235,7 +235,7 @@ def approximate_rows(db, queries, ref, rows, sweep=False):
   """Builds each index once and sweeps its search-time knobs."""
   n, dim = db.shape
   k = ref.k
-  leaves = search.default_num_leaves(n)
+  leaves = search_index.default_num_leaves(n)
 
   def part(fraction):
     return max(1, min(leaves, int(round(fraction * leaves))))
@@ -344,7 +344,7 @@ def superglobal_line(db, queries, db_labels, query_labels, k):
   m, sg_k = FLAGS.superglobal_m, FLAGS.superglobal_k
   n = min(FLAGS.superglobal_queries, queries.shape[0])
   queries, query_labels = queries[:n], query_labels[:n]
-  (ids, scores), search_s = _timed(lambda: search.exact_search(queries, db, m))
+  (ids, scores), search_s = _timed(lambda: exact_search.exact_search(queries, db, m))
   (new_ids, _), rerank_s = _timed(
     lambda: superglobal.superglobal_rerank(queries, db, ids, scores, m=m, k=sg_k)
   )
@@ -440,7 +440,7 @@ def size_sweep(data, cosine, k):
   for n in sizes:
     db = db_full[:n]  # The database order is random: a prefix is a random subset.
     start = time.perf_counter()
-    exact_ids, _ = search.exact_search(queries, db, k)
+    exact_ids, _ = exact_search.exact_search(queries, db, k)
     exact_qps = queries.shape[0] / (time.perf_counter() - start)
     ref = Reference(exact_ids, data.labels[:n], data.query_labels, k)
     rows = []
@@ -495,13 +495,13 @@ def own_descriptors(k):
     f"Search benchmark on extracted descriptors {FLAGS.descriptors_dir}: {db.shape[0]} x "
     f"{db.shape[1]} database, {queries.shape[0]} queries, k={k}"
   )
-  exact = search.make_index("exact").build(db)
+  exact = indexes.make_index("exact").build(db)
   (exact_ids, _), exact_s = _timed(lambda: exact.search(queries, k))
   ref = Reference(exact_ids, db_labels, query_labels, k)
   table = []
   build = (0.0, exact.memory_bytes())
   _row(table, "exact", "tiled BLAS", build, exact, queries, ref, search_s=exact_s, ids=exact_ids)
-  leaves = search.default_num_leaves(db.shape[0])
+  leaves = search_index.default_num_leaves(db.shape[0])
   index, build = _build("scann", db, True, num_leaves=leaves)
   for f in (0.1, 0.25, 0.5):
     to_search = max(1, int(round(f * leaves)))
@@ -542,7 +542,7 @@ def main(argv):
     db, gen_s = _timed(lambda cosine=cosine: data.database(cosine))
     queries = data.queries(cosine)
     logging.info("cosine %.2f: generated %s descriptors in %.1fs", cosine, f"{len(db):,}", gen_s)
-    exact = search.make_index("exact", backend="numpy").build(db)
+    exact = indexes.make_index("exact", backend="numpy").build(db)
     t0 = time.perf_counter()
     exact_ids, _ = exact.search(queries, k)
     exact_s = time.perf_counter() - t0
@@ -551,7 +551,7 @@ def main(argv):
     build = (0.0, exact.memory_bytes())
     setting = "tiled BLAS, batched"
     _row(rows, "exact", setting, build, exact, queries, ref, search_s=exact_s, ids=exact_ids)
-    # The same matrix searched by faiss.knn (search.exact_search's 'faiss' backend).
+    # The same matrix searched by faiss.knn (exact_search.exact_search's 'faiss' backend).
     exact.set_search_params(backend="faiss")
     _row(rows, "exact faiss", "faiss.knn, batched", build, exact, queries, ref)
     del exact

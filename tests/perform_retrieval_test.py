@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl import flags
 
 from dolg_tf.io import datum_io, descriptor_reading
-from dolg_tf.retrieval import perform_retrieval, search
+from dolg_tf.retrieval import perform_retrieval, query_expansion
 from dolg_tf.utils import cli
 from tests import testutil
 
@@ -163,7 +163,7 @@ class UserErrorsTest(tf.test.TestCase):
     )
     with (
       mock.patch.object(descriptor_reading, "read_descriptors") as read,
-      mock.patch.object(search, "search_with_expansion") as ranking,
+      mock.patch.object(query_expansion, "search_with_expansion") as ranking,
     ):
       with self.assertRaises(descriptor_reading.MissingDescriptorsError) as raised:
         self._evaluate()
@@ -191,7 +191,7 @@ class UserErrorsTest(tf.test.TestCase):
   def test_missing_local_features_are_counted_before_ranking(self):
     self._write(self.queries, self.qimlist)
     self._write(self.index, self.imlist)
-    with mock.patch.object(search, "search_with_expansion") as ranking:
+    with mock.patch.object(query_expansion, "search_with_expansion") as ranking:
       with self.assertRaisesRegex(
         ValueError,
         re.escape(f"3 of 3 query local feature files (*.delg_local) missing in {self.queries}")

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf.io import datum_io
-from dolg_tf.retrieval import perform_retrieval, rerank, search, superglobal
+from dolg_tf.retrieval import exact_search, indexes, perform_retrieval, rerank, superglobal
 from dolg_tf.utils import arrays
 from tests import testutil
 
@@ -48,7 +48,7 @@ class StepsTest(tf.test.TestCase):
   QUERY = np.array([[0.8, 0, 0.6]], np.float32)
 
   def test_hand_computed_case(self):
-    ids, scores = search.exact_search(self.QUERY, self.DB, 5)
+    ids, scores = exact_search.exact_search(self.QUERY, self.DB, 5)
     self.assertAllEqual(ids, [[0, 1, 4, 2, 3]])
     # M = 4 (x0, x1, x4, x2), K = 1, beta = 0.5. Cosines among the four:
     # x0.x1 = 0.8, x0.x2 = 0.6, x1.x2 = 0.96, x4 is orthogonal to all three.
@@ -100,7 +100,7 @@ class StepsTest(tf.test.TestCase):
     self.assertEqual(new_scores.dtype, np.float32)
 
   def test_k_zero_and_m_zero(self):
-    ids, scores = search.exact_search(self.QUERY, self.DB, 5)
+    ids, scores = exact_search.exact_search(self.QUERY, self.DB, 5)
     # K = 0: r = x, s1 = the initial cosine; q_exp = x0 (top 1), s2 = x0 . x:
     # final x0 (0.8 + 1) / 2 = 0.9, x1 (0.64 + 0.8) / 2 = 0.72, x4 0.3, x2 0.54.
     new_ids, new_scores = superglobal.superglobal_rerank(
@@ -134,7 +134,7 @@ class RerankTest(tf.test.TestCase):
     self.queries = _unit(self.db[rng.integers(0, 400, 9)] + 0.5 * rng.standard_normal((9, 16)))
 
   def test_equals_a_per_query_loop(self):
-    ids, scores = search.exact_search(self.queries, self.db, 120)
+    ids, scores = exact_search.exact_search(self.queries, self.db, 120)
     expected = _per_query_loop(self.queries, self.db, ids, 50, 9, 0.15)
     for query_block in (1, 4, 32):
       new_ids, new_scores = superglobal.superglobal_rerank(
@@ -155,7 +155,7 @@ class RerankTest(tf.test.TestCase):
 
   def test_m_larger_than_the_database_and_padding(self):
     db = self.db[:7]
-    ids, scores = search.exact_search(self.queries, db, 10)  # 3 columns of padding
+    ids, scores = exact_search.exact_search(self.queries, db, 10)  # 3 columns of padding
     self.assertAllEqual(ids[:, 7:], np.full([9, 3], -1))
     new_ids, new_scores = superglobal.superglobal_rerank(self.queries, db, ids, scores, m=400)
     self.assertAllEqual(new_ids[:, 7:], np.full([9, 3], -1))
@@ -174,9 +174,9 @@ class RerankTest(tf.test.TestCase):
   def test_approximate_index_and_distractor_rows(self):
     distractors = _unit(np.random.default_rng(1).standard_normal((600, 16)))
     database = np.concatenate([self.db, distractors])
-    exact = search.exact_search(self.queries, database, 100)
+    exact = exact_search.exact_search(self.queries, database, 100)
     expected = superglobal.superglobal_rerank(self.queries, database, *exact, m=60)
-    index = search.make_index("faiss_ivf_flat", nlist=20, nprobe=20).build(database)
+    index = indexes.make_index("faiss_ivf_flat", nlist=20, nprobe=20).build(database)
     approx = index.search(self.queries, 100)  # every list probed: the exact candidates
     result = superglobal.superglobal_rerank(self.queries, database, *approx, m=60)
     self.assertAllEqual(result[0], expected[0])
@@ -191,7 +191,7 @@ class RerankTest(tf.test.TestCase):
       self.assertAllEqual(new_row >= 0, row >= 0)
 
   def test_bad_arguments(self):
-    ids, scores = search.exact_search(self.queries, self.db, 5)
+    ids, scores = exact_search.exact_search(self.queries, self.db, 5)
     with self.assertRaisesRegex(ValueError, "^superglobal m must be >= 0"):
       superglobal.superglobal_rerank(self.queries, self.db, ids, scores, m=-1)
     with self.assertRaisesRegex(ValueError, "^ids: 400 is outside the database of 400 rows$"):
@@ -307,7 +307,7 @@ class PerformRetrievalTest(tf.test.TestCase):
       )
     database = np.concatenate([self.index, self.distractors])
     expected = superglobal.superglobal_rerank(
-      self.queries, database, *search.exact_search(self.queries, database, 30), m=20
+      self.queries, database, *exact_search.exact_search(self.queries, database, 30), m=20
     )[0]
     self.assertAllEqual(seen[0], expected)
     lines = evaluation.summary.splitlines()

@@ -171,7 +171,7 @@ def match_binary(
   Raises:
     ValueError: the packed widths of a and b differ.
   """
-  import faiss  # noqa: PLC0415 (loaded on first binary match, as in retrieval.search)
+  import faiss  # noqa: PLC0415 (loaded on first binary match, as in retrieval.exact_search)
 
   a, b = np.atleast_2d(as_packed(desc_a)), np.atleast_2d(as_packed(desc_b))
   if a.shape[0] == 0 or b.shape[0] == 0:

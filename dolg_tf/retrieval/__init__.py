@@ -3,8 +3,11 @@
 Modules:
   metrics: revisited mAP and mP@k (as in Radenovic et al.'s revisitop), GLDv2
     retrieval mAP@100 and its CSV readers.
-  search: tiled exact search, ScaNN and faiss indices behind one interface,
-    recall@k, alpha query expansion and database-side augmentation.
+  exact_search: tiled exact top-k by inner product (the result format of every search).
+  indexes: ScaNN and faiss indexes behind one interface (search_index: the
+    interface, saved folders and the exact index; scann_index, faiss_indexes:
+    the backends), recall@k.
+  query_expansion: alpha query expansion and database-side augmentation.
   rerank: DELG local feature matching + RANSAC geometric verification.
   superglobal: SuperGlobal re-ranking of a top-M with global descriptors only
     (top-M descriptor augmentation + max query expansion, Shao et al. 2023).

@@ -36,7 +36,7 @@ from absl import flags, logging
 
 from dolg_tf.data import ground_truth
 from dolg_tf.io import descriptor_files, descriptor_reading
-from dolg_tf.retrieval import metrics, rerank, search, superglobal
+from dolg_tf.retrieval import metrics, query_expansion, rerank, superglobal
 from dolg_tf.utils import cli
 from dolg_tf.utils import files as file_utils
 from dolg_tf.visualization import retrieval_report
@@ -161,7 +161,7 @@ def evaluate(
   # SuperGlobal re-ranks the top M: search at least M deep, cut to k afterwards.
   depth = min(max(k, superglobal_m), len(database))
   start = time.time()
-  ranks, scores = search.search_with_expansion(
+  ranks, scores = query_expansion.search_with_expansion(
     queries, database, depth, qe_n=qe_n, dba_n=dba_n, alpha=alpha
   )
   logging.info(

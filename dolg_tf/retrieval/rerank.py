@@ -1,6 +1,6 @@
 """DELG re-ranking: local feature matching + RANSAC geometric verification.
 
-    ranks, _ = search.search_with_expansion(queries, database, k)
+    ranks, _ = query_expansion.search_with_expansion(queries, database, k)
     new_ranks, inliers = rerank.rerank(ranks, query_features, load_index_features, top_k=100)
 
 For each query, the `top_k` best database images of the global ranking are

@@ -51,7 +51,7 @@ Where this module differs (chosen, documented):
   * Queries and candidate descriptors are L2-normalised here (zero vectors
     stay zero), as the reference expects normalised inputs.
   * The re-ranking works on a given list of candidate ids (exact search, any
-    `search.SearchIndex`, or an index plus distractor rows), batched over
+    `search_index.SearchIndex`, or an index plus distractor rows), batched over
     queries with no per-query Python loop, and gathers only the M candidate
     rows of the database.
 
@@ -59,6 +59,7 @@ Returned scores: positions < M hold the final SuperGlobal score (s1 + s2) / 2,
 positions >= M the initial scores; the two are not comparable.
 """
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,26 @@ def check_params(m: int, k: int, beta: float, prefix: str = "superglobal ") -> N
     raise ValueError(f"{prefix}k must be >= 0, got {k}")
   if not beta >= 0:
     raise ValueError(f"{prefix}beta must be >= 0, got {beta}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SuperGlobalConfig:
+  """SuperGlobal re-ranking of an evaluation (retrieval_config.RetrievalConfig.superglobal).
+
+  Errors name the fields as the flags do (`superglobal_m`, ...).
+
+  Attributes:
+    m: candidates re-ranked per query (0 = off; the paper uses DEFAULT_M).
+    k: neighbours of step 1, excluding the candidate itself (step 2: top k + 1).
+    beta: neighbour weight of step 1.
+  """
+
+  m: int = 0
+  k: int = DEFAULT_K
+  beta: float = DEFAULT_BETA
+
+  def __post_init__(self):
+    check_params(self.m, self.k, self.beta, prefix="superglobal_")
 
 
 def refine_candidates(candidates: Any, valid: Any, k: int, beta: float) -> np.ndarray:
@@ -184,7 +205,7 @@ def superglobal_rerank(
     database: [N, D] database descriptors (index + distractors; only the
       candidate rows are read and normalised).
     ids: int [Q, W] initial rankings, best first (-1 = padding, last), e.g.
-      from `search.exact_search` or a `search.SearchIndex`.
+      from `exact_search.exact_search` or a `search_index.SearchIndex`.
     scores: float [Q, W] their scores (kept for positions >= m).
     m: candidates re-ranked per query (0 = unchanged; more than W: all W).
     k: neighbours of step 1 (excluding the candidate itself); step 2 takes

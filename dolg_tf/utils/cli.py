@@ -120,6 +120,7 @@ def define_config_flags(
   skip: Iterable[str] = (),
   flag_values: flags.FlagValues = flags.FLAGS,
   default_help: str | None = None,
+  flag_prefix: str = "",
 ) -> dict[str, str]:
   """Defines one override flag per field of the dataclass `config`; returns flag -> field path.
 
@@ -138,6 +139,8 @@ def define_config_flags(
     flag_values: where to define them (a private FlagValues in tests).
     default_help: the help's default text instead of the field's value (e.g.
       "from --experiment" when presets change the defaults).
+    flag_prefix: put before every flag name, for a section whose flags
+      carry its name (e.g. "gv_": --gv_top_k for geometric_verification.top_k).
 
   Returns:
     {flag name: dotted field path}, e.g. {"precision": "export.precision"}.
@@ -155,7 +158,8 @@ def define_config_flags(
       row for name in sections for row in _field_flags(getattr(config, name), f"{name}.", skip)
     ]
   mapping: dict[str, str] = {}
-  for name, path, kind, default in rows:
+  for field_name, path, kind, default in rows:
+    name = flag_prefix + field_name
     if name in mapping:
       raise ValueError(f"{path} and {mapping[name]} share the flag name --{name}")
     mapping[name] = path

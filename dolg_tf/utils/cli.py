@@ -11,6 +11,8 @@
   caller's folder ($BUILD_WORKING_DIRECTORY) first, so relative paths on the
   command line and in configs mean what they mean without Bazel.
   `resolve_path` makes such a path absolute (for files handed to subprocesses).
+* `--help` (`-?`, `--helpshort`) prints the command's doc and its own flags
+  and exits 0, also for console scripts (utils/command_help.py).
 * Interruptions: Ctrl-C (SIGINT) and SIGTERM unwind the command (its `finally`
   blocks and context managers run: temporary files removed, locks released),
   then print one line `<command>: interrupted` or `<command>: terminated` and
@@ -35,6 +37,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 import dolg_tf
+from dolg_tf.utils import command_help
 
 EXIT_USER_ERROR = 2
 # As a shell reports a process killed by the signal.
@@ -301,8 +304,9 @@ def run(
   """Runs `main` as an absl app; a UserError or a bad flag becomes one line and exit status 2.
 
   Ctrl-C exits 130 and SIGTERM 143 after the command's cleanup, with one line
-  (module doc). `flags_parser` returns the argv `main` gets (beam_cli's keeps
-  Beam's options).
+  (module doc). `--help` prints the doc of `main`'s module and the command's
+  flags and exits 0 (utils/command_help.py). `flags_parser` returns the argv
+  `main` gets (beam_cli's keeps Beam's options).
   """
 
   def guarded(argv):
@@ -314,6 +318,7 @@ def run(
     except (UserError, app.UsageError) as e:
       fail(str(e))
 
+  command_help.exit_if_help_asked(sys.modules.get(main.__module__))
   previous = _install_sigterm_handler()
   try:
     app.run(guarded, flags_parser=flags_parser)

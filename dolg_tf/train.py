@@ -42,6 +42,7 @@ from dolg_tf import experiments, run_layout
 from dolg_tf.data import input_pipeline, synthetic
 from dolg_tf.export import versions
 from dolg_tf.model import checkpoint_restore
+from dolg_tf.training import run_checkpoints
 from dolg_tf.training import trainer as trainer_lib
 from dolg_tf.utils import cli, dir_lock
 from dolg_tf.utils.error_text import first_line
@@ -271,7 +272,7 @@ def main(argv):
     reason = run_layout.write_failure(e)
     if reason is None or isinstance(e, cli.UserError):
       raise
-    if isinstance(e, trainer_lib.WriteError | versions.ExportError):
+    if isinstance(e, run_checkpoints.WriteError | versions.ExportError):
       raise cli.UserError(str(e)) from None
     raise cli.UserError(
       f"--logdir {layout.root}: cannot write ({reason}): {first_line(e)}"

@@ -33,7 +33,7 @@ from dolg_tf.data import synthetic
 from dolg_tf.export import versions
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, checkpoint_restore
-from dolg_tf.training import trainer
+from dolg_tf.training import run_checkpoints, trainer
 from dolg_tf.utils import dir_lock
 from tests import testutil
 
@@ -237,7 +237,7 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
 
     with mock.patch.object(run.manager, "save", side_effect=save):
       with self.assertRaisesRegex(
-        trainer.WriteError, r"ckpt-2 \(disk full\); its unfinished files were removed"
+        run_checkpoints.WriteError, r"ckpt-2 \(disk full\); its unfinished files were removed"
       ):
         run.train()
     self.assertEqual(

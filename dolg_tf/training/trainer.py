@@ -1,21 +1,18 @@
 """The distributed training loop: model + margin head + SGD under tf.distribute.
 
-Checkpoints (tf.train.CheckpointManager) hold the model, the head and the
-optimizer (its `iterations` is the global step), so a restarted run resumes at
-the saved step with the same optimizer state. TF writes a checkpoint's files
-before it atomically rewrites the `checkpoint` index, so a run killed at any
-moment (even SIGKILL) leaves the previous checkpoint usable. A checkpoint that
+A run resumes from its latest checkpoint (training.run_checkpoints: model,
+head and optimizer, whose `iterations` is the global step). A checkpoint that
 does not fit the model of the config (another embedding size, depth, head or
 number of classes) is refused naming it (CheckpointMismatchError), as is a
 damaged one, e.g. a truncated data file (CheckpointDamagedError, naming the
 previous checkpoint), and a training or validation file that is missing,
 corrupt or holds labels outside [0, num_classes) (input_pipeline.check_records,
 before the first step). A checkpoint that cannot be saved (disk full, read-only
-file system) leaves no part of it behind (WriteError); the earlier ones stay.
-SIGTERM is checked after every step.
+file system) leaves no part of it behind (run_checkpoints.WriteError); the
+earlier ones stay. SIGTERM is checked after every step (the step itself is
+training.train_step).
 """
 
-import glob
 import math
 import os
 import shutil
@@ -31,22 +28,14 @@ from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.data import gldv2, input_pipeline
 from dolg_tf.keras_api import keras
-from dolg_tf.model import builder, checkpoint_restore, keras_h5
-from dolg_tf.training import schedules
+from dolg_tf.model import builder, keras_h5
+from dolg_tf.training import run_checkpoints, schedules, train_step
 from dolg_tf.utils import cpu, progress
 from dolg_tf.utils.error_text import first_line
-
-# DELG's loss weights (DELF train.py defaults).
-DELG_ATTENTION_LOSS_WEIGHT = 1.0
-DELG_RECONSTRUCTION_LOSS_WEIGHT = 10.0
 
 
 class NonFiniteLossError(RuntimeError):
   """The training loss became NaN or Inf."""
-
-
-class WriteError(OSError):
-  """A file of the run folder cannot be written (disk full, read-only); the message names it."""
 
 
 def input_error(error: Exception, field: str, file_pattern: str) -> input_pipeline.DataError | None:
@@ -116,7 +105,7 @@ class Trainer:
     """
     self.experiment = experiment
     self.layout = layout
-    self.model_config = model_config = experiment.model
+    self.model_config = experiment.model
     self.data = data = data or experiment.data
     self.config = config = experiment.train
     self.num_classes = gldv2.num_classes(data.dataset_version, data.num_classes or None)
@@ -126,7 +115,34 @@ class Trainer:
     self.strategy = build_strategy(config)
     self.is_chief = _is_chief(self.strategy)
     # After the strategy: multi-worker collectives must be set up before any TF op.
-    # Then one pass over the labels and record framing of every file (no image is decoded).
+    self._check_records()
+    self.steps_per_epoch = config.steps_per_epoch or max(
+      1, self.train_records.num_records // config.batch_size
+    )
+    self.total_steps = config.max_steps or max(1, config.epochs) * self.steps_per_epoch
+    self.warmup_steps = config.warmup_steps or int(config.warmup_epochs * self.steps_per_epoch)
+    self._checkpoint_dir = layout.checkpoints
+    if not self.is_chief:
+      # Non-chief workers must write checkpoints too (collective ops), but elsewhere.
+      self._checkpoint_dir = tempfile.mkdtemp(prefix="dolg_worker_ckpt_")
+    with self.strategy.scope():
+      self._build(class_counts)
+    self.checkpoint = tf.train.Checkpoint(
+      model=self.model, head=self.head, optimizer=self.optimizer
+    )
+    self.checkpoints = run_checkpoints.RunCheckpoints(
+      self.checkpoint, self._checkpoint_dir, config.max_checkpoints, layout.root
+    )
+    self.manager = self.checkpoints.manager
+    self.restored_from = self.checkpoints.restore_latest()
+    if self.restored_from:
+      logging.info("Resumed from %s at step %d", self.restored_from, self.step)
+    self._train_step_fn = None
+    self._eval_step_fn = None
+
+  def _check_records(self) -> None:
+    """One pass over the labels and record framing of every file (no image is decoded)."""
+    data = self.data
     self.train_records = input_pipeline.check_records(
       data.train_file_pattern,
       self.num_classes,
@@ -141,101 +157,54 @@ class Trainer:
         "data.validation_file_pattern",
         skip_corrupt=data.skip_corrupt_records,
       )
-    self.steps_per_epoch = config.steps_per_epoch or max(
-      1, self.train_records.num_records // config.batch_size
+
+  def _build(self, class_counts) -> None:
+    """The model, head, schedule, optimizer and metrics (in the strategy's scope)."""
+    model_config, config = self.model_config, self.config
+    self.is_delg = model_config.name == "delg"
+    self.model = builder.build_model(
+      model_config, image_size=self.data.image_size, num_classes=self.num_classes
     )
-    self.total_steps = config.max_steps or max(1, config.epochs) * self.steps_per_epoch
-    self.warmup_steps = config.warmup_steps or int(config.warmup_epochs * self.steps_per_epoch)
-    self._checkpoint_dir = layout.checkpoints
-    if not self.is_chief:
-      # Non-chief workers must write checkpoints too (collective ops), but elsewhere.
-      self._checkpoint_dir = tempfile.mkdtemp(prefix="dolg_worker_ckpt_")
-    with self.strategy.scope():
-      self.is_delg = model_config.name == "delg"
-      self.model = builder.build_model(
-        model_config, image_size=data.image_size, num_classes=self.num_classes
-      )
-      self.head = builder.build_head(model_config, self.num_classes)
-      self.head(tf.zeros([1, model_config.embedding_dim]))
-      if class_counts is not None and hasattr(self.head, "set_class_counts"):
-        self.head.set_class_counts(class_counts)
-      if config.imagenet_checkpoint:
-        keras_h5.load_backbone_weights(self.model.backbone, config.imagenet_checkpoint)
-      self.learning_rate = schedules.build_schedule(
-        config.initial_lr,
-        self.total_steps,
-        config.lr_schedule,
-        self.warmup_steps,
-        config.warmup_factor,
-      )
-      optimizer = keras.optimizers.SGD(
-        self.learning_rate,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        global_clipnorm=config.clip_norm or None,
-      )
-      if self.mixed_precision == "mixed_float16":
-        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-      self.optimizer = optimizer
-      self.trainable_variables = self.model.trainable_variables + self.head.trainable_variables
-      self.optimizer.build(self.trainable_variables)
-      self.train_loss = keras.metrics.Mean("loss")
-      # Per-term losses (DELG: global, attention, reconstruction).
-      self.term_losses = {
-        name: keras.metrics.Mean(name)
-        for name in (
-          ("global_loss", "attention_loss", "reconstruction_loss") if self.is_delg else ()
-        )
-      }
-      self.train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
-      self.validation_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
-    self.checkpoint = tf.train.Checkpoint(
-      model=self.model, head=self.head, optimizer=self.optimizer
+    self.head = builder.build_head(model_config, self.num_classes)
+    self.head(tf.zeros([1, model_config.embedding_dim]))
+    if class_counts is not None and hasattr(self.head, "set_class_counts"):
+      self.head.set_class_counts(class_counts)
+    if config.imagenet_checkpoint:
+      keras_h5.load_backbone_weights(self.model.backbone, config.imagenet_checkpoint)
+    self.learning_rate = schedules.build_schedule(
+      config.initial_lr,
+      self.total_steps,
+      config.lr_schedule,
+      self.warmup_steps,
+      config.warmup_factor,
     )
-    self.manager = tf.train.CheckpointManager(
-      self.checkpoint, self._checkpoint_dir, max_to_keep=config.max_checkpoints
+    optimizer = keras.optimizers.SGD(
+      self.learning_rate,
+      momentum=config.momentum,
+      nesterov=config.nesterov,
+      global_clipnorm=config.clip_norm or None,
     )
-    self.restored_from = None
-    latest = self.latest_checkpoint()
-    if latest:
-      try:
-        checkpoint_restore.restore_checkpoint(self.checkpoint, latest)
-      except checkpoint_restore.CheckpointDamagedError as e:
-        advice = (
-          f": to resume from it, delete {latest}.index (and its data file)"
-          if e.previous
-          else f": delete {self._checkpoint_dir} to start over, or use a new --logdir"
-        )
-        raise checkpoint_restore.CheckpointDamagedError(
-          str(e) + advice, e.path, e.previous
-        ) from None
-      self.restored_from = latest
-      logging.info("Resumed from %s at step %d", self.restored_from, self.step)
-    self._train_step_fn = None
-    self._eval_step_fn = None
+    if self.mixed_precision == "mixed_float16":
+      optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    self.optimizer = optimizer
+    self.trainable_variables = self.model.trainable_variables + self.head.trainable_variables
+    self.optimizer.build(self.trainable_variables)
+    self.train_loss = keras.metrics.Mean("loss")
+    # Per-term losses (DELG: global, attention, reconstruction).
+    self.term_losses = {
+      name: keras.metrics.Mean(name)
+      for name in (("global_loss", "attention_loss", "reconstruction_loss") if self.is_delg else ())
+    }
+    self.train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+    self.validation_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
 
   @property
   def step(self) -> int:
     return int(self.optimizer.iterations.numpy())
 
   def latest_checkpoint(self) -> str | None:
-    """The newest checkpoint of the run whose files exist (None if there is none).
-
-    The `checkpoint` file may list one whose files were deleted (a damaged
-    checkpoint removed by hand): the one before it is used, with a warning.
-    """
-    listed = self.manager.latest_checkpoint
-    if not listed:
-      return None
-    existing = checkpoint_restore.existing_checkpoints(self._checkpoint_dir)
-    latest = existing[-1] if existing else None
-    if latest != listed:
-      logging.warning(
-        "%s is listed as the latest checkpoint but its files are missing; using %s",
-        listed,
-        latest or "none (starting from scratch)",
-      )
-    return latest
+    """The newest checkpoint of the run whose files exist (RunCheckpoints.latest)."""
+    return self.checkpoints.latest()
 
   def _dataset(self, file_pattern: str, training: bool) -> tf.distribute.DistributedDataset:
     config, data = self.config, self.data
@@ -259,71 +228,8 @@ class Trainer:
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
   def _make_train_loop(self):
-    config = self.config
-    model, head, optimizer = self.model, self.head, self.optimizer
-    variables = self.trainable_variables
-    is_loss_scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
-
-    def cross_entropy(labels, logits):
-      return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-
-    def forward(images, labels):
-      """Per-example loss, margin-free cosines (for accuracy) and per-example loss terms."""
-      if not self.is_delg:
-        logits, cosines = head(
-          model(images, training=True), labels, training=True, return_cosines=True
-        )
-        return cross_entropy(labels, logits), cosines, {}
-      out = model(images, training=True, return_intermediates=True)
-      logits, cosines = head(out["global_embedding"], labels, training=True, return_cosines=True)
-      terms = {
-        "global_loss": cross_entropy(labels, logits),
-        "attention_loss": cross_entropy(labels, out["attention_logits"]),
-        "reconstruction_loss": tf.reduce_mean(
-          tf.square(tf.stop_gradient(out["f3"]) - out["reconstructed_features"]), axis=[1, 2, 3]
-        ),
-      }
-      per_example = (
-        terms["global_loss"]
-        + DELG_ATTENTION_LOSS_WEIGHT * terms["attention_loss"]
-        + DELG_RECONSTRUCTION_LOSS_WEIGHT * terms["reconstruction_loss"]
-      )
-      return per_example, cosines, terms
-
-    def gradients(images, labels):
-      with tf.GradientTape() as tape:
-        per_example, cosines, terms = forward(images, labels)
-        loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
-        if config.weight_decay > 0:
-          # PyTorch SGD's coupled weight decay adds wd * w to every gradient:
-          # the gradient of wd * sum(w^2) / 2 = wd * tf.nn.l2_loss(w).
-          l2 = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
-          loss += tf.nn.scale_regularization_loss(l2)
-        scaled_loss = optimizer.get_scaled_loss(loss) if is_loss_scaled else loss
-      return tape.gradient(scaled_loss, variables), per_example, cosines, terms
-
-    if config.jit_compile:
-      # XLA compiles the forward and backward pass; the optimizer and the
-      # metrics stay outside (their variables are updated by TF ops).
-      gradients = tf.function(gradients, jit_compile=True)
-
-    def step_fn(images, labels):
-      grads, per_example, cosines, terms = gradients(images, labels)
-      if is_loss_scaled:
-        grads = optimizer.get_unscaled_gradients(grads)
-      optimizer.apply_gradients(zip(grads, variables))
-      self.train_loss.update_state(per_example)
-      self.train_accuracy.update_state(labels, cosines)
-      for name, value in terms.items():
-        self.term_losses[name].update_state(value)
-
-    @tf.function
-    def train_loop(iterator, num_steps):
-      for _ in tf.range(num_steps):
-        images, labels = next(iterator)
-        self.strategy.run(step_fn, args=(images, labels))
-
-    return train_loop
+    """The tf.function `train_loop(iterator, num_steps)` (training.train_step)."""
+    return train_step.make_train_loop(self)
 
   def validate(self, file_pattern: str | None = None) -> float:
     """Top-1 accuracy of the cosine classifier (no margin) on validation data."""
@@ -359,43 +265,11 @@ class Trainer:
     """Saves the current step's checkpoint; returns its prefix.
 
     Raises:
-      WriteError: naming the run folder, if the disk is full or read-only;
-        the unfinished checkpoint's files are removed, earlier ones kept.
+      run_checkpoints.WriteError: naming the run folder, if the disk is full
+        or read-only; the unfinished checkpoint's files are removed, earlier
+        ones kept.
     """
-    number = self.step
-    try:
-      path = self.manager.save(checkpoint_number=number)
-    except (tf.errors.OpError, OSError) as e:
-      prefix = os.path.join(self._checkpoint_dir, f"ckpt-{number}")
-      self._remove_unfinished_checkpoint(prefix)
-      reason = run_layout.write_failure(e)
-      if reason is None:
-        raise
-      latest = self.latest_checkpoint()
-      resume = (
-        f"the last checkpoint is {latest}: free space, then run the same command to resume"
-        if latest
-        else "there is no earlier checkpoint"
-      )
-      raise WriteError(
-        f"--logdir {self.layout.root}: cannot save checkpoint {prefix} ({reason}); "
-        f"its unfinished files were removed; {resume}"
-      ) from e
-    logging.info("Saved checkpoint %s", path)
-    return path
-
-  def _remove_unfinished_checkpoint(self, prefix: str) -> None:
-    """Removes what a failed save of `prefix` left: its `_temp` folder and unlisted files."""
-    shutil.rmtree(prefix + "_temp", ignore_errors=True)
-    leftovers = glob.glob(os.path.join(self._checkpoint_dir, "checkpoint.tmp*"))
-    if prefix not in self.manager.checkpoints:
-      leftovers += glob.glob(glob.escape(prefix) + ".index")
-      leftovers += glob.glob(glob.escape(prefix) + ".data-*")
-    for path in leftovers:
-      try:
-        os.remove(path)
-      except OSError:
-        pass
+    return self.checkpoints.save(self.step)
 
   def train(self) -> dict:
     """Runs until `total_steps`; returns final metrics.
@@ -404,131 +278,139 @@ class Trainer:
       NonFiniteLossError: if the loss becomes NaN/Inf (no checkpoint of the
         diverged weights is written; the last good one stays).
     """
-    config = self.config
     if self.is_chief:
       config_lib.save_config(self.experiment, self.layout.config)
-    writer = tf.summary.create_file_writer(
-      self.layout.train_summaries if self.is_chief else tempfile.mkdtemp()
-    )
-    validation_writer = tf.summary.create_file_writer(
-      self.layout.validation_summaries if self.is_chief else tempfile.mkdtemp()
+    writers = (
+      tf.summary.create_file_writer(
+        self.layout.train_summaries if self.is_chief else tempfile.mkdtemp()
+      ),
+      tf.summary.create_file_writer(
+        self.layout.validation_summaries if self.is_chief else tempfile.mkdtemp()
+      ),
     )
     if self._train_step_fn is None:
       self._train_step_fn = self._make_train_loop()
     iterator = iter(self._dataset(self.data.train_file_pattern, training=True))
-    start_step = self.step
     # From here on a SIGTERM saves the current step's checkpoint (see train.py).
     interrupted = []
-    previous_handler = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):
-      del signum, frame
-      interrupted.append(True)
-
-    try:
-      signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread
-      previous_handler = None
+    previous_handler = _note_sigterm(interrupted)
     logging.info(
       "Training %s R%d on %d classes: steps %d -> %d, global batch %d, %d replica(s), %s",
       self.model_config.name,
       self.model_config.backbone_depth,
       self.num_classes,
-      start_step,
+      self.step,
       self.total_steps,
-      config.batch_size,
+      self.config.batch_size,
       self.strategy.num_replicas_in_sync,
       self.mixed_precision,
     )
-    metrics = {}
     try:
-      first_time = time.time()
-      # Logged explicitly once per log_every steps (force=True), never by interval.
-      steps = progress.Progress(
-        self.total_steps, "step", "steps", interval=math.inf, start=start_step
-      )
-      one_step = tf.constant(1)
-      while self.step < self.total_steps and not interrupted:
-        num_steps = min(
-          config.log_every - self.step % config.log_every, self.total_steps - self.step
-        )
-        # One step per call, so that a SIGTERM (handled between calls) stops after the
-        # current step, not after up to log_every of them.
-        done = 0
-        while done < num_steps and not interrupted:
-          try:
-            self._train_step_fn(iterator, one_step)
-          except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            error = input_error(e, "data.train_file_pattern", self.data.train_file_pattern)
-            if error is None:
-              raise
-            raise error from None
-          done += 1
-        if not done:
-          break
-        num_steps = done
-        loss = float(self.train_loss.result())
-        if not math.isfinite(loss):
-          raise NonFiniteLossError(
-            f"loss is {loss} at step {self.step}; stopping. The last good checkpoint is "
-            f"{self.manager.latest_checkpoint}; lower --initial_lr or set --clip_norm."
-          )
-        lr = float(self.learning_rate(self.step))
-        metrics = dict(loss=loss, accuracy=float(self.train_accuracy.result()), lr=lr)
-        steps.update(self.step)
-        images_per_second = steps.rate() * config.batch_size
-        steps.update(
-          self.step,
-          force=True,
-          note=(
-            f"loss {loss:.4f} | acc {metrics['accuracy']:.3f} | lr {lr:.5f} | "
-            f"{images_per_second:.1f} img/s"
-          ),
-        )
-        for name, metric in self.term_losses.items():
-          metrics[name] = float(metric.result())
-          metric.reset_state()
-        if self.term_losses:
-          logging.info(
-            "step %d | %s",
-            self.step,
-            " | ".join(f"{name} {metrics[name]:.4f}" for name in self.term_losses),
-          )
-        with writer.as_default(step=self.step):
-          for name in self.term_losses:
-            tf.summary.scalar(name, metrics[name])
-          tf.summary.scalar("loss", loss)
-          tf.summary.scalar("accuracy", metrics["accuracy"])
-          tf.summary.scalar("learning_rate", lr)
-          tf.summary.scalar("images_per_second", images_per_second)
-        self.train_loss.reset_state()
-        self.train_accuracy.reset_state()
-        if self.step % config.checkpoint_every < num_steps or self.step >= self.total_steps:
-          self.save_checkpoint()
-        if (
-          config.validate_every
-          and self.step % config.validate_every < num_steps
-          and not interrupted
-        ):
-          self._log_validation(validation_writer)
-      if interrupted:
-        logging.warning("SIGTERM received at step %d: saving and stopping", self.step)
-        if self.latest_checkpoint() != os.path.join(self._checkpoint_dir, f"ckpt-{self.step}"):
-          self.save_checkpoint()
-        metrics["interrupted"] = True
-        return metrics
-      if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
-        f"-{self.step}"
-      ):
-        self.save_checkpoint()
-      metrics["validation_accuracy"] = self._log_validation(validation_writer)
-      metrics["train_seconds"] = time.time() - first_time
-      return metrics
+      return self._train_until_done(iterator, interrupted, *writers)
     finally:
       if previous_handler is not None:
         signal.signal(signal.SIGTERM, previous_handler)
       if not self.is_chief:
         shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
+
+  def _train_until_done(self, iterator, interrupted: list, writer, validation_writer) -> dict:
+    """train's loop: log_every steps at a time, then metrics, checkpoints and validation."""
+    config = self.config
+    metrics = {}
+    first_time = time.time()
+    # Logged explicitly once per log_every steps (force=True), never by interval.
+    steps = progress.Progress(self.total_steps, "step", "steps", interval=math.inf, start=self.step)
+    while self.step < self.total_steps and not interrupted:
+      num_steps = self._run_steps(
+        iterator,
+        min(config.log_every - self.step % config.log_every, self.total_steps - self.step),
+        interrupted,
+      )
+      if not num_steps:
+        break
+      metrics = self._log_metrics(steps, writer)
+      if self.step % config.checkpoint_every < num_steps or self.step >= self.total_steps:
+        self.save_checkpoint()
+      if (
+        config.validate_every and self.step % config.validate_every < num_steps and not interrupted
+      ):
+        self._log_validation(validation_writer)
+    if interrupted:
+      logging.warning("SIGTERM received at step %d: saving and stopping", self.step)
+      if self.latest_checkpoint() != os.path.join(self._checkpoint_dir, f"ckpt-{self.step}"):
+        self.save_checkpoint()
+      metrics["interrupted"] = True
+      return metrics
+    if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
+      f"-{self.step}"
+    ):
+      self.save_checkpoint()
+    metrics["validation_accuracy"] = self._log_validation(validation_writer)
+    metrics["train_seconds"] = time.time() - first_time
+    return metrics
+
+  def _run_steps(self, iterator, num_steps: int, interrupted: list) -> int:
+    """Up to `num_steps` steps, fewer after a SIGTERM; returns how many ran.
+
+    One step per call, so that a SIGTERM (handled between calls) stops after the
+    current step, not after up to log_every of them.
+    """
+    one_step = tf.constant(1)
+    done = 0
+    while done < num_steps and not interrupted:
+      try:
+        self._train_step_fn(iterator, one_step)
+      except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        error = input_error(e, "data.train_file_pattern", self.data.train_file_pattern)
+        if error is None:
+          raise
+        raise error from None
+      done += 1
+    return done
+
+  def _log_metrics(self, steps: progress.Progress, writer) -> dict:
+    """The metrics of the steps since the last call: logged, summarised, then reset.
+
+    Raises:
+      NonFiniteLossError: the loss is NaN or Inf.
+    """
+    loss = float(self.train_loss.result())
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+        f"loss is {loss} at step {self.step}; stopping. The last good checkpoint is "
+        f"{self.manager.latest_checkpoint}; lower --initial_lr or set --clip_norm."
+      )
+    lr = float(self.learning_rate(self.step))
+    metrics = dict(loss=loss, accuracy=float(self.train_accuracy.result()), lr=lr)
+    steps.update(self.step)
+    images_per_second = steps.rate() * self.config.batch_size
+    steps.update(
+      self.step,
+      force=True,
+      note=(
+        f"loss {loss:.4f} | acc {metrics['accuracy']:.3f} | lr {lr:.5f} | "
+        f"{images_per_second:.1f} img/s"
+      ),
+    )
+    for name, metric in self.term_losses.items():
+      metrics[name] = float(metric.result())
+      metric.reset_state()
+    if self.term_losses:
+      logging.info(
+        "step %d | %s",
+        self.step,
+        " | ".join(f"{name} {metrics[name]:.4f}" for name in self.term_losses),
+      )
+    with writer.as_default(step=self.step):
+      for name in self.term_losses:
+        tf.summary.scalar(name, metrics[name])
+      tf.summary.scalar("loss", loss)
+      tf.summary.scalar("accuracy", metrics["accuracy"])
+      tf.summary.scalar("learning_rate", lr)
+      tf.summary.scalar("images_per_second", images_per_second)
+    self.train_loss.reset_state()
+    self.train_accuracy.reset_state()
+    return metrics
 
   def _log_validation(self, writer) -> float:
     accuracy = self.validate()
@@ -538,3 +420,21 @@ class Trainer:
     with writer.as_default(step=self.step):
       tf.summary.scalar("accuracy", accuracy)
     return accuracy
+
+
+def _note_sigterm(interrupted: list):
+  """Installs a SIGTERM handler that appends to `interrupted`; returns the previous one.
+
+  None (nothing installed) outside the main thread.
+  """
+  previous_handler = signal.getsignal(signal.SIGTERM)
+
+  def on_sigterm(signum, frame):
+    del signum, frame
+    interrupted.append(True)
+
+  try:
+    signal.signal(signal.SIGTERM, on_sigterm)
+  except ValueError:  # not the main thread
+    return None
+  return previous_handler

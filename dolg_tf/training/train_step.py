@@ -1,0 +1,89 @@
+"""The training step: forward pass, margin-head loss (DELG: three terms), gradients, SGD update.
+
+`make_train_loop` returns the one tf.function Trainer.train calls (once per
+step, so that a SIGTERM stops after the current step); the forward and
+backward pass are XLA-compiled when train.jit_compile is set.
+"""
+
+import tensorflow as tf
+
+from dolg_tf.keras_api import keras
+
+# DELG's loss weights (DELF train.py defaults).
+DELG_ATTENTION_LOSS_WEIGHT = 1.0
+DELG_RECONSTRUCTION_LOSS_WEIGHT = 10.0
+
+
+def _cross_entropy(labels, logits):
+  return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
+def _forward(model, head, is_delg: bool, images, labels):
+  """Per-example loss, margin-free cosines (for accuracy) and per-example loss terms."""
+  if not is_delg:
+    logits, cosines = head(model(images, training=True), labels, training=True, return_cosines=True)
+    return _cross_entropy(labels, logits), cosines, {}
+  out = model(images, training=True, return_intermediates=True)
+  logits, cosines = head(out["global_embedding"], labels, training=True, return_cosines=True)
+  terms = {
+    "global_loss": _cross_entropy(labels, logits),
+    "attention_loss": _cross_entropy(labels, out["attention_logits"]),
+    "reconstruction_loss": tf.reduce_mean(
+      tf.square(tf.stop_gradient(out["f3"]) - out["reconstructed_features"]), axis=[1, 2, 3]
+    ),
+  }
+  per_example = (
+    terms["global_loss"]
+    + DELG_ATTENTION_LOSS_WEIGHT * terms["attention_loss"]
+    + DELG_RECONSTRUCTION_LOSS_WEIGHT * terms["reconstruction_loss"]
+  )
+  return per_example, cosines, terms
+
+
+def make_train_loop(trainer):
+  """`train_loop(iterator, num_steps)`: num_steps SGD steps of `trainer`'s model and head.
+
+  Args:
+    trainer: a training.trainer.Trainer (its strategy, model, head, optimizer,
+      trainable_variables, is_delg, train config and the metrics it updates:
+      train_loss, train_accuracy, term_losses).
+  """
+  config = trainer.config
+  model, head, optimizer = trainer.model, trainer.head, trainer.optimizer
+  variables = trainer.trainable_variables
+  is_loss_scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+
+  def gradients(images, labels):
+    with tf.GradientTape() as tape:
+      per_example, cosines, terms = _forward(model, head, trainer.is_delg, images, labels)
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+      if config.weight_decay > 0:
+        # PyTorch SGD's coupled weight decay adds wd * w to every gradient:
+        # the gradient of wd * sum(w^2) / 2 = wd * tf.nn.l2_loss(w).
+        l2 = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
+        loss += tf.nn.scale_regularization_loss(l2)
+      scaled_loss = optimizer.get_scaled_loss(loss) if is_loss_scaled else loss
+    return tape.gradient(scaled_loss, variables), per_example, cosines, terms
+
+  if config.jit_compile:
+    # XLA compiles the forward and backward pass; the optimizer and the
+    # metrics stay outside (their variables are updated by TF ops).
+    gradients = tf.function(gradients, jit_compile=True)
+
+  def step_fn(images, labels):
+    grads, per_example, cosines, terms = gradients(images, labels)
+    if is_loss_scaled:
+      grads = optimizer.get_unscaled_gradients(grads)
+    optimizer.apply_gradients(zip(grads, variables))
+    trainer.train_loss.update_state(per_example)
+    trainer.train_accuracy.update_state(labels, cosines)
+    for name, value in terms.items():
+      trainer.term_losses[name].update_state(value)
+
+  @tf.function
+  def train_loop(iterator, num_steps):
+    for _ in tf.range(num_steps):
+      images, labels = next(iterator)
+      trainer.strategy.run(step_fn, args=(images, labels))
+
+  return train_loop

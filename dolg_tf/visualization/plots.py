@@ -39,8 +39,8 @@ def figure_png(figure: Figure, dpi: int = DPI) -> bytes:
 
 def _label_step(count: int, width_inches: float) -> int:
   """Name every n-th query so that labels of MIN_LABEL_POINTS do not overlap."""
-  per_label = 1.4 * MIN_LABEL_POINTS / 72.0
-  usable = max(1.0, width_inches - 1.5)
+  per_label = 1.2 * MIN_LABEL_POINTS / 72.0
+  usable = max(1.0, width_inches - 1.0)
   return max(1, int(np.ceil(count * per_label / usable)))
 
 
@@ -64,7 +64,15 @@ def ap_figure(results: Mapping[str, metrics.MapResult], query_names: Sequence[st
     ax.axhline(100 * result.mean_ap, color="k", linestyle="--", linewidth=1, label="mAP")
     if skipped.any():
       ax.plot(positions[skipped], np.zeros(skipped.sum()), "x", color="0.4", label="skipped")
-    ax.legend(loc="upper right", fontsize=LEGEND_POINTS)
+    # Above the panel's top right corner, beside the title: no bar is hidden.
+    ax.legend(
+      loc="lower right",
+      bbox_to_anchor=(1.0, 1.0),
+      ncol=2,
+      frameon=False,
+      fontsize=LEGEND_POINTS,
+      borderaxespad=0.1,
+    )
     ax.set_ylim(0, 105)
     ax.set_ylabel("AP %", fontsize=MIN_LABEL_POINTS + 1)
     ax.tick_params(axis="y", labelsize=MIN_LABEL_POINTS)

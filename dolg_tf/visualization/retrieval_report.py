@@ -25,8 +25,8 @@ from dolg_tf.visualization import drawing, plots, ranked_lists, report_html
 Results = Mapping[str, metrics.MapResult]
 Ranks = np.ndarray | Mapping[str, np.ndarray]
 # Names of the ranking stages in the summary table (evaluation_stages).
-BEFORE_RERANKING = "global, before re-ranking"
-NO_RERANKING = "global (no re-ranking)"
+BEFORE_RERANKING = "global search, before re-ranking"
+NO_RERANKING = "global search (no re-ranking)"
 AFTER_SUPERGLOBAL = "after SuperGlobal re-ranking"
 AFTER_VERIFICATION = "after geometric verification"
 SHOWN_RANKING = "ranking shown"
@@ -121,7 +121,7 @@ def _summary_section(builder, gt, stages: Mapping[str, Results], prefix: str) ->
   shown = list(stages)[-1]
   builder.add_text(
     f"{gt.num_queries} queries, {gt.num_db} database images ({gt.dataset}). "
-    f"The plots and ranked lists below show the ranking {shown}."
+    f"The plots and ranked lists below show the last ranking of the table ({shown})."
   )
 
 

@@ -1,4 +1,4 @@
-"""Every command that README.md and docs/*.md show exists, with the flags shown.
+"""Every command that README.md and docs/*.md show exists, with the flags shown; links resolve.
 
 The commands are read from the shell code blocks (```bash, ```sh, ```shell,
 ```console) and from inline code spans that start with a command
@@ -300,6 +300,29 @@ def markdown_problems(markdown):
   return problems
 
 
+def _heading_anchor(heading):
+  """GitHub's anchor of a Markdown heading."""
+  return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def link_problems(path):
+  """Relative links of a Markdown file whose file (or heading anchor) does not exist."""
+  problems = []
+  text = _FENCE.sub("", _read(path))
+  for link in re.findall(r"\]\(([^)\s]+)\)", text):
+    if re.match(r"^[a-z]+:", link):
+      continue  # https:, mailto:
+    target, _, anchor = link.partition("#")
+    target = os.path.normpath(os.path.join(os.path.dirname(path), target)) if target else path
+    if not os.path.exists(target):
+      problems.append(f"{os.path.relpath(path, ROOT)}: link {link}: no such file")
+    elif anchor and target.endswith(".md"):
+      headings = re.findall(r"^#+ (.*)$", _read(target), re.M)
+      if anchor not in {_heading_anchor(h) for h in headings}:
+        problems.append(f"{os.path.relpath(path, ROOT)}: link {link}: no such heading")
+  return problems
+
+
 # ----------------------------------------------------------------------------- tests
 
 _MADE_UP = """
@@ -326,6 +349,23 @@ class DocsCommandsTest(tf.test.TestCase):
       with self.subTest(path=os.path.relpath(path, ROOT)):
         problems = markdown_problems(_read(path))
         self.assertEqual(problems, [], "\n".join(problems))
+
+  def test_relative_links_resolve(self):
+    for path in doc_paths():
+      with self.subTest(path=os.path.relpath(path, ROOT)):
+        problems = link_problems(path)
+        self.assertEqual(problems, [], "\n".join(problems))
+
+  def test_broken_links_fail_by_name(self):
+    folder = self.create_tempdir()
+    folder.create_file("other.md", "# A heading\n")
+    page = folder.create_file(
+      "page.md", "[ok](other.md#a-heading) [gone](missing.md) [bad](other.md#nowhere)\n"
+    )
+    problems = link_problems(page.full_path)
+    self.assertLen(problems, 2)
+    self.assertIn("link missing.md: no such file", problems[0])
+    self.assertIn("link other.md#nowhere: no such heading", problems[1])
 
   def test_readme_shows_the_two_commands_and_the_design_card_commands(self):
     readme = _read(os.path.join(ROOT, "README.md"))

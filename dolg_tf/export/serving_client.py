@@ -30,6 +30,8 @@ from dolg_tf.utils import cli
 from dolg_tf.utils import files as file_utils
 
 FLAGS = flags.FLAGS
+# Seconds a request waits for the server's answer (--timeout's default).
+DEFAULT_TIMEOUT_SECONDS = 60.0
 # The REST reply read at most: this much per image sent, plus REPLY_BYTES_BASE.
 MAX_REPLY_BYTES_PER_IMAGE = 4 << 20
 REPLY_BYTES_BASE = 1 << 20
@@ -82,7 +84,10 @@ def check_descriptors(where: str, descriptors: np.ndarray, expected_rows: int) -
 
 
 def predict_rest(
-  server: str, model: str, image_bytes_list: list[bytes], timeout: float | None = None
+  server: str,
+  model: str,
+  image_bytes_list: list[bytes],
+  timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> np.ndarray:
   """Descriptors [N, D] of encoded images from TF Serving's REST predict API.
 
@@ -90,7 +95,7 @@ def predict_rest(
     server: host:port of the REST API.
     model: the model name in TF Serving.
     image_bytes_list: encoded images (JPEG, PNG, ...).
-    timeout: seconds; None = --timeout.
+    timeout: seconds to wait for the answer.
 
   Raises:
     ServerError: naming the server address, if it does not answer (refused
@@ -98,7 +103,6 @@ def predict_rest(
       with a reply that is too large, of another shape than [N, D] for N
       images, or not finite (check_descriptors).
   """
-  timeout = FLAGS.timeout if timeout is None else timeout
   limit = REPLY_BYTES_BASE + MAX_REPLY_BYTES_PER_IMAGE * len(image_bytes_list)
   url = f"http://{server}/v1/models/{model}:predict"
   request = urllib.request.Request(
@@ -160,7 +164,7 @@ def grpc_request(model: str, image: np.ndarray, scales=(0.7071, 1.0, 1.4142)):
 
 
 def predict_grpc(
-  server: str, model: str, image: np.ndarray, timeout: float | None = None
+  server: str, model: str, image: np.ndarray, timeout: float = DEFAULT_TIMEOUT_SECONDS
 ) -> np.ndarray:
   """The descriptor [1, D] of a decoded image from TF Serving's gRPC Predict.
 
@@ -174,7 +178,6 @@ def predict_grpc(
   import tensorflow as tf  # noqa: PLC0415
   from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: PLC0415
 
-  timeout = FLAGS.timeout if timeout is None else timeout
   try:
     with grpc.insecure_channel(server) as channel:
       stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -226,7 +229,7 @@ def main(argv):
   contents = [_read_image_file(path) for path in paths]
   try:
     if FLAGS.mode == "rest":
-      descriptors = predict_rest(FLAGS.server, FLAGS.model, contents)
+      descriptors = predict_rest(FLAGS.server, FLAGS.model, contents, FLAGS.timeout)
     else:
       # Decoding is needed by the gRPC mode only (REST sends the encoded bytes).
       from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
@@ -238,7 +241,7 @@ def main(argv):
         except (UnidentifiedImageError, OSError) as e:
           raise cli.UserError(f"{path}: not a readable image ({_error_text(e)})") from e
       descriptors = np.concatenate(
-        [predict_grpc(FLAGS.server, FLAGS.model, image) for image in images]
+        [predict_grpc(FLAGS.server, FLAGS.model, image, FLAGS.timeout) for image in images]
       )
   except ServerError as e:
     raise cli.UserError(str(e)) from e
@@ -256,12 +259,19 @@ def main(argv):
       raise cli.UserError(f"--output_npy: {e}") from e
 
 
-def define_flags():
-  flags.DEFINE_enum("mode", "rest", ["rest", "grpc"], "TF Serving API.")
-  flags.DEFINE_string("server", "localhost:8501", "host:port (REST 8501, gRPC 8500).")
-  flags.DEFINE_string("model", "dolg", "Model name in TF Serving.")
-  flags.DEFINE_float("timeout", 60.0, "Seconds.")
-  flags.DEFINE_string("output_npy", "", "Optional .npy file for the descriptors.")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command's flags (a second call is a no-op)."""
+  if "mode" in flag_values:
+    return
+  flags.DEFINE_enum("mode", "rest", ["rest", "grpc"], "TF Serving API.", flag_values=flag_values)
+  flags.DEFINE_string(
+    "server", "localhost:8501", "host:port (REST 8501, gRPC 8500).", flag_values=flag_values
+  )
+  flags.DEFINE_string("model", "dolg", "Model name in TF Serving.", flag_values=flag_values)
+  flags.DEFINE_float("timeout", DEFAULT_TIMEOUT_SECONDS, "Seconds.", flag_values=flag_values)
+  flags.DEFINE_string(
+    "output_npy", "", "Optional .npy file for the descriptors.", flag_values=flag_values
+  )
 
 
 def run():

@@ -23,6 +23,7 @@ sections) into the SavedModel (`assets.extra/config.json`), and every later
 stage reads it back with `load_config` / `load_model_config`.
 """
 
+import copy
 import dataclasses
 import json
 import os
@@ -31,6 +32,7 @@ from typing import Any
 
 import yaml
 from official.modeling import hyperparams
+from official.modeling.hyperparams import params_dict
 
 from dolg_tf.io import savedmodel_contract
 from dolg_tf.io.config_base import ConfigError, Section, check_at_least, check_choice, jsonable
@@ -87,7 +89,11 @@ class ModelConfig(Section):
       official code and released weights have it off).
     atrous_dilations: dilations of the multi-atrous 3x3 branches (official
       6/12/18; the paper's text 3/6/9).
-    gem_p: GeM power (initial value when learnable).
+    gem_p: the trained GeM exponent of the global branch (initial value when
+      learnable). Not to be confused with SuperGlobal's GeM+ exponent, which
+      replaces it at inference (export.superglobal_gem_p; `gem_plus_p` in
+      Python and in extraction configs), nor with the exponent of extraction's
+      GEM scale pooling (DolgConfig global_config.gem_p).
     gem_p_trainable: learn p (latest official DOLG) or keep it fixed.
     gem_eps: GeM clamp minimum.
     local_dim: channels of the DOLG local branch (f_l) and of fc_t (f_g).
@@ -360,6 +366,7 @@ class ExperimentConfig(Section):
 
 
 def _check_keys(config: hyperparams.Config, values: Mapping[str, Any], prefix: str = "") -> None:
+  """Raises ConfigError naming the first key of `values` that is no field of `config`."""
   known = {f.name: f for f in dataclasses.fields(config)}
   for key, value in values.items():
     if key not in known:
@@ -369,13 +376,15 @@ def _check_keys(config: hyperparams.Config, values: Mapping[str, Any], prefix: s
       if not isinstance(value, Mapping):
         raise ConfigError(f"config field {prefix}{key} is a section, got {value!r}")
       _check_keys(child, value, f"{prefix}{key}.")
+    elif isinstance(value, Mapping):
+      raise ConfigError(f"config field {prefix}{key} is a value, got {dict(value)!r}")
 
 
 def override(config: ExperimentConfig, overrides) -> ExperimentConfig:
-  """A copy of `config` with `overrides` applied, validated.
+  """A copy of `config` with `overrides` applied (hyperparams' strict override), validated.
 
   Args:
-    config: the base config.
+    config: the base config (an ExperimentConfig or one section).
     overrides: a dict, or a string as Model Garden's --params_override takes
       it: 'a.b=1,c.d=x', YAML/JSON text, or the path of a .yaml/.json file.
 
@@ -385,21 +394,23 @@ def override(config: ExperimentConfig, overrides) -> ExperimentConfig:
   if isinstance(overrides, str):
     overrides = parse_overrides(overrides)
   _check_keys(config, overrides)
-  values = config.as_dict()
-  _merge(values, overrides)
-  return type(config)(**{k: type(getattr(config, k))(**v) for k, v in values.items()})
-
-
-def _merge(base: dict, overrides: Mapping[str, Any]) -> None:
-  for key, value in overrides.items():
-    if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-      _merge(base[key], value)
-    else:
-      base[key] = value
+  result = copy.deepcopy(config)
+  try:
+    result.override(dict(overrides), is_strict=True)
+  except TypeError as e:  # a value hyperparams cannot hold (e.g. a set)
+    raise ConfigError(f"--params_override: {e}") from None
+  result.coerce()
+  result.validate()
+  return result
 
 
 def parse_overrides(text: str) -> dict:
-  """'a.b=1,c=[1, 2]' / YAML or JSON text / a .yaml or .json file -> nested dict."""
+  """'a.b=1,c=[1, 2]' / YAML or JSON text / a .yaml or .json file -> nested dict.
+
+  The key=value form is read by Model Garden's
+  `params_dict.nested_csv_str_to_json_str` (as its --params_override);
+  every failure is one ConfigError line.
+  """
   text = text.strip()
   if not text:
     return {}
@@ -408,46 +419,19 @@ def parse_overrides(text: str) -> dict:
       return load_config_dict(text)
     except FileNotFoundError as e:
       raise ConfigError(str(e)) from None
-  if "=" not in text or text.lstrip().startswith("{"):
+  source = text
+  if "=" in text and not text.startswith("{"):
     try:
-      values = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-      raise ConfigError(f"--params_override: not YAML ({e})") from e
-    if not isinstance(values, Mapping):
-      raise ConfigError(f"--params_override: expected key=value pairs, got {text!r}")
-    return dict(values)
-  values: dict = {}
-  for item in _split_assignments(text):
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-      raise ConfigError(f"--params_override: expected key=value, got {item!r}")
-    try:
-      value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-      value = raw
-    node = values
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-      node = node.setdefault(part, {})
-    node[parts[-1]] = value
-  return values
-
-
-def _split_assignments(text: str) -> list[str]:
-  """Splits 'a=1,b=[1, 2],c=x' at the commas outside brackets."""
-  items, depth, current = [], 0, []
-  for char in text:
-    if char in "[{(":
-      depth += 1
-    elif char in "]})":
-      depth -= 1
-    if char == "," and depth == 0:
-      items.append("".join(current))
-      current = []
-    else:
-      current.append(char)
-  items.append("".join(current))
-  return [i for i in (s.strip() for s in items) if i]
+      text = params_dict.nested_csv_str_to_json_str(text)
+    except ValueError:
+      raise ConfigError(f"--params_override: expected key=value pairs, got {source!r}") from None
+  try:
+    values = yaml.safe_load(text)
+  except yaml.YAMLError as e:
+    raise ConfigError(f"--params_override: not YAML ({' '.join(str(e).split())})") from None
+  if not isinstance(values, Mapping):
+    raise ConfigError(f"--params_override: expected key=value pairs, got {source!r}")
+  return dict(values)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

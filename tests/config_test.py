@@ -95,5 +95,39 @@ class ConfigTest(tf.test.TestCase):
     self.assertTrue(config_lib.load_config(path).export.serve_jit_compile)
 
 
+class OverrideTest(tf.test.TestCase):
+  def test_key_value_yaml_and_dict_overrides(self):
+    base = config_lib.ExperimentConfig()
+    changed = config_lib.override(
+      base, "train.batch_size=8,export.image_scales=[0.5, 1],train.weight_decay=1e-6"
+    )
+    self.assertEqual(changed.train.batch_size, 8)
+    self.assertEqual(changed.export.image_scales, (0.5, 1.0))
+    self.assertEqual(changed.train.weight_decay, 1e-6)
+    self.assertEqual(base.train.batch_size, 64)  # a copy
+    self.assertEqual(config_lib.override(base, "train:\n  seed: 3").train.seed, 3)
+    self.assertEqual(config_lib.override(base, {"model": {"gem_p": 4}}).model.gem_p, 4.0)
+    self.assertEqual(
+      config_lib.override(base, "data.train_file_pattern=/a/t-*").data.train_file_pattern, "/a/t-*"
+    )
+
+  def test_errors_are_one_line_naming_the_field(self):
+    base = config_lib.ExperimentConfig()
+    cases = [
+      ("model.dpth=3", "^unknown config field model.dpth$"),
+      ("export.max_image_size", "^--params_override: expected key=value"),
+      ("a=1,,", "^--params_override: expected key=value pairs"),
+      ("model=3", "^config field model is a section, got 3$"),
+      ("model.gem_p={a: 1}", "^config field model.gem_p is a value"),
+      ("train.batch_size=abc", "^train.batch_size: could not convert"),
+      ("export.precision=fp8", "^export.precision must be one of"),
+      ("missing.yaml", "^config not found: missing.yaml$"),
+    ]
+    for text, message in cases:
+      with self.subTest(text=text):
+        with self.assertRaisesRegex(config_lib.ConfigError, message):
+          config_lib.override(base, text)
+
+
 if __name__ == "__main__":
   tf.test.main()

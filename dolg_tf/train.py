@@ -215,7 +215,7 @@ def is_chief_task() -> bool:
   """Whether TF_CONFIG (multi-worker training) makes this process the chief, or there is none.
 
   Every worker of a multi-worker run is started with the same --logdir; only
-  the chief writes there (see trainer._is_chief), so only the chief locks it.
+  the chief writes there (see training.distribution.is_chief), so only the chief locks it.
   """
   try:
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")

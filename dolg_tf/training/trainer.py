@@ -22,14 +22,13 @@ import time
 
 import tensorflow as tf
 from absl import logging
-from official.common import distribute_utils
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.data import gldv2, input_pipeline
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, keras_h5
-from dolg_tf.training import run_checkpoints, schedules, train_step
+from dolg_tf.training import distribution, run_checkpoints, schedules, train_step
 from dolg_tf.utils import cpu, progress
 from dolg_tf.utils.error_text import first_line
 
@@ -50,29 +49,6 @@ def input_error(error: Exception, field: str, file_pattern: str) -> input_pipeli
   if described is None:
     return None
   return input_pipeline.DataError(f"{field} {file_pattern!r}: {described}; {hint}")
-
-
-def build_strategy(config: config_lib.TrainConfig) -> tf.distribute.Strategy:
-  """The tf.distribute strategy named by the config (tf-models-official helper)."""
-  if config.distribution_strategy == "one_device":
-    device = "/gpu:0" if config.num_gpus > 0 else "/cpu:0"
-    return tf.distribute.OneDeviceStrategy(device)
-  return distribute_utils.get_distribution_strategy(
-    distribution_strategy=config.distribution_strategy,
-    num_gpus=config.num_gpus,
-    tpu_address=config.tpu or None,
-  )
-
-
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.task_type:
-    return True
-  return resolver.task_type == "chief" or (
-    resolver.task_type == "worker"
-    and resolver.task_id == 0
-    and "chief" not in resolver.cluster_spec().as_dict()
-  )
 
 
 class Trainer:
@@ -112,8 +88,8 @@ class Trainer:
     keras.utils.set_random_seed(config.seed)
     self.mixed_precision = cpu.resolve_auto(config.mixed_precision, "mixed_bfloat16")
     keras.mixed_precision.set_global_policy(self.mixed_precision)
-    self.strategy = build_strategy(config)
-    self.is_chief = _is_chief(self.strategy)
+    self.strategy = distribution.build_strategy(config)
+    self.is_chief = distribution.is_chief(self.strategy)
     # After the strategy: multi-worker collectives must be set up before any TF op.
     self._check_records()
     self.steps_per_epoch = config.steps_per_epoch or max(

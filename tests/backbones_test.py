@@ -8,7 +8,7 @@ from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
 from dolg_tf.keras_api import keras
-from dolg_tf.model import backbones
+from dolg_tf.model import backbones, bottlenecks, foldable_batch_norm
 
 # torchvision resnet{50,101,152} parameters without the fc classifier (pycls
 # counts the same); keras.applications ResNet{50,101,152}(include_top=False)
@@ -95,7 +95,7 @@ class ResNetBackboneTest(tf.test.TestCase, parameterized.TestCase):
     self.assertGreater(float(tf.reduce_max(tf.abs(same - symmetric))), 1e-3)
 
   def test_pycls_strided_bottleneck_pads_symmetrically(self):
-    block = backbones.PyclsBottleneck(8, 32, 2, True, 0.9, 1e-5)
+    block = bottlenecks.PyclsBottleneck(8, 32, 2, True, 0.9, 1e-5)
     x = tf.random.normal([1, 8, 8, 16], seed=2)
     block(x, training=False)
     hidden = tf.nn.relu(block.a_bn(block.a(x), training=False))
@@ -166,15 +166,17 @@ class FoldBatchNormsTest(tf.test.TestCase, parameterized.TestCase):
     backbone = _built(50, "pycls")
     pairs = backbone.conv_bn_pairs()
     bns = [
-      layer for layer in _all_layers(backbone) if isinstance(layer, backbones.FoldableBatchNorm)
+      layer
+      for layer in _all_layers(backbone)
+      if isinstance(layer, foldable_batch_norm.FoldableBatchNorm)
     ]
     self.assertCountEqual([id(bn) for _, bn in pairs], [id(bn) for bn in bns])
     for conv, bn in pairs:
       self.assertEqual(conv.filters, bn.gamma.shape[0])
 
   def test_folded_flag_survives_get_config(self):
-    bn = backbones.FoldableBatchNorm(epsilon=1e-5, folded=True)
-    self.assertTrue(backbones.FoldableBatchNorm.from_config(bn.get_config()).folded)
+    bn = foldable_batch_norm.FoldableBatchNorm(epsilon=1e-5, folded=True)
+    self.assertTrue(foldable_batch_norm.FoldableBatchNorm.from_config(bn.get_config()).folded)
 
 
 # DELF's ResNet50: Keras-default BatchNorm.

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf.keras_api import keras
-from dolg_tf.model import backbones
+from dolg_tf.model import backbones, bottlenecks
 
 layers = keras.layers
 # As DELF's train.py: CheckpointManager(checkpoint, <logdir>/delf_tf2-ckpt).
@@ -71,7 +71,7 @@ class DelfResNet(keras.Model):
       width = scale(backbones.STAGE_WIDTHS[stage_index])
       strides = 1 if stage_index == 0 or (stage_index == 3 and block3_strides) else 2
       for block_index in range(num_blocks):
-        name = backbones.delf_block_name(stage_index, block_index)
+        name = bottlenecks.delf_block_name(stage_index, block_index)
         first = block_index == 0
         block = _Block((width, 4 * width), strides if first else 1, projection=first)
         setattr(self, name, block)

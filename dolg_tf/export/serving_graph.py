@@ -394,7 +394,7 @@ def serving_model(model, model_config: config_lib.ModelConfig, export_config):
   "bfloat16" builds the twin under Keras mixed_bfloat16 (bf16 convolutions and
   matmuls, float32 weights). export.fold_batch_norms folds the backbone's batch
   norms into its convolutions, from `model`'s float32 weights
-  (backbones.FoldableBatchNorm): TF's CPU remapper fuses a convolution with a
+  (foldable_batch_norm.FoldableBatchNorm): TF's CPU remapper fuses a convolution with a
   bias in float32 and bfloat16 alike, but a bfloat16 convolution not with a
   batch norm. The twin is for inference only; `model` is not changed.
 

@@ -2,7 +2,7 @@
 
 The network-side operators of "Global Features are All You Need for Image
 Retrieval and Reranking", applied to the stage-4 map f4 of DOLG and DELG at
-inference (ReLU-up is the backbone's `relu_up`, see backbones.activation):
+inference (ReLU-up is the backbone's `relu_up`, see bottlenecks.activation):
 
 - GeM+: GeM with a tuned exponent instead of the trained one
   (`TestTimeOptions.gem_plus_p`; SuperGlobal uses 4.6 for its CVNet backbone).

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dolg_tf.data import gldv2
+from dolg_tf.data import gldv2, preprocessing
 from dolg_tf.utils import progress as progress_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -270,87 +270,78 @@ def image_error(error: Exception) -> str | None:
   return None
 
 
-def random_resized_crop(
-  image: tf.Tensor,
-  seed: tf.Tensor,
-  area_range: tuple[float, float] = (0.08, 1.0),
-  aspect_ratio_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
-  max_attempts: int = 10,
-) -> tf.Tensor:
-  """Crops a random window of relative area in `area_range` and the given aspect range.
+def _serialized_records(
+  files: list[str],
+  training: bool,
+  seed: int,
+  shuffle_buffer_size: int,
+  cycle_length: int,
+  input_context: tf.distribute.InputContext | None,
+  skip_corrupt: bool,
+) -> tf.data.Dataset:
+  """The records of `files` for this input pipeline, shuffled when training (not repeated).
 
-  Falls back to the whole image when no window fits in `max_attempts` (as
-  tf.image.sample_distorted_bounding_box does).
-
-  Args:
-    image: [H, W, C] tensor.
-    seed: int32/int64 [2] stateless seed.
-    area_range: range of crop area / image area.
-    aspect_ratio_range: range of crop width / height.
-    max_attempts: sampling attempts.
-
-  Returns:
-    The crop, [h, w, C].
+  Files are sharded across input pipelines, or the records when there are
+  fewer files than pipelines.
   """
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-    tf.shape(image),
-    bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]], tf.float32),
-    seed=seed,
-    min_object_covered=0.0,
-    aspect_ratio_range=aspect_ratio_range,
-    area_range=area_range,
-    max_attempts=max_attempts,
-    use_image_if_no_bounding_boxes=True,
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  shard_records = False
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    if len(files) >= input_context.num_input_pipelines:
+      dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    else:
+      shard_records = True
+  if training:
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+  def read(path):
+    records = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
+    return records.ignore_errors(log_warning=True) if skip_corrupt else records
+
+  dataset = dataset.interleave(
+    read,
+    cycle_length=max(1, min(cycle_length, len(files))),
+    block_length=1,
+    num_parallel_calls=AUTOTUNE,
+    deterministic=True,
   )
-  return tf.slice(image, begin, size)
+  if shard_records:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  if training:
+    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+  return dataset
 
 
-def center_square_crop(image: tf.Tensor) -> tf.Tensor:
-  """The largest centred square of an [H, W, C] image."""
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
-  side = tf.minimum(height, width)
-  top, left = (height - side) // 2, (width - side) // 2
-  return image[top : top + side, left : left + side]
+def _parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """(checked decoded RGB uint8 image, int32 label) of one serialized record."""
+  parsed = gldv2.parse_example(serialized, decode=False)
+  return checked_decode(parsed["encoded"], parsed["id"]), tf.cast(parsed["label"], tf.int32)
 
 
-def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-  image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
-  return tf.clip_by_value(image, 0.0, 255.0)
-
-
-def preprocess_train(
-  image: tf.Tensor,
+def _images_and_labels(
+  records: tf.data.Dataset,
+  training: bool,
   image_size: int,
-  seed: tf.Tensor,
-  area_range: tuple[float, float] = (0.08, 1.0),
-) -> tf.Tensor:
-  """Random-resized crop, random horizontal flip, resize; uint8 -> float32 [0, 255].
+  seed: int,
+  center_crop: bool,
+  crop_area_range: tuple[float, float],
+) -> tf.data.Dataset:
+  """Decoded and preprocessed (image, label) pairs: augmented per element when training."""
+  if training:
+    base_seed = tf.constant(seed, tf.int64)
 
-  Args:
-    image: uint8 RGB [H, W, 3].
-    image_size: output side.
-    seed: [2] stateless seed; the same seed gives the same output.
-    area_range: range of the crop's relative area.
+    def train_map(index, serialized):
+      image, label = _parse(serialized)
+      element_seed = tf.stack([base_seed, index])
+      return preprocessing.preprocess_train(image, image_size, element_seed, crop_area_range), label
 
-  Returns:
-    float32 [image_size, image_size, 3].
-  """
-  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
-  image = random_resized_crop(image, seeds[0], area_range=area_range)
-  image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-  image = _resize(image, image_size)
-  image.set_shape([image_size, image_size, 3])
-  return image
+    return records.enumerate().map(train_map, num_parallel_calls=AUTOTUNE, deterministic=True)
 
+  def eval_map(serialized):
+    image, label = _parse(serialized)
+    return preprocessing.preprocess_eval(image, image_size, center_crop), label
 
-def preprocess_eval(image: tf.Tensor, image_size: int, center_crop: bool = True) -> tf.Tensor:
-  """Central square crop (optional) and resize; uint8 -> float32 [0, 255]."""
-  if center_crop:
-    image = center_square_crop(image)
-  image = _resize(image, image_size)
-  image.set_shape([image_size, image_size, 3])
-  return image
+  return records.map(eval_map, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def make_dataset(
@@ -402,54 +393,12 @@ def make_dataset(
   if repeat is None:
     repeat = training
   files = list_files(file_pattern)
-  dataset = tf.data.Dataset.from_tensor_slices(files)
-  shard_records = False
-  if input_context is not None and input_context.num_input_pipelines > 1:
-    if len(files) >= input_context.num_input_pipelines:
-      dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    else:
-      shard_records = True
-  if training:
-    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-
-  def read(path):
-    records = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
-    return records.ignore_errors(log_warning=True) if skip_corrupt else records
-
-  dataset = dataset.interleave(
-    read,
-    cycle_length=max(1, min(cycle_length, len(files))),
-    block_length=1,
-    num_parallel_calls=AUTOTUNE,
-    deterministic=True,
+  dataset = _serialized_records(
+    files, training, seed, shuffle_buffer_size, cycle_length, input_context, skip_corrupt
   )
-  if shard_records:
-    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-  if training:
-    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     dataset = dataset.repeat()
-
-  def parse(serialized):
-    parsed = gldv2.parse_example(serialized, decode=False)
-    return checked_decode(parsed["encoded"], parsed["id"]), tf.cast(parsed["label"], tf.int32)
-
-  if training:
-    base_seed = tf.constant(seed, tf.int64)
-
-    def train_map(index, serialized):
-      image, label = parse(serialized)
-      element_seed = tf.stack([base_seed, index])
-      return preprocess_train(image, image_size, element_seed, crop_area_range), label
-
-    dataset = dataset.enumerate().map(train_map, num_parallel_calls=AUTOTUNE, deterministic=True)
-  else:
-
-    def eval_map(serialized):
-      image, label = parse(serialized)
-      return preprocess_eval(image, image_size, center_crop), label
-
-    dataset = dataset.map(eval_map, num_parallel_calls=AUTOTUNE, deterministic=True)
+  dataset = _images_and_labels(dataset, training, image_size, seed, center_crop, crop_area_range)
   if skip_corrupt:
     dataset = dataset.ignore_errors(log_warning=True)
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)

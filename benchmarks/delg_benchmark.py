@@ -43,7 +43,7 @@ from dolg_tf.export import versions
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import binarize, config_io, datum_io, feature_io
 from dolg_tf.model import builder
-from dolg_tf.retrieval import rerank
+from dolg_tf.retrieval import geometric_verification, rerank
 from dolg_tf.utils import arrays
 
 flags.DEFINE_integer("num_images", 5, "Images timed for extraction.")
@@ -175,7 +175,10 @@ def bench_matchers() -> None:
   n, num_bytes = FLAGS.num_features, 16
   a = rng.integers(0, 256, [n, num_bytes], dtype=np.uint8)
   b = rng.integers(0, 256, [n, num_bytes], dtype=np.uint8)
-  threshold, ratio = binarize.hamming_threshold_for_l2(rerank.DEFAULT_DISTANCE_THRESHOLD, 128), 0.9
+  threshold, ratio = (
+    binarize.hamming_threshold_for_l2(geometric_verification.DEFAULT_DISTANCE_THRESHOLD, 128),
+    0.9,
+  )
   expected = binarize.match_binary_reference(a, b, threshold, ratio)
   if not np.array_equal(binarize.match_binary(a, b, threshold, ratio), expected):
     raise AssertionError("match_binary differs from match_binary_reference")

@@ -37,7 +37,7 @@ from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
 from dolg_tf.extraction import pipeline  # noqa: E402
 from dolg_tf.io import config_io, datum_io  # noqa: E402
 from dolg_tf.model import superglobal  # noqa: E402
-from dolg_tf.retrieval import perform_retrieval  # noqa: E402
+from dolg_tf.retrieval import perform_retrieval, retrieval_config  # noqa: E402
 from dolg_tf.retrieval import superglobal as superglobal_rerank  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -143,9 +143,17 @@ def ablate(name, workdir, output_dir):
       model_path = export_once(workdir, os.path.join(output_dir, name, "relu_up_export"), relu_up)
     config, features = extract(workdir, variant, model_path, folder, images, FLAGS.scale_gem_p)
     suffix = config.global_descriptor_suffix
-    plain = perform_retrieval.evaluate(gnd_path, features, features, suffix=suffix)
+    plain = perform_retrieval.evaluate(
+      gnd_path, features, features, config=retrieval_config.RetrievalConfig(suffix=suffix)
+    )
     reranked = perform_retrieval.evaluate(
-      gnd_path, features, features, suffix=suffix, superglobal_m=superglobal_rerank.DEFAULT_M
+      gnd_path,
+      features,
+      features,
+      config=retrieval_config.RetrievalConfig(
+        suffix=suffix,
+        superglobal=superglobal_rerank.SuperGlobalConfig(m=superglobal_rerank.DEFAULT_M),
+      ),
     )
     rows.append((variant.label, plain.results, reranked.results, reranked.superglobal_ms_per_query))
   return rows
@@ -174,7 +182,9 @@ def precision_rows(name, workdir, output_dir):
     os.makedirs(folder, exist_ok=True)
     config, features = extract(workdir, Variant(key), model_path, folder, images, 3.0)
     suffix = config.global_descriptor_suffix
-    results[label] = perform_retrieval.evaluate(gnd_path, features, features, suffix=suffix)
+    results[label] = perform_retrieval.evaluate(
+      gnd_path, features, features, config=retrieval_config.RetrievalConfig(suffix=suffix)
+    )
     descriptors[label] = {
       task.image_id: datum_io.read_from_file(os.path.join(features, task.image_id + suffix))
       for task in images

@@ -35,14 +35,14 @@ from google.protobuf import text_format
 
 from dolg_tf import config as config_lib
 from dolg_tf import experiments, protos, run_layout
-from dolg_tf.data import synthetic
+from dolg_tf.data import synthetic_benchmark
 from dolg_tf.export import versions
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.extraction import pipeline
 from dolg_tf.io import config_io
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder
-from dolg_tf.retrieval import perform_retrieval, rerank
+from dolg_tf.retrieval import geometric_verification, perform_retrieval, retrieval_config
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -68,7 +68,7 @@ cli.define_override(
 # 16 px / scale grid: the RANSAC threshold is scaled down, and degenerate
 # affine fits (which collect grid "inliers" between unrelated images) are
 # rejected. Measured effect: README, "DELG on the synthetic benchmark".
-DEMO_GEOMETRIC_VERIFICATION = rerank.GeometricVerificationConfig(
+DEMO_GEOMETRIC_VERIFICATION = geometric_verification.GeometricVerificationConfig(
   top_k=100, residual_threshold=4.0, max_scale_change=3.0, max_anisotropy=2.0
 )
 
@@ -197,9 +197,12 @@ def evaluate(name: str, model_path: str, benchmark_dir: str, workdir: str):
     gnd_path,
     features_dir,
     features_dir,
-    suffix=config.global_descriptor_suffix,
-    local_suffix=config.local_descriptor_suffix,
-    geometric_verification=(DEMO_GEOMETRIC_VERIFICATION if config.use_local_features else None),
+    config=retrieval_config.RetrievalConfig(
+      suffix=config.global_descriptor_suffix,
+      local_suffix=config.local_descriptor_suffix,
+      use_geometric_verification=config.use_local_features,
+      geometric_verification=DEMO_GEOMETRIC_VERIFICATION,
+    ),
   )
   metrics_path = perform_retrieval.write_metrics(
     evaluation.results, evaluation.summary, metrics_dir
@@ -221,7 +224,7 @@ def main(argv):
   config = config_lib.load_config(layout.config)
   benchmark_dir = os.path.join(workdir, "benchmark")
   if not os.path.exists(os.path.join(benchmark_dir, "gnd_synthetic.pkl")):
-    synthetic.write_retrieval_benchmark(
+    synthetic_benchmark.write_retrieval_benchmark(
       benchmark_dir, num_classes=config.data.synthetic_classes, seed=config.train.seed
     )
   untrained_export = export_untrained(layout)

@@ -47,7 +47,7 @@ from dolg_tf.data import ground_truth
 from dolg_tf.extraction import pipeline
 from dolg_tf.io import image_loading
 from dolg_tf.model import checkpoint_restore
-from dolg_tf.retrieval import perform_retrieval, rerank
+from dolg_tf.retrieval import perform_retrieval, rerank, retrieval_config
 from dolg_tf.utils import cli
 from dolg_tf.visualization import attention, match_images, report_html, retrieval_report
 
@@ -111,7 +111,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flag_values=f,
   )
   _define_match_flags(f)
-  perform_retrieval.define_geometric_verification_flags()
+  _define_verification_flags(f)
+
+
+def _define_verification_flags(f: flags.FlagValues) -> dict[str, str]:
+  """dolg-retrieve's --gv_* flags (RetrievalConfig.geometric_verification); a second call: no-op."""
+  return retrieval_config.define_flags(f, sections=("geometric_verification",), top_level=False)
 
 
 def _define_match_flags(f: flags.FlagValues) -> None:
@@ -242,9 +247,12 @@ def _evaluate(gt, gv):
     cli.resolve_path(FLAGS.dataset_file_path),
     cli.resolve_path(FLAGS.query_features_dir),
     cli.resolve_path(FLAGS.index_features_dir),
-    geometric_verification=gv if FLAGS.use_geometric_verification else None,
-    local_suffix=FLAGS.local_suffix,
-    **kwargs,
+    config=retrieval_config.RetrievalConfig(
+      local_suffix=FLAGS.local_suffix,
+      use_geometric_verification=FLAGS.use_geometric_verification,
+      geometric_verification=gv,
+      **kwargs,
+    ),
   )
 
 
@@ -319,7 +327,7 @@ def _write(gv, attention_paths) -> str:
 def main(argv):
   del argv  # unused
   _check_flags()
-  gv = perform_retrieval.geometric_verification_from_flags()
+  gv = retrieval_config.from_flags(_define_verification_flags(FLAGS)).geometric_verification
   try:
     attention_paths = [_image_path(s, "--attention_images") for s in FLAGS.attention_images]
     path = _write(gv, attention_paths)

@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf.io import binarize, datum_io
-from dolg_tf.retrieval import rerank
+from dolg_tf.retrieval import geometric_verification
 
 
 def _unit(x):
@@ -47,9 +47,9 @@ class BinarizeTest(tf.test.TestCase):
     perm = rng.permutation(150)
     copies = _unit(database[perm] + rng.normal(scale=0.03, size=[150, dim]))
     queries = np.concatenate([copies, _unit(rng.normal(size=[50, dim]))]).astype(np.float32)
-    float_matches = rerank.match_features(queries, database.astype(np.float32), 0.8)
+    float_matches = geometric_verification.match_features(queries, database.astype(np.float32), 0.8)
     threshold = binarize.hamming_threshold_for_l2(0.8, dim)
-    binary_matches = rerank.match_features(
+    binary_matches = geometric_verification.match_features(
       binarize.binarize(queries), binarize.binarize(database), threshold
     )
 

@@ -12,20 +12,14 @@ import tensorflow as tf
 from absl import flags
 
 from dolg_tf.io import datum_io, descriptor_reading
-from dolg_tf.retrieval import perform_retrieval, query_expansion
+from dolg_tf.retrieval import (
+  geometric_verification,
+  perform_retrieval,
+  query_expansion,
+  retrieval_config,
+)
 from dolg_tf.utils import cli
 from tests import testutil
-
-
-class _Flags:
-  """absl.flags with the DEFINE_* functions bound to one FlagValues."""
-
-  def __init__(self, flag_values):
-    self._flag_values = flag_values
-
-  def __getattr__(self, name):
-    define = getattr(flags, name)
-    return lambda *args, **kwargs: define(*args, flag_values=self._flag_values, **kwargs)
 
 
 class PerformRetrievalTest(tf.test.TestCase):
@@ -91,7 +85,7 @@ class PerformRetrievalTest(tf.test.TestCase):
       os.path.join(root, "gnd_test.pkl"),
       os.path.join(root, "features"),
       os.path.join(root, "features"),
-      num_ranked=1,
+      config=retrieval_config.RetrievalConfig(num_ranked=1),
     )
     # Hard: q0 has no hard positive (skipped), q1's db3 is cut off.
     self.assertAllClose(cut.results["hard"].mean_ap, 0.0)
@@ -101,21 +95,58 @@ class PerformRetrievalTest(tf.test.TestCase):
 
   def test_geometric_verification_flags_come_from_the_config(self):
     flag_values = flags.FlagValues()
-    with mock.patch.object(perform_retrieval, "flags", _Flags(flag_values)):
-      perform_retrieval.define_geometric_verification_flags()
-    defaults = perform_retrieval.GeometricVerificationConfig()
+    mapping = perform_retrieval.define_flags(flag_values)
+    self.assertEqual(perform_retrieval.define_flags(flag_values), mapping)  # a no-op
+    defaults = geometric_verification.GeometricVerificationConfig()
+    flag_values(["prog"])
+    not_given = retrieval_config.from_flags(mapping, flag_values).geometric_verification
     for field in dataclasses.fields(defaults):
-      self.assertEqual(flag_values["gv_" + field.name].default, getattr(defaults, field.name))
+      self.assertEqual(mapping["gv_" + field.name], "geometric_verification." + field.name)
+      self.assertEqual(getattr(not_given, field.name), getattr(defaults, field.name))
     flag_values(["prog", "--gv_top_k=7", "--gv_max_anisotropy=2", "--gv_model=homography"])
-    with mock.patch.object(perform_retrieval, "FLAGS", flag_values):
-      config = perform_retrieval.geometric_verification_from_flags()
+    config = retrieval_config.from_flags(mapping, flag_values).geometric_verification
     self.assertEqual((config.top_k, config.max_anisotropy, config.model), (7, 2.0, "homography"))
     self.assertEqual(config.residual_threshold, defaults.residual_threshold)
     self.assertIsNone(config.max_scale_change)
     flag_values["gv_max_scale_change"].value = 0.0
-    with mock.patch.object(perform_retrieval, "FLAGS", flag_values):
-      with self.assertRaisesRegex(cli.UserError, "--gv_max_scale_change: must be > 0 or None"):
-        perform_retrieval.geometric_verification_from_flags()
+    with self.assertRaisesRegex(cli.UserError, "--gv_max_scale_change: must be > 0 or None"):
+      retrieval_config.from_flags(mapping, flag_values)
+
+  def test_flag_names_and_defaults_stay(self):
+    flag_values = flags.FlagValues()
+    mapping = perform_retrieval.define_flags(flag_values)
+    for name in (
+      "dataset_file_path",
+      "query_features_dir",
+      "index_features_dir",
+      "distractor_features",
+      "suffix",
+      "qe_n",
+      "dba_n",
+      "alpha",
+      "superglobal_m",
+      "superglobal_k",
+      "superglobal_beta",
+      "num_ranked",
+      "output_dir",
+      "report_dir",
+      "images_dir",
+      "use_geometric_verification",
+      "local_suffix",
+    ):
+      self.assertIn(name, flag_values)
+    flag_values(["prog"])
+    self.assertEqual(
+      retrieval_config.from_flags(mapping, flag_values), retrieval_config.RetrievalConfig()
+    )
+    flag_values(
+      ["prog", "--qe_n=2", "--alpha=1", "--superglobal_k=5", "--use_geometric_verification"]
+    )
+    config = retrieval_config.from_flags(mapping, flag_values)
+    self.assertEqual((config.query_expansion.qe_n, config.query_expansion.alpha), (2, 1.0))
+    self.assertEqual(config.superglobal.k, 5)
+    self.assertTrue(config.use_geometric_verification)
+    self.assertEqual(config.suffix, ".dolg_global")
 
   def test_missing_descriptors_are_named(self):
     root = self.create_tempdir().full_path
@@ -198,7 +229,7 @@ class UserErrorsTest(tf.test.TestCase):
         + ".*"
         + re.escape(f"7 of 7 index local feature files (*.delg_local) missing in {self.index}"),
       ):
-        self._evaluate(geometric_verification=perform_retrieval.GeometricVerificationConfig())
+        self._evaluate(config=retrieval_config.RetrievalConfig(use_geometric_verification=True))
     ranking.assert_not_called()
 
   def test_dimension_mismatches_name_both_sides_before_the_index_is_read(self):

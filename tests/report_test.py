@@ -10,7 +10,7 @@ from PIL import Image
 
 from dolg_tf.data import ground_truth
 from dolg_tf.io import datum_io, feature_io
-from dolg_tf.retrieval import metrics, perform_retrieval, rerank
+from dolg_tf.retrieval import geometric_verification, metrics, perform_retrieval, retrieval_config
 from dolg_tf.utils import images
 from dolg_tf.visualization import drawing, match_images, plots, ranked_lists, retrieval_report
 from tests import testutil
@@ -184,12 +184,15 @@ class MatchImageTest(tf.test.TestCase):
     features_a = feature_io.LocalFeatures(locations_a, ones, descriptors, ones, 0 * ones)
     features_b = feature_io.LocalFeatures(locations_b, ones, descriptors, ones, 0 * ones)
     verified = match_images.verify_pair(
-      features_a, features_b, rerank.GeometricVerificationConfig(residual_threshold=2.0)
+      features_a,
+      features_b,
+      geometric_verification.GeometricVerificationConfig(residual_threshold=2.0),
     )
     self.assertAllEqual(verified.matches, np.stack([np.arange(14)] * 2, axis=1))
     self.assertAllEqual(verified.inliers, np.arange(14) < 10)
     self.assertEqual(
-      verified.num_inliers, rerank.count_inliers(features_a, features_b, residual_threshold=2.0)
+      verified.num_inliers,
+      geometric_verification.count_inliers(features_a, features_b, residual_threshold=2.0),
     )
 
 
@@ -354,8 +357,11 @@ class PerformRetrievalReportTest(tf.test.TestCase):
       gnd_path,
       features,
       features,
-      geometric_verification=rerank.GeometricVerificationConfig(
-        residual_threshold=1.0, max_scale_change=2.0, max_anisotropy=2.0
+      config=retrieval_config.RetrievalConfig(
+        use_geometric_verification=True,
+        geometric_verification=geometric_verification.GeometricVerificationConfig(
+          residual_threshold=1.0, max_scale_change=2.0, max_anisotropy=2.0
+        ),
       ),
     )
     self.assertAllEqual(verified.ranks, plain.ranks)

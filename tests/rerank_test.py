@@ -1,5 +1,6 @@
 """Tests for DELG geometric verification and re-ranking."""
 
+import dataclasses
 import os
 import pickle
 from unittest import mock
@@ -9,7 +10,7 @@ import tensorflow as tf
 
 from dolg_tf.extraction import local_extractor
 from dolg_tf.io import binarize, datum_io, feature_io
-from dolg_tf.retrieval import perform_retrieval, rerank
+from dolg_tf.retrieval import geometric_verification, perform_retrieval, rerank, retrieval_config
 
 # Affine map of (x, y) points: dst = A @ [x, y, 1].
 _A = np.array([[0.9, -0.2, 15.0], [0.15, 1.1, -8.0]])
@@ -54,20 +55,27 @@ def _random_features(rng, n=50, dim=32):
 class RerankTest(tf.test.TestCase):
   def test_ransac_recovers_a_known_affine_transform(self):
     query, index = _pair(np.random.default_rng(0))
-    matches = rerank.match_features(query.descriptors, index.descriptors, 0.8)
+    matches = geometric_verification.match_features(query.descriptors, index.descriptors, 0.8)
     self.assertLen(matches, 100)
     self.assertAllEqual(matches[:, 0], matches[:, 1])
-    result = rerank.ransac_inliers(query.locations, index.locations, matches, "affine", 3.0)
+    result = geometric_verification.ransac_inliers(
+      query.locations, index.locations, matches, "affine", 3.0
+    )
     true_inliers = matches[:, 0] < 60
     self.assertGreaterEqual(np.sum(result.mask & true_inliers), 0.95 * 60)
     self.assertLessEqual(np.sum(result.mask & ~true_inliers), 2)
     self.assertAllClose(result.matrix[:, :2], _A[:, :2], atol=1e-2)
     self.assertAllClose(result.matrix[:, 2], _A[:, 2], atol=1.0)
-    homography = rerank.ransac_inliers(query.locations, index.locations, matches, "homography", 3.0)
+    homography = geometric_verification.ransac_inliers(
+      query.locations, index.locations, matches, "homography", 3.0
+    )
     self.assertGreaterEqual(np.sum(homography.mask & true_inliers), 0.95 * 60)
     # Too few matches: no model.
     self.assertEqual(
-      rerank.ransac_inliers(query.locations, index.locations, matches[:2]).num_inliers, 0
+      geometric_verification.ransac_inliers(
+        query.locations, index.locations, matches[:2]
+      ).num_inliers,
+      0,
     )
 
   def test_implausible_fits_are_rejected_and_plausible_ones_kept(self):
@@ -77,51 +85,57 @@ class RerankTest(tf.test.TestCase):
     degenerate = np.array([[0.0, 0.4, 60.0], [0.0, 0.5, 0.0]])
     dst_xy = grid[:, ::-1] @ degenerate[:, :2].T + degenerate[:, 2]
     matches = np.stack([np.arange(64), np.arange(64)], 1)
-    loose = rerank.ransac_inliers(grid, dst_xy[:, ::-1], matches, "affine", 2.0)
+    loose = geometric_verification.ransac_inliers(grid, dst_xy[:, ::-1], matches, "affine", 2.0)
     self.assertEqual(loose.num_inliers, 64)
-    checked = rerank.ransac_inliers(
+    checked = geometric_verification.ransac_inliers(
       grid, dst_xy[:, ::-1], matches, "affine", 2.0, max_scale_change=3.0, max_anisotropy=2.0
     )
     self.assertEqual(checked.num_inliers, 0)
     self.assertIsNone(checked.matrix)
     # The test's real transform (rotation + mild shear) passes the same checks.
     query, index = _pair(np.random.default_rng(1))
-    real = rerank.ransac_inliers(
+    real = geometric_verification.ransac_inliers(
       query.locations,
       index.locations,
-      rerank.match_features(query.descriptors, index.descriptors, 0.8),
+      geometric_verification.match_features(query.descriptors, index.descriptors, 0.8),
       "affine",
       3.0,
       max_scale_change=3.0,
       max_anisotropy=2.0,
     )
     self.assertGreaterEqual(real.num_inliers, 57)
-    self.assertTrue(rerank.is_plausible_transform(_A, 3.0, 2.0))
-    self.assertTrue(rerank.is_plausible_transform(_A, None, None))
+    self.assertTrue(geometric_verification.is_plausible_transform(_A, 3.0, 2.0))
+    self.assertTrue(geometric_verification.is_plausible_transform(_A, None, None))
     mirrored = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    self.assertFalse(rerank.is_plausible_transform(mirrored, 3.0, None))
-    self.assertFalse(rerank.is_plausible_transform(np.diag([4.0, 4.0, 1.0]), 3.0, None))
-    self.assertFalse(rerank.is_plausible_transform(np.diag([1.0, 2.5, 1.0]), None, 2.0))
-    self.assertTrue(rerank.is_plausible_transform(2.0 * np.diag([1.5, 1.5, 1.0]), 3.0, 2.0))
+    self.assertFalse(geometric_verification.is_plausible_transform(mirrored, 3.0, None))
+    self.assertFalse(
+      geometric_verification.is_plausible_transform(np.diag([4.0, 4.0, 1.0]), 3.0, None)
+    )
+    self.assertFalse(
+      geometric_verification.is_plausible_transform(np.diag([1.0, 2.5, 1.0]), None, 2.0)
+    )
+    self.assertTrue(
+      geometric_verification.is_plausible_transform(2.0 * np.diag([1.5, 1.5, 1.0]), 3.0, 2.0)
+    )
 
   def test_match_features_threshold_and_ratio(self):
     a = np.eye(4, dtype=np.float32)
     b = np.stack([a[0], _unit(np.array([1.0, 1.0, 0, 0]))])  # b[1] is 0.765 from a[0], a[1]
-    self.assertAllEqual(rerank.match_features(a, b, 0.8), [[0, 0], [1, 1]])
-    self.assertAllEqual(rerank.match_features(a, b, 0.7), [[0, 0]])
+    self.assertAllEqual(geometric_verification.match_features(a, b, 0.8), [[0, 0], [1, 1]])
+    self.assertAllEqual(geometric_verification.match_features(a, b, 0.7), [[0, 0]])
     # a[1]: nearest 0.765, second 1.414; the ratio test at 0.5 rejects it.
-    self.assertAllEqual(rerank.match_features(a, b, 0.8, ratio=0.5), [[0, 0]])
-    self.assertEqual(rerank.match_features(a[:0], b).shape, (0, 2))
+    self.assertAllEqual(geometric_verification.match_features(a, b, 0.8, ratio=0.5), [[0, 0]])
+    self.assertEqual(geometric_verification.match_features(a[:0], b).shape, (0, 2))
     # The dense path and the KD-tree give the same matches.
     rng = np.random.default_rng(3)
     x, y = _unit(rng.normal(size=[200, 16])), _unit(rng.normal(size=[300, 16]))
     for ratio in (None, 0.9):
-      dense = rerank.match_features(x, y, 1.1, ratio)
-      with mock.patch.object(rerank, "_DENSE_PAIRS", 0):
-        self.assertAllEqual(rerank.match_features(x, y, 1.1, ratio), dense)
+      dense = geometric_verification.match_features(x, y, 1.1, ratio)
+      with mock.patch.object(geometric_verification, "_DENSE_PAIRS", 0):
+        self.assertAllEqual(geometric_verification.match_features(x, y, 1.1, ratio), dense)
       self.assertNotEmpty(dense)
     with self.assertRaisesRegex(ValueError, "cannot match"):
-      rerank.match_features(a, binarize.binarize(b))
+      geometric_verification.match_features(a, binarize.binarize(b))
 
   def test_verified_image_moves_from_rank_5_to_rank_0(self):
     rng = np.random.default_rng(1)
@@ -188,10 +202,11 @@ class RerankTest(tf.test.TestCase):
     gnd_path = os.path.join(directory, "gnd_test.pkl")
     with open(gnd_path, "wb") as f:
       pickle.dump(gnd, f)
-    gv = rerank.GeometricVerificationConfig(top_k=10)
-    evaluation = perform_retrieval.evaluate(
-      gnd_path, directory, directory, suffix=".delg_global", geometric_verification=gv
+    gv = geometric_verification.GeometricVerificationConfig(top_k=10)
+    config = retrieval_config.RetrievalConfig(
+      suffix=".delg_global", use_geometric_verification=True, geometric_verification=gv
     )
+    evaluation = perform_retrieval.evaluate(gnd_path, directory, directory, config=config)
     before, after = evaluation.global_results, evaluation.results
     self.assertAllClose(before["easy"].mean_ap, 0.1)  # 5th after junk removal: (0 + 1/5) / 2
     self.assertAllClose(after["easy"].mean_ap, 1.0)
@@ -213,12 +228,7 @@ class RerankTest(tf.test.TestCase):
 
     with mock.patch.object(rerank, "local_features_loader", recording_loader):
       with_distractors = perform_retrieval.evaluate(
-        gnd_path,
-        directory,
-        directory,
-        distractors,
-        suffix=".delg_global",
-        geometric_verification=gv,
+        gnd_path, directory, directory, distractors, config
       )
     self.assertEqual(with_distractors.num_database, 8)
     # Globally db_4 is last of 8 (7th after junk removal): AP (0 + 1/7) / 2.
@@ -227,13 +237,7 @@ class RerankTest(tf.test.TestCase):
     self.assertTrue(all(i < 6 for n, i in loaded if n == 6))  # distractors never loaded
     # num_ranked: the ranking is cut to 3 before verification, db_4 is not in it.
     cut = perform_retrieval.evaluate(
-      gnd_path,
-      directory,
-      directory,
-      distractors,
-      suffix=".delg_global",
-      num_ranked=3,
-      geometric_verification=gv,
+      gnd_path, directory, directory, distractors, dataclasses.replace(config, num_ranked=3)
     )
     self.assertAllClose(cut.results["easy"].mean_ap, 0.0)
 
@@ -247,15 +251,17 @@ class RerankTest(tf.test.TestCase):
     self.assertEqual((counts[0][1], counts[0][3]), (0, 0))
 
   def test_geometric_verification_config(self):
-    config = rerank.GeometricVerificationConfig()
+    config = geometric_verification.GeometricVerificationConfig()
     self.assertEqual((config.top_k, config.residual_threshold, config.model), (100, 20.0, "affine"))
     self.assertIsNone(config.max_scale_change)
     self.assertNotIn("top_k", config.verify_kwargs())
-    self.assertEqual(config.verify_kwargs()["max_trials"], rerank.DEFAULT_MAX_TRIALS)
+    self.assertEqual(
+      config.verify_kwargs()["max_trials"], geometric_verification.DEFAULT_MAX_TRIALS
+    )
     with self.assertRaisesRegex(ValueError, "max_scale_change: must be > 0 or None"):
-      rerank.GeometricVerificationConfig(max_scale_change=0)
+      geometric_verification.GeometricVerificationConfig(max_scale_change=0)
     with self.assertRaisesRegex(ValueError, "model: must be one of"):
-      rerank.GeometricVerificationConfig(model="similarity")
+      geometric_verification.GeometricVerificationConfig(model="similarity")
 
   def test_non_finite_local_features_are_refused_naming_the_file(self):
     folder = self.create_tempdir().full_path

@@ -8,9 +8,23 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf.io import datum_io
-from dolg_tf.retrieval import exact_search, indexes, perform_retrieval, rerank, superglobal
+from dolg_tf.retrieval import (
+  exact_search,
+  geometric_verification,
+  indexes,
+  perform_retrieval,
+  query_expansion,
+  rerank,
+  retrieval_config,
+  superglobal,
+)
 from dolg_tf.utils import arrays
 from tests import testutil
+
+
+def _superglobal_config(m, **kwargs):
+  """A RetrievalConfig with SuperGlobal re-ranking of the top m."""
+  return retrieval_config.RetrievalConfig(superglobal=superglobal.SuperGlobalConfig(m=m), **kwargs)
 
 
 def _unit(x):
@@ -247,14 +261,14 @@ class PerformRetrievalTest(tf.test.TestCase):
     with open(self.gnd, "wb") as f:
       pickle.dump({"imlist": self.imlist, "qimlist": ["q0", "q1"], "gnd": gnd}, f)
 
-  def _evaluate(self, **kwargs):
-    return perform_retrieval.evaluate(self.gnd, self.features, self.features, self.shard, **kwargs)
+  def _evaluate(self, config=None):
+    return perform_retrieval.evaluate(self.gnd, self.features, self.features, self.shard, config)
 
   def test_before_and_after_lines_with_distractors(self):
     plain = self._evaluate()
     self.assertIsNone(plain.superglobal_results)
     self.assertNotIn("SuperGlobal", plain.summary)
-    evaluation = self._evaluate(superglobal_m=400)
+    evaluation = self._evaluate(_superglobal_config(400))
     self.assertEqual(evaluation.num_database, 30)
     # The isolated distractors near the queries outrank some views globally;
     # SuperGlobal lifts every view above them.
@@ -275,11 +289,13 @@ class PerformRetrievalTest(tf.test.TestCase):
     self.assertEqual(lines[4], ">> test: mAP E: 100.00, M: 100.00, H: 100.00")
     self.assertLen(lines, 6)
     # The ranking kept (num_ranked = 5) is cut after re-ranking the top M.
-    cut = self._evaluate(superglobal_m=400, num_ranked=5)
+    cut = self._evaluate(_superglobal_config(400, num_ranked=5))
     self.assertAllClose(cut.superglobal_results["medium"].mean_ap, 1.0)
     self.assertLess(cut.global_results["medium"].mean_ap, 0.8)
     # Without the distractors there is nothing to fix.
-    alone = perform_retrieval.evaluate(self.gnd, self.features, self.features, superglobal_m=400)
+    alone = perform_retrieval.evaluate(
+      self.gnd, self.features, self.features, config=_superglobal_config(400)
+    )
     self.assertAllClose(alone.global_results["medium"].mean_ap, 1.0)
     self.assertAllClose(alone.results["medium"].mean_ap, 1.0)
 
@@ -287,9 +303,13 @@ class PerformRetrievalTest(tf.test.TestCase):
     with self.assertRaisesRegex(
       ValueError, "^superglobal_m=400 cannot be combined with qe_n=1 / dba_n=0: "
     ):
-      self._evaluate(superglobal_m=400, qe_n=1)
+      self._evaluate(
+        _superglobal_config(400, query_expansion=query_expansion.QueryExpansionConfig(qe_n=1))
+      )
     with self.assertRaisesRegex(ValueError, "^superglobal_beta must be >= 0, got -1"):
-      self._evaluate(superglobal_m=400, superglobal_beta=-1)
+      self._evaluate(
+        retrieval_config.RetrievalConfig(superglobal=superglobal.SuperGlobalConfig(m=400, beta=-1))
+      )
     # Geometric verification re-ranks the SuperGlobal ranking (local features
     # are mocked: rerank_protocols records what it is given).
     for name in self.imlist + ["q0", "q1"]:
@@ -302,8 +322,11 @@ class PerformRetrievalTest(tf.test.TestCase):
 
     with mock.patch.object(rerank, "rerank_protocols", fake_rerank_protocols):
       evaluation = self._evaluate(
-        superglobal_m=20,
-        geometric_verification=perform_retrieval.GeometricVerificationConfig(top_k=10),
+        _superglobal_config(
+          20,
+          use_geometric_verification=True,
+          geometric_verification=geometric_verification.GeometricVerificationConfig(top_k=10),
+        )
       )
     database = np.concatenate([self.index, self.distractors])
     expected = superglobal.superglobal_rerank(

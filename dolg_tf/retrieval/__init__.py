@@ -8,9 +8,14 @@ Modules:
     interface, saved folders and the exact index; scann_index, faiss_indexes:
     the backends), recall@k.
   query_expansion: alpha query expansion and database-side augmentation.
-  rerank: DELG local feature matching + RANSAC geometric verification.
+  geometric_verification: DELG local feature matching + RANSAC for two images,
+    and its settings.
+  rerank: re-ranking the top of each ranking by verified inliers (per protocol,
+    junk and distractors as DELF).
   superglobal: SuperGlobal re-ranking of a top-M with global descriptors only
     (top-M descriptor augmentation + max query expansion, Shao et al. 2023).
+  retrieval_config: the settings of one evaluation (expansion, SuperGlobal,
+    geometric verification) in one object, and the flags generated from it.
   perform_retrieval: the evaluation (global search, QE/DBA, distractors,
     optional SuperGlobal and geometric verification) and its binary.
   (The ground truth readers are dolg_tf.data.ground_truth.)

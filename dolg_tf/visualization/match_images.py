@@ -6,7 +6,7 @@ when the images are narrower than it); every keypoint is a small dot
 (`KEYPOINT_COLOR`), tentative matches that RANSAC rejected are lines of
 `OUTLIER_COLOR` (at most `max_outliers` of them), its inliers lines of
 `INLIER_COLOR` drawn on top. `verify_pair` computes both sets with
-rerank.verify (the matching and RANSAC of geometric verification, with a
+geometric_verification.verify (the matching and RANSAC of geometric verification, with a
 GeometricVerificationConfig); `match_picture` does both for a `MatchPair` of
 files, enlarging small images to `READABLE_SIDE` and wrapping the title.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from dolg_tf.data import ground_truth
 from dolg_tf.io import feature_io, image_loading
-from dolg_tf.retrieval import rerank
+from dolg_tf.retrieval import geometric_verification
 from dolg_tf.visualization import drawing
 
 INLIER_COLOR = (0, 230, 0)
@@ -47,11 +47,11 @@ class PairVerification:
 def verify_pair(
   features_a: feature_io.LocalFeatures,
   features_b: feature_io.LocalFeatures,
-  config: rerank.GeometricVerificationConfig | None = None,
+  config: geometric_verification.GeometricVerificationConfig | None = None,
 ) -> PairVerification:
   """Matches two images' local features and fits RANSAC as geometric verification does."""
-  config = config or rerank.GeometricVerificationConfig()
-  matches, result = rerank.verify(features_a, features_b, **config.verify_kwargs())
+  config = config or geometric_verification.GeometricVerificationConfig()
+  matches, result = geometric_verification.verify(features_a, features_b, **config.verify_kwargs())
   return PairVerification(matches, result.mask)
 
 
@@ -173,7 +173,7 @@ class MatchPair:
 
 def match_picture(
   pair: MatchPair,
-  config: rerank.GeometricVerificationConfig | None = None,
+  config: geometric_verification.GeometricVerificationConfig | None = None,
   max_side: int = 512,
   min_side: int = READABLE_SIDE,
 ) -> tuple[np.ndarray, int]:

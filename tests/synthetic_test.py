@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from dolg_tf.data import gldv2, synthetic, synthetic_scenes
+from dolg_tf.data import gldv2, synthetic, synthetic_benchmark, synthetic_scenes
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
@@ -139,7 +139,7 @@ class TrainingSetTest(tf.test.TestCase):
 class BenchmarkTest(tf.test.TestCase):
   def test_ground_truth_structure(self):
     out = self.create_tempdir().full_path
-    info = synthetic.write_retrieval_benchmark(
+    info = synthetic_benchmark.write_retrieval_benchmark(
       out,
       num_classes=3,
       queries_per_class=2,

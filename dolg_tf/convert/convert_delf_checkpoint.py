@@ -6,49 +6,67 @@
 Reads what DELF's train.py writes (`<logdir>/delf_tf2-ckpt/ckpt-N`, or
 `<logdir>/delf_weights`) and writes <output_dir>/config.json, checkpoints/ckpt-1
 (tf.train.Checkpoint with `model`, and `head` with --import_head) and export/1
-(SavedModel). See dolg_tf.convert.delf_checkpoint for the mapping.
+(SavedModel). See dolg_tf.convert.delf_checkpoint for the mapping. The export
+section's fields have a flag each (--image_scales, --max_image_size,
+--precision, ...; defaults: ExportConfig's).
 """
 
 from absl import app, flags, logging
 
 from dolg_tf import config as config_lib
 from dolg_tf.convert import delf_checkpoint
-from dolg_tf.export import export_model
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string(
-  "checkpoint", None, "DELF training logdir, checkpoint folder, or checkpoint prefix."
-)
-flags.DEFINE_string("output_dir", None, "New or empty output folder.")
-flags.DEFINE_bool("block3_strides", True, "As DELF's --block3_strides (not stored in checkpoints).")
-flags.DEFINE_float("gem_power", 3.0, "DELF's GeM power (not stored in checkpoints).")
-flags.DEFINE_float("arcface_margin", 0.1, "DELF's --arcface_margin (not stored in checkpoints).")
-flags.DEFINE_bool("import_head", False, "Also import cosine_weights as an ArcFace head.")
-flags.DEFINE_integer(
-  "max_image_size", None, "Export: cap on the largest side (default: ExportConfig's)."
-)
-flags.DEFINE_list("image_scales", None, "Export pyramid scales (default: ExportConfig's).")
-cli.define_override(flags.DEFINE_string, "precision", export_model.PRECISION_HELP)
-flags.mark_flags_as_required(["checkpoint", "output_dir"])
+
+def _define_export_flags(flag_values: flags.FlagValues) -> dict[str, str]:
+  """One flag per export field (defaults: ExportConfig's); returns flag -> field path."""
+  return cli.define_config_flags(
+    config_lib.ExperimentConfig(), sections=("export",), flag_values=flag_values
+  )
 
 
-def _export_config() -> config_lib.ExportConfig:
-  overrides = {}
-  if FLAGS.image_scales:
-    try:
-      overrides["image_scales"] = tuple(float(s) for s in FLAGS.image_scales)
-    except ValueError:
-      raise cli.UserError(
-        f"--image_scales: expected numbers, got {','.join(FLAGS.image_scales)}"
-      ) from None
-  if FLAGS.max_image_size is not None:
-    overrides["max_image_size"] = FLAGS.max_image_size
-  if FLAGS.precision is not None:
-    overrides["precision"] = FLAGS.precision
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the command's flags (a second call is a no-op)."""
+  if "arcface_margin" not in flag_values:
+    flags.DEFINE_string(
+      "checkpoint",
+      None,
+      "DELF training logdir, checkpoint folder, or checkpoint prefix.",
+      flag_values=flag_values,
+    )
+    flags.DEFINE_string("output_dir", None, "New or empty output folder.", flag_values=flag_values)
+    flags.DEFINE_bool(
+      "block3_strides",
+      True,
+      "As DELF's --block3_strides (not stored in checkpoints).",
+      flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+      "gem_power", 3.0, "DELF's GeM power (not stored in checkpoints).", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+      "arcface_margin",
+      0.1,
+      "DELF's --arcface_margin (not stored in checkpoints).",
+      flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+      "import_head",
+      False,
+      "Also import cosine_weights as an ArcFace head.",
+      flag_values=flag_values,
+    )
+    flags.mark_flags_as_required(["checkpoint", "output_dir"], flag_values=flag_values)
+  _define_export_flags(flag_values)
+
+
+def export_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.ExportConfig:
+  """ExportConfig() with the export flags given (cli.UserError naming a bad field)."""
+  given = cli.given_overrides(_define_export_flags(flag_values), flag_values)
   try:
-    return config_lib.ExportConfig(**overrides)
+    return config_lib.override(config_lib.ExperimentConfig(), given).export
   except config_lib.ConfigError as e:
     raise cli.UserError(str(e)) from None
 
@@ -64,7 +82,7 @@ def main(argv):
       gem_p=FLAGS.gem_power,
       arcface_margin=FLAGS.arcface_margin,
       import_head=FLAGS.import_head,
-      export_config=_export_config(),
+      export_config=export_config_from_flags(),
     )
   except (OSError, ValueError) as e:
     raise cli.UserError(str(e)) from e
@@ -75,6 +93,7 @@ def main(argv):
 
 def run():
   """The `dolg-convert-delf` command."""
+  define_flags()
   cli.run(main)
 
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 from absl.testing import flagsaver, parameterized
 from PIL import Image
 
-from dolg_tf.extraction import batching, extract_features, local_extractor, pipeline
+from dolg_tf.extraction import batching, extract_features, local_extractor, pipeline, postprocess
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import datum_io, descriptor_reading, savedmodel_contract
 from tests import testutil
@@ -196,8 +196,8 @@ class _SharedExportTest(tf.test.TestCase):
   def _extract_batch_spied(self, images):
     """(extract_batch results, extract results, the mock wrapping the batch signature)."""
     expected = [self.extractor.extract(image) for image in images]
-    batch_signature = mock.Mock(wraps=self.extractor._batch_signature)
-    with mock.patch.object(self.extractor, "_batch_signature", batch_signature):
+    batch_signature = mock.Mock(wraps=self.extractor.runner.batch_signature)
+    with mock.patch.object(self.extractor.runner, "batch_signature", batch_signature):
       got = self.extractor.extract_batch(images)
     return got, expected, batch_signature
 
@@ -304,14 +304,14 @@ class DolgBatchedExtractionTest(_SharedExportTest):
 
     with mock.patch.object(self.extractor, "run_model_batch", side_effect=poison_second):
       got = self.extractor.extract_batch(images)
-    self.assertIsInstance(got[2], extractor_lib.NonFiniteDescriptorError)
+    self.assertIsInstance(got[2], postprocess.NonFiniteDescriptorError)
     for i in (0, 1):
       self.assertAllClose(got[i], self.extractor.extract(images[i]), atol=ATOL, rtol=0)
 
   def test_a_failing_batched_forward_falls_back_to_single_images(self):
     images = self._mixed_images()
     broken = mock.Mock(side_effect=tf.errors.ResourceExhaustedError(None, None, "OOM"))
-    with mock.patch.object(self.extractor, "_batch_signature", broken):
+    with mock.patch.object(self.extractor.runner, "batch_signature", broken):
       got = self.extractor.extract_batch(images)
     self.assertGreater(broken.call_count, 0)
     for g, image in zip(got, images):

@@ -5,7 +5,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 from google.protobuf import text_format
 
-from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.extraction import postprocess
 from dolg_tf.io import config_io
 from dolg_tf.protos import delf_config_pb2, dolg_config_pb2
 
@@ -184,17 +184,17 @@ class _Pca:
     self.mean, self.projection, self.pca_dim, self.variances = mean, projection, dim, variances
 
   def __call__(self, x):
-    return extractor_lib.apply_pca(x, self.mean, self.projection, self.pca_dim, self.variances)
+    return postprocess.apply_pca(x, self.mean, self.projection, self.pca_dim, self.variances)
 
 
 class PcaPerScaleTest(tf.test.TestCase, parameterized.TestCase):
-  def _extractor(self, pca, per_scale):
-    extractor = extractor_lib.Extractor.__new__(extractor_lib.Extractor)
-    extractor.pca = pca
-    extractor.pca_per_scale = per_scale
-    extractor.scale_pooling = dolg_config_pb2.DolgConfig.GlobalConfig.AVERAGE
-    extractor.gem_p = 3.0
-    return extractor
+  def _global(self, pca, per_scale):
+    global_config = dolg_config_pb2.DolgConfig.GlobalConfig(
+      pca_per_scale=per_scale,
+      scale_pooling=dolg_config_pb2.DolgConfig.GlobalConfig.AVERAGE,
+      gem_p=3.0,
+    )
+    return postprocess.GlobalPostprocess(global_config, pca)
 
   @parameterized.named_parameters(("plain", False), ("whitening", True))
   def test_matches_delfs_rule(self, whitening):
@@ -204,19 +204,19 @@ class PcaPerScaleTest(tf.test.TestCase, parameterized.TestCase):
     projection = np.linalg.qr(rng.normal(size=[16, 16]))[0].T
     variances = np.sort(rng.uniform(0.5, 2.0, size=[16]))[::-1] if whitening else None
     pca = _Pca(mean, projection, 8, variances)
-    got = self._extractor(pca, True)._global(per_scale)
+    got = self._global(pca, True)(per_scale)
     want = _delf_global(per_scale, mean, projection, 8, variances)
     self.assertEqual(got.shape, (8,))
     self.assertAllClose(got, want, atol=1e-5)
     # The default order (PCA after pooling) differs.
-    after = self._extractor(pca, False)._global(per_scale)
+    after = self._global(pca, False)(per_scale)
     self.assertGreater(np.abs(after - want).max(), 1e-3)
 
   def test_without_pca_it_is_the_average(self):
     per_scale = np.random.default_rng(4).normal(size=[3, 10]).astype(np.float32)
     self.assertAllClose(
-      self._extractor(None, True)._global(per_scale),
-      extractor_lib.pool_scales(per_scale),
+      self._global(None, True)(per_scale),
+      postprocess.pool_scales(per_scale),
     )
 
   def test_default_is_off(self):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import pipeline
+from dolg_tf.extraction import pipeline, postprocess
 from dolg_tf.io import config_io, datum_io, image_loading, savedmodel_contract
 from dolg_tf.utils import images
 from tests import testutil
@@ -103,16 +103,16 @@ class ExtractorTest(tf.test.TestCase):
   def test_pool_scales_by_hand(self):
     per_scale = np.array([[3.0, -4.0], [0.0, 2.0]])
     # Rows normalised: [0.6, -0.8], [0, 1]; average [0.3, 0.1].
-    average = extractor_lib.pool_scales(per_scale, GlobalConfig.AVERAGE)
+    average = postprocess.pool_scales(per_scale, GlobalConfig.AVERAGE)
     self.assertAllClose(average, np.array([0.3, 0.1]) / np.hypot(0.3, 0.1), atol=1e-6)
     # p = 1 is the average; p = 2: m = [0.18, (-0.64 + 1) / 2 = 0.18].
-    self.assertAllClose(extractor_lib.pool_scales(per_scale, GlobalConfig.GEM, 1.0), average)
-    gem2 = extractor_lib.pool_scales(per_scale, GlobalConfig.GEM, 2.0)
+    self.assertAllClose(postprocess.pool_scales(per_scale, GlobalConfig.GEM, 1.0), average)
+    gem2 = postprocess.pool_scales(per_scale, GlobalConfig.GEM, 2.0)
     self.assertAllClose(gem2, [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
-    negative = extractor_lib.pool_scales(-per_scale, GlobalConfig.GEM, 3.0)
-    self.assertAllClose(negative, -extractor_lib.pool_scales(per_scale, GlobalConfig.GEM, 3.0))
+    negative = postprocess.pool_scales(-per_scale, GlobalConfig.GEM, 3.0)
+    self.assertAllClose(negative, -postprocess.pool_scales(per_scale, GlobalConfig.GEM, 3.0))
     with self.assertRaisesRegex(ValueError, "p > 0"):
-      extractor_lib.pool_scales(per_scale, GlobalConfig.GEM, 0.0)
+      postprocess.pool_scales(per_scale, GlobalConfig.GEM, 0.0)
 
   def test_pca_and_whitening_match_numpy(self):
     folder = self.create_tempdir().full_path
@@ -137,14 +137,14 @@ class ExtractorTest(tf.test.TestCase):
     image = self._image(seed=5)
     pooled = self.default.extract(image).astype(np.float64)
     expected = projection[:8].astype(np.float64) @ (pooled - mean)
-    expected /= np.sqrt(variances[:8].astype(np.float64) + extractor_lib.WHITENING_EPSILON)
+    expected /= np.sqrt(variances[:8].astype(np.float64) + postprocess.WHITENING_EPSILON)
     expected /= np.linalg.norm(expected)
     descriptor = extractor.extract(image)
     self.assertEqual(descriptor.shape, (8,))
     self.assertEqual(extractor.output_dim, 8)
     self.assertAllClose(descriptor, expected, atol=1e-5)
     # Without whitening: projection only.
-    plain = extractor_lib.apply_pca(pooled, mean, projection, 8)
+    plain = postprocess.apply_pca(pooled, mean, projection, 8)
     expected_plain = projection[:8] @ (pooled - mean)
     self.assertAllClose(plain, expected_plain / np.linalg.norm(expected_plain), atol=1e-5)
 
@@ -200,7 +200,7 @@ class ExtractorTest(tf.test.TestCase):
     os.makedirs(assets)
     for asset, payload in (
       (savedmodel_contract.CONFIG_ASSET, config_json),
-      (extractor_lib.LEGACY_EXPORT_CONFIG_ASSET, legacy_json),
+      (savedmodel_contract.LEGACY_CONFIG_ASSET, legacy_json),
     ):
       if payload is not None:
         with open(os.path.join(folder, asset), "w") as f:
@@ -290,7 +290,7 @@ class ExtractorTest(tf.test.TestCase):
       ):
         extractor.extract(self._image())
       with self.assertRaisesRegex(
-        extractor_lib.NonFiniteDescriptorError,
+        postprocess.NonFiniteDescriptorError,
         "^" + re.escape(path) + ": non-finite global descriptor",
       ):
         extractor.extract_from_file(path)

@@ -20,9 +20,22 @@ import tensorflow as tf
 from absl.testing import parameterized
 from PIL import Image
 
-from dolg_tf.extraction import beam_pipeline, local_extractor, pipeline
+from dolg_tf.extraction import (
+  beam_pipeline,
+  extraction_outputs,
+  local_extractor,
+  pipeline,
+  postprocess,
+)
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import config_io, datum_io, descriptor_files, descriptor_reading, feature_io
+from dolg_tf.io import (
+  config_io,
+  datum_io,
+  descriptor_files,
+  descriptor_reading,
+  feature_io,
+  image_pyramid,
+)
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import images
 from tests import testutil
@@ -327,12 +340,16 @@ class PyramidConfigTest(parameterized.TestCase, tf.test.TestCase):
 
   def test_per_image_scaled_size(self):
     # An Extractor without its SavedModel (building one costs tens of seconds on 2 cores):
-    # preprocess and check_pyramid are NumPy only and read these attributes.
+    # preprocess and the pyramid check are NumPy only and read these attributes.
     extractor = extractor_lib.Extractor.__new__(extractor_lib.Extractor)
     extractor.local, extractor.use_global, extractor.suffix = False, True, SUFFIX
     extractor.max_image_size = extractor.min_image_size = -1  # No limit.
     extractor.square = extractor.truncate_boxes = False
-    extractor.scales = extractor.global_scales = np.array([0.25, 1.0, 2.5], np.float32)
+    scales = np.array([0.25, 1.0, 2.5], np.float32)
+    extractor.pyramid = image_pyramid.ImagePyramid(scales, np.arange(3), whole=False)
+    config = config_io.DolgConfig(global_descriptor_suffix=SUFFIX)
+    global_postprocess = postprocess.GlobalPostprocess(config.global_config)
+    extractor.outputs = extraction_outputs.GlobalOutputs(config, global_postprocess)
     with self.assertRaisesRegex(ValueError, r"^image too small for image_scales: 30x36 .* 8x9 px"):
       extractor.preprocess(np.zeros([36, 30, 3], np.uint8))
     with self.assertRaisesRegex(

@@ -90,8 +90,8 @@ class LocalExtractorTest(tf.test.TestCase):
       json.dump(payload, f)
     config = config_io.parse_dolg_config(CONFIG % ("false", "false"))
     old = extractor_lib.Extractor(config, model_path=old_export, saved_model=self.loaded)
-    self.assertAllClose(old._local_scales(np.array([0.5, 1.0])), [2.0, 1.0])
-    self.assertAllClose(self._extractor()._local_scales(np.array([2.0, 1.0])), [2.0, 1.0])
+    self.assertAllClose(old.outputs.local_scales(np.array([0.5, 1.0])), [2.0, 1.0])
+    self.assertAllClose(self._extractor().outputs.local_scales(np.array([2.0, 1.0])), [2.0, 1.0])
 
   def test_tiny_images_follow_delf_rule(self):
     folder = self.create_tempdir().full_path

@@ -9,6 +9,7 @@ from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
 from dolg_tf.extraction import extractor as extractor_lib
+from dolg_tf.extraction import postprocess
 from dolg_tf.io import config_io, savedmodel_contract
 from dolg_tf.keras_api import keras
 from dolg_tf.model import backbones, builder, pooling, superglobal
@@ -78,16 +79,16 @@ class OperatorTest(tf.test.TestCase):
 
   def test_scale_max_and_scale_gem(self):
     per_scale = np.array([[3.0, 4.0], [0.0, 2.0]])  # normalised: [0.6, 0.8], [0, 1]
-    pooled = extractor_lib.pool_scales(per_scale, ScalePooling.MAX)
+    pooled = postprocess.pool_scales(per_scale, ScalePooling.MAX)
     self.assertAllClose(pooled, np.array([0.6, 1.0]) / np.sqrt(1.36))
     # p = 2, gamma = min = 0: sqrt(mean of squares) = sqrt(0.18), sqrt(0.82).
-    pooled = extractor_lib.pool_scales(per_scale, ScalePooling.SCALE_GEM, p=2.0)
+    pooled = postprocess.pool_scales(per_scale, ScalePooling.SCALE_GEM, p=2.0)
     expected = np.sqrt([0.18, 0.82])
     self.assertAllClose(pooled, expected / np.linalg.norm(expected))
 
   def test_scale_gem_shifts_by_the_smallest_component(self):
     per_scale = np.array([[-0.6, 0.8], [0.0, 1.0]])
-    pooled = extractor_lib.pool_scales(per_scale, ScalePooling.SCALE_GEM, p=1.0)
+    pooled = postprocess.pool_scales(per_scale, ScalePooling.SCALE_GEM, p=1.0)
     # gamma = -0.6; p = 1 is the plain mean, unchanged by the shift: (-0.3, 0.9).
     self.assertAllClose(pooled, np.array([-0.3, 0.9]) / np.linalg.norm([-0.3, 0.9]))
 
@@ -174,7 +175,7 @@ class ExportAndExtractionTest(parameterized.TestCase, tf.test.TestCase):
     per_scale = outputs[savedmodel_contract.GLOBAL_DESCRIPTORS].numpy()
     self.assertAllClose(
       outputs[savedmodel_contract.GLOBAL_DESCRIPTOR],
-      extractor_lib.pool_scales(per_scale, ScalePooling.MAX),
+      postprocess.pool_scales(per_scale, ScalePooling.MAX),
       atol=1e-6,
     )
     folder = self.create_tempdir().full_path

@@ -25,7 +25,7 @@ Steps for one image (DELF's extractor for DELG):
      `local_config.binarize` they are then replaced by packed sign bits
      (binarize.py, DELG*) (`postprocess_descriptors`).
   4. Global descriptor: the per-scale descriptors pooled as for global-only
-     extraction (`extractor.pool_scales`, global_config.scale_pooling),
+     extraction (`postprocess.pool_scales`, global_config.scale_pooling),
      optional PCA.
 
 Outputs (`write_outputs`, each written atomically): `<id><global suffix>` a
@@ -68,7 +68,7 @@ def postprocess_descriptors(
 
   Args:
     features: float [N, d] raw local descriptors.
-    pca: e.g. an extractor.PcaProjection (it L2-normalises its output), or None.
+    pca: e.g. a postprocess.PcaProjection (it L2-normalises its output), or None.
     pca_dim: the dimension `pca` gives (the width of an empty result).
     binary: replace the descriptors by packed sign bits (binarize.binarize).
 

@@ -20,6 +20,7 @@ import os
 from google.protobuf import text_format
 
 from dolg_tf import protos
+from dolg_tf.io import image_pyramid
 from dolg_tf.protos import delf_config_pb2, dolg_config_pb2
 from dolg_tf.utils import files as file_utils
 
@@ -32,15 +33,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 # The shipped example configs (protos/*.pbtxt, copied into the package by the build).
 DOLG_CONFIG_PATH = protos.shipped_config_path("dolg")
 DELG_CONFIG_PATH = protos.shipped_config_path("delg")
-
-# The side limits of what the network sees at each pyramid scale: side x scale
-# (the export rounds it). Under MIN_INPUT_SIDE (DELF's 10 px rule,
-# io.image_loading.MIN_IMAGE_SIZE) an input holds no image content;
-# over MAX_INPUT_SIDE one forward needs GBs (a ResNet-50 stem output alone is
-# (4096 / 2)^2 x 64 float32 = 1 GiB at 4096 px) and images fail late with
-# ResourceExhaustedError. 4096 is twice DELG's largest input (1024 px x 2.0).
-MIN_INPUT_SIDE = 10
-MAX_INPUT_SIDE = 4096
 
 
 def parse_dolg_config(text: str, source: str = "<string>") -> DolgConfig:
@@ -119,45 +111,6 @@ def _validate_pca(pca: DolgConfig.PcaParameters, field: str) -> list[str]:
   return errors
 
 
-def _pyramid_errors(config: DolgConfig) -> list[str]:
-  """image_scales against max/min_image_size: inputs the network cannot use (MIN/MAX_INPUT_SIDE).
-
-  With max_image_size set, the largest side of every input is at most
-  max_image_size x scale: under MIN_INPUT_SIDE at the smallest scale no image
-  has content there; over MAX_INPUT_SIDE at the largest scale large images
-  fail late. With max_image_size -1 (no limit) sides are unknown here: the
-  extractor checks each image (a failures row); only min_image_size x the
-  largest scale, which every image reaches, is checked.
-  """
-  scales = [s for s in config.image_scales if _is_positive_finite(s)]
-  if not scales:
-    return []
-  errors = []
-  smallest, largest = min(scales), max(scales)
-  if config.max_image_size > 0:
-    side = max(round(config.max_image_size * smallest), 1)
-    if side < MIN_INPUT_SIDE:
-      errors.append(
-        f"image_scales: scale {smallest:g} makes even a {config.max_image_size} px image "
-        f"{side} px wide (max_image_size x scale), under the {MIN_INPUT_SIDE} px the network "
-        "needs; remove the scale or raise max_image_size"
-      )
-    side = round(config.max_image_size * largest)
-    if side > MAX_INPUT_SIDE:
-      errors.append(
-        f"image_scales, max_image_size: scale {largest:g} x max_image_size "
-        f"{config.max_image_size} = {side} px exceeds the {MAX_INPUT_SIDE} px the network may "
-        "see (memory); lower one of them"
-      )
-  elif config.min_image_size > 0 and round(config.min_image_size * largest) > MAX_INPUT_SIDE:
-    errors.append(
-      f"image_scales, min_image_size: scale {largest:g} x min_image_size "
-      f"{config.min_image_size} = {round(config.min_image_size * largest)} px exceeds the "
-      f"{MAX_INPUT_SIDE} px the network may see (memory); lower one of them"
-    )
-  return errors
-
-
 def config_errors(config: DolgConfig) -> list[str]:
   """Returns every problem found in `config`, each as `field: reason` (empty if valid)."""
   errors = []
@@ -179,7 +132,7 @@ def config_errors(config: DolgConfig) -> list[str]:
     errors.append(
       f"min_image_size: {config.min_image_size} exceeds max_image_size {config.max_image_size}"
     )
-  errors.extend(_pyramid_errors(config))
+  errors.extend(image_pyramid.pyramid_errors(config))
 
   if config.use_global_features:
     global_config = config.global_config
@@ -244,8 +197,8 @@ def validate_dolg_config(config: DolgConfig, source: str = "<config>") -> None:
   Rules: at least one of global/local features on; image_scales positive and
   finite (empty: the SavedModel's pyramid, see extraction/extractor.py);
   max/min_image_size positive or -1 and min <= max when both are set;
-  max_image_size x each scale within [MIN_INPUT_SIDE, MAX_INPUT_SIDE] px
-  (`_pyramid_errors`); global
+  max_image_size x each scale within the input sides the network may see
+  (image_pyramid.pyramid_errors); global
   image_scales_ind non-negative, in range of image_scales when it is given,
   and not repeated; gem_p > 0
   with GEM pooling; PCA mean/projection paths, pca_dim > 0 (and variances

@@ -59,8 +59,9 @@ FORBIDDEN = {
 # The only function-level imports of project modules, each to keep a command's
 # start-up free of TensorFlow; the import line (or the line above) says so.
 ALLOWED_FUNCTION_LEVEL = {
-  # --help and missing-flag errors answer before TensorFlow loads.
+  # The dataset commands: --help and missing-flag errors answer before TensorFlow loads.
   ("dolg_tf.data.build_image_dataset", "dolg_tf.data.dataset_writer"),
+  ("dolg_tf.data.synthetic", "dolg_tf.data.gldv2"),
   # Bad flags, configs and image lists are reported before TensorFlow loads.
   ("dolg_tf.extraction.extract_features", "dolg_tf.extraction.extractor"),
 }

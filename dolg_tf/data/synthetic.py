@@ -21,11 +21,19 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from dolg_tf.data import gldv2, image_codec, synthetic_benchmark, synthetic_scenes
+from dolg_tf.data import image_codec, synthetic_benchmark, synthetic_scenes
 from dolg_tf.utils import cli
 from dolg_tf.utils import files as file_utils
 
 INFO_FILENAME = "synthetic_info.json"
+
+
+def _gldv2():
+  """dolg_tf.data.gldv2, imported on first use (it loads TensorFlow)."""
+  # Here, so that `--help` and flag errors answer before TensorFlow loads.
+  from dolg_tf.data import gldv2  # noqa: PLC0415
+
+  return gldv2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +69,7 @@ def _training_records(
         synthetic_scenes.TRAIN_VIEW,
       )
       image_id = f"synth_c{c:05d}_v{v:05d}"
-      example = gldv2.make_example(
+      example = _gldv2().make_example(
         image_id, image_codec.encode_jpeg(image, jpeg_quality), c, image_size, image_size
       )
       split = "validation" if v >= views_per_class - num_val else "train"
@@ -77,7 +85,7 @@ def _write_shuffled_shards(
   order_rng = np.random.default_rng([seed, synthetic_scenes.ORDER_STREAM])
   files = {}
   for split, serialized in records.items():
-    with gldv2.ShardedRecordWriter(os.path.join(out_dir, split), num_shards) as writer:
+    with _gldv2().ShardedRecordWriter(os.path.join(out_dir, split), num_shards) as writer:
       for i in order_rng.permutation(len(serialized)):
         writer.write(serialized[i])
     files[split] = tuple(writer.paths)
@@ -123,8 +131,8 @@ def write_training_set(
   records = _training_records(num_classes, views_per_class, image_size, seed, num_val, jpeg_quality)
   files = _write_shuffled_shards(out_dir, records, num_shards, seed)
   info = TrainingSetInfo(
-    train_pattern=gldv2.shard_pattern(os.path.join(out_dir, "train")),
-    validation_pattern=gldv2.shard_pattern(os.path.join(out_dir, "validation")),
+    train_pattern=_gldv2().shard_pattern(os.path.join(out_dir, "train")),
+    validation_pattern=_gldv2().shard_pattern(os.path.join(out_dir, "validation")),
     num_classes=num_classes,
     num_train=len(records["train"]),
     num_validation=len(records["validation"]),

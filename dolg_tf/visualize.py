@@ -47,7 +47,7 @@ from dolg_tf.data import ground_truth
 from dolg_tf.extraction import pipeline
 from dolg_tf.io import image_loading
 from dolg_tf.model import checkpoint_restore
-from dolg_tf.retrieval import perform_retrieval, rerank, retrieval_config
+from dolg_tf.retrieval import perform_retrieval, retrieval_config
 from dolg_tf.utils import cli
 from dolg_tf.visualization import attention, match_images, report_html, retrieval_report
 
@@ -96,27 +96,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string(
     "index_features_dir", "", "Index descriptors (folder or shard glob).", flag_values=f
   )
-  flags.DEFINE_string(
-    "suffix", "", "Per-image global descriptor suffix (default .dolg_global).", flag_values=f
-  )
   flags.DEFINE_integer("top_k", 10, "Results drawn per query.", flag_values=f)
   flags.DEFINE_integer(
     "max_queries", 50, "Ranked lists drawn (evenly spread; 0 = all).", flag_values=f
   )
   flags.DEFINE_integer("thumb_size", 96, "Thumbnail side in pixels.", flag_values=f)
-  flags.DEFINE_bool(
-    "use_geometric_verification",
-    False,
-    "Rank with geometric verification (DELG local features).",
-    flag_values=f,
-  )
   _define_match_flags(f)
-  _define_verification_flags(f)
+  _retrieval_flags(f)
 
 
-def _define_verification_flags(f: flags.FlagValues) -> dict[str, str]:
-  """dolg-retrieve's --gv_* flags (RetrievalConfig.geometric_verification); a second call: no-op."""
-  return retrieval_config.define_flags(f, sections=("geometric_verification",), top_level=False)
+def _retrieval_flags(f: flags.FlagValues) -> dict[str, str]:
+  """RetrievalConfig's flags as dolg-retrieve's: the top-level fields and --gv_*.
+
+  --suffix, --local_suffix, --num_ranked, --use_geometric_verification and
+  the geometric verification settings; a second call only returns the mapping.
+  """
+  return retrieval_config.define_flags(f, sections=("geometric_verification",))
 
 
 def _define_match_flags(f: flags.FlagValues) -> None:
@@ -137,9 +132,6 @@ def _define_match_flags(f: flags.FlagValues) -> None:
     "",
     "Folder of <name><local_suffix> local features (default: the query / index features dirs).",
     flag_values=f,
-  )
-  flags.DEFINE_string(
-    "local_suffix", rerank.LOCAL_SUFFIX, "Local feature file suffix.", flag_values=f
   )
   flags.DEFINE_bool(
     "query_crop", False, "Queries' local features were extracted from their bbx.", flag_values=f
@@ -164,11 +156,11 @@ def _image_path(spec: str, what: str) -> str:
   return path
 
 
-def _features_path(name: str, default_dir: str, what: str) -> str:
+def _features_path(name: str, default_dir: str, what: str, local_suffix: str) -> str:
   folder = cli.resolve_path(FLAGS.local_features_dir or default_dir)
   if not folder:
     raise cli.UserError(f"{what} {name!r}: no --local_features_dir for its local features")
-  path = os.path.join(folder, os.path.splitext(os.path.basename(name))[0] + FLAGS.local_suffix)
+  path = os.path.join(folder, os.path.splitext(os.path.basename(name))[0] + local_suffix)
   if not os.path.isfile(path):
     raise cli.UserError(f"{what}: {path}: local features not found")
   return path
@@ -181,36 +173,38 @@ def _query_box(gt, name: str):
   return None if box is None else tuple(float(v) for v in box)
 
 
-def _match_pair(gt, a: str, b: str, what_a: str, what_b: str) -> match_images.MatchPair:
+def _match_pair(gt, a: str, b: str, whats: tuple[str, str], local_suffix: str):
+  """The match_images.MatchPair of images a and b (`whats` name them in errors)."""
   return match_images.MatchPair(
     a,
-    _image_path(a, what_a),
-    _features_path(a, FLAGS.query_features_dir, what_a),
+    _image_path(a, whats[0]),
+    _features_path(a, FLAGS.query_features_dir, whats[0], local_suffix),
     b,
-    _image_path(b, what_b),
-    _features_path(b, FLAGS.index_features_dir, what_b),
+    _image_path(b, whats[1]),
+    _features_path(b, FLAGS.index_features_dir, whats[1], local_suffix),
     _query_box(gt, a),
   )
 
 
-def _explicit_pairs(gt) -> list[match_images.MatchPair]:
+def _explicit_pairs(gt, local_suffix: str) -> list[match_images.MatchPair]:
   pairs = []
   for spec in FLAGS.match_pairs:
     if spec.count(":") != 1:
       raise cli.UserError(f"--match_pairs: {spec!r} is not a:b")
     a, b = spec.split(":")
-    pairs.append(_match_pair(gt, a, b, "--match_pairs", "--match_pairs"))
+    pairs.append(_match_pair(gt, a, b, ("--match_pairs", "--match_pairs"), local_suffix))
   return pairs
 
 
-def _ranked_pairs(gt, evaluation) -> list[match_images.MatchPair]:
+def _ranked_pairs(gt, evaluation, local_suffix: str) -> list[match_images.MatchPair]:
   """Each of the first shown queries with its best-ranked positive (--num_match_pairs)."""
   # After geometric verification the ranking differs per protocol.
   ranks = evaluation.reranked or evaluation.ranks
   shown = retrieval_report.shown_queries(gt.num_queries, FLAGS.max_queries)
   medium = ranks["medium"] if isinstance(ranks, dict) else ranks
   chosen = match_images.best_positive_pairs(gt, medium, shown)[: FLAGS.num_match_pairs]
-  return [_match_pair(gt, gt.qimlist[q], gt.imlist[i], "query", "index image") for q, i in chosen]
+  whats = ("query", "index image")
+  return [_match_pair(gt, gt.qimlist[q], gt.imlist[i], whats, local_suffix) for q, i in chosen]
 
 
 def _check_flags() -> None:
@@ -238,21 +232,15 @@ def _check_flags() -> None:
       raise cli.UserError(f"--logdir: {config_path}: run config not found")
 
 
-def _evaluate(gt, gv):
+def _evaluate(gt, config: retrieval_config.RetrievalConfig):
   """The perform_retrieval.Evaluation of --dataset_file_path (ground truth `gt`), or None."""
   if gt is None:
     return None
-  kwargs = {"suffix": FLAGS.suffix} if FLAGS.suffix else {}
   return perform_retrieval.evaluate(
     cli.resolve_path(FLAGS.dataset_file_path),
     cli.resolve_path(FLAGS.query_features_dir),
     cli.resolve_path(FLAGS.index_features_dir),
-    config=retrieval_config.RetrievalConfig(
-      local_suffix=FLAGS.local_suffix,
-      use_geometric_verification=FLAGS.use_geometric_verification,
-      geometric_verification=gv,
-      **kwargs,
-    ),
+    config=config,
   )
 
 
@@ -286,15 +274,15 @@ def _add_matches(builder, pairs, gv) -> None:
     )
 
 
-def _write(gv, attention_paths) -> str:
+def _write(config: retrieval_config.RetrievalConfig, attention_paths) -> str:
   """Evaluates, restores the model and writes the report; returns index.html's path."""
   gt = None
   if FLAGS.dataset_file_path:
     gt = ground_truth.load_ground_truth(cli.resolve_path(FLAGS.dataset_file_path))
-  pairs = _explicit_pairs(gt)  # checked before the (long) evaluation
-  evaluation = _evaluate(gt, gv)
+  pairs = _explicit_pairs(gt, config.local_suffix)  # checked before the (long) evaluation
+  evaluation = _evaluate(gt, config)
   if evaluation is not None and FLAGS.num_match_pairs:
-    pairs += _ranked_pairs(gt, evaluation)
+    pairs += _ranked_pairs(gt, evaluation, config.local_suffix)
   model = model_name = None
   if FLAGS.logdir:
     experiment, model = checkpoint_restore.restore_model(
@@ -306,7 +294,7 @@ def _write(gv, attention_paths) -> str:
     if model is not None:
       _add_attention(builder, model, model_name, attention_paths)
     if pairs:
-      _add_matches(builder, pairs, gv)
+      _add_matches(builder, pairs, config.geometric_verification)
     if evaluation is not None:
       retrieval_report.add_evaluation_sections(
         builder,
@@ -327,10 +315,10 @@ def _write(gv, attention_paths) -> str:
 def main(argv):
   del argv  # unused
   _check_flags()
-  gv = retrieval_config.from_flags(_define_verification_flags(FLAGS)).geometric_verification
+  config = retrieval_config.from_flags(_retrieval_flags(FLAGS))
   try:
     attention_paths = [_image_path(s, "--attention_images") for s in FLAGS.attention_images]
-    path = _write(gv, attention_paths)
+    path = _write(config, attention_paths)
   except (
     OSError,
     ValueError,

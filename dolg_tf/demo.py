@@ -16,7 +16,7 @@ With `--model=delg` (workdir runs/demo_delg) the same steps train and extract
 a small DELG (protos/delg.pbtxt with a 0.7071 .. 2.8284 pyramid for the 128 px
 views: local features plus the global descriptor); retrieval is scored with
 global descriptors only and again after geometric verification (local feature
-matching + RANSAC) of each query's top `--gv_top_k`.
+matching + RANSAC) of each query's top 100 (DEMO_GEOMETRIC_VERIFICATION).
 
 Every step is resumable: re-running skips training, data and descriptors
 that are already there. Ctrl-C or SIGTERM during training stops the training
@@ -24,6 +24,7 @@ process too (SIGTERM: it saves a checkpoint first) before the demo exits with
 130 / 143 (cli.py).
 """
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -46,22 +47,44 @@ from dolg_tf.retrieval import geometric_verification, perform_retrieval, retriev
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "dolg", ["dolg", "delg"], "Network trained and evaluated.")
-flags.DEFINE_string(
-  "workdir", None, "Where every artifact of the demo goes (default runs/demo, runs/demo_delg)."
-)
-# Shared with the training command's field flags when one process imports both.
-cli.define_override(
-  flags.DEFINE_integer, "max_steps", "Training steps (default: the experiment's, 600)."
-)
-cli.define_override(
-  flags.DEFINE_integer,
-  "synthetic_classes",
-  "Landmark classes of training and benchmark (default: 16).",
-)
-cli.define_override(
-  flags.DEFINE_integer, "seed", "Seed of data, weights and the baseline (default: 0)."
-)
+
+# The training fields the demo has a flag for (it passes them on to dolg-train).
+DEMO_FIELDS = ("train.max_steps", "train.seed", "data.synthetic_classes")
+
+
+def _define_field_flags(flag_values: flags.FlagValues) -> dict[str, str]:
+  """--max_steps, --seed, --synthetic_classes (default: the experiment's); flag -> field path."""
+  defaults = experiments.get("dolg_synthetic")
+  sections = ("train", "data")
+  skip = [
+    f"{section}.{field.name}"
+    for section in sections
+    for field in dataclasses.fields(getattr(defaults, section))
+    if f"{section}.{field.name}" not in DEMO_FIELDS
+  ]
+  return cli.define_config_flags(
+    defaults,
+    sections=sections,
+    skip=skip,
+    flag_values=flag_values,
+    default_help="from the --model's synthetic experiment",
+  )
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the command's flags (a second call is a no-op)."""
+  if "workdir" not in flag_values:
+    flags.DEFINE_enum(
+      "model", "dolg", ["dolg", "delg"], "Network trained and evaluated.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+      "workdir",
+      None,
+      "Where every artifact of the demo goes (default runs/demo, runs/demo_delg).",
+      flag_values=flag_values,
+    )
+  _define_field_flags(flag_values)
+
 
 # Geometric verification of the DELG demo. DELF's settings are meant for
 # ~1024 px photos; the benchmark views are 128 px, where keypoints sit on a
@@ -82,15 +105,11 @@ DELG_DEMO_GLOBAL_SCALES_IND = (0, 1, 2)
 DELG_DEMO_MAX_FEATURES = 500
 
 
-def experiment() -> config_lib.ExperimentConfig:
+def experiment(flag_values: flags.FlagValues = FLAGS) -> config_lib.ExperimentConfig:
   """The demo's training experiment with the demo's flags applied."""
-  overrides = {
-    "train": {"max_steps": FLAGS.max_steps, "seed": FLAGS.seed},
-    "data": {"synthetic_classes": FLAGS.synthetic_classes},
-  }
-  overrides = {s: {k: v for k, v in f.items() if v is not None} for s, f in overrides.items()}
+  overrides = cli.given_overrides(_define_field_flags(flag_values), flag_values)
   try:
-    return config_lib.override(experiments.get(f"{FLAGS.model}_synthetic"), overrides)
+    return config_lib.override(experiments.get(f"{flag_values.model}_synthetic"), overrides)
   except config_lib.ConfigError as e:
     raise cli.UserError(str(e)) from None
 
@@ -261,6 +280,7 @@ def main(argv):
 
 def run():
   """The `dolg-demo` command (the README's main job)."""
+  define_flags()
   cli.run(main)
 
 

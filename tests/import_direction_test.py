@@ -6,7 +6,7 @@ The layers, lowest first (a module may import its own layer and those below):
      dolg_tf.keras_api (the one Keras 2 API); dolg_tf.utils.dir_lock imports no dolg_tf module
   1  dolg_tf.io                      DELF wire formats, extraction config files, the
                                     SavedModel contract (savedmodel_contract)
-  2  dolg_tf.config, experiments, run_layout
+  2  dolg_tf.config, config_sections, experiments, run_layout
   3  dolg_tf.data, dolg_tf.model
   4  dolg_tf.training
   5  dolg_tf.export
@@ -34,6 +34,7 @@ LAYERS = {
   "dolg_tf.keras_api": 0,
   "dolg_tf.io": 1,
   "dolg_tf.config": 2,
+  "dolg_tf.config_sections": 2,
   "dolg_tf.experiments": 2,
   "dolg_tf.run_layout": 2,
   "dolg_tf.data": 3,

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from dolg_tf import config as config_lib
+from dolg_tf import config_sections
 from dolg_tf.model import backbones
 
 # The official preprocessing, on [0, 1] pixels in BGR order.
@@ -127,7 +128,7 @@ def infer_model_config(
       f"{2 * fc_t.shape[0]}), found {tuple(fc.shape)}"
     )
   use_multi_atrous = any(key.startswith("localmodel.aspp.") for key in state)
-  dilations = tuple(atrous_dilations or config_lib.OFFICIAL_DILATIONS)
+  dilations = tuple(atrous_dilations or config_sections.OFFICIAL_DILATIONS)
   if use_multi_atrous:
     pattern = re.compile(r"localmodel\.aspp\.aspp\.(\d+)\.weight$")
     convs = sum(1 for key in state if pattern.match(key))

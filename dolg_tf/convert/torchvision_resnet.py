@@ -8,12 +8,12 @@ state dict, a `.pth` (read with torch) or an `.npz` of the same keys (no torch).
 
 import numpy as np
 
-from dolg_tf import config as config_lib
+from dolg_tf import config_sections
 from dolg_tf.convert import torch_state, weight_mapping
 
 TORCHVISION_INPUT = dict(
-  input_mean=config_lib.IMAGENET_MEAN_RGB,
-  input_std=config_lib.IMAGENET_STD_RGB,
+  input_mean=config_sections.IMAGENET_MEAN_RGB,
+  input_std=config_sections.IMAGENET_STD_RGB,
   input_channel_order="RGB",
 )
 TORCHVISION_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")

@@ -14,8 +14,10 @@ from dolg_tf.io import datum_io, feature_io
 from dolg_tf.model import checkpoint_restore
 from dolg_tf.utils import images
 from dolg_tf.visualization import attention as attention_lib
-from dolg_tf.visualization import drawing
+from dolg_tf.visualization import drawing, match_images
 from tests import testutil
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _image(height, width, seed=0):
@@ -179,6 +181,56 @@ class CommandTest(tf.test.TestCase):
       f"visualize: error: --attention_images: {root}/nope.jpg: image not found",
     )
     self.assertFalse(os.path.exists(report_dir))
+
+
+class ReadmeExamplesTest(tf.test.TestCase):
+  """tools/readme_examples.py: the README's pictures from two demo run folders."""
+
+  def _demo_workdir(self, root, name):
+    """A demo-shaped run folder: tiny model, benchmark/{gnd_synthetic.pkl,jpg}, features."""
+    workdir = _write_run(os.path.join(root, f"demo_{name}"), name)
+    benchmark = os.path.join(workdir, "benchmark")
+    gnd_path, _, features = CommandTest._benchmark(self, benchmark)
+    os.rename(gnd_path, os.path.join(benchmark, "gnd_synthetic.pkl"))
+    os.rename(features, os.path.join(workdir, "features_trained"))
+    return workdir
+
+  def test_writes_the_five_pictures(self):
+    root = self.create_tempdir().full_path
+    output_dir = os.path.join(root, "images")
+    done = testutil.run_module(
+      "tools.readme_examples",
+      f"--dolg_workdir={self._demo_workdir(root, 'dolg')}",
+      f"--delg_workdir={self._demo_workdir(root, 'delg')}",
+      f"--output_dir={output_dir}",
+      cwd=REPO_ROOT,
+    )
+    self.assertEqual(done.returncode, 0, done.stderr)
+    expected = {"attention.png", "matches.png", "ranked_list.png"}
+    expected |= {"ap_per_query.png", "precision_recall.png"}
+    self.assertEqual(set(os.listdir(output_dir)), expected)
+    # Image | DOLG | DELG attention of the 64 px query at 2x, under labels, with a colour bar.
+    picture = images.decode_image(os.path.join(output_dir, "attention.png"))
+    self.assertEqual(picture.shape[0], attention_lib.PANEL_LABEL_HEIGHT + 128)
+    self.assertGreater(picture.shape[1], 3 * 128)
+    matches = images.decode_image(os.path.join(output_dir, "matches.png"))
+    self.assertGreaterEqual(matches.shape[1], 2 * match_images.READABLE_SIDE)
+
+  def test_missing_demo_is_one_line_and_exit_2(self):
+    root = self.create_tempdir().full_path
+    done = testutil.run_module(
+      "tools.readme_examples",
+      f"--dolg_workdir={root}/none",
+      f"--output_dir={root}/images",
+      cwd=REPO_ROOT,
+    )
+    self.assertEqual(done.returncode, 2, done.stderr)
+    self.assertEqual(
+      done.stderr.strip(),
+      f"readme_examples: error: {root}/none/benchmark/gnd_synthetic.pkl: not found "
+      f"(run the demo first: dolg-demo --model=dolg --workdir={root}/none)",
+    )
+    self.assertFalse(os.path.exists(os.path.join(root, "images")))
 
 
 if __name__ == "__main__":

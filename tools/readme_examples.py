@@ -62,7 +62,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   )
 
 
-def demo_inputs(workdir: str, suffix: str) -> tuple[str, str, str]:
+def demo_inputs(workdir: str, suffix: str, model: str = "dolg") -> tuple[str, str, str]:
   """(gnd path, images folder, trained features folder) of a demo workdir, checked."""
   benchmark = os.path.join(workdir, "benchmark")
   paths = (
@@ -72,12 +72,14 @@ def demo_inputs(workdir: str, suffix: str) -> tuple[str, str, str]:
   )
   for path in paths:
     if not os.path.exists(path):
-      raise cli.UserError(f"{path}: not found (run the demo first: dolg-demo --workdir={workdir})")
+      raise cli.UserError(
+        f"{path}: not found (run the demo first: dolg-demo --model={model} --workdir={workdir})"
+      )
   if not any(n.endswith(suffix) for n in os.listdir(paths[2])):
     raise cli.UserError(f"{paths[2]}: no *{suffix} files (the demo has not finished)")
-  for path in (run_layout.RunLayout(workdir).config,):
-    if not os.path.isfile(path):
-      raise cli.UserError(f"{path}: run config not found")
+  config_path = run_layout.RunLayout(workdir).config
+  if not os.path.isfile(config_path):
+    raise cli.UserError(f"{config_path}: run config not found")
   return paths
 
 
@@ -172,7 +174,7 @@ def _best_positive(gt, q: int, features_dir: str, query_features, config):
 
 def write_delg_matches(writer: _Writer, delg_workdir: str, query_name: str) -> None:
   """The DELG demo's match image of `query_name` (or its first query) and its best positive."""
-  gnd_path, images_dir, features = demo_inputs(delg_workdir, rerank.LOCAL_SUFFIX)
+  gnd_path, images_dir, features = demo_inputs(delg_workdir, rerank.LOCAL_SUFFIX, "delg")
   gt = ground_truth.load_ground_truth(gnd_path)
   q = gt.qimlist.index(query_name) if query_name in gt.qimlist else 0
   query_name = gt.qimlist[q]
@@ -214,7 +216,7 @@ def write_readme_examples(
   """
   dolg_workdir, delg_workdir = cli.resolve_path(dolg_workdir), cli.resolve_path(delg_workdir)
   demo_inputs(dolg_workdir, ".dolg_global")
-  demo_inputs(delg_workdir, rerank.LOCAL_SUFFIX)
+  demo_inputs(delg_workdir, rerank.LOCAL_SUFFIX, "delg")
   writer = _Writer(cli.resolve_path(output_dir))
   name = write_dolg_examples(writer, dolg_workdir, delg_workdir)
   write_delg_matches(writer, delg_workdir, name)

@@ -197,14 +197,15 @@ class GlobalPostprocess:
   """The per-scale descriptors [S, D] of one image -> its global descriptor, per a GlobalConfig.
 
   Attributes:
-    scale_pooling / gem_p / pca_per_scale: from the config's global_config.
+    scale_pooling, scale_gem_p (global_config.gem_p: the exponent of GEM /
+      SCALE_GEM scale pooling), pca_per_scale: from the config's global_config.
     pca: a PcaProjection, or None.
     input_dim: D of the per-scale descriptors last seen (None before any).
   """
 
   def __init__(self, global_config, pca: "PcaProjection | None" = None):
     self.scale_pooling = global_config.scale_pooling
-    self.gem_p = float(global_config.gem_p)
+    self.scale_gem_p = float(global_config.gem_p)
     self.pca_per_scale = bool(global_config.pca_per_scale)
     self.pca = pca
     self.input_dim = None
@@ -221,6 +222,6 @@ class GlobalPostprocess:
       if self.pca is not None and self.pca_per_scale:
         # DELF's order: each scale L2-normalised, projected and L2-normalised, then pooled.
         per_scale = self.pca(arrays.l2_normalize(per_scale, axis=1, dtype=np.float64))
-        return pool_scales(per_scale, self.scale_pooling, self.gem_p)
-      pooled = pool_scales(per_scale, self.scale_pooling, self.gem_p)
+        return pool_scales(per_scale, self.scale_pooling, self.scale_gem_p)
+      pooled = pool_scales(per_scale, self.scale_pooling, self.scale_gem_p)
       return self.pca(pooled) if self.pca is not None else pooled

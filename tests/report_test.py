@@ -385,6 +385,9 @@ class PerformRetrievalReportTest(tf.test.TestCase):
     self.assertIn(f"<td>{retrieval_report.BEFORE_RERANKING}</td>", page)
     self.assertIn(f"<td>{retrieval_report.AFTER_VERIFICATION}</td>", page)
     self.assertIn(f"last ranking of the table ({retrieval_report.AFTER_VERIFICATION})", page)
+    self.assertIn(
+      f"AP per query and protocol; ranking: {retrieval_report.AFTER_VERIFICATION}", page
+    )
     self.assertEqual(
       list(retrieval_report.evaluation_stages(plain)), [retrieval_report.NO_RERANKING]
     )

@@ -125,16 +125,20 @@ def _summary_section(builder, gt, stages: Mapping[str, Results], prefix: str) ->
   )
 
 
-def _plot_sections(builder, gt, by_protocol, results: Results, prefix: str, stem: str) -> None:
+def _plot_sections(builder, gt, by_protocol, results: Results, names: tuple[str, str, str]):
+  """The AP and precision-recall plots; `names`: (title prefix, file stem, ranking shown)."""
+  prefix, stem, ranking = names
   builder.section(f"{prefix}Average precision per query")
   builder.add_image(
-    stem + "ap_per_query", plots.ap_plot_png(results, list(gt.qimlist)), "AP per query and protocol"
+    stem + "ap_per_query",
+    plots.ap_plot_png(results, list(gt.qimlist)),
+    f"AP per query and protocol; ranking: {ranking}",
   )
   builder.section(f"{prefix}Precision-recall")
   builder.add_image(
     stem + "precision_recall",
     plots.pr_plot_png(by_protocol, gt, results),
-    "per query (grey) and mean interpolated (colour)",
+    f"per query (grey) and mean interpolated (colour); ranking: {ranking}",
   )
 
 
@@ -212,8 +216,9 @@ def add_retrieval_sections(
   check_images(images_dir, [gt.imlist[i] for i in needed_db], image_extension, "index images")
   prefix = f"{label}: " if label else ""
   stem = report_html.safe_name(label) + "_" if label else ""
-  _summary_section(builder, gt, stages or {SHOWN_RANKING: results}, prefix)
-  _plot_sections(builder, gt, by_protocol, results, prefix, stem)
+  stages = stages or {SHOWN_RANKING: results}
+  _summary_section(builder, gt, stages, prefix)
+  _plot_sections(builder, gt, by_protocol, results, (prefix, stem, list(stages)[-1]))
   builder.section(
     f"{prefix}Ranked lists",
     f"Top {top_k} per query ({len(shown)} of {gt.num_queries} queries), frames coloured by the "

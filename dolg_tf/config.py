@@ -10,10 +10,11 @@ its `hyperparams.Config`:
       export: ExportConfig  the SavedModel's pyramid and size limits (extraction defaults)
 
 The sections model, data and train are defined in dolg_tf/config_sections.py;
-ExportConfig is part of the SavedModel contract (dolg_tf/io/savedmodel_contract.py),
-which extraction reads without this module; the section base (Section,
-ConfigError) is dolg_tf/io/config_base.py. The section types and ConfigError
-are the tree's and are used from here (`config_lib.ModelConfig`).
+ExportConfig is the SavedModel contract's export section
+(dolg_tf/io/export_section.py), which extraction reads without this module;
+the section base (Section, ConfigError) is dolg_tf/io/config_base.py. The
+section types and ConfigError are the tree's and are used from here
+(`config_lib.ModelConfig`).
 
 Each field has one default, in its section. Named experiments (dolg_tf/experiments.py)
 are presets over these defaults; a YAML/JSON file (`--config_file`) and
@@ -45,7 +46,7 @@ from dolg_tf.config_sections import (
 )
 from dolg_tf.io import savedmodel_contract
 from dolg_tf.io.config_base import ConfigError, Section, jsonable
-from dolg_tf.io.savedmodel_contract import ExportConfig
+from dolg_tf.io.export_section import ExportConfig
 from dolg_tf.utils import files
 
 CONFIG_FILENAME = "config.json"

@@ -6,7 +6,7 @@ import os
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
-from dolg_tf.io import savedmodel_contract
+from dolg_tf.io import export_section, savedmodel_contract
 
 
 class ReadExportConfigTest(tf.test.TestCase):
@@ -23,8 +23,8 @@ class ReadExportConfigTest(tf.test.TestCase):
     return folder
 
   def test_no_folder_or_no_asset_is_none(self):
-    self.assertIsNone(savedmodel_contract.read_export_config(None))
-    self.assertIsNone(savedmodel_contract.read_export_config(self._model()))
+    self.assertIsNone(export_section.read_export_config(None))
+    self.assertIsNone(export_section.read_export_config(self._model()))
 
   def test_reads_the_export_section_through_export_config(self):
     model = self._model(
@@ -34,25 +34,25 @@ class ReadExportConfigTest(tf.test.TestCase):
         savedmodel_contract.INTERFACE_KEY: 2,
       }
     )
-    record = savedmodel_contract.read_export_config(model)
+    record = export_section.read_export_config(model)
     self.assertEqual(record.path, os.path.join(model, savedmodel_contract.CONFIG_ASSET))
     self.assertEqual(record.interface_version, 2)
     self.assertEqual(
       record.recorded_values(),
       {"image_scales": (0.5, 1.0), "max_image_size": 32, "scale_pooling": "max"},
     )
-    self.assertIsInstance(record.config, savedmodel_contract.ExportConfig)
+    self.assertIsInstance(record.config, export_section.ExportConfig)
     self.assertEqual(record.config.min_image_size, -1)  # not recorded: the default
 
   def test_older_exports_and_keys(self):
     # Before the interface key: version 1; a renamed key is read; unknown keys are ignored.
     model = self._model({"export": {"jit_compile": True, "gone_field": 3}})
-    record = savedmodel_contract.read_export_config(model)
+    record = export_section.read_export_config(model)
     self.assertEqual(record.interface_version, 1)
     self.assertEqual(record.recorded_values(), {"serve_jit_compile": True})
     # Exports before the config asset: a flat export_config.json.
     legacy = self._model(legacy_json={"image_scales": [1.0, 2.0], "max_image_size": 50})
-    record = savedmodel_contract.read_export_config(legacy)
+    record = export_section.read_export_config(legacy)
     self.assertEqual(record.path, os.path.join(legacy, savedmodel_contract.LEGACY_CONFIG_ASSET))
     self.assertEqual(record.interface_version, 1)
     self.assertEqual(record.recorded_values(), {"image_scales": (1.0, 2.0), "max_image_size": 50})
@@ -74,14 +74,14 @@ class ReadExportConfigTest(tf.test.TestCase):
     for payload, message in cases:
       with self.subTest(message=message):
         with self.assertRaisesRegex(ValueError, message):
-          savedmodel_contract.read_export_config(self._model(payload))
+          export_section.read_export_config(self._model(payload))
     with self.assertRaisesRegex(ValueError, r"export_config.json: max_image_size: expected an int"):
-      savedmodel_contract.read_export_config(self._model(legacy_json={"max_image_size": "5"}))
+      export_section.read_export_config(self._model(legacy_json={"max_image_size": "5"}))
 
 
 class ConfigTest(tf.test.TestCase):
   def test_export_section_is_the_contracts(self):
-    self.assertIs(config_lib.ExportConfig, savedmodel_contract.ExportConfig)
+    self.assertIs(config_lib.ExportConfig, export_section.ExportConfig)
     self.assertEqual(
       config_lib.ExperimentConfig().export.image_scales,
       savedmodel_contract.PYRAMID_PRESETS[savedmodel_contract.DEFAULT_PYRAMID],

@@ -3,7 +3,7 @@
 The command only turns flags into one call of `versions.export_from_checkpoint`:
 the run's config.json, `--params_override`, then one flag per field of the
 export section (`--image_scales`, `--max_image_size`, `--precision`, ...,
-generated from io.savedmodel_contract.ExportConfig) give the export config; the SavedModel
+generated from io.export_section.ExportConfig) give the export config; the SavedModel
 (serving_graph) is written as the next version folder of `--export_base`
 (default `<logdir>/export`, see versions).
 """

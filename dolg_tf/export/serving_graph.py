@@ -50,7 +50,7 @@ import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
 from dolg_tf import config as config_lib
-from dolg_tf.io import savedmodel_contract
+from dolg_tf.io import export_section, savedmodel_contract
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, normalization, superglobal
 
@@ -85,7 +85,7 @@ class ServingModule(tf.Module):
   # What the serving graph calls the model with (besides training=False).
   MODEL_CALL_KWARGS = {}
 
-  def __init__(self, model, export_config: savedmodel_contract.ExportConfig | None = None):
+  def __init__(self, model, export_config: export_section.ExportConfig | None = None):
     """Wraps `model`; everything it serves follows from `export_config` (default ExportConfig()).
 
     Args:
@@ -95,7 +95,7 @@ class ServingModule(tf.Module):
         the test-time options, freeze_weights and serve_jit_compile.
     """
     super().__init__(name="dolg_serving")
-    export_config = export_config or savedmodel_contract.ExportConfig()
+    export_config = export_config or export_section.ExportConfig()
     # The SavedModel needs the model's variables (or the frozen forward), not the
     # Keras object: tracking the model would make tf.saved_model.save trace every
     # layer's call (about 5 s per export of even a tiny model, 7x the save
@@ -259,7 +259,7 @@ class DelgServingModule(ServingModule):
   # One frozen graph serves both the global and the local signatures.
   MODEL_CALL_KWARGS = {"return_intermediates": True}
 
-  def __init__(self, model, export_config: savedmodel_contract.ExportConfig | None = None):
+  def __init__(self, model, export_config: export_section.ExportConfig | None = None):
     super().__init__(model, export_config)
     self.rf_size, self.rf_stride, self.rf_padding = model.receptive_field()
 

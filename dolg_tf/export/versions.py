@@ -30,7 +30,7 @@ from absl import logging
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.export import serving_graph
-from dolg_tf.io import savedmodel_contract
+from dolg_tf.io import export_section, savedmodel_contract
 from dolg_tf.model import checkpoint_restore
 from dolg_tf.utils import cpu, dir_lock
 
@@ -153,7 +153,7 @@ def export_saved_model(
   model_config: config_lib.ModelConfig,
   export_base: str,
   version: int | None = None,
-  export_config: savedmodel_contract.ExportConfig | None = None,
+  export_config: export_section.ExportConfig | None = None,
   source: str | None = None,
 ) -> str:
   """Writes `<export_base>/<version>/` atomically and returns its path.
@@ -180,7 +180,7 @@ def export_saved_model(
       (`check_probe_descriptor`). Nothing is left of the new version.
   """
   _check_version(version)
-  export_config = export_config or savedmodel_contract.ExportConfig()
+  export_config = export_config or export_section.ExportConfig()
   precision = cpu.resolve_auto(export_config.precision, "bfloat16")
   export_config = dataclasses.replace(export_config, precision=precision)
 

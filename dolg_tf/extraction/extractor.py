@@ -28,7 +28,7 @@ pipeline.run_extraction the writer of its two files).
 Defaults from the SavedModel. When the config leaves `image_scales` empty, or
 does not set `max_image_size` / `min_image_size` (or global_config's
 scale_pooling), the values come from the export's config asset
-(savedmodel_contract.read_export_config: its "export" section, or the
+(export_section.read_export_config: its "export" section, or the
 export_config.json of older exports); the config is then validated again with
 them (`resolve_config`), e.g. `global_config.image_scales_ind` against the
 pyramid.
@@ -40,7 +40,7 @@ from absl import logging
 
 from dolg_tf.extraction import extraction_outputs, postprocess, savedmodel_runner
 from dolg_tf.extraction.postprocess import NonFiniteDescriptorError  # noqa: F401 (its error)
-from dolg_tf.io import config_io, image_loading, image_pyramid
+from dolg_tf.io import config_io, export_section, image_loading, image_pyramid
 from dolg_tf.io import savedmodel_contract as contract
 
 DolgConfig = config_io.DolgConfig
@@ -61,7 +61,7 @@ def resolve_config(
 
   Args:
     config: a validated DolgConfig (image_scales may be empty).
-    record: the export's savedmodel_contract.ExportRecord, or None.
+    record: the export's export_section.ExportRecord, or None.
     config_path: the file `config` came from (named in errors).
     model_path: the SavedModel folder (named in errors).
 
@@ -152,7 +152,7 @@ class Extractor:
     if not self.local and not config.use_global_features:
       raise ValueError(f"{source}: use_global_features is false, nothing to extract")
     loaded, self.model_path = savedmodel_runner.load(config, config_path, model_path, saved_model)
-    record = contract.read_export_config(self.model_path)
+    record = export_section.read_export_config(self.model_path)
     self.config = config = resolve_config(config, record, config_path, self.model_path)
     self.use_global = bool(config.use_global_features)
     if self.use_global:

@@ -115,7 +115,7 @@ def set_test_time_options(
   """Sets the SavedModel's GeM+ / Regional-GeM variables for `config`.
 
   A value the config's global_config sets wins; otherwise the export's own
-  (`record`, its savedmodel_contract.ExportRecord, or None), so that a
+  (`record`, its export_section.ExportRecord, or None), so that a
   SavedModel object shared by several extractors never keeps another
   config's values.
 

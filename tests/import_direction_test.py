@@ -5,7 +5,7 @@ The layers, lowest first (a module may import its own layer and those below):
   0  dolg_tf (package), dolg_tf.utils, dolg_tf.protos,
      dolg_tf.keras_api (the one Keras 2 API); dolg_tf.utils.dir_lock imports no dolg_tf module
   1  dolg_tf.io                      DELF wire formats, extraction config files, the
-                                    SavedModel contract (savedmodel_contract)
+                                    SavedModel contract (savedmodel_contract, export_section)
   2  dolg_tf.config, config_sections, experiments, run_layout
   3  dolg_tf.data, dolg_tf.model
   4  dolg_tf.training

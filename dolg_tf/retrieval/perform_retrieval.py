@@ -1,4 +1,4 @@
-"""Evaluates retrieval on Revisited Oxford/Paris (or any gnd in their layout).
+r"""Evaluates retrieval on Revisited Oxford/Paris (or any gnd in their layout).
 
   python -m dolg_tf.retrieval.perform_retrieval \
       --dataset_file_path=gnd_roxford5k.pkl \

@@ -148,6 +148,20 @@ class PerformRetrievalTest(tf.test.TestCase):
     self.assertTrue(config.use_geometric_verification)
     self.assertEqual(config.suffix, ".dolg_global")
 
+  def test_retrieval_config_overrides(self):
+    config = retrieval_config.RetrievalConfig().overridden(
+      {"num_ranked": 5, "superglobal": {"m": 40}, "geometric_verification": {"top_k": 3}}
+    )
+    self.assertEqual((config.num_ranked, config.superglobal.m), (5, 40))
+    self.assertEqual(config.superglobal.k, retrieval_config.RetrievalConfig().superglobal.k)
+    self.assertEqual(config.geometric_verification.top_k, 3)
+    with self.assertRaisesRegex(ValueError, "^unknown retrieval config field superglobal.n$"):
+      config.overridden({"superglobal": {"n": 1}})
+    with self.assertRaisesRegex(ValueError, "^unknown retrieval config field qe$"):
+      config.overridden({"qe": 1})
+    with self.assertRaisesRegex(ValueError, "^superglobal_m=40 cannot be combined with qe_n=2"):
+      config.overridden({"query_expansion": {"qe_n": 2}})
+
   def test_missing_descriptors_are_named(self):
     root = self.create_tempdir().full_path
     with open(os.path.join(root, "gnd.pkl"), "wb") as f:

@@ -35,7 +35,7 @@ from PIL import Image
 
 from dolg_tf import config as config_lib
 from dolg_tf.export import versions
-from dolg_tf.extraction import beam_pipeline, pipeline
+from dolg_tf.extraction import beam_pipeline, pipeline, task_sources
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, descriptor_reading
 from dolg_tf.keras_api import keras
@@ -121,7 +121,7 @@ def time_plan(workdir: str, count: int) -> None:
   for i in range(count):
     open(os.path.join(folder, f"{i:08x}{SUFFIX}"), "wb").close()
   made = time.perf_counter() - start
-  tasks = [pipeline.ImageTask(f"{i:08x}", f"/images/{i:08x}.jpg") for i in range(count)]
+  tasks = [task_sources.ImageTask(f"{i:08x}", f"/images/{i:08x}.jpg") for i in range(count)]
   config = config_io.DolgConfig(model_path="unused")
   start = time.perf_counter()
   todo, skipped, hidden = beam_pipeline.plan_extraction(config, tasks, folder)
@@ -142,7 +142,7 @@ def main(argv):
   start = time.perf_counter()
   config_path = export_dolg(workdir)
   paths = write_images(os.path.join(workdir, "images"), FLAGS.num_images, FLAGS.image_size)
-  tasks = pipeline.tasks_from_paths(paths)
+  tasks = task_sources.tasks_from_paths(paths)
   print(
     f"DOLG-R{FLAGS.depth} {FLAGS.image_size}x{FLAGS.image_size}, one scale, "
     f"{len(paths)} images (export + images {time.perf_counter() - start:.0f} s)"

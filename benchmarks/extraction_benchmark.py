@@ -226,12 +226,12 @@ def time_official_forward(arrays) -> tuple[float, str] | None:
 
 def time_pipeline(extractor, paths, output_dir) -> tuple[float, float]:
   """(img/s, CPU seconds per image) of the whole pipeline (wall time of the run)."""
-  from dolg_tf.extraction import pipeline  # pylint: disable=g-import-not-at-top
+  from dolg_tf.extraction import pipeline, task_sources  # pylint: disable=g-import-not-at-top
 
   cpu = time.process_time()
   summary = pipeline.run_extraction(
     extractor,
-    pipeline.tasks_from_paths(paths),
+    task_sources.tasks_from_paths(paths),
     output_dir,
     num_threads=FLAGS.num_threads,
     prefetch=FLAGS.prefetch,
@@ -247,7 +247,7 @@ def memory_run(model_dir: str, workdir: str) -> None:
   """Loads `model_dir` and extracts large images at several scales; prints peak RSS."""
   _configure_threads()
   from dolg_tf.extraction import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
-  from dolg_tf.extraction import pipeline  # pylint: disable=g-import-not-at-top
+  from dolg_tf.extraction import pipeline, task_sources  # pylint: disable=g-import-not-at-top
 
   side = FLAGS.memory_max_size
   height, width = (
@@ -261,7 +261,7 @@ def memory_run(model_dir: str, workdir: str) -> None:
   config = _config(model_dir, FLAGS.memory_scales, side)
   extractor = extractor_lib.Extractor(config)
   output_dir = tempfile.mkdtemp(dir=workdir, prefix="memory_out_")
-  summary = pipeline.run_extraction(extractor, pipeline.tasks_from_paths(paths), output_dir)
+  summary = pipeline.run_extraction(extractor, task_sources.tasks_from_paths(paths), output_dir)
   print(
     f"MEMORY peak_rss_mb={_peak_rss_mb():.0f} images={summary.done} "
     f"img_per_s={summary.done / summary.seconds:.3f}"

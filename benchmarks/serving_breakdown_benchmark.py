@@ -51,7 +51,7 @@ from benchmarks import interleaved  # noqa: E402
 from dolg_tf import config as config_lib  # noqa: E402
 from dolg_tf.export import serving_graph, versions  # noqa: E402
 from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
-from dolg_tf.extraction import pipeline  # noqa: E402
+from dolg_tf.extraction import pipeline, task_sources  # noqa: E402
 from dolg_tf.io import config_io, savedmodel_contract  # noqa: E402
 from dolg_tf.keras_api import keras  # noqa: E402
 from dolg_tf.model import builder  # noqa: E402
@@ -339,7 +339,7 @@ def main(argv):
 
   def run_pipeline():
     out = tempfile.mkdtemp(dir=workdir)
-    pipeline.run_extraction(extractor, pipeline.tasks_from_paths(paths), out, log_interval=1e9)
+    pipeline.run_extraction(extractor, task_sources.tasks_from_paths(paths), out, log_interval=1e9)
 
   rows = {
     "static": each(lambda x: static(x).numpy(), floats),

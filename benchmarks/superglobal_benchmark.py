@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dolg_tf.export import versions  # noqa: E402
 from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
-from dolg_tf.extraction import pipeline  # noqa: E402
+from dolg_tf.extraction import pipeline, task_sources  # noqa: E402
 from dolg_tf.io import config_io, datum_io  # noqa: E402
 from dolg_tf.model import superglobal  # noqa: E402
 from dolg_tf.retrieval import perform_retrieval, retrieval_config  # noqa: E402
@@ -128,7 +128,9 @@ def ablate(name, workdir, output_dir):
   """Rows (label, {protocol: mAP}, {protocol: mAP after re-ranking}, ms/query) of one model."""
   benchmark_dir = os.path.join(workdir, "benchmark")
   gnd_path = os.path.join(benchmark_dir, "gnd_synthetic.pkl")
-  images = pipeline.tasks_from_paths(pipeline.list_images(os.path.join(benchmark_dir, "jpg")))
+  images = task_sources.tasks_from_paths(
+    task_sources.list_images(os.path.join(benchmark_dir, "jpg"))
+  )
   # Re-exported by this version of dolg_tf: older exports lack the GeM+ / Regional-GeM variables.
   trained_export = export_once(workdir, os.path.join(output_dir, name, "export"))
   relu_up = {"model": {"relu_up": superglobal.REFERENCE_RELU_UP}}
@@ -172,7 +174,9 @@ def precision_rows(name, workdir, output_dir):
   """The exports of PRECISION_EXPORTS of the trained demo: descriptor cosines and mAP."""
   benchmark_dir = os.path.join(workdir, "benchmark")
   gnd_path = os.path.join(benchmark_dir, "gnd_synthetic.pkl")
-  images = pipeline.tasks_from_paths(pipeline.list_images(os.path.join(benchmark_dir, "jpg")))
+  images = task_sources.tasks_from_paths(
+    task_sources.list_images(os.path.join(benchmark_dir, "jpg"))
+  )
   descriptors, results = {}, {}
   for label, export in PRECISION_EXPORTS.items():
     key = label.replace(" ", "_")

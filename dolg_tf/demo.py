@@ -39,7 +39,7 @@ from dolg_tf import experiments, protos, run_layout
 from dolg_tf.data import synthetic_benchmark
 from dolg_tf.export import versions
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import pipeline
+from dolg_tf.extraction import pipeline, task_sources
 from dolg_tf.io import config_io
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder
@@ -206,7 +206,9 @@ def evaluate(name: str, model_path: str, benchmark_dir: str, workdir: str):
   config = extraction_config(model_path, config_path)
   features_dir = os.path.join(workdir, f"features_{name}")
   extractor = extractor_lib.Extractor(config, config_path)
-  tasks = pipeline.tasks_from_paths(pipeline.list_images(os.path.join(benchmark_dir, "jpg")))
+  tasks = task_sources.tasks_from_paths(
+    task_sources.list_images(os.path.join(benchmark_dir, "jpg"))
+  )
   summary = pipeline.run_extraction(extractor, tasks, features_dir)
   if summary.failed:
     raise RuntimeError(f"{summary.failed} images failed; see {features_dir}/failures.tsv")

@@ -44,7 +44,7 @@ from absl import flags
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.data import ground_truth
-from dolg_tf.extraction import pipeline
+from dolg_tf.extraction import task_sources
 from dolg_tf.io import image_loading
 from dolg_tf.model import checkpoint_restore
 from dolg_tf.retrieval import perform_retrieval, retrieval_config
@@ -140,7 +140,7 @@ def _define_match_flags(f: flags.FlagValues) -> None:
 
 def _image_path(spec: str, what: str) -> str:
   """A path for an image spec: a file path with an image extension, or a name in --images_dir."""
-  if os.path.splitext(spec)[1].lower() in pipeline.IMAGE_EXTENSIONS:
+  if os.path.splitext(spec)[1].lower() in task_sources.IMAGE_EXTENSIONS:
     path = cli.resolve_path(spec)
   elif FLAGS.images_dir:
     try:

@@ -16,7 +16,16 @@ import tensorflow as tf
 from absl.testing import flagsaver, parameterized
 from PIL import Image
 
-from dolg_tf.extraction import batching, extract_features, local_extractor, pipeline, postprocess
+from dolg_tf.data import gldv2_files
+from dolg_tf.extraction import (
+  batching,
+  extract_features,
+  failure_log,
+  local_extractor,
+  pipeline,
+  postprocess,
+  task_sources,
+)
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import datum_io, descriptor_reading, savedmodel_contract
 from tests import testutil
@@ -322,7 +331,7 @@ class DolgBatchedExtractionTest(_SharedExportTest):
     paths = _write_images(os.path.join(root, "images"), 10)
     with open(os.path.join(root, "images", "broken.png"), "wb") as f:
       f.write(b"not an image")
-    tasks = pipeline.tasks_from_paths(pipeline.list_images(os.path.join(root, "images")))
+    tasks = task_sources.tasks_from_paths(task_sources.list_images(os.path.join(root, "images")))
     single_dir, batch_dir = os.path.join(root, "single"), os.path.join(root, "batched")
     single = pipeline.run_extraction(self.extractor, tasks, single_dir, batch_size=1)
     extract_batch = mock.Mock(wraps=self.extractor.extract_batch)
@@ -339,12 +348,12 @@ class DolgBatchedExtractionTest(_SharedExportTest):
       self.assertLen({image.shape for image in group}, 1)
     ids, matrix = descriptor_reading.read_descriptors(single_dir)
     batch_ids, batch_matrix = descriptor_reading.read_descriptors(batch_dir)
-    self.assertEqual(ids, [pipeline.image_id_from_path(p) for p in paths])
+    self.assertEqual(ids, [task_sources.image_id_from_path(p) for p in paths])
     self.assertEqual(batch_ids, ids)
     self.assertEqual(matrix.shape, (10, 16))
     self.assertAllClose(batch_matrix, matrix, atol=ATOL, rtol=0)
     for path in (single_dir, batch_dir):
-      rows = pipeline.read_failures(os.path.join(path, pipeline.FAILURES_FILE))
+      rows = failure_log.read_failures(os.path.join(path, failure_log.FAILURES_FILE))
       self.assertEqual([r["image_id"] for r in rows], ["broken"])
 
   def test_command_refuses_batch_size_zero(self):
@@ -379,6 +388,7 @@ class DolgBatchedExtractionTest(_SharedExportTest):
     return images, paths
 
   def _run_command(self, **flag_values):
+    extract_features.define_flags()
     if not extract_features.FLAGS.is_parsed():
       extract_features.FLAGS.mark_as_parsed()
     with flagsaver.flagsaver(config=self.config, **flag_values):
@@ -394,8 +404,8 @@ class DolgBatchedExtractionTest(_SharedExportTest):
       f.write("id,url,landmark_id\n")
       for image_id in [present[0], missing, *present[1:]]:
         f.write(f"{image_id},https://example.com/{image_id}.jpg,7\n")
-    self.assertEqual(pipeline.read_csv_image_ids(csv_path), [present[0], missing, *present[1:]])
-    self.assertEqual(pipeline.gldv2_image_path(images, present[0]), paths[present[0]])
+    self.assertEqual(task_sources.read_csv_image_ids(csv_path), [present[0], missing, *present[1:]])
+    self.assertEqual(gldv2_files.image_path(images, present[0]), paths[present[0]])
     out = os.path.join(root, "out")
     code = self._run_command(
       gldv2_csv_path=csv_path, images_dir=images, output_dir=out, batch_size=2
@@ -407,7 +417,7 @@ class DolgBatchedExtractionTest(_SharedExportTest):
       self.assertAllClose(row, self.extractor.extract_from_file(paths[image_id]), atol=ATOL, rtol=0)
       datum = datum_io.read_from_file(os.path.join(out, image_id + self.extractor.suffix))
       self.assertAllClose(datum, row, atol=0, rtol=0)
-    rows = pipeline.read_failures(os.path.join(out, pipeline.FAILURES_FILE))
+    rows = failure_log.read_failures(os.path.join(out, failure_log.FAILURES_FILE))
     self.assertEqual([r["image_id"] for r in rows], [missing])
     # Reported at its nested GLDv2 path.
     self.assertEqual(rows[0]["path"], os.path.join(images, "a", "b", "c", missing + ".jpg"))
@@ -422,7 +432,7 @@ class DolgBatchedExtractionTest(_SharedExportTest):
     out = os.path.join(root, "out")
     code = self._run_command(gldv2_csv_path=csv_path, images_dir=images, output_dir=out)
     self.assertEqual(code, 1)
-    rows = pipeline.read_failures(os.path.join(out, pipeline.FAILURES_FILE))
+    rows = failure_log.read_failures(os.path.join(out, failure_log.FAILURES_FILE))
     self.assertEqual([r["image_id"] for r in rows], ["1234567890abcdef"])
     self.assertEqual([n for n in os.listdir(out) if n.endswith(self.extractor.suffix)], [])
 
@@ -565,7 +575,7 @@ class DelgBatchedExtractionTest(_SharedExportTest):
   def test_pipeline_batches_write_the_same_files(self):
     root = self.create_tempdir().full_path
     paths = _write_images(os.path.join(root, "images"), 9, seed=20)
-    tasks = pipeline.tasks_from_paths(paths)
+    tasks = task_sources.tasks_from_paths(paths)
     single_dir, batch_dir = os.path.join(root, "single"), os.path.join(root, "batched")
     self.assertEqual(pipeline.run_extraction(self.extractor, tasks, single_dir).done, 9)
     extract_batch = mock.Mock(wraps=self.extractor.extract_batch)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dolg_tf.extraction import beam_pipeline, local_extractor, pipeline
+from dolg_tf.extraction import beam_pipeline, failure_log, local_extractor, pipeline, task_sources
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import descriptor_reading
 from dolg_tf.utils import beam_cli
@@ -74,7 +74,7 @@ class BeamExtractTest(tf.test.TestCase):
     # The reference: the single-process pipeline, one image per forward.
     cls.reference = os.path.join(root, "beam_reference")
     cls.extractor = extractor_lib.Extractor.from_config_file(cls.config)
-    tasks = pipeline.tasks_from_paths(pipeline.list_images(cls.images))
+    tasks = task_sources.tasks_from_paths(task_sources.list_images(cls.images))
     summary = pipeline.run_extraction(cls.extractor, tasks, cls.reference)
     assert (summary.done, summary.failed) == (NUM_IMAGES, 1), summary
     cls.reference_ids, cls.reference_matrix = _global_outputs(cls.reference)
@@ -93,8 +93,10 @@ class BeamExtractTest(tf.test.TestCase):
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertIn(f"done {NUM_IMAGES}, skipped 0, failed 1", result.stdout)
     self._assert_equals_reference(out)
-    rows = pipeline.read_failures(os.path.join(out, pipeline.FAILURES_FILE))
-    reference_rows = pipeline.read_failures(os.path.join(self.reference, pipeline.FAILURES_FILE))
+    rows = failure_log.read_failures(os.path.join(out, failure_log.FAILURES_FILE))
+    reference_rows = failure_log.read_failures(
+      os.path.join(self.reference, failure_log.FAILURES_FILE)
+    )
     self.assertEqual(
       [(r["image_id"], r["reason"]) for r in rows],
       [(r["image_id"], r["reason"]) for r in reference_rows],
@@ -105,7 +107,7 @@ class BeamExtractTest(tf.test.TestCase):
     )
     self.assertEqual(again.returncode, 0, again.stderr[-3000:])
     self.assertIn(f"done 0, skipped {NUM_IMAGES}, failed 1", again.stdout)
-    self.assertLen(pipeline.read_failures(os.path.join(out, pipeline.FAILURES_FILE)), 1)
+    self.assertLen(failure_log.read_failures(os.path.join(out, failure_log.FAILURES_FILE)), 1)
 
   def test_killed_run_resumes_with_nothing_lost_or_partial(self):
     images = self.create_tempdir().full_path
@@ -157,7 +159,7 @@ class BeamExtractTest(tf.test.TestCase):
     self.assertAllClose(matrix[:-1], self.reference_matrix, atol=1e-6, rtol=0)
     self.assertAllClose(matrix[-1], self.reference_matrix[0], atol=1e-6, rtol=0)
     self.assertEqual(_temp_files(out), [])
-    self.assertFalse(os.path.exists(os.path.join(out, pipeline.FAILURES_FILE)))
+    self.assertFalse(os.path.exists(os.path.join(out, failure_log.FAILURES_FILE)))
 
   def test_delg_local_and_global_in_batches_equal_single_image_extraction(self):
     root = self.create_tempdir().full_path
@@ -167,7 +169,7 @@ class BeamExtractTest(tf.test.TestCase):
     )
     images = os.path.join(root, "images")
     _write_images(images, 12, seed=1)
-    tasks = pipeline.tasks_from_paths(pipeline.list_images(images))
+    tasks = task_sources.tasks_from_paths(task_sources.list_images(images))
     single = os.path.join(root, "single")
     delg = extractor_lib.Extractor.from_config_file(config)
     self.assertEqual(pipeline.run_extraction(delg, tasks, single).done, 12)
@@ -251,7 +253,7 @@ class PlanTest(tf.test.TestCase):
     out = self.create_tempdir().full_path
     for name in ("a.dolg_global", "b.dolg_global", "b.delg_local", "c.delg_local", ".d.delg_local"):
       open(os.path.join(out, name), "w").close()
-    tasks = pipeline.tasks_from_paths([f"/x/{i}.jpg" for i in "abcde"] + ["/x/.hidden.jpg"])
+    tasks = task_sources.tasks_from_paths([f"/x/{i}.jpg" for i in "abcde"] + ["/x/.hidden.jpg"])
     config = extractor_lib.DolgConfig(model_path="m", use_local_features=True)
     todo, skipped, hidden = beam_pipeline.plan_extraction(config, tasks, out)
     self.assertEqual([t.image_id for t in todo], ["a", "c", "d", "e"])

@@ -14,9 +14,9 @@ from absl.testing import flagsaver
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.extraction import extract_features, output_folder, pipeline
+from dolg_tf.extraction import extract_features, failure_log, output_folder
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.io import datum_io, descriptor_files
+from dolg_tf.io import datum_io, descriptor_files, descriptor_reading
 from dolg_tf.utils import cli
 from tests import testutil
 
@@ -71,7 +71,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
     result = self._run("--config=config.pbtxt", "--images_dir=images", "--output_dir=out")
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertIn("done 3, skipped 0, failed 0", result.stdout)
-    ids, matrix = pipeline.read_descriptors(os.path.join(self.work, "out"))
+    ids, matrix = descriptor_reading.read_descriptors(os.path.join(self.work, "out"))
     self.assertEqual(ids, ["im0", "im1", "im2"])
     expected = np.stack([self.extractor.extract_from_file(p) for p in self.paths])
     self.assertAllClose(matrix, expected, atol=1e-6)
@@ -97,7 +97,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
       "--output_format=shards",
     )
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    ids, matrix = pipeline.read_descriptors(os.path.join(self.work, "queries"))
+    ids, matrix = descriptor_reading.read_descriptors(os.path.join(self.work, "queries"))
     self.assertEqual(ids, ["im1"])
     cropped = self.extractor.extract_from_file(self.paths[1], (5, 10, 30, 40))
     self.assertAllClose(matrix[0], cropped, atol=1e-6)
@@ -111,7 +111,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
       "--config=config.pbtxt", "--list_images_path=bad_list.txt", "--output_dir=bad_out"
     )
     self.assertEqual(result.returncode, 1, result.stderr[-3000:])
-    rows = pipeline.read_failures(os.path.join(self.work, "bad_out", pipeline.FAILURES_FILE))
+    rows = failure_log.read_failures(os.path.join(self.work, "bad_out", failure_log.FAILURES_FILE))
     self.assertEqual([r["image_id"] for r in rows], ["absent"])
 
   def test_missing_inputs_give_one_line_errors(self):
@@ -205,7 +205,9 @@ class ExtractFeaturesTest(tf.test.TestCase):
     for _ in range(2):
       result = self._run(*flags_, "--max_pixels=2000")
       self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-      rows = pipeline.read_failures(os.path.join(self.work, "odd_out", pipeline.FAILURES_FILE))
+      rows = failure_log.read_failures(
+        os.path.join(self.work, "odd_out", failure_log.FAILURES_FILE)
+      )
       reasons = {r["image_id"]: r["reason"] for r in rows}
       self.assertCountEqual(reasons, ["large", "thin"])
       self.assertIn(
@@ -213,7 +215,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
       )
       self.assertIn("thin.png: image too small (5x30", reasons["thin"])
     self.assertIn("done 0, skipped 1, failed 2", result.stdout)
-    ids, _ = pipeline.read_descriptors(os.path.join(self.work, "odd_out"))
+    ids, _ = descriptor_reading.read_descriptors(os.path.join(self.work, "odd_out"))
     self.assertEqual(ids, ["scan"])
     result = self._run(*flags_, "--max_pixels=0")
     self.assertEqual(result.returncode, 2)
@@ -258,6 +260,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
     self.assertEqual(os.listdir(out), [])
 
   def _main(self, **flag_values):
+    extract_features.define_flags()
     if not extract_features.FLAGS.is_parsed():
       extract_features.FLAGS.mark_as_parsed()
     cwd = os.getcwd()
@@ -308,7 +311,7 @@ class ExtractFeaturesTest(tf.test.TestCase):
         self._main(config=config, images_dir=images_dir, output_dir=out, prefetch=1)
     self.assertEqual(os.listdir(out), ["im0.dolg_global"])
     self.assertEqual(self._main(config=config, images_dir=images_dir, output_dir=out), 0)
-    self.assertEqual(pipeline.read_descriptors(out)[0], ["im0", "im1", "im2"])
+    self.assertEqual(descriptor_reading.read_descriptors(out)[0], ["im0", "im1", "im2"])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import pipeline, postprocess
+from dolg_tf.extraction import pipeline, postprocess, task_sources
 from dolg_tf.io import config_io, datum_io, image_loading, savedmodel_contract
 from dolg_tf.utils import images
 from tests import testutil
@@ -295,7 +295,7 @@ class ExtractorTest(tf.test.TestCase):
       ):
         extractor.extract_from_file(path)
       summary = pipeline.run_extraction(
-        extractor, [pipeline.ImageTask("bad", path)], out, num_threads=1
+        extractor, [task_sources.ImageTask("bad", path)], out, num_threads=1
       )
     self.assertEqual((summary.done, summary.failed), (0, 1))
     self.assertEqual(summary.failures[0][:2], ("bad", path))

@@ -23,9 +23,11 @@ from PIL import Image
 from dolg_tf.extraction import (
   beam_pipeline,
   extraction_outputs,
+  failure_log,
   local_extractor,
   pipeline,
   postprocess,
+  task_sources,
 )
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import (
@@ -74,8 +76,8 @@ def _touch(path, data=b"ok"):
 
 
 def _rows(output_dir):
-  path = os.path.join(output_dir, pipeline.FAILURES_FILE)
-  return pipeline.read_failures(path) if os.path.exists(path) else []
+  path = os.path.join(output_dir, failure_log.FAILURES_FILE)
+  return failure_log.read_failures(path) if os.path.exists(path) else []
 
 
 def _temp_files(folder):
@@ -86,7 +88,7 @@ class FailureIdsTest(tf.test.TestCase):
   def _run(self, paths, extractor=None):
     out = os.path.join(self.root, "out")
     summary = pipeline.run_extraction(
-      extractor or FakeExtractor(), pipeline.tasks_from_paths(paths), out, log_interval=1e9
+      extractor or FakeExtractor(), task_sources.tasks_from_paths(paths), out, log_interval=1e9
     )
     return summary, out
 
@@ -99,7 +101,7 @@ class FailureIdsTest(tf.test.TestCase):
     summary, out = self._run(paths)
     self.assertEqual((summary.failed, summary.exit_code), (2, 1))
     self.assertCountEqual([r["image_id"] for r in _rows(out)], ["a b", "a  b"])
-    with open(os.path.join(out, pipeline.FAILURES_FILE), encoding="utf-8") as f:
+    with open(os.path.join(out, failure_log.FAILURES_FILE), encoding="utf-8") as f:
       lines = f.read().splitlines()
     self.assertEqual(lines[0], "time\timage_id\tpath\treason")  # The columns DELF users read.
     self.assertLen(lines, 3)
@@ -111,47 +113,47 @@ class FailureIdsTest(tf.test.TestCase):
     self.assertEqual(summary.exit_code, 1)
     (row,) = _rows(out)
     self.assertEqual((row["image_id"], row["path"]), ("x\ty\\z", path))
-    with open(os.path.join(out, pipeline.FAILURES_FILE), encoding="utf-8") as f:
+    with open(os.path.join(out, failure_log.FAILURES_FILE), encoding="utf-8") as f:
       self.assertIn("x\\ty\\\\z", f.read())  # Backslash-escaped on disk.
     _touch(path, b"good")
     summary, _ = self._run([path])
     self.assertEqual((summary.done, summary.failed, summary.exit_code), (1, 0, 0))
-    self.assertFalse(os.path.exists(os.path.join(out, pipeline.FAILURES_FILE)))
+    self.assertFalse(os.path.exists(os.path.join(out, failure_log.FAILURES_FILE)))
     self.assertTrue(os.path.isfile(os.path.join(out, "x\ty\\z" + SUFFIX)))
 
   def test_collision_rows_survive_the_success_of_their_id(self):
-    path = os.path.join(self.root, pipeline.FAILURES_FILE)
-    log = pipeline.FailureLog(path)
+    path = os.path.join(self.root, failure_log.FAILURES_FILE)
+    log = failure_log.FailureLog(path)
     log.add("a", "x/a.jpg", "unreadable")
-    log.add("a", "y/a.jpg", pipeline.collision_reason("a", "x/a.jpg"))
+    log.add("a", "y/a.jpg", task_sources.collision_reason("a", "x/a.jpg"))
     log.close()
-    log = pipeline.FailureLog(path)  # Keys rebuilt from the file.
+    log = failure_log.FailureLog(path)  # Keys rebuilt from the file.
     self.assertEqual(log.image_ids(), ["a"])
     log.resolve(["a"])
     log.close()
-    (row,) = pipeline.read_failures(path)
+    (row,) = failure_log.read_failures(path)
     self.assertEqual((row["image_id"], row["path"]), ("a", "y/a.jpg"))
     log.forget_collisions(["a"])
     log.close()
     self.assertFalse(os.path.exists(path))
 
   def test_beam_failures_file_forgets_collisions_of_the_run(self):
-    path = os.path.join(self.root, pipeline.FAILURES_FILE)
-    log = pipeline.FailureLog(path)
-    log.add("a", "y/a.jpg", pipeline.collision_reason("a", "x/a.jpg"))
-    log.add("b", "y/b.jpg", pipeline.collision_reason("b", "x/b.jpg"))
+    path = os.path.join(self.root, failure_log.FAILURES_FILE)
+    log = failure_log.FailureLog(path)
+    log.add("a", "y/a.jpg", task_sources.collision_reason("a", "x/a.jpg"))
+    log.add("b", "y/b.jpg", task_sources.collision_reason("b", "x/b.jpg"))
     log.close()
     config = config_io.DolgConfig()
     # This run was given "a" (no longer repeated) but not "b": only a's stale row goes.
     kept = beam_pipeline.write_failures([], config, self.root, run_ids=["a"])
     self.assertEqual(kept, 1)
-    self.assertEqual([r["image_id"] for r in pipeline.read_failures(path)], ["b"])
+    self.assertEqual([r["image_id"] for r in failure_log.read_failures(path)], ["b"])
 
   def test_escaping_round_trips(self):
     for text in ("a b", "a\tb", "a\nb\r", "back\\slash", "\\t literal", ""):
-      escaped = pipeline.escape_field(text)
+      escaped = failure_log.escape_field(text)
       self.assertNotRegex(escaped, "[\t\n\r]")
-      self.assertEqual(pipeline.unescape_field(escaped), text)
+      self.assertEqual(failure_log.unescape_field(escaped), text)
 
 
 class CollisionsTest(tf.test.TestCase):
@@ -169,7 +171,7 @@ class CollisionsTest(tf.test.TestCase):
     out = os.path.join(root, "out")
 
     def run():
-      tasks = pipeline.tasks_from_paths(pipeline.list_images(images_dir))
+      tasks = task_sources.tasks_from_paths(task_sources.list_images(images_dir))
       return pipeline.run_extraction(FakeExtractor(), tasks, out, log_interval=1e9)
 
     summary = run()
@@ -180,10 +182,10 @@ class CollisionsTest(tf.test.TestCase):
     self.assertEqual(
       rows,
       {
-        os.path.join(images_dir, "101CANON", "IMG_0001.JPG"): pipeline.collision_reason(
+        os.path.join(images_dir, "101CANON", "IMG_0001.JPG"): task_sources.collision_reason(
           "IMG_0001", first
         ),
-        os.path.join(images_dir, "img.webp"): pipeline.collision_reason(
+        os.path.join(images_dir, "img.webp"): task_sources.collision_reason(
           "img", os.path.join(images_dir, "img.bmp")
         ),
       },
@@ -202,7 +204,7 @@ class CollisionsTest(tf.test.TestCase):
 
   def test_a_path_listed_twice_is_extracted_once(self):
     path = _touch(os.path.join(self.create_tempdir().full_path, "a.jpg"))
-    tasks = pipeline.tasks_from_paths([path, path])
+    tasks = task_sources.tasks_from_paths([path, path])
     self.assertLen(tasks, 1)
 
 
@@ -218,13 +220,13 @@ class DegenerateModelTest(parameterized.TestCase, tf.test.TestCase):
     paths = [_touch(os.path.join(root, "img", f"{n}.jpg")) for n in "ab"]
     out = os.path.join(root, "out")
     summary = pipeline.run_extraction(
-      FakeExtractor(descriptor), pipeline.tasks_from_paths(paths), out, log_interval=1e9
+      FakeExtractor(descriptor), task_sources.tasks_from_paths(paths), out, log_interval=1e9
     )
     self.assertEqual((summary.done, summary.failed, summary.exit_code), (0, 2, 1))
     for row in _rows(out):
       self.assertStartsWith(row["reason"], "model returned a zero/non-finite descriptor: ")
       self.assertIn(phrase, row["reason"])
-    self.assertEqual(sorted(os.listdir(out)), [pipeline.FAILURES_FILE])
+    self.assertEqual(sorted(os.listdir(out)), [failure_log.FAILURES_FILE])
 
 
 class RetrievalRefusesTest(parameterized.TestCase, tf.test.TestCase):
@@ -363,12 +365,12 @@ class PyramidConfigTest(parameterized.TestCase, tf.test.TestCase):
     Image.new("RGB", (30, 36)).save(small)
     out = os.path.join(root, "out")
     summary = pipeline.run_extraction(
-      extractor, pipeline.tasks_from_paths([small]), out, log_interval=1e9
+      extractor, task_sources.tasks_from_paths([small]), out, log_interval=1e9
     )
     self.assertEqual((summary.done, summary.failed, summary.exit_code), (0, 1, 1))
     (row,) = _rows(out)
     self.assertIn(f"{small}: image too small for image_scales", row["reason"])
-    self.assertEqual(os.listdir(out), [pipeline.FAILURES_FILE])
+    self.assertEqual(os.listdir(out), [failure_log.FAILURES_FILE])
 
 
 class DurableOutputsTest(tf.test.TestCase):
@@ -433,7 +435,7 @@ class ResumeTest(tf.test.TestCase):
     extractor = FakeExtractor()
     summary = pipeline.run_extraction(
       extractor,
-      pipeline.tasks_from_paths(self.paths),
+      task_sources.tasks_from_paths(self.paths),
       self.out,
       output_format=output_format,
       shard_size=3,

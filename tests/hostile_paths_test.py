@@ -23,7 +23,14 @@ from absl.testing import flagsaver, parameterized
 from PIL import Image
 
 from dolg_tf.data import dataset_plan, gldv2_files, ground_truth
-from dolg_tf.extraction import beam_pipeline, extract_features, input_flags, pipeline
+from dolg_tf.extraction import (
+  beam_pipeline,
+  extract_features,
+  failure_log,
+  input_flags,
+  pipeline,
+  task_sources,
+)
 from dolg_tf.io import datum_io
 from dolg_tf.utils import cli, untrusted
 from dolg_tf.visualization import retrieval_report
@@ -123,10 +130,10 @@ def _image(path, size=(40, 30), seed=0):
 
 
 def _failures(output_dir):
-  path = os.path.join(output_dir, pipeline.FAILURES_FILE)
+  path = os.path.join(output_dir, failure_log.FAILURES_FILE)
   if not os.path.exists(path):
     return {}
-  return {row["path"]: row["reason"] for row in pipeline.read_failures(path)}
+  return {row["path"]: row["reason"] for row in failure_log.read_failures(path)}
 
 
 class _RecordingExtractor:
@@ -367,6 +374,7 @@ class PathRuleTest(tf.test.TestCase, parameterized.TestCase):
       _image(os.path.join(self.images, name + ".jpg"))
     _image(os.path.join(self.w, "outside.jpg"))
     os.symlink(os.path.join(self.w, "outside.jpg"), os.path.join(self.images, "linked.jpg"))
+    extract_features.define_flags()
     if not extract_features.FLAGS.is_parsed():
       extract_features.FLAGS.mark_as_parsed()
 
@@ -468,7 +476,7 @@ class PathRuleTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual([t.image_id for t in todo], ["q1"])
     self.assertEqual(skipped, 0)
     self.assertEqual([t.path for t in refused], [os.path.join(self.images, "../outside.jpg")])
-    self.assertRegex(pipeline.refusal_reason(refused[0]), OUTSIDE_RULE)
+    self.assertRegex(task_sources.refusal_reason(refused[0]), OUTSIDE_RULE)
 
   def test_non_utf8_csv_is_one_line_naming_file_offset_and_line(self):
     csv_path = self._write("index.csv", b"id\nq1\n\xffx\n")
@@ -522,7 +530,7 @@ class TextAndDatasetTest(tf.test.TestCase):
     with open(path, "w") as f:
       f.write("id,url\nabc,x\n" + "d" * 200_000 + ",y\n")
     with self.assertRaisesRegex(ValueError, rf"^{path}:3: malformed CSV \(field larger"):
-      pipeline.read_csv_image_ids(path)
+      task_sources.read_csv_image_ids(path)
     with open(path, "w") as f:
       f.write("id,landmark_id\nabc,1\n" + "d" * 200_000 + ",2\n")
     with self.assertRaisesRegex(ValueError, rf"^{path}:3: malformed CSV"):

@@ -32,8 +32,8 @@ from PIL import Image, ImageFile, ImageOps
 
 from dolg_tf import config as config_lib
 from dolg_tf.data import image_codec
-from dolg_tf.extraction import pipeline
-from dolg_tf.io import image_loading
+from dolg_tf.extraction import failure_log, pipeline, task_sources
+from dolg_tf.io import descriptor_files, descriptor_reading, image_loading
 from dolg_tf.utils import images
 from dolg_tf.utils import memory_budget as budget_lib
 from tests import testutil
@@ -390,7 +390,7 @@ class RecordingBudget(budget_lib.ByteBudget):
 class TinyExtractor:
   """The run_extraction protocol without TensorFlow: a 2-d descriptor of the image's mean."""
 
-  suffix = pipeline.DEFAULT_SUFFIX
+  suffix = descriptor_files.DEFAULT_SUFFIX
 
   def preprocess(self, image, box=None):
     return np.ascontiguousarray(image if box is None else image_loading.crop_box(image, box))
@@ -424,7 +424,7 @@ class ExtractionBudgetTest(parameterized.TestCase, tf.test.TestCase):
     self.enter_context(mock.patch.object(pipeline.budget_lib, "ByteBudget", RecordingBudget))
 
   def _run(self, **kwargs):
-    tasks = pipeline.tasks_from_paths(pipeline.list_images(self.images_dir))
+    tasks = task_sources.tasks_from_paths(task_sources.list_images(self.images_dir))
     finished, summary = _in_thread(
       lambda: pipeline.run_extraction(TinyExtractor(), tasks, self.out, log_interval=1e9, **kwargs)
     )
@@ -451,7 +451,7 @@ class ExtractionBudgetTest(parameterized.TestCase, tf.test.TestCase):
     self.assertEqual(recorded.used, 0)  # Nothing leaked, failures included.
     self.assertLen(recorded.tickets, 10)
     self.assertTrue(all(t.passed and t.held == 0 for t in recorded.tickets))
-    ids, _ = pipeline.read_descriptors(self.out)
+    ids, _ = descriptor_reading.read_descriptors(self.out)
     self.assertEqual(ids, [f"im{i}" for i in range(8)])
 
   def test_an_image_larger_than_the_whole_budget_is_a_failure(self):
@@ -465,7 +465,7 @@ class ExtractionBudgetTest(parameterized.TestCase, tf.test.TestCase):
     )
     self.assertEqual(RecordingBudget.latest.used, 0)
     outputs = [n for n in os.listdir(self.out) if not n.startswith(".")]
-    self.assertEqual(outputs, [pipeline.FAILURES_FILE])  # no descriptor, no temporary file
+    self.assertEqual(outputs, [failure_log.FAILURES_FILE])  # no descriptor, no temporary file
     self.assertEqual(RecordingBudget.latest.capacity, self.estimate - 1)
 
   def test_the_default_budget(self):
@@ -497,13 +497,13 @@ class CommandTest(tf.test.TestCase):
     return result
 
   def _rows(self, out):
-    rows = pipeline.read_failures(os.path.join(out, pipeline.FAILURES_FILE))
+    rows = failure_log.read_failures(os.path.join(out, failure_log.FAILURES_FILE))
     return {row["image_id"]: row["reason"] for row in rows}
 
   def _assert_only(self, out, expected_ids):
     files = sorted(n for n in os.listdir(out) if not n.startswith("."))
-    outputs = sorted(n for n in files if n != pipeline.FAILURES_FILE)
-    self.assertEqual(outputs, [i + pipeline.DEFAULT_SUFFIX for i in expected_ids])
+    outputs = sorted(n for n in files if n != failure_log.FAILURES_FILE)
+    self.assertEqual(outputs, [i + descriptor_files.DEFAULT_SUFFIX for i in expected_ids])
     self.assertEqual([n for n in os.listdir(out) if n.endswith(".tmp")], [])
 
   def test_special_files_in_a_folder_are_failures_and_the_run_finishes(self):

@@ -32,7 +32,7 @@ from PIL import Image
 
 from dolg_tf import config as config_lib
 from dolg_tf.data import beam_dataset, synthetic
-from dolg_tf.extraction import beam_pipeline, output_folder, pipeline
+from dolg_tf.extraction import beam_pipeline, failure_log, output_folder, task_sources
 from dolg_tf.io import descriptor_files, descriptor_reading
 from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
@@ -511,7 +511,7 @@ class BeamTest(SignalTestCase):
         raise OSError(errno.ENOSPC, "No space left on device", image_id)
       return real_write(writer, image_id, result)
 
-    tasks = pipeline.tasks_from_paths(pipeline.list_images(self.images))
+    tasks = task_sources.tasks_from_paths(task_sources.list_images(self.images))
     with tf.compat.v1.test.mock.patch.object(descriptor_files.PerImageWriter, "write", write):
       with self.assertRaisesRegex(
         output_folder.OutputError,
@@ -522,7 +522,7 @@ class BeamTest(SignalTestCase):
           self.config, tasks, out, beam_cli.pipeline_options(["beam_extract"])
         )
     self.assertLen(_outputs(out), 3)
-    self.assertFalse(os.path.exists(os.path.join(out, pipeline.FAILURES_FILE)))
+    self.assertFalse(os.path.exists(os.path.join(out, failure_log.FAILURES_FILE)))
 
 
 class BeamDatasetFullDiskTest(tf.test.TestCase):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import local_extractor, pipeline
+from dolg_tf.extraction import failure_log, local_extractor, pipeline, task_sources
 from dolg_tf.io import binarize, config_io, datum_io, feature_io, savedmodel_contract
 from dolg_tf.utils import images
 from tests import testutil
@@ -167,12 +167,12 @@ class LocalExtractorTest(tf.test.TestCase):
     with open(os.path.join(images_dir, "bad.jpg"), "wb") as f:
       f.write(b"not an image")
     extractor = self._extractor()
-    tasks = pipeline.tasks_from_paths(pipeline.list_images(images_dir))
+    tasks = task_sources.tasks_from_paths(task_sources.list_images(images_dir))
     summary = pipeline.run_extraction(extractor, tasks, out)
     self.assertEqual((summary.done, summary.failed, summary.exit_code), (1, 1, 0))
     self.assertTrue(os.path.exists(os.path.join(out, "a.delg_local")))
     self.assertTrue(os.path.exists(os.path.join(out, "a.delg_global")))
-    self.assertLen(pipeline.read_failures(os.path.join(out, pipeline.FAILURES_FILE)), 1)
+    self.assertLen(failure_log.read_failures(os.path.join(out, failure_log.FAILURES_FILE)), 1)
     again = pipeline.run_extraction(extractor, tasks, out)
     self.assertEqual((again.done, again.skipped, again.failed), (0, 1, 1))
     # An image whose global file is missing (a run killed between its two

@@ -15,8 +15,8 @@ from PIL import Image
 
 from dolg_tf import config as config_lib
 from dolg_tf.extraction import extractor as extractor_lib
-from dolg_tf.extraction import output_folder, pipeline
-from dolg_tf.io import datum_io, descriptor_files
+from dolg_tf.extraction import failure_log, output_folder, pipeline, run_interface, task_sources
+from dolg_tf.io import datum_io, descriptor_files, descriptor_reading
 from dolg_tf.utils import files as file_utils
 from tests import testutil
 
@@ -112,14 +112,14 @@ class PipelineTest(tf.test.TestCase):
     gray16 = os.path.join(self.images_dir, "gray16.png")
     Image.fromarray(np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)).save(gray16)
     paths = [full, truncated, text, empty, tiny, huge, cmyk, gray16]
-    summary = self._run(pipeline.tasks_from_paths(paths))
+    summary = self._run(task_sources.tasks_from_paths(paths))
     failures = {
       row["image_id"]: row["reason"]
-      for row in pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
+      for row in failure_log.read_failures(os.path.join(self.out, failure_log.FAILURES_FILE))
     }
     written = {n[: -len(SUFFIX)] for n in os.listdir(self.out) if n.endswith(SUFFIX)}
     for path in paths:
-      image_id = pipeline.image_id_from_path(path)
+      image_id = task_sources.image_id_from_path(path)
       # Exactly one of: a descriptor file, or a failures entry with a reason.
       self.assertNotEqual(image_id in written, image_id in failures, image_id)
       if image_id in written:
@@ -139,19 +139,19 @@ class PipelineTest(tf.test.TestCase):
 
   def test_good_images_are_written_and_bad_ones_listed_with_reasons(self):
     good, corrupt, missing = self._mixed_folder()
-    paths = pipeline.list_images(self.images_dir)
+    paths = task_sources.list_images(self.images_dir)
     self.assertCountEqual(paths, good + [corrupt])
-    tasks = pipeline.tasks_from_paths(paths + [missing])
+    tasks = task_sources.tasks_from_paths(paths + [missing])
     counting = CountingExtractor(self.extractor)
     summary = self._run(tasks, counting, num_threads=2, prefetch=2)
     self.assertEqual((summary.total, summary.done, summary.skipped, summary.failed), (6, 4, 0, 2))
     self.assertEqual(summary.exit_code, 0)
     self.assertEqual(counting.calls, 4)
     for path in good:
-      image_id = pipeline.image_id_from_path(path)
+      image_id = task_sources.image_id_from_path(path)
       descriptor = datum_io.read_from_file(os.path.join(self.out, image_id + SUFFIX))
       self.assertAllClose(descriptor, self.extractor.extract_from_file(path), atol=1e-6)
-    rows = pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
+    rows = failure_log.read_failures(os.path.join(self.out, failure_log.FAILURES_FILE))
     reasons = {row["image_id"]: row for row in rows}
     self.assertCountEqual(reasons, ["corrupt", "missing"])
     self.assertEqual(reasons["corrupt"]["path"], corrupt)
@@ -172,12 +172,12 @@ class PipelineTest(tf.test.TestCase):
         self.assertEqual(os.stat(os.path.join(self.out, name)).st_mtime_ns, mtime, name)
     self.assertEqual(summary.exit_code, 0)
     # One row per image: the rerun's failures replace the first run's.
-    rows = pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
+    rows = failure_log.read_failures(os.path.join(self.out, failure_log.FAILURES_FILE))
     self.assertCountEqual([r["image_id"] for r in rows], ["corrupt", "missing"])
 
   def test_an_interrupted_write_leaves_no_half_written_output(self):
     paths = [self._save(f"im{i}.jpg") for i in range(3)]
-    tasks = pipeline.tasks_from_paths(paths)
+    tasks = task_sources.tasks_from_paths(paths)
     os.makedirs(self.out)
     # A killed run's temporary file, as file_utils.atomic_write_bytes names them.
     stale = os.path.join(self.out, f".im0{SUFFIX}.{_dead_pid()}.0123abcd.tmp")
@@ -211,14 +211,14 @@ class PipelineTest(tf.test.TestCase):
     summary = self._run(tasks, counting)
     self.assertEqual((summary.done, summary.skipped, summary.failed), (2, 1, 0))
     self.assertEqual(counting.calls, 2)
-    ids, matrix = pipeline.read_descriptors(self.out)
+    ids, matrix = descriptor_reading.read_descriptors(self.out)
     self.assertEqual(ids, ["im0", "im1", "im2"])
     self.assertEqual(matrix.shape, (3, 16))
     self.assertEqual([n for n in os.listdir(self.out) if n.startswith(".")], [])
 
   def test_shards_round_trip_and_resume(self):
     paths = [self._save(f"img{i}.png") for i in range(5)]
-    tasks = pipeline.tasks_from_paths(paths)
+    tasks = task_sources.tasks_from_paths(paths)
     summary = self._run(tasks[:4], output_format="shards", shard_size=3)
     self.assertEqual((summary.done, summary.failed), (4, 0))
     self.assertEqual(
@@ -239,27 +239,29 @@ class PipelineTest(tf.test.TestCase):
     self.assertEqual(manifest["dim"], 16)
     self.assertEqual([s["count"] for s in manifest["shards"]], [3, 1, 1])
 
-    ids, matrix = pipeline.read_descriptors(self.out)
+    ids, matrix = descriptor_reading.read_descriptors(self.out)
     self.assertEqual(ids, [f"img{i}" for i in range(5)])
     expected = np.stack([self.extractor.extract_from_file(p) for p in paths])
     self.assertAllClose(matrix, expected, atol=1e-6)
-    ids, subset = pipeline.read_descriptors(os.path.join(self.out, "*.npz"), ids=["img4", "img1"])
+    ids, subset = descriptor_reading.read_descriptors(
+      os.path.join(self.out, "*.npz"), ids=["img4", "img1"]
+    )
     self.assertEqual(ids, ["img4", "img1"])
     self.assertAllClose(subset, expected[[4, 1]], atol=1e-6)
     with self.assertRaisesRegex(KeyError, "nope"):
-      pipeline.read_descriptors(self.out, ids=["nope"])
+      descriptor_reading.read_descriptors(self.out, ids=["nope"])
 
     # The per-image form of the same images reads back identically.
     per_image = os.path.join(self.create_tempdir().full_path, "per_image")
     pipeline.run_extraction(CountingExtractor(self.extractor), tasks, per_image)
-    ids2, matrix2 = pipeline.read_descriptors(per_image, ids=ids)
+    ids2, matrix2 = descriptor_reading.read_descriptors(per_image, ids=ids)
     self.assertAllClose(matrix2, expected[[4, 1]], atol=1e-6)
-    _, matrix3 = pipeline.read_descriptors(os.path.join(per_image, "*" + SUFFIX))
+    _, matrix3 = descriptor_reading.read_descriptors(os.path.join(per_image, "*" + SUFFIX))
     self.assertAllClose(matrix3, expected, atol=1e-6)
 
   def test_an_interrupted_shard_write_leaves_no_shard(self):
     paths = [self._save(f"s{i}.jpg") for i in range(3)]
-    tasks = pipeline.tasks_from_paths(paths)
+    tasks = task_sources.tasks_from_paths(paths)
 
     def die_midway(f, **arrays):
       f.write(b"PK\x03\x04partial")
@@ -271,19 +273,19 @@ class PipelineTest(tf.test.TestCase):
     self.assertEqual(os.listdir(self.out), [])
     summary = self._run(tasks, output_format="shards", shard_size=2)
     self.assertEqual((summary.done, summary.skipped), (3, 0))
-    ids, _ = pipeline.read_descriptors(self.out)
+    ids, _ = descriptor_reading.read_descriptors(self.out)
     self.assertEqual(ids, ["s0", "s1", "s2"])
 
   def test_exit_status_rule(self):
     bad = os.path.join(self.images_dir, "bad.jpg")
     with open(bad, "wb") as f:
       f.write(b"not an image")
-    summary = self._run(pipeline.tasks_from_paths([bad, bad.replace("bad", "gone")]))
+    summary = self._run(task_sources.tasks_from_paths([bad, bad.replace("bad", "gone")]))
     self.assertEqual((summary.done, summary.failed), (0, 2))
     self.assertEqual(summary.exit_code, 1)  # work to do, nothing succeeded
     self.assertEqual(self._run([]).exit_code, 0)  # nothing to do
     good = self._save("good.jpg")
-    tasks = pipeline.tasks_from_paths([bad, good])
+    tasks = task_sources.tasks_from_paths([bad, good])
     self.assertEqual(self._run(tasks).exit_code, 0)  # one success is enough
     rerun = self._run(tasks)  # only the known-bad file is left to try
     self.assertEqual((rerun.done, rerun.skipped, rerun.failed), (0, 1, 1))
@@ -299,7 +301,7 @@ class PipelineTest(tf.test.TestCase):
           raise tf.errors.InvalidArgumentError(None, None, "bad shape\nmore detail")
         return self.inner.extract(image)
 
-    summary = self._run(pipeline.tasks_from_paths(paths), Flaky(self.extractor))
+    summary = self._run(task_sources.tasks_from_paths(paths), Flaky(self.extractor))
     self.assertEqual((summary.done, summary.failed), (2, 1))
     self.assertIn("extraction failed: InvalidArgumentError: bad shape", summary.failures[0][2])
 
@@ -309,7 +311,7 @@ class PipelineTest(tf.test.TestCase):
     with open(os.path.join(self.images_dir, "notes.txt"), "w") as f:
       f.write("not an image")
     self.assertEqual(
-      [os.path.relpath(p, self.images_dir) for p in pipeline.list_images(self.images_dir)],
+      [os.path.relpath(p, self.images_dir) for p in task_sources.list_images(self.images_dir)],
       ["x/A.JPG", "x/b.webp"],
     )
     list_path = os.path.join(self.images_dir, "list.txt")
@@ -317,15 +319,17 @@ class PipelineTest(tf.test.TestCase):
     with open(list_path, "w") as f:
       f.write("# comment\nx/A.JPG\n\n  c  \nabsent.png\n")
     self.assertEqual(
-      pipeline.read_image_list(list_path, self.images_dir),
+      task_sources.read_image_list(list_path, self.images_dir),
       [a, os.path.join(self.images_dir, "c.jpg"), os.path.join(self.images_dir, "absent.png")],
     )
     with self.assertRaisesRegex(FileNotFoundError, "nolist.txt"):
-      pipeline.read_image_list(os.path.join(self.images_dir, "nolist.txt"))
-    first, second = pipeline.tasks_from_paths(["p/A.jpg", "q/A.png"])  # No longer refused whole.
+      task_sources.read_image_list(os.path.join(self.images_dir, "nolist.txt"))
+    first, second = task_sources.tasks_from_paths(
+      ["p/A.jpg", "q/A.png"]
+    )  # No longer refused whole.
     self.assertEqual(first.refused, "")
     self.assertStartsWith(second.refused, "duplicate image id 'A': already used by p/A.jpg")
-    tasks = pipeline.tasks_from_paths(["p/A.jpg"], boxes={"A": [1, 2, 3, 4]})
+    tasks = task_sources.tasks_from_paths(["p/A.jpg"], boxes={"A": [1, 2, 3, 4]})
     self.assertEqual(tasks[0].box, (1.0, 2.0, 3.0, 4.0))
 
   # --------------------------------------------------------------------------- inputs
@@ -335,16 +339,16 @@ class PipelineTest(tf.test.TestCase):
     tiff = self._save("sub/u.TIFF")
     self._save(".hidden.jpg")
     self._save(".cache/v.jpg")
-    self.assertEqual(pipeline.list_images(self.images_dir), [tiff, tif])  # sorted
+    self.assertEqual(task_sources.list_images(self.images_dir), [tiff, tif])  # sorted
     hidden = os.path.join(self.images_dir, ".hidden.jpg")
     counting = CountingExtractor(self.extractor)
     with mock.patch.object(
       counting, "load_and_preprocess", wraps=counting.load_and_preprocess
     ) as loads:
-      summary = self._run(pipeline.tasks_from_paths([tif, tiff, hidden]), counting)
+      summary = self._run(task_sources.tasks_from_paths([tif, tiff, hidden]), counting)
     self.assertEqual((summary.done, summary.failed), (2, 1))
     self.assertNotIn(hidden, [c.args[0] for c in loads.call_args_list])  # Never read.
-    self.assertEqual(summary.failures, [(".hidden", hidden, pipeline.HIDDEN_REASON)])
+    self.assertEqual(summary.failures, [(".hidden", hidden, task_sources.HIDDEN_REASON)])
     self.assertFalse(any(n.startswith(".") for n in os.listdir(self.out)))
     self.assertAllClose(
       datum_io.read_from_file(os.path.join(self.out, "t" + SUFFIX)),
@@ -352,16 +356,16 @@ class PipelineTest(tf.test.TestCase):
       atol=1e-6,
     )
     # Each rerun reports it again, as one row.
-    again = self._run(pipeline.tasks_from_paths([tif, tiff, hidden]))
+    again = self._run(task_sources.tasks_from_paths([tif, tiff, hidden]))
     self.assertEqual((again.done, again.skipped, again.failed), (0, 2, 1))
-    rows = pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
+    rows = failure_log.read_failures(os.path.join(self.out, failure_log.FAILURES_FILE))
     self.assertEqual(
-      [(r["image_id"], r["reason"]) for r in rows], [(".hidden", pipeline.HIDDEN_REASON)]
+      [(r["image_id"], r["reason"]) for r in rows], [(".hidden", task_sources.HIDDEN_REASON)]
     )
 
   def test_max_pixels(self):
     small, large = self._save("small.png", size=(20, 20)), self._save("large.png", size=(40, 30))
-    tasks = pipeline.tasks_from_paths([small, large])
+    tasks = task_sources.tasks_from_paths([small, large])
     summary = self._run(tasks, self.extractor, max_pixels=400)
     self.assertEqual((summary.done, summary.failed), (1, 1))
     self.assertIn(
@@ -377,29 +381,29 @@ class PipelineTest(tf.test.TestCase):
     bad = os.path.join(self.images_dir, "bad.jpg")
     with open(bad, "wb") as f:
       f.write(b"not an image")
-    failures_path = os.path.join(self.out, pipeline.FAILURES_FILE)
+    failures_path = os.path.join(self.out, failure_log.FAILURES_FILE)
     # A row of an image of another list is kept throughout.
     os.makedirs(self.out)
     with open(failures_path, "w") as f:
-      f.write(pipeline.FailureLog.HEADER + "2020-01-01T00:00:00\tother\t/x/other.jpg\tgone\n")
-    tasks = pipeline.tasks_from_paths([good, bad])
+      f.write(failure_log.FailureLog.HEADER + "2020-01-01T00:00:00\tother\t/x/other.jpg\tgone\n")
+    tasks = task_sources.tasks_from_paths([good, bad])
     for _ in range(3):
       self._run(tasks)
-      rows = pipeline.read_failures(failures_path)
+      rows = failure_log.read_failures(failures_path)
       self.assertEqual([r["image_id"] for r in rows], ["other", "bad"])
     self.assertEqual([n for n in os.listdir(self.out) if n.startswith(".")], [])
     # Fixed: the next run extracts it and removes its row.
     self._save("bad.jpg")
     summary = self._run(tasks)
     self.assertEqual((summary.done, summary.skipped, summary.failed), (1, 1, 0))
-    self.assertEqual([r["image_id"] for r in pipeline.read_failures(failures_path)], ["other"])
+    self.assertEqual([r["image_id"] for r in failure_log.read_failures(failures_path)], ["other"])
     # An image done meanwhile (e.g. by another list's run) loses its row too.
     with open(failures_path, "a") as f:
       f.write("2020-01-01T00:00:00\tgood\t/y/good.jpg\told reason\n")
     self._run(tasks)
-    self.assertEqual([r["image_id"] for r in pipeline.read_failures(failures_path)], ["other"])
+    self.assertEqual([r["image_id"] for r in failure_log.read_failures(failures_path)], ["other"])
     # The file goes when no row is left.
-    summary = self._run(pipeline.tasks_from_paths([self._save("other.jpg")]))
+    summary = self._run(task_sources.tasks_from_paths([self._save("other.jpg")]))
     self.assertEqual(summary.done, 1)
     self.assertFalse(os.path.exists(failures_path))
 
@@ -413,9 +417,9 @@ class PipelineTest(tf.test.TestCase):
       real_write(path, array)
 
     with mock.patch.object(descriptor_files.datum_io, "write_to_file", side_effect=refuse_w1):
-      summary = self._run(pipeline.tasks_from_paths(paths))
+      summary = self._run(task_sources.tasks_from_paths(paths))
     self.assertEqual((summary.done, summary.failed, summary.stopped), (2, 1, ""))
-    rows = pipeline.read_failures(os.path.join(self.out, pipeline.FAILURES_FILE))
+    rows = failure_log.read_failures(os.path.join(self.out, failure_log.FAILURES_FILE))
     self.assertEqual([r["image_id"] for r in rows], ["w1"])
     self.assertIn("write failed: OSError: [Errno 36] File name too long", rows[0]["reason"])
 
@@ -427,7 +431,7 @@ class PipelineTest(tf.test.TestCase):
 
   def test_full_or_read_only_disk_stops_the_run_and_the_next_run_redoes_the_rest(self):
     paths = [self._save(f"d{i}.jpg") for i in range(4)]
-    tasks = pipeline.tasks_from_paths(paths)
+    tasks = task_sources.tasks_from_paths(paths)
     real_write = datum_io.write_to_file
     cases = [
       (errno.ENOSPC, "disk full"),
@@ -454,7 +458,7 @@ class PipelineTest(tf.test.TestCase):
         with mock.patch.object(
           descriptor_files.datum_io, "write_to_file", side_effect=second_write_fails
         ):
-          with self.assertRaises(pipeline.ExtractionStopped) as raised:
+          with self.assertRaises(run_interface.ExtractionStopped) as raised:
             self._run(tasks, counting, prefetch=1)
         message = str(raised.exception)
         self.assertEqual(len(message.splitlines()), 1)
@@ -470,7 +474,7 @@ class PipelineTest(tf.test.TestCase):
         self.assertEqual((summary.done, summary.skipped, summary.failed), (3, 1, 0))
 
   def test_full_disk_in_shards_mode_writes_no_shard(self):
-    tasks = pipeline.tasks_from_paths([self._save(f"s{i}.jpg") for i in range(3)])
+    tasks = task_sources.tasks_from_paths([self._save(f"s{i}.jpg") for i in range(3)])
 
     def full(f, **arrays):
       f.write(b"PK\x03\x04partial")
@@ -478,7 +482,7 @@ class PipelineTest(tf.test.TestCase):
 
     with mock.patch.object(descriptor_files.np, "savez", side_effect=full):
       with self.assertRaisesRegex(
-        pipeline.ExtractionStopped, r"extraction stopped \(disk full\).* left 3 not written"
+        run_interface.ExtractionStopped, r"extraction stopped \(disk full\).* left 3 not written"
       ):
         self._run(tasks, output_format="shards", shard_size=2)
     self.assertEqual(os.listdir(self.out), [])
@@ -488,7 +492,7 @@ class PipelineTest(tf.test.TestCase):
 
   def test_an_unwritable_failures_file_stops_the_run_with_one_line(self):
     paths = [self._save(f"f{i}.jpg") for i in range(3)]
-    tasks = pipeline.tasks_from_paths(paths)
+    tasks = task_sources.tasks_from_paths(paths)
     # In the writer thread: a write fails, and so does recording it.
     real_write = datum_io.write_to_file
 
@@ -497,7 +501,7 @@ class PipelineTest(tf.test.TestCase):
         raise ValueError("unsupported")
       real_write(path, array)
 
-    failures_path = os.path.join(self.out, pipeline.FAILURES_FILE)
+    failures_path = os.path.join(self.out, failure_log.FAILURES_FILE)
     real_atomic = file_utils.atomic_write_text
 
     def broken_failures_file(path, text, **kwargs):
@@ -509,9 +513,9 @@ class PipelineTest(tf.test.TestCase):
 
     with mock.patch.object(descriptor_files.datum_io, "write_to_file", side_effect=refuse_f1):
       with mock.patch.object(
-        pipeline.file_utils, "atomic_write_text", side_effect=broken_failures_file
+        failure_log.file_utils, "atomic_write_text", side_effect=broken_failures_file
       ):
-        with self.assertRaises(pipeline.ExtractionStopped) as raised:
+        with self.assertRaises(run_interface.ExtractionStopped) as raised:
           self._run(tasks, prefetch=1)
     message = str(raised.exception)
     self.assertEqual(len(message.splitlines()), 1)
@@ -529,7 +533,7 @@ class PipelineTest(tf.test.TestCase):
   # --------------------------------------------------------------------------- output folder
 
   def test_output_folder_is_checked_and_locked_before_any_image_is_read(self):
-    tasks = pipeline.tasks_from_paths([self._save("o.jpg")])
+    tasks = task_sources.tasks_from_paths([self._save("o.jpg")])
     counting = CountingExtractor(self.extractor)
     with open(self.out, "w") as f:
       f.write("a file")

@@ -16,6 +16,10 @@ order: full ones when they fill, the rest oldest first.
 
 from collections.abc import Hashable
 
+import numpy as np
+
+from dolg_tf.extraction import local_extractor
+
 
 class ShapeBatcher:
   """Batches of up to `batch_size` items with equal keys, at most `max_pending` held."""
@@ -59,3 +63,10 @@ class ShapeBatcher:
     items = self._groups.pop(key)
     self._pending -= len(items)
     return items
+
+
+def image_shape(image) -> tuple[int, ...]:
+  """The shape of a preprocessed image (a uint8 array or a PreprocessedImage): its batching key."""
+  if isinstance(image, local_extractor.PreprocessedImage):
+    image = image.image
+  return tuple(np.shape(image))

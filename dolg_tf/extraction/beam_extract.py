@@ -32,6 +32,11 @@ from dolg_tf.utils import beam_cli, cli
 FLAGS = flags.FLAGS
 
 
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the command's flags: input_flags' (Beam's options are not absl flags)."""
+  input_flags.define_flags(flag_values)
+
+
 def main(argv):
   input_flags.check_run_flags()
   config, model_path, tasks = input_flags.read_inputs()
@@ -60,6 +65,7 @@ def main(argv):
 
 def run():
   """The `dolg-extract-beam` command."""
+  define_flags()
   beam_cli.run(main)
 
 

@@ -1,6 +1,6 @@
 r"""The Apache Beam extraction pipeline: the same inputs and outputs as extract_features.
 
-    tasks = pipeline.tasks_from_paths(pipeline.list_images("images/"))
+    tasks = task_sources.tasks_from_paths(task_sources.list_images("images/"))
     counts = beam_pipeline.run_pipeline("dolg.pbtxt", tasks, "/abs/out", options)
     # {'done': ..., 'skipped': ..., 'failed': ..., 'seconds': ..., 'total': ...}
 
@@ -24,7 +24,7 @@ The pipeline:
      files atomically, so no output is ever partial or duplicated.
   3. Failures (unreadable, too small, too large, non-finite descriptors, a
      write error) are a tagged side output, combined into `failures.tsv`
-     (one row per image, pipeline.FailureLog: rows of earlier runs are kept
+     (one row per image, failure_log.FailureLog: rows of earlier runs are kept
      unless the image has its files now), written atomically once.
   Counters (namespace "dolg_extract"): done, skipped, failed; the command
   prints them when the pipeline finishes.
@@ -53,7 +53,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.utils import shared
 
-from dolg_tf.extraction import batching, output_folder, pipeline
+from dolg_tf.extraction import batching, failure_log, output_folder, task_sources
 from dolg_tf.extraction import extractor as extractor_lib
 from dolg_tf.io import config_io, descriptor_files, image_loading
 from dolg_tf.utils import beam_cli
@@ -81,7 +81,7 @@ def plan_extraction(config, tasks, output_dir: str) -> tuple[list, int, list]:
   """Splits `tasks` into (to do, number already done, hidden names) by one listing of the folder.
 
   An image is done when every file of `output_names` exists. Hidden names
-  (pipeline.is_hidden) and refused tasks (ImageTask.refused, e.g. a path
+  (task_sources.is_hidden) and refused tasks (ImageTask.refused, e.g. a path
   outside the images folder) are never extracted; they are reported as failures.
   """
   try:
@@ -90,7 +90,7 @@ def plan_extraction(config, tasks, output_dir: str) -> tuple[list, int, list]:
     present = set()
   todo, hidden, skipped = [], [], 0
   for task in tasks:
-    if pipeline.refusal_reason(task):
+    if task_sources.refusal_reason(task):
       hidden.append(task)
     elif all(name in present for name in output_names(config, task.image_id)):
       skipped += 1
@@ -107,7 +107,7 @@ class _Loaded:
 
 
 class ExtractDoFn(beam.DoFn):
-  """Describes and writes images (pipeline.ImageTask in, image ids out; failures tagged)."""
+  """Describes and writes images (task_sources.ImageTask in, image ids out; failures tagged)."""
 
   def __init__(self, config_path: str, output_dir: str, batch_size: int, max_pixels: int, handle):
     self._config_path = config_path
@@ -155,9 +155,9 @@ class ExtractDoFn(beam.DoFn):
         min_size=self._extractor.min_input_size,
       )
     except Exception as e:  # pylint: disable=broad-except
-      yield from self._fail(task, pipeline.failure_reason(e))
+      yield from self._fail(task, failure_log.failure_reason(e))
       return
-    for batch in self._batcher.add(pipeline.image_shape(image), (task, image)):
+    for batch in self._batcher.add(batching.image_shape(image), (task, image)):
       yield from self._describe(batch)
 
   def finish_bundle(self):
@@ -182,7 +182,7 @@ class ExtractDoFn(beam.DoFn):
       results = self._extractor.extract_batch(images)
     for (task, _), result in zip(batch, results):
       if isinstance(result, Exception):
-        yield from self._fail(task, f"extraction failed: {pipeline.failure_reason(result)}")
+        yield from self._fail(task, f"extraction failed: {failure_log.failure_reason(result)}")
         continue
       if self._stopped is not None:
         self._unwritten()
@@ -195,7 +195,7 @@ class ExtractDoFn(beam.DoFn):
           self._stopped = code
           self._unwritten()
           continue
-        yield from self._fail(task, f"write failed: {pipeline.failure_reason(e)}")
+        yield from self._fail(task, f"write failed: {failure_log.failure_reason(e)}")
         continue
       self._done.inc()
       yield task.image_id
@@ -230,7 +230,9 @@ def write_failures(rows, config, output_dir: str, run_ids=()) -> int:
   the launcher reports it (run_pipeline).
   """
   try:
-    log = pipeline.FailureLog(os.path.join(output_dir, pipeline.FAILURES_FILE), save_interval=1e9)
+    log = failure_log.FailureLog(
+      os.path.join(output_dir, failure_log.FAILURES_FILE), save_interval=1e9
+    )
     present = {e.name for e in os.scandir(output_dir) if not e.name.startswith(".")}
     done = [i for i in log.image_ids() if all(n in present for n in output_names(config, i))]
     log.resolve(done)
@@ -271,7 +273,7 @@ def build_pipeline(
       ExtractDoFn(config_path, output_dir, batch_size, max_pixels, shared.Shared())
     ).with_outputs(FAILURES_TAG, main="done")
   )
-  hidden_rows = [(t.image_id, t.path, pipeline.refusal_reason(t)) for t in hidden]
+  hidden_rows = [(t.image_id, t.path, task_sources.refusal_reason(t)) for t in hidden]
   failures = (
     extracted[FAILURES_TAG],
     root | "Hidden" >> beam.Create(hidden_rows),
@@ -363,5 +365,5 @@ def _check_stopped(values: dict[str, int], output_dir: str) -> None:
     f"failed {values['failed']}, left {left} not written (the next run extracts them)"
   )
   if failures_file:
-    message += f"; {pipeline.FAILURES_FILE} not written"
+    message += f"; {failure_log.FAILURES_FILE} not written"
   raise output_folder.OutputError(message)

@@ -66,11 +66,31 @@ from dolg_tf.extraction import input_flags, output_folder, pipeline
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("output_format", "per_image", ["per_image", "shards"], "Output layout.")
-flags.DEFINE_integer("num_threads", 2, "Image decoding threads.")
-flags.DEFINE_integer("prefetch", 8, "Images decoded ahead of the model.")
-flags.DEFINE_integer("shard_size", 100_000, "Descriptors per shard with --output_format=shards.")
-flags.DEFINE_float("log_interval", 30.0, "Seconds between progress logs.")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the command's flags: input_flags' and the run's (a second call is a no-op)."""
+  input_flags.define_flags(flag_values)
+  if "output_format" in flag_values:
+    return
+  flags.DEFINE_enum(
+    "output_format",
+    "per_image",
+    ["per_image", "shards"],
+    "Output layout.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer("num_threads", 2, "Image decoding threads.", flag_values=flag_values)
+  flags.DEFINE_integer("prefetch", 8, "Images decoded ahead of the model.", flag_values=flag_values)
+  flags.DEFINE_integer(
+    "shard_size",
+    100_000,
+    "Descriptors per shard with --output_format=shards.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_float(
+    "log_interval", 30.0, "Seconds between progress logs.", flag_values=flag_values
+  )
 
 
 def main(argv):
@@ -139,6 +159,7 @@ def _remove_if_empty(folder: str) -> None:
 
 def run():
   """The `dolg-extract` command (and `python extract_features.py`)."""
+  define_flags()
   cli.run(main)
 
 

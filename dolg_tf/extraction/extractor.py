@@ -104,7 +104,7 @@ def resolve_config(
 class Extractor:
   """Global (DOLG) or local + global (DELG) extraction with a SavedModel, per a DolgConfig.
 
-  The pipeline.run_extraction extractor protocol (pipeline.ExtractorProtocol):
+  The pipeline.run_extraction extractor protocol (run_interface.ExtractorProtocol):
   `load_and_preprocess` is thread-safe and TF-free; `extract` runs the model;
   `extract_batch` runs it once for images of one size (the export's batched
   signature); `make_writer` gives the DELG writer (None for global-only

@@ -22,70 +22,129 @@ opened, unless --allow_outside_images_dir; GLDv2 ids with '/', '\\' or '..'
 always do. Without --images_dir, list entries are paths as written (relative
 to the current directory).
 
-`read_inputs()` checks them and returns the config, the model folder and the
-tasks, raising cli.UserError (one line naming the flag or file) on a bad one.
+`define_flags()` defines them (each command's run() calls it; nothing is
+defined at import). `read_inputs()` checks them and returns the config, the
+model folder and the tasks, raising cli.UserError (one line naming the flag or
+file) on a bad one.
 """
 
 import os
 
 from absl import flags, logging
 
-from dolg_tf.data import ground_truth
-from dolg_tf.extraction import pipeline
+from dolg_tf.data import gldv2_files, ground_truth
+from dolg_tf.extraction import task_sources
 from dolg_tf.io import config_io
 from dolg_tf.utils import cli, images
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-  "config", None, "DolgConfig or DELF DelfConfig text file (.pbtxt), e.g. protos/dolg.pbtxt."
-)
-flags.DEFINE_string("list_images_path", None, "Text file with one image path per line.")
-flags.DEFINE_string(
-  "images_dir",
-  None,
-  "Folder of images: searched recursively without --list_images_path; the base of relative "
-  "list entries with it; the folder of <name>.jpg files with --gnd_path.",
-)
-flags.DEFINE_string("output_dir", None, "Folder for the descriptors (created if needed).")
-flags.DEFINE_string(
-  "gnd_path", None, "Revisited Oxford/Paris ground truth (gnd_*.pkl or .mat): images to extract."
-)
-flags.DEFINE_enum("image_set", "query", ["query", "index"], "With --gnd_path: qimlist or imlist.")
-flags.DEFINE_bool("query_crop", False, "With --gnd_path and query images: crop to their bbx.")
-flags.DEFINE_string("image_extension", ".jpg", "With --gnd_path: extension of the image files.")
-flags.DEFINE_bool(
-  "allow_outside_images_dir",
-  False,
-  "Read list entries and ground-truth names that lead outside --images_dir (absolute paths, "
-  "'..'); by default they are failures, never opened.",
-)
-cli.define_override(
-  flags.DEFINE_integer,
-  "batch_size",
-  "Up to this many images of one resized size go through the model in one forward (the "
-  "export's batched signature; what an accelerator needs). Default 1: one image per forward.",
-)
-flags.DEFINE_integer(
-  "max_pixels",
-  images.MAX_PIXELS,
-  "Images with more pixels (width x height, read from the header before decoding) are failures.",
-)
-flags.DEFINE_string(
-  "gldv2_csv_path",
-  None,
-  "Google Landmarks v2 CSV with an id column (index.csv, test.csv, train.csv): its images, "
-  "found under --images_dir in the GLDv2 layout.",
-)
-# DELF's DELG script flags (delf/python/delg/extract_features.py), aliases of the above.
-flags.DEFINE_string(
-  "delf_config_path", None, "DELF's name for --config (DolgConfig or DelfConfig)."
-)
-flags.DEFINE_string(
-  "dataset_file_path",
-  None,
-  "DELF's name for --gnd_path; query images (--image_set=query) are cropped to their boxes.",
-)
-flags.DEFINE_string("output_features_dir", None, "DELF's name for --output_dir.")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the input flags of the extraction commands (a second call is a no-op).
+
+  --batch_size is defined only if no other command's flag of that name is
+  (its default None means 1, `batch_size`).
+  """
+  if "config" in flag_values:
+    return
+  flags.DEFINE_string(
+    "config",
+    None,
+    "DolgConfig or DELF DelfConfig text file (.pbtxt), e.g. protos/dolg.pbtxt.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "list_images_path", None, "Text file with one image path per line.", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    "images_dir",
+    None,
+    "Folder of images: searched recursively without --list_images_path; the base of relative "
+    "list entries with it; the folder of <name>.jpg files with --gnd_path.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "output_dir", None, "Folder for the descriptors (created if needed).", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    "gnd_path",
+    None,
+    "Revisited Oxford/Paris ground truth (gnd_*.pkl or .mat): images to extract.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_enum(
+    "image_set",
+    "query",
+    ["query", "index"],
+    "With --gnd_path: qimlist or imlist.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "query_crop",
+    False,
+    "With --gnd_path and query images: crop to their bbx.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "image_extension",
+    ".jpg",
+    "With --gnd_path: extension of the image files.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    "allow_outside_images_dir",
+    False,
+    "Read list entries and ground-truth names that lead outside --images_dir (absolute paths, "
+    "'..'); by default they are failures, never opened.",
+    flag_values=flag_values,
+  )
+  _define_run_flags(flag_values)
+  flags.DEFINE_string(
+    "gldv2_csv_path",
+    None,
+    "Google Landmarks v2 CSV with an id column (index.csv, test.csv, train.csv): its images, "
+    "found under --images_dir in the GLDv2 layout.",
+    flag_values=flag_values,
+  )
+  _define_delf_alias_flags(flag_values)
+
+
+def _define_run_flags(flag_values: flags.FlagValues) -> None:
+  """--batch_size (only if no other command's flag of that name is) and --max_pixels."""
+  if "batch_size" not in flag_values:
+    flags.DEFINE_integer(
+      "batch_size",
+      None,
+      "Up to this many images of one resized size go through the model in one forward (the "
+      "export's batched signature; what an accelerator needs). Default 1: one image per forward.",
+      flag_values=flag_values,
+    )
+  flags.DEFINE_integer(
+    "max_pixels",
+    images.MAX_PIXELS,
+    "Images with more pixels (width x height, read from the header before decoding) are failures.",
+    flag_values=flag_values,
+  )
+
+
+def _define_delf_alias_flags(flag_values: flags.FlagValues) -> None:
+  """DELF's DELG script flags (delf/python/delg/extract_features.py), aliases of ours."""
+  flags.DEFINE_string(
+    "delf_config_path",
+    None,
+    "DELF's name for --config (DolgConfig or DelfConfig).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "dataset_file_path",
+    None,
+    "DELF's name for --gnd_path; query images (--image_set=query) are cropped to their boxes.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "output_features_dir", None, "DELF's name for --output_dir.", flag_values=flag_values
+  )
 
 
 def _check_images_dir(needed_by: str) -> None:
@@ -100,21 +159,21 @@ def _tasks(paths: list, boxes: dict | None = None, reasons: dict | None = None) 
 
   Paths outside --images_dir are refused unless --allow_outside_images_dir.
   Refused tasks come first and take no part in the image-id collisions of
-  pipeline.tasks_from_paths (a refused `../x.jpg` never displaces `x.jpg`).
+  task_sources.tasks_from_paths (a refused `../x.jpg` never displaces `x.jpg`).
   Their image id is their path: never an output name, and one failures.tsv
   row per refused entry (`../a/x.jpg` and `../b/x.jpg` would share `x`).
   """
   reasons = dict(reasons or {})
   if not FLAGS.allow_outside_images_dir:
     for path in paths:
-      reasons[path] = reasons.get(path) or pipeline.outside_reason(path, FLAGS.images_dir)
+      reasons[path] = reasons.get(path) or task_sources.outside_reason(path, FLAGS.images_dir)
   reasons = {path: reason for path, reason in reasons.items() if reason}
-  refused = [pipeline.ImageTask(path, path, refused=reason) for path, reason in reasons.items()]
-  return refused + pipeline.tasks_from_paths([p for p in paths if p not in reasons], boxes)
+  refused = [task_sources.ImageTask(path, path, refused=reason) for path, reason in reasons.items()]
+  return refused + task_sources.tasks_from_paths([p for p in paths if p not in reasons], boxes)
 
 
 def tasks_from_flags() -> list:
-  """The pipeline.ImageTasks the input flags describe.
+  """The task_sources.ImageTasks the input flags describe.
 
   Raises:
     cli.UserError: a bad flag or a missing folder / list.
@@ -142,25 +201,25 @@ def tasks_from_flags() -> list:
     if FLAGS.list_images_path:
       raise cli.UserError("--gldv2_csv_path and --list_images_path are exclusive")
     _check_images_dir("--gldv2_csv_path")
-    ids = pipeline.read_csv_image_ids(FLAGS.gldv2_csv_path)
-    paths = [pipeline.gldv2_image_path(FLAGS.images_dir, i) for i in ids]
-    bad_ids = {p: pipeline.gldv2_id_reason(i) for p, i in zip(paths, ids)}
+    ids = task_sources.read_csv_image_ids(FLAGS.gldv2_csv_path)
+    paths = [gldv2_files.image_path(FLAGS.images_dir, i) for i in ids]
+    bad_ids = {p: task_sources.gldv2_id_reason(i) for p, i in zip(paths, ids)}
     return _tasks(paths, reasons=bad_ids)
   if FLAGS.list_images_path:
     if FLAGS.images_dir and not os.path.isdir(FLAGS.images_dir):
       raise cli.UserError(f"{FLAGS.images_dir}: images folder not found")
     if not os.path.isfile(FLAGS.list_images_path):
       raise cli.UserError(f"{FLAGS.list_images_path}: image list not found")
-    paths = pipeline.read_image_list(
+    paths = task_sources.read_image_list(
       FLAGS.list_images_path, FLAGS.images_dir, FLAGS.allow_outside_images_dir
     )
     if FLAGS.images_dir:
       return _tasks(paths)
   elif FLAGS.images_dir:
-    paths = pipeline.list_images(FLAGS.images_dir)
+    paths = task_sources.list_images(FLAGS.images_dir)
   else:
     raise cli.UserError("give --list_images_path, --images_dir, --gnd_path or --gldv2_csv_path")
-  return pipeline.tasks_from_paths(paths)
+  return task_sources.tasks_from_paths(paths)
 
 
 # (project flag, DELF alias) pairs.

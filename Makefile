@@ -3,6 +3,7 @@
 # STACK picks the stack (tools/stack.sh): auto (default: the design card's stack when
 # python3.11 exists, else the current one), card (Python 3.11, TF 2.15.1, .venv) or
 # current (Python 3.13/3.12, TF 2.20, .venv-current). `make ci` tests both.
+# RUNNER picks the test runner of `make test`: pytest (default) or bazel.
 STACK ?= auto
 export STACK
 VENV := $(shell bash tools/stack.sh $(STACK) venv 2>/dev/null || echo .venv-unknown)
@@ -18,9 +19,22 @@ demo: setup
 	$(PY) -m dolg_tf.demo
 
 # The README's test command: linter, the whole test suite, and the Bazel build
-# (BUILD files, offline toolchain, proto genrules). `make bazel-test` runs the
-# same tests under Bazel.
-test: setup lint pytest bazel-build
+# (BUILD files, offline toolchain, proto genrules). RUNNER picks the suite's
+# runner: pytest (default: one process, then `bazel build //...`) or bazel
+# (`bazel test //...`: one absltest process per test file, as `python
+# tests/x_test.py` runs it; it builds every target too). CI runs the design
+# card's stack with RUNNER=bazel and the current one with pytest, so a test
+# that only one runner gets right fails CI.
+RUNNER ?= pytest
+ifeq ($(RUNNER),pytest)
+SUITE := pytest bazel-build
+else ifeq ($(RUNNER),bazel)
+SUITE := bazel-test
+else
+$(error RUNNER is pytest or bazel, not '$(RUNNER)')
+endif
+
+test: setup lint $(SUITE)
 
 lint:
 	$(VENV)/bin/ruff check .

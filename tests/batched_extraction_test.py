@@ -186,8 +186,12 @@ class ShapeBatcherTest(parameterized.TestCase, tf.test.TestCase):
 # ----------------------------------------------------------------------------- DOLG
 
 
-class _SharedExportTest(tf.test.TestCase):
-  """One tiny export of MODEL for the class, its config (+ CONFIG_EXTRA) and an Extractor."""
+class _SharedExport:
+  """One tiny export of MODEL for the class, its config (+ CONFIG_EXTRA) and an Extractor.
+
+  A mixin, not a TestCase: no test runner (absltest under Bazel, pytest) runs
+  it on its own; each test class lists it before tf.test.TestCase.
+  """
 
   MODEL = ""
   CONFIG_EXTRA = ""
@@ -211,7 +215,7 @@ class _SharedExportTest(tf.test.TestCase):
     return got, expected, batch_signature
 
 
-class DolgBatchedExtractionTest(_SharedExportTest):
+class DolgBatchedExtractionTest(_SharedExport, tf.test.TestCase):
   MODEL = "dolg"
 
   def _inputs(self, indices=(0, 1)):
@@ -440,7 +444,7 @@ class DolgBatchedExtractionTest(_SharedExportTest):
 # ----------------------------------------------------------------------------- DELG
 
 
-class DelgBatchedExtractionTest(_SharedExportTest):
+class DelgBatchedExtractionTest(_SharedExport, tf.test.TestCase):
   MODEL = "delg"
   CONFIG_EXTRA = "use_local_features: true\nlocal_config { max_feature_num: 40 }\n"
 

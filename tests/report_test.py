@@ -88,6 +88,15 @@ class DrawingTest(tf.test.TestCase):
       decoded = images.decode_image(drawing.encode_png(image, colors))
       self.assertAllEqual(decoded, image)
 
+  def test_palette_keeps_the_colours_it_is_given(self):
+    ramp = drawing.jet(np.linspace(0.0, 1.0, 40))
+    image = np.zeros([40, 60, 3], np.uint8)
+    image[:, :50] = np.random.default_rng(0).integers(0, 256, size=[40, 50, 3])
+    image[:, 50:] = ramp[:, None, :]
+    decoded = images.decode_image(drawing.encode_png(image, 64, keep=ramp))
+    self.assertAllEqual(decoded[:, 50:], image[:, 50:])  # the ramp, exactly
+    self.assertLessEqual(len(np.unique(decoded.reshape(-1, 3), axis=0)), 64)
+
   def test_wrap_text_keeps_every_line_inside_the_width(self):
     text = "q_00012 - db_00345: 17 inliers / 120 tentative matches (25 of 103 rejected drawn)"
     lines = drawing.wrap_text(text, 150)

@@ -47,6 +47,9 @@ README_EXAMPLES = (
 # Palette sizes of the README's PNGs (drawing.encode_png): small files, no visible banding.
 PHOTO_COLORS = 128
 PLOT_COLORS = 64
+# The attention picture: its palette keeps a ramp of the colour bar (no banding).
+ATTENTION_COLORS = 256
+COLOUR_BAR_STEPS = 48
 TOP_K = 8
 
 
@@ -102,11 +105,11 @@ class _Writer:
     self.output_dir = output_dir
     self.written: list[str] = []
 
-  def save(self, filename: str, image_or_png, colors: int = PHOTO_COLORS) -> None:
+  def save(self, filename: str, image_or_png, colors: int = PHOTO_COLORS, keep=None) -> None:
     path = os.path.join(self.output_dir, filename)
     if isinstance(image_or_png, bytes):
       image_or_png = np.asarray(images.decode_image(image_or_png))
-    drawing.save_png(path, image_or_png, colors)
+    drawing.save_png(path, image_or_png, colors, keep)
     self.written.append(path)
 
 
@@ -151,7 +154,8 @@ def write_dolg_examples(writer: _Writer, dolg_workdir: str, delg_workdir: str) -
     _, model = checkpoint_restore.restore_model(run)
     panels.append(attention.attention_overlay(panels[0], attention.attention_map(model, query)))
     labels.append(f"{label} attention")
-  writer.save("attention.png", attention.attention_figure(panels, labels))
+  ramp = drawing.jet(np.linspace(0.0, 1.0, COLOUR_BAR_STEPS))
+  writer.save("attention.png", attention.attention_figure(panels, labels), ATTENTION_COLORS, ramp)
   return name
 
 

@@ -291,7 +291,7 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> 
   return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
-def encode_png(image: np.ndarray, colors: int = 0) -> bytes:
+def encode_png(image: np.ndarray, colors: int = 0, keep: np.ndarray | None = None) -> bytes:
   """PNG bytes of `image` (zlib level 9, optimised).
 
   Args:
@@ -299,9 +299,22 @@ def encode_png(image: np.ndarray, colors: int = 0) -> bytes:
     colors: if > 0, the image is first reduced to a palette of at most this
       many colours (about 3x smaller files for photos; exact for drawings
       with few colours).
+    keep: with `colors`, RGB uint8 [K, 3] colours the palette holds besides
+      the `colors - K` chosen from the image (e.g. a colour bar's ramp, which
+      a palette fitted to photos would band); at most 256 in all.
   """
   pil = Image.fromarray(check_image(image))
-  if colors:
+  if colors and keep is not None:
+    keep = np.asarray(keep, np.uint8).reshape(-1, 3)
+    fitted = pil.quantize(
+      colors=int(colors) - len(keep), method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+    )
+    used = len(fitted.getcolors(256) or ())
+    palette = fitted.getpalette()[: 3 * used] + keep.ravel().tolist()
+    target = Image.new("P", (1, 1))
+    target.putpalette(palette)
+    pil = pil.quantize(palette=target, dither=Image.Dither.NONE)
+  elif colors:
     pil = pil.quantize(
       colors=int(colors), method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
     )
@@ -310,11 +323,13 @@ def encode_png(image: np.ndarray, colors: int = 0) -> bytes:
   return buffer.getvalue()
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray, colors: int = 0) -> str:
+def save_png(
+  path: str | os.PathLike, image: np.ndarray, colors: int = 0, keep: np.ndarray | None = None
+) -> str:
   """Writes `image` as a PNG at `path` atomically (see `encode_png`); returns the path.
 
   Raises:
     IOError: naming `path`, if it cannot be written.
   """
-  files.atomic_write_bytes(path, encode_png(image, colors))
+  files.atomic_write_bytes(path, encode_png(image, colors, keep))
   return os.fspath(path)

@@ -287,12 +287,7 @@ def run_pipeline(
   os.makedirs(os.path.join(output_directory, WORK_DIR), exist_ok=True)
   for path in file_utils.remove_stale_temp_files(output_directory):
     logging.info("removed a temporary file of an interrupted run: %s", path)
-  summary = dataset_writer.BuildSummary(num_listed=plan.num_listed, num_classes=len(plan.mapping))
-  summary.relabeling_path = os.path.join(output_directory, dataset_writer.RELABELING_FILENAME)
-  dataset_writer.write_relabeling(summary.relabeling_path, plan.mapping)
-  summary.planned_validation_ids = sorted(
-    r.image_id for r in plan.splits.get(VALIDATION_PREFIX, [])
-  )
+  summary = dataset_writer.start_summary(plan, output_directory)
   shards = _write_shard_plans(plan, shard_counts, output_directory)
   names = [name for entries in shards.values() for name, _ in entries]
   logging.info("%d shards -> %s", len(names), output_directory)

@@ -86,6 +86,21 @@ def write_failures(path: str, failures: Iterable[Failure]) -> None:
   _write_csv(path, [(f.image_id, f.path, f.reason) for f in failures], ("id", "path", "reason"))
 
 
+def start_summary(plan: dataset_plan.DatasetPlan, output_directory: str) -> BuildSummary:
+  """The summary of a build of `plan` before any record: counts, planned validation ids.
+
+  Also writes `relabeling.csv` into `output_directory` (created if needed).
+  """
+  summary = BuildSummary(num_listed=plan.num_listed, num_classes=len(plan.mapping))
+  summary.planned_validation_ids = sorted(
+    r.image_id for r in plan.splits.get(VALIDATION_PREFIX, [])
+  )
+  os.makedirs(output_directory, exist_ok=True)
+  summary.relabeling_path = os.path.join(output_directory, RELABELING_FILENAME)
+  write_relabeling(summary.relabeling_path, plan.mapping)
+  return summary
+
+
 def _prepared_stream(tasks: list[tuple[str, str]], num_workers: int):
   """Yields image_codec.prepare_task(task) for every task, in order."""
   if num_workers <= 1 or len(tasks) < 2:
@@ -212,14 +227,8 @@ def build_dataset(
   plan = dataset_plan.plan_dataset(
     train_directory, train_csv_path, train_clean_csv_path, validation_split_size, seed
   )
-  summary = BuildSummary(num_listed=plan.num_listed, num_classes=len(plan.mapping))
+  summary = start_summary(plan, output_directory)
   summary.failures = list(plan.missing)
-  summary.planned_validation_ids = sorted(
-    r.image_id for r in plan.splits.get(VALIDATION_PREFIX, [])
-  )
-  os.makedirs(output_directory, exist_ok=True)
-  summary.relabeling_path = os.path.join(output_directory, RELABELING_FILENAME)
-  write_relabeling(summary.relabeling_path, plan.mapping)
 
   writers = {
     split: gldv2.ShardedRecordWriter(os.path.join(output_directory, split), shard_counts[split])

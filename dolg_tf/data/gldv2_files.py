@@ -15,7 +15,7 @@ import csv
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from absl import logging
 
@@ -60,6 +60,20 @@ def _landmark(value: str, path: str, line: int) -> int:
     raise ValueError(f"{path}:{line}: landmark_id '{value}' is not an integer") from None
 
 
+def _first_of_each_id(pairs: Iterable[tuple[str, int]], path: str) -> list[ImageEntry]:
+  """An entry per (image id, landmark id) pair, in order; a repeated id keeps its first pair."""
+  entries, seen, duplicates = [], set(), 0
+  for image_id, landmark in pairs:
+    if image_id in seen:
+      duplicates += 1
+      continue
+    seen.add(image_id)
+    entries.append(ImageEntry(image_id, landmark))
+  if duplicates:
+    logging.warning("%s: %d duplicate image ids ignored", path, duplicates)
+  return entries
+
+
 def read_train_csv(path: str) -> list[ImageEntry]:
   """Reads GLDv2 train.csv (id,url,landmark_id); duplicate ids keep the first row.
 
@@ -69,22 +83,16 @@ def read_train_csv(path: str) -> list[ImageEntry]:
       or a non-integer landmark id.
   """
   reader, f = _open_csv(path, ("id", "landmark_id"))
-  entries, seen, duplicates = [], set(), 0
-  with f:
+
+  def pairs():
     for row in untrusted.csv_rows(reader, path):
-      line = reader.line_num
       image_id = (row["id"] or "").strip()
       if not image_id:
-        raise ValueError(f"{path}:{line}: empty id")
-      landmark = _landmark(row["landmark_id"], path, line)
-      if image_id in seen:
-        duplicates += 1
-        continue
-      seen.add(image_id)
-      entries.append(ImageEntry(image_id, landmark))
-  if duplicates:
-    logging.warning("%s: %d duplicate image ids ignored", path, duplicates)
-  return entries
+        raise ValueError(f"{path}:{reader.line_num}: empty id")
+      yield image_id, _landmark(row["landmark_id"], path, reader.line_num)
+
+  with f:
+    return _first_of_each_id(pairs(), path)
 
 
 def read_train_clean_csv(path: str) -> list[ImageEntry]:
@@ -96,19 +104,15 @@ def read_train_clean_csv(path: str) -> list[ImageEntry]:
       non-integer landmark id.
   """
   reader, f = _open_csv(path, ("landmark_id", "images"))
-  entries, seen, duplicates = [], set(), 0
-  with f:
+
+  def pairs():
     for row in untrusted.csv_rows(reader, path):
       landmark = _landmark(row["landmark_id"], path, reader.line_num)
       for image_id in (row["images"] or "").split():
-        if image_id in seen:
-          duplicates += 1
-          continue
-        seen.add(image_id)
-        entries.append(ImageEntry(image_id, landmark))
-  if duplicates:
-    logging.warning("%s: %d duplicate image ids ignored", path, duplicates)
-  return entries
+        yield image_id, landmark
+
+  with f:
+    return _first_of_each_id(pairs(), path)
 
 
 def id_problem(image_id: str) -> str:

@@ -271,6 +271,8 @@ def _add_matches(builder, pairs, gv) -> None:
       f"matches_{pair.name_a}_{pair.name_b}",
       picture,
       f"{pair.name_a} - {pair.name_b}: {inliers} inliers",
+      match_images.PNG_COLORS,
+      match_images.MARK_COLORS,
     )
 
 

@@ -30,6 +30,9 @@ MATCH_GAP = 8
 FONT_SIZE = 12
 # Longest side small images are enlarged to in reports (benchmark images may be 128 px).
 READABLE_SIDE = 320
+# PNG palette of match images (drawing.encode_png): the photos' colours and, exactly, the marks'.
+PNG_COLORS = 256
+MARK_COLORS = (INLIER_COLOR, OUTLIER_COLOR, KEYPOINT_COLOR)
 
 
 @dataclasses.dataclass

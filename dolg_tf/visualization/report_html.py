@@ -71,7 +71,9 @@ class ReportBuilder:
       self.section(self.title)
     return self._sections[-1][2]
 
-  def add_image(self, stem: str, image: np.ndarray | bytes, caption: str = "", colors=0) -> str:
+  def add_image(
+    self, stem: str, image: np.ndarray | bytes, caption: str = "", colors=0, keep=None
+  ) -> str:
     """Writes `image` (RGB array or PNG bytes) as `<stem>.png` (made unique) and shows it.
 
     Args:
@@ -79,6 +81,7 @@ class ReportBuilder:
       image: RGB uint8 array or encoded PNG bytes.
       caption: shown under the image.
       colors: arrays only: palette size (drawing.encode_png; 0 = full colour).
+      keep: with `colors`, colours the palette keeps exactly (drawing.encode_png).
 
     Returns:
       The file name, relative to the folder.
@@ -90,7 +93,7 @@ class ReportBuilder:
       candidate = f"{name}_{n}"
     self._names.add(candidate)
     filename = candidate + ".png"
-    data = image if isinstance(image, bytes) else drawing.encode_png(image, colors)
+    data = image if isinstance(image, bytes) else drawing.encode_png(image, colors, keep)
     file_utils.atomic_write_bytes(os.path.join(self.folder, filename), data)
     src = html.escape(filename, quote=True)
     alt = html.escape(caption or candidate, quote=True)

@@ -17,11 +17,6 @@ from dolg_tf.utils import cli
 
 # The config sections whose fields get a flag each.
 FIELD_FLAG_SECTIONS = ("export",)
-# Until the converters generate their flags (they name this help for their --precision).
-PRECISION_HELP = (
-  "Overrides export.precision: float32, or bfloat16 (bf16 compute, float32 inputs/outputs; "
-  "for CPUs with AVX512_BF16/AMX)."
-)
 
 
 def _define_field_flags(flag_values: flags.FlagValues) -> dict[str, str]:

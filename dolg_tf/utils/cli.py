@@ -62,24 +62,6 @@ class Terminated(BaseException):  # noqa: N818 (like KeyboardInterrupt, not an e
   """
 
 
-def define_override(define: Callable[..., object], name: str, help_text: str) -> None:
-  """Defines `--name` with default None (meaning "not given") unless a command already did.
-
-  The training command and the extraction commands both take `--batch_size`
-  (each its own process); a process that imports both (the tests) shares the flag.
-
-  Args:
-    define: flags.DEFINE_integer, flags.DEFINE_string, ...
-    name: the flag.
-    help_text: its help.
-  """
-  if name in flags.FLAGS:
-    if flags.FLAGS[name].default is not None:
-      raise ValueError(f"--{name} is defined twice and one has a default")
-    return
-  define(name, None, help_text)
-
-
 _FLAG_DEFINERS = {
   bool: flags.DEFINE_bool,
   int: flags.DEFINE_integer,

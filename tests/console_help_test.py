@@ -16,6 +16,7 @@ import concurrent.futures
 import os
 import subprocess
 import sys
+import tempfile
 import tomllib
 
 import tensorflow as tf
@@ -57,6 +58,8 @@ def _quiet_env() -> dict[str, str]:
   """This environment without the settings that would hide what the test looks for."""
   env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
   env["PYTHONPATH"] = REPO_ROOT
+  # Bazel's sandbox keeps HOME read-only: matplotlib would say so on stderr.
+  env.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "console_help_matplotlib"))
   return env
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dolg_tf.data import beam_dataset, dataset_plan, dataset_writer
+from dolg_tf.data import beam_dataset, dataset_config, dataset_plan, dataset_writer
 from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
 from tests import testutil
@@ -27,6 +27,13 @@ CORRUPT = "eeee000000000000"
 PNG = "dddd000000000000"
 TWO_WORKERS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
 SHARDS = {"num_shards": 3, "num_validation_shards": 2}
+
+
+def _config(out, images, **kwargs):
+  """The build of `images` into `out` (one process when dataset_writer writes it)."""
+  return dataset_config.DatasetBuildConfig(
+    output_directory=out, train_directory=images, num_workers=1, **kwargs
+  )
 
 
 def _image_id(i):
@@ -70,7 +77,9 @@ class BeamDatasetTest(tf.test.TestCase):
       writer.writerows(rows)
     cls.reference = os.path.join(cls.root, "single")
     cls.reference_summary = dataset_writer.build_dataset(
-      cls.reference, cls.images, train_csv_path=cls.csv, validation_split_size=0.25, **SHARDS
+      _config(
+        cls.reference, cls.images, train_csv_path=cls.csv, validation_split_size=0.25, **SHARDS
+      )
     )
 
   @classmethod
@@ -82,7 +91,7 @@ class BeamDatasetTest(tf.test.TestCase):
     args = dict(train_csv_path=self.csv, validation_split_size=0.25, **SHARDS)
     args.update(kwargs)
     return beam_dataset.run_pipeline(
-      out, self.images, options=beam_cli.pipeline_options(["test"]), **args
+      _config(out, self.images, **args), options=beam_cli.pipeline_options(["test"])
     )
 
   def test_the_reference_has_every_kind_of_record(self):
@@ -160,7 +169,9 @@ class BeamDatasetTest(tf.test.TestCase):
     self.assertEqual(counts["shards_written"], 5)
     single = self.create_tempdir().full_path
     dataset_writer.build_dataset(
-      single, self.images, train_csv_path=self.csv, validation_split_size=0.25, seed=1, **SHARDS
+      _config(
+        single, self.images, train_csv_path=self.csv, validation_split_size=0.25, seed=1, **SHARDS
+      )
     )
     self.assertEqual(_folder_bytes(out), _folder_bytes(single))
 

@@ -9,7 +9,14 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from dolg_tf.data import build_image_dataset, dataset_plan, dataset_writer, gldv2, gldv2_files
+from dolg_tf.data import (
+  build_image_dataset,
+  dataset_config,
+  dataset_plan,
+  dataset_writer,
+  gldv2,
+  gldv2_files,
+)
 from dolg_tf.utils import cli
 
 MISSING = "6a6a6a6a6a6a6a6a"
@@ -110,7 +117,7 @@ class BuildImageDatasetTest(tf.test.TestCase):
       num_workers=1,
     )
     args.update(kwargs)
-    return dataset_writer.build_dataset(**args)
+    return dataset_writer.build_dataset(dataset_config.DatasetBuildConfig(**args))
 
   def test_train_csv_run(self):
     summary = self._build()

@@ -31,7 +31,7 @@ from absl.testing import parameterized
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.data import beam_dataset, synthetic
+from dolg_tf.data import beam_dataset, dataset_config, synthetic
 from dolg_tf.extraction import beam_pipeline, failure_log, output_folder, task_sources
 from dolg_tf.io import descriptor_files, descriptor_reading
 from dolg_tf.utils import beam_cli
@@ -540,13 +540,16 @@ class BeamDatasetFullDiskTest(tf.test.TestCase):
         f.write(f"{image_id},,{1000 + i % 2}\n")
     disk = _mount_tmpfs(self, "24k")  # the plan files fit, the shards do not
     out = os.path.join(disk or root, "tfrecords")
-    run = functools.partial(
-      beam_dataset.run_pipeline,
-      out,
-      os.path.join(root, "train"),
+    config = dataset_config.DatasetBuildConfig(
+      output_directory=out,
+      train_directory=os.path.join(root, "train"),
       train_csv_path=os.path.join(root, "train.csv"),
       num_shards=2,
       num_validation_shards=1,
+    )
+    run = functools.partial(
+      beam_dataset.run_pipeline,
+      config,
       options=beam_cli.pipeline_options(["beam_build_dataset"]),
     )
     if disk is None:  # no mount allowed: the TFRecord writer fails as on a full disk

@@ -8,6 +8,8 @@ Modules:
   image_codec: reading any image file as RGB JPEG bytes (no TensorFlow).
   dataset_plan: relabeling, the stratified train/validation split and the
     shard of every record, decided before any image is read (no TensorFlow).
+  dataset_config: DatasetBuildConfig, the settings of one dataset build
+    (the dataset commands' flags are its fields; no TensorFlow).
   dataset_writer: a planned dataset -> TFRecord shards, relabeling.csv and
     failures.csv, in one process.
   build_image_dataset: the `dolg-build-dataset` command.

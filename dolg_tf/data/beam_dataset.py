@@ -1,8 +1,10 @@
 """The GLDv2 dataset builder on Apache Beam: the same shards as dataset_writer, many workers.
 
     summary, counters = beam_dataset.run_pipeline(
-        "/abs/tfrecords", "/abs/train", train_clean_csv_path="train_clean.csv",
-        num_shards=128, options=beam_cli.pipeline_options(argv))
+        dataset_config.DatasetBuildConfig(
+            output_directory="/abs/tfrecords", train_directory="/abs/train",
+            train_clean_csv_path="/abs/train_clean.csv", num_shards=128),
+        options=beam_cli.pipeline_options(argv))
 
 The command is beam_build_dataset.py.
 
@@ -30,7 +32,7 @@ left for the next run. An interrupted launcher (Ctrl-C, SIGTERM) stops its
 local workers and removes their temporary files before it exits.
 
 The output folder is then byte for byte what dataset_writer writes for
-the same flags (plus the hidden `.beam_build/`, which a rerun needs). Files
+the same config (plus the hidden `.beam_build/`, which a rerun needs). Files
 are read and written with local file APIs: on a cluster the images and the
 output folder must be on a file system every worker mounts.
 """
@@ -49,6 +51,7 @@ from absl import logging
 from apache_beam.metrics import Metrics
 
 from dolg_tf.data import dataset_plan, dataset_writer, gldv2, image_codec
+from dolg_tf.data.dataset_config import DatasetBuildConfig
 from dolg_tf.data.dataset_plan import TRAIN_PREFIX, VALIDATION_PREFIX
 from dolg_tf.utils import beam_cli
 from dolg_tf.utils import files as file_utils
@@ -257,33 +260,28 @@ def _collect_shards(
 
 
 def run_pipeline(
-  output_directory: str,
-  train_directory: str,
-  train_csv_path: str | None = None,
-  train_clean_csv_path: str | None = None,
-  num_shards: int = 128,
-  num_validation_shards: int | None = None,
-  validation_split_size: float = 0.2,
-  seed: int = 0,
-  options=None,
+  config: DatasetBuildConfig, options=None
 ) -> tuple[dataset_writer.BuildSummary, dict[str, int]]:
   """Plans, runs and waits for the dataset pipeline (module doc).
 
-  The arguments are dataset_writer.build_dataset's; `options` are Beam's
-  PipelineOptions (default: the DirectRunner).
+  Args:
+    config: what to build, as for dataset_writer.build_dataset (num_workers
+      and log_interval are not used: the workers are the runner's). Its paths
+      must mean the same on every worker (absolute on a shared file system).
+    options: Beam's PipelineOptions (default: the DirectRunner).
 
   Returns:
     (summary, counters): the summary covers the whole output folder (shards
     of earlier runs included), the counters this run.
 
   Raises:
-    ValueError / FileNotFoundError: on bad arguments or CSV files (naming the file).
+    ValueError / FileNotFoundError: on a missing folder field or bad CSV
+      files (naming the field or the file).
   """
   start = time.monotonic()
-  shard_counts = dataset_plan.check_shard_counts(num_shards, num_validation_shards)
-  plan = dataset_plan.plan_dataset(
-    train_directory, train_csv_path, train_clean_csv_path, validation_split_size, seed
-  )
+  shard_counts = config.shard_counts()
+  plan = dataset_writer.plan_build(config)
+  output_directory = config.output_directory
   os.makedirs(os.path.join(output_directory, WORK_DIR), exist_ok=True)
   for path in file_utils.remove_stale_temp_files(output_directory):
     logging.info("removed a temporary file of an interrupted run: %s", path)

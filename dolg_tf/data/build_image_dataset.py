@@ -39,53 +39,29 @@ Outputs in --output_directory: `train-NNNNN-of-MMMMM`,
 `validation-NNNNN-of-MMMMM` (if the split is non-empty), `relabeling.csv`,
 `failures.csv`. Every file appears atomically (temporary name, then rename).
 
-The library behind it: gldv2_files (CSV readers, image layout), dataset_plan
-(relabeling, split, shards) and dataset_writer (conversion, TFRecords, CSVs).
+Every flag is a field of dataset_config.DatasetBuildConfig (generated from
+it; a given flag overrides the field's default). The library behind it:
+gldv2_files (CSV readers, image layout), dataset_plan (relabeling, split,
+shards) and dataset_writer (conversion, TFRecords, CSVs).
 """
-
-import os
 
 from absl import app, flags
 
+from dolg_tf.data import dataset_config
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
 
 
-def define_flags(flag_values: flags.FlagValues = FLAGS, local: bool = True) -> None:
-  """Defines the command's flags (a second call is a no-op).
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """One flag per dataset_config.DatasetBuildConfig field (a second call is a no-op).
 
-  Args:
-    flag_values: where.
-    local: also --num_workers and --log_interval (one machine; the Beam
-      command's workers are the runner's).
+  --output_directory, --train_directory: required; --train_csv_path and/or
+  --train_clean_csv_path; --num_shards (128), --num_validation_shards (0:
+  num_shards), --validation_split_size (0.2), --seed (0), --num_workers (one
+  per CPU), --log_interval (30 s). The config's docstring says what each means.
   """
-  if "train_directory" in flag_values:
-    return
-  fv = {"flag_values": flag_values}
-  flags.DEFINE_string("train_csv_path", None, "GLDv2 train.csv (id,url,landmark_id).", **fv)
-  flags.DEFINE_string(
-    "train_clean_csv_path",
-    None,
-    "GLDv2 train_clean.csv (landmark_id,images); selects the images when given.",
-    **fv,
-  )
-  flags.DEFINE_string("train_directory", None, "Folder of the training images.", **fv)
-  flags.DEFINE_string("output_directory", None, "Folder for the TFRecords and CSVs.", **fv)
-  flags.DEFINE_integer("num_shards", 128, "Number of training shards.", **fv)
-  flags.DEFINE_integer(
-    "num_validation_shards", 0, "Number of validation shards (0: num_shards).", **fv
-  )
-  flags.DEFINE_float(
-    "validation_split_size", 0.2, "Fraction of images for validation, in [0, 1).", **fv
-  )
-  flags.DEFINE_integer("seed", 0, "Seed of the split and of the record order.", **fv)
-  if not local:
-    return
-  flags.DEFINE_integer(
-    "num_workers", os.cpu_count() or 1, "Processes that decode and re-encode images.", **fv
-  )
-  flags.DEFINE_float("log_interval", 30.0, "Seconds between progress logs.", **fv)
+  dataset_config.define_flags(flag_values, local=True)
 
 
 def run_with_flags(flag_values: flags.FlagValues) -> int:
@@ -95,30 +71,17 @@ def run_with_flags(flag_values: flags.FlagValues) -> int:
     cli.UserError: a missing flag, a bad value or CSV file, an unwritable
       output folder (`cli.run` prints it as one line and exits with status 2).
   """
-  fv = flag_values
-  if not fv.train_directory or not fv.output_directory:
-    raise cli.UserError("--train_directory and --output_directory are required")
+  config = dataset_config.from_flags(flag_values, local=True)
   # Here, so that `--help` and flag errors answer before TensorFlow loads.
   from dolg_tf.data import dataset_writer  # noqa: PLC0415
 
   try:
-    summary = dataset_writer.build_dataset(
-      output_directory=fv.output_directory,
-      train_directory=fv.train_directory,
-      train_csv_path=fv.train_csv_path,
-      train_clean_csv_path=fv.train_clean_csv_path,
-      num_shards=fv.num_shards,
-      num_validation_shards=fv.num_validation_shards or None,
-      validation_split_size=fv.validation_split_size,
-      seed=fv.seed,
-      num_workers=fv.num_workers,
-      log_interval=fv.log_interval,
-    )
+    summary = dataset_writer.build_dataset(config)
   except (OSError, ValueError) as e:
     raise cli.UserError(str(e)) from None
   print(
     f"{summary.num_train} train + {summary.num_validation} validation records of "
-    f"{summary.num_classes} classes, {len(summary.failures)} failures -> {fv.output_directory}"
+    f"{summary.num_classes} classes, {len(summary.failures)} failures -> {config.output_directory}"
   )
   return 0
 

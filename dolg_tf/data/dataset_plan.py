@@ -40,7 +40,8 @@ def relabel(landmark_ids: Iterable[int]) -> dict[int, int]:
   return {landmark: label for label, landmark in enumerate(sorted(set(landmark_ids)))}
 
 
-def _check_fraction(validation_fraction: float) -> None:
+def check_fraction(validation_fraction: float) -> None:
+  """Raises ValueError (naming validation_split_size) unless the fraction is in [0, 1)."""
   if not 0.0 <= validation_fraction < 1.0:
     raise ValueError(f"validation_split_size must be in [0, 1), got {validation_fraction}")
 
@@ -66,7 +67,7 @@ def split_train_validation(
   Raises:
     ValueError: if the fraction is outside [0, 1).
   """
-  _check_fraction(validation_fraction)
+  check_fraction(validation_fraction)
   labels = np.asarray(labels, dtype=np.int64)
   n = labels.size
   rng = np.random.default_rng(seed)
@@ -228,7 +229,7 @@ def plan_dataset(
     raise ValueError("give train_csv_path and/or train_clean_csv_path")
   if not os.path.isdir(train_directory):
     raise FileNotFoundError(f"{train_directory}: train directory not found")
-  _check_fraction(validation_split_size)
+  check_fraction(validation_split_size)
   entries = read_entries(train_csv_path, train_clean_csv_path)
   mapping = relabel(e.landmark_id for e in entries)
   source = train_clean_csv_path or train_csv_path

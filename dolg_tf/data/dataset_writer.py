@@ -1,8 +1,8 @@
 """Writes a planned GLDv2 dataset (dataset_plan) as TFRecord shards and two CSV files.
 
-    summary = dataset_writer.build_dataset(
-        "gldv2/tfrecords", "gldv2/train", train_clean_csv_path="gldv2/train_clean.csv",
-        num_shards=128, validation_split_size=0.2, seed=0, num_workers=8)
+    summary = dataset_writer.build_dataset(dataset_config.DatasetBuildConfig(
+        output_directory="gldv2/tfrecords", train_directory="gldv2/train",
+        train_clean_csv_path="gldv2/train_clean.csv", num_shards=128, num_workers=8))
 
   * Keeps plain RGB JPEGs byte for byte; re-encodes everything else
     (PNG, grayscale, RGBA, CMYK, 16-bit, EXIF-rotated, ...) as RGB JPEG
@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from absl import logging
 
 from dolg_tf.data import dataset_plan, gldv2, image_codec
+from dolg_tf.data.dataset_config import DatasetBuildConfig
 from dolg_tf.data.dataset_plan import TRAIN_PREFIX, VALIDATION_PREFIX, Failure, PlannedRecord
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import progress as progress_lib
@@ -188,45 +189,41 @@ def _log_summary(
   )
 
 
-def build_dataset(
-  output_directory: str,
-  train_directory: str,
-  train_csv_path: str | None = None,
-  train_clean_csv_path: str | None = None,
-  num_shards: int = 128,
-  num_validation_shards: int | None = None,
-  validation_split_size: float = 0.2,
-  seed: int = 0,
-  num_workers: int = 1,
-  log_interval: float = 30.0,
-) -> BuildSummary:
+def plan_build(config: DatasetBuildConfig) -> dataset_plan.DatasetPlan:
+  """The plan of the build `config` describes (dataset_plan.plan_dataset; no image is read).
+
+  Raises:
+    ValueError / FileNotFoundError: a missing folder field or bad CSV files
+      (naming the field or the file).
+  """
+  config.check_complete()
+  return dataset_plan.plan_dataset(
+    config.train_directory,
+    config.train_csv_path,
+    config.train_clean_csv_path,
+    config.validation_split_size,
+    config.seed,
+  )
+
+
+def build_dataset(config: DatasetBuildConfig) -> BuildSummary:
   """Writes GLDv2 train/validation TFRecords (see the module docstring and dataset_plan's).
 
   Args:
-    output_directory: folder for the outputs (created if needed).
-    train_directory: folder of the images.
-    train_csv_path: train.csv (id,url,landmark_id).
-    train_clean_csv_path: train_clean.csv (landmark_id,images); selects the
-      images when given.
-    num_shards: number of training shards.
-    num_validation_shards: number of validation shards (None: num_shards).
-    validation_split_size: fraction of the found images used for validation.
-    seed: random seed of the split and of the record order.
-    num_workers: processes that read and re-encode images (1: in-process).
-    log_interval: seconds between progress logs.
+    config: what to build; all of its fields are used (num_workers: 1 writes
+      in-process).
 
   Returns:
     A BuildSummary.
 
   Raises:
-    ValueError / FileNotFoundError: on bad arguments or CSV files (naming the
-      file); bad images never raise.
+    ValueError / FileNotFoundError: on a missing folder field or bad CSV
+      files (naming the field or the file); bad images never raise.
   """
   start = time.monotonic()
-  shard_counts = dataset_plan.check_shard_counts(num_shards, num_validation_shards)
-  plan = dataset_plan.plan_dataset(
-    train_directory, train_csv_path, train_clean_csv_path, validation_split_size, seed
-  )
+  shard_counts = config.shard_counts()
+  plan = plan_build(config)
+  output_directory = config.output_directory
   summary = start_summary(plan, output_directory)
   summary.failures = list(plan.missing)
 
@@ -235,7 +232,9 @@ def build_dataset(
     for split in plan.splits
   }
   try:
-    reencoded = _write_records(plan, writers, shard_counts, summary, num_workers, log_interval)
+    reencoded = _write_records(
+      plan, writers, shard_counts, summary, config.num_workers, config.log_interval
+    )
   except BaseException:
     for writer in writers.values():
       writer.abort()

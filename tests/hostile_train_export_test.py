@@ -28,7 +28,7 @@ from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
-from dolg_tf.convert import official_dolg
+from dolg_tf.convert import official_dolg, official_structure
 from dolg_tf.data import synthetic
 from dolg_tf.export import versions
 from dolg_tf.keras_api import keras
@@ -246,7 +246,7 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_converter_onto_a_full_disk_leaves_nothing(self):
     keras.utils.set_random_seed(5)
-    config = testutil.TINY_DOLG.replace(**official_dolg.OFFICIAL_INPUT)
+    config = testutil.TINY_DOLG.replace(**official_structure.OFFICIAL_INPUT)
     state = official_dolg.official_state_dict(builder.build_model(config, image_size=64))
     source = os.path.join(self.create_tempdir().full_path, "dolg.npz")
     np.savez(source, **state)

@@ -37,7 +37,8 @@ from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
 from dolg_tf.extraction import pipeline, task_sources  # noqa: E402
 from dolg_tf.io import config_io, datum_io  # noqa: E402
 from dolg_tf.model import superglobal  # noqa: E402
-from dolg_tf.retrieval import perform_retrieval, retrieval_config  # noqa: E402
+from dolg_tf.retrieval import evaluation as evaluation_lib  # noqa: E402
+from dolg_tf.retrieval import retrieval_config  # noqa: E402
 from dolg_tf.retrieval import superglobal as superglobal_rerank  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -145,10 +146,10 @@ def ablate(name, workdir, output_dir):
       model_path = export_once(workdir, os.path.join(output_dir, name, "relu_up_export"), relu_up)
     config, features = extract(workdir, variant, model_path, folder, images, FLAGS.scale_gem_p)
     suffix = config.global_descriptor_suffix
-    plain = perform_retrieval.evaluate(
+    plain = evaluation_lib.evaluate(
       gnd_path, features, features, config=retrieval_config.RetrievalConfig(suffix=suffix)
     )
-    reranked = perform_retrieval.evaluate(
+    reranked = evaluation_lib.evaluate(
       gnd_path,
       features,
       features,
@@ -186,7 +187,7 @@ def precision_rows(name, workdir, output_dir):
     os.makedirs(folder, exist_ok=True)
     config, features = extract(workdir, Variant(key), model_path, folder, images, 3.0)
     suffix = config.global_descriptor_suffix
-    results[label] = perform_retrieval.evaluate(
+    results[label] = evaluation_lib.evaluate(
       gnd_path, features, features, config=retrieval_config.RetrievalConfig(suffix=suffix)
     )
     descriptors[label] = {

@@ -43,7 +43,8 @@ from dolg_tf.extraction import pipeline, task_sources
 from dolg_tf.io import config_io
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder
-from dolg_tf.retrieval import geometric_verification, perform_retrieval, retrieval_config
+from dolg_tf.retrieval import evaluation as evaluation_lib
+from dolg_tf.retrieval import geometric_verification, retrieval_config
 from dolg_tf.utils import cli
 
 FLAGS = flags.FLAGS
@@ -214,7 +215,7 @@ def evaluate(name: str, model_path: str, benchmark_dir: str, workdir: str):
     raise RuntimeError(f"{summary.failed} images failed; see {features_dir}/failures.tsv")
   gnd_path = os.path.join(benchmark_dir, "gnd_synthetic.pkl")
   metrics_dir = os.path.join(workdir, f"metrics_{name}")
-  evaluation = perform_retrieval.evaluate(
+  evaluation = evaluation_lib.evaluate(
     gnd_path,
     features_dir,
     features_dir,
@@ -225,9 +226,7 @@ def evaluate(name: str, model_path: str, benchmark_dir: str, workdir: str):
       geometric_verification=DEMO_GEOMETRIC_VERIFICATION,
     ),
   )
-  metrics_path = perform_retrieval.write_metrics(
-    evaluation.results, evaluation.summary, metrics_dir
-  )
+  metrics_path = evaluation_lib.write_metrics(evaluation.results, evaluation.summary, metrics_dir)
   rows = {name: evaluation.global_results}
   if config.use_local_features:
     rows[f"{name} + GV"] = evaluation.results

@@ -20,7 +20,7 @@ given:
   DELG's keypoint attention as a heat map over the image, in labelled panels
   with a colour bar (visualization.attention);
 * ranked lists, per-query AP and precision-recall curves: the retrieval of
-  perform_retrieval.evaluate (global descriptors, optional geometric
+  evaluation.evaluate (global descriptors, optional geometric
   verification), images `<images_dir>/<name><image_extension>`; the summary
   table names the ranking before and after re-ranking
   (visualization.retrieval_report);
@@ -47,7 +47,8 @@ from dolg_tf.data import ground_truth
 from dolg_tf.extraction import task_sources
 from dolg_tf.io import image_loading
 from dolg_tf.model import checkpoint_restore
-from dolg_tf.retrieval import perform_retrieval, retrieval_config
+from dolg_tf.retrieval import evaluation as evaluation_lib
+from dolg_tf.retrieval import retrieval_config
 from dolg_tf.utils import cli
 from dolg_tf.visualization import attention, match_images, report_html, retrieval_report
 
@@ -233,10 +234,10 @@ def _check_flags() -> None:
 
 
 def _evaluate(gt, config: retrieval_config.RetrievalConfig):
-  """The perform_retrieval.Evaluation of --dataset_file_path (ground truth `gt`), or None."""
+  """The evaluation.Evaluation of --dataset_file_path (ground truth `gt`), or None."""
   if gt is None:
     return None
-  return perform_retrieval.evaluate(
+  return evaluation_lib.evaluate(
     cli.resolve_path(FLAGS.dataset_file_path),
     cli.resolve_path(FLAGS.query_features_dir),
     cli.resolve_path(FLAGS.index_features_dir),

@@ -12,6 +12,7 @@ import tensorflow as tf
 from absl import flags
 
 from dolg_tf.io import datum_io, descriptor_reading
+from dolg_tf.retrieval import evaluation as evaluation_lib
 from dolg_tf.retrieval import (
   geometric_verification,
   perform_retrieval,
@@ -45,7 +46,7 @@ class PerformRetrievalTest(tf.test.TestCase):
       pickle.dump(gnd, f)
     self._write(os.path.join(root, "features"), gnd["imlist"], db)
     self._write(os.path.join(root, "features"), gnd["qimlist"], queries)
-    evaluation = perform_retrieval.evaluate(
+    evaluation = evaluation_lib.evaluate(
       os.path.join(root, "gnd_test.pkl"),
       os.path.join(root, "features"),
       os.path.join(root, "features"),
@@ -56,13 +57,13 @@ class PerformRetrievalTest(tf.test.TestCase):
     for protocol in ("easy", "medium", "hard"):
       self.assertAllClose(results[protocol].mean_ap, 1.0)
     self.assertIn("mAP", summary)
-    path = perform_retrieval.write_metrics(results, summary, os.path.join(root, "out"))
+    path = evaluation_lib.write_metrics(results, summary, os.path.join(root, "out"))
     with open(path) as f:
       self.assertAlmostEqual(json.load(f)["medium"]["mAP"], 1.0)
 
     # Swapped query descriptors: each query ranks the other landmark first.
     self._write(os.path.join(root, "swapped"), gnd["qimlist"], queries[::-1])
-    results = perform_retrieval.evaluate(
+    results = evaluation_lib.evaluate(
       os.path.join(root, "gnd_test.pkl"),
       os.path.join(root, "swapped"),
       os.path.join(root, "features"),
@@ -72,7 +73,7 @@ class PerformRetrievalTest(tf.test.TestCase):
 
     # Distractors closer to the queries than every positive push them down.
     self._write(os.path.join(root, "distractors"), ["x0", "x1"], queries * 1.0 + [0, 0, 0.01])
-    evaluation = perform_retrieval.evaluate(
+    evaluation = evaluation_lib.evaluate(
       os.path.join(root, "gnd_test.pkl"),
       os.path.join(root, "features"),
       os.path.join(root, "features"),
@@ -81,7 +82,7 @@ class PerformRetrievalTest(tf.test.TestCase):
     self.assertEqual(evaluation.num_database, 6)
     self.assertLess(evaluation.results["easy"].mean_ap, 1.0)
     # num_ranked keeps only the top-k: q1's hard positive db3 (rank 2) is cut at k = 1.
-    cut = perform_retrieval.evaluate(
+    cut = evaluation_lib.evaluate(
       os.path.join(root, "gnd_test.pkl"),
       os.path.join(root, "features"),
       os.path.join(root, "features"),
@@ -170,7 +171,7 @@ class PerformRetrievalTest(tf.test.TestCase):
       )
     self._write(os.path.join(root, "f"), ["a"], np.ones([1, 3], np.float32))
     with self.assertRaises(KeyError):
-      perform_retrieval.evaluate(
+      evaluation_lib.evaluate(
         os.path.join(root, "gnd.pkl"), os.path.join(root, "f"), os.path.join(root, "f")
       )
 
@@ -197,7 +198,7 @@ class UserErrorsTest(tf.test.TestCase):
       datum_io.write_to_file(os.path.join(directory, name + ".dolg_global"), vector)
 
   def _evaluate(self, **kwargs):
-    return perform_retrieval.evaluate(self.gnd, self.queries, self.index, **kwargs)
+    return evaluation_lib.evaluate(self.gnd, self.queries, self.index, **kwargs)
 
   def test_missing_descriptors_are_all_counted_before_any_is_read(self):
     self._write(self.queries, ["q0"])

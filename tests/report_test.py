@@ -10,7 +10,8 @@ from PIL import Image
 
 from dolg_tf.data import ground_truth
 from dolg_tf.io import datum_io, feature_io
-from dolg_tf.retrieval import geometric_verification, metrics, perform_retrieval, retrieval_config
+from dolg_tf.retrieval import evaluation as evaluation_lib
+from dolg_tf.retrieval import geometric_verification, metrics, retrieval_config
 from dolg_tf.utils import images
 from dolg_tf.visualization import drawing, match_images, plots, ranked_lists, retrieval_report
 from tests import testutil
@@ -359,10 +360,10 @@ class PerformRetrievalReportTest(tf.test.TestCase):
       feature_io.write_to_file(
         os.path.join(features, name + ".delg_local"), points, ones, local, ones
       )
-    plain = perform_retrieval.evaluate(gnd_path, features, features)
+    plain = evaluation_lib.evaluate(gnd_path, features, features)
     self.assertEqual(plain.ranks.shape, (2, 6))
     self.assertIsNone(plain.reranked)
-    verified = perform_retrieval.evaluate(
+    verified = evaluation_lib.evaluate(
       gnd_path,
       features,
       features,

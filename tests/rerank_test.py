@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from dolg_tf.extraction import local_extractor
 from dolg_tf.io import binarize, datum_io, feature_io
-from dolg_tf.retrieval import geometric_verification, perform_retrieval, rerank, retrieval_config
+from dolg_tf.retrieval import evaluation as evaluation_lib
+from dolg_tf.retrieval import geometric_verification, rerank, retrieval_config
 
 # Affine map of (x, y) points: dst = A @ [x, y, 1].
 _A = np.array([[0.9, -0.2, 15.0], [0.15, 1.1, -8.0]])
@@ -206,7 +207,7 @@ class RerankTest(tf.test.TestCase):
     config = retrieval_config.RetrievalConfig(
       suffix=".delg_global", use_geometric_verification=True, geometric_verification=gv
     )
-    evaluation = perform_retrieval.evaluate(gnd_path, directory, directory, config=config)
+    evaluation = evaluation_lib.evaluate(gnd_path, directory, directory, config=config)
     before, after = evaluation.global_results, evaluation.results
     self.assertAllClose(before["easy"].mean_ap, 0.1)  # 5th after junk removal: (0 + 1/5) / 2
     self.assertAllClose(after["easy"].mean_ap, 1.0)
@@ -227,7 +228,7 @@ class RerankTest(tf.test.TestCase):
       return lambda i: loaded.append((len(names), i)) or load(i)
 
     with mock.patch.object(rerank, "local_features_loader", recording_loader):
-      with_distractors = perform_retrieval.evaluate(
+      with_distractors = evaluation_lib.evaluate(
         gnd_path, directory, directory, distractors, config
       )
     self.assertEqual(with_distractors.num_database, 8)
@@ -236,7 +237,7 @@ class RerankTest(tf.test.TestCase):
     self.assertAllClose(with_distractors.results["easy"].mean_ap, 1.0)
     self.assertTrue(all(i < 6 for n, i in loaded if n == 6))  # distractors never loaded
     # num_ranked: the ranking is cut to 3 before verification, db_4 is not in it.
-    cut = perform_retrieval.evaluate(
+    cut = evaluation_lib.evaluate(
       gnd_path, directory, directory, distractors, dataclasses.replace(config, num_ranked=3)
     )
     self.assertAllClose(cut.results["easy"].mean_ap, 0.0)

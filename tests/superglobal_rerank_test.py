@@ -8,11 +8,11 @@ import numpy as np
 import tensorflow as tf
 
 from dolg_tf.io import datum_io
+from dolg_tf.retrieval import evaluation as evaluation_lib
 from dolg_tf.retrieval import (
   exact_search,
   geometric_verification,
   indexes,
-  perform_retrieval,
   query_expansion,
   rerank,
   retrieval_config,
@@ -262,7 +262,7 @@ class PerformRetrievalTest(tf.test.TestCase):
       pickle.dump({"imlist": self.imlist, "qimlist": ["q0", "q1"], "gnd": gnd}, f)
 
   def _evaluate(self, config=None):
-    return perform_retrieval.evaluate(self.gnd, self.features, self.features, self.shard, config)
+    return evaluation_lib.evaluate(self.gnd, self.features, self.features, self.shard, config)
 
   def test_before_and_after_lines_with_distractors(self):
     plain = self._evaluate()
@@ -293,7 +293,7 @@ class PerformRetrievalTest(tf.test.TestCase):
     self.assertAllClose(cut.superglobal_results["medium"].mean_ap, 1.0)
     self.assertLess(cut.global_results["medium"].mean_ap, 0.8)
     # Without the distractors there is nothing to fix.
-    alone = perform_retrieval.evaluate(
+    alone = evaluation_lib.evaluate(
       self.gnd, self.features, self.features, config=_superglobal_config(400)
     )
     self.assertAllClose(alone.global_results["medium"].mean_ap, 1.0)
@@ -318,7 +318,7 @@ class PerformRetrievalTest(tf.test.TestCase):
 
     def fake_rerank_protocols(ranks, gt, *args, **kwargs):
       seen.append(ranks)
-      return perform_retrieval.metrics.evaluate_revisited(ranks, gt)
+      return evaluation_lib.metrics.evaluate_revisited(ranks, gt)
 
     with mock.patch.object(rerank, "rerank_protocols", fake_rerank_protocols):
       evaluation = self._evaluate(

@@ -24,7 +24,8 @@ from dolg_tf import demo, run_layout  # noqa: E402
 from dolg_tf.data import ground_truth  # noqa: E402
 from dolg_tf.io import feature_io, image_loading  # noqa: E402
 from dolg_tf.model import checkpoint_restore  # noqa: E402
-from dolg_tf.retrieval import perform_retrieval, rerank  # noqa: E402
+from dolg_tf.retrieval import evaluation as evaluation_lib  # noqa: E402
+from dolg_tf.retrieval import rerank  # noqa: E402
 from dolg_tf.utils import cli, images  # noqa: E402
 from dolg_tf.visualization import (  # noqa: E402
   attention,
@@ -125,7 +126,7 @@ def write_dolg_examples(writer: _Writer, dolg_workdir: str, delg_workdir: str) -
   """Ranked list, plots and attention of the DOLG demo; returns the query's name."""
   gnd_path, images_dir, features = demo_inputs(dolg_workdir, ".dolg_global")
   gt = ground_truth.load_ground_truth(gnd_path)
-  evaluation = perform_retrieval.evaluate(gnd_path, features, features)
+  evaluation = evaluation_lib.evaluate(gnd_path, features, features)
   ranks, results = evaluation.ranks, evaluation.results
   q = pick_query(gt, ranks, results, TOP_K)
   name = gt.qimlist[q]

@@ -16,7 +16,10 @@ Modules:
     (top-M descriptor augmentation + max query expansion, Shao et al. 2023).
   retrieval_config: the settings of one evaluation (expansion, SuperGlobal,
     geometric verification) in one object, and the flags generated from it.
-  perform_retrieval: the evaluation (global search, QE/DBA, distractors,
-    optional SuperGlobal and geometric verification) and its binary.
+  evaluation: one evaluation (global search, QE/DBA, distractors, optional
+    SuperGlobal and geometric verification) and its metrics files.
+  perform_retrieval: the dolg-retrieve command (DELF's name) over evaluation;
+    its --report_dir draws with dolg_tf.visualization, so the import test
+    ranks it with the other commands.
   (The ground truth readers are dolg_tf.data.ground_truth.)
 """

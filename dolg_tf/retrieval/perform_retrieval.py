@@ -11,7 +11,7 @@ r"""Evaluates retrieval on Revisited Oxford/Paris (or any gnd in their layout).
 Descriptors come from extract_features.py (per-image DatumProto files or bulk
 shards). Queries and index images are matched to the ground truth's `qimlist`
 and `imlist` by name; distractor shards (e.g. +1M) are appended to the index.
-One evaluation (`evaluate`, settings in one retrieval_config.RetrievalConfig):
+One evaluation (evaluation.evaluate, settings in one retrieval_config.RetrievalConfig):
 exact global search (optional alpha-DBA and alpha-QE) over the index and
 distractors, the top --num_ranked kept; with --superglobal_m > 0 the top M of
 that ranking are re-ranked with SuperGlobal (global descriptors only,
@@ -31,285 +31,15 @@ Flags: the inputs and outputs below, plus one flag per RetrievalConfig field
 it (retrieval_config.define_flags); they only override its defaults.
 """
 
-import dataclasses
-import json
 import os
-import time
 
-import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from dolg_tf.data import ground_truth
-from dolg_tf.io import descriptor_files, descriptor_reading
-from dolg_tf.retrieval import metrics, query_expansion, rerank, retrieval_config, superglobal
+from dolg_tf.retrieval import evaluation as evaluation_lib
+from dolg_tf.retrieval import retrieval_config
 from dolg_tf.utils import cli
-from dolg_tf.utils import files as file_utils
 from dolg_tf.visualization import retrieval_report
-
-
-@dataclasses.dataclass
-class Evaluation:
-  """What `evaluate` measured.
-
-  Attributes:
-    results: {'easy'|'medium'|'hard': MapResult} of the final ranking (after
-      SuperGlobal and geometric verification when they are on).
-    global_results: the same for the global ranking (before any re-ranking;
-      `results` itself when re-ranking is off).
-    summary: the printed lines.
-    num_database: database size searched (index + distractors).
-    superglobal_results: the same after SuperGlobal re-ranking (before
-      geometric verification); None when SuperGlobal is off.
-    superglobal_ms_per_query: SuperGlobal's wall time per query in ms (None
-      when off).
-    ranks: int [Q, K] database indices per query, best first, before
-      geometric verification (after SuperGlobal when it is on).
-    reranked: {protocol: int [Q, K]} after geometric verification (it
-      re-ranks per protocol); None when it is off.
-  """
-
-  results: dict[str, metrics.MapResult]
-  global_results: dict[str, metrics.MapResult]
-  summary: str
-  num_database: int
-  superglobal_results: dict[str, metrics.MapResult] | None = None
-  superglobal_ms_per_query: float | None = None
-  ranks: np.ndarray | None = None
-  reranked: dict[str, np.ndarray] | None = None
-
-
-def evaluate(
-  gnd_path: str,
-  query_source: str,
-  index_source: str,
-  distractor_source: str = "",
-  config: retrieval_config.RetrievalConfig | None = None,
-) -> Evaluation:
-  """Ranks the database for every query and scores the three protocols.
-
-  Args:
-    gnd_path: gnd_*.pkl or .mat ground truth.
-    query_source / index_source: descriptor folders or shard globs (folders
-      holding the local feature files too with geometric verification).
-    distractor_source: optional extra database descriptors (shard glob or
-      folder), appended after the index images.
-    config: the settings (default RetrievalConfig(): global search only).
-      With SuperGlobal (superglobal.m > 0) the search fetches
-      max(num_ranked, m) so that m candidates exist; the ranking is cut to
-      num_ranked after re-ranking. Geometric verification re-ranks the top
-      `geometric_verification.top_k` of the ranking (after SuperGlobal when
-      it is on) with `<name><local_suffix>` DelfFeatures files.
-
-  Returns:
-    An Evaluation.
-
-  Raises:
-    descriptor_reading.MissingDescriptorsError (a KeyError and a ValueError):
-      query or index descriptors (or, with geometric verification, local
-      feature files) missing, all counted before anything is ranked.
-    FileNotFoundError: a source matching nothing (named).
-    ValueError / IOError: a malformed ground truth, descriptor dimensions
-      that differ between queries, index and distractors, or a truncated,
-      corrupt or non-finite descriptor file (each named).
-  """
-  config = config or retrieval_config.RetrievalConfig()
-  gt = ground_truth.load_ground_truth(gnd_path)
-  check_descriptors(
-    gt,
-    query_source,
-    index_source,
-    config.suffix,
-    config.local_suffix if config.use_geometric_verification else None,
-  )
-  queries, database, num_index = read_evaluation_descriptors(
-    gt, query_source, index_source, distractor_source, config.suffix
-  )
-  k = min(config.num_ranked or len(database), len(database))
-  # SuperGlobal re-ranks the top M: search at least M deep, cut to k afterwards.
-  depth = min(max(k, config.superglobal.m), len(database))
-  start = time.time()
-  expansion = config.query_expansion
-  ranks, scores = query_expansion.search_with_expansion(
-    queries, database, depth, qe_n=expansion.qe_n, dba_n=expansion.dba_n, alpha=expansion.alpha
-  )
-  logging.info(
-    "ranked %d database images for %d queries in %.2fs",
-    len(database),
-    len(queries),
-    time.time() - start,
-  )
-  global_results = metrics.evaluate_revisited(ranks[:, :k], gt)
-  summary = metrics.format_summary(gt.dataset, global_results)
-  evaluation = Evaluation(global_results, global_results, summary, len(database))
-  if config.superglobal.m:
-    ranks = _superglobal_rerank(evaluation, gt, queries, database, ranks, scores, k, config)
-  evaluation.ranks = ranks[:, :k]
-  if config.use_geometric_verification:
-    _verify_geometrically(evaluation, gt, query_source, index_source, num_index, config)
-  return evaluation
-
-
-def _superglobal_rerank(evaluation, gt, queries, database, ranks, scores, k, config) -> np.ndarray:
-  """SuperGlobal re-ranking of `ranks` for `evaluate`; fills its fields in `evaluation`."""
-  options = config.superglobal
-  start = time.time()
-  ranks, _ = superglobal.superglobal_rerank(
-    queries, database, ranks, scores, m=options.m, k=options.k, beta=options.beta
-  )
-  evaluation.superglobal_ms_per_query = 1000.0 * (time.time() - start) / max(len(queries), 1)
-  evaluation.results = evaluation.superglobal_results = metrics.evaluate_revisited(ranks[:, :k], gt)
-  evaluation.summary = "\n".join(
-    [
-      "before SuperGlobal re-ranking:",
-      evaluation.summary,
-      f"after SuperGlobal re-ranking (M={options.m}, K={options.k}, "
-      f"beta={options.beta:g}; {evaluation.superglobal_ms_per_query:.2f} ms/query):",
-      metrics.format_summary(gt.dataset, evaluation.results),
-    ]
-  )
-  return ranks
-
-
-def _verify_geometrically(evaluation, gt, query_source, index_source, num_index, config) -> None:
-  """Geometric verification of `evaluation.ranks` per protocol; fills `evaluation`."""
-  query_loader = rerank.local_features_loader(query_source, gt.qimlist, config.local_suffix, 1)
-  index_features = rerank.local_features_loader(index_source, gt.imlist, config.local_suffix)
-
-  def index_loader(i: int):
-    # Distractors (after the index images) have no local features: 0 inliers.
-    return index_features(i) if i < num_index else None
-
-  verification = config.geometric_verification
-  evaluation.reranked = {}
-  evaluation.results = rerank.rerank_protocols(
-    evaluation.ranks,
-    gt,
-    query_loader,
-    index_loader,
-    verification,
-    ranks_out=evaluation.reranked,
-  )
-  before = [] if evaluation.superglobal_results is not None else ["before geometric verification:"]
-  evaluation.summary = "\n".join(
-    before
-    + [
-      evaluation.summary,
-      f"after geometric verification (top {verification.top_k}, {verification.model} RANSAC):",
-      metrics.format_summary(gt.dataset, evaluation.results),
-    ]
-  )
-
-
-def read_evaluation_descriptors(
-  gt: ground_truth.RevisitedGroundTruth,
-  query_source: str,
-  index_source: str,
-  distractor_source: str = "",
-  suffix: str = descriptor_files.DEFAULT_SUFFIX,
-) -> tuple[np.ndarray, np.ndarray, int]:
-  """The query descriptors, the database (index then distractors) and the index size.
-
-  The dimensions of the index and distractor descriptors are checked on one
-  descriptor each before the index is read.
-
-  Raises:
-    ValueError: descriptor dimensions that differ (both sides named).
-  """
-  _, queries = descriptor_reading.read_descriptors(
-    query_source, ids=list(gt.qimlist), suffix=suffix
-  )
-  dim = queries.shape[1] if gt.num_queries else None
-  sides = [("index", index_source, list(gt.imlist))]
-  if distractor_source:
-    sides.append(("distractor", distractor_source, None))
-  for what, source, ids in sides:
-    other = descriptor_reading.descriptor_dim(source, ids, suffix)
-    if dim is not None and other is not None and other != dim:
-      raise ValueError(
-        f"descriptor dimensions differ: query descriptors are {dim}-D ({query_source}), "
-        f"{what} descriptors {other}-D ({source})"
-      )
-  _, database = descriptor_reading.read_descriptors(
-    index_source, ids=list(gt.imlist), suffix=suffix
-  )
-  num_index = len(database)
-  if distractor_source:
-    _, distractors = descriptor_reading.read_descriptors(distractor_source, suffix=suffix)
-    if len(distractors) and distractors.shape[1] != database.shape[1]:
-      raise ValueError(
-        f"descriptor dimensions differ: index descriptors are {database.shape[1]}-D "
-        f"({index_source}), distractor descriptors {distractors.shape[1]}-D ({distractor_source})"
-      )
-    logging.info("adding %d distractors from %s", len(distractors), distractor_source)
-    database = np.concatenate([database, distractors])
-  return queries, database, num_index
-
-
-def check_descriptors(
-  gt: ground_truth.RevisitedGroundTruth,
-  query_source: str,
-  index_source: str,
-  suffix: str = descriptor_files.DEFAULT_SUFFIX,
-  local_suffix: str | None = None,
-) -> None:
-  """Checks that every query and index image of `gt` has a descriptor, reading none.
-
-  Args:
-    gt: the ground truth.
-    query_source / index_source: descriptor folders or shard globs.
-    suffix: per-image global descriptor file suffix.
-    local_suffix: if given, `<source>/<name><local_suffix>` local feature
-      files are required too.
-
-  Raises:
-    descriptor_reading.MissingDescriptorsError: one line counting what is
-      missing on each side, with the first few names.
-    FileNotFoundError: a source matching nothing (named).
-  """
-  problems, missing_all = [], []
-  sides = (("query", query_source, gt.qimlist), ("index", index_source, gt.imlist))
-  for what, source, names in sides:
-    available = set(descriptor_reading.list_ids(source, suffix))
-    missing = [name for name in names if name not in available]
-    if missing:
-      problems.append(
-        descriptor_reading.missing_message(missing, len(names), f"{what} descriptors", source)
-      )
-      missing_all.extend(missing)
-  if local_suffix is not None:
-    for what, source, names in sides:
-      missing = [n for n in names if not os.path.isfile(os.path.join(source, n + local_suffix))]
-      if missing:
-        problems.append(
-          descriptor_reading.missing_message(
-            missing, len(names), f"{what} local feature files (*{local_suffix})", source
-          )
-        )
-        missing_all.extend(missing)
-  if problems:
-    raise descriptor_reading.MissingDescriptorsError("; ".join(problems), missing_all)
-
-
-def write_metrics(results: dict[str, metrics.MapResult], summary: str, output_dir: str) -> str:
-  """Writes metrics.json (mAP and mP@k per protocol) and metrics.txt atomically.
-
-  Returns:
-    The path of metrics.json.
-  """
-  os.makedirs(output_dir, exist_ok=True)
-  payload = {
-    protocol: {
-      "mAP": result.mean_ap,
-      "mP@k": dict(zip(map(str, result.kappas), result.mean_precision_at_k.tolist())),
-      "num_skipped_queries": result.num_skipped,
-    }
-    for protocol, result in results.items()
-  }
-  path = os.path.join(output_dir, "metrics.json")
-  file_utils.atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
-  file_utils.atomic_write_text(os.path.join(output_dir, "metrics.txt"), summary + "\n")
-  return path
-
 
 FLAGS = flags.FLAGS
 REQUIRED_FLAGS = ("dataset_file_path", "query_features_dir", "index_features_dir")
@@ -349,7 +79,7 @@ def main(argv):
   if FLAGS.report_dir and not (FLAGS.images_dir and os.path.isdir(FLAGS.images_dir)):
     raise cli.UserError(f"--report_dir needs --images_dir, a folder (got {FLAGS.images_dir!r})")
   try:
-    evaluation = evaluate(
+    evaluation = evaluation_lib.evaluate(
       cli.resolve_path(FLAGS.dataset_file_path),
       cli.resolve_path(FLAGS.query_features_dir),
       cli.resolve_path(FLAGS.index_features_dir),
@@ -361,7 +91,7 @@ def main(argv):
   print(evaluation.summary)
   if FLAGS.output_dir:
     try:
-      path = write_metrics(
+      path = evaluation_lib.write_metrics(
         evaluation.results, evaluation.summary, cli.resolve_path(FLAGS.output_dir)
       )
     except OSError as e:

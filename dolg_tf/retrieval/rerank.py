@@ -15,7 +15,7 @@ junk images do not use up re-ranking slots, and the window (hence which images
 move) differs between Easy, Medium and Hard. Re-ranking the first 100
 positions once and evaluating every protocol on that ranking is NOT the same
 when junk images sit in the window (fewer non-junk images get verified), so
-`rerank_protocols` (perform_retrieval.evaluate's geometric verification)
+`rerank_protocols` (evaluation.evaluate's geometric verification)
 re-ranks per protocol as DELF does, with `junk` set to that protocol's junk
 list; the inlier counts are computed once per (query, image) and shared
 between protocols, so the extra cost is only sorting. Where the junk images

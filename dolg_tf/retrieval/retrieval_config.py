@@ -1,4 +1,4 @@
-"""The settings of one retrieval evaluation in one object (perform_retrieval.evaluate takes it).
+"""The settings of one retrieval evaluation in one object (evaluation.evaluate takes it).
 
     RetrievalConfig
       suffix, local_suffix          descriptor and local feature file suffixes

@@ -2,7 +2,7 @@
 
 `add_retrieval_sections` adds them for one ranking to a report_html.ReportBuilder;
 `add_evaluation_sections` / `write_evaluation_report` do it for an evaluation
-of perform_retrieval.evaluate (the `dolg-retrieve --report_dir` and
+of evaluation.evaluate (the `dolg-retrieve --report_dir` and
 `dolg-visualize` reports), whose summary table has one block of rows per
 ranking stage: the global ranking before re-ranking, after SuperGlobal and
 after geometric verification (`evaluation_stages`); the plots and ranked
@@ -74,7 +74,7 @@ def check_images(
 
 
 def evaluation_stages(evaluation) -> dict[str, Results]:
-  """{stage name: results} of an evaluation (perform_retrieval.Evaluation), first to last.
+  """{stage name: results} of an evaluation (evaluation.Evaluation), first to last.
 
   The global ranking before re-ranking, then after SuperGlobal and after
   geometric verification when they were on; the last is what the plots and
@@ -275,7 +275,7 @@ def add_evaluation_sections(
   Args:
     builder: the report.
     gt: the ground truth the evaluation scored.
-    evaluation: a perform_retrieval.Evaluation (its ranks, reranked, results
+    evaluation: a evaluation.Evaluation (its ranks, reranked, results
       and the stage results of evaluation_stages).
     images_dir: folder of `<name><image_extension>` images.
     **options: add_retrieval_sections' image_extension, top_k, max_queries,

@@ -34,7 +34,7 @@ from dolg_tf import config as config_lib
 from dolg_tf.data import image_codec
 from dolg_tf.extraction import failure_log, pipeline, task_sources
 from dolg_tf.io import descriptor_files, descriptor_reading, image_loading
-from dolg_tf.utils import images
+from dolg_tf.utils import images, pixel_modes
 from dolg_tf.utils import memory_budget as budget_lib
 from tests import testutil
 
@@ -242,7 +242,7 @@ class ConvertModeTest(parameterized.TestCase, tf.test.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.enter_context(mock.patch.object(images, "_BAND_PIXELS", 37))  # many odd bands
+    self.enter_context(mock.patch.object(pixel_modes, "_BAND_PIXELS", 37))  # many odd bands
     self.rng = np.random.default_rng(0)
 
   @staticmethod
@@ -254,21 +254,21 @@ class ConvertModeTest(parameterized.TestCase, tf.test.TestCase):
   def test_every_16_bit_value(self):
     values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
     expected = self._reference(values, 255.0 / 65535.0)
-    self.assertAllEqual(images.convert_mode(Image.fromarray(values)), expected)
+    self.assertAllEqual(pixel_modes.convert_mode(Image.fromarray(values)), expected)
     big_endian = Image.frombytes("I;16B", (256, 256), values.astype(">u2").tobytes())
-    self.assertAllEqual(images.convert_mode(big_endian), expected)
+    self.assertAllEqual(pixel_modes.convert_mode(big_endian), expected)
 
   @parameterized.parameters((-(2**31), 2**31 - 1, 255.0 / 65535.0), (-5, 70000, 255.0 / 65535.0))
   def test_32_bit_integers_over_255_are_scaled(self, low, high, scale):
     values = self.rng.integers(low, high, [23, 17], endpoint=True).astype(np.int32)
     values[0, 0] = high
     image = Image.fromarray(values, "I")
-    self.assertAllEqual(images.convert_mode(image), self._reference(values, scale))
+    self.assertAllEqual(pixel_modes.convert_mode(image), self._reference(values, scale))
 
   def test_32_bit_integers_up_to_255_are_clipped(self):
     values = self.rng.integers(-9, 255, [23, 17], endpoint=True).astype(np.int32)
     self.assertAllEqual(
-      images.convert_mode(Image.fromarray(values, "I")), self._reference(values, 1)
+      pixel_modes.convert_mode(Image.fromarray(values, "I")), self._reference(values, 1)
     )
 
   @parameterized.parameters((1.0, 255.0), (400.0, 1.0))
@@ -278,13 +278,13 @@ class ConvertModeTest(parameterized.TestCase, tf.test.TestCase):
     if top > 1:
       values[5, 6] = np.inf
     image = Image.fromarray(values, "F")
-    self.assertAllEqual(images.convert_mode(image), self._reference(values, scale))
+    self.assertAllEqual(pixel_modes.convert_mode(image), self._reference(values, scale))
 
   @parameterized.parameters("RGB", "RGBA", "L", "P", "CMYK", "LA", "1")
   def test_pillow_modes_match_a_whole_image_conversion(self, mode):
     rgb = Image.fromarray(self.rng.integers(0, 256, [23, 17, 3], dtype=np.uint8))
     image = rgb.convert(mode)
-    self.assertAllEqual(images.convert_mode(image), np.asarray(image.convert("RGB")))
+    self.assertAllEqual(pixel_modes.convert_mode(image), np.asarray(image.convert("RGB")))
 
   @parameterized.parameters(*range(10))
   def test_exif_orientation_as_pillow(self, orientation):

@@ -13,7 +13,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 from PIL import Image, ImageFile
 
-from dolg_tf.utils import images
+from dolg_tf.utils import images, pixel_modes
 
 
 def _png_header(width, height, idat=b"\0" * 10):
@@ -58,7 +58,7 @@ class DecodeImageTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters("L", "P", "RGBA", "LA", "PA", "CMYK", "YCbCr", "1", "RGBX")
   def test_modes_become_rgb_uint8(self, mode):
     image = Image.fromarray(self.rgb).convert(mode)
-    array = images.convert_mode(image)
+    array = pixel_modes.convert_mode(image)
     self.assertEqual(array.shape, (20, 30, 3))
     self.assertEqual(array.dtype, np.uint8)
     if mode in ("RGBA", "RGBX"):  # alpha / padding dropped, colours kept
@@ -68,7 +68,7 @@ class DecodeImageTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_premultiplied_gray_alpha(self):
     image = Image.new("La", (3, 2), (100, 255))
-    self.assertAllEqual(images.convert_mode(image), np.full([2, 3, 3], 100, np.uint8))
+    self.assertAllEqual(pixel_modes.convert_mode(image), np.full([2, 3, 3], 100, np.uint8))
 
   def test_integer_grayscale_is_scaled_not_clipped(self):
     gray16 = np.linspace(0, 65535, 20 * 30).reshape(20, 30).astype(np.uint16)
@@ -79,15 +79,15 @@ class DecodeImageTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(int(loaded[10, 15, 0]), round(int(gray16[10, 15]) * 255 / 65535))
     # 32-bit integers within 8 bits are kept as they are; larger ones scaled from 16 bits.
     small = Image.fromarray(np.array([[0, 7, 255]], np.int32), "I")
-    self.assertAllEqual(images.convert_mode(small)[0, :, 0], [0, 7, 255])
+    self.assertAllEqual(pixel_modes.convert_mode(small)[0, :, 0], [0, 7, 255])
     large = Image.fromarray(np.array([[0, 257, 65535]], np.int32), "I")
-    self.assertAllEqual(images.convert_mode(large)[0, :, 0], [0, 1, 255])
+    self.assertAllEqual(pixel_modes.convert_mode(large)[0, :, 0], [0, 1, 255])
 
   def test_float_images(self):
     unit = Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32), "F")
-    self.assertAllEqual(images.convert_mode(unit)[0, :, 1], [0, 128, 255])
+    self.assertAllEqual(pixel_modes.convert_mode(unit)[0, :, 1], [0, 128, 255])
     wide = Image.fromarray(np.array([[-3.0, 100.0, 300.0, np.nan]], np.float32), "F")
-    self.assertAllEqual(images.convert_mode(wide)[0, :, 2], [0, 100, 255, 0])
+    self.assertAllEqual(pixel_modes.convert_mode(wide)[0, :, 2], [0, 100, 255, 0])
 
   def test_16_bit_rgb_files_keep_their_colours(self):
     rgb16 = self.rgb.astype(np.uint16) * 257  # the same colours in 16 bits

@@ -42,13 +42,23 @@ SCRIPT_FLAGS = {
   "dolg-visualize": "report_dir",
 }
 # Entry points that are not console scripts: (argv after the interpreter, a flag of theirs).
-# `dolg_tf/train.py` as a file is how `bazel run //dolg_tf:train` starts it.
+# A binary's file run as a program is how `bazel run //dolg_tf:<binary>` starts
+# it (its own imports come first: one that imported TensorFlow before dolg_tf
+# would print TF's start-up lines).
 OTHER_ENTRY_POINTS = (
   (("extract_features.py",), "config"),
   (("export/export_model.py",), "export_base"),
   (("export/serving_client.py",), "server"),
-  (("dolg_tf/train.py",), "experiment"),
   (("-m", "dolg_tf.demo"), "workdir"),
+  (("dolg_tf/train.py",), "experiment"),
+  (("dolg_tf/demo.py",), "workdir"),
+  (("dolg_tf/retrieval/perform_retrieval.py",), "dataset_file_path"),
+  (("dolg_tf/data/build_image_dataset.py",), "output_directory"),
+  (("dolg_tf/data/beam_build_dataset.py",), "output_directory"),
+  (("dolg_tf/data/synthetic.py",), "num_classes"),
+  (("dolg_tf/extraction/beam_extract.py",), "config"),
+  (("dolg_tf/convert/convert_official_dolg.py",), "output_dir"),
+  (("dolg_tf/convert/convert_delf_checkpoint.py",), "output_dir"),
 )
 # Subprocesses at once: each mostly imports TensorFlow (2-5 s of one core).
 PARALLEL = 4

@@ -43,8 +43,7 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines the input flags of the extraction commands (a second call is a no-op).
 
-  --batch_size is defined only if no other command's flag of that name is
-  (its default None means 1, `batch_size`).
+  --batch_size's default None means 1 (`batch_size`).
   """
   if "config" in flag_values:
     return
@@ -111,15 +110,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 def _define_run_flags(flag_values: flags.FlagValues) -> None:
-  """--batch_size (only if no other command's flag of that name is) and --max_pixels."""
-  if "batch_size" not in flag_values:
-    flags.DEFINE_integer(
-      "batch_size",
-      None,
-      "Up to this many images of one resized size go through the model in one forward (the "
-      "export's batched signature; what an accelerator needs). Default 1: one image per forward.",
-      flag_values=flag_values,
-    )
+  """--batch_size and --max_pixels."""
+  flags.DEFINE_integer(
+    "batch_size",
+    None,
+    "Up to this many images of one resized size go through the model in one forward (the "
+    "export's batched signature; what an accelerator needs). Default 1: one image per forward.",
+    flag_values=flag_values,
+  )
   flags.DEFINE_integer(
     "max_pixels",
     images.MAX_PIXELS,

@@ -91,7 +91,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 # ~1024 px photos; the benchmark views are 128 px, where keypoints sit on a
 # 16 px / scale grid: the RANSAC threshold is scaled down, and degenerate
 # affine fits (which collect grid "inliers" between unrelated images) are
-# rejected. Measured effect: README, "DELG on the synthetic benchmark".
+# rejected. Measured effect: docs/BENCHMARKS.md, "DELG demo".
 DEMO_GEOMETRIC_VERIFICATION = geometric_verification.GeometricVerificationConfig(
   top_k=100, residual_threshold=4.0, max_scale_change=3.0, max_anisotropy=2.0
 )

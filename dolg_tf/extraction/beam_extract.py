@@ -4,7 +4,7 @@ r"""Descriptor extraction on Apache Beam: the same inputs and outputs as extract
     python -m dolg_tf.extraction.beam_extract --config=protos/dolg.pbtxt \
         --images_dir=images --output_dir=descriptors \
         --direct_num_workers=2 --direct_running_mode=multi_processing
-    # Dataflow / Flink / Spark: see the README ("Extraction on many machines").
+    # Dataflow / Flink / Spark: see docs/SCALE_OUT.md.
 
 Every input flag of extract_features works (input_flags.py: a folder, a list,
 Revisited Oxford/Paris ground truth with --query_crop, a GLDv2 CSV; DELF's

@@ -22,7 +22,7 @@ linear part must satisfy 1/max_scale_change <= s2, s1 <= max_scale_change
 and s1 / s2 <= max_anisotropy, and its determinant must be positive (no
 mirroring). For a homography the linear part at the origin, H[:2, :2] / H[2, 2],
 is checked. On the synthetic DELG demo this check is what makes re-ranking
-help (see the README).
+help (docs/RETRIEVAL_AND_EVALUATION.md, "Geometric verification").
 
 Settings: GeometricVerificationConfig holds every option of verification and
 of the re-ranking window (DELF's defaults; an unset bound is None), declared

@@ -1,0 +1,148 @@
+"""Whitening ablation on the DOLG demo: mAP before / after learned whitening and PCA-whitening.
+
+  python benchmarks/whitening_ablation.py [--workdir=runs/demo] \
+      [--output_dir=/tmp/whitening_ablation] [--views_per_class=24] [--dims=64,32]
+
+Needs the DOLG demo (`dolg-demo`: runs/demo/export, runs/demo/benchmark,
+runs/demo/features_trained and runs/demo/trained.pbtxt). Nothing under
+--workdir is written.
+
+1. A separate labelled learning set: --views_per_class new views of each of the
+   demo's training landmarks (synthetic_scenes, a random stream no other set
+   uses; view changes cycle through the training, easy and hard ranges), with
+   an `id,landmark_id` labels.csv; no benchmark image, no distractor landmark.
+2. Its global descriptors, extracted with the demo's trained export and its
+   extraction config (the extraction library, as `dolg-extract` runs it).
+3. `dolg-learn-whitening`'s library (learn_whitening.learn_from_files) learns
+   `learned` (same-landmark pairs of the labels CSV), `pca_whitening` and
+   `pca` on that set and writes their pca_parameters files.
+4. The demo benchmark's descriptors (runs/demo/features_trained, extracted by
+   the demo without PCA) go through extraction's PcaProjection reading those
+   files, at the full dimension and each of --dims; exact search and the
+   revisited protocol (mAP %, Easy / Medium / Hard) as the demo reports.
+
+Prints one table; the learning set and its features are cached in --output_dir.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dolg_tf.data import ground_truth, image_codec, synthetic_scenes  # noqa: E402
+from dolg_tf.extraction import extractor as extractor_lib  # noqa: E402
+from dolg_tf.extraction import pipeline, postprocess, task_sources  # noqa: E402
+from dolg_tf.io import config_io, descriptor_reading  # noqa: E402
+from dolg_tf.retrieval import learn_whitening, metrics, whitening  # noqa: E402
+from dolg_tf.utils import files as file_utils  # noqa: E402
+
+flags.DEFINE_string("workdir", "runs/demo", "The DOLG demo's folder (read only).")
+flags.DEFINE_string("output_dir", "/tmp/whitening_ablation", "Learning set, features, files.")
+flags.DEFINE_integer("views_per_class", 24, "Views per landmark in the learning set.")
+flags.DEFINE_list("dims", ["64", "32"], "Reduced output dimensions evaluated.")
+FLAGS = flags.FLAGS
+
+# A random stream of synthetic_scenes that no other set of the project uses.
+WHITENING_STREAM = 11
+LEARNING_VIEWS = (
+  synthetic_scenes.TRAIN_VIEW,
+  synthetic_scenes.EASY_VIEW,
+  synthetic_scenes.HARD_VIEW,
+)
+
+
+def write_learning_set(out_dir: str, num_classes: int, views: int, seed: int, size: int) -> str:
+  """Renders the labelled learning set (skipped if labels.csv exists); returns labels.csv."""
+  labels_path = os.path.join(out_dir, "labels.csv")
+  if os.path.exists(labels_path):
+    return labels_path
+  images_dir = os.path.join(out_dir, "jpg")
+  os.makedirs(images_dir, exist_ok=True)
+  rows = ["id,landmark_id"]
+  for scene in synthetic_scenes.make_scenes(num_classes, seed):
+    for v in range(views):
+      rng = synthetic_scenes.view_rng(seed, WHITENING_STREAM, scene.class_id, v)
+      image = synthetic_scenes.render_view(scene, rng, size, LEARNING_VIEWS[v % 3])
+      name = f"w_c{scene.class_id:03d}_v{v:03d}"
+      file_utils.atomic_write_bytes(
+        os.path.join(images_dir, name + ".jpg"), image_codec.encode_jpeg(image, 90)
+      )
+      rows.append(f"{name},{scene.class_id}")
+  file_utils.atomic_write_text(labels_path, "\n".join(rows) + "\n")
+  return labels_path
+
+
+def extract(config_path: str, images_dir: str, features_dir: str) -> None:
+  config = config_io.load_dolg_config(config_path)
+  extractor = extractor_lib.Extractor(config, config_path)
+  tasks = task_sources.tasks_from_paths(task_sources.list_images(images_dir))
+  summary = pipeline.run_extraction(extractor, tasks, features_dir)
+  if summary.failed:
+    raise RuntimeError(f"{summary.failed} images failed; see {features_dir}/failures.tsv")
+
+
+def benchmark_map(gnd, queries: np.ndarray, database: np.ndarray) -> list[float]:
+  """mAP % Easy / Medium / Hard of exact inner-product search."""
+  ranks = metrics.ranks_from_scores(queries @ database.T)
+  results = metrics.evaluate_revisited(ranks, gnd)
+  return [100 * results[p].mean_ap for p in ("easy", "medium", "hard")]
+
+
+def projection_of(parameters_files, dim: int) -> postprocess.PcaProjection:
+  """Extraction's PcaProjection over the written files (as a DolgConfig names them)."""
+  global_config = whitening.dolg_global_config(parameters_files, dim)
+  return postprocess.PcaProjection(global_config.pca_parameters)
+
+
+def main(argv):
+  del argv
+  start = time.monotonic()
+  workdir = FLAGS.workdir
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  info = config_io.load_dolg_config(os.path.join(workdir, "trained.pbtxt"))
+  suffix = info.global_descriptor_suffix
+  with open(os.path.join(workdir, "data", "synthetic_info.json")) as f:
+    params = json.load(f)["params"]
+  set_dir = os.path.join(FLAGS.output_dir, "learning_set")
+  labels_path = write_learning_set(
+    set_dir, params["num_classes"], FLAGS.views_per_class, params["seed"], params["image_size"]
+  )
+  features_dir = os.path.join(FLAGS.output_dir, "learning_features")
+  extract(os.path.join(workdir, "trained.pbtxt"), os.path.join(set_dir, "jpg"), features_dir)
+  print(f"learning set ready in {time.monotonic() - start:.0f} s", flush=True)
+
+  gnd = ground_truth.load_ground_truth(os.path.join(workdir, "benchmark", "gnd_synthetic.pkl"))
+  bench = os.path.join(workdir, "features_trained")
+  _, queries = descriptor_reading.read_descriptors(bench, list(gnd.qimlist), suffix=suffix)
+  _, database = descriptor_reading.read_descriptors(bench, list(gnd.imlist), suffix=suffix)
+  full = queries.shape[1]
+  dims = [full] + [int(d) for d in FLAGS.dims if 0 < int(d) < full]
+  rows = [("none (demo)", full, benchmark_map(gnd, queries, database), "")]
+  for method in ("pca", "pca_whitening", "learned"):
+    config = learn_whitening.LearnWhiteningConfig(method=method, suffix=suffix)
+    source = {"labels_csv": labels_path} if method == "learned" else {}
+    learned, learn_info = learn_whitening.learn_from_files(config, features_dir, source)
+    out = os.path.join(FLAGS.output_dir, method)
+    os.makedirs(out, exist_ok=True)
+    files = whitening.write_parameter_files(learned, out)
+    note = f"{learn_info['num_descriptors']} images"
+    if learn_info["pairs"]:
+      note += f", {learn_info['pairs']} pairs"
+    for dim in dims:
+      pca = projection_of(files, dim)
+      scores = benchmark_map(gnd, pca(queries), pca(database))
+      rows.append((method, dim, scores, note))
+  print(f"\n=== whitening ablation: DOLG demo benchmark ({workdir}), mAP % ===")
+  print(f"{'post-processing':<16} {'dim':>4} {'Easy':>7} {'Medium':>7} {'Hard':>7}  learned on")
+  for method, dim, scores, note in rows:
+    print(f"{method:<16} {dim:>4} " + " ".join(f"{v:7.2f}" for v in scores) + f"  {note}")
+  print(f"\ntotal time {time.monotonic() - start:.0f} s")
+
+
+if __name__ == "__main__":
+  app.run(main)

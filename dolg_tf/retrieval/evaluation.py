@@ -9,8 +9,13 @@ with SuperGlobal (global descriptors only, superglobal.py; the search then
 fetches at least M); with geometric verification the top gv top_k of the
 resulting ranking (after SuperGlobal when it is on) are re-ranked per protocol
 with DELG local features (rerank.rerank_protocols; distractors have none: they
-count 0 inliers). The summary holds the usual mAP and mP@k lines per protocol,
-before and after each re-ranking. `write_metrics` writes metrics.json/.txt.
+count 0 inliers). With asmk.mode (asmk_rerank.py) 'alone' the index is ranked
+by ASMK / ASMK* / VLAD through an inverted file instead of the global search,
+with 'rerank' the top asmk.depth of the global ranking are re-sorted by it;
+geometric verification then works on that ranking. The summary holds the
+usual mAP and mP@k lines per protocol, before and after each re-ranking (with
+ASMK on, a last line gives each stage's ms per query: Evaluation.stage_ms).
+`write_metrics` writes metrics.json/.txt.
 The dolg-retrieve command (perform_retrieval.py) is a thin layer over this.
 """
 
@@ -24,7 +29,14 @@ from absl import logging
 
 from dolg_tf.data import ground_truth
 from dolg_tf.io import descriptor_files, descriptor_reading
-from dolg_tf.retrieval import metrics, query_expansion, rerank, retrieval_config, superglobal
+from dolg_tf.retrieval import (
+  asmk_rerank,
+  metrics,
+  query_expansion,
+  rerank,
+  retrieval_config,
+  superglobal,
+)
 from dolg_tf.utils import files as file_utils
 
 
@@ -47,6 +59,10 @@ class Evaluation:
       geometric verification (after SuperGlobal when it is on).
     reranked: {protocol: int [Q, K]} after geometric verification (it
       re-ranks per protocol); None when it is off.
+    asmk_results: the results of the ASMK ranking (alone) or re-ranking
+      (before geometric verification); None when asmk.mode is off.
+    stage_ms: {stage: wall time per query in ms} of the stages that ran
+      ('global search', 'SuperGlobal', 'ASMK', 'geometric verification').
   """
 
   results: dict[str, metrics.MapResult]
@@ -57,6 +73,8 @@ class Evaluation:
   superglobal_ms_per_query: float | None = None
   ranks: np.ndarray | None = None
   reranked: dict[str, np.ndarray] | None = None
+  asmk_results: dict[str, metrics.MapResult] | None = None
+  stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def evaluate(
@@ -79,7 +97,10 @@ def evaluate(
       max(num_ranked, m) so that m candidates exist; the ranking is cut to
       num_ranked after re-ranking. Geometric verification re-ranks the top
       `geometric_verification.top_k` of the ranking (after SuperGlobal when
-      it is on) with `<name><local_suffix>` DelfFeatures files.
+      it is on) with `<name><local_suffix>` DelfFeatures files. asmk.mode
+      'alone' ranks by aggregated local features instead of the global
+      search (global descriptors not read), 'rerank' re-sorts the global
+      top asmk.depth by them (asmk_rerank.py), before verification.
 
   Returns:
     An Evaluation.
@@ -87,7 +108,8 @@ def evaluate(
   Raises:
     descriptor_reading.MissingDescriptorsError (a KeyError and a ValueError):
       query or index descriptors (or, with geometric verification, local
-      feature files) missing, all counted before anything is ranked.
+      feature files; with ASMK, aggregated files) missing, all counted
+      before anything is ranked.
     FileNotFoundError: a source matching nothing (named).
     ValueError / IOError: a malformed ground truth, descriptor dimensions
       that differ between queries, index and distractors, or a truncated,
@@ -95,38 +117,77 @@ def evaluate(
   """
   config = config or retrieval_config.RetrievalConfig()
   gt = ground_truth.load_ground_truth(gnd_path)
+  asmk = None
+  if config.asmk.mode != "off":
+    asmk = asmk_rerank.AsmkStage(config.asmk, gt.qimlist, gt.imlist, query_source, index_source)
+  alone = config.asmk.mode == "alone"
+  if alone and distractor_source:
+    raise ValueError("asmk_mode=alone: distractors have no aggregated files (drop them)")
   check_descriptors(
     gt,
     query_source,
     index_source,
-    config.suffix,
+    None if alone else config.suffix,
     config.local_suffix if config.use_geometric_verification else None,
+    asmk,
   )
+  if asmk is not None:
+    asmk.load()
+  if alone:
+    evaluation, num_index = _asmk_alone(asmk, gt, config), len(gt.imlist)
+  else:
+    evaluation, num_index, ranks, scores, k = _global_search(
+      gt, query_source, index_source, distractor_source, config
+    )
+    if asmk is not None:
+      asmk.rerank_evaluation(evaluation, gt, ranks, scores, k)
+  if config.use_geometric_verification:
+    _verify_geometrically(evaluation, gt, query_source, index_source, num_index, config)
+  if asmk is not None:
+    costs = ", ".join(f"{stage} {ms:.2f}" for stage, ms in evaluation.stage_ms.items())
+    evaluation.summary += f"\nms per query: {costs}"
+  return evaluation
+
+
+def _global_search(gt, query_source, index_source, distractor_source, config):
+  """Exact global search (+ QE / DBA, SuperGlobal) for `evaluate`.
+
+  Returns:
+    (Evaluation, index size, ranks [Q, depth], their scores, k): the ranking
+    searched deep enough for the re-rankings, cut to k in the Evaluation.
+  """
   queries, database, num_index = read_evaluation_descriptors(
     gt, query_source, index_source, distractor_source, config.suffix
   )
   k = min(config.num_ranked or len(database), len(database))
-  # SuperGlobal re-ranks the top M: search at least M deep, cut to k afterwards.
-  depth = min(max(k, config.superglobal.m), len(database))
+  # SuperGlobal / ASMK re-rank the top M: search at least M deep, cut to k afterwards.
+  asmk_depth = config.asmk.depth if config.asmk.mode == "rerank" else 0
+  depth = min(max(k, config.superglobal.m, asmk_depth), len(database))
   start = time.time()
   expansion = config.query_expansion
   ranks, scores = query_expansion.search_with_expansion(
     queries, database, depth, qe_n=expansion.qe_n, dba_n=expansion.dba_n, alpha=expansion.alpha
   )
+  elapsed = time.time() - start
   logging.info(
-    "ranked %d database images for %d queries in %.2fs",
-    len(database),
-    len(queries),
-    time.time() - start,
+    "ranked %d database images for %d queries in %.2fs", len(database), len(queries), elapsed
   )
   global_results = metrics.evaluate_revisited(ranks[:, :k], gt)
   summary = metrics.format_summary(gt.dataset, global_results)
   evaluation = Evaluation(global_results, global_results, summary, len(database))
+  evaluation.stage_ms["global search"] = 1000.0 * elapsed / max(len(queries), 1)
   if config.superglobal.m:
     ranks = _superglobal_rerank(evaluation, gt, queries, database, ranks, scores, k, config)
   evaluation.ranks = ranks[:, :k]
-  if config.use_geometric_verification:
-    _verify_geometrically(evaluation, gt, query_source, index_source, num_index, config)
+  return evaluation, num_index, ranks, scores, k
+
+
+def _asmk_alone(asmk, gt, config) -> Evaluation:
+  """The Evaluation of the index ranked by the aggregated similarity alone."""
+  k = min(config.num_ranked or len(gt.imlist), len(gt.imlist))
+  ranks, results, summary, ms = asmk.evaluate_alone(gt, k)
+  evaluation = Evaluation(results, results, summary, len(gt.imlist), asmk_results=results)
+  evaluation.ranks, evaluation.stage_ms["ASMK"] = ranks, ms
   return evaluation
 
 
@@ -138,6 +199,7 @@ def _superglobal_rerank(evaluation, gt, queries, database, ranks, scores, k, con
     queries, database, ranks, scores, m=options.m, k=options.k, beta=options.beta
   )
   evaluation.superglobal_ms_per_query = 1000.0 * (time.time() - start) / max(len(queries), 1)
+  evaluation.stage_ms["SuperGlobal"] = evaluation.superglobal_ms_per_query
   evaluation.results = evaluation.superglobal_results = metrics.evaluate_revisited(ranks[:, :k], gt)
   evaluation.summary = "\n".join(
     [
@@ -162,6 +224,7 @@ def _verify_geometrically(evaluation, gt, query_source, index_source, num_index,
 
   verification = config.geometric_verification
   evaluation.reranked = {}
+  start = time.time()
   evaluation.results = rerank.rerank_protocols(
     evaluation.ranks,
     gt,
@@ -170,7 +233,10 @@ def _verify_geometrically(evaluation, gt, query_source, index_source, num_index,
     verification,
     ranks_out=evaluation.reranked,
   )
-  before = [] if evaluation.superglobal_results is not None else ["before geometric verification:"]
+  num_queries = max(len(evaluation.ranks), 1)
+  evaluation.stage_ms["geometric verification"] = 1000.0 * (time.time() - start) / num_queries
+  labelled = evaluation.superglobal_results is not None or evaluation.asmk_results is not None
+  before = [] if labelled else ["before geometric verification:"]
   evaluation.summary = "\n".join(
     before
     + [
@@ -230,17 +296,20 @@ def check_descriptors(
   gt: ground_truth.RevisitedGroundTruth,
   query_source: str,
   index_source: str,
-  suffix: str = descriptor_files.DEFAULT_SUFFIX,
+  suffix: str | None = descriptor_files.DEFAULT_SUFFIX,
   local_suffix: str | None = None,
+  asmk: asmk_rerank.AsmkStage | None = None,
 ) -> None:
   """Checks that every query and index image of `gt` has a descriptor, reading none.
 
   Args:
     gt: the ground truth.
     query_source / index_source: descriptor folders or shard globs.
-    suffix: per-image global descriptor file suffix.
+    suffix: per-image global descriptor file suffix (None: global
+      descriptors are not needed).
     local_suffix: if given, `<source>/<name><local_suffix>` local feature
       files are required too.
+    asmk: if given, its aggregated files are required too.
 
   Raises:
     descriptor_reading.MissingDescriptorsError: one line counting what is
@@ -249,7 +318,7 @@ def check_descriptors(
   """
   problems, missing_all = [], []
   sides = (("query", query_source, gt.qimlist), ("index", index_source, gt.imlist))
-  for what, source, names in sides:
+  for what, source, names in sides if suffix is not None else ():
     available = set(descriptor_reading.list_ids(source, suffix))
     missing = [name for name in names if name not in available]
     if missing:
@@ -267,12 +336,28 @@ def check_descriptors(
           )
         )
         missing_all.extend(missing)
+  if asmk is not None:
+    asmk_problems, asmk_missing = asmk.missing()
+    problems.extend(asmk_problems)
+    missing_all.extend(asmk_missing)
   if problems:
     raise descriptor_reading.MissingDescriptorsError("; ".join(problems), missing_all)
 
 
-def write_metrics(results: dict[str, metrics.MapResult], summary: str, output_dir: str) -> str:
+def write_metrics(
+  results: dict[str, metrics.MapResult],
+  summary: str,
+  output_dir: str,
+  ms_per_query: dict[str, float] | None = None,
+) -> str:
   """Writes metrics.json (mAP and mP@k per protocol) and metrics.txt atomically.
+
+  Args:
+    results: {protocol: MapResult}.
+    summary: the printed lines (metrics.txt).
+    output_dir: created if needed.
+    ms_per_query: optional {stage: ms per query}, written as the
+      "ms_per_query" entry of metrics.json when given.
 
   Returns:
     The path of metrics.json.
@@ -286,6 +371,8 @@ def write_metrics(results: dict[str, metrics.MapResult], summary: str, output_di
     }
     for protocol, result in results.items()
   }
+  if ms_per_query:
+    payload["ms_per_query"] = dict(ms_per_query)
   path = os.path.join(output_dir, "metrics.json")
   file_utils.atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
   file_utils.atomic_write_text(os.path.join(output_dir, "metrics.txt"), summary + "\n")

@@ -6,6 +6,8 @@ r"""Evaluates retrieval on Revisited Oxford/Paris (or any gnd in their layout).
       [--distractor_features='r1m/descriptors-*.npz'] [--qe_n=2 --dba_n=0] \
       [--superglobal_m=400 --superglobal_k=9 --superglobal_beta=0.15] \
       [--use_geometric_verification --gv_top_k=100] --output_dir=results \
+      [--asmk_mode=rerank --asmk_aggregation_config=index_aggregation.pbtxt \
+       --asmk_index_dir=agg/index --asmk_query_dir=agg/query --asmk_depth=100] \
       [--report_dir=report --images_dir=roxford5k/jpg]   # HTML: ranked lists, plots
 
 Descriptors come from extract_features.py (per-image DatumProto files or bulk
@@ -20,14 +22,20 @@ verification the top gv_top_k of the resulting ranking (after SuperGlobal
 when it is on) are re-ranked per protocol with DELG local features
 (rerank.rerank_protocols; distractors have none: they count 0 inliers, see
 rerank.py). SuperGlobal does its own database-side augmentation and query
-expansion, so it is refused together with --qe_n / --dba_n. Prints the usual
+expansion, so it is refused together with --qe_n / --dba_n. With
+--asmk_mode=alone the index is ranked by aggregated local features (ASMK /
+ASMK* / VLAD, DELF's files from dolg-aggregate) through an inverted file
+instead of the global search; with --asmk_mode=rerank the global top
+--asmk_depth are re-sorted by them (asmk_rerank.py: score = ASMK +
+--asmk_global_weight x global); geometric verification then applies to that
+ranking, and a last line gives each stage's ms per query. Prints the usual
 mAP and mP@k lines per protocol (before and after each re-ranking, with
 SuperGlobal's cost in ms per query) and writes `metrics.json` and
 `metrics.txt` to --output_dir.
 
 Flags: the inputs and outputs below, plus one flag per RetrievalConfig field
 (--suffix, --local_suffix, --num_ranked, --qe_n, --dba_n, --alpha,
---superglobal_m/k/beta, --use_geometric_verification, --gv_*), generated from
+--superglobal_m/k/beta, --use_geometric_verification, --gv_*, --asmk_*), generated from
 it (retrieval_config.define_flags); they only override its defaults.
 """
 
@@ -92,7 +100,10 @@ def main(argv):
   if FLAGS.output_dir:
     try:
       path = evaluation_lib.write_metrics(
-        evaluation.results, evaluation.summary, cli.resolve_path(FLAGS.output_dir)
+        evaluation.results,
+        evaluation.summary,
+        cli.resolve_path(FLAGS.output_dir),
+        evaluation.stage_ms if config.asmk.mode != "off" else None,
       )
     except OSError as e:
       raise cli.UserError(f"--output_dir: {cli.error_message(e)}") from e

@@ -7,12 +7,15 @@
       superglobal                   SuperGlobalConfig (superglobal.py): SuperGlobal re-ranking
       use_geometric_verification    re-rank with DELG local features
       geometric_verification        GeometricVerificationConfig (geometric_verification.py)
+      asmk                          AsmkConfig (asmk_rerank.py): ASMK / ASMK* / VLAD
+                                    ranking alone or re-ranking the global top N
 
 Each part is declared next to the code it configures, with its defaults, once.
 Commands generate their flags from the fields with cli.define_config_flags
 (`define_flags`): each flag is named as its field, the SuperGlobal ones
-prefixed `superglobal_` and the verification ones `gv_` (--superglobal_m,
---gv_top_k), and only overrides the default (`from_flags`).
+prefixed `superglobal_`, the verification ones `gv_` and the aggregated
+local feature ones `asmk_` (--superglobal_m, --gv_top_k, --asmk_mode), and
+only overrides the default (`from_flags`).
 
 Frozen dataclasses rather than hyperparams.Config sections (io/config_base.py):
 official.modeling.hyperparams imports TensorFlow, which retrieval never needs;
@@ -27,9 +30,9 @@ from typing import Any
 from absl import flags
 
 from dolg_tf.io import descriptor_files
+from dolg_tf.retrieval import asmk_rerank, rerank
 from dolg_tf.retrieval import geometric_verification as verification_lib
 from dolg_tf.retrieval import query_expansion as expansion_lib
-from dolg_tf.retrieval import rerank
 from dolg_tf.retrieval import superglobal as superglobal_lib
 from dolg_tf.utils import cli
 
@@ -38,6 +41,7 @@ FLAG_PREFIXES = {
   "query_expansion": "",
   "superglobal": "superglobal_",
   "geometric_verification": "gv_",
+  "asmk": "asmk_",
 }
 
 
@@ -56,6 +60,10 @@ class RetrievalConfig:
     use_geometric_verification: re-rank the top of the ranking (after
       SuperGlobal when it is on) with DELG local features + RANSAC.
     geometric_verification: its settings.
+    asmk: aggregated local feature retrieval (off by default): ranking with
+      ASMK / ASMK* / VLAD alone, or re-ranking the global top N, before
+      geometric verification. Refused together with SuperGlobal, and its
+      alone mode with alpha-QE / DBA (they act on global descriptors).
   """
 
   suffix: str = descriptor_files.DEFAULT_SUFFIX
@@ -71,9 +79,20 @@ class RetrievalConfig:
   geometric_verification: verification_lib.GeometricVerificationConfig = dataclasses.field(
     default_factory=verification_lib.GeometricVerificationConfig
   )
+  asmk: asmk_rerank.AsmkConfig = dataclasses.field(default_factory=asmk_rerank.AsmkConfig)
 
   def __post_init__(self):
     m, expansion = self.superglobal.m, self.query_expansion
+    mode = self.asmk.mode
+    if mode != "off" and m:
+      raise ValueError(
+        f"asmk_mode={mode} cannot be combined with superglobal_m={m} (set one of them off)"
+      )
+    if mode == "alone" and (expansion.qe_n or expansion.dba_n):
+      raise ValueError(
+        f"asmk_mode=alone cannot be combined with qe_n={expansion.qe_n} / "
+        f"dba_n={expansion.dba_n}: they expand global descriptors, which ASMK alone does not read"
+      )
     if m and (expansion.qe_n or expansion.dba_n):
       raise ValueError(
         f"superglobal_m={m} cannot be combined with qe_n={expansion.qe_n} / "

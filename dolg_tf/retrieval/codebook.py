@@ -144,6 +144,9 @@ def train_kmeans(
   Raises:
     ValueError: if there are fewer descriptors than visual words.
   """
+  import logging as std_logging  # noqa: PLC0415
+
+  std_logging.getLogger("faiss.loader").setLevel(std_logging.WARNING)  # its INFO lines
   import faiss  # noqa: PLC0415 (only the training command needs it)
 
   descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)

@@ -1,7 +1,7 @@
 """Whitening ablation on the DOLG demo: mAP before / after learned whitening and PCA-whitening.
 
   python benchmarks/whitening_ablation.py [--workdir=runs/demo] \
-      [--output_dir=/tmp/whitening_ablation] [--views_per_class=24] [--dims=64,32]
+      [--output_dir=/tmp/whitening_ablation] [--views_per_class=48] [--dims=64,32]
 
 Needs the DOLG demo (`dolg-demo`: runs/demo/export, runs/demo/benchmark,
 runs/demo/features_trained and runs/demo/trained.pbtxt). Nothing under
@@ -21,16 +21,22 @@ runs/demo/features_trained and runs/demo/trained.pbtxt). Nothing under
    files, at the full dimension and each of --dims; exact search and the
    revisited protocol (mAP %, Easy / Medium / Hard) as the demo reports.
 
-Prints one table; the learning set and its features are cached in --output_dir.
+Prints one table, then re-extracts the benchmark images with the demo's
+config plus the printed global_config section of `learned` at --check_dim
+(the real extraction path: the SavedModel, scale pooling, PcaProjection) and
+prints the largest difference to the table's descriptors. The learning set
+and its features are cached in --output_dir (per --views_per_class).
 """
 
 import json
 import os
+import shutil
 import sys
 import time
 
 import numpy as np
 from absl import app, flags
+from google.protobuf import text_format
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -43,8 +49,11 @@ from dolg_tf.utils import files as file_utils  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/demo", "The DOLG demo's folder (read only).")
 flags.DEFINE_string("output_dir", "/tmp/whitening_ablation", "Learning set, features, files.")
-flags.DEFINE_integer("views_per_class", 24, "Views per landmark in the learning set.")
-flags.DEFINE_list("dims", ["64", "32"], "Reduced output dimensions evaluated.")
+flags.DEFINE_integer("views_per_class", 48, "Views per landmark in the learning set.")
+flags.DEFINE_list("dims", ["96", "64", "32", "16", "8"], "Reduced output dimensions evaluated.")
+flags.DEFINE_integer(
+  "check_dim", 32, "Re-extract the benchmark with the learned files at this dim (0: skip)."
+)
 FLAGS = flags.FLAGS
 
 # A random stream of synthetic_scenes that no other set of the project uses.
@@ -99,6 +108,29 @@ def projection_of(parameters_files, dim: int) -> postprocess.PcaProjection:
   return postprocess.PcaProjection(global_config.pca_parameters)
 
 
+def check_extraction(workdir: str, files, dim: int, expected: dict, suffix: str) -> str:
+  """Extracts the benchmark with the trained config plus the written global_config section.
+
+  Returns:
+    A line: the largest difference to `expected` ({id: descriptor}, PcaProjection
+    applied to the demo's features) over every benchmark image.
+  """
+  config = config_io.load_dolg_config(os.path.join(workdir, "trained.pbtxt"))
+  section = text_format.Parse(whitening.config_snippet(files, dim), config_io.DolgConfig())
+  config.global_config.MergeFrom(section.global_config)
+  config_path = os.path.join(FLAGS.output_dir, f"learned_{dim}.pbtxt")
+  file_utils.atomic_write_text(config_path, text_format.MessageToString(config))
+  features_dir = os.path.join(FLAGS.output_dir, f"benchmark_learned_{dim}")
+  shutil.rmtree(features_dir, ignore_errors=True)  # extraction resumes: start afresh
+  extract(config_path, os.path.join(workdir, "benchmark", "jpg"), features_dir)
+  ids, extracted = descriptor_reading.read_descriptors(features_dir, list(expected), suffix=suffix)
+  difference = np.abs(extracted - np.stack([expected[i] for i in ids])).max()
+  return (
+    f"dolg-extract with {config_path} (learned, dim {dim}) on the {len(ids)} benchmark "
+    f"images: max |difference| to the table's descriptors {difference:.2e}"
+  )
+
+
 def main(argv):
   del argv
   start = time.monotonic()
@@ -108,11 +140,11 @@ def main(argv):
   suffix = info.global_descriptor_suffix
   with open(os.path.join(workdir, "data", "synthetic_info.json")) as f:
     params = json.load(f)["params"]
-  set_dir = os.path.join(FLAGS.output_dir, "learning_set")
+  set_dir = os.path.join(FLAGS.output_dir, f"learning_set_{FLAGS.views_per_class}")
   labels_path = write_learning_set(
     set_dir, params["num_classes"], FLAGS.views_per_class, params["seed"], params["image_size"]
   )
-  features_dir = os.path.join(FLAGS.output_dir, "learning_features")
+  features_dir = os.path.join(FLAGS.output_dir, f"learning_features_{FLAGS.views_per_class}")
   extract(os.path.join(workdir, "trained.pbtxt"), os.path.join(set_dir, "jpg"), features_dir)
   print(f"learning set ready in {time.monotonic() - start:.0f} s", flush=True)
 
@@ -137,10 +169,16 @@ def main(argv):
       pca = projection_of(files, dim)
       scores = benchmark_map(gnd, pca(queries), pca(database))
       rows.append((method, dim, scores, note))
+      if method == "learned" and dim == FLAGS.check_dim:
+        ids = list(gnd.qimlist) + list(gnd.imlist)
+        expected = dict(zip(ids, np.concatenate([pca(queries), pca(database)])))
+        check = check_extraction(workdir, files, dim, expected, suffix)
   print(f"\n=== whitening ablation: DOLG demo benchmark ({workdir}), mAP % ===")
   print(f"{'post-processing':<16} {'dim':>4} {'Easy':>7} {'Medium':>7} {'Hard':>7}  learned on")
   for method, dim, scores, note in rows:
     print(f"{method:<16} {dim:>4} " + " ".join(f"{v:7.2f}" for v in scores) + f"  {note}")
+  if FLAGS.check_dim:
+    print(check)
   print(f"\ntotal time {time.monotonic() - start:.0f} s")
 
 

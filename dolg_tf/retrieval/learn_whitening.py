@@ -296,7 +296,7 @@ def main(argv):
   except (OSError, ValueError) as e:
     raise cli.UserError(cli.error_message(e)) from None
   print(f"wrote {config.method} files to {os.path.abspath(FLAGS.output_dir)}")
-  print("DolgConfig section (replace global_config in e.g. protos/dolg.pbtxt):")
+  print("DolgConfig section (merge into the global_config of e.g. protos/dolg.pbtxt):")
   print(snippet, end="")
 
 

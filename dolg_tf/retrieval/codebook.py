@@ -127,7 +127,12 @@ def sample_descriptors(
 
 
 def train_kmeans(
-  descriptors: np.ndarray, codebook_size: int, iterations: int = 20, seed: int = 0, verbose=False
+  descriptors: np.ndarray,
+  codebook_size: int,
+  iterations: int = 20,
+  seed: int = 0,
+  verbose=False,
+  redo: int = 1,
 ):
   """K-means centroids of `descriptors` with faiss (L2, Lloyd iterations).
 
@@ -137,6 +142,8 @@ def train_kmeans(
     iterations: k-means iterations.
     seed: faiss's seed (same data and seed -> same centroids on one machine).
     verbose: print faiss's per-iteration lines.
+    redo: runs from different random starts; the one with the lowest
+      objective is kept.
 
   Returns:
     (centroids float32 [K, D], objective: the final sum of squared distances).
@@ -161,6 +168,7 @@ def train_kmeans(
     niter=int(iterations),
     seed=int(seed),
     verbose=verbose,
+    nredo=int(redo),
     max_points_per_centroid=max(256, -(-len(descriptors) // codebook_size)),
   )
   kmeans.train(descriptors)

@@ -28,6 +28,8 @@ Rule, per test image:
    is below it gets no prediction (an empty row in the submission), as for a
    non-landmark image. Units: cosine similarity (summed over up to k
    neighbours with "sum"), or inliers + (1 + cosine) / 2 with re-ranking.
+   The dropped predictions are the last of GAP's sorted list, so a threshold
+   never raises GAP; it is for users who prefer no answer to an unsure one.
 """
 
 import dataclasses
@@ -234,16 +236,8 @@ def recognize(
     FileNotFoundError / ValueError / IOError: a bad input, named.
   """
   labels = read_labels(inputs.database_labels)
-  db_ids, database = descriptor_reading.read_descriptors(
-    inputs.database_descriptors, None, config.suffix
-  )
-  query_ids, queries = descriptor_reading.read_descriptors(
-    inputs.query_descriptors, None, config.suffix
-  )
-  if not db_ids or not query_ids:
-    raise ValueError(
-      f"no descriptors in {inputs.database_descriptors if not db_ids else inputs.query_descriptors}"
-    )
+  db_ids, database = _read(inputs.database_descriptors, config.suffix)
+  query_ids, queries = _read(inputs.query_descriptors, config.suffix)
   unlabelled = sum(1 for i in db_ids if i not in labels)
   if unlabelled == len(db_ids):
     raise ValueError(f"{inputs.database_labels}: labels none of the {len(db_ids)} database images")
@@ -268,19 +262,27 @@ def recognize(
   row_labels = [labels.get(i) for i in db_ids]
   predictions, neighbours = {}, {}
   for q, query_id in enumerate(query_ids):
-    ranked = [int(i) for i in ids[q] if i >= 0]
-    neighbours[query_id] = [db_ids[i] for i in ranked]
+    neighbours[query_id] = [db_ids[i] for i in ids[q] if i >= 0]
     neighbour_labels = [row_labels[i] if i >= 0 else None for i in ids[q]]
-    prediction = vote(neighbour_labels, scores[q], config.k, config.voting)
-    if (
-      prediction is not None
-      and config.min_score is not None
-      and prediction.score < config.min_score
-    ):
-      prediction = None
-    predictions[query_id] = prediction
+    predictions[query_id] = _thresholded(
+      vote(neighbour_labels, scores[q], config.k, config.voting), config.min_score
+    )
   db_labels = {i: labels[i] for i in db_ids if i in labels}
   return RecognitionResult(query_ids, predictions, neighbours, db_labels)
+
+
+def _read(source: str, suffix: str) -> tuple[list[str], np.ndarray]:
+  ids, matrix = descriptor_reading.read_descriptors(source, None, suffix)
+  if not ids:
+    raise ValueError(f"{source}: no descriptors (*{suffix} files or .npz shards; see --suffix)")
+  return ids, matrix
+
+
+def _thresholded(prediction: rm.Prediction | None, min_score: float | None):
+  """None when the confidence is under min_score (module doc, step 4)."""
+  if prediction is None or min_score is None or prediction.score >= min_score:
+    return prediction
+  return None
 
 
 def evaluate(result: RecognitionResult, solution: rm.Solution) -> dict[str, rm.RecognitionMetrics]:

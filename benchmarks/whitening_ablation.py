@@ -11,6 +11,8 @@ runs/demo/features_trained and runs/demo/trained.pbtxt). Nothing under
    demo's training landmarks (synthetic_scenes, a random stream no other set
    uses; view changes cycle through the training, easy and hard ranges), with
    an `id,landmark_id` labels.csv; no benchmark image, no distractor landmark.
+   --unseen_landmarks (a control): as many landmarks that neither the training
+   set nor the benchmark holds, so nothing is learned about the test landmarks.
 2. Its global descriptors, extracted with the demo's trained export and its
    extraction config (the extraction library, as `dolg-extract` runs it).
 3. `dolg-learn-whitening`'s library (learn_whitening.learn_from_files) learns
@@ -51,6 +53,11 @@ flags.DEFINE_string("workdir", "runs/demo", "The DOLG demo's folder (read only).
 flags.DEFINE_string("output_dir", "/tmp/whitening_ablation", "Learning set, features, files.")
 flags.DEFINE_integer("views_per_class", 48, "Views per landmark in the learning set.")
 flags.DEFINE_list("dims", ["96", "64", "32", "16", "8"], "Reduced output dimensions evaluated.")
+flags.DEFINE_bool(
+  "unseen_landmarks",
+  False,
+  "Learn on as many landmarks that neither training nor the benchmark has (a control).",
+)
 flags.DEFINE_integer(
   "check_dim", 32, "Re-extract the benchmark with the learned files at this dim (0: skip)."
 )
@@ -65,7 +72,7 @@ LEARNING_VIEWS = (
 )
 
 
-def write_learning_set(out_dir: str, num_classes: int, views: int, seed: int, size: int) -> str:
+def write_learning_set(out_dir: str, classes: range, views: int, seed: int, size: int) -> str:
   """Renders the labelled learning set (skipped if labels.csv exists); returns labels.csv."""
   labels_path = os.path.join(out_dir, "labels.csv")
   if os.path.exists(labels_path):
@@ -73,7 +80,7 @@ def write_learning_set(out_dir: str, num_classes: int, views: int, seed: int, si
   images_dir = os.path.join(out_dir, "jpg")
   os.makedirs(images_dir, exist_ok=True)
   rows = ["id,landmark_id"]
-  for scene in synthetic_scenes.make_scenes(num_classes, seed):
+  for scene in synthetic_scenes.make_scenes(classes.stop, seed)[classes.start :]:
     for v in range(views):
       rng = synthetic_scenes.view_rng(seed, WHITENING_STREAM, scene.class_id, v)
       image = synthetic_scenes.render_view(scene, rng, size, LEARNING_VIEWS[v % 3])
@@ -141,10 +148,16 @@ def main(argv):
   with open(os.path.join(workdir, "data", "synthetic_info.json")) as f:
     params = json.load(f)["params"]
   set_dir = os.path.join(FLAGS.output_dir, f"learning_set_{FLAGS.views_per_class}")
+  classes = range(params["num_classes"])
+  if FLAGS.unseen_landmarks:  # after the benchmark's training and distractor landmarks
+    with open(os.path.join(workdir, "benchmark", "labels.csv")) as f:
+      first = 1 + max(int(line.split(",")[2]) for line in list(f)[1:])
+    classes = range(first, first + params["num_classes"])
+  set_dir += "_unseen" if FLAGS.unseen_landmarks else ""
   labels_path = write_learning_set(
-    set_dir, params["num_classes"], FLAGS.views_per_class, params["seed"], params["image_size"]
+    set_dir, classes, FLAGS.views_per_class, params["seed"], params["image_size"]
   )
-  features_dir = os.path.join(FLAGS.output_dir, f"learning_features_{FLAGS.views_per_class}")
+  features_dir = os.path.join(FLAGS.output_dir, "features_" + os.path.basename(set_dir))
   extract(os.path.join(workdir, "trained.pbtxt"), os.path.join(set_dir, "jpg"), features_dir)
   print(f"learning set ready in {time.monotonic() - start:.0f} s", flush=True)
 

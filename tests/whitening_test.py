@@ -124,6 +124,10 @@ class LearnWhiteningMathTest(tf.test.TestCase):
     self.assertTrue(np.all(pairs[:, 0] < pairs[:, 1]))
     self.assertLen({tuple(p) for p in pairs}, 1000)
 
+  def test_count_groups(self):
+    pairs = np.array([[0, 1], [2, 3], [1, 2], [5, 6], [7, 7]])
+    self.assertEqual(learn_whitening.count_groups(pairs), 3)  # {0,1,2,3}, {5,6}, {7}
+
 
 class ParameterFilesTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.product(method=whitening.METHODS, file_format=whitening.FORMATS, dim=[6, 3])
@@ -229,6 +233,7 @@ class CommandTest(tf.test.TestCase):
     result, out = self._run(f"--gnd={gnd_path}")
     self.assertEqual(result.returncode, 0, result.stderr)
     self.assertIn("16 pairs, 0 skipped", result.stdout)
+    self.assertIn("note: the pairs link 4 groups of images", result.stdout)
     self._assert_written(out, 4)
     pairs = self._write(
       "pairs.csv",

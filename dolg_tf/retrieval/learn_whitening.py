@@ -183,6 +183,21 @@ def pairs_from_csv(path: str, ids: list[str], max_pairs: int):
   return _pairs_by_id(_read_csv(path, ("query_id", "positive_id")), ids, path, max_pairs)
 
 
+def count_groups(pairs: np.ndarray) -> int:
+  """Connected groups of images the pairs link (landmarks, for same-label pairs)."""
+  parent = {}
+
+  def root(i):
+    while parent.setdefault(i, i) != i:
+      parent[i] = parent[parent[i]]
+      i = parent[i]
+    return i
+
+  for a, b in pairs.tolist():
+    parent[root(a)] = root(b)
+  return len({root(i) for i in parent})
+
+
 def check_pairs(pairs: np.ndarray, descriptors: np.ndarray, regularize: bool) -> None:
   """Refuses no pairs or a rank-deficient pair covariance (ValueError saying what to do)."""
   dim = descriptors.shape[1]
@@ -221,7 +236,14 @@ def learn_from_files(config: LearnWhiteningConfig, descriptors_source: str, sour
       pairs, message = pairs_from_csv(path, ids, config.max_pairs)
     print(message, flush=True)
     check_pairs(pairs, matrix, config.regularize)
-    info["pairs"] = len(pairs)
+    info.update(pairs=len(pairs), landmarks=count_groups(pairs))
+    if info["landmarks"] <= (config.dim or dim):
+      print(
+        f"note: the pairs link {info['landmarks']} groups of images (landmarks), not more than "
+        f"the {config.dim or dim} output dimensions: learned whitening tuned on few landmarks "
+        "may not carry over to others (docs/WHITENING.md)",
+        flush=True,
+      )
   elif len(ids) <= dim:
     raise ValueError(
       f"{descriptors_source}: {len(ids)} descriptors of dimension {dim}: PCA needs more "

@@ -45,6 +45,11 @@ TEST_PER_DISTRACTOR = 3
 IMAGE_SIZE = 128
 # View indices far from those of the demo's benchmark (0..7), so no image is shared.
 VIEW_OFFSET = 1000
+# The console scripts of the modules run (printed, so the lines can be pasted).
+SCRIPTS = {
+  "dolg_tf.extraction.extract_features": "dolg-extract",
+  "dolg_tf.retrieval.recognize": "dolg-recognize",
+}
 
 
 def _write_image(path: str, image: np.ndarray) -> None:
@@ -113,7 +118,7 @@ def write_extraction_config(export: str, model: str, path: str) -> tuple[bool, s
 def _command(module: str, *args: str) -> str:
   """Runs a dolg_tf command; returns its stdout (exits on failure)."""
   command = [sys.executable, "-m", module, *args]
-  print("$ " + " ".join([module.rsplit(".", 1)[-1]] + list(args)), flush=True)
+  print("$ " + " ".join([SCRIPTS[module], *args]), flush=True)
   done = subprocess.run(command, capture_output=True, text=True, check=False)
   if done.returncode:
     sys.exit(f"{module} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")

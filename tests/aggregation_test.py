@@ -413,6 +413,46 @@ class AggregateCommandTest(tf.test.TestCase):
     self.assertTrue(rows[1].split("\t")[1] == "img3", rows)
     self.assertIn("img3.delf", rows[1])
 
+  def test_regional_with_delf_box_mapping(self):
+    # Image "a" = boxes img0, img1; image "b" = box img2 (DELF's mapping CSV rows).
+    names = os.path.join(self.dir, "names.txt")
+    with open(names, "w") as f:
+      f.write("a\nb\n")
+    mapping = os.path.join(self.dir, "mapping.csv")
+    with open(mapping, "w") as f:
+      f.write("name,index_image_id,box_id\nimg0,0,0\nimg2,1,0\nimg1,0,1\n")
+    config = self._write_config(
+      'codebook_path: "codebook.npy" use_regional_aggregation: true', "r.pbtxt"
+    )
+    result, out = self._run(f"--image_list={names}", f"--mapping_path={mapping}", config=config)
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertIn("done 2, skipped 0, failed 0", result.stdout)
+    boxes = [
+      feature_io.read_from_file(os.path.join(self.features, f"img{i}.delf")).descriptors
+      for i in (0, 1)
+    ]
+    aggregator = aggregation.Aggregator(_config(ASMK_STAR, regional=True), CODEBOOK)
+    want = aggregator.aggregate(np.concatenate(boxes), [5, 5])
+    got = aggregation.read_aggregated(os.path.join(out, "a.rasmk_star"))
+    self.assertAllEqual(got[0], want[0])
+    self.assertAllEqual(got[1], want[1])
+    result, _ = self._run(config=config)
+    self._assert_one_line_error(result, r".*r\.pbtxt: use_regional_aggregation needs")
+
+  def test_binarised_input_is_a_recorded_failure(self):
+    feature_io.write_to_file(
+      os.path.join(self.features, "img0.delf"),
+      np.zeros([2, 2]),
+      np.ones(2),
+      np.ones([2, 2], np.uint8),
+      np.ones(2),
+    )
+    result, out = self._run()
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertIn("done 3, skipped 0, failed 1", result.stdout)
+    with open(os.path.join(out, "failures.tsv")) as f:
+      self.assertIn("binarised local descriptors", f.read())
+
   def test_bad_config_field(self):
     config = self._write_config('codebook_path: "codebook.npy" num_assignments: 0', "bad.pbtxt")
     result, _ = self._run(config=config)

@@ -31,9 +31,16 @@ import io
 import os
 import time
 
+import numpy as np
 from absl import flags
 
+from dolg_tf.extraction import failure_log as failure_lib
+from dolg_tf.io import aggregation_config_io
+from dolg_tf.retrieval import aggregation
+from dolg_tf.retrieval import codebook as codebook_lib
 from dolg_tf.utils import cli
+from dolg_tf.utils import files as file_utils
+from dolg_tf.utils import progress as progress_lib
 
 FLAGS = flags.FLAGS
 DEFAULT_LOCAL_SUFFIX = ".delg_local"
@@ -63,8 +70,6 @@ def read_mapping(path: str, names: list[str]) -> dict[str, list[str]]:
   Raises:
     ValueError: naming the file and line, on a missing column or a bad id.
   """
-  from dolg_tf.utils import files as file_utils  # noqa: PLC0415
-
   text = file_utils.read_bytes(path).decode("utf-8")
   reader = csv.DictReader(io.StringIO(text))
   if not {"name", "index_image_id"} <= set(reader.fieldnames or []):
@@ -83,10 +88,8 @@ def read_mapping(path: str, names: list[str]) -> dict[str, list[str]]:
 
 
 def _image_names(features_dir: str, suffix: str) -> list[str]:
-  from dolg_tf.retrieval import train_codebook  # noqa: PLC0415
-
   if FLAGS.image_list:
-    return train_codebook.read_names(cli.resolve_path(FLAGS.image_list))
+    return codebook_lib.read_image_names(cli.resolve_path(FLAGS.image_list))
   if not os.path.isdir(features_dir):
     raise FileNotFoundError(f"{features_dir}: local features folder not found")
   return sorted(
@@ -96,10 +99,6 @@ def _image_names(features_dir: str, suffix: str) -> list[str]:
 
 def _load_inputs(aggregator, features_dir, suffix, name, boxes):
   """(descriptors, num_features_per_region or None, the file read first) of image `name`."""
-  import numpy as np  # noqa: PLC0415
-
-  from dolg_tf.retrieval import codebook as codebook_lib  # noqa: PLC0415
-
   if boxes is None:
     path = os.path.join(features_dir, name + suffix)
     return codebook_lib.read_local_descriptors(path), None, path
@@ -116,9 +115,6 @@ def _load_inputs(aggregator, features_dir, suffix, name, boxes):
 
 
 def _setup():
-  from dolg_tf.io import aggregation_config_io  # noqa: PLC0415
-  from dolg_tf.retrieval import aggregation  # noqa: PLC0415
-
   for name in ("aggregation_config", "features_dir", "output_dir"):
     if not FLAGS[name].value:
       raise cli.UserError(f"--{name} is required")
@@ -126,15 +122,15 @@ def _setup():
   features_dir = cli.resolve_path(FLAGS.features_dir)
   try:
     config = aggregation_config_io.load_config(config_path)
-    aggregator = aggregation.from_config(config, config_path)
+    if config.use_regional_aggregation and not (FLAGS.mapping_path and FLAGS.image_list):
+      raise ValueError(
+        f"{config_path}: use_regional_aggregation needs --mapping_path and --image_list"
+      )
     names = _image_names(features_dir, FLAGS.local_suffix)
     boxes = None
     if config.use_regional_aggregation:
-      if not FLAGS.mapping_path or not FLAGS.image_list:
-        raise ValueError(
-          f"{config_path}: use_regional_aggregation needs --mapping_path and --image_list"
-        )
       boxes = read_mapping(cli.resolve_path(FLAGS.mapping_path), names)
+    aggregator = aggregation.from_config(config, config_path)
   except (OSError, ValueError, UnicodeDecodeError) as e:
     raise cli.UserError(cli.error_message(e)) from e
   return config, aggregator, features_dir, names, boxes
@@ -143,11 +139,6 @@ def _setup():
 def main(argv):
   del argv  # unused
   config, aggregator, features_dir, names, boxes = _setup()
-  from dolg_tf.extraction import failure_log as failure_lib  # noqa: PLC0415
-  from dolg_tf.retrieval import aggregation  # noqa: PLC0415
-  from dolg_tf.utils import files as file_utils  # noqa: PLC0415
-  from dolg_tf.utils import progress as progress_lib  # noqa: PLC0415
-
   output_dir = cli.resolve_path(FLAGS.output_dir)
   extension = aggregation.output_extension(config)
   try:

@@ -45,6 +45,21 @@ LEGACY_CHECKPOINT_KEY = "clusters"
 VARIABLE_NAME = "clusters"
 
 
+def read_image_names(path: str) -> list[str]:
+  """Image names from a UTF-8 list file, one per line (blank lines and `#` comments skipped).
+
+  Raises:
+    FileNotFoundError / OSError: naming `path`; ValueError if it is not UTF-8.
+  """
+  data = file_utils.read_bytes(path)
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: image list is not UTF-8 text ({e})") from e
+  lines = (line.strip() for line in text.splitlines())
+  return [line for line in lines if line and not line.startswith("#")]
+
+
 def read_local_descriptors(path: str) -> np.ndarray:
   """The float32 [N, D] descriptors of a DelfFeatures file (.delf / .delg_local).
 

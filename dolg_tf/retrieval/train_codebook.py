@@ -25,7 +25,10 @@ import time
 
 from absl import flags
 
+from dolg_tf.io import aggregation_config_io
+from dolg_tf.retrieval import codebook as codebook_lib
 from dolg_tf.utils import cli
+from dolg_tf.utils import files as file_utils
 
 FLAGS = flags.FLAGS
 DEFAULT_SUFFIXES = ".delg_local,.delf"
@@ -103,17 +106,7 @@ def feature_files(folders, suffixes, names=None) -> tuple[list[str], list[str]]:
   return found, missing
 
 
-def read_names(path: str) -> list[str]:
-  """Image names from a UTF-8 list file (blank lines and `#` comments skipped)."""
-  from dolg_tf.utils import files as file_utils  # noqa: PLC0415
-
-  text = file_utils.read_bytes(path).decode("utf-8")
-  return [s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith("#")]
-
-
 def _config_text(centroids_shape) -> str:
-  from dolg_tf.io import aggregation_config_io  # noqa: PLC0415
-
   config = aggregation_config_io.AggregationConfig(
     codebook_size=centroids_shape[0],
     feature_dimensionality=centroids_shape[1],
@@ -132,9 +125,13 @@ def _inputs(config):
   if not suffixes:
     raise cli.UserError("--suffixes is empty")
   try:
-    names = read_names(cli.resolve_path(FLAGS.image_list)) if FLAGS.image_list else None
+    names = (
+      codebook_lib.read_image_names(cli.resolve_path(FLAGS.image_list))
+      if FLAGS.image_list
+      else None
+    )
     paths, missing = feature_files(folders, suffixes, names)
-  except (OSError, UnicodeDecodeError) as e:
+  except (OSError, ValueError) as e:
     raise cli.UserError(cli.error_message(e)) from e
   if missing:
     print(f"{len(missing)} listed images have no local feature file (first: {missing[0]})")
@@ -148,10 +145,6 @@ def main(argv):
   for name in ("features_dir", "output_dir"):
     if not FLAGS[name].value:
       raise cli.UserError(f"--{name} is required")
-  from dolg_tf.io import aggregation_config_io  # noqa: F401, PLC0415
-  from dolg_tf.retrieval import codebook as codebook_lib  # noqa: PLC0415
-  from dolg_tf.utils import files as file_utils  # noqa: PLC0415
-
   try:
     config = dataclasses.replace(CodebookConfig(), **cli.given_overrides(define_flags(FLAGS)))
   except ValueError as e:

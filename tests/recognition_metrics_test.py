@@ -82,6 +82,7 @@ class GapTest(tf.test.TestCase):
     self.assertEqual((result.num_images, result.num_landmark_images), (6, 4))
     self.assertTrue(np.isnan(result.map_at_100))
     self.assertIn("(Public) GAP 25.00", result.format("Public"))
+    self.assertIn("accuracy 50.00, mAP@100 n/a (6 images, 4 with a landmark)", result.format("x"))
 
 
 class CsvTest(tf.test.TestCase):

@@ -96,10 +96,11 @@ class RecognitionMetrics:
   num_landmark_images: int
 
   def format(self, name: str) -> str:
-    """One line, percent with two decimals."""
+    """One line, percent with two decimals (mAP@100 'n/a' without neighbour lists)."""
+    map_text = "n/a" if math.isnan(self.map_at_100) else f"{100 * self.map_at_100:.2f}"
     return (
       f"({name}) GAP {100 * self.gap:.2f}, GAP landmarks only {100 * self.gap_landmarks_only:.2f}, "
-      f"top-1 accuracy {100 * self.accuracy:.2f}, mAP@100 {100 * self.map_at_100:.2f} "
+      f"top-1 accuracy {100 * self.accuracy:.2f}, mAP@100 {map_text} "
       f"({self.num_images} images, {self.num_landmark_images} with a landmark)"
     )
 

@@ -16,6 +16,7 @@ from absl.testing import parameterized
 from dolg_tf.io import aggregation_config_io, datum_io, feature_io
 from dolg_tf.protos import aggregation_config_pb2, datum_pb2
 from dolg_tf.retrieval import aggregation
+from dolg_tf.utils import dir_lock
 from tests import testutil
 
 VLAD, ASMK, ASMK_STAR = aggregation.VLAD, aggregation.ASMK, aggregation.ASMK_STAR
@@ -452,6 +453,13 @@ class AggregateCommandTest(tf.test.TestCase):
     self.assertIn("done 3, skipped 0, failed 1", result.stdout)
     with open(os.path.join(out, "failures.tsv")) as f:
       self.assertIn("binarised local descriptors", f.read())
+
+  def test_one_run_per_output_folder(self):
+    out = os.path.join(self.dir, "out")
+    os.makedirs(out, exist_ok=True)
+    with dir_lock.DirLock(os.path.join(out, ".dolg_aggregate.lock")).acquire():
+      result, _ = self._run()
+    self._assert_one_line_error(result, ".*held by pid .*another dolg-aggregate writes there")
 
   def test_bad_config_field(self):
     config = self._write_config('codebook_path: "codebook.npy" num_assignments: 0', "bad.pbtxt")

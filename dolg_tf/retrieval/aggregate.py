@@ -23,7 +23,8 @@ is skipped (an invalid one is done again). Outputs are written atomically.
 An image that fails (missing or corrupt feature file, wrong dimension) is
 recorded in `<output_dir>/failures.tsv` (extraction/failure_log.py) and the
 run goes on; a later success removes its row. Progress lines give the count,
-the rate and the ETA. Exit status 1 only if every image failed.
+the rate and the ETA. Exit status 1 only if every image failed. One run at a
+time per --output_dir (a lock file; a second run is refused with one line).
 """
 
 import csv
@@ -38,12 +39,13 @@ from dolg_tf.extraction import failure_log as failure_lib
 from dolg_tf.io import aggregation_config_io
 from dolg_tf.retrieval import aggregation
 from dolg_tf.retrieval import codebook as codebook_lib
-from dolg_tf.utils import cli
+from dolg_tf.utils import cli, dir_lock
 from dolg_tf.utils import files as file_utils
 from dolg_tf.utils import progress as progress_lib
 
 FLAGS = flags.FLAGS
 DEFAULT_LOCAL_SUFFIX = ".delg_local"
+LOCK_FILE = ".dolg_aggregate.lock"
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -136,52 +138,77 @@ def _setup():
   return config, aggregator, features_dir, names, boxes
 
 
-def main(argv):
-  del argv  # unused
-  config, aggregator, features_dir, names, boxes = _setup()
-  output_dir = cli.resolve_path(FLAGS.output_dir)
-  extension = aggregation.output_extension(config)
+def _open_output(output_dir: str):
+  """(lock, failure log) of `output_dir`: one dolg-aggregate per folder, stale temp files gone."""
   try:
     os.makedirs(output_dir, exist_ok=True)
+    lock = dir_lock.DirLock(os.path.join(output_dir, LOCK_FILE)).acquire()
+  except dir_lock.LockBusyError as e:
+    raise cli.UserError(f"--output_dir: {e} (another dolg-aggregate writes there)") from e
+  except OSError as e:
+    raise cli.UserError(f"--output_dir: {cli.error_message(e)}") from e
+  try:
     file_utils.remove_stale_temp_files(output_dir)
     failures = failure_lib.FailureLog(os.path.join(output_dir, failure_lib.FAILURES_FILE))
   except (OSError, failure_lib.output_folder.OutputError) as e:
+    lock.release()
     raise cli.UserError(f"--output_dir: {cli.error_message(e)}") from e
+  return lock, failures
+
+
+def _aggregate_all(config, aggregator, features_dir, names, boxes, output_dir, failures):
+  """Aggregates every image not already done; returns (done, skipped, failed)."""
+  extension = aggregation.output_extension(config)
   done = skipped = failed = 0
   progress = progress_lib.Progress(
     len(names), verb="aggregated", unit="img", interval=FLAGS.log_interval
   )
+  for name in names:
+    out_path = os.path.join(output_dir, name + extension)
+    if aggregation.aggregated_file_problem(out_path, config) is None:
+      skipped += 1
+      failures.resolve([name])
+      continue
+    path = os.path.join(features_dir, name + FLAGS.local_suffix)
+    try:
+      descriptors, regions, path = _load_inputs(
+        aggregator, features_dir, FLAGS.local_suffix, name, boxes
+      )
+      aggregated, words = aggregator.aggregate(descriptors, regions)
+      os.makedirs(os.path.dirname(out_path), exist_ok=True)
+      aggregation.write_aggregated(out_path, aggregated, words)
+    except (OSError, ValueError) as e:
+      failed += 1
+      failures.add(name, path, failure_lib.failure_reason(e))
+    else:
+      done += 1
+      failures.resolve([name])
+    progress.update(done, processed=done + failed, failed=failed, skipped=skipped)
+  progress.update(done, processed=done + failed, failed=failed, skipped=skipped, force=True)
+  return done, skipped, failed
+
+
+def main(argv):
+  del argv  # unused
+  config, aggregator, features_dir, names, boxes = _setup()
+  output_dir = cli.resolve_path(FLAGS.output_dir)
+  lock, failures = _open_output(output_dir)
   start = time.monotonic()
   try:
-    for name in names:
-      out_path = os.path.join(output_dir, name + extension)
-      if aggregation.aggregated_file_problem(out_path, config) is None:
-        skipped += 1
-        failures.resolve([name])
-        continue
-      path = os.path.join(features_dir, name + FLAGS.local_suffix)
-      try:
-        descriptors, regions, path = _load_inputs(
-          aggregator, features_dir, FLAGS.local_suffix, name, boxes
-        )
-        aggregated, words = aggregator.aggregate(descriptors, regions)
-        os.makedirs(os.path.dirname(out_path), exist_ok=True)
-        aggregation.write_aggregated(out_path, aggregated, words)
-      except (OSError, ValueError) as e:
-        failed += 1
-        failures.add(name, path, failure_lib.failure_reason(e))
-      else:
-        done += 1
-        failures.resolve([name])
-      progress.update(done, processed=done + failed, failed=failed, skipped=skipped)
-  finally:
+    done, skipped, failed = _aggregate_all(
+      config, aggregator, features_dir, names, boxes, output_dir, failures
+    )
     failures.close()
-  progress.update(done, processed=done + failed, failed=failed, skipped=skipped, force=True)
+  except failure_lib.output_folder.OutputError as e:
+    raise cli.UserError(str(e)) from e
+  finally:
+    file_utils.remove_own_temp_files(output_dir)
+    lock.release()
   seconds = time.monotonic() - start
   rate = done / seconds if seconds > 0 else 0.0
   print(
-    f"done {done}, skipped {skipped}, failed {failed}, {seconds:.1f}s "
-    f"({rate:.1f} img/s) -> {output_dir} (*{extension})"
+    f"done {done}, skipped {skipped}, failed {failed}, {seconds:.1f}s ({rate:.1f} img/s) "
+    f"-> {output_dir} (*{aggregation.output_extension(config)})"
   )
   if failed:
     print(f"failures: {failures.path}")

@@ -9,6 +9,7 @@ PcaProjection / GlobalPostprocess and must give apply_whitening's descriptors.
 
 import os
 import pickle
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -78,6 +79,43 @@ class LearnWhiteningMathTest(tf.test.TestCase):
     scatter = learned.projection @ centred.T @ centred @ learned.projection.T
     self.assertAllClose(scatter, np.diag(learned.eigenvalues), atol=1e-8)
     self.assertTrue(np.all(np.diff(learned.eigenvalues) <= 0))
+
+  def test_blocks_give_the_same_result(self):
+    x = _random_descriptors(n=30, d=5, seed=4).astype(np.float32)
+    q, p = np.arange(0, 30, 2), np.arange(1, 30, 2)
+    whole = whitening.learn_whitening(x, q, p)
+    with (
+      mock.patch.object(whitening, "ROW_BLOCK", 4),
+      mock.patch.object(whitening, "PAIR_BLOCK", 3),
+    ):
+      blocked = whitening.learn_whitening(x, q, p)
+      blocked_pca = whitening.learn_pca(x)
+    self.assertAllClose(blocked.mean, whole.mean)
+    self.assertAllClose(blocked.projection, whole.projection)
+    self.assertAllClose(blocked_pca.projection, whitening.learn_pca(x).projection)
+
+  def test_degenerate_cut(self):
+    values = [5.0, 3.0, 1.0, 1.0, 1.0, 0.5]
+    self.assertIsNone(whitening.degenerate_cut(values, 2))
+    self.assertEqual(whitening.degenerate_cut(values, 3), (2, 4))
+    self.assertEqual(whitening.degenerate_cut(values, 4), (2, 4))
+    self.assertIsNone(whitening.degenerate_cut(values, 5))
+    self.assertIsNone(whitening.degenerate_cut(values, 6))
+
+  def test_all_pairs_of_equal_landmarks_leave_equal_eigenvalues(self):
+    # All pairs (i < j) of C landmarks of n images each: S_w is proportional to
+    # the within-landmark scatter, so after whitening only the C - 1
+    # between-landmark directions and the offset of m (the mean of the pairs'
+    # first images, which over-weights early images) from the landmark means
+    # differ; the other D - C eigenvalues are equal.
+    rng = np.random.default_rng(5)
+    x = np.repeat(rng.normal(size=[3, 6]), 5, axis=0) + 0.3 * rng.normal(size=[15, 6])
+    pairs, _ = learn_whitening.label_pairs(np.repeat(np.arange(3), 5), max_pairs=100)
+    values = whitening.learn_whitening(x, pairs[:, 0], pairs[:, 1]).eigenvalues
+    self.assertAllClose(values[3:], np.full(3, values[-1]))
+    self.assertGreater(values[2], values[3] * (1 + 1e-3))
+    self.assertEqual(whitening.degenerate_cut(values, 4), (3, 5))
+    self.assertIsNone(whitening.degenerate_cut(values, 3))
 
   def test_pca_whitening_by_hand(self):
     # (2,0), (-2,0), (0,1), (0,-1) rotated by 45 degrees: mean 0, C = R diag(2, .5) R^T,

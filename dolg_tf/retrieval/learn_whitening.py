@@ -217,6 +217,7 @@ def check_pairs(pairs: np.ndarray, descriptors: np.ndarray, regularize: bool) ->
 def learn_from_files(config: LearnWhiteningConfig, descriptors_source: str, source: dict):
   """Reads, finds pairs and learns; returns (LearnedProjection, info dict)."""
   start = time.monotonic()
+  print(f"reading descriptors from {descriptors_source} ...", flush=True)
   ids, matrix = descriptor_reading.read_descriptors(descriptors_source, suffix=config.suffix)
   if not ids:
     raise ValueError(f"{descriptors_source}: no descriptors")
@@ -258,6 +259,15 @@ def learn_from_files(config: LearnWhiteningConfig, descriptors_source: str, sour
     seconds=round(time.monotonic() - start, 3),
   )
   print(f"learned {config.method} in {info['seconds']:.1f} s", flush=True)
+  cut = whitening.degenerate_cut(learned.eigenvalues, config.dim or dim)
+  if cut:
+    info["degenerate_eigenvalues"] = [cut[0] + 1, cut[1] + 1]
+    print(
+      f"note: eigenvalues {cut[0] + 1} to {cut[1] + 1} are equal, and --dim={config.dim} keeps "
+      "an arbitrary part of their directions (another run may keep another); --dim="
+      f"{cut[0]} keeps none of them, --dim={cut[1] + 1} all",
+      flush=True,
+    )
   return learned, info
 
 

@@ -62,6 +62,11 @@ MAX_ALPHA = 1e10
 # Eigenvalues below this fraction of the largest count as zero (rank).
 RANK_TOLERANCE = 1e-10
 METHODS = ("learned", "pca_whitening", "pca")
+# Eigenvalues within this fraction of the largest count as equal (degenerate_cut).
+DEGENERATE_RTOL = 1e-6
+# Pair differences / descriptors formed at a time (a [block, D] float64 array).
+PAIR_BLOCK = 8192
+ROW_BLOCK = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +98,37 @@ class LearnedProjection:
 
 
 def _as_matrix(descriptors, what: str = "descriptors") -> np.ndarray:
-  x = np.asarray(descriptors, dtype=np.float64)
+  """[N, D] floats (float32 stays float32: large sets are used a block at a time)."""
+  x = np.asarray(descriptors)
+  if x.dtype not in (np.float32, np.float64):
+    x = x.astype(np.float64)
   if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
     raise ValueError(f"{what}: expected a non-empty [N, D] matrix, got shape {x.shape}")
   if not np.isfinite(x).all():
     bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
     raise ValueError(f"{what}: row {bad} holds NaN or inf")
   return x
+
+
+def _blocks(n: int):
+  return (slice(start, min(start + ROW_BLOCK, n)) for start in range(0, n, ROW_BLOCK))
+
+
+def _weighted_mean(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+  """sum_n w_n x_n / sum_n w_n in float64, a block of rows at a time."""
+  total = np.zeros(x.shape[1])
+  for rows in _blocks(x.shape[0]):
+    total += weights[rows] @ x[rows].astype(np.float64)
+  return total / weights.sum()
+
+
+def _scatter(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+  """sum_n (x_n - m)^T (x_n - m) [D, D] in float64, a block of rows at a time."""
+  scatter = np.zeros([x.shape[1], x.shape[1]])
+  for rows in _blocks(x.shape[0]):
+    centred = x[rows].astype(np.float64) - mean
+    scatter += centred.T @ centred
+  return scatter
 
 
 def sorted_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,8 +176,12 @@ def pair_covariance(descriptors, query_idx, positive_idx) -> np.ndarray:
   """S_w [D, D]: the mean outer product of the matching pairs' differences."""
   x = _as_matrix(descriptors)
   q, p = _pair_indices(query_idx, positive_idx, x.shape[0])
-  difference = x[q] - x[p]
-  return difference.T @ difference / difference.shape[0]
+  covariance = np.zeros([x.shape[1], x.shape[1]])
+  for start in range(0, q.size, PAIR_BLOCK):  # bounded memory for many pairs
+    block = slice(start, start + PAIR_BLOCK)
+    difference = x[q[block]].astype(np.float64) - x[p[block]]
+    covariance += difference.T @ difference
+  return covariance / q.size
 
 
 def _pair_indices(query_idx, positive_idx, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,19 +218,18 @@ def learn_whitening(descriptors, query_idx, positive_idx) -> LearnedProjection:
   """
   x = _as_matrix(descriptors)
   q, p = _pair_indices(query_idx, positive_idx, x.shape[0])
-  mean = x[q].mean(axis=0)
+  mean = _weighted_mean(x, np.bincount(q, minlength=x.shape[0]).astype(np.float64))
   lower, alpha = cholesky(pair_covariance(x, q, p))
   whiten = np.linalg.inv(lower)
-  projected = (x - mean) @ whiten.T
-  values, vectors = sorted_eigh(projected.T @ projected)
+  # sum_n W (x_n - m)(x_n - m)^T W^T, the scatter formed first (memory: D x D, not N x D).
+  values, vectors = sorted_eigh(whiten @ _scatter(x, mean) @ whiten.T)
   return LearnedProjection("learned", mean, vectors.T @ whiten, values, vectors.T, alpha)
 
 
 def _pca(descriptors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   x = _as_matrix(descriptors)
-  mean = x.mean(axis=0)
-  centred = x - mean
-  values, vectors = sorted_eigh(centred.T @ centred / x.shape[0])
+  mean = _weighted_mean(x, np.ones(x.shape[0]))
+  values, vectors = sorted_eigh(_scatter(x, mean) / x.shape[0])
   return mean, values, vectors.T
 
 
@@ -234,6 +266,33 @@ def learn(method: str, descriptors, query_idx=None, positive_idx=None) -> Learne
   if method == "pca":
     return learn_pca(descriptors)
   raise ValueError(f"unknown method {method!r}, expected one of {', '.join(METHODS)}")
+
+
+def degenerate_cut(eigenvalues, output_dim: int, rtol: float = DEGENERATE_RTOL):
+  """Whether keeping `output_dim` directions cuts through a set of equal eigenvalues.
+
+  Within equal eigenvalues any orthonormal basis is as good as another, so
+  which of them a cut keeps is arbitrary (learned whitening from all pairs of
+  C equally sized landmarks has D - C equal eigenvalues: the C - 1
+  between-landmark directions and the query mean's offset stand out).
+
+  Returns:
+    None, or (first, last): the 0-based index range of the equal eigenvalues
+    (within rtol of the largest eigenvalue) that the cut splits.
+  """
+  values = np.asarray(eigenvalues, dtype=np.float64)
+  k = int(output_dim)
+  if not 0 < k < values.size:
+    return None
+  close = lambda i: abs(values[i] - values[k]) <= rtol * abs(values[0])
+  if not close(k - 1):
+    return None
+  first, last = k - 1, k
+  while first > 0 and close(first - 1):
+    first -= 1
+  while last + 1 < values.size and close(last + 1):
+    last += 1
+  return first, last
 
 
 def apply_whitening(descriptors, mean, projection, output_dim: int | None = None) -> np.ndarray:

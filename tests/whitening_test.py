@@ -284,6 +284,14 @@ class CommandTest(tf.test.TestCase):
     self.assertIn("20 pairs, 1 skipped", result.stdout)
     self.assertTrue(os.path.exists(os.path.join(out, "projection.datum")))
 
+  def test_train_clean_layout(self):
+    rows = "".join(f"{c},{' '.join(self.ids[4 * c : 4 * c + 4])}\n" for c in range(5))
+    clean = self._write("train_clean.csv", "landmark_id,images\n" + rows)
+    result, out = self._run(f"--labels_csv={clean}", "--dim=2")
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertIn("30 same-label pairs, all used", result.stdout)
+    self._assert_written(out, 2)
+
   def test_pca_whitening_needs_no_pairs(self):
     result, out = self._run("--method=pca_whitening", "--dim=3")
     self.assertEqual(result.returncode, 0, result.stderr)
@@ -292,7 +300,7 @@ class CommandTest(tf.test.TestCase):
   def test_errors(self):
     bad_csv = self._write("bad.csv", "image,label\na,1\n")
     for args, pattern in (
-      ([f"--labels_csv={bad_csv}"], f"{bad_csv}: no column id"),
+      ([f"--labels_csv={bad_csv}"], f"{bad_csv}: missing column\\(s\\) id, landmark_id"),
       (["--method=lw"], "--method: must be one of learned, pca_whitening, pca"),
       ([], "--method=learned needs matching pairs"),
       ([f"--labels_csv={self.labels_csv}", "--dim=5"], "--dim=5 exceeds"),

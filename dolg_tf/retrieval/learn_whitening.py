@@ -8,7 +8,8 @@ r"""Learns PCA / whitening of global descriptors and writes DolgConfig's pca_par
 Descriptors: an extraction output folder (per-image files or Beam / bulk .npz
 shards) or a glob, read with io/descriptor_reading.py. Matching pairs (for
 --method=learned, the default):
-  --labels_csv   `id,landmark_id` rows (GLDv2's train.csv layout): pairs of
+  --labels_csv   GLDv2's train.csv (`id,landmark_id`, other columns ignored) or
+                 train_clean.csv (`landmark_id,images`) layout: pairs of
                  images with the same label; all of them, or --max_pairs drawn
                  uniformly without replacement (--seed) when there are more.
   --gnd          a Revisited Oxford-style gnd (.pkl read with the restricted
@@ -31,6 +32,7 @@ growing value on its diagonal, which blows up the directions no pair spans).
 
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -38,7 +40,7 @@ import time
 import numpy as np
 from absl import flags
 
-from dolg_tf.data import ground_truth
+from dolg_tf.data import gldv2_files, ground_truth
 from dolg_tf.io import descriptor_files, descriptor_reading
 from dolg_tf.retrieval import whitening
 from dolg_tf.utils import cli, untrusted
@@ -138,11 +140,26 @@ def label_pairs(labels: np.ndarray, max_pairs: int, seed: int = 0) -> tuple[np.n
   return rows, total
 
 
+def read_labels(path: str) -> dict[str, int]:
+  """{image id: landmark id} of GLDv2's train.csv (id,...,landmark_id) or train_clean.csv layout.
+
+  train_clean.csv (landmark_id,images: space-separated ids) is recognised by
+  its header; duplicate ids keep their first label.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: file not found")
+  with open(path, "rb") as f:
+    header = next(csv.reader(untrusted.utf8_lines(itertools.islice(f, 1), path)), [])
+  clean = "images" in header and "id" not in header
+  read = gldv2_files.read_train_clean_csv if clean else gldv2_files.read_train_csv
+  return {entry.image_id: entry.landmark_id for entry in read(path)}
+
+
 def pairs_from_labels(path: str, ids: list[str], max_pairs: int, seed: int):
   """(pairs [M, 2], message) from an `id,landmark_id` CSV."""
-  label_of = dict(_read_csv(path, ("id", "landmark_id")))
+  label_of = read_labels(path)
   rows = [r for r, image_id in enumerate(ids) if image_id in label_of]
-  labels = np.array([label_of[ids[r]] for r in rows], dtype=object).astype(str)
+  labels = np.array([label_of[ids[r]] for r in rows], dtype=np.int64)
   local, total = label_pairs(labels, max_pairs, seed)
   pairs = np.asarray(rows, np.int64)[local] if local.size else np.zeros([0, 2], np.int64)
   unknown = len(label_of) - len(rows)
@@ -294,7 +311,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> dict[str, str]:
   if "descriptors" not in flag_values:
     for name, help_text in (
       ("descriptors", "Descriptors: an extraction output folder or a glob (required)."),
-      ("labels_csv", "Pairs source: an id,landmark_id CSV (same-label pairs)."),
+      ("labels_csv", "Pairs source: GLDv2 train.csv / train_clean.csv layout (same-label pairs)."),
       ("gnd", "Pairs source: a gnd .pkl/.mat (each query with its easy and hard images)."),
       ("pairs_csv", "Pairs source: a query_id,positive_id CSV."),
       ("output_dir", "Where the files go (required)."),

@@ -139,6 +139,24 @@ class AsmkRetrievalTest(tf.test.TestCase):
     evaluation = evaluation_lib.evaluate(self.gnd, self.features, self.features, config=config)
     self.assertAllEqual(evaluation.reranked["easy"], evaluation.ranks)
 
+  def test_distractors_score_minus_one_in_rerank(self):
+    distractors = os.path.join(self.root, "distractors")
+    os.makedirs(distractors)
+    for i in range(3):
+      # Each distractor a copy of a query's descriptor: first in the global ranking.
+      vector = datum_io.read_from_file(os.path.join(self.features, f"q{i % 2}.dolg_global"))
+      datum_io.write_to_file(os.path.join(distractors, f"x{i}.dolg_global"), vector)
+    plain = evaluation_lib.evaluate(self.gnd, self.features, self.features, distractors)
+    self.assertGreaterEqual(plain.ranks[0, 0], len(IMLIST))
+    evaluation = evaluation_lib.evaluate(
+      self.gnd, self.features, self.features, distractors, self._config(mode="rerank", depth=9)
+    )
+    # Every index image has ASMK* words (> -1): the distractors end the re-sorted window.
+    for q in range(2):
+      window = evaluation.ranks[q, :9]
+      self.assertTrue((window[-3:] >= len(IMLIST)).all(), window)
+      self.assertTrue((window[:-3] < len(IMLIST)).all(), window)
+
   def test_refused_combinations(self):
     with self.assertRaisesRegex(ValueError, "asmk_mode=rerank cannot be combined with superglobal"):
       self._config(mode="rerank").overridden({"superglobal": {"m": 10}})
@@ -198,6 +216,20 @@ class AsmkRetrievalTest(tf.test.TestCase):
     result = self._run("--asmk_mode=alone", *asmk)
     self.assertEqual(result.returncode, 0, result.stderr)
     self.assertIn("ASMK_STAR alone", result.stdout)
+
+  def test_command_corrupt_aggregated_file_is_named(self):
+    path = os.path.join(self.agg, "db3.asmk_star")
+    with open(path, "wb") as f:
+      f.write(b"\xff\xff\xff")
+    self._assert_one_line_error(
+      self._run(
+        "--asmk_mode=alone",
+        f"--asmk_aggregation_config={self.config_path}",
+        "--asmk_index_dir=agg",
+        "--asmk_query_dir=agg",
+      ),
+      ".*agg/db3.asmk_star",
+    )
 
   def test_command_errors_are_one_line(self):
     bad = os.path.join(self.root, "bad.pbtxt")

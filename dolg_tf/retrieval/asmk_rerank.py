@@ -136,7 +136,7 @@ class AsmkStage:
       items = []
       for name in names:
         items.append(_read(os.path.join(folder, name + self.extension), self.config))
-        reporter.update(len(items), force=len(items) == len(names))
+        reporter.update(len(items))  # a line every 30 s; load() logs the total
       loaded[side] = items
     self.queries = loaded["query"]
     self.index = inverted_file.InvertedFile.build(self.similarity, loaded["index"])

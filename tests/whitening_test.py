@@ -84,10 +84,7 @@ class LearnWhiteningMathTest(tf.test.TestCase):
     x = _random_descriptors(n=30, d=5, seed=4).astype(np.float32)
     q, p = np.arange(0, 30, 2), np.arange(1, 30, 2)
     whole = whitening.learn_whitening(x, q, p)
-    with (
-      mock.patch.object(whitening, "ROW_BLOCK", 4),
-      mock.patch.object(whitening, "PAIR_BLOCK", 3),
-    ):
+    with mock.patch.object(whitening, "BLOCK", 4):
       blocked = whitening.learn_whitening(x, q, p)
       blocked_pca = whitening.learn_pca(x)
     self.assertAllClose(blocked.mean, whole.mean)

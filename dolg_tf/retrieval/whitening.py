@@ -37,8 +37,10 @@ y / (||y|| + 1e-6), k = output_dim (all rows when None).
 Eigenvectors: DELF calls np.linalg.eig, whose signs are LAPACK's choice; here
 np.linalg.eigh (symmetric, real) is used and each eigenvector's largest
 component (in absolute value, the first such) is made positive, so results are
-deterministic. A row of P may therefore differ in sign from DELF's; inner
-products between whitened descriptors, hence rankings, do not.
+deterministic up to rounding; among equal eigenvalues any basis is as good as
+another and rounding picks one (`degenerate_cut` says when a cut splits
+them). A row of P may differ in sign from DELF's; inner products between
+whitened descriptors, hence rankings, do not.
 """
 
 import dataclasses
@@ -64,9 +66,8 @@ RANK_TOLERANCE = 1e-10
 METHODS = ("learned", "pca_whitening", "pca")
 # Eigenvalues within this fraction of the largest count as equal (degenerate_cut).
 DEGENERATE_RTOL = 1e-6
-# Pair differences / descriptors formed at a time (a [block, D] float64 array).
-PAIR_BLOCK = 8192
-ROW_BLOCK = 8192
+# Pair differences / descriptors formed at a time (a [BLOCK, D] float64 array).
+BLOCK = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +112,7 @@ def _as_matrix(descriptors, what: str = "descriptors") -> np.ndarray:
 
 
 def _blocks(n: int):
-  return (slice(start, min(start + ROW_BLOCK, n)) for start in range(0, n, ROW_BLOCK))
+  return (slice(start, min(start + BLOCK, n)) for start in range(0, n, BLOCK))
 
 
 def _weighted_mean(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -177,8 +178,7 @@ def pair_covariance(descriptors, query_idx, positive_idx) -> np.ndarray:
   x = _as_matrix(descriptors)
   q, p = _pair_indices(query_idx, positive_idx, x.shape[0])
   covariance = np.zeros([x.shape[1], x.shape[1]])
-  for start in range(0, q.size, PAIR_BLOCK):  # bounded memory for many pairs
-    block = slice(start, start + PAIR_BLOCK)
+  for block in _blocks(q.size):  # bounded memory for many pairs
     difference = x[q[block]].astype(np.float64) - x[p[block]]
     covariance += difference.T @ difference
   return covariance / q.size
@@ -190,8 +190,9 @@ def _pair_indices(query_idx, positive_idx, n: int) -> tuple[np.ndarray, np.ndarr
   if q.shape != p.shape or q.size == 0:
     raise ValueError(f"need as many positives as queries (> 0), got {q.size} and {p.size}")
   for name, idx in (("query", q), ("positive", p)):
-    if idx.min() < 0 or idx.max() >= n:
-      raise ValueError(f"{name} index out of range [0, {n}): {int(idx.max())}")
+    bad = idx[(idx < 0) | (idx >= n)]
+    if bad.size:
+      raise ValueError(f"{name} index out of range [0, {n}): {int(bad[0])}")
   return q, p
 
 

@@ -7,6 +7,7 @@ properties in 5-D; the written pca_parameters files go through extraction's
 PcaProjection / GlobalPostprocess and must give apply_whitening's descriptors.
 """
 
+import json
 import os
 import pickle
 from unittest import mock
@@ -308,6 +309,15 @@ class CommandTest(tf.test.TestCase):
     self._assert_one_line_error(
       self._run(f"--pairs_csv={few}")[0], "too few matching pairs: .* rank 2 < D = 4"
     )
+
+  def test_regularize_accepts_few_pairs(self):
+    few = self._write("few.csv", "query_id,positive_id\nimg00,img01\nimg02,img03\n")
+    result, out = self._run(f"--pairs_csv={few}", "--regularize")
+    self.assertEqual(result.returncode, 0, result.stderr)
+    with open(os.path.join(out, "whitening_info.json")) as f:
+      info = json.load(f)
+    self.assertGreater(info["regularization"], 0)  # DELF's alpha on S_w's diagonal
+    self.assertEqual((info["pairs"], info["landmarks"]), (2, 2))
 
   def test_nan_descriptor(self):
     datum_io.write_to_file(

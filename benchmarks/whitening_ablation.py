@@ -168,6 +168,7 @@ def main(argv):
   full = queries.shape[1]
   dims = [full] + [int(d) for d in FLAGS.dims if 0 < int(d) < full]
   rows = [("none (demo)", full, benchmark_map(gnd, queries, database), "")]
+  check = None
   for method in ("pca", "pca_whitening", "learned"):
     config = learn_whitening.LearnWhiteningConfig(method=method, suffix=suffix)
     source = {"labels_csv": labels_path} if method == "learned" else {}
@@ -194,8 +195,10 @@ def main(argv):
   if any(note.endswith("*") for *_, note in rows):
     print("* the cut splits a set of equal eigenvalues: which of their directions are kept is")
     print("  arbitrary (whitening.degenerate_cut), so this row may change from run to run")
-  if FLAGS.check_dim:
+  if check:
     print(check)
+  elif FLAGS.check_dim:
+    print(f"(no extraction check: --check_dim={FLAGS.check_dim} is not an evaluated dimension)")
   print(f"\ntotal time {time.monotonic() - start:.0f} s")
 
 

@@ -39,6 +39,7 @@ Flags: the inputs and outputs below, plus one flag per RetrievalConfig field
 it (retrieval_config.define_flags); they only override its defaults.
 """
 
+import dataclasses
 import os
 
 from absl import flags
@@ -51,6 +52,7 @@ from dolg_tf.visualization import retrieval_report
 
 FLAGS = flags.FLAGS
 REQUIRED_FLAGS = ("dataset_file_path", "query_features_dir", "index_features_dir")
+ASMK_PATH_FIELDS = ("aggregation_config", "query_dir", "index_dir")
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> dict[str, str]:
@@ -84,6 +86,9 @@ def main(argv):
     if not FLAGS[name].value:
       raise cli.UserError(f"--{name} is required")
   config = retrieval_config.from_flags(define_flags(FLAGS), FLAGS)
+  asmk = config.asmk
+  paths = {name: cli.resolve_path(getattr(asmk, name)) for name in ASMK_PATH_FIELDS}
+  config = dataclasses.replace(config, asmk=dataclasses.replace(asmk, **paths))
   if FLAGS.report_dir and not (FLAGS.images_dir and os.path.isdir(FLAGS.images_dir)):
     raise cli.UserError(f"--report_dir needs --images_dir, a folder (got {FLAGS.images_dir!r})")
   try:

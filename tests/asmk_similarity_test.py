@@ -140,5 +140,54 @@ class AsmkStarTest(tf.test.TestCase):
       _similarity(Config.INVALID)
 
 
+def _reference(kind, dim, alpha, tau, l2, desc_1, desc_2, words_1, words_2):
+  """DELF's merge loop restated with plain Python (two pointers, a per-byte bit count)."""
+  if not len(words_1) or not len(words_2):
+    return -1.0
+  width = len(desc_1) // len(words_1)
+  total, i, j = 0.0, 0, 0
+  while i < len(words_1) and j < len(words_2):
+    if words_1[i] == words_2[j]:
+      row_1, row_2 = desc_1[i * width : (i + 1) * width], desc_2[j * width : (j + 1) * width]
+      if kind == asmk_similarity.ASMK_STAR:
+        h = sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(row_1, row_2))
+        u = 1.0 - 2.0 * h / (min(dim, 8) * width)
+      else:
+        u = sum(float(a) * float(b) for a, b in zip(row_1, row_2))
+      total += math.copysign(abs(u) ** alpha, u) if u > tau else 0.0
+      i, j = i + 1, j + 1
+    elif words_1[i] > words_2[j]:
+      j += 1
+    else:
+      i += 1
+  return total / math.sqrt(len(words_1) * len(words_2)) if l2 else total
+
+
+class ReferenceTest(parameterized.TestCase):
+  @parameterized.product(
+    kind=(asmk_similarity.ASMK, asmk_similarity.ASMK_STAR),
+    alpha_tau=((3.0, 0.0), (1.0, -0.5), (2.0, 0.2)),
+    l2=(True, False),
+  )
+  def test_random_pairs_match_the_restated_loop(self, kind, alpha_tau, l2):
+    alpha, tau = alpha_tau
+    dim = 16
+    similarity = _similarity(kind, dim=dim, alpha=alpha, tau=tau, l2=l2)
+    rng = np.random.default_rng(int(kind) * 10 + int(l2))
+    for _ in range(20):
+      images = []
+      for _ in range(2):
+        words = np.sort(rng.choice(12, size=int(rng.integers(0, 8)), replace=False))
+        rows = rng.normal(size=(len(words), dim)).astype(np.float32)
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
+        if kind == asmk_similarity.ASMK_STAR:
+          rows = np.packbits(rows > 0, axis=1)
+        images.append((rows.reshape(-1), words))
+      (desc_1, words_1), (desc_2, words_2) = images
+      expected = _reference(kind, dim, alpha, tau, l2, desc_1, desc_2, words_1, words_2)
+      got = similarity.compare(desc_1, desc_2, words_1, words_2)
+      self.assertAlmostEqual(got, expected, places=5)
+
+
 if __name__ == "__main__":
   tf.test.main()

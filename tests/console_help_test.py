@@ -40,6 +40,10 @@ SCRIPT_FLAGS = {
   "dolg-build-dataset-beam": "output_directory",
   "dolg-synthetic": "num_classes",
   "dolg-visualize": "report_dir",
+  "dolg-recognize": "database_descriptors",
+  "dolg-train-codebook": "codebook_size",
+  "dolg-aggregate": "aggregation_config",
+  "dolg-learn-whitening": "descriptors",
 }
 # Entry points that are not console scripts: (argv after the interpreter, a flag of theirs).
 # A binary's file run as a program is how `bazel run //dolg_tf:<binary>` starts
@@ -59,6 +63,10 @@ OTHER_ENTRY_POINTS = (
   (("dolg_tf/extraction/beam_extract.py",), "config"),
   (("dolg_tf/convert/convert_official_dolg.py",), "output_dir"),
   (("dolg_tf/convert/convert_delf_checkpoint.py",), "output_dir"),
+  (("dolg_tf/retrieval/recognize.py",), "database_descriptors"),
+  (("dolg_tf/retrieval/train_codebook.py",), "codebook_size"),
+  (("dolg_tf/retrieval/aggregate.py",), "aggregation_config"),
+  (("dolg_tf/retrieval/learn_whitening.py",), "descriptors"),
 )
 # Subprocesses at once: each mostly imports TensorFlow (2-5 s of one core).
 PARALLEL = 4

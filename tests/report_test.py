@@ -402,6 +402,25 @@ class PerformRetrievalReportTest(tf.test.TestCase):
       list(retrieval_report.evaluation_stages(plain)), [retrieval_report.NO_RERANKING]
     )
 
+  def test_evaluation_stages_name_asmk_alone_and_asmk_reranking(self):
+    first, asmk, verified = ({"easy": i} for i in range(3))
+    alone = evaluation_lib.Evaluation(asmk, asmk, "", 3, asmk_results=asmk)
+    self.assertEqual(retrieval_report.evaluation_stages(alone), {retrieval_report.ASMK_ALONE: asmk})
+    reranked = evaluation_lib.Evaluation(asmk, first, "", 3, asmk_results=asmk)
+    self.assertEqual(
+      retrieval_report.evaluation_stages(reranked),
+      {retrieval_report.BEFORE_RERANKING: first, retrieval_report.AFTER_ASMK: asmk},
+    )
+    reranked.results, reranked.reranked = verified, {"easy": None}
+    self.assertEqual(
+      list(retrieval_report.evaluation_stages(reranked).items()),
+      [
+        (retrieval_report.BEFORE_RERANKING, first),
+        (retrieval_report.AFTER_ASMK, asmk),
+        (retrieval_report.AFTER_VERIFICATION, verified),
+      ],
+    )
+
   def test_report_dir_flag_writes_the_report_and_needs_images_dir(self):
     root = self.create_tempdir().full_path
     gnd_path, images_dir = _write_benchmark(root)

@@ -4,9 +4,9 @@
 `add_evaluation_sections` / `write_evaluation_report` do it for an evaluation
 of evaluation.evaluate (the `dolg-retrieve --report_dir` and
 `dolg-visualize` reports), whose summary table has one block of rows per
-ranking stage: the global ranking before re-ranking, after SuperGlobal and
-after geometric verification (`evaluation_stages`); the plots and ranked
-lists show the last stage. Images of a ground truth are
+ranking stage: the global ranking (or ASMK alone) before re-ranking, after
+SuperGlobal, after ASMK re-ranking and after geometric verification
+(`evaluation_stages`); the plots and ranked lists show the last stage. Images of a ground truth are
 `<images_dir>/<name><image_extension>` (as extraction's --gnd_path reads them).
 """
 
@@ -28,6 +28,8 @@ Ranks = np.ndarray | Mapping[str, np.ndarray]
 BEFORE_RERANKING = "global search, before re-ranking"
 NO_RERANKING = "global search (no re-ranking)"
 AFTER_SUPERGLOBAL = "after SuperGlobal re-ranking"
+ASMK_ALONE = "ASMK alone (aggregated local features, no global search)"
+AFTER_ASMK = "after ASMK re-ranking"
 AFTER_VERIFICATION = "after geometric verification"
 SHOWN_RANKING = "ranking shown"
 
@@ -76,17 +78,26 @@ def check_images(
 def evaluation_stages(evaluation) -> dict[str, Results]:
   """{stage name: results} of an evaluation (evaluation.Evaluation), first to last.
 
-  The global ranking before re-ranking, then after SuperGlobal and after
-  geometric verification when they were on; the last is what the plots and
-  ranked lists show (evaluation.reranked or evaluation.ranks).
+  The first ranking (the global search, or ASMK when it ranked alone), then
+  after SuperGlobal, after ASMK re-ranking and after geometric verification
+  when they were on; the last is what the plots and ranked lists show
+  (evaluation.reranked or evaluation.ranks).
   """
-  stages = {}
-  if evaluation.superglobal_results is not None or evaluation.reranked is not None:
-    stages[BEFORE_RERANKING] = evaluation.global_results
+  asmk = evaluation.asmk_results
+  asmk_alone = asmk is not None and asmk is evaluation.global_results
+  reranked = (
+    evaluation.superglobal_results is not None
+    or evaluation.reranked is not None
+    or (asmk is not None and not asmk_alone)
+  )
+  if asmk_alone:
+    stages = {ASMK_ALONE: asmk}
   else:
-    stages[NO_RERANKING] = evaluation.global_results
+    stages = {(BEFORE_RERANKING if reranked else NO_RERANKING): evaluation.global_results}
   if evaluation.superglobal_results is not None:
     stages[AFTER_SUPERGLOBAL] = evaluation.superglobal_results
+  if asmk is not None and not asmk_alone:
+    stages[AFTER_ASMK] = asmk
   if evaluation.reranked is not None:
     stages[AFTER_VERIFICATION] = evaluation.results
   return stages

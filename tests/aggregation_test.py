@@ -382,13 +382,6 @@ class AggregateCommandTest(tf.test.TestCase):
     )
     return result, out
 
-  def _assert_one_line_error(self, result, pattern):
-    self.assertEqual(result.returncode, 2, result.stderr)
-    self.assertNotIn("Traceback", result.stderr)
-    lines = result.stderr.strip().splitlines()
-    self.assertLen(lines, 1, result.stderr)
-    self.assertRegex(lines[0], "^aggregate: error: " + pattern)
-
   def test_happy_path_resume_and_failure(self):
     result, out = self._run()
     self.assertEqual(result.returncode, 0, result.stderr)
@@ -438,7 +431,9 @@ class AggregateCommandTest(tf.test.TestCase):
     self.assertAllEqual(got[0], want[0])
     self.assertAllEqual(got[1], want[1])
     result, _ = self._run(config=config)
-    self._assert_one_line_error(result, r".*r\.pbtxt: use_regional_aggregation needs")
+    testutil.assert_one_line_error(
+      self, "aggregate", result, r".*r\.pbtxt: use_regional_aggregation needs"
+    )
 
   def test_binarised_input_is_a_recorded_failure(self):
     feature_io.write_to_file(
@@ -459,18 +454,24 @@ class AggregateCommandTest(tf.test.TestCase):
     os.makedirs(out, exist_ok=True)
     with dir_lock.DirLock(os.path.join(out, ".dolg_aggregate.lock")).acquire():
       result, _ = self._run()
-    self._assert_one_line_error(result, ".*held by pid .*another dolg-aggregate writes there")
+    testutil.assert_one_line_error(
+      self, "aggregate", result, ".*held by pid .*another dolg-aggregate writes there"
+    )
 
   def test_bad_config_field(self):
     config = self._write_config('codebook_path: "codebook.npy" num_assignments: 0', "bad.pbtxt")
     result, _ = self._run(config=config)
-    self._assert_one_line_error(result, r".*bad\.pbtxt: num_assignments: must be between 1")
+    testutil.assert_one_line_error(
+      self, "aggregate", result, r".*bad\.pbtxt: num_assignments: must be between 1"
+    )
 
   def test_codebook_of_another_shape(self):
     np.save(os.path.join(self.dir, "small.npy"), CODEBOOK[:2])
     config = self._write_config('codebook_path: "small.npy"', "small.pbtxt")
     result, _ = self._run(config=config)
-    self._assert_one_line_error(result, r".*small\.npy: codebook is \[2, 2\].*codebook_size is 3")
+    testutil.assert_one_line_error(
+      self, "aggregate", result, r".*small\.npy: codebook is \[2, 2\].*codebook_size is 3"
+    )
 
   def test_bad_flag_and_missing_folder(self):
     result, _ = self._run("--log_interval=soon")
@@ -482,7 +483,9 @@ class AggregateCommandTest(tf.test.TestCase):
       f"--features_dir={self.dir}/nowhere",
       f"--output_dir={self.dir}/o",
     )
-    self._assert_one_line_error(result, ".*nowhere: local features folder not found")
+    testutil.assert_one_line_error(
+      self, "aggregate", result, ".*nowhere: local features folder not found"
+    )
 
 
 if __name__ == "__main__":

@@ -193,13 +193,6 @@ class AsmkRetrievalTest(tf.test.TestCase):
       timeout=120,
     )
 
-  def _assert_one_line_error(self, result, pattern):
-    self.assertEqual(result.returncode, 2, result.stderr)
-    self.assertNotIn("Traceback", result.stderr)
-    lines = result.stderr.strip().splitlines()
-    self.assertLen(lines, 1, result.stderr)
-    self.assertRegex(lines[0], "^perform_retrieval: error: " + pattern)
-
   def test_command_rerank_and_alone(self):
     asmk = [
       f"--asmk_aggregation_config={self.config_path}",
@@ -221,7 +214,9 @@ class AsmkRetrievalTest(tf.test.TestCase):
     path = os.path.join(self.agg, "db3.asmk_star")
     with open(path, "wb") as f:
       f.write(b"\xff\xff\xff")
-    self._assert_one_line_error(
+    testutil.assert_one_line_error(
+      self,
+      "perform_retrieval",
       self._run(
         "--asmk_mode=alone",
         f"--asmk_aggregation_config={self.config_path}",
@@ -235,18 +230,27 @@ class AsmkRetrievalTest(tf.test.TestCase):
     bad = os.path.join(self.root, "bad.pbtxt")
     with open(bad, "w") as f:
       f.write("aggregation_type: ASMK_STAR\nalfa: 3.0\n")
-    self._assert_one_line_error(
+    testutil.assert_one_line_error(
+      self,
+      "perform_retrieval",
       self._run("--asmk_mode=rerank", f"--asmk_aggregation_config={bad}", "--asmk_index_dir=agg"),
       ".*bad.pbtxt:2:1: .*alfa",
     )
-    self._assert_one_line_error(
+    testutil.assert_one_line_error(
+      self,
+      "perform_retrieval",
       self._run("--asmk_mode=sometimes", f"--asmk_aggregation_config={self.config_path}"),
       "--asmk_mode: must be one of off, alone, rerank, got 'sometimes'",
     )
-    self._assert_one_line_error(
-      self._run("--asmk_mode=rerank"), "--asmk_aggregation_config: required with mode=rerank"
+    testutil.assert_one_line_error(
+      self,
+      "perform_retrieval",
+      self._run("--asmk_mode=rerank"),
+      "--asmk_aggregation_config: required with mode=rerank",
     )
-    self._assert_one_line_error(
+    testutil.assert_one_line_error(
+      self,
+      "perform_retrieval",
       self._run("--asmk_mode=rerank", f"--asmk_aggregation_config={self.config_path}"),
       r"2 of 2 query aggregated files \(\*\.asmk_star\) missing in .*features: q0, q1; "
       r"6 of 6 index aggregated files",

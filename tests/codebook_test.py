@@ -129,13 +129,6 @@ class TrainCodebookCommandTest(tf.test.TestCase):
       MODULE, f"--features_dir={self.features}", f"--output_dir={out}", *args
     ), out
 
-  def _assert_one_line_error(self, result, pattern):
-    self.assertEqual(result.returncode, 2, result.stderr)
-    self.assertNotIn("Traceback", result.stderr)
-    lines = result.stderr.strip().splitlines()
-    self.assertLen(lines, 1, result.stderr)
-    self.assertRegex(lines[0], "^train_codebook: error: " + pattern)
-
   def test_trains_a_codebook_dolg_aggregate_can_use(self):
     result, out = self._run("--codebook_size=3", "--iterations=10", "--seed=2")
     self.assertEqual(result.returncode, 0, result.stderr)
@@ -150,7 +143,7 @@ class TrainCodebookCommandTest(tf.test.TestCase):
       record = json.load(f)
     self.assertEqual((record["files_failed"], record["descriptors_used"]), (1, 60))
     result, _ = self._run("--codebook_size=3")
-    self._assert_one_line_error(result, ".*already holds a codebook")
+    testutil.assert_one_line_error(self, "train_codebook", result, ".*already holds a codebook")
 
   def test_image_list_and_sample_bound(self):
     names = os.path.join(self.dir, "names.txt")
@@ -163,7 +156,9 @@ class TrainCodebookCommandTest(tf.test.TestCase):
 
   def test_errors(self):
     result, _ = self._run("--codebook_size=0")
-    self._assert_one_line_error(result, "--codebook_size must be > 0, got 0")
+    testutil.assert_one_line_error(
+      self, "train_codebook", result, "--codebook_size must be > 0, got 0"
+    )
     result, _ = self._run("--codebook_size=many")
     self.assertEqual(result.returncode, 2, result.stderr)
     self.assertNotIn("Traceback", result.stderr)
@@ -175,7 +170,9 @@ class TrainCodebookCommandTest(tf.test.TestCase):
       "^train_codebook: error: 60 descriptors for 500 visual words",
     )
     result, _ = self._run("--suffixes=.nothing")
-    self._assert_one_line_error(result, r"no local feature files \(\.nothing\)")
+    testutil.assert_one_line_error(
+      self, "train_codebook", result, r"no local feature files \(\.nothing\)"
+    )
 
 
 if __name__ == "__main__":

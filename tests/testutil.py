@@ -61,6 +61,15 @@ def run_module(module: str, *args: str, cwd=None, env=None, timeout=300):
   )
 
 
+def assert_one_line_error(test, command: str, result, pattern: str) -> None:
+  """`result` exited 2 with one stderr line `<command>: error: <pattern>` and no traceback."""
+  test.assertEqual(result.returncode, 2, result.stderr[-3000:])
+  test.assertNotIn("Traceback", result.stderr)
+  lines = result.stderr.strip().splitlines()
+  test.assertLen(lines, 1, result.stderr)
+  test.assertRegex(lines[0], f"^{command}: error: " + pattern)
+
+
 # Models are built by a call on a zero batch of this size.
 IMAGE_SIZE = 64
 # Small serve_encoded settings (`tiny_export(name, export_config=SMALL_EXPORT_CONFIG)`):

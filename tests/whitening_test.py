@@ -231,13 +231,6 @@ class CommandTest(tf.test.TestCase):
       MODULE, f"--descriptors={self.features}", f"--output_dir={out}", *args
     ), out
 
-  def _assert_one_line_error(self, result, pattern):
-    self.assertEqual(result.returncode, 2, result.stderr)
-    self.assertNotIn("Traceback", result.stderr)
-    lines = result.stderr.strip().splitlines()
-    self.assertLen(lines, 1, result.stderr)
-    self.assertRegex(lines[0], "^learn_whitening: error: " + pattern)
-
   def _assert_written(self, out, dim, use_whitening=False):
     with open(os.path.join(out, "global_config.pbtxt")) as f:
       config = text_format.Parse(f.read(), config_io.DolgConfig())
@@ -304,10 +297,13 @@ class CommandTest(tf.test.TestCase):
       ([f"--labels_csv={self.labels_csv}", "--dim=5"], "--dim=5 exceeds"),
     ):
       with self.subTest(args=args):
-        self._assert_one_line_error(self._run(*args)[0], pattern)
+        testutil.assert_one_line_error(self, "learn_whitening", self._run(*args)[0], pattern)
     few = self._write("few.csv", "query_id,positive_id\nimg00,img01\nimg02,img03\n")
-    self._assert_one_line_error(
-      self._run(f"--pairs_csv={few}")[0], "too few matching pairs: .* rank 2 < D = 4"
+    testutil.assert_one_line_error(
+      self,
+      "learn_whitening",
+      self._run(f"--pairs_csv={few}")[0],
+      "too few matching pairs: .* rank 2 < D = 4",
     )
 
   def test_regularize_accepts_few_pairs(self):
@@ -324,7 +320,9 @@ class CommandTest(tf.test.TestCase):
       os.path.join(self.features, "img03.dolg_global"), np.array([1, np.nan, 0, 0], np.float32)
     )
     result, _ = self._run("--method=pca")
-    self._assert_one_line_error(result, ".*img03.dolg_global: .*(NaN|non-finite)")
+    testutil.assert_one_line_error(
+      self, "learn_whitening", result, ".*img03.dolg_global: .*(NaN|non-finite)"
+    )
 
 
 if __name__ == "__main__":

@@ -139,26 +139,14 @@ def resolve_codebook_path(config, config_path: str | None = None, must_exist: bo
     ValueError: `config_path: codebook_path: not set`.
     FileNotFoundError: naming the config, the field and the places looked at.
   """
-  source = config_path or "<config>"
-  path = config.codebook_path
-  if not path:
-    raise ValueError(f"{source}: codebook_path: not set")
-  expanded = os.path.expanduser(path)
-  if os.path.isabs(expanded):
-    candidates = [expanded]
-  else:
-    folder = os.path.dirname(os.path.abspath(config_path)) if config_path else os.getcwd()
-    candidates = [os.path.join(folder, expanded), os.path.abspath(expanded)]
-    candidates.append(os.path.join(config_io.REPO_ROOT, expanded))
-    candidates = list(dict.fromkeys(os.path.normpath(c) for c in candidates))
-  for candidate in candidates:
-    if _codebook_exists(candidate):
-      return candidate
-  if must_exist:
-    raise FileNotFoundError(
-      f"{source}: codebook_path: {path!r} not found (looked for {' and '.join(candidates)})"
-    )
-  return candidates[0]
+  return config_io.resolve_path(
+    config.codebook_path,
+    "codebook_path",
+    config_path,
+    must_exist,
+    config_folder_first=True,
+    exists=_codebook_exists,
+  )
 
 
 def config_to_text(config) -> str:

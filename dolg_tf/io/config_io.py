@@ -16,6 +16,7 @@ positive finite number, got -1.0`.
 
 import math
 import os
+from collections.abc import Callable
 
 from google.protobuf import text_format
 
@@ -220,7 +221,12 @@ def validate_dolg_config(config: DolgConfig, source: str = "<config>") -> None:
 
 
 def resolve_path(
-  path: str, field: str = "path", config_path: str | None = None, must_exist: bool = True
+  path: str,
+  field: str = "path",
+  config_path: str | None = None,
+  must_exist: bool = True,
+  config_folder_first: bool = False,
+  exists: Callable[[str], bool] = os.path.exists,
 ) -> str:
   """Resolves a path from a config with the DolgConfig rule.
 
@@ -231,8 +237,11 @@ def resolve_path(
     path: the path from the config.
     field: the config field, for error messages.
     config_path: the config file, for error messages.
-    must_exist: if False, a path found nowhere resolves against the current
-      directory instead of raising.
+    must_exist: if False, a path found nowhere resolves against the first
+      place looked at instead of raising.
+    config_folder_first: look in the config file's folder before the others
+      (files written next to their config, e.g. a codebook).
+    exists: whether a candidate counts as found (default os.path.exists).
 
   Returns:
     An absolute path.
@@ -249,8 +258,11 @@ def resolve_path(
     candidates = [expanded]
   else:
     candidates = [os.path.abspath(expanded), os.path.join(REPO_ROOT, expanded)]
+    if config_folder_first and config_path:
+      candidates.insert(0, os.path.join(os.path.dirname(os.path.abspath(config_path)), expanded))
+    candidates = list(dict.fromkeys(os.path.normpath(c) for c in candidates))
   for candidate in candidates:
-    if os.path.exists(candidate):
+    if exists(candidate):
       return candidate
   if must_exist:
     raise FileNotFoundError(

@@ -185,6 +185,7 @@ class BuildImageDatasetTest(tf.test.TestCase):
         "validation-00001-of-00002",
         "relabeling.csv",
         "failures.csv",
+        "dropped_classes.csv",
       ],
     )
 

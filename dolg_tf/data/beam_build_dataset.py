@@ -1,9 +1,10 @@
-r"""The `dolg-build-dataset-beam` command: GLDv2 CSV -> TFRecords on Apache Beam (beam_dataset.py).
+r"""The `dolg-build-dataset-beam` command: images -> TFRecords on Apache Beam (beam_dataset.py).
 
     python -m dolg_tf.data.beam_build_dataset \
         --train_clean_csv_path=gldv2/train_clean.csv --train_directory=gldv2/train \
         --output_directory=gldv2/tfrecords --num_shards=128 \
         --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
+    python -m dolg_tf.data.beam_build_dataset --image_folder=photos --output_directory=mine
 
 Every flag of build_image_dataset (a field of dataset_config.DatasetBuildConfig)
 except --num_workers and --log_interval works; every other `--flag` is a Beam
@@ -35,9 +36,12 @@ def main(argv):
   config = dataclasses.replace(
     config,
     output_directory=os.path.abspath(config.output_directory),
-    train_directory=os.path.abspath(config.train_directory),
+    train_directory=cli.resolve_path(config.train_directory),
     train_csv_path=cli.resolve_path(config.train_csv_path),
     train_clean_csv_path=cli.resolve_path(config.train_clean_csv_path),
+    image_folder=cli.resolve_path(config.image_folder),
+    labels_csv=cli.resolve_path(config.labels_csv),
+    images_dir=cli.resolve_path(config.images_dir),
   )
   try:
     summary, c = beam_dataset.run_pipeline(config, options=options)

@@ -1,4 +1,4 @@
-r"""The `dolg-build-dataset` command: GLDv2 training images -> TFRecords (DELF layout).
+r"""The `dolg-build-dataset` command: training images -> TFRecords (DELF layout).
 
   python -m dolg_tf.data.build_image_dataset \
       --train_csv_path=gldv2/train.csv \
@@ -6,8 +6,13 @@ r"""The `dolg-build-dataset` command: GLDv2 training images -> TFRecords (DELF l
       --train_directory=gldv2/train \
       --output_directory=gldv2/tfrecords \
       --num_shards=128 --validation_split_size=0.2 --seed=0
+  python -m dolg_tf.data.build_image_dataset --image_folder=photos --output_directory=mine
+  python -m dolg_tf.data.build_image_dataset --labels_csv=mine.csv --images_dir=photos \
+      --output_directory=mine --min_images_per_class=5
 
-Inputs:
+Inputs, one of:
+  * --image_folder: your own images, one sub-folder per class (own_dataset.py);
+  * --labels_csv: your own images as a CSV with columns path,label;
   * train.csv (columns id, url, landmark_id): one row per image; or
   * train_clean.csv (columns landmark_id, images): one row per landmark, its
     image ids separated by spaces. When given, it selects the images (the
@@ -20,7 +25,11 @@ What it does:
   * Relabels the landmark ids of the CSV to contiguous labels 0..C-1 in
     ascending landmark id order, over every class of the CSV (so C is 81313 for
     train_clean.csv, whatever was downloaded), and writes the mapping to
-    `relabeling.csv` (landmark_id,label).
+    `relabeling.csv` (landmark_id,label). Own classes: names in numeric order
+    if all are integers, else by name (`relabeling.csv` has class,label).
+  * Drops the classes with fewer listed images than --min_images_per_class
+    (default 1: only empty class folders) and lists them in
+    `dropped_classes.csv` (class,images).
   * Splits the images that exist into train and validation per image,
     stratified by class: the validation set has round(fraction * N) images,
     each class contributes in proportion to its size (largest remainders, ties
@@ -37,13 +46,16 @@ What it does:
 
 Outputs in --output_directory: `train-NNNNN-of-MMMMM`,
 `validation-NNNNN-of-MMMMM` (if the split is non-empty), `relabeling.csv`,
-`failures.csv`. Every file appears atomically (temporary name, then rename).
+`failures.csv`, `dropped_classes.csv`. Every file appears atomically (temporary name, then rename).
 
 Every flag is a field of dataset_config.DatasetBuildConfig (generated from
 it; a given flag overrides the field's default). The library behind it:
-gldv2_files (CSV readers, image layout), dataset_plan (relabeling, split,
-shards) and dataset_writer (conversion, TFRecords, CSVs).
+gldv2_files (CSV readers, image layout), own_dataset (class folders, path,label
+CSVs), dataset_plan (relabeling, split, shards) and dataset_writer
+(conversion, TFRecords, CSVs).
 """
+
+import os
 
 from absl import app, flags
 
@@ -56,8 +68,10 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """One flag per dataset_config.DatasetBuildConfig field (a second call is a no-op).
 
-  --output_directory, --train_directory: required; --train_csv_path and/or
-  --train_clean_csv_path; --num_shards (128), --num_validation_shards (0:
+  --output_directory: required; a source: --image_folder, or --labels_csv
+  (--images_dir, --allow_outside_images_dir), or --train_directory with
+  --train_csv_path and/or --train_clean_csv_path; --min_images_per_class (1);
+  --num_shards (128), --num_validation_shards (0:
   num_shards), --validation_split_size (0.2), --seed (0), --num_workers (one
   per CPU), --log_interval (30 s). The config's docstring says what each means.
   """
@@ -81,9 +95,22 @@ def run_with_flags(flag_values: flags.FlagValues) -> int:
     raise cli.UserError(str(e)) from None
   print(
     f"{summary.num_train} train + {summary.num_validation} validation records of "
-    f"{summary.num_classes} classes, {len(summary.failures)} failures -> {config.output_directory}"
+    f"{summary.num_classes} classes, {len(summary.failures)} failures, "
+    f"{len(summary.dropped_classes)} classes dropped -> {config.output_directory}"
   )
+  print(training_hint(summary, config.output_directory))
   return 0
+
+
+def training_hint(summary, output_directory: str) -> str:
+  """The dolg-train flags that read this dataset (shard patterns and class count)."""
+  validation = ""
+  if summary.validation_files:
+    validation = f" --validation_file_pattern='{os.path.join(output_directory, 'validation-*')}'"
+  return (
+    f"train on it: dolg-train --train_file_pattern='{os.path.join(output_directory, 'train-*')}'"
+    f"{validation} --num_classes={summary.num_classes}"
+  )
 
 
 def main(argv):

@@ -25,8 +25,9 @@ from dolg_tf.utils import cli
 
 # The fields only the single-process builder uses.
 LOCAL_FIELDS = ("num_workers", "log_interval")
-# The fields every build needs; `check_complete` refuses a config without them.
-REQUIRED_FIELDS = ("train_directory", "output_directory")
+# The three sources of images; `check_complete` wants exactly one.
+GLDV2_FIELDS = ("train_csv_path", "train_clean_csv_path")
+OWN_FIELDS = ("image_folder", "labels_csv")
 
 
 def _cpu_count() -> int:
@@ -39,10 +40,19 @@ class DatasetBuildConfig:
 
   Attributes:
     output_directory: folder for the TFRecords and CSVs (created if needed).
-    train_directory: folder of the training images.
+    train_directory: folder of the GLDv2 training images (with the GLDv2 CSVs).
     train_csv_path: GLDv2 train.csv (id,url,landmark_id).
     train_clean_csv_path: GLDv2 train_clean.csv (landmark_id,images); selects
       the images when given (train.csv is then only cross-checked).
+    image_folder: your own images, one sub-folder per class (the class is the
+      folder's name); instead of the GLDv2 CSVs.
+    labels_csv: your own images as a CSV with columns path,label (paths
+      relative to images_dir, else to the CSV's folder); instead of the others.
+    images_dir: the folder the paths of labels_csv are relative to.
+    allow_outside_images_dir: read labels_csv paths that leave that folder
+      (absolute elsewhere or '..'); otherwise they are failures, not read.
+    min_images_per_class: classes with fewer images listed (files of a class
+      folder, rows of a CSV) are dropped and listed in dropped_classes.csv.
     num_shards: number of training shards.
     num_validation_shards: number of validation shards (0: num_shards).
     validation_split_size: fraction of the found images used for validation,
@@ -57,6 +67,11 @@ class DatasetBuildConfig:
   train_directory: str = ""
   train_csv_path: str | None = None
   train_clean_csv_path: str | None = None
+  image_folder: str | None = None
+  labels_csv: str | None = None
+  images_dir: str | None = None
+  allow_outside_images_dir: bool = False
+  min_images_per_class: int = 1
   num_shards: int = 128
   num_validation_shards: int = 0
   validation_split_size: float = 0.2
@@ -67,6 +82,7 @@ class DatasetBuildConfig:
   def __post_init__(self):
     self.shard_counts()
     dataset_plan.check_fraction(self.validation_split_size)
+    dataset_plan.check_min_images(self.min_images_per_class)
     if self.num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
     if self.log_interval < 0:
@@ -81,15 +97,26 @@ class DatasetBuildConfig:
     return dataset_plan.check_shard_counts(self.num_shards, self.num_validation_shards or None)
 
   def check_complete(self) -> None:
-    """Refuses a config without the folders (not in __post_init__: the flags' template has none).
+    """Refuses a config without an output folder or without exactly one source of images.
+
+    Not in __post_init__: the flags' template has none.
 
     Raises:
-      ValueError: naming the missing fields.
+      ValueError: naming the fields.
     """
-    missing = [name for name in REQUIRED_FIELDS if not getattr(self, name)]
-    if missing:
-      verb = "are" if len(missing) > 1 else "is"
-      raise ValueError(f"{' and '.join(missing)} {verb} required")
+    if not self.output_directory:
+      raise ValueError("output_directory is required")
+    given = [name for name in GLDV2_FIELDS + OWN_FIELDS if getattr(self, name)]
+    if not given:
+      raise ValueError("give image_folder, labels_csv or train_csv_path/train_clean_csv_path")
+    if len(given) > 1 and set(given) != set(GLDV2_FIELDS):
+      raise ValueError(f"give one source of images, not {' and '.join(given)}")
+    if given[0] in GLDV2_FIELDS and not self.train_directory:
+      raise ValueError(f"train_directory is required with {given[0]}")
+    if given[0] not in GLDV2_FIELDS and self.train_directory:
+      raise ValueError(f"train_directory is for the GLDv2 CSVs, not {given[0]}")
+    if self.images_dir and given[0] != "labels_csv":
+      raise ValueError("images_dir is for labels_csv only")
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, local: bool = True) -> None:

@@ -12,6 +12,7 @@ beam_dataset shard by shard on many machines, byte for byte the same.
 No TensorFlow.
 """
 
+import collections
 import dataclasses
 import os
 from collections.abc import Iterable, Sequence
@@ -35,9 +36,15 @@ class Failure:
   reason: str
 
 
-def relabel(landmark_ids: Iterable[int]) -> dict[int, int]:
-  """Maps the distinct landmark ids, in ascending order, to 0..C-1."""
-  return {landmark: label for label, landmark in enumerate(sorted(set(landmark_ids)))}
+def relabel(landmark_ids: Iterable, key=None) -> dict:
+  """Maps the distinct landmark ids (class names), in ascending order (of `key`), to 0..C-1."""
+  return {landmark: label for label, landmark in enumerate(sorted(set(landmark_ids), key=key))}
+
+
+def check_min_images(min_images_per_class: int) -> None:
+  """Raises ValueError (naming min_images_per_class) unless it is >= 1."""
+  if min_images_per_class < 1:
+    raise ValueError(f"min_images_per_class must be >= 1, got {min_images_per_class}")
 
 
 def check_fraction(validation_fraction: float) -> None:
@@ -127,17 +134,23 @@ class DatasetPlan:
   """What to write, decided before any image is read (`plan_dataset`).
 
   Attributes:
-    num_listed: images listed in the CSV.
-    mapping: landmark id -> label.
-    missing: images of the CSV whose file was not found.
+    num_listed: images listed by the source.
+    mapping: landmark id (GLDv2) or class name (own data) -> label.
+    missing: images of the source whose file was not found or was refused.
     splits: split name -> its records in write order (train first; validation
       only if non-empty).
+    dropped: classes left out (fewer listed images than
+      min_images_per_class) -> their number of listed images.
+    class_column: the first column of relabeling.csv: 'landmark_id' (GLDv2)
+      or 'class' (own data).
   """
 
   num_listed: int
-  mapping: dict[int, int]
+  mapping: dict
   missing: list[Failure]
   splits: dict[str, list[PlannedRecord]]
+  dropped: dict = dataclasses.field(default_factory=dict)
+  class_column: str = "landmark_id"
 
   def shard_records(self, split: str, shard: int, num_shards: int) -> list[PlannedRecord]:
     """The records of one shard, in order: record k of a split goes to shard k % num_shards.
@@ -213,14 +226,66 @@ def _split_records(
   }
 
 
+def plan_entries(
+  listed: dict,
+  found: Sequence[ImageEntry],
+  missing: list[Failure],
+  validation_split_size: float,
+  seed: int,
+  min_images_per_class: int = 1,
+  key=None,
+  class_column: str = "landmark_id",
+) -> DatasetPlan:
+  """The plan of listed images: drops small classes, relabels the others, splits the found images.
+
+  Args:
+    listed: class -> number of images the source lists for it (found or not).
+    found: the entries whose file was found, in a deterministic order.
+    missing: the failures of listing (files not found or refused).
+    validation_split_size: fraction of the found images for validation.
+    seed: seed of the split and of the record order.
+    min_images_per_class: classes with fewer listed images are dropped.
+    key: sort key of the class names (None: natural order).
+    class_column: DatasetPlan.class_column.
+  """
+  check_min_images(min_images_per_class)
+  dropped = {c: n for c, n in listed.items() if n < min_images_per_class}
+  mapping = relabel((c for c in listed if c not in dropped), key=key)
+  if dropped:
+    logging.warning(
+      "%d classes with fewer than %d images dropped (%d images)",
+      len(dropped),
+      min_images_per_class,
+      sum(dropped.values()),
+    )
+  kept = [e for e in found if e.landmark_id in mapping]
+  labels = [mapping[e.landmark_id] for e in kept]
+  counts = np.bincount(labels, minlength=len(mapping)) if labels else np.zeros([0])
+  single = int(np.sum(counts == 1))
+  if single and validation_split_size > 0:
+    logging.info("%d classes with a single image found: it stays in train", single)
+  return DatasetPlan(
+    num_listed=sum(listed.values()),
+    mapping=mapping,
+    missing=missing,
+    splits=_split_records(kept, labels, validation_split_size, seed),
+    dropped={c: dropped[c] for c in sorted(dropped, key=key)},
+    class_column=class_column,
+  )
+
+
 def plan_dataset(
   train_directory: str,
   train_csv_path: str | None = None,
   train_clean_csv_path: str | None = None,
   validation_split_size: float = 0.2,
   seed: int = 0,
+  min_images_per_class: int = 1,
 ) -> DatasetPlan:
   """Reads the CSV, relabels, locates the files and splits them (see the module docstring).
+
+  Classes with fewer CSV rows than min_images_per_class are dropped; with 1,
+  every class of the CSV keeps its label, found or not (as DELF).
 
   Raises:
     ValueError / FileNotFoundError: on bad arguments or CSV files (naming the file).
@@ -230,15 +295,10 @@ def plan_dataset(
   if not os.path.isdir(train_directory):
     raise FileNotFoundError(f"{train_directory}: train directory not found")
   check_fraction(validation_split_size)
+  check_min_images(min_images_per_class)
   entries = read_entries(train_csv_path, train_clean_csv_path)
-  mapping = relabel(e.landmark_id for e in entries)
+  listed = collections.Counter(e.landmark_id for e in entries)
   source = train_clean_csv_path or train_csv_path
-  logging.info("%s: %d images of %d landmarks", source, len(entries), len(mapping))
+  logging.info("%s: %d images of %d landmarks", source, len(entries), len(listed))
   found, missing = locate_images(train_directory, entries)
-  labels = [mapping[e.landmark_id] for e in found]
-  return DatasetPlan(
-    num_listed=len(entries),
-    mapping=mapping,
-    missing=missing,
-    splits=_split_records(found, labels, validation_split_size, seed),
-  )
+  return plan_entries(listed, found, missing, validation_split_size, seed, min_images_per_class)

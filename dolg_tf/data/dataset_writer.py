@@ -1,4 +1,4 @@
-"""Writes a planned GLDv2 dataset (dataset_plan) as TFRecord shards and two CSV files.
+"""Writes a planned dataset (dataset_plan, own_dataset) as TFRecord shards and three CSV files.
 
     summary = dataset_writer.build_dataset(dataset_config.DatasetBuildConfig(
         output_directory="gldv2/tfrecords", train_directory="gldv2/train",
@@ -13,8 +13,10 @@
 
 Outputs in the output folder: `train-NNNNN-of-MMMMM`,
 `validation-NNNNN-of-MMMMM` (if the split is non-empty), `relabeling.csv`
-(landmark_id,label) and `failures.csv`. Every file appears atomically
-(temporary name, then rename). The command is build_image_dataset.py.
+(landmark_id,label; class,label for own data), `failures.csv` and
+`dropped_classes.csv` (classes under min_images_per_class, with their
+images). Every file appears atomically (temporary name, then rename). The
+command is build_image_dataset.py.
 """
 
 import collections
@@ -28,7 +30,7 @@ from collections.abc import Iterable, Sequence
 
 from absl import logging
 
-from dolg_tf.data import dataset_plan, gldv2, image_codec
+from dolg_tf.data import dataset_plan, gldv2, image_codec, own_dataset
 from dolg_tf.data.dataset_config import DatasetBuildConfig
 from dolg_tf.data.dataset_plan import TRAIN_PREFIX, VALIDATION_PREFIX, Failure, PlannedRecord
 from dolg_tf.utils import files as file_utils
@@ -36,6 +38,7 @@ from dolg_tf.utils import progress as progress_lib
 
 RELABELING_FILENAME = "relabeling.csv"
 FAILURES_FILENAME = "failures.csv"
+DROPPED_FILENAME = "dropped_classes.csv"
 
 
 @dataclasses.dataclass
@@ -51,8 +54,10 @@ class BuildSummary:
     failures: images that were skipped, with reasons.
     train_files: paths of the training shards.
     validation_files: paths of the validation shards.
-    relabeling_path: the landmark_id,label CSV.
+    relabeling_path: the landmark_id,label (class,label) CSV.
     failures_path: the id,path,reason CSV.
+    dropped_classes: classes left out (too few images) -> their images.
+    dropped_path: the CSV of those classes.
     seconds: wall time.
   """
 
@@ -66,6 +71,8 @@ class BuildSummary:
   validation_files: list[str] = dataclasses.field(default_factory=list)
   relabeling_path: str = ""
   failures_path: str = ""
+  dropped_classes: dict = dataclasses.field(default_factory=dict)
+  dropped_path: str = ""
   seconds: float = 0.0
 
 
@@ -77,9 +84,15 @@ def _write_csv(path: str, rows: Iterable[Sequence], header: Sequence[str]) -> No
   file_utils.atomic_write_text(path, buffer.getvalue())
 
 
-def write_relabeling(path: str, mapping: dict[int, int]) -> None:
-  """`relabeling.csv` (landmark_id,label), atomically."""
-  _write_csv(path, sorted(mapping.items()), ("landmark_id", "label"))
+def write_relabeling(path: str, mapping: dict, class_column: str = "landmark_id") -> None:
+  """`relabeling.csv` (landmark_id,label; class,label for own data) in label order, atomically."""
+  rows = sorted(mapping.items(), key=lambda item: item[1])
+  _write_csv(path, rows, (class_column, "label"))
+
+
+def write_dropped(path: str, dropped: dict, class_column: str = "landmark_id") -> None:
+  """`dropped_classes.csv` (class,images: the classes left out, with their listed images)."""
+  _write_csv(path, dropped.items(), (class_column, "images"))
 
 
 def write_failures(path: str, failures: Iterable[Failure]) -> None:
@@ -96,9 +109,12 @@ def start_summary(plan: dataset_plan.DatasetPlan, output_directory: str) -> Buil
   summary.planned_validation_ids = sorted(
     r.image_id for r in plan.splits.get(VALIDATION_PREFIX, [])
   )
+  summary.dropped_classes = dict(plan.dropped)
   os.makedirs(output_directory, exist_ok=True)
   summary.relabeling_path = os.path.join(output_directory, RELABELING_FILENAME)
-  write_relabeling(summary.relabeling_path, plan.mapping)
+  write_relabeling(summary.relabeling_path, plan.mapping, plan.class_column)
+  summary.dropped_path = os.path.join(output_directory, DROPPED_FILENAME)
+  write_dropped(summary.dropped_path, plan.dropped, plan.class_column)
   return summary
 
 
@@ -197,17 +213,20 @@ def plan_build(config: DatasetBuildConfig) -> dataset_plan.DatasetPlan:
       (naming the field or the file).
   """
   config.check_complete()
+  split = (config.validation_split_size, config.seed, config.min_images_per_class)
+  if config.image_folder:
+    return own_dataset.plan_image_folder(config.image_folder, *split)
+  if config.labels_csv:
+    return own_dataset.plan_labels_csv(
+      config.labels_csv, config.images_dir, config.allow_outside_images_dir, *split
+    )
   return dataset_plan.plan_dataset(
-    config.train_directory,
-    config.train_csv_path,
-    config.train_clean_csv_path,
-    config.validation_split_size,
-    config.seed,
+    config.train_directory, config.train_csv_path, config.train_clean_csv_path, *split
   )
 
 
 def build_dataset(config: DatasetBuildConfig) -> BuildSummary:
-  """Writes GLDv2 train/validation TFRecords (see the module docstring and dataset_plan's).
+  """Writes train/validation TFRecords (see the module docstring and dataset_plan's).
 
   Args:
     config: what to build; all of its fields are used (num_workers: 1 writes

@@ -196,5 +196,40 @@ class BeamDatasetTest(tf.test.TestCase):
         self.assertIn(expected, lines[0])
 
 
+class BeamOwnFolderTest(tf.test.TestCase):
+  """--image_folder on Beam: the single-process builder's bytes; a rerun resumes."""
+
+  def test_same_records_as_the_single_process_builder_and_resume(self):
+    root = self.create_tempdir().full_path
+    photos = os.path.join(root, "photos")
+    rng = np.random.default_rng(1)
+    for name, n in (("gate", 5), ("arch", 4), ("pair", 2)):
+      os.makedirs(os.path.join(photos, name))
+      for i in range(n):
+        array = rng.integers(0, 256, [10, 14, 3], dtype=np.uint8)
+        Image.fromarray(array).save(os.path.join(photos, name, f"{i}.jpg"), quality=90)
+    with open(os.path.join(photos, "arch", "broken.jpg"), "wb") as f:
+      f.write(b"\xff\xd8 not a jpeg")
+    args = dict(image_folder=photos, min_images_per_class=3, validation_split_size=0.3, **SHARDS)
+    single = os.path.join(root, "single")
+    reference = dataset_writer.build_dataset(
+      dataset_config.DatasetBuildConfig(output_directory=single, num_workers=1, **args)
+    )
+    self.assertEqual(reference.dropped_classes, {"pair": 2})
+    self.assertLen(reference.failures, 1)
+    out = os.path.join(root, "beam")
+    config = dataset_config.DatasetBuildConfig(output_directory=out, **args)
+    options = beam_cli.pipeline_options(["test"])
+    summary, counts = beam_dataset.run_pipeline(config, options=options)
+    self.assertEqual(counts["shards_written"], 5)
+    self.assertEqual(_folder_bytes(out), _folder_bytes(single))
+    self.assertEqual(summary.dropped_classes, reference.dropped_classes)
+    # Resume: only the deleted shard is written again, to the same bytes.
+    os.unlink(os.path.join(out, "train-00002-of-00003"))
+    _, counts = beam_dataset.run_pipeline(config, options=options)
+    self.assertEqual((counts["shards_written"], counts["shards_skipped"]), (1, 4))
+    self.assertEqual(_folder_bytes(out), _folder_bytes(single))
+
+
 if __name__ == "__main__":
   tf.test.main()

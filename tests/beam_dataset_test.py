@@ -230,6 +230,17 @@ class BeamOwnFolderTest(tf.test.TestCase):
     self.assertEqual((counts["shards_written"], counts["shards_skipped"]), (1, 4))
     self.assertEqual(_folder_bytes(out), _folder_bytes(single))
 
+  def test_missing_image_folder_is_one_line(self):
+    root = self.create_tempdir().full_path
+    result = testutil.run_module(
+      "dolg_tf.data.beam_build_dataset",
+      f"--image_folder={root}/nope",
+      f"--output_directory={root}/out",
+    )
+    testutil.assert_one_line_error(
+      self, "beam_build_dataset", result, ".*/nope: image folder not found"
+    )
+
 
 if __name__ == "__main__":
   tf.test.main()

@@ -1,4 +1,4 @@
-"""The GLDv2 dataset builder on Apache Beam: the same shards as dataset_writer, many workers.
+"""The dataset builder on Apache Beam: the same shards as dataset_writer, many workers.
 
     summary, counters = beam_dataset.run_pipeline(
         dataset_config.DatasetBuildConfig(

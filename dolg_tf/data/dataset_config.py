@@ -1,4 +1,4 @@
-"""The settings of one GLDv2 dataset build in one object (dataset_writer and beam_dataset take it).
+"""The settings of one dataset build in one object (dataset_writer and beam_dataset take it).
 
     config = DatasetBuildConfig(
         output_directory="gldv2/tfrecords", train_directory="gldv2/train",

@@ -1,6 +1,8 @@
-"""What a GLDv2 dataset build writes, decided before any image is read.
+"""What a dataset build writes (GLDv2 CSVs or your own images), decided before any image is read.
 
-`plan_dataset` reads the CSV (gldv2_files), relabels the landmark ids to
+`plan_dataset` reads GLDv2's CSV (gldv2_files; own_dataset lists a folder of
+class folders or a path,label CSV and calls `plan_entries` the same way),
+drops the classes under min_images_per_class, relabels the landmark ids to
 contiguous labels 0..C-1 in ascending landmark id order (over every class of
 the CSV), locates the image files and splits the found ones into train and
 validation per image, stratified by class (`split_train_validation`). The

@@ -202,6 +202,26 @@ class BuildImageDatasetTest(tf.test.TestCase):
     expected.update({"8c8c8c8c8c8c8c8c": 1, "9d9d9d9d9d9d9d9d": 1})
     self.assertEqual({k: int(p["label"]) for k, (_, p) in records.items()}, expected)
 
+  def test_min_images_per_class_with_gldv2_counts_csv_rows(self):
+    # Default 1: a class whose only image is missing keeps its label (DELF relabels every class).
+    with open(self.train_csv, "a") as f:
+      f.write("abababababababab,http://example.com/x.jpg,500\n")
+    summary = self._build(validation_split_size=0.0)
+    self.assertEqual(summary.num_classes, 5)
+    self.assertEqual(_read_csv(summary.relabeling_path)[-1], ["500", "4"])
+    self.assertEqual(_read_csv(summary.dropped_path), [["landmark_id", "images"]])
+    # 3: landmarks 100, 200 (2 rows) and 500 (1 row) are dropped and listed.
+    summary = self._build("min3", validation_split_size=0.0, min_images_per_class=3)
+    self.assertEqual(
+      _read_csv(summary.relabeling_path), [["landmark_id", "label"], ["300", "0"], ["400", "1"]]
+    )
+    self.assertEqual(
+      _read_csv(summary.dropped_path),
+      [["landmark_id", "images"], ["100", "2"], ["200", "2"], ["500", "1"]],
+    )
+    labels = {int(p["label"]) for _, p in _read_records(summary.train_files).values()}
+    self.assertEqual(labels, {0, 1})
+
   def test_worker_processes_give_identical_files(self):
     one = self._build("one", num_workers=1)
     two = self._build("two", num_workers=2)

@@ -107,7 +107,9 @@ def list_image_folder(root: str) -> tuple[list[ImageEntry], collections.Counter]
     skipped += other
     listed[name] = len(found)
   if skipped:
-    logging.warning("%s: %d files without an image extension skipped", root, skipped)
+    logging.warning(
+      "%s: %d other files skipped (hidden, no image extension or not a regular file)", root, skipped
+    )
   logging.info("%s: %d images in %d class folders", root, len(entries), len(classes))
   return sorted(entries, key=lambda e: e.image_id), listed
 

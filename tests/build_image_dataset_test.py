@@ -186,6 +186,10 @@ class BuildImageDatasetTest(tf.test.TestCase):
         "relabeling.csv",
         "failures.csv",
         "dropped_classes.csv",
+        "train_images.txt",
+        "validation_images.txt",
+        "image_labels.csv",
+        "validation_solution.csv",
       ],
     )
 

@@ -101,8 +101,28 @@ class OwnDatasetTest(tf.test.TestCase):
     self.assertCountEqual(
       os.listdir(out),
       ["train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001"]
-      + ["relabeling.csv", "failures.csv", "dropped_classes.csv"],
+      + ["relabeling.csv", "failures.csv", "dropped_classes.csv", "image_labels.csv"]
+      + ["train_images.txt", "validation_images.txt", "validation_solution.csv"],
     )
+    # The files for dolg-extract --list_images_path and dolg-recognize.
+    validation = _records(summary.validation_files)
+    with open(os.path.join(out, "validation_images.txt")) as f:
+      listed = f.read().splitlines()
+    self.assertEqual(listed, sorted(os.path.join(self.photos, i) for i in validation))
+    with open(os.path.join(out, "train_images.txt")) as f:
+      self.assertLen(f.read().splitlines(), summary.num_train)
+    labels = _csv_rows(os.path.join(out, "image_labels.csv"))
+    self.assertEqual(labels[0], ["id", "landmark_id", "split"])
+    self.assertIn(
+      ["img99", "3", "train" if "tower/day2/img99.JPG" not in validation else "validation"], labels
+    )
+    self.assertLen(labels, 1 + 20)
+    solution = _csv_rows(os.path.join(out, "validation_solution.csv"))
+    self.assertEqual(solution[0], ["id", "landmarks"])
+    expected_solution = sorted(
+      [os.path.splitext(os.path.basename(i))[0], str(label)] for i, (label, _) in validation.items()
+    )
+    self.assertEqual(sorted(solution[1:]), expected_solution)
 
   def test_stratified_split_per_class_is_deterministic(self):
     summary = self._build()

@@ -50,7 +50,7 @@ import tensorflow as tf
 from absl import logging
 from apache_beam.metrics import Metrics
 
-from dolg_tf.data import dataset_plan, dataset_writer, gldv2, image_codec
+from dolg_tf.data import dataset_plan, dataset_writer, gldv2, image_codec, split_lists
 from dolg_tf.data.dataset_config import DatasetBuildConfig
 from dolg_tf.data.dataset_plan import TRAIN_PREFIX, VALIDATION_PREFIX
 from dolg_tf.utils import beam_cli
@@ -257,6 +257,7 @@ def _collect_shards(
   ]
   summary.failures_path = os.path.join(output_directory, dataset_writer.FAILURES_FILENAME)
   dataset_writer.write_failures(summary.failures_path, summary.failures)
+  split_lists.write_split_lists(output_directory, plan, summary.failures)
 
 
 def run_pipeline(

@@ -15,8 +15,9 @@ Outputs in the output folder: `train-NNNNN-of-MMMMM`,
 `validation-NNNNN-of-MMMMM` (if the split is non-empty), `relabeling.csv`
 (landmark_id,label; class,label for own data), `failures.csv` and
 `dropped_classes.csv` (classes under min_images_per_class, with their
-images). Every file appears atomically (temporary name, then rename). The
-command is build_image_dataset.py.
+images), and split_lists' files (image lists, labels and a validation
+solution for extraction and recognition). Every file appears atomically
+(temporary name, then rename). The command is build_image_dataset.py.
 """
 
 import collections
@@ -30,7 +31,7 @@ from collections.abc import Iterable, Sequence
 
 from absl import logging
 
-from dolg_tf.data import dataset_plan, gldv2, image_codec, own_dataset
+from dolg_tf.data import dataset_plan, gldv2, image_codec, own_dataset, split_lists
 from dolg_tf.data.dataset_config import DatasetBuildConfig
 from dolg_tf.data.dataset_plan import TRAIN_PREFIX, VALIDATION_PREFIX, Failure, PlannedRecord
 from dolg_tf.utils import files as file_utils
@@ -266,6 +267,7 @@ def build_dataset(config: DatasetBuildConfig) -> BuildSummary:
 
   summary.failures_path = os.path.join(output_directory, FAILURES_FILENAME)
   write_failures(summary.failures_path, summary.failures)
+  split_lists.write_split_lists(output_directory, plan, summary.failures)
   summary.seconds = time.monotonic() - start
   _log_summary(summary, plan, reencoded)
   return summary

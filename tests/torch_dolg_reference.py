@@ -3,16 +3,27 @@
 Written from the structure and state-dict keys of the official DOLG code (pycls
 ResNet, SpatialAttention2d with optional ASPP, GeM, orthogonal fusion, the
 CurricularFace head's weight); used by tests/official_dolg_test.py (converter
-equality) and benchmarks/training_benchmark.py (the official training step).
+equality), benchmarks/training_benchmark.py (the official training step) and
+tests/training_parity_test.py (the official head's margin logits and the
+training step: `model.train()(x, targets)["logits"]`).
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def torch_dolg(blocks, dilations=None, learnable_p=True, num_classes=0, seed=0):
-  """A DOLG PyTorch model with the official module structure and key names, in eval mode."""
+def torch_dolg(
+  blocks, dilations=None, learnable_p=True, num_classes=0, seed=0, scale=30.0, margin=0.15
+):
+  """A DOLG PyTorch model with the official module structure and key names, in eval mode.
+
+  With `num_classes`, `desc_cls` is the official `Arcface` head (a
+  CurricularFace: `scale`, `margin`, the `t` buffer) and `model(x, targets)`
+  adds its margin logits as "logits".
+  """
 
   def conv(c_in, c_out, k, stride=1, padding=0, dilation=1, bias=False):
     return nn.Conv2d(c_in, c_out, k, stride, padding, dilation=dilation, bias=bias)
@@ -120,6 +131,25 @@ def torch_dolg(blocks, dilations=None, learnable_p=True, num_classes=0, seed=0):
       self.weight = nn.Parameter(torch.randn(num_classes, 512))
       self.register_buffer("t", torch.full([1], 0.3))
 
+    def forward(self, features, targets):
+      # The official Arcface.forward, step by step (t is updated before its use).
+      cos_theta = F.linear(F.normalize(features), F.normalize(self.weight)).clamp(-1, 1)
+      target_logit = cos_theta[torch.arange(0, features.size(0)), targets].view(-1, 1)
+      sin_theta = torch.sqrt(1.0 - torch.pow(target_logit, 2))
+      cos_theta_m = target_logit * math.cos(margin) - sin_theta * math.sin(margin)
+      mask = cos_theta > cos_theta_m
+      final_target_logit = torch.where(
+        target_logit > math.cos(math.pi - margin),
+        cos_theta_m,
+        target_logit - math.sin(math.pi - margin) * margin,
+      )
+      hard_example = cos_theta[mask]
+      with torch.no_grad():
+        self.t = target_logit.mean() * 0.01 + (1 - 0.01) * self.t
+      cos_theta[mask] = hard_example * (self.t + hard_example)
+      cos_theta.scatter_(1, targets.view(-1, 1).long(), final_target_logit)
+      return cos_theta * scale
+
   class DOLG(nn.Module):
     def __init__(self):
       super().__init__()
@@ -132,7 +162,7 @@ def torch_dolg(blocks, dilations=None, learnable_p=True, num_classes=0, seed=0):
       if num_classes:
         self.desc_cls = CurricularHead()
 
-    def forward(self, x):
+    def forward(self, x, targets=None):
       f3, f4 = self.globalmodel(x)
       fl, _ = self.localmodel(f3)
       fg = self.fc_t(self.pool_g(f4).flatten(1))
@@ -142,7 +172,11 @@ def torch_dolg(blocks, dilations=None, learnable_p=True, num_classes=0, seed=0):
       proj = proj / (fg_norm * fg_norm).view(-1, 1, 1, 1)
       fo = self.pool_l(fl - proj).flatten(1)
       embedding = self.fc(torch.cat((fg, fo), 1))
-      return dict(f3=f3, f4=f4, f_g=fg, f_l=fl, descriptor=F.normalize(embedding, p=2, dim=1))
+      outputs = dict(f3=f3, f4=f4, f_g=fg, f_l=fl, descriptor=F.normalize(embedding, p=2, dim=1))
+      outputs["embedding"] = embedding
+      if targets is not None:
+        outputs["logits"] = self.desc_cls(embedding, targets)
+      return outputs
 
   torch.manual_seed(seed)
   model = DOLG()

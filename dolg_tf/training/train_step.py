@@ -40,6 +40,34 @@ def _forward(model, head, is_delg: bool, images, labels):
   return per_example, cosines, terms
 
 
+def loss_and_gradients(
+  model, head, is_delg, images, labels, variables, batch_size, weight_decay, scale_loss=None
+):
+  """The step's loss and its gradients with respect to `variables` (no update).
+
+  The loss is the per-example loss averaged over the global `batch_size`
+  (tf.nn.compute_average_loss, as DELF's train.py) plus, when `weight_decay`
+  > 0, PyTorch SGD's coupled decay as the L2 term weight_decay * sum(w^2) / 2
+  over every variable in `variables` (the official DOLG code decays all
+  parameters: BatchNorm, biases, GeM p and the head included).
+
+  `scale_loss` (mixed float16's LossScaleOptimizer.get_scaled_loss) scales
+  the loss before differentiation; the gradients are then scaled too.
+
+  Returns:
+    (loss, gradients, per-example loss, margin-free cosines, per-term losses).
+  """
+  with tf.GradientTape() as tape:
+    per_example, cosines, terms = _forward(model, head, is_delg, images, labels)
+    loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch_size)
+    if weight_decay > 0:
+      # The gradient of wd * tf.nn.l2_loss(w) is wd * w: torch's d_p += wd * p.
+      l2 = weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
+      loss += tf.nn.scale_regularization_loss(l2)
+    scaled_loss = scale_loss(loss) if scale_loss is not None else loss
+  return loss, tape.gradient(scaled_loss, variables), per_example, cosines, terms
+
+
 def make_train_loop(trainer):
   """`train_loop(iterator, num_steps)`: num_steps SGD steps of `trainer`'s model and head.
 
@@ -54,16 +82,18 @@ def make_train_loop(trainer):
   is_loss_scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
 
   def gradients(images, labels):
-    with tf.GradientTape() as tape:
-      per_example, cosines, terms = _forward(model, head, trainer.is_delg, images, labels)
-      loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
-      if config.weight_decay > 0:
-        # PyTorch SGD's coupled weight decay adds wd * w to every gradient:
-        # the gradient of wd * sum(w^2) / 2 = wd * tf.nn.l2_loss(w).
-        l2 = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
-        loss += tf.nn.scale_regularization_loss(l2)
-      scaled_loss = optimizer.get_scaled_loss(loss) if is_loss_scaled else loss
-    return tape.gradient(scaled_loss, variables), per_example, cosines, terms
+    _, grads, per_example, cosines, terms = loss_and_gradients(
+      model,
+      head,
+      trainer.is_delg,
+      images,
+      labels,
+      variables,
+      config.batch_size,
+      config.weight_decay,
+      optimizer.get_scaled_loss if is_loss_scaled else None,
+    )
+    return grads, per_example, cosines, terms
 
   if config.jit_compile:
     # XLA compiles the forward and backward pass; the optimizer and the

@@ -46,7 +46,9 @@ What it does:
 
 Outputs in --output_directory: `train-NNNNN-of-MMMMM`,
 `validation-NNNNN-of-MMMMM` (if the split is non-empty), `relabeling.csv`,
-`failures.csv`, `dropped_classes.csv`. Every file appears atomically (temporary name, then rename).
+`failures.csv`, `dropped_classes.csv`, and for evaluation (split_lists.py)
+`train_images.txt`, `validation_images.txt`, `image_labels.csv`,
+`validation_solution.csv`. Every file appears atomically (temporary name, then rename).
 
 Every flag is a field of dataset_config.DatasetBuildConfig (generated from
 it; a given flag overrides the field's default). The library behind it:

@@ -242,6 +242,16 @@ class TrainConfig(Section):
     validation_steps: validation batches per run; 0 = all.
     export_at_end: write a SavedModel under <logdir>/export at the end.
     imagenet_checkpoint: Keras ImageNet .h5 weights for the backbone.
+    chance_window_steps: stop a run whose training accuracy stays at chance
+      for this many steps after the warm-up (docs/CONVERGENCE.md); 0 = never.
+      A NaN/inf loss always stops the run.
+    chance_window_min_epochs: the window is at least this many epochs (each
+      class seen a few times before the rule may fire).
+    chance_margin: 'at chance' is a window accuracy <= (1 + chance_margin) /
+      num_classes.
+    freeze_backbone_steps: staged fine-tuning: for the first N steps only the
+      branches and the head train; the backbone's weights and BatchNorm
+      statistics stay as loaded; then everything trains. 0 = no stage.
   """
 
   SECTION = "train"
@@ -272,6 +282,10 @@ class TrainConfig(Section):
   validation_steps: int = 20
   export_at_end: bool = True
   imagenet_checkpoint: str = ""
+  chance_window_steps: int = 1000
+  chance_window_min_epochs: float = 2.0
+  chance_margin: float = 0.25
+  freeze_backbone_steps: int = 0
 
   def validate(self) -> None:
     check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -286,6 +300,18 @@ class TrainConfig(Section):
       ("max_steps", "epochs", "steps_per_epoch", "warmup_steps", "warmup_epochs", "num_gpus"),
       0,
     )
-    check_at_least("train", self, ("weight_decay", "clip_norm"), 0)
+    check_at_least(
+      "train",
+      self,
+      (
+        "weight_decay",
+        "clip_norm",
+        "chance_window_steps",
+        "chance_window_min_epochs",
+        "chance_margin",
+        "freeze_backbone_steps",
+      ),
+      0,
+    )
     if self.initial_lr <= 0:
       raise ConfigError(f"train.initial_lr must be positive, got {self.initial_lr}")

@@ -23,8 +23,12 @@ is refused naming the first's pid and host (an fcntl.flock on
 Exit status: 0 when done; 2 with one line `dolg-train: error: ...` for a user
 error (a flag or field, a training file that is missing, corrupt or holds a
 label outside [0, num_classes), a checkpoint that does not fit the config or
-is damaged, a run folder in use, full or read-only); 1
-when the loss becomes NaN/Inf; 143 (128 + SIGTERM, as a process killed by
+is damaged, a run folder in use, full or read-only); 1 with one line
+`dolg-train: error: training diverged at step N: ...` when the run diverges
+(a NaN/inf loss or weights, or training accuracy at chance for
+--chance_window_steps steps after the warm-up; docs/CONVERGENCE.md): the line
+names the last finite loss, the checkpoint kept (nothing is saved or exported
+after the divergence) and what to try; 143 (128 + SIGTERM, as a process killed by
 SIGTERM) after a SIGTERM, once the checkpoint of the current step is saved, so
 that schedulers see a preempted job and a re-run resumes.
 """
@@ -49,6 +53,8 @@ from dolg_tf.utils.error_text import first_line
 
 FLAGS = flags.FLAGS
 
+# The exit status of a diverged run (one line; the project's "work done, none of it usable").
+EXIT_DIVERGED = 1
 # The exit status of a run stopped by SIGTERM (checkpoint saved), as a shell reports a
 # process killed by SIGTERM: schedulers treat the job as preempted, not as done.
 EXIT_PREEMPTED = 128 + signal.SIGTERM
@@ -65,6 +71,9 @@ RUNTIME_FIELDS = frozenset(
     "train.distribution_strategy",
     "train.num_gpus",
     "train.tpu",
+    "train.chance_window_steps",
+    "train.chance_window_min_epochs",
+    "train.chance_margin",
     "data.skip_corrupt_records",
   }
 ) | {f"export.{f.name}" for f in dataclasses.fields(config_lib.ExportConfig)}
@@ -314,9 +323,9 @@ def _train(
   if not export_only:
     try:
       metrics = trainer.train()
-    except trainer_lib.NonFiniteLossError as e:
-      logging.error("%s", e)
-      sys.exit(1)
+    except trainer_lib.DivergedError as e:
+      print(f"{cli.command_name()}: error: {' '.join(str(e).split())}", file=sys.stderr)
+      sys.exit(EXIT_DIVERGED)
     except input_pipeline.DataError as e:
       raise cli.UserError(str(e)) from None
     logging.info(

@@ -10,7 +10,11 @@ corrupt or holds labels outside [0, num_classes) (input_pipeline.check_records,
 before the first step). A checkpoint that cannot be saved (disk full, read-only
 file system) leaves no part of it behind (run_checkpoints.WriteError); the
 earlier ones stay. SIGTERM is checked after every step (the step itself is
-training.train_step).
+training.train_step), and so are the rules of training.divergence (a NaN/inf
+loss, accuracy stuck at chance): a diverged run raises DivergedError, naming
+the checkpoint kept and what to try, and saves nothing more. The progress line
+and the summaries are training.train_log's. train.freeze_backbone_steps trains
+the branches and the head alone first (staged fine-tuning).
 """
 
 import math
@@ -28,13 +32,21 @@ from dolg_tf import run_layout
 from dolg_tf.data import gldv2, input_pipeline
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, keras_h5
-from dolg_tf.training import distribution, run_checkpoints, schedules, train_step
+from dolg_tf.training import (
+  distribution,
+  divergence,
+  run_checkpoints,
+  schedules,
+  sigterm,
+  train_log,
+  train_step,
+)
 from dolg_tf.utils import cpu, progress
 from dolg_tf.utils.error_text import first_line
 
-
-class NonFiniteLossError(RuntimeError):
-  """The training loss became NaN or Inf."""
+# The errors of a diverged run (training.divergence), here for callers of the trainer.
+DivergedError = divergence.DivergedError
+NonFiniteLossError = divergence.NonFiniteLossError
 
 
 def input_error(error: Exception, field: str, file_pattern: str) -> input_pipeline.DataError | None:
@@ -115,6 +127,15 @@ class Trainer:
       logging.info("Resumed from %s at step %d", self.restored_from, self.step)
     self._train_step_fn = None
     self._eval_step_fn = None
+    self.frozen_backbone = False
+    self.monitor = divergence.DivergenceMonitor(
+      self.num_classes,
+      self.warmup_steps,
+      divergence.window_steps(
+        config.chance_window_steps, config.chance_window_min_epochs, self.steps_per_epoch
+      ),
+      config.chance_margin,
+    )
 
   def _check_records(self) -> None:
     """One pass over the labels and record framing of every file (no image is decoded)."""
@@ -204,7 +225,17 @@ class Trainer:
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
   def _make_train_loop(self):
-    """The tf.function `train_loop(iterator, num_steps)` (training.train_step)."""
+    """The tf.function `train_loop(iterator, num_steps)` of the current stage (train_step).
+
+    Before step train.freeze_backbone_steps the backbone is frozen: not
+    trainable, so its weights get no update and its BatchNorm layers run in
+    inference mode (Keras' rule for a non-trainable BatchNormalization). The
+    flag is set only with that setting (Keras sets it on every sub-layer).
+    """
+    if self.config.freeze_backbone_steps:
+      self.frozen_backbone = self.step < self.config.freeze_backbone_steps
+      self.model.backbone.trainable = not self.frozen_backbone
+      self.trainable_variables = self.model.trainable_variables + self.head.trainable_variables
     return train_step.make_train_loop(self)
 
   def validate(self, file_pattern: str | None = None) -> float:
@@ -244,15 +275,23 @@ class Trainer:
       run_checkpoints.WriteError: naming the run folder, if the disk is full
         or read-only; the unfinished checkpoint's files are removed, earlier
         ones kept.
+      divergence.NonFiniteWeightsError: the weights are NaN or inf; nothing is saved.
     """
+    if not bool(divergence.all_finite(self.model.variables + self.head.variables)):
+      try:
+        self.monitor.check_weights(self.step, finite=False)
+      except DivergedError as e:
+        raise self._stopped(e) from None
     return self.checkpoints.save(self.step)
 
   def train(self) -> dict:
     """Runs until `total_steps`; returns final metrics.
 
     Raises:
-      NonFiniteLossError: if the loss becomes NaN/Inf (no checkpoint of the
-        diverged weights is written; the last good one stays).
+      DivergedError: the run diverged (training.divergence: a NaN/inf loss or
+        weights, accuracy stuck at chance); the message names the step, the
+        last good loss, the checkpoint kept and what to try. No checkpoint of
+        the diverged weights is written.
     """
     if self.is_chief:
       config_lib.save_config(self.experiment, self.layout.config)
@@ -269,7 +308,7 @@ class Trainer:
     iterator = iter(self._dataset(self.data.train_file_pattern, training=True))
     # From here on a SIGTERM saves the current step's checkpoint (see train.py).
     interrupted = []
-    previous_handler = _note_sigterm(interrupted)
+    previous_handler = sigterm.note_sigterm(interrupted)
     logging.info(
       "Training %s R%d on %d classes: steps %d -> %d, global batch %d, %d replica(s), %s",
       self.model_config.name,
@@ -284,18 +323,22 @@ class Trainer:
     try:
       return self._train_until_done(iterator, interrupted, *writers)
     finally:
+      for writer in writers:
+        writer.close()
       if previous_handler is not None:
         signal.signal(signal.SIGTERM, previous_handler)
       if not self.is_chief:
         shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
 
   def _train_until_done(self, iterator, interrupted: list, writer, validation_writer) -> dict:
-    """train's loop: log_every steps at a time, then metrics, checkpoints and validation."""
+    """train's loop: log_every steps at a time, then validation, metrics and checkpoints."""
     config = self.config
     metrics = {}
     first_time = time.time()
     # Logged explicitly once per log_every steps (force=True), never by interval.
     steps = progress.Progress(self.total_steps, "step", "steps", interval=math.inf, start=self.step)
+    log = train_log.TrainLog(steps, writer, validation_writer, self.model, config.batch_size)
+    self._reset_train_metrics()
     while self.step < self.total_steps and not interrupted:
       num_steps = self._run_steps(
         iterator,
@@ -304,13 +347,13 @@ class Trainer:
       )
       if not num_steps:
         break
-      metrics = self._log_metrics(steps, writer)
-      if self.step % config.checkpoint_every < num_steps or self.step >= self.total_steps:
-        self.save_checkpoint()
       if (
         config.validate_every and self.step % config.validate_every < num_steps and not interrupted
       ):
-        self._log_validation(validation_writer)
+        log.log_validation(self.step, self.validate())
+      metrics = log.log(self.step, self._window_metrics(), tuple(self.term_losses))
+      if self.step % config.checkpoint_every < num_steps or self.step >= self.total_steps:
+        self.save_checkpoint()
     if interrupted:
       logging.warning("SIGTERM received at step %d: saving and stopping", self.step)
       if self.latest_checkpoint() != os.path.join(self._checkpoint_dir, f"ckpt-{self.step}"):
@@ -321,7 +364,9 @@ class Trainer:
       f"-{self.step}"
     ):
       self.save_checkpoint()
-    metrics["validation_accuracy"] = self._log_validation(validation_writer)
+    if log.validated_at != self.step:
+      log.log_validation(self.step, self.validate())
+    metrics["validation_accuracy"] = log.validation_accuracy
     metrics["train_seconds"] = time.time() - first_time
     return metrics
 
@@ -329,11 +374,18 @@ class Trainer:
     """Up to `num_steps` steps, fewer after a SIGTERM; returns how many ran.
 
     One step per call, so that a SIGTERM (handled between calls) stops after the
-    current step, not after up to log_every of them.
+    current step, not after up to log_every of them; each step's loss and
+    accuracy go to the divergence monitor.
+
+    Raises:
+      DivergedError: a divergence rule fired (see `train`).
     """
     one_step = tf.constant(1)
     done = 0
     while done < num_steps and not interrupted:
+      if self.frozen_backbone and self.step >= self.config.freeze_backbone_steps:
+        logging.info("step %d: the backbone trains from here on (unfrozen)", self.step)
+        self._train_step_fn = self._make_train_loop()
       try:
         self._train_step_fn(iterator, one_step)
       except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
@@ -342,75 +394,49 @@ class Trainer:
           raise
         raise error from None
       done += 1
+      self._observe_step()
     return done
 
-  def _log_metrics(self, steps: progress.Progress, writer) -> dict:
-    """The metrics of the steps since the last call: logged, summarised, then reset.
+  def _metric_totals(self) -> tuple[float, ...]:
+    """Loss sum, loss count, correct and examples since the metrics' last reset."""
+    loss, accuracy = self.train_loss, self.train_accuracy
+    return tuple(float(v.numpy()) for v in (loss.total, loss.count, accuracy.total, accuracy.count))
 
-    Raises:
-      NonFiniteLossError: the loss is NaN or Inf.
-    """
-    loss = float(self.train_loss.result())
-    if not math.isfinite(loss):
-      raise NonFiniteLossError(
-        f"loss is {loss} at step {self.step}; stopping. The last good checkpoint is "
-        f"{self.manager.latest_checkpoint}; lower --initial_lr or set --clip_norm."
-      )
-    lr = float(self.learning_rate(self.step))
-    metrics = dict(loss=loss, accuracy=float(self.train_accuracy.result()), lr=lr)
-    steps.update(self.step)
-    images_per_second = steps.rate() * self.config.batch_size
-    steps.update(
-      self.step,
-      force=True,
-      note=(
-        f"loss {loss:.4f} | acc {metrics['accuracy']:.3f} | lr {lr:.5f} | "
-        f"{images_per_second:.1f} img/s"
-      ),
+  def _observe_step(self) -> None:
+    """Gives the last step's mean loss and accuracy to the divergence monitor."""
+    totals = self._metric_totals()
+    loss_sum, loss_count, correct, examples = (
+      now - before for now, before in zip(totals, self._totals_before)
+    )
+    self._totals_before = totals
+    try:
+      self.monitor.observe(self.step, loss_sum / max(loss_count, 1.0), correct, examples)
+    except DivergedError as e:
+      raise self._stopped(e) from None
+
+  def _stopped(self, error: DivergedError) -> DivergedError:
+    """`error` with the checkpoint kept and what to try (divergence.stop_message)."""
+    advice = divergence.advice(
+      error, self.config, self.model_config, self.mixed_precision, self.num_classes
+    )
+    message = divergence.stop_message(error, self.latest_checkpoint(), self.layout.root, advice)
+    return type(error)(message, error.step, error.last_good)
+
+  def _reset_train_metrics(self) -> None:
+    self.train_loss.reset_state()
+    self.train_accuracy.reset_state()
+    for metric in self.term_losses.values():
+      metric.reset_state()
+    self._totals_before = (0.0, 0.0, 0.0, 0.0)
+
+  def _window_metrics(self) -> dict:
+    """The mean loss, accuracy, DELG terms of the steps since the last call, and the lr."""
+    metrics = dict(
+      loss=float(self.train_loss.result()),
+      accuracy=float(self.train_accuracy.result()),
+      lr=float(self.learning_rate(self.step)),
     )
     for name, metric in self.term_losses.items():
       metrics[name] = float(metric.result())
-      metric.reset_state()
-    if self.term_losses:
-      logging.info(
-        "step %d | %s",
-        self.step,
-        " | ".join(f"{name} {metrics[name]:.4f}" for name in self.term_losses),
-      )
-    with writer.as_default(step=self.step):
-      for name in self.term_losses:
-        tf.summary.scalar(name, metrics[name])
-      tf.summary.scalar("loss", loss)
-      tf.summary.scalar("accuracy", metrics["accuracy"])
-      tf.summary.scalar("learning_rate", lr)
-      tf.summary.scalar("images_per_second", images_per_second)
-    self.train_loss.reset_state()
-    self.train_accuracy.reset_state()
+    self._reset_train_metrics()
     return metrics
-
-  def _log_validation(self, writer) -> float:
-    accuracy = self.validate()
-    if math.isnan(accuracy):
-      return accuracy
-    logging.info("step %d | validation accuracy %.4f", self.step, accuracy)
-    with writer.as_default(step=self.step):
-      tf.summary.scalar("accuracy", accuracy)
-    return accuracy
-
-
-def _note_sigterm(interrupted: list):
-  """Installs a SIGTERM handler that appends to `interrupted`; returns the previous one.
-
-  None (nothing installed) outside the main thread.
-  """
-  previous_handler = signal.getsignal(signal.SIGTERM)
-
-  def on_sigterm(signum, frame):
-    del signum, frame
-    interrupted.append(True)
-
-  try:
-    signal.signal(signal.SIGTERM, on_sigterm)
-  except ValueError:  # not the main thread
-    return None
-  return previous_handler

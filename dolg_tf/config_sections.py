@@ -19,6 +19,14 @@ DELG_MEAN_RGB = (128.0, 128.0, 128.0)
 DELG_STD_RGB = (128.0, 128.0, 128.0)
 
 BACKBONE_DEPTHS = (26, 50, 101, 152)
+# "resnet" (backbone_depth, backbone_layout) or a keras.applications network
+# (dolg_tf.model.keras_app_backbones, docs/BACKBONES.md).
+KERAS_APP_BACKBONES = (
+  tuple(f"efficientnet_b{i}" for i in range(8))
+  + ("efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l")
+  + ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
+)
+BACKBONES = ("resnet",) + KERAS_APP_BACKBONES
 BACKBONE_LAYOUTS = ("pycls", "keras", "delf")
 MODEL_NAMES = ("dolg", "delg")
 HEAD_TYPES = ("arcface", "curricularface", "subcenter_arcface")
@@ -36,6 +44,12 @@ class ModelConfig(Section):
 
   Attributes:
     name: 'dolg' or 'delg'.
+    backbone: 'resnet' (the fields below), or a keras.applications network:
+      'efficientnet_b0'..'efficientnet_b7', 'efficientnetv2_s/m/l',
+      'convnext_tiny/small/base/large' (docs/BACKBONES.md: the stride-16 and
+      stride-32 layers; their input normalisation is the one their ImageNet
+      weights expect, so input_mean, input_std and input_channel_order apply
+      to 'resnet' only; bn_momentum and bn_epsilon then set only the heads).
     backbone_depth: ResNet depth, 50, 101 or 152 (26 = two blocks per stage,
       for tests and quick experiments).
     backbone_width_multiplier: scales every backbone width (1.0 = standard).
@@ -85,6 +99,7 @@ class ModelConfig(Section):
   SECTION = "model"
 
   name: str = "dolg"
+  backbone: str = "resnet"
   backbone_depth: int = 50
   backbone_width_multiplier: float = 1.0
   backbone_layout: str = "pycls"
@@ -112,6 +127,7 @@ class ModelConfig(Section):
 
   def validate(self) -> None:
     check_choice("model.name", self.name, MODEL_NAMES)
+    check_choice("model.backbone", self.backbone, BACKBONES)
     check_choice("model.backbone_depth", self.backbone_depth, BACKBONE_DEPTHS)
     check_choice("model.backbone_layout", self.backbone_layout, BACKBONE_LAYOUTS)
     check_choice("model.head_type", self.head_type, HEAD_TYPES)
@@ -126,6 +142,11 @@ class ModelConfig(Section):
       raise ConfigError("model.backbone_width_multiplier and model.gem_p must be positive")
     if self.relu_up < 0:
       raise ConfigError(f"model.relu_up must be >= 0 (0 = ReLU), got {self.relu_up}")
+    if self.backbone != "resnet" and (self.relu_up or self.backbone_width_multiplier != 1.0):
+      raise ConfigError(
+        f"model.relu_up and model.backbone_width_multiplier apply to backbone 'resnet' only, "
+        f"got {self.relu_up} and {self.backbone_width_multiplier} with {self.backbone!r}"
+      )
     check_at_least(
       "model",
       self,

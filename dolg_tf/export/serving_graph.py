@@ -404,7 +404,9 @@ def serving_model(model, model_config: config_lib.ModelConfig, export_config):
     export_config: an ExportConfig whose precision is resolved (not "auto").
   """
   bfloat16 = export_config.precision == "bfloat16"
-  if not bfloat16 and not export_config.fold_batch_norms:
+  # keras.applications backbones have no foldable pairs (keras_app_backbones.fold_batch_norms).
+  fold = export_config.fold_batch_norms and bool(model.backbone.conv_bn_pairs())
+  if not bfloat16 and not fold:
     return model
   policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy("mixed_bfloat16" if bfloat16 else "float32")
@@ -415,7 +417,7 @@ def serving_model(model, model_config: config_lib.ModelConfig, export_config):
   finally:
     keras.mixed_precision.set_global_policy(policy)
   twin.set_weights(model.get_weights())
-  if export_config.fold_batch_norms:
+  if fold:
     twin.backbone.fold_batch_norms(source=model.backbone)
   return twin
 

@@ -150,8 +150,11 @@ class DelgModel(base.RetrievalModel):
     """(size, stride, padding) of a local feature in input pixels.
 
     DELF's R50 with block3_strides (the default): (291, 32, 145); without: (291, 16, 145).
+    keras.applications backbones: their convolutions' field (KerasAppBackbone.receptive_field).
     """
     config = self.model_config
+    if config.backbone != "resnet":
+      return self.backbone.receptive_field()
     return backbones.stage3_receptive_field(
       config.backbone_depth, config.backbone_layout, config.block3_strides
     )

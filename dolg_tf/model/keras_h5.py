@@ -1,4 +1,8 @@
-"""Loads keras.applications ResNet ImageNet weights (`*_notop.h5`) into a backbone.
+"""Loads keras.applications ImageNet weights (`*_notop.h5`) into a backbone.
+
+`load_backbone_weights` takes either backbone: a ResNetBackbone ('keras' or
+'delf' layout, below) or a keras_app_backbones.KerasAppBackbone
+(`load_keras_app_weights`: EfficientNet, EfficientNetV2, ConvNeXt).
 
 The 'keras' backbone layout uses the keras.applications layer names
 (`conv1_conv`, `conv2_block1_0_conv`, ...), so weights are matched by layer
@@ -7,6 +11,8 @@ moving_variance). keras.applications ResNets expect 'caffe' preprocessing
 (BGR, mean [103.939, 116.779, 123.68], no std); `KERAS_IMAGENET_INPUT` gives
 the matching ModelConfig input settings.
 """
+
+import re
 
 import h5py
 import numpy as np
@@ -23,8 +29,24 @@ def _decode(value):
   return value.decode("utf8") if isinstance(value, bytes) else str(value)
 
 
-def read_h5_weights(path: str) -> dict:
-  """{layer name: {weight name: array}} from a Keras .h5 weights file.
+def _short_key(owner: str, name: str) -> str:
+  """The weight name of a variable or .h5 weight name ('stem_conv/kernel:0' -> 'kernel')."""
+  del owner
+  return name.split("/")[-1].split(":")[0]
+
+
+def _layer_weight_key(owner: str, name: str) -> str:
+  """A weight's name within layer `owner`: 'kernel', or 'inner/kernel' in a nested model.
+
+  ('stem_conv', 'stem_conv/kernel:0') -> 'kernel'; ('convnext_tiny_stem',
+  'convnext_tiny_stem_conv/kernel:0') -> 'convnext_tiny_stem_conv/kernel'.
+  """
+  parts = name.split(":")[0].split("/")
+  return parts[-1] if len(parts) < 2 or parts[-2] == owner else "/".join(parts[-2:])
+
+
+def read_h5_weights(path: str, key=_short_key) -> dict:
+  """{layer name: {key(layer name, weight name): array}} from a Keras .h5 weights file.
 
   Raises:
     IOError: naming the file if it cannot be read or is not a Keras weights file.
@@ -38,7 +60,7 @@ def read_h5_weights(path: str) -> dict:
       for layer_name in (_decode(n) for n in root.attrs["layer_names"]):
         group = root[layer_name]
         names = [_decode(n) for n in group.attrs.get("weight_names", [])]
-        weights[layer_name] = {n.split("/")[-1].split(":")[0]: np.asarray(group[n]) for n in names}
+        weights[layer_name] = {key(layer_name, n): np.asarray(group[n]) for n in names}
       return weights
   except OSError as e:
     if str(path) in str(e):
@@ -56,6 +78,8 @@ def load_backbone_weights(backbone: keras.layers.Layer, path: str) -> int:
     ValueError: if the backbone is not in the 'keras' or 'delf' layout, or a layer of the
       backbone is missing from the file, or a shape differs (naming it).
   """
+  if hasattr(backbone, "network"):  # a keras_app_backbones.KerasAppBackbone
+    return load_keras_app_weights(backbone, path)
   # The delf layout has keras.applications' layer names (DELF starts from these weights too).
   if getattr(backbone, "layout", "keras") not in ("keras", "delf"):
     raise ValueError(
@@ -69,18 +93,63 @@ def load_backbone_weights(backbone: keras.layers.Layer, path: str) -> int:
       layer, keras.layers.Conv2D | keras.layers.BatchNormalization
     ):
       continue
-    if layer.name not in stored:
-      raise ValueError(f"{path}: no weights for layer '{layer.name}'")
-    values = stored[layer.name]
-    for variable in layer.weights:
-      key = variable.name.split("/")[-1].split(":")[0]
-      if key not in values:
-        raise ValueError(f"{path}: layer '{layer.name}' has no weight '{key}'")
-      if tuple(values[key].shape) != tuple(variable.shape):
-        raise ValueError(
-          f"{path}: shape mismatch for '{layer.name}/{key}': file {values[key].shape}, "
-          f"model {tuple(variable.shape)}"
-        )
-      variable.assign(values[key])
+    _assign_layer(layer, stored.get(layer.name), _short_key, path)
     loaded += 1
   return loaded
+
+
+def load_keras_app_weights(backbone: keras.layers.Layer, path: str) -> int:
+  """Assigns a keras.applications `*_notop.h5` file to a KerasAppBackbone, every weight checked.
+
+  keras writes one group per layer of the application (a nested Sequential,
+  as ConvNeXt's stem and downsampling blocks, is one group holding its
+  layers' weights); each weight is matched by its layer and weight name
+  ('block1a_dwconv/depthwise_kernel', 'convnext_tiny_stem_conv/kernel').
+  File layers the backbone does not have (EfficientNet's input
+  Normalization, whose statistics the model applies itself) are ignored.
+
+  Returns:
+    The number of backbone layers loaded (every layer that has weights).
+
+  Raises:
+    ValueError: a backbone layer or weight missing from the file, or a shape
+      differs (naming the file, layer and weight).
+  """
+  stored = read_h5_weights(path, key=_layer_weight_key)
+  loaded = 0
+  for layer in backbone.network.layers:
+    if not layer.weights:
+      continue
+    _assign_layer(layer, stored.get(_stored_name(layer.name, stored)), _layer_weight_key, path)
+    loaded += 1
+  return loaded
+
+
+def _stored_name(name: str, stored: dict) -> str | None:
+  """The file's group for layer `name`: its own, or the one layer of the same auto-name.
+
+  keras numbers the layers it names itself per process ('layer_normalization',
+  'layer_normalization_1', ...; ConvNeXt's final LayerNormalization is one),
+  so the file may hold such a layer under another number.
+  """
+  if name in stored:
+    return name
+  base = re.sub(r"_\d+$", "", name)
+  candidates = [n for n in stored if re.fullmatch(rf"{re.escape(base)}(_\d+)?", n)]
+  return candidates[0] if len(candidates) == 1 else None
+
+
+def _assign_layer(layer, values: dict | None, key, path: str) -> None:
+  """Assigns every weight of `layer` from `values[key(weight name)]`, shapes checked."""
+  if values is None:
+    raise ValueError(f"{path}: no weights for layer '{layer.name}'")
+  for variable in layer.weights:
+    name = key(layer.name, variable.name)
+    if name not in values:
+      raise ValueError(f"{path}: layer '{layer.name}' has no weight '{name}'")
+    if tuple(values[name].shape) != tuple(variable.shape):
+      raise ValueError(
+        f"{path}: shape mismatch for '{layer.name}/{name}': file {values[name].shape}, "
+        f"model {tuple(variable.shape)}"
+      )
+    variable.assign(values[name])

@@ -12,6 +12,10 @@ Modules:
     (the dataset commands' flags are its fields; no TensorFlow).
   dataset_writer: a planned dataset -> TFRecord shards, relabeling.csv and
     failures.csv, in one process.
+  own_dataset: your own images as a source (a folder of class folders, or a
+    path,label CSV; no TensorFlow).
+  split_lists: a built dataset's image lists, labels and validation solution
+    for dolg-extract / dolg-recognize.
   build_image_dataset: the `dolg-build-dataset` command.
   beam_dataset, beam_build_dataset: the same shards on Apache Beam, and its
     `dolg-build-dataset-beam` command.

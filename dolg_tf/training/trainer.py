@@ -310,9 +310,11 @@ class Trainer:
     interrupted = []
     previous_handler = sigterm.note_sigterm(interrupted)
     logging.info(
-      "Training %s R%d on %d classes: steps %d -> %d, global batch %d, %d replica(s), %s",
+      "Training %s %s on %d classes: steps %d -> %d, global batch %d, %d replica(s), %s",
       self.model_config.name,
-      self.model_config.backbone_depth,
+      self.model_config.backbone
+      if self.model_config.backbone != "resnet"
+      else f"R{self.model_config.backbone_depth}",
       self.num_classes,
       self.step,
       self.total_steps,

@@ -114,7 +114,7 @@ class TrainerDivergenceTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "data")
+    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "divergence_data")
     cls.train_pattern, _, cls.num_classes = synthetic.ensure_demo_data(
       cls.data_dir, num_classes=4, views_per_class=8, image_size=48, num_shards=2
     )

@@ -13,10 +13,14 @@ from tests import testutil
 
 
 class StagedFinetuningTest(tf.test.TestCase):
+  def setUp(self):
+    super().setUp()
+    testutil.log_absl_info(self)
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "data")
+    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "staged_finetuning_data")
     cls.train_pattern, _, cls.num_classes = synthetic.ensure_demo_data(
       cls.data_dir, num_classes=4, views_per_class=4, image_size=48, num_shards=1
     )

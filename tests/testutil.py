@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from dolg_tf import config as config_lib
 from dolg_tf.export import versions
@@ -59,6 +60,13 @@ def run_module(module: str, *args: str, cwd=None, env=None, timeout=300):
     env=env,
     timeout=timeout,
   )
+
+
+def log_absl_info(test) -> None:
+  """absl INFO lines reach `test`'s assertLogs, whatever verbosity earlier tests left."""
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  test.addCleanup(absl_logging.set_verbosity, previous)
 
 
 def assert_one_line_error(test, command: str, result, pattern: str) -> None:

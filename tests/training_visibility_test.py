@@ -38,10 +38,14 @@ def read_scalars(folder: str) -> dict[str, dict[int, float]]:
 
 
 class VisibilityTest(tf.test.TestCase, parameterized.TestCase):
+  def setUp(self):
+    super().setUp()
+    testutil.log_absl_info(self)
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "data")
+    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "visibility_data")
     cls.train_pattern, cls.validation_pattern, cls.num_classes = synthetic.ensure_demo_data(
       cls.data_dir, num_classes=4, views_per_class=8, image_size=48, num_shards=2
     )
@@ -122,6 +126,10 @@ class VisibilityTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class TrainLogTest(tf.test.TestCase):
+  def setUp(self):
+    super().setUp()
+    testutil.log_absl_info(self)
+
   def test_a_model_without_gem_shows_no_gem_p(self):
     model = keras.Sequential([keras.layers.Dense(2)])
     model.build([None, 3])

@@ -60,6 +60,39 @@ class CliTest(tf.test.TestCase):
     self.assertLen(lines, 1)
     self.assertRegex(lines[0], r"^prog: error: .*count")
 
+  def test_ctrl_c_inside_pyrun_string_code_exits_130_under_python_m(self):
+    # CPython marks a KeyboardInterrupt raised in code run by PyRun_String (as
+    # pybind11 and TensorFlow imports run code) as unhandled even once caught:
+    # `python -m` then exited by SIGINT (-2) instead of cli's 130.
+    folder = self.create_tempdir().full_path
+    with open(os.path.join(folder, "pyrun_prog.py"), "w") as f:
+      f.write(
+        textwrap.dedent(
+          """
+          import ctypes
+          from dolg_tf.utils import cli
+
+          def main(argv):
+            run = ctypes.pythonapi.PyRun_String
+            run.restype = ctypes.py_object
+            run.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+            run(b"raise KeyboardInterrupt", 257, {}, {})  # 257: Py_file_input
+
+          cli.run(main)
+          """
+        )
+      )
+    result = subprocess.run(
+      [sys.executable, "-m", "pyrun_prog"],
+      capture_output=True,
+      text=True,
+      cwd=folder,
+      env=dict(os.environ, PYTHONPATH=os.pathsep.join([folder, *sys.path])),
+      timeout=120,
+    )
+    self.assertEqual(result.returncode, cli.EXIT_INTERRUPTED, result.stderr)
+    self.assertEqual(result.stderr.strip().splitlines(), ["pyrun_prog: interrupted"])
+
   def test_runs_in_the_bazel_callers_folder(self):
     caller = self.create_tempdir().full_path
     result = self._run(env={"BUILD_WORKING_DIRECTORY": caller})

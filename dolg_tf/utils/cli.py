@@ -23,6 +23,7 @@
   it exits anyway.
 """
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -273,6 +274,14 @@ def exit_interrupted(word: str, status: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
   print(f"{command_name()}: {word}", file=sys.stderr, flush=True)
   sys.stdout.flush()
+  if "-m" in getattr(sys, "orig_argv", [])[1:]:
+    # Under `python -m`, CPython exits by SIGINT (status -2) whatever sys.exit says
+    # when the KeyboardInterrupt was raised inside code run through PyRun_String
+    # (pybind11 / TensorFlow imports do that): end here, after the atexit handlers.
+    atexit._run_exitfuncs()  # pylint: disable=protected-access
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
   timer = threading.Timer(EXIT_GRACE_SECONDS, os._exit, [status])  # pylint: disable=protected-access
   timer.daemon = True
   timer.start()

@@ -111,7 +111,7 @@ class AsmkStage:
       ("query", options.query_dir or query_source, list(query_names)),
       ("index", options.index_dir or index_source, list(index_names)),
     )
-    self.name = asmk_similarity.TYPE_NAMES[self.config.aggregation_type]
+    self.name = aggregation_config_io.type_name(self.config.aggregation_type)
     self.index = None
     self.queries = None
     self.build_seconds = 0.0

@@ -31,12 +31,7 @@ lists with them.
 
 import numpy as np
 
-from dolg_tf.protos import aggregation_config_pb2
-
-VLAD = aggregation_config_pb2.AggregationConfig.VLAD
-ASMK = aggregation_config_pb2.AggregationConfig.ASMK
-ASMK_STAR = aggregation_config_pb2.AggregationConfig.ASMK_STAR
-TYPE_NAMES = {VLAD: "VLAD", ASMK: "ASMK", ASMK_STAR: "ASMK_STAR"}
+from dolg_tf.io.aggregation_config_io import ASMK, ASMK_STAR, TYPES, VLAD  # noqa: F401
 
 # Number of set bits of every byte value.
 _POPCOUNT = np.array([bin(n).count("1") for n in range(256)], dtype=np.int32)
@@ -80,7 +75,7 @@ class AggregatedSimilarity:
 
   def __init__(self, config):
     self.aggregation_type = config.aggregation_type
-    if self.aggregation_type not in TYPE_NAMES:
+    if self.aggregation_type not in TYPES:
       raise ValueError(f"aggregation_type: invalid value {self.aggregation_type}")
     self.feature_dimensionality = int(config.feature_dimensionality)
     self.use_l2_normalization = bool(config.use_l2_normalization)

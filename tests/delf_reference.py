@@ -215,6 +215,9 @@ def randomize(model, seed=0):
         rng.normal(0.0, np.sqrt(2.0 / fan_in), layer.kernel.shape).astype(np.float32)
       )
       layer.bias.assign(rng.normal(0.0, 0.05, layer.bias.shape).astype(np.float32))
+  if hasattr(model, "cosine_weights"):  # a bare tf.Variable: Keras' initializer is unseeded
+    shape = model.cosine_weights.shape
+    model.cosine_weights.assign(rng.normal(0.0, 1.0, shape).astype(np.float32))
   return model
 
 

@@ -21,8 +21,9 @@ attention classifier, margin head), the stop-gradients (the attention and
 reconstruction losses give the backbone and whitening no gradient; the global
 loss gives the local branch none) and the weights after each of 3 SGD steps.
 Tolerances: loss terms relative 1e-5; gradients max |difference| / max
-|reference| per group 1e-4; weights per step 1e-6 + 1e-3 of the group's
-largest update. Figures: `[delg training parity]` lines of
+|reference| per group 1e-4; weights per step 1e-6 + 1e-4 of the group's
+largest update, each step starting from DELF's weights (see test_three_steps).
+Figures: `[delg training parity]` lines of
 `.venv/bin/python -m pytest -q -s tests/delg_training_parity_test.py`, and
 docs/TRAINING_PARITY.md.
 """
@@ -231,8 +232,14 @@ class DelgTrainingParityTest(tf.test.TestCase):
         )
         line.append(f"{group} {difference:.1e}/{update:.1e}")
         self.assertGreater(update, 0.0, f"step {step + 1} {group}")
-        self.assertLessEqual(difference, 1e-6 + 1e-3 * update, f"step {step + 1} {group}")
+        self.assertLessEqual(difference, 1e-6 + 1e-4 * update, f"step {step + 1} {group}")
       figures.append(f"step {step + 1}: " + ", ".join(line))
+      # The next step starts from DELF's weights (each side keeps its own momentum):
+      # left to drift, float32 rounding crosses ReLU and max-pool kinks and grows
+      # ~1000x in a step for some initialisations (seeds 6, 9, 11 of 12 reached
+      # 1e-2 of the update at step 3), which says nothing about the training step.
+      for name in names:
+        pairs[name][1].assign(pairs[name][0])
     MEASURED["3 steps, weights |ours - DELF| / largest update"] = "; ".join(figures)
 
 

@@ -262,6 +262,9 @@ class TrainConfig(Section):
     validate_every: steps between validation runs; 0 = at the end only.
     validation_steps: validation batches per run; 0 = all.
     export_at_end: write a SavedModel under <logdir>/export at the end.
+    lr_per_epoch: evaluate the warm-up and decay once per epoch (the official
+      DOLG code's pycls schedule: the rate is constant within an epoch) rather
+      than at every step (default; tf-models-official's LinearWarmup).
     imagenet_checkpoint: Keras ImageNet .h5 weights for the backbone.
     chance_window_steps: stop a run whose training accuracy stays at chance
       for this many steps after the warm-up (docs/CONVERGENCE.md); 0 = never.
@@ -302,6 +305,7 @@ class TrainConfig(Section):
   validate_every: int = 0
   validation_steps: int = 20
   export_at_end: bool = True
+  lr_per_epoch: bool = False
   imagenet_checkpoint: str = ""
   chance_window_steps: int = 1000
   chance_window_min_epochs: float = 2.0

@@ -2,6 +2,7 @@
 
 import dataclasses
 import glob
+import math
 import os
 import re
 import shutil
@@ -183,6 +184,20 @@ class TrainerTest(tf.test.TestCase):
       metrics["global_loss"] + metrics["attention_loss"] + 10.0 * metrics["reconstruction_loss"],
       places=3,
     )
+
+  def test_lr_per_epoch_holds_the_rate_within_an_epoch(self):
+    logdir = os.path.join(self.get_temp_dir(), "per_epoch")
+    settings = dict(steps_per_epoch=2, max_steps=6, warmup_steps=2)
+    per_epoch = self._trainer(TINY, logdir, lr_per_epoch=True, **settings).learning_rate
+    per_step = self._trainer(TINY, logdir + "_step", **settings).learning_rate
+    rates = [float(per_epoch(step)) for step in range(6)]
+    self.assertEqual(rates[0], rates[1])
+    self.assertEqual(rates[2], rates[3])
+    self.assertEqual(rates[4], rates[5])
+    # Epoch 0 of 3 with one warm-up epoch: warmup_factor * lr; epoch 2: cosine at 2/3.
+    self.assertAllClose(rates[0], 0.1 * 0.01)
+    self.assertAllClose(rates[4], 0.5 * 0.01 * (1 + math.cos(math.pi * 2 / 3)))
+    self.assertNotEqual(float(per_step(1)), float(per_step(0)))
 
   def test_missing_training_files_are_reported(self):
     with self.assertRaisesRegex(FileNotFoundError, "nowhere"):

@@ -174,6 +174,7 @@ class Trainer:
       config.lr_schedule,
       self.warmup_steps,
       config.warmup_factor,
+      steps_per_epoch=self.steps_per_epoch if config.lr_per_epoch else 0,
     )
     optimizer = keras.optimizers.SGD(
       self.learning_rate,

@@ -135,6 +135,52 @@ class SubCenterArcFaceTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "positive"):
       heads.dynamic_margins([3, 0], 0.05, 0.5)
 
+  def test_dynamic_margins_are_the_glr2021_winners(self):
+    # ChristofHenkel/kaggle-landmark-2021-1st-place, data/ch_ds_1.py: tmp =
+    # sqrt(1 / sqrt(value_counts)) = n^-1/4; margins = (tmp - tmp.min()) /
+    # (tmp.max() - tmp.min()) * arcface_m_x + arcface_m_y, with
+    # configs/default_config.py arcface_m_x = 0.45, arcface_m_y = 0.05.
+    # By hand for n = 1, 16, 81, 10000: tmp = 1, 1/2, 1/3, 1/10, so
+    # margins = (tmp - 0.1) / 0.9 * 0.45 + 0.05 = (tmp - 0.1) / 2 + 0.05.
+    margins = heads.dynamic_margins([1, 16, 81, 10000], 0.05, 0.05 + 0.45)
+    self.assertAllClose(margins, [0.5, 0.25, 1.0 / 6.0, 0.05], atol=1e-7)
+
+  def test_glr2021_target_logit_both_branches(self):
+    # ArcFaceLossAdaptiveMargin (models/ch_mdl_dolg_efficientnet.py): target
+    # phi = cos(theta + m) where cos > cos(pi - m), else cos - sin(pi - m) * m;
+    # other classes keep cos; all times s = 45. ArcMarginProduct_subcenter: k = 3
+    # class-major columns (weight.view(-1, n_classes, k)), cosine = their max.
+    head = heads.SubCenterArcFace(
+      num_classes=2, scale=45.0, margin=0.05, margin_max=0.5, num_subcenters=3
+    )
+    head.build([None, 2])
+
+    def set_centres(degrees):  # [c0k0, c0k1, c0k2, c1k0, c1k1, c1k2]
+      rad = np.radians(degrees)
+      head.kernel.assign(np.stack([np.cos(rad), np.sin(rad)]).astype(np.float32))
+
+    def at(degrees):
+      rad = math.radians(degrees)
+      return [math.cos(rad), math.sin(rad)]
+
+    head.set_class_counts([10000, 1])  # margins 0.05 and 0.5 (see above)
+    set_centres([0.0, 100.0, 170.0, 90.0, 179.0, 178.0])
+    logits = head(tf.constant([at(10.0), at(180.0)]), tf.constant([0, 1])).numpy()
+    ten, one = math.radians(10.0), math.radians(1.0)
+    # Example 0 (class 0): nearest sub-centre 10 degrees away, margin 0.05.
+    self.assertAllClose(logits[0, 0], 45.0 * math.cos(ten + 0.05), atol=1e-4)
+    # Not its class: the nearest of class 1's sub-centres, 80 degrees, no margin.
+    self.assertAllClose(logits[0, 1], 45.0 * math.cos(math.radians(80.0)), atol=1e-4)
+    # Example 1 (class 1): nearest sub-centre 1 degree away, margin 0.5.
+    self.assertAllClose(logits[1, 1], 45.0 * math.cos(one + 0.5), atol=1e-3)
+    self.assertAllClose(logits[1, 0], 45.0 * math.cos(ten), atol=1e-4)
+    # The other branch: 170 degrees from every class-1 sub-centre, beyond pi - 0.5.
+    set_centres([0.0] * 3 + [90.0] * 3)
+    logits = head(tf.constant([at(260.0)]), tf.constant([1])).numpy()
+    cos = math.cos(math.radians(170.0))
+    self.assertLess(cos, math.cos(math.pi - 0.5))
+    self.assertAllClose(logits[0, 1], 45.0 * (cos - math.sin(math.pi - 0.5) * 0.5), atol=1e-4)
+
   def test_per_class_margin_applied_to_target(self):
     head = heads.SubCenterArcFace(
       num_classes=2, scale=1.0, margin=0.1, margin_max=0.4, num_subcenters=1

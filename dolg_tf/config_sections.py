@@ -32,6 +32,8 @@ MODEL_NAMES = ("dolg", "delg")
 HEAD_TYPES = ("arcface", "curricularface", "subcenter_arcface")
 OFFICIAL_DILATIONS = (6, 12, 18)
 PAPER_DILATIONS = (3, 6, 9)
+# The parts train.lr_multipliers names (dolg_tf/training/param_groups.py assigns the variables).
+LR_MULTIPLIER_PARTS = ("backbone", "local", "global", "head")
 DATASET_VERSIONS = ("gld_v1", "gld_v2", "gld_v2_clean", "synthetic")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
@@ -266,6 +268,15 @@ class TrainConfig(Section):
       DOLG code's pycls schedule: the rate is constant within an epoch) rather
       than at every step (default; tf-models-official's LinearWarmup).
     imagenet_checkpoint: Keras ImageNet .h5 weights for the backbone.
+    init_from: a fresh run's first weights: a dolg_tf run folder (its newest
+      checkpoint), a dolg-convert-official/-delf output folder or a checkpoint
+      prefix (dolg_tf/training/warm_start.py). Every model variable must load;
+      a margin head (or DELG attention classifier) that does not fit is
+      re-initialised and reported. Not the optimizer state or the step; not
+      on a resumed run; not with imagenet_checkpoint.
+    lr_multipliers: per-part learning-rate multipliers, "backbone=0.1,head=10"
+      (or ";" between parts; parts: backbone, local, global, head; others 1), applied by scaling
+      each part's gradients (dolg_tf/training/param_groups.py).
     chance_window_steps: stop a run whose training accuracy stays at chance
       for this many steps after the warm-up (docs/CONVERGENCE.md); 0 = never.
       A NaN/inf loss always stops the run.
@@ -307,6 +318,8 @@ class TrainConfig(Section):
   export_at_end: bool = True
   lr_per_epoch: bool = False
   imagenet_checkpoint: str = ""
+  init_from: str = ""
+  lr_multipliers: str = ""
   chance_window_steps: int = 1000
   chance_window_min_epochs: float = 2.0
   chance_margin: float = 0.25
@@ -340,3 +353,40 @@ class TrainConfig(Section):
     )
     if self.initial_lr <= 0:
       raise ConfigError(f"train.initial_lr must be positive, got {self.initial_lr}")
+    if self.init_from and self.imagenet_checkpoint:
+      raise ConfigError(
+        "train.init_from and train.imagenet_checkpoint are both set: give one (init_from "
+        "loads the whole network, imagenet_checkpoint the backbone only)"
+      )
+    self.lr_multiplier_values()
+
+  def lr_multiplier_values(self) -> dict[str, float]:
+    """{part: multiplier} of every part in LR_MULTIPLIER_PARTS (1.0 unless lr_multipliers says).
+
+    Raises:
+      ConfigError: naming train.lr_multipliers, for an unknown part, a repeated
+        one, or a value that is not a positive number.
+    """
+    values = dict.fromkeys(LR_MULTIPLIER_PARTS, 1.0)
+    given = set()
+    for item in filter(None, (i.strip() for i in self.lr_multipliers.replace(";", ",").split(","))):
+      part, sep, number = (s.strip() for s in item.partition("="))
+      if not sep or part not in values:
+        raise ConfigError(
+          f"train.lr_multipliers: {item!r} is not <part>=<number> with a part of "
+          f"{', '.join(LR_MULTIPLIER_PARTS)}"
+        )
+      if part in given:
+        raise ConfigError(f"train.lr_multipliers: {part} is given twice")
+      try:
+        value = float(number)
+      except ValueError:
+        value = float("nan")
+      if not value > 0 or value == float("inf"):
+        raise ConfigError(
+          f"train.lr_multipliers: {part}={number!r} must be a positive number (to keep a part "
+          "fixed, use freeze_backbone_steps for the backbone)"
+        )
+      values[part] = value
+      given.add(part)
+    return values

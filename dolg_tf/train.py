@@ -46,7 +46,7 @@ from dolg_tf import experiments, run_layout
 from dolg_tf.data import input_pipeline, synthetic
 from dolg_tf.export import versions
 from dolg_tf.model import checkpoint_restore
-from dolg_tf.training import run_checkpoints
+from dolg_tf.training import run_checkpoints, warm_start
 from dolg_tf.training import trainer as trainer_lib
 from dolg_tf.utils import cli, dir_lock
 from dolg_tf.utils.error_text import first_line
@@ -151,10 +151,11 @@ def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.E
       config = config_lib.override(
         config, {"data": {name: cli.resolve_path(getattr(config.data, name))}}
       )
-  if config.train.imagenet_checkpoint:
-    config = config_lib.override(
-      config, {"train": {"imagenet_checkpoint": cli.resolve_path(config.train.imagenet_checkpoint)}}
-    )
+  for name in ("imagenet_checkpoint", "init_from"):
+    if getattr(config.train, name):
+      config = config_lib.override(
+        config, {"train": {name: cli.resolve_path(getattr(config.train, name))}}
+      )
   return config
 
 
@@ -316,6 +317,7 @@ def _train(
     FileNotFoundError,
     input_pipeline.DataError,
     checkpoint_restore.CheckpointMismatchError,
+    warm_start.InitFromError,
   ) as e:
     raise cli.UserError(str(e)) from None
   if export_only and trainer.restored_from is None:

@@ -3,11 +3,18 @@
 `make_train_loop` returns the one tf.function Trainer.train calls (once per
 step, so that a SIGTERM stops after the current step); the forward and
 backward pass are XLA-compiled when train.jit_compile is set.
+
+train.lr_multipliers scales each part's gradients (backbone, local, global,
+head: training.param_groups) before the update: for SGD that is the part's
+learning rate times the multiplier, with or without (Nesterov) momentum, whose
+velocity is then scaled alike; the coupled weight decay is in the loss, so its
+share of the gradient is scaled too.
 """
 
 import tensorflow as tf
 
 from dolg_tf.keras_api import keras
+from dolg_tf.training import param_groups
 
 # DELG's loss weights (DELF train.py defaults).
 DELG_ATTENTION_LOSS_WEIGHT = 1.0
@@ -80,6 +87,7 @@ def make_train_loop(trainer):
   model, head, optimizer = trainer.model, trainer.head, trainer.optimizer
   variables = trainer.trainable_variables
   is_loss_scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+  scales = param_groups.gradient_scales(model, head, variables, config.lr_multiplier_values())
 
   def gradients(images, labels):
     _, grads, per_example, cosines, terms = loss_and_gradients(
@@ -104,6 +112,7 @@ def make_train_loop(trainer):
     grads, per_example, cosines, terms = gradients(images, labels)
     if is_loss_scaled:
       grads = optimizer.get_unscaled_gradients(grads)
+    grads = param_groups.scale_gradients(grads, scales)
     optimizer.apply_gradients(zip(grads, variables))
     trainer.train_loss.update_state(per_example)
     trainer.train_accuracy.update_state(labels, cosines)

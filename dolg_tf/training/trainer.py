@@ -14,7 +14,9 @@ training.train_step), and so are the rules of training.divergence (a NaN/inf
 loss, accuracy stuck at chance): a diverged run raises DivergedError, naming
 the checkpoint kept and what to try, and saves nothing more. The progress line
 and the summaries are training.train_log's. train.freeze_backbone_steps trains
-the branches and the head alone first (staged fine-tuning).
+the branches and the head alone first (staged fine-tuning). A run without a
+checkpoint of its own starts from train.init_from when set (training.warm_start:
+the weights only, at step 0).
 """
 
 import math
@@ -40,6 +42,7 @@ from dolg_tf.training import (
   sigterm,
   train_log,
   train_step,
+  warm_start,
 )
 from dolg_tf.utils import cpu, progress
 from dolg_tf.utils.error_text import first_line
@@ -90,6 +93,8 @@ class Trainer:
         data.skip_corrupt_records), a label outside [0, num_classes) or no
         record at all; the file named.
       CheckpointMismatchError: the latest checkpoint does not fit the model.
+      warm_start.InitFromError: train.init_from (on a run without a
+        checkpoint) names none, or one that does not fit the model.
     """
     self.experiment = experiment
     self.layout = layout
@@ -123,8 +128,16 @@ class Trainer:
     )
     self.manager = self.checkpoints.manager
     self.restored_from = self.checkpoints.restore_latest()
+    # {classifier: why} of the heads train.init_from left freshly initialised.
+    self.reinitialised = {}
     if self.restored_from:
       logging.info("Resumed from %s at step %d", self.restored_from, self.step)
+    elif config.init_from:
+      self.reinitialised = warm_start.initialise(
+        self.model, self.head, config.init_from, self.model_config
+      )
+      if class_counts is not None and hasattr(self.head, "set_class_counts"):
+        self.head.set_class_counts(class_counts)  # this data's margins, not the source's
     self._train_step_fn = None
     self._eval_step_fn = None
     self.frozen_backbone = False

@@ -1,12 +1,18 @@
 """Tests for dolg_tf.experiments: every preset validates and builds; the published recipes
 carry exactly the values their sources state (docs/RECIPES.md)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import tensorflow as tf
+from absl import flags
 from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
 from dolg_tf import experiments
+from dolg_tf import train as train_lib
 from dolg_tf.model import builder
 
 RECIPES = (
@@ -266,6 +272,49 @@ class PresetTest(tf.test.TestCase, parameterized.TestCase):
         "train.lr_per_epoch": False,
       },
     )
+
+
+class DolgTrainFlagsTest(tf.test.TestCase, parameterized.TestCase):
+  def _config(self, *argv):
+    flag_values = flags.FlagValues()
+    train_lib.define_flags(flag_values)
+    flag_values(["dolg-train", *argv])
+    return train_lib.experiment_from_flags(flag_values)
+
+  @parameterized.parameters(*RECIPES)
+  def test_dolg_train_takes_every_recipe(self, name):
+    config = self._config(f"--experiment={name}")
+    expected = experiments.get(name)
+    if expected.train.init_from:  # dolg-train makes the run folder absolute
+      expected = config_lib.override(
+        expected, {"train": {"init_from": os.path.abspath(expected.train.init_from)}}
+      )
+    self.assertEqual(config.as_dict(), expected.as_dict())
+
+  def test_a_stage_starts_from_the_run_given(self):
+    config = self._config("--experiment=glr2021_effnet_b7_stage2", "--init_from=/data/my_stage1")
+    self.assertEqual(config.train.init_from, "/data/my_stage1")
+    self.assertEqual(config.data.image_size, 448)
+
+  def test_a_recipe_without_data_is_one_line_exit_2(self):
+    result = subprocess.run(
+      [sys.executable, "-m", "dolg_tf.train", "--experiment=official_dolg_r101"],
+      capture_output=True,
+      text=True,
+      cwd=self.get_temp_dir(),
+      env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__))),
+      timeout=300,
+    )
+    self.assertEqual(result.returncode, 2, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    self.assertLen(lines, 1, result.stderr)
+    self.assertIn("official_dolg_r101 trains on TFRecords: give --train_file_pattern", lines[0])
+
+  def test_unknown_experiment_is_refused(self):
+    flag_values = flags.FlagValues()
+    train_lib.define_flags(flag_values)
+    with self.assertRaisesRegex(flags.IllegalFlagValueError, "official_dolg_r101"):
+      flag_values(["dolg-train", "--experiment=official_dolg_r50"])
 
 
 def _small(model_config):

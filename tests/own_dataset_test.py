@@ -44,7 +44,11 @@ def _csv_rows(path):
 
 
 def _folder_bytes(folder):
-  return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
+  return {
+    n: open(os.path.join(folder, n), "rb").read()
+    for n in sorted(os.listdir(folder))
+    if not n.startswith(".")
+  }
 
 
 class OwnDatasetTest(tf.test.TestCase):
@@ -102,7 +106,7 @@ class OwnDatasetTest(tf.test.TestCase):
       os.listdir(out),
       ["train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001"]
       + ["relabeling.csv", "failures.csv", "dropped_classes.csv", "image_labels.csv"]
-      + ["train_images.txt", "validation_images.txt", "validation_solution.csv"],
+      + ["train_images.txt", "validation_images.txt", "validation_solution.csv"],  # no .build
     )
     # The files for dolg-extract --list_images_path and dolg-recognize.
     validation = _records(summary.validation_files)

@@ -49,6 +49,9 @@ Outputs in --output_directory: `train-NNNNN-of-MMMMM`,
 `failures.csv`, `dropped_classes.csv`, and for evaluation (split_lists.py)
 `train_images.txt`, `validation_images.txt`, `image_labels.csv`,
 `validation_solution.csv`. Every file appears atomically (temporary name, then rename).
+A rerun after an interruption keeps the shards that were finished and writes the
+others (dataset_writer: the hidden `.build/` holds their done records until the
+build is complete).
 
 Every flag is a field of dataset_config.DatasetBuildConfig (generated from
 it; a given flag overrides the field's default). The library behind it:

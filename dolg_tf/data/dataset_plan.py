@@ -15,7 +15,10 @@ No TensorFlow.
 """
 
 import collections
+import csv
 import dataclasses
+import hashlib
+import io
 import os
 from collections.abc import Iterable, Sequence
 
@@ -162,6 +165,19 @@ class DatasetPlan:
     dataset_writer.build_dataset does.
     """
     return self.splits[split][shard::num_shards]
+
+
+def shard_plan_text(records: Iterable[PlannedRecord]) -> str:
+  """A shard's records as text: position, id, label, path per line (tab-separated)."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+  writer.writerows((r.position, r.image_id, r.label, r.path) for r in records)
+  return buffer.getvalue()
+
+
+def shard_digest(records: Iterable[PlannedRecord]) -> str:
+  """The SHA-256 (hex) of `shard_plan_text(records)`: what a finished shard was written from."""
+  return hashlib.sha256(shard_plan_text(records).encode("utf-8")).hexdigest()
 
 
 def read_entries(train_csv_path: str | None, train_clean_csv_path: str | None) -> list[ImageEntry]:

@@ -18,17 +18,31 @@ Outputs in the output folder: `train-NNNNN-of-MMMMM`,
 images), and split_lists' files (image lists, labels and a validation
 solution for extraction and recognition). Every file appears atomically
 (temporary name, then rename). The command is build_image_dataset.py.
+
+Resumable: shards are written one after the other, each from its planned
+records (record k of a split is in shard k % num_shards, dataset_plan) to a
+temporary file renamed when complete, then `.build/<shard>.done.json` records
+the digest of its plan, its record count and its failures. A rerun after an
+interruption (Ctrl-C, a kill, a crash) keeps every shard whose file and done
+record exist for the same plan, removes the killed run's temporary files and
+writes only the other shards: the folder ends byte for byte as an
+uninterrupted build writes it. A changed plan (other images, seed, split or
+shard counts) rewrites the shards it changes. The images themselves are
+assumed unchanged between the runs. Once everything is written, `.build/` is
+removed: a rerun of a finished build writes it all again.
 """
 
 import collections
 import csv
 import dataclasses
 import io
+import json
 import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Sequence
 
+import tensorflow as tf
 from absl import logging
 
 from dolg_tf.data import dataset_plan, gldv2, image_codec, own_dataset, split_lists
@@ -40,6 +54,8 @@ from dolg_tf.utils import progress as progress_lib
 RELABELING_FILENAME = "relabeling.csv"
 FAILURES_FILENAME = "failures.csv"
 DROPPED_FILENAME = "dropped_classes.csv"
+# Hidden folder of the done records (`<shard>.done.json`) that make a rerun resume.
+WORK_DIR = ".build"
 
 
 @dataclasses.dataclass
@@ -155,36 +171,137 @@ def convert(record: PlannedRecord, prepared_task) -> tuple[bytes | None, Failure
   return example.SerializeToString(deterministic=True), None, prepared.reencoded
 
 
-def _write_records(
-  plan: dataset_plan.DatasetPlan,
-  writers: dict[str, gldv2.ShardedRecordWriter],
-  shard_counts: dict[str, int],
-  summary: BuildSummary,
-  num_workers: int,
-  log_interval: float,
-) -> collections.Counter:
-  """Converts every planned image into its split's writer; failures go to `summary`.
+@dataclasses.dataclass
+class ShardJob:
+  """One shard of a build: its file, its planned records, and its done record once written."""
 
-  Returns:
-    How many images were re-encoded, by the first word of the reason.
+  split: str
+  path: str
+  records: list[PlannedRecord]
+  digest: str
+  done: dict | None = None
+
+
+def done_path(shard_path: str) -> str:
+  """`<folder>/.build/<shard name>.done.json`: the record of a finished shard."""
+  folder, name = os.path.split(shard_path)
+  return os.path.join(folder, WORK_DIR, name + ".done.json")
+
+
+def read_done(shard_path: str, digest: str) -> dict | None:
+  """The done record of a shard written from the plan `digest`, or None (absent, stale, unreadable).
+
+  None too when the shard file itself is gone.
   """
-  work = [(split, record) for split, records in plan.splits.items() for record in records]
-  progress = progress_lib.Progress(len(work), "converted", "img", log_interval)
-  reencoded = collections.Counter()
-  num_failed = 0
-  stream = _prepared_stream([(r.image_id, r.path) for _, r in work], num_workers)
-  for done, ((split, record), prepared) in enumerate(zip(work, stream), 1):
-    serialized, failure, how = convert(record, prepared)
-    if failure:
-      num_failed += 1
-      summary.failures.append(failure)
+  try:
+    with open(done_path(shard_path), encoding="utf-8") as f:
+      done = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not isinstance(done, dict) or done.get("plan") != digest:
+    return None
+  return done if os.path.isfile(shard_path) else None
+
+
+def shard_jobs(
+  plan: dataset_plan.DatasetPlan, shard_counts: dict[str, int], output_directory: str
+) -> list[ShardJob]:
+  """Every shard of `plan` in write order, each with its done record if a run finished it."""
+  jobs = []
+  for split in plan.splits:
+    count = shard_counts[split]
+    for shard in range(count):
+      records = plan.shard_records(split, shard, count)
+      path = gldv2.shard_path(os.path.join(output_directory, split), shard, count)
+      digest = dataset_plan.shard_digest(records)
+      jobs.append(ShardJob(split, path, records, digest, read_done(path, digest)))
+  return jobs
+
+
+def _write_shard(job: ShardJob, stream, progress: progress_lib.Progress) -> dict:
+  """Converts the shard's images (from `stream`, in order) into its file; returns its done record.
+
+  The file appears complete (temporary name, then rename), then its done record.
+  """
+  failures, written, reencoded = [], 0, collections.Counter()
+  tmp = file_utils.temp_path(job.path)
+  try:
+    with tf.io.TFRecordWriter(tmp) as writer:
+      for record in job.records:
+        serialized, failure, how = convert(record, next(stream))
+        if failure:
+          failures.append([record.position, failure.image_id, failure.path, failure.reason])
+        else:
+          writer.write(serialized)
+          written += 1
+          if how:
+            reencoded[how.split(" ")[0]] += 1
+        failed = progress.counters.get("failed", 0) + (failure is not None)
+        progress.update(
+          progress.done + (failure is None), processed=progress.processed + 1, failed=failed
+        )
+    os.replace(tmp, job.path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  done = {"plan": job.digest, "records": written, "failures": failures, "reencoded": reencoded}
+  file_utils.atomic_write_text(done_path(job.path), json.dumps(done))
+  return done
+
+
+def _write_shards(jobs: list[ShardJob], num_workers: int, log_interval: float) -> None:
+  """Writes every job without a done record (fills in `done`); the others are kept as they are."""
+  todo = [job for job in jobs if job.done is None]
+  if len(todo) < len(jobs):
+    logging.info(
+      "%d of %d shards were finished by an earlier run (kept); writing %d",
+      len(jobs) - len(todo),
+      len(jobs),
+      len(todo),
+    )
+  tasks = [(r.image_id, r.path) for job in todo for r in job.records]
+  progress = progress_lib.Progress(len(tasks), "converted", "img", log_interval)
+  stream = _prepared_stream(tasks, num_workers)
+  try:
+    for job in todo:
+      job.done = _write_shard(job, stream, progress)
+  finally:
+    stream.close()  # stops the worker processes
+  progress.update(
+    progress.done, processed=len(tasks), force=True, failed=progress.counters.get("failed", 0)
+  )
+
+
+def _collect(jobs: list[ShardJob], summary: BuildSummary) -> collections.Counter:
+  """Fills `summary`'s files, counts and conversion failures (in split, then record order)."""
+  failures, reencoded = [], collections.Counter()
+  ranks = {split: rank for rank, split in enumerate(dict.fromkeys(job.split for job in jobs))}
+  for job in jobs:
+    if job.split == TRAIN_PREFIX:
+      summary.train_files.append(job.path)
+      summary.num_train += job.done["records"]
     else:
-      if how:
-        reencoded[how.split(" ")[0]] += 1
-      writers[split].write(serialized, shard=record.position % shard_counts[split])
-    progress.update(done - num_failed, processed=done, failed=num_failed)
-  progress.update(len(work) - num_failed, processed=len(work), force=True, failed=num_failed)
+      summary.validation_files.append(job.path)
+      summary.num_validation += job.done["records"]
+    failures += [(ranks[job.split], row) for row in job.done["failures"]]
+    reencoded.update(job.done.get("reencoded", {}))
+  failures.sort(key=lambda item: (item[0], item[1][0]))
+  summary.failures += [Failure(*row[1:]) for _, row in failures]
   return reencoded
+
+
+def _remove_done_records(jobs: list[ShardJob], output_directory: str) -> None:
+  """Removes the done records and `.build/` once the whole folder is written (best effort)."""
+  for job in jobs:
+    try:
+      os.unlink(done_path(job.path))
+    except FileNotFoundError:
+      pass
+  try:
+    os.rmdir(os.path.join(output_directory, WORK_DIR))
+  except OSError as e:
+    logging.warning("%s: not removed (%s)", os.path.join(output_directory, WORK_DIR), e)
 
 
 def _log_summary(
@@ -247,27 +364,19 @@ def build_dataset(config: DatasetBuildConfig) -> BuildSummary:
   summary = start_summary(plan, output_directory)
   summary.failures = list(plan.missing)
 
-  writers = {
-    split: gldv2.ShardedRecordWriter(os.path.join(output_directory, split), shard_counts[split])
-    for split in plan.splits
-  }
-  try:
-    reencoded = _write_records(
-      plan, writers, shard_counts, summary, config.num_workers, config.log_interval
-    )
-  except BaseException:
-    for writer in writers.values():
-      writer.abort()
-    raise
-  summary.train_files = writers[TRAIN_PREFIX].close()
-  summary.num_train = writers[TRAIN_PREFIX].num_written
-  if VALIDATION_PREFIX in writers:
-    summary.validation_files = writers[VALIDATION_PREFIX].close()
-    summary.num_validation = writers[VALIDATION_PREFIX].num_written
+  work_dir = os.path.join(output_directory, WORK_DIR)
+  os.makedirs(work_dir, exist_ok=True)
+  for folder in (output_directory, work_dir):
+    for path in file_utils.remove_stale_temp_files(folder):
+      logging.info("removed a temporary file of an interrupted run: %s", path)
+  jobs = shard_jobs(plan, shard_counts, output_directory)
+  _write_shards(jobs, config.num_workers, config.log_interval)
+  reencoded = _collect(jobs, summary)
 
   summary.failures_path = os.path.join(output_directory, FAILURES_FILENAME)
   write_failures(summary.failures_path, summary.failures)
   split_lists.write_split_lists(output_directory, plan, summary.failures)
+  _remove_done_records(jobs, output_directory)
   summary.seconds = time.monotonic() - start
   _log_summary(summary, plan, reencoded)
   return summary

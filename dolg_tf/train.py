@@ -75,6 +75,7 @@ RUNTIME_FIELDS = frozenset(
     "train.chance_window_min_epochs",
     "train.chance_margin",
     "data.skip_corrupt_records",
+    "train.init_from",  # read only by a run without a checkpoint of its own
   }
 ) | {f"export.{f.name}" for f in dataclasses.fields(config_lib.ExportConfig)}
 

@@ -8,10 +8,11 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
-from dolg_tf import run_layout
+from dolg_tf import run_layout, train
 from dolg_tf.convert import artefacts, delf_checkpoint
 from dolg_tf.model import builder
-from dolg_tf.training import trainer, warm_start
+from dolg_tf.training import param_groups, trainer, warm_start
+from dolg_tf.utils import cli
 from tests import delf_reference, testutil
 
 MODELS = {"dolg": testutil.TINY_TRAIN_DOLG, "delg": testutil.TINY_TRAIN_DELG}
@@ -173,6 +174,25 @@ class WarmStartTest(parameterized.TestCase, tf.test.TestCase):
     with self.assertRaisesRegex(warm_start.InitFromError, "not in this model: model/extra/kernel"):
       self._trainer(self.create_tempdir().full_path, init_from=prefix)
 
+  def test_optimizer_slots_under_a_variable_path_are_not_model_variables(self):
+    kernel = tf.Variable(tf.zeros([2, 3]))
+    key = "model/fc/kernel" + warm_start.VALUE_SUFFIX
+    slot = "model/fc/kernel/.OPTIMIZER_SLOT/optimizer/momentum" + warm_start.VALUE_SUFFIX
+    keep, reinit = warm_start.plan({key: kernel}, {key: [2, 3], slot: [2, 3]}, "src")
+    self.assertEqual((keep, reinit), ([key], {}))
+
+  def test_resuming_with_another_init_from_is_no_config_change(self):
+    logdir = self.create_tempdir().full_path
+    layout = run_layout.RunLayout(logdir)
+    experiment = self._experiment(init_from="/somewhere/run")
+    config_lib.save_config(experiment, layout.config)
+    moved = config_lib.override(experiment, {"train": {"init_from": "/elsewhere/run"}})
+    train.check_resume(moved, layout)  # no error: a resumed run does not read it
+    with self.assertRaisesRegex(cli.UserError, "train.lr_multipliers"):
+      train.check_resume(
+        config_lib.override(moved, {"train": {"lr_multipliers": "head=2"}}), layout
+      )
+
   def test_no_checkpoint_is_an_error(self):
     empty = self.create_tempdir().full_path
     with self.assertRaisesRegex(warm_start.InitFromError, f"no checkpoint in {empty}"):
@@ -281,3 +301,100 @@ class WarmStartTest(parameterized.TestCase, tf.test.TestCase):
     for args, pattern in cases:
       with self.subTest(args[0]):
         testutil.assert_one_line_error(self, "train", self._command(logdir, *args), pattern)
+
+
+MULTIPLIERS = {"backbone": 0.5, "local": 2.0, "global": 0.25, "head": 4.0}
+
+
+class LrMultipliersTest(parameterized.TestCase, tf.test.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.train_pattern, _, cls.num_classes = testutil.training_data(
+      "warm_start_data", views_per_class=4, num_shards=1
+    )
+
+  def _trainer(self, model, **train_values):
+    values = dict(
+      batch_size=4,
+      max_steps=1,
+      log_every=1,
+      checkpoint_every=100,
+      export_at_end=False,
+      lr_schedule="constant",
+      initial_lr=0.05,
+    )
+    values.update(train_values)
+    experiment = config_lib.ExperimentConfig(
+      model=model,
+      data=config_lib.DataConfig(
+        train_file_pattern=self.train_pattern,
+        dataset_version="synthetic",
+        num_classes=self.num_classes,
+        image_size=32,
+      ),
+      train=config_lib.TrainConfig(**values),
+    )
+    return trainer.Trainer(experiment, run_layout.RunLayout(self.create_tempdir().full_path))
+
+  def test_scale_gradients_by_hand(self):
+    slices = tf.IndexedSlices(tf.constant([[3.0]]), tf.constant([1]), tf.constant([2, 1]))
+    dense, none, sparse, same = param_groups.scale_gradients(
+      [tf.constant([1.0, -2.0]), None, slices, tf.constant([5.0])], [0.5, 2.0, 4.0, 1.0]
+    )
+    self.assertAllEqual(dense, [0.5, -1.0])
+    self.assertIsNone(none)
+    self.assertAllEqual(sparse.values, [[12.0]])
+    self.assertAllEqual(sparse.indices, [1])
+    self.assertAllEqual(same, [5.0])
+
+  @parameterized.parameters("dolg", "delg")
+  def test_every_trainable_variable_is_in_one_named_part(self, name):
+    config = MODELS[name].replace(use_multi_atrous=True) if name == "dolg" else MODELS[name]
+    model = builder.build_model(config, image_size=32, num_classes=3)
+    head = builder.build_head(config, 3)
+    head(tf.zeros([1, config.embedding_dim]))
+    variables = model.trainable_variables + head.trainable_variables
+    parts = param_groups.part_of_variables(model, head, variables)
+    by_part = {p: {v.ref() for v, q in zip(variables, parts) if q == p} for p in MULTIPLIERS}
+    self.assertEqual(by_part["backbone"], {v.ref() for v in model.backbone.trainable_variables})
+    heads = head.trainable_variables + (
+      model.attention_classifier.trainable_variables if name == "delg" else []
+    )
+    self.assertEqual(by_part["head"], {v.ref() for v in heads})
+    local = (
+      model.multi_atrous.trainable_variables + model.attention.trainable_variables
+      if name == "dolg"
+      else model.autoencoder.trainable_variables + model.attention.trainable_variables
+    )
+    self.assertEqual(by_part["local"], {v.ref() for v in local})
+    global_layers = (
+      (model.pool_g, model.fc_t, model.fc) if name == "dolg" else (model.pool, model.whitening)
+    )
+    self.assertEqual(
+      by_part["global"], {v.ref() for layer in global_layers for v in layer.trainable_variables}
+    )
+
+  @parameterized.parameters(("dolg", 0.0), ("dolg", 0.9), ("delg", 0.0))
+  def test_one_sgd_step_moves_each_part_by_its_multiplier(self, name, momentum):
+    text = ",".join(f"{k}={v}" for k, v in MULTIPLIERS.items())
+    plain = self._trainer(MODELS[name], momentum=momentum)
+    scaled = self._trainer(MODELS[name], momentum=momentum, lr_multipliers=text)
+    variables = plain.trainable_variables
+    before = [v.numpy().astype(np.float64) for v in variables]
+    for a, b in zip(before, scaled.trainable_variables):
+      self.assertAllEqual(a, b.numpy())  # the same start (same seed)
+    plain.train()
+    scaled.train()
+    parts = param_groups.part_of_variables(plain.model, plain.head, variables)
+    moved = set()
+    for start, part, a, b in zip(before, parts, variables, scaled.trainable_variables):
+      update = a.numpy() - start
+      expected = MULTIPLIERS[part] * update
+      # float32 weights: each difference is exact to about 1 ulp of the weight.
+      ulp = np.spacing(np.maximum(np.abs(start), np.abs(b.numpy())).astype(np.float32))
+      error = np.abs((b.numpy() - start) - expected)
+      self.assertTrue(np.all(error <= 2 * ulp * max(1.0, MULTIPLIERS[part])), msg=a.name)
+      if np.any(update != 0):
+        moved.add(part)
+    self.assertEqual(moved, set(MULTIPLIERS))

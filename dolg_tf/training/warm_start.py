@@ -36,6 +36,8 @@ from dolg_tf.utils.error_text import first_line
 
 # The checkpoint key suffix of a variable's value (tf.train.Checkpoint's naming).
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# In the keys of optimizer slots saved under their variable's path (Keras' legacy optimizers).
+SLOT_MARK = "/.OPTIMIZER_SLOT/"
 # Key prefixes of the classifiers over the classes: re-initialised when they do not fit.
 CLASSIFIER_PREFIXES = {"head": "head/", "attention classifier": "model/attention_classifier/"}
 # Variables named in an error at most.
@@ -145,7 +147,10 @@ def plan(ours: dict[str, tf.Variable], source_shapes: dict[str, list], source: s
   extra = [
     key
     for key in source_shapes
-    if key.startswith("model/") and key.endswith(VALUE_SUFFIX) and key not in ours
+    if key.startswith("model/")
+    and key.endswith(VALUE_SUFFIX)
+    and SLOT_MARK not in key
+    and key not in ours
   ]
   for key in extra:
     classifier = _classifier(key)

@@ -31,7 +31,7 @@ from absl.testing import parameterized
 from PIL import Image
 
 from dolg_tf import config as config_lib
-from dolg_tf.data import beam_dataset, dataset_config, synthetic
+from dolg_tf.data import beam_dataset, dataset_config
 from dolg_tf.extraction import beam_pipeline, failure_log, output_folder, task_sources
 from dolg_tf.io import descriptor_files, descriptor_reading
 from dolg_tf.utils import beam_cli
@@ -343,9 +343,7 @@ class ExtractionInterruptionTest(SignalTestCase):
 class TrainingInterruptionTest(SignalTestCase):
   def test_sigint_stops_training_with_a_usable_checkpoint(self):
     data_dir = self.create_tempdir().full_path
-    train_pattern, _, num_classes = synthetic.ensure_demo_data(
-      data_dir, num_classes=4, views_per_class=8, image_size=48, num_shards=2
-    )
+    train_pattern, _, num_classes = testutil.training_data(data_dir)
     logdir = os.path.join(self.create_tempdir().full_path, "run")
     config_dir = self.create_tempdir().full_path
     process = _Process(

@@ -29,7 +29,6 @@ from absl.testing import parameterized
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
 from dolg_tf.convert import official_dolg, official_structure
-from dolg_tf.data import synthetic
 from dolg_tf.export import versions
 from dolg_tf.keras_api import keras
 from dolg_tf.model import builder, checkpoint_restore
@@ -89,9 +88,7 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.work = os.path.join(tf.compat.v1.test.get_temp_dir(), "hostile_train_export")
-    cls.train_pattern, _, cls.num_classes = synthetic.ensure_demo_data(
-      os.path.join(cls.work, "data"), num_classes=4, views_per_class=8, image_size=48, num_shards=2
-    )
+    cls.train_pattern, _, cls.num_classes = testutil.training_data(os.path.join(cls.work, "data"))
     cls.run_dir = os.path.join(cls.work, "run")
     if not os.path.isdir(cls.run_dir):
       trainer.Trainer(

@@ -1,13 +1,10 @@
 """Tests for staged fine-tuning: train.freeze_backbone_steps, then the whole network."""
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
-from dolg_tf.data import synthetic
 from dolg_tf.training import trainer
 from tests import testutil
 
@@ -20,9 +17,8 @@ class StagedFinetuningTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "staged_finetuning_data")
-    cls.train_pattern, _, cls.num_classes = synthetic.ensure_demo_data(
-      cls.data_dir, num_classes=4, views_per_class=4, image_size=48, num_shards=1
+    cls.train_pattern, _, cls.num_classes = testutil.training_data(
+      "staged_finetuning_data", views_per_class=4, num_shards=1
     )
 
   def _trainer(self, logdir, **train_values):

@@ -48,6 +48,31 @@ TINY_DELG = config_lib.delg_config(
   delg_reduced_dim=8,
   delg_attention_hidden=16,
 )
+# The tiny DELG trained by the training tests (the head scale a 16-d embedding learns with).
+TINY_TRAIN_DELG = config_lib.delg_config(
+  backbone_depth=26,
+  backbone_width_multiplier=0.125,
+  embedding_dim=16,
+  delg_reduced_dim=8,
+  delg_attention_hidden=8,
+  head_scale=4.0,
+)
+
+
+def training_data(folder: str, views_per_class: int = 8, num_shards: int = 2):
+  """(train pattern, validation pattern, classes) of 4 synthetic landmarks (48 px views).
+
+  `folder` is a path, or a name under the process's test temp folder; each test
+  file names its own (one pytest process runs them all, and a folder written
+  with other settings would be rewritten under the first file's feet).
+  """
+  from dolg_tf.data import synthetic  # noqa: PLC0415 (only the training tests need it)
+
+  if not os.path.isabs(folder):
+    folder = os.path.join(tf.compat.v1.test.get_temp_dir(), folder)
+  return synthetic.ensure_demo_data(
+    folder, num_classes=4, views_per_class=views_per_class, image_size=48, num_shards=num_shards
+  )
 
 
 def run_module(module: str, *args: str, cwd=None, env=None, timeout=300):

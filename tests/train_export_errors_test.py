@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
-from dolg_tf.data import synthetic
 from dolg_tf.training import trainer
 from tests import testutil
 
@@ -36,9 +35,7 @@ class TrainExportErrorsTest(tf.test.TestCase):
     super().setUpClass()
     cls.work = os.path.join(tf.compat.v1.test.get_temp_dir(), "train_export_errors")
     data = os.path.join(cls.work, "data")
-    cls.train_pattern, _, cls.num_classes = synthetic.ensure_demo_data(
-      data, num_classes=4, views_per_class=8, image_size=48, num_shards=2
-    )
+    cls.train_pattern, _, cls.num_classes = testutil.training_data(data)
     # A truncated copy of the training set.
     corrupt = os.path.join(cls.work, "corrupt")
     os.makedirs(corrupt, exist_ok=True)

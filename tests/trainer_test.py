@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
-from dolg_tf.data import gldv2, input_pipeline, synthetic
+from dolg_tf.data import gldv2, input_pipeline
 from dolg_tf.keras_api import keras
 from dolg_tf.model import checkpoint_restore
 from dolg_tf.training import trainer
@@ -31,10 +31,7 @@ class TrainerTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "data")
-    cls.train_pattern, cls.validation_pattern, cls.num_classes = synthetic.ensure_demo_data(
-      cls.data_dir, num_classes=4, views_per_class=8, image_size=48, num_shards=2
-    )
+    cls.train_pattern, cls.validation_pattern, cls.num_classes = testutil.training_data("data")
 
   def _experiment(self, model=TINY, **overrides):
     data = dict(
@@ -166,15 +163,7 @@ class TrainerTest(tf.test.TestCase):
 
   def test_delg_trains_with_three_loss_terms(self):
     logdir = self.create_tempdir().full_path
-    delg = config_lib.delg_config(
-      backbone_depth=26,
-      backbone_width_multiplier=0.125,
-      embedding_dim=16,
-      delg_reduced_dim=8,
-      delg_attention_hidden=8,
-      head_scale=4.0,
-    )
-    run = self._trainer(delg, logdir, max_steps=2)
+    run = self._trainer(testutil.TINY_TRAIN_DELG, logdir, max_steps=2)
     metrics = run.train()
     for name in ("global_loss", "attention_loss", "reconstruction_loss"):
       self.assertTrue(np.isfinite(metrics[name]), name)

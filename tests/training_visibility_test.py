@@ -10,20 +10,10 @@ from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout
-from dolg_tf.data import synthetic
 from dolg_tf.keras_api import keras
 from dolg_tf.training import train_log, trainer
 from dolg_tf.utils import progress
 from tests import testutil
-
-TINY_DELG = config_lib.delg_config(
-  backbone_depth=26,
-  backbone_width_multiplier=0.125,
-  embedding_dim=16,
-  delg_reduced_dim=8,
-  delg_attention_hidden=8,
-  head_scale=4.0,
-)
 
 
 def read_scalars(folder: str) -> dict[str, dict[int, float]]:
@@ -45,9 +35,8 @@ class VisibilityTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "visibility_data")
-    cls.train_pattern, cls.validation_pattern, cls.num_classes = synthetic.ensure_demo_data(
-      cls.data_dir, num_classes=4, views_per_class=8, image_size=48, num_shards=2
+    cls.train_pattern, cls.validation_pattern, cls.num_classes = testutil.training_data(
+      "visibility_data"
     )
 
   def _trainer(self, model, logdir, **train_values):
@@ -83,7 +72,7 @@ class VisibilityTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters(("dolg",), ("delg",))
   def test_progress_line_and_summaries_show_every_scalar(self, name):
-    model = testutil.TINY_TRAIN_DOLG if name == "dolg" else TINY_DELG
+    model = testutil.TINY_TRAIN_DOLG if name == "dolg" else testutil.TINY_TRAIN_DELG
     logdir = self.create_tempdir().full_path
     run = self._trainer(model, logdir)
     metrics, lines = self._train_logging_lines(run)

@@ -132,8 +132,28 @@ class SubCenterArcFaceTest(tf.test.TestCase):
       [0.05, 0.5, 0.05 + 0.45 * (100**-0.25 - 1000**-0.25) / (10**-0.25 - 1000**-0.25)],
       atol=1e-6,
     )
-    with self.assertRaisesRegex(ValueError, "positive"):
-      heads.dynamic_margins([3, 0], 0.05, 0.5)
+    for bad in ([3, -1], [0, 0], [[1, 2]]):
+      with self.assertRaisesRegex(ValueError, "class counts must be"):
+        heads.dynamic_margins(bad, 0.05, 0.5)
+
+  def test_dynamic_margins_with_empty_classes(self):
+    # Min and max of n^-1/4 over the classes with images only (1 and 16:
+    # 1 and 1/2), as the winner's value_counts; empty classes get margin_max.
+    # Class 16: (1/2 - 1/2) / (1 - 1/2) -> 0.05; class 1 -> 0.5.
+    margins = heads.dynamic_margins([0, 16, 1, 0], 0.05, 0.5)
+    self.assertAllClose(margins, [0.5, 0.05, 0.5, 0.5], atol=1e-7)
+    # The present classes' margins are those without the empty classes.
+    margins = heads.dynamic_margins([1, 0, 16, 81, 0, 10000], 0.05, 0.5)
+    self.assertAllClose(margins, [0.5, 0.5, 0.25, 1.0 / 6.0, 0.5, 0.05], atol=1e-7)
+    # All present classes equally frequent: they get margin_min.
+    self.assertAllClose(heads.dynamic_margins([5, 0, 5], 0.05, 0.5), [0.05, 0.5, 0.05])
+    self.assertEqual(heads.dynamic_margins([5, 0, 5], 0.05, 0.5).dtype, np.float32)
+
+  def test_set_class_counts_with_an_empty_class(self):
+    head = heads.SubCenterArcFace(3, scale=45.0, margin=0.05, margin_max=0.5, num_subcenters=2)
+    head(tf.zeros([1, 4]))
+    head.set_class_counts(np.array([16, 0, 1], np.int64))
+    self.assertAllClose(head.class_margins, [0.05, 0.5, 0.5])
 
   def test_dynamic_margins_are_the_glr2021_winners(self):
     # ChristofHenkel/kaggle-landmark-2021-1st-place, data/ch_ds_1.py: tmp =

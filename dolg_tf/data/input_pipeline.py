@@ -18,7 +18,8 @@ same seed gives the same batches, and every epoch gets new crops and flips.
 Checks before training (`check_records`): one pass over each file that reads
 the record framing and CRCs and parses only the label feature (images are not
 decoded), so a corrupt or truncated file, or a label outside [0, num_classes),
-is reported with its file before the first step. TFRecords have no sync
+is reported with its file before the first step; the same pass counts the
+records of each class (`RecordsCheck.label_counts`). TFRecords have no sync
 marks: reading a file stops at its first bad record, so with `skip_corrupt`
 (data.skip_corrupt_records) the rest of such a file is left out, and
 `make_dataset(skip_corrupt=True)` also drops records whose image does not
@@ -76,6 +77,9 @@ class FileScan:
       range, or None.
     corrupt: why reading stopped before the end of the file, or None.
     bytes_lost: bytes after the first bad record (left out when skipping).
+    label_counts: int64 records per class of those records: length
+      num_classes when the scan was given it (labels outside the range not
+      counted), else 1 + the largest label (NO_LABEL records not counted).
   """
 
   path: str
@@ -85,6 +89,7 @@ class FileScan:
   bad_label: tuple[int, int] | None = None
   corrupt: str | None = None
   bytes_lost: int = 0
+  label_counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _label_spec() -> dict[str, tf.io.FixedLenFeature]:
@@ -107,6 +112,15 @@ def _parse_labels(records: tf.Tensor) -> tuple[np.ndarray, int | None]:
     return np.asarray(labels, np.int64), None
 
 
+def _count_labels(chunks: list[np.ndarray], num_classes: int | None) -> np.ndarray:
+  """Records per class of the label chunks (one bincount per file)."""
+  labels = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+  if num_classes is None:
+    num_classes = max(0, int(labels.max()) + 1) if labels.size else 0
+  labels = labels[(labels >= 0) & (labels < num_classes)]
+  return np.bincount(labels, minlength=num_classes).astype(np.int64)
+
+
 def scan_file(path: str, num_classes: int | None = None) -> FileScan:
   """Reads every record of one TFRecord file once, parsing only its label.
 
@@ -117,7 +131,7 @@ def scan_file(path: str, num_classes: int | None = None) -> FileScan:
   Args:
     path: the TFRecord file.
     num_classes: if given, the first label outside [0, num_classes) is kept in
-      `bad_label`.
+      `bad_label`, and `label_counts` has num_classes entries.
 
   Returns:
     The FileScan.
@@ -126,8 +140,10 @@ def scan_file(path: str, num_classes: int | None = None) -> FileScan:
   size = tf.io.gfile.stat(path).length
   framed = 0
   dataset = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors().batch(_SCAN_BATCH)
+  chunks = []  # labels read, counted once at the end (cheaper than a bincount per batch)
   for records in dataset:
     labels, not_an_example = _parse_labels(records)
+    chunks.append(labels)
     if not_an_example is not None:
       lengths = tf.strings.length(records[:not_an_example]).numpy()
       framed += int(lengths.sum()) + RECORD_OVERHEAD_BYTES * len(lengths)
@@ -145,6 +161,7 @@ def scan_file(path: str, num_classes: int | None = None) -> FileScan:
         f"record {scan.num_records} (byte {framed}) has a valid CRC but is not a tf.train.Example"
       )
       scan.bytes_lost = size - framed
+      scan.label_counts = _count_labels(chunks, num_classes)
       return scan
     scan.num_records += int(labels.size)
     framed += int(tf.reduce_sum(tf.strings.length(records))) + RECORD_OVERHEAD_BYTES * labels.size
@@ -154,6 +171,7 @@ def scan_file(path: str, num_classes: int | None = None) -> FileScan:
       "(bad length or CRC)"
     )
     scan.bytes_lost = size - framed
+  scan.label_counts = _count_labels(chunks, num_classes)
   return scan
 
 
@@ -170,6 +188,19 @@ class RecordsCheck:
   @property
   def corrupt(self) -> list[FileScan]:
     return [f for f in self.files if f.corrupt]
+
+  @property
+  def label_counts(self) -> np.ndarray:
+    """Readable records per class over all files (int64, num_classes entries).
+
+    Only the files of this check: the trainer's `train_records` counts the
+    training files, e.g. for sub-center ArcFace's dynamic margins.
+    """
+    size = max((f.label_counts.size for f in self.files), default=0)
+    total = np.zeros(size, np.int64)
+    for f in self.files:
+      total[: f.label_counts.size] += f.label_counts
+    return total
 
 
 def check_records(

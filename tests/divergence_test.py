@@ -28,7 +28,7 @@ class MonitorTest(tf.test.TestCase):
       self.assertEqual(caught.exception.last_good, divergence.LastGood(2, 1.25, 0.5))
       self.assertEqual(
         str(caught.exception),
-        f"step 3: the loss is {loss} (last finite loss 1.2500 at step 2 (accuracy 0.500))",
+        f"step 3: the loss is {loss} (last finite loss at step 2)",
       )
 
   def test_the_chance_window_counts_steps_after_the_warm_up_only(self):
@@ -42,8 +42,7 @@ class MonitorTest(tf.test.TestCase):
     # Steps 3-5: 2 + 2 + 3 = 7 of 24 = 0.2917 <= 0.375.
     with self.assertRaisesRegex(
       divergence.StuckAtChanceError,
-      r"^step 5: training accuracy 0.2917 over the last 3 steps is at chance \(1/4 = 0.25; "
-      r"the limit is 0.375, .*\); loss 1.4000 \(ln\(4\) = 1.3863 is a uniform guess\)$",
+      r"^step 5: accuracy 0.292 over 3 steps is at chance \(1/4\)$",
     ):
       monitor.observe(5, 1.4, correct=3, examples=8)
 
@@ -77,36 +76,55 @@ class MonitorTest(tf.test.TestCase):
       )
       self.assertGreater(window, config.train.max_steps - config.train.warmup_steps, name)
 
-  def test_advice_follows_the_settings(self):
-    error = divergence.NonFiniteLossError("step 3: the loss is nan", 3)
-    plain = divergence.advice(error, config_lib.TrainConfig(), TINY, "float32", 4)
-    self.assertEqual(
-      plain,
-      "a lower --initial_lr (now 0.01); a longer warm-up (--warmup_steps, now from epochs); "
-      "gradient clipping (--clip_norm=10)",
-    )
-    mixed = divergence.advice(
-      error, config_lib.TrainConfig(clip_norm=5.0, warmup_steps=50), TINY, "mixed_bfloat16", 4
-    )
-    self.assertIn("a smaller --clip_norm (now 5)", mixed)
-    self.assertIn("now 50)", mixed)
-    self.assertIn("--mixed_precision=float32 (now mixed_bfloat16)", mixed)
+  def test_advice_points_to_the_section_on_the_cause(self):
+    nan = divergence.NonFiniteLossError("step 3: the loss is nan", 3)
+    weights = divergence.NonFiniteWeightsError("step 4: the weights are NaN or inf", 4)
     stuck = divergence.StuckAtChanceError("step 9: ...", 9)
-    text = divergence.advice(stuck, config_lib.TrainConfig(), TINY, "float32", 4)
-    self.assertStartsWith(text, "check that the labels match the images and --num_classes (4)")
-    self.assertIn("a smaller --head_scale (now 4; ~4.0 from scratch)", text)
-
-  def test_the_stop_message_names_the_checkpoint_kept(self):
-    error = divergence.NonFiniteLossError("step 3: the loss is nan", 3)
+    config = config_lib.TrainConfig()
+    for error in (nan, weights):
+      self.assertEqual(
+        divergence.advice(error, config, TINY, "mixed_bfloat16", 4),
+        "see docs/CONVERGENCE.md#nan-or-inf-loss",
+      )
     self.assertEqual(
-      divergence.stop_message(error, "/r/checkpoints/ckpt-2", "/r", "a lower --initial_lr"),
-      "training diverged at step 3: the loss is nan; stopped without saving: the last "
-      "checkpoint, /r/checkpoints/ckpt-2, is kept (a re-run with --logdir /r and "
-      "--allow_config_change resumes from it with the new settings); try a lower --initial_lr",
+      divergence.advice(stuck, config, TINY, "float32", 4),
+      "see docs/CONVERGENCE.md#stuck-at-chance",
     )
-    self.assertIn(
-      "no checkpoint was saved before (a re-run with --logdir /r starts over)",
-      divergence.stop_message(error, None, "/r", "x"),
+
+  def test_the_sections_named_exist_in_the_docs(self):
+    with open(os.path.join(os.path.dirname(__file__), "..", divergence.DOCS)) as f:
+      headings = [line.lstrip("#").strip() for line in f if line.startswith("#")]
+    anchors = {"-".join(h.lower().replace("/", "").split()) for h in headings}
+    for section in divergence.DOCS_SECTIONS.values():
+      self.assertIn(section, anchors)
+
+  def test_the_stop_message_is_short_and_names_the_checkpoint_kept(self):
+    monitor = divergence.DivergenceMonitor(16, warmup_steps=50, window=1000, margin=0.25)
+    monitor.observe(36, 2.5, correct=1, examples=64)
+    with self.assertRaises(divergence.NonFiniteLossError) as nan:
+      monitor.observe(37, math.nan, correct=0, examples=64)
+    stuck = divergence.DivergenceMonitor(16, warmup_steps=50, window=1000, margin=0.25)
+    with self.assertRaises(divergence.StuckAtChanceError) as chance:
+      for step in range(1, 1251):
+        stuck.observe(step, 2.7726, correct=4, examples=64)
+    checkpoint = "runs/my_photos/checkpoints/ckpt-1200"
+    cases = {
+      nan.exception: "training diverged at step 37: the loss is nan (last finite loss at step "
+      f"36); checkpoint kept: {checkpoint}; see docs/CONVERGENCE.md#nan-or-inf-loss",
+      chance.exception: "training diverged at step 1050: accuracy 0.062 over 1000 steps is at "
+      f"chance (1/16); checkpoint kept: {checkpoint}; see "
+      "docs/CONVERGENCE.md#stuck-at-chance",
+    }
+    for error, expected in cases.items():
+      advice = divergence.advice(error, config_lib.TrainConfig(), TINY, "float32", 16)
+      message = divergence.stop_message(error, checkpoint, "runs/my_photos", advice)
+      self.assertEqual(message, expected)
+      # dolg-train prints it after 'dolg-train: error: '.
+      self.assertLessEqual(len("dolg-train: error: " + message), 200, message)
+    self.assertEqual(
+      divergence.stop_message(nan.exception, None, "runs/r", "see x"),
+      "training diverged at step 37: the loss is nan (last finite loss at step 36); "
+      "no checkpoint in runs/r; see x",
     )
 
 
@@ -158,10 +176,9 @@ class TrainerDivergenceTest(tf.test.TestCase):
     message = str(caught.exception)
     self.assertRegex(
       message,
-      r"^training diverged at step 3: the loss is nan \(last finite loss \d+\.\d{4} at step 2 "
-      rf"\(accuracy \d\.\d{{3}}\)\); stopped without saving: the last checkpoint, {kept}, is kept",
+      rf"^training diverged at step 3: the loss is nan \(last finite loss at step 2\); "
+      rf"checkpoint kept: {kept}; see docs/CONVERGENCE.md#nan-or-inf-loss$",
     )
-    self.assertIn("try a lower --initial_lr (now 0.01)", message)
     self.assertEqual(run.step, 3)
     self.assertEqual(tf.train.latest_checkpoint(os.path.dirname(kept)), kept)
     self.assertEqual(
@@ -180,8 +197,8 @@ class TrainerDivergenceTest(tf.test.TestCase):
     variable.assign(tf.fill(variable.shape, math.inf))
     with self.assertRaisesRegex(
       divergence.NonFiniteWeightsError,
-      r"^training diverged at step 0: the weights are NaN or inf \(no step had a finite loss\); "
-      "stopped without saving: no checkpoint was saved before",
+      r"^training diverged at step 0: the weights are NaN or inf \(no finite loss before\); "
+      rf"no checkpoint in {logdir}; see docs/CONVERGENCE.md#nan-or-inf-loss$",
     ):
       run.save_checkpoint()
     self.assertEmpty(glob.glob(os.path.join(logdir, "checkpoints", "ckpt-*")))
@@ -218,15 +235,14 @@ class TrainerDivergenceTest(tf.test.TestCase):
     message = str(caught.exception)
     self.assertRegex(
       message,
-      r"^training diverged at step (\d+): training accuracy 0\.\d{4} over the last 8 steps is "
-      r"at chance \(1/4 = 0.25; the limit is 0.375, ",
+      r"^training diverged at step (\d+): accuracy 0\.\d{3} over 8 steps is at chance "
+      r"\(1/4\); checkpoint kept: .*; see docs/CONVERGENCE.md#stuck-at-chance$",
     )
-    self.assertIn("try check that the labels match the images and --num_classes (4)", message)
     step = caught.exception.step
     self.assertBetween(step, 2 + 8, 59)
     latest = run.latest_checkpoint()
     self.assertEqual(latest, os.path.join(logdir, "checkpoints", f"ckpt-{(step - 1) // 5 * 5}"))
-    self.assertIn(f"the last checkpoint, {latest}, is kept", message)
+    self.assertIn(f"; checkpoint kept: {latest};", message)
 
   def test_the_default_settings_do_not_stop_a_normal_tiny_run(self):
     run = self._trainer(self.create_tempdir().full_path, max_steps=6)
@@ -280,9 +296,9 @@ class CommandTest(tf.test.TestCase):
     self.assertRegex(
       errors[0],
       r"^train: error: training diverged at step \d+: the (loss|weights) (is|are) (nan|inf|NaN)"
-      rf".*; stopped without saving: the last checkpoint, {kept}, is kept .*; try a lower "
-      r"--initial_lr \(now 1e\+30\)",
+      rf".*; checkpoint kept: {kept}; see docs/CONVERGENCE.md#nan-or-inf-loss$",
     )
+    self.assertLessEqual(len(errors[0]), 200 + len(kept), errors[0])
     self.assertEqual(tf.train.latest_checkpoint(os.path.dirname(kept)), kept)
     self.assertFalse(os.path.exists(os.path.join(logdir, "export")))
     self.assertNotIn("SavedModel", result.stdout)

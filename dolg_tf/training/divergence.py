@@ -13,8 +13,14 @@ Rules (the TrainConfig fields are documented in docs/CONVERGENCE.md):
   StuckAtChanceError. The window restarts with each process (a resumed run
   counts anew).
 
-The trainer adds the checkpoint kept and what to try (`stop_message`), so that
-dolg-train can print one line and exit 1.
+The trainer adds the checkpoint kept and the page that says what to try
+(`stop_message`), so that dolg-train prints one short line and exits 1:
+
+    training diverged at step 37: the loss is nan (last finite loss at step 36);
+    checkpoint kept: runs/r/checkpoints/ckpt-20; see docs/CONVERGENCE.md#nan-or-inf-loss
+
+The advice per cause (learning rate, clipping, warm-up, head scale, data
+checks) is in docs/CONVERGENCE.md, not in the message.
 """
 
 import collections
@@ -22,6 +28,10 @@ import dataclasses
 import math
 
 import tensorflow as tf
+
+DOCS = "docs/CONVERGENCE.md"
+# The section of DOCS on each kind of divergence (DivergedError.kind).
+DOCS_SECTIONS = {"non_finite": "nan-or-inf-loss", "chance": "stuck-at-chance"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +87,7 @@ def window_steps(steps: int, min_epochs: float, steps_per_epoch: int) -> int:
 
 
 def _describe_last(last: LastGood | None) -> str:
-  if last is None:
-    return "no step had a finite loss"
-  return f"last finite loss {last.loss:.4f} at step {last.step} (accuracy {last.accuracy:.3f})"
+  return "no finite loss before" if last is None else f"last finite loss at step {last.step}"
 
 
 class DivergenceMonitor:
@@ -126,11 +134,8 @@ class DivergenceMonitor:
     window_accuracy = sum(c for c, _ in self._recent) / max(seen, 1.0)
     if window_accuracy <= self.threshold:
       raise StuckAtChanceError(
-        f"step {step}: training accuracy {window_accuracy:.4f} over the last {self.window} "
-        f"steps is at chance (1/{self.num_classes} = {1.0 / self.num_classes:.4g}; the limit "
-        f"is {self.threshold:.4g}, train.chance_window_steps and train.chance_margin); loss "
-        f"{loss:.4f} (ln({self.num_classes}) = {math.log(self.num_classes):.4f} is a uniform "
-        "guess)",
+        f"step {step}: accuracy {window_accuracy:.3f} over {self.window} steps is at chance "
+        f"(1/{self.num_classes})",
         step,
         self.last_good,
       )
@@ -152,33 +157,21 @@ def all_finite(variables) -> tf.Tensor:
 
 
 def advice(error: DivergedError, train, model, mixed_precision: str, num_classes: int) -> str:
-  """What to try, from the run's settings (train: TrainConfig, model: ModelConfig)."""
-  tries = []
-  if error.kind == "chance":
-    tries.append(
-      f"check that the labels match the images and --num_classes ({num_classes}) matches the data"
-    )
-  tries.append(f"a lower --initial_lr (now {train.initial_lr:g})")
-  tries.append(f"a longer warm-up (--warmup_steps, now {train.warmup_steps or 'from epochs'})")
-  if train.clip_norm:
-    tries.append(f"a smaller --clip_norm (now {train.clip_norm:g})")
-  else:
-    tries.append("gradient clipping (--clip_norm=10)")
-  if mixed_precision != "float32":
-    tries.append(f"--mixed_precision=float32 (now {mixed_precision})")
-  if error.kind == "chance":
-    root = math.sqrt(model.embedding_dim)
-    tries.append(f"a smaller --head_scale (now {model.head_scale:g}; ~{root:.1f} from scratch)")
-  return "; ".join(tries)
+  """Where to read what to try: `see docs/CONVERGENCE.md#<the section on error's kind>`.
+
+  The advice follows the cause, not the run's settings (the page goes through
+  them: learning rate, clip_norm, warm-up, head scale, mixed precision, data
+  checks); the other arguments are those the trainer passes and are not used.
+  """
+  del train, model, mixed_precision, num_classes  # the page covers every setting
+  return f"see {DOCS}#{DOCS_SECTIONS[error.kind]}"
 
 
 def stop_message(error: DivergedError, checkpoint: str | None, run_root: str, advice_text: str):
-  """The one line dolg-train prints: what happened, the checkpoint kept, what to try."""
-  if checkpoint:
-    kept = (
-      f"the last checkpoint, {checkpoint}, is kept (a re-run with --logdir {run_root} and "
-      "--allow_config_change resumes from it with the new settings)"
-    )
-  else:
-    kept = f"no checkpoint was saved before (a re-run with --logdir {run_root} starts over)"
-  return f"training diverged at {error}; stopped without saving: {kept}; try {advice_text}"
+  """The one line dolg-train prints: what happened at which step, the checkpoint kept, advice_text.
+
+  Nothing is saved after the divergence, so the checkpoint named is the last
+  one before it ('no checkpoint in <run_root>' when there is none).
+  """
+  kept = f"checkpoint kept: {checkpoint}" if checkpoint else f"no checkpoint in {run_root}"
+  return f"training diverged at {error}; {kept}; {advice_text}"

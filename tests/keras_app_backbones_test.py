@@ -157,7 +157,15 @@ class KerasAppBackboneTest(parameterized.TestCase, tf.test.TestCase):
     ]
     for layer, source in zip(with_weights, theirs, strict=True):
       for mine, expected in zip(layer.weights, source.weights, strict=True):
+        if keras_app_backbones.is_grouped_depthwise(source) and "kernel" in expected.name:
+          # ConvNeXt's grouped Conv2D [k, k, 1, C] is our DepthwiseConv2D's [k, k, C, 1].
+          self.assertIsInstance(layer, keras.layers.DepthwiseConv2D)
+          expected = tf.transpose(expected, (0, 1, 3, 2))
         self.assertAllEqual(mine, expected, msg=mine.name)
+    if backbone.startswith("convnext"):  # every depthwise convolution is a DepthwiseConv2D
+      depthwise = [x for x in ours.network.layers if isinstance(x, keras.layers.DepthwiseConv2D)]
+      self.assertLen(depthwise, 18)  # ConvNeXt-T: 3 + 3 + 9 + 3 blocks
+      self.assertFalse(any(map(keras_app_backbones.is_grouped_depthwise, ours.network.layers)))
     # Same features as keras' network on raw pixels (its preprocessing = our normalisation).
     pixels = _pixels(64, 64)
     expected_f4 = reference(pixels, training=False)

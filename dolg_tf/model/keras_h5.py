@@ -120,9 +120,26 @@ def load_keras_app_weights(backbone: keras.layers.Layer, path: str) -> int:
   for layer in backbone.network.layers:
     if not layer.weights:
       continue
-    _assign_layer(layer, stored.get(_stored_name(layer.name, stored)), _layer_weight_key, path)
+    values = stored.get(_stored_name(layer.name, stored))
+    if isinstance(layer, keras.layers.DepthwiseConv2D) and values and "kernel" in values:
+      values = depthwise_values(values)
+    _assign_layer(layer, values, _layer_weight_key, path)
     loaded += 1
   return loaded
+
+
+def depthwise_values(values: dict) -> dict:
+  """keras' grouped depthwise Conv2D weights as a DepthwiseConv2D's.
+
+  ConvNeXt's files hold `kernel` [k, k, 1, C] (keras' Conv2D(groups=C)); the
+  backbone's DepthwiseConv2D (keras_app_backbones.depthwise_convolutions)
+  takes `depthwise_kernel` [k, k, C, 1]: output channel c filters input
+  channel c with kernel[:, :, 0, c] in both.
+  """
+  values = dict(values)
+  kernel = values.pop("kernel")
+  values["depthwise_kernel"] = np.transpose(kernel, (0, 1, 3, 2))
+  return values
 
 
 def _stored_name(name: str, stored: dict) -> str | None:

@@ -9,7 +9,7 @@ from absl.testing import parameterized
 
 from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
-from dolg_tf.convert import artefacts, delf_checkpoint
+from dolg_tf.convert import artefacts, delf_checkpoint, official_dolg, official_structure
 from dolg_tf.model import builder
 from dolg_tf.training import param_groups, trainer, warm_start
 from dolg_tf.utils import cli
@@ -261,6 +261,41 @@ class WarmStartTest(parameterized.TestCase, tf.test.TestCase):
     self.assertNotEmpty(loaded)
     for key in loaded:
       self.assertAllEqual(ours[key], converted[key], msg=key)
+
+  def test_a_converted_official_dolg_checkpoint(self):
+    # The official state dict as .npz (the converter's torch-free input), with its
+    # CurricularFace head over 7 classes.
+    tmp = self.create_tempdir().full_path
+    config = MODELS["dolg"].replace(head_type="curricularface", **official_structure.OFFICIAL_INPUT)
+    official = builder.build_model(config, image_size=32)
+    official_head = builder.build_head(config, 7)
+    official_head(tf.zeros([1, config.embedding_dim]))
+    rng = np.random.default_rng(5)
+    for v in official.variables:  # non-trivial BatchNorm statistics, as official_dolg_test
+      if "moving_variance" in v.name:
+        v.assign(rng.uniform(0.5, 2.0, v.shape))
+      elif "moving_mean" in v.name or "beta" in v.name:
+        v.assign(rng.normal(0.0, 0.2, v.shape))
+      else:  # not the values a fresh run of this seed draws
+        v.assign(v.numpy() + rng.normal(0.0, 0.01, v.shape).astype(np.float32))
+    npz = os.path.join(tmp, "official.npz")
+    np.savez(npz, **official_dolg.official_state_dict(official, official_head))
+    output = os.path.join(tmp, "converted")
+    official_dolg.convert_official_checkpoint(npz, output, import_head=True)
+    model_config = config_lib.load_model_config(output)
+    with self.assertLogs(level="WARNING") as logs:
+      run = self._trainer(os.path.join(tmp, "run"), model_config, init_from=output)
+    self.assertIn("head: head/kernel: [16, 7]", " ".join(logs.output))
+    self.assertEqual(set(run.reinitialised), {"head"})
+    ours = _values(run.save_checkpoint())
+    converted = _values(os.path.join(output, "checkpoints", "ckpt-1"))
+    model_keys = [k for k in converted if k.startswith("model/")]
+    self.assertLen(model_keys, len(run.model.variables))
+    for key in model_keys:
+      self.assertAllEqual(ours[key], converted[key], msg=key)
+    # The network is the official one: equal descriptors.
+    images = tf.random.stateless_uniform([2, 40, 40, 3], [1, 2], 0.0, 255.0)
+    self.assertAllClose(run.model(images), official(images), atol=1e-5)
 
   def _command(self, logdir, *extra):
     model_file = config_lib.save_model_config(MODELS["dolg"], self.create_tempdir().full_path)

@@ -50,6 +50,10 @@ class ClassCountsTest(tf.test.TestCase):
     self.assertAllEqual(check.label_counts, [367 + 1, 367, 366, 0, 2])
     self.assertEqual(check.label_counts.sum(), check.num_records)
     self.assertAllEqual(check.files[1].label_counts, [1, 0, 0, 0, 2])
+    # Held sparse per file: the classes present and their records.
+    self.assertAllEqual(check.files[1].classes, [0, 4])
+    self.assertAllEqual(check.files[1].class_records, [1, 2])
+    self.assertEqual(check.files[1].label_range, 5)
 
   def test_corrupt_files_count_only_the_readable_records(self):
     junk = os.path.join(self.dir, "train-0")

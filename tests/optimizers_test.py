@@ -132,6 +132,36 @@ class OptimizersTest(tf.test.TestCase, parameterized.TestCase):
       optimizer.apply_gradients([(tf.constant(gradient), variable)])
     self.assertAllClose(variable.numpy(), expected, atol=1e-6, rtol=0)
 
+  @parameterized.parameters("eager", "function")
+  def test_bias_correction_counts_each_variables_steps(self, mode):
+    # torch keeps state["step"] per parameter: one without a gradient (a frozen
+    # backbone) is not stepped, and starts at t = 1 when it first gets one.
+    first, late = tf.Variable(INITIAL), tf.Variable(INITIAL[::-1].copy())
+    optimizer = optimizers.build_optimizer("adam", 0.01)
+    optimizer.build([first, late])
+
+    def apply(pairs):
+      optimizer.apply_gradients(pairs)
+
+    step = tf.function(apply) if mode == "function" else apply
+    step([(tf.constant(GRADIENTS[0]), first)])
+    step([(tf.constant(GRADIENTS[1]), first)])
+    step([(tf.constant(GRADIENTS[2]), first), (tf.constant(GRADIENTS[0]), late)])
+    step([(tf.constant(GRADIENTS[1]), first), (tf.constant(GRADIENTS[1]), late)])
+    self.assertEqual(int(optimizer.iterations), 4)
+    expected_first = _torch_adam_numpy(INITIAL, GRADIENTS[[0, 1, 2, 1]], [0.01] * 4)
+    expected_late = _torch_adam_numpy(INITIAL[::-1], GRADIENTS[:2], [0.01] * 2)
+    self.assertAllClose(first.numpy(), expected_first, atol=1e-6, rtol=0)
+    self.assertAllClose(late.numpy(), expected_late, atol=1e-6, rtol=0)
+
+  def test_under_the_float16_loss_scale_optimizer(self):
+    # train.mixed_precision=mixed_float16 wraps the optimizer (Trainer._build).
+    wrapped = keras.mixed_precision.LossScaleOptimizer(
+      optimizers.build_optimizer("adam", _schedule())
+    )
+    expected = _torch_adam_numpy(INITIAL, GRADIENTS, LRS)
+    self.assertAllClose(_run(wrapped, mode="function"), expected, atol=1e-6, rtol=0)
+
   def test_resume_from_checkpoint_continues_the_same_steps(self):
     directory = self.create_tempdir().full_path
     variable = tf.Variable(INITIAL)

@@ -41,7 +41,11 @@ class TorchAdam(keras.optimizers.Adam):
   """Keras Adam whose epsilon is added to sqrt(v_hat), as torch.optim.Adam/AdamW.
 
   With `weight_decay` (Keras' decoupled decay, w -= lr * wd * w before the
-  step) it is torch.optim.AdamW. Sparse gradients are made dense; no amsgrad.
+  step) it is torch.optim.AdamW. As torch, the bias corrections count each
+  variable's own steps (a slot "step"), not the optimizer's: a backbone that
+  starts training after train.freeze_backbone_steps starts at t = 1 (with the
+  global step it would begin with ~3x larger, sign-like updates). Sparse
+  gradients are made dense; no amsgrad.
   """
 
   def __init__(self, learning_rate, **kwargs):
@@ -52,17 +56,26 @@ class TorchAdam(keras.optimizers.Adam):
       raise ValueError("TorchAdam does not implement amsgrad")
     super().__init__(learning_rate, **kwargs)
 
+  def build(self, var_list):
+    """Adam's m and v, and a step count per variable (torch's state["step"])."""
+    built = getattr(self, "_built", False)
+    super().build(var_list)
+    if built:
+      return
+    self._steps = [self.add_variable_from_reference(var, "step", shape=[]) for var in var_list]
+
   def update_step(self, gradient, variable):
     """One torch Adam step of `variable` (the decay, if any, was applied before)."""
     if isinstance(gradient, tf.IndexedSlices):
       gradient = tf.convert_to_tensor(gradient)
     dtype = variable.dtype
     lr = tf.cast(self.learning_rate, dtype)
-    step = tf.cast(self.iterations + 1, dtype)
     beta_1 = tf.cast(self.beta_1, dtype)
     beta_2 = tf.cast(self.beta_2, dtype)
     index = self._index_dict[self._var_key(variable)]
-    m, v = self._momentums[index], self._velocities[index]
+    m, v, steps = self._momentums[index], self._velocities[index], self._steps[index]
+    steps.assign_add(tf.ones([], steps.dtype))
+    step = tf.cast(steps, dtype)
     m.assign_add((gradient - m) * (1 - beta_1))
     v.assign_add((tf.square(gradient) - v) * (1 - beta_2))
     denominator = tf.sqrt(v) / tf.sqrt(1 - tf.pow(beta_2, step)) + tf.cast(self.epsilon, dtype)

@@ -240,6 +240,8 @@ def _write_shard(job: ShardJob, stream, progress: progress_lib.Progress) -> dict
         progress.update(
           progress.done + (failure is None), processed=progress.processed + 1, failed=failed
         )
+    with open(tmp, "rb") as f:
+      os.fsync(f.fileno())  # on disk before its done record says so
     os.replace(tmp, job.path)
   except BaseException:
     if os.path.exists(tmp):

@@ -39,7 +39,6 @@ output folder must be on a file system every worker mounts.
 
 import csv
 import errno
-import hashlib
 import io
 import json
 import os
@@ -84,22 +83,10 @@ def folder_errno(error: BaseException | None) -> int | None:
   return None
 
 
-def plan_text(records) -> str:
-  """A shard's plan file: position, id, label, path per line (tab-separated)."""
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
-  writer.writerows((r.position, r.image_id, r.label, r.path) for r in records)
-  return buffer.getvalue()
-
-
 def read_plan(text: str) -> list[dataset_plan.PlannedRecord]:
   """The records of a plan file's text."""
   rows = csv.reader(io.StringIO(text), delimiter="\t")
   return [dataset_plan.PlannedRecord(i, path, int(label), int(k)) for k, i, label, path in rows]
-
-
-def digest(text: str) -> str:
-  return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _read_text(path: str) -> str | None:
@@ -138,7 +125,7 @@ class WriteShardDoFn(beam.DoFn):
   def process(self, shard_name: str):
     out = self._output_directory
     text = _read_text(os.path.join(out, WORK_DIR, shard_name + ".tsv"))
-    plan_digest = digest(text)
+    plan_digest = dataset_plan.text_digest(text)
     done = read_done(out, shard_name, plan_digest)
     if done is None:
       try:
@@ -191,11 +178,11 @@ def _write_shard_plans(
     shards[split] = []
     for shard in range(count):
       name = os.path.basename(gldv2.shard_path(split, shard, count))
-      text = plan_text(plan.shard_records(split, shard, count))
+      text = dataset_plan.shard_plan_text(plan.shard_records(split, shard, count))
       path = os.path.join(work_dir, name + ".tsv")
       if _read_text(path) != text:
         file_utils.atomic_write_text(path, text)
-      shards[split].append((name, digest(text)))
+      shards[split].append((name, dataset_plan.text_digest(text)))
   return shards
 
 

@@ -175,9 +175,14 @@ def shard_plan_text(records: Iterable[PlannedRecord]) -> str:
   return buffer.getvalue()
 
 
+def text_digest(text: str) -> str:
+  """The SHA-256 (hex) of a plan text."""
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def shard_digest(records: Iterable[PlannedRecord]) -> str:
-  """The SHA-256 (hex) of `shard_plan_text(records)`: what a finished shard was written from."""
-  return hashlib.sha256(shard_plan_text(records).encode("utf-8")).hexdigest()
+  """The digest of `shard_plan_text(records)`: what a finished shard was written from."""
+  return text_digest(shard_plan_text(records))
 
 
 def read_entries(train_csv_path: str | None, train_clean_csv_path: str | None) -> list[ImageEntry]:

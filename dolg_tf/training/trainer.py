@@ -33,7 +33,7 @@ from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.data import gldv2, input_pipeline
 from dolg_tf.keras_api import keras
-from dolg_tf.model import builder, keras_h5
+from dolg_tf.model import builder, checkpoint_restore, keras_h5
 from dolg_tf.training import (
   distribution,
   divergence,
@@ -132,7 +132,9 @@ class Trainer:
     self.reinitialised = {}
     if self.restored_from:
       logging.info("Resumed from %s at step %d", self.restored_from, self.step)
-    elif config.init_from:
+    elif config.init_from and not checkpoint_restore.existing_checkpoints(layout.checkpoints):
+      # (Non-chief workers checkpoint elsewhere: they too start from the source only
+      # when the run has no checkpoint.)
       self.reinitialised = warm_start.initialise(
         self.model, self.head, config.init_from, self.model_config
       )

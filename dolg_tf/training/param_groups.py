@@ -14,7 +14,8 @@ a part is m times what it would be, so every update is m times the plain one,
 Nesterov included; the coupled weight decay is part of the loss
 (train_step.loss_and_gradients), so its gradient is scaled too (as a PyTorch
 param group with lr * m). With train.clip_norm the global norm is measured on
-the scaled gradients.
+the scaled gradients. This holds for SGD, the trainer's optimizer; Adam-type
+optimizers normalise the gradient, so there scaling it would not scale the step.
 """
 
 import tensorflow as tf

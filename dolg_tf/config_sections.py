@@ -36,6 +36,7 @@ PAPER_DILATIONS = (3, 6, 9)
 LR_MULTIPLIER_PARTS = ("backbone", "local", "global", "head")
 DATASET_VERSIONS = ("gld_v1", "gld_v2", "gld_v2_clean", "synthetic")
 LR_SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
@@ -245,9 +246,13 @@ class TrainConfig(Section):
     warmup_steps: linear warm-up steps.
     warmup_epochs: used when warmup_steps is 0.
     warmup_factor: the warm-up starts at warmup_factor * initial_lr.
+    optimizer: "sgd" (momentum, nesterov; DOLG's and DELG's) or PyTorch's
+      "adam" / "adamw" (betas 0.9/0.999, eps 1e-8; the GLR 2021 winner's
+      Adam); dolg_tf/training/optimizers.py.
     momentum: SGD momentum.
     nesterov: Nesterov momentum.
-    weight_decay: coupled L2 term, as the official DOLG (PyTorch SGD).
+    weight_decay: coupled L2 term, as the official DOLG (PyTorch SGD) and
+      PyTorch's Adam; with optimizer=adamw, AdamW's decoupled decay.
     clip_norm: global-norm gradient clipping; 0 = off.
     mixed_precision: Keras mixed-precision policy, or "auto": mixed_bfloat16
       on CPUs with native bfloat16 (AVX512_BF16 / AMX; ~1.7x the fp32 step
@@ -300,6 +305,7 @@ class TrainConfig(Section):
   warmup_steps: int = 0
   warmup_epochs: float = 0.0
   warmup_factor: float = 0.1
+  optimizer: str = "sgd"
   momentum: float = 0.9
   nesterov: bool = True
   weight_decay: float = 1e-4
@@ -327,6 +333,7 @@ class TrainConfig(Section):
 
   def validate(self) -> None:
     check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+    check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
     check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION_POLICIES)
     check_choice("train.distribution_strategy", self.distribution_strategy, STRATEGIES)
     check_at_least(
@@ -359,6 +366,11 @@ class TrainConfig(Section):
         "loads the whole network, imagenet_checkpoint the backbone only)"
       )
     self.lr_multiplier_values()
+    if self.lr_multipliers and self.optimizer != "sgd":
+      raise ConfigError(
+        "train.lr_multipliers scale gradients, which leaves an Adam step unchanged: "
+        "use them with train.optimizer=sgd"
+      )
 
   def lr_multiplier_values(self) -> dict[str, float]:
     """{part: multiplier} of every part in LR_MULTIPLIER_PARTS (1.0 unless lr_multipliers says).

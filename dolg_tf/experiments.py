@@ -137,9 +137,11 @@ def _glr2021(
   trainable p, the multi-atrous module, sub-center ArcFace (k=3) with s=45 and
   per-class margins 0.05 + 0.45 * unit(n^-1/4) (default_config.py: arcface_m_x
   0.45, arcface_m_y 0.05; data/ch_ds_1.py), cosine schedule with 1 warm-up
-  epoch, mixed precision, 81313 classes.
+  epoch, mixed precision, 81313 classes, PyTorch's Adam (default_config.py
+  cfg.optimizer = "Adam"; its weight_decay is coupled, as train.weight_decay).
   """
   train = dict(
+    optimizer="adam",
     batch_size=batch_size,
     epochs=epochs,
     initial_lr=initial_lr,

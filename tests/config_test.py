@@ -122,6 +122,11 @@ class OverrideTest(tf.test.TestCase):
       ("train.batch_size=abc", "^train.batch_size: could not convert"),
       ("export.precision=fp8", "^export.precision must be one of"),
       ("missing.yaml", "^config not found: missing.yaml$"),
+      ("train.optimizer=rmsprop", "^train.optimizer must be one of"),
+      (
+        "{train: {optimizer: adam, lr_multipliers: backbone=0.1}}",
+        "^train.lr_multipliers scale gradients, which leaves an Adam step unchanged",
+      ),
     ]
     for text, message in cases:
       with self.subTest(text=text):

@@ -36,6 +36,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
+from dolg_tf import config as config_lib
 from dolg_tf.convert import delf_checkpoint
 from dolg_tf.keras_api import keras
 from dolg_tf.training import train_step
@@ -200,7 +201,7 @@ class DelgTrainingParityTest(tf.test.TestCase):
     delf_optimizer = keras.optimizers.SGD(_LR, momentum=0.9)
     optimizer = keras.optimizers.SGD(_LR, momentum=0.9, nesterov=False, global_clipnorm=_CLIP)
     trainer = types.SimpleNamespace(
-      config=types.SimpleNamespace(batch_size=_BATCH, weight_decay=0.0, jit_compile=False),
+      config=config_lib.TrainConfig(batch_size=_BATCH, weight_decay=0.0),
       model=model,
       head=head,
       optimizer=optimizer,

@@ -131,7 +131,8 @@ class PresetTest(tf.test.TestCase, parameterized.TestCase):
     # cfg.embedding_size = 512, cfg.gem_p_trainable = True, cfg.loss =
     # 'adaptive_arcface', cfg.arcface_s = 45, cfg.warmup = 1, cfg.mixed_precision =
     # True; configs/default_config.py cfg.n_classes = 81313, cfg.schedule = "cosine",
-    # cfg.arcface_m_x = 0.45, cfg.arcface_m_y = 0.05 (margins 0.05 .. 0.05 + 0.45).
+    # cfg.arcface_m_x = 0.45, cfg.arcface_m_y = 0.05 (margins 0.05 .. 0.05 + 0.45),
+    # cfg.optimizer = "Adam" (torch.optim.Adam: coupled weight_decay).
     self._assert_values(
       name,
       {
@@ -148,6 +149,7 @@ class PresetTest(tf.test.TestCase, parameterized.TestCase):
         "train.lr_schedule": "cosine",
         "train.warmup_epochs": 1.0,
         "train.mixed_precision": "mixed_float16",
+        "train.optimizer": "adam",
       },
     )
 

@@ -18,8 +18,8 @@ from dolg_tf import config as config_lib
 from dolg_tf import run_layout, train
 from dolg_tf.data import gldv2, input_pipeline
 from dolg_tf.keras_api import keras
-from dolg_tf.model import checkpoint_restore
-from dolg_tf.training import trainer
+from dolg_tf.model import checkpoint_restore, heads
+from dolg_tf.training import optimizers, trainer
 from dolg_tf.utils import cli
 from tests import testutil
 
@@ -187,6 +187,28 @@ class TrainerTest(tf.test.TestCase):
     self.assertAllClose(rates[0], 0.1 * 0.01)
     self.assertAllClose(rates[4], 0.5 * 0.01 * (1 + math.cos(math.pi * 2 / 3)))
     self.assertNotEqual(float(per_step(1)), float(per_step(0)))
+
+  def test_subcenter_margins_come_from_the_training_files(self):
+    model = dataclasses.replace(TINY, head_type="subcenter_arcface", head_num_subcenters=2)
+    run = self._trainer(model, os.path.join(self.get_temp_dir(), "subcenter"))
+    counts = run.train_records.label_counts
+    self.assertLen(counts, self.num_classes)
+    self.assertEqual(int(counts.sum()), run.train_records.num_records)
+    self.assertAllClose(
+      run.head.class_margins.numpy(),
+      heads.dynamic_margins(counts, model.head_margin, model.head_margin_max),
+    )
+
+  def test_adam_trains_with_pytorchs_update(self):
+    run = self._trainer(
+      TINY, os.path.join(self.get_temp_dir(), "adam"), optimizer="adam", initial_lr=1e-3
+    )
+    self.assertIsInstance(run.optimizer, optimizers.TorchAdam)
+    before = [v.numpy().copy() for v in run.model.backbone.trainable_variables]
+    metrics = run.train()
+    self.assertTrue(np.isfinite(metrics["loss"]))
+    after = run.model.backbone.trainable_variables
+    self.assertTrue(any(not np.array_equal(b, a.numpy()) for b, a in zip(before, after)))
 
   def test_missing_training_files_are_reported(self):
     with self.assertRaisesRegex(FileNotFoundError, "nowhere"):

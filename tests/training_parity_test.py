@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
+from dolg_tf import config as config_lib
 from dolg_tf.convert import official_dolg
 from dolg_tf.keras_api import keras
 from dolg_tf.training import schedules, train_step
@@ -231,7 +232,7 @@ def _train_loop(pair, learning_rate):
   """dolg_tf's training step (train_step.make_train_loop) on a stand-in Trainer."""
   optimizer = keras.optimizers.SGD(learning_rate, momentum=_MOMENTUM, nesterov=True)
   trainer = types.SimpleNamespace(
-    config=types.SimpleNamespace(batch_size=_BATCH, weight_decay=_WEIGHT_DECAY, jit_compile=False),
+    config=config_lib.TrainConfig(batch_size=_BATCH, weight_decay=_WEIGHT_DECAY),
     model=pair.model,
     head=pair.head,
     optimizer=optimizer,

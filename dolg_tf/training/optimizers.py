@@ -27,9 +27,8 @@ gradient's scale.
 
 import tensorflow as tf
 
+from dolg_tf.config_sections import OPTIMIZERS
 from dolg_tf.keras_api import keras
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
 
 # torch.optim.Adam / AdamW defaults.
 TORCH_BETA_1 = 0.9

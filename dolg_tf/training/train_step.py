@@ -98,7 +98,7 @@ def make_train_loop(trainer):
       labels,
       variables,
       config.batch_size,
-      config.weight_decay,
+      0.0 if config.optimizer == "adamw" else config.weight_decay,  # AdamW decays itself
       optimizer.get_scaled_loss if is_loss_scaled else None,
     )
     return grads, per_example, cosines, terms

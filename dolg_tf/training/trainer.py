@@ -1,4 +1,4 @@
-"""The distributed training loop: model + margin head + SGD under tf.distribute.
+"""The distributed training loop: model + margin head + optimizer under tf.distribute.
 
 A run resumes from its latest checkpoint (training.run_checkpoints: model,
 head and optimizer, whose `iterations` is the global step). A checkpoint that
@@ -37,6 +37,7 @@ from dolg_tf.model import builder, checkpoint_restore, keras_h5
 from dolg_tf.training import (
   distribution,
   divergence,
+  optimizers,
   run_checkpoints,
   schedules,
   sigterm,
@@ -109,6 +110,8 @@ class Trainer:
     self.is_chief = distribution.is_chief(self.strategy)
     # After the strategy: multi-worker collectives must be set up before any TF op.
     self._check_records()
+    if class_counts is None and self.model_config.head_type == "subcenter_arcface":
+      class_counts = self.train_records.label_counts  # dynamic margins from the training files
     self.steps_per_epoch = config.steps_per_epoch or max(
       1, self.train_records.num_records // config.batch_size
     )
@@ -191,11 +194,13 @@ class Trainer:
       config.warmup_factor,
       steps_per_epoch=self.steps_per_epoch if config.lr_per_epoch else 0,
     )
-    optimizer = keras.optimizers.SGD(
+    optimizer = optimizers.build_optimizer(
+      config.optimizer,
       self.learning_rate,
-      momentum=config.momentum,
-      nesterov=config.nesterov,
-      global_clipnorm=config.clip_norm or None,
+      config.momentum,
+      config.nesterov,
+      config.clip_norm,
+      weight_decay=config.weight_decay if config.optimizer == "adamw" else 0.0,
     )
     if self.mixed_precision == "mixed_float16":
       optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)

@@ -13,7 +13,9 @@ the global branch):
 - convnext_tiny..large: f3 = the output of stage 2 (the input of
   `<model>_downsampling_block_2`), f4 = the model's output: stage 3 and the
   LayerNormalization keras puts after it without the top (its `*_notop.h5`
-  carries that norm's weights).
+  carries that norm's weights). Its 7x7 depthwise convolutions, grouped
+  Conv2D layers in keras, are DepthwiseConv2D layers here (14x faster on a
+  CPU, the same outputs; `depthwise_convolutions`).
 
 The application's own preprocessing layers are left out (EfficientNet's
 Rescaling + Normalization; include_preprocessing=False for V2 and ConvNeXt):

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from dolg_tf import config as config_lib
 from dolg_tf import experiments, run_layout, train
-from dolg_tf.data import gldv2, synthetic
+from dolg_tf.data import gldv2
 from dolg_tf.training import divergence, trainer
 from tests import testutil
 
@@ -80,14 +80,13 @@ class MonitorTest(tf.test.TestCase):
     nan = divergence.NonFiniteLossError("step 3: the loss is nan", 3)
     weights = divergence.NonFiniteWeightsError("step 4: the weights are NaN or inf", 4)
     stuck = divergence.StuckAtChanceError("step 9: ...", 9)
-    config = config_lib.TrainConfig()
     for error in (nan, weights):
       self.assertEqual(
-        divergence.advice(error, config, TINY, "mixed_bfloat16", 4),
+        divergence.advice(error),
         "see docs/CONVERGENCE.md#nan-or-inf-loss",
       )
     self.assertEqual(
-      divergence.advice(stuck, config, TINY, "float32", 4),
+      divergence.advice(stuck),
       "see docs/CONVERGENCE.md#stuck-at-chance",
     )
 
@@ -116,7 +115,7 @@ class MonitorTest(tf.test.TestCase):
       "docs/CONVERGENCE.md#stuck-at-chance",
     }
     for error, expected in cases.items():
-      advice = divergence.advice(error, config_lib.TrainConfig(), TINY, "float32", 16)
+      advice = divergence.advice(error)
       message = divergence.stop_message(error, checkpoint, "runs/my_photos", advice)
       self.assertEqual(message, expected)
       # dolg-train prints it after 'dolg-train: error: '.
@@ -132,10 +131,7 @@ class TrainerDivergenceTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), "divergence_data")
-    cls.train_pattern, _, cls.num_classes = synthetic.ensure_demo_data(
-      cls.data_dir, num_classes=4, views_per_class=8, image_size=48, num_shards=2
-    )
+    cls.train_pattern, _, cls.num_classes = testutil.training_data("divergence_data")
 
   def _experiment(self, pattern=None, **train_values):
     values = dict(batch_size=4, max_steps=4, initial_lr=0.01, log_every=2, checkpoint_every=2)
@@ -254,9 +250,8 @@ class TrainerDivergenceTest(tf.test.TestCase):
 
 class CommandTest(tf.test.TestCase):
   def test_dolg_train_exits_1_with_one_line_and_the_checkpoint_kept(self):
-    data_dir = self.create_tempdir().full_path
-    pattern, _, num_classes = synthetic.ensure_demo_data(
-      data_dir, num_classes=4, views_per_class=4, image_size=48, num_shards=1
+    pattern, _, num_classes = testutil.training_data(
+      self.create_tempdir().full_path, views_per_class=4, num_shards=1
     )
     logdir = self.create_tempdir().full_path
     experiment = config_lib.ExperimentConfig(

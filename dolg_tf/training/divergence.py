@@ -156,14 +156,13 @@ def all_finite(variables) -> tf.Tensor:
   return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
 
 
-def advice(error: DivergedError, train, model, mixed_precision: str, num_classes: int) -> str:
+def advice(error: DivergedError) -> str:
   """Where to read what to try: `see docs/CONVERGENCE.md#<the section on error's kind>`.
 
-  The advice follows the cause, not the run's settings (the page goes through
-  them: learning rate, clip_norm, warm-up, head scale, mixed precision, data
-  checks); the other arguments are those the trainer passes and are not used.
+  The advice follows the cause, not the run's settings: the page goes through
+  them (learning rate, clip_norm, warm-up, head scale, mixed precision, data
+  checks).
   """
-  del train, model, mixed_precision, num_classes  # the page covers every setting
   return f"see {DOCS}#{DOCS_SECTIONS[error.kind]}"
 
 

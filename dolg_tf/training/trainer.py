@@ -439,9 +439,7 @@ class Trainer:
 
   def _stopped(self, error: DivergedError) -> DivergedError:
     """`error` with the checkpoint kept and what to try (divergence.stop_message)."""
-    advice = divergence.advice(
-      error, self.config, self.model_config, self.mixed_precision, self.num_classes
-    )
+    advice = divergence.advice(error)
     message = divergence.stop_message(error, self.latest_checkpoint(), self.layout.root, advice)
     return type(error)(message, error.step, error.last_good)
 

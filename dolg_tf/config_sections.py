@@ -36,7 +36,7 @@ PAPER_DILATIONS = (3, 6, 9)
 LR_MULTIPLIER_PARTS = ("backbone", "local", "global", "head")
 DATASET_VERSIONS = ("gld_v1", "gld_v2", "gld_v2_clean", "synthetic")
 LR_SCHEDULES = ("cosine", "linear", "constant")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "sgd_torch", "adam", "adamw")
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
@@ -246,9 +246,10 @@ class TrainConfig(Section):
     warmup_steps: linear warm-up steps.
     warmup_epochs: used when warmup_steps is 0.
     warmup_factor: the warm-up starts at warmup_factor * initial_lr.
-    optimizer: "sgd" (momentum, nesterov; DOLG's and DELG's) or PyTorch's
-      "adam" / "adamw" (betas 0.9/0.999, eps 1e-8; the GLR 2021 winner's
-      Adam); dolg_tf/training/optimizers.py.
+    optimizer: "sgd" (Keras SGD: momentum, nesterov), "sgd_torch" (the same
+      with torch.optim.SGD's momentum buffer, exact where the rate changes; the
+      official DOLG code's), or PyTorch's "adam" / "adamw" (betas 0.9/0.999,
+      eps 1e-8; the GLR 2021 winner's Adam); dolg_tf/training/optimizers.py.
     momentum: SGD momentum.
     nesterov: Nesterov momentum.
     weight_decay: coupled L2 term, as the official DOLG (PyTorch SGD) and
@@ -366,7 +367,7 @@ class TrainConfig(Section):
         "loads the whole network, imagenet_checkpoint the backbone only)"
       )
     self.lr_multiplier_values()
-    if self.lr_multipliers and self.optimizer != "sgd":
+    if self.lr_multipliers and self.optimizer not in ("sgd", "sgd_torch"):
       raise ConfigError(
         "train.lr_multipliers scale gradients, which leaves an Adam step unchanged: "
         "use them with train.optimizer=sgd"

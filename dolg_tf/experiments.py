@@ -110,6 +110,7 @@ _OFFICIAL_DOLG_R101 = {
     nesterov=True,
     weight_decay=1e-4,
     lr_per_epoch=True,
+    optimizer="sgd_torch",
   ),
 }
 # The DOLG paper (arXiv 2108.02927, section 4.1) where it differs from the file

@@ -83,6 +83,8 @@ class PresetTest(tf.test.TestCase, parameterized.TestCase):
         "train.warmup_factor": 0.1,
         # pycls get_epoch_lr: the rate is set once per epoch.
         "train.lr_per_epoch": True,
+        # optim.py construct_optimizer: torch.optim.SGD (its momentum buffer).
+        "train.optimizer": "sgd_torch",
       },
     )
     config = experiments.get("official_dolg_r101")

@@ -1,4 +1,7 @@
-"""Tests for dolg_tf.training.optimizers (train.optimizer: sgd, adam, adamw).
+"""Tests for dolg_tf.training.optimizers (train.optimizer: sgd, sgd_torch, adam, adamw).
+
+sgd_torch is checked against torch.optim.SGD's documented algorithm (dampening 0):
+  b <- mu b + g;  theta <- theta - lr (g + mu b)  (Nesterov)  or  theta - lr b
 
 Adam and AdamW are checked against a NumPy transcription of torch.optim.Adam's
 and AdamW's documented algorithm (pytorch.org/docs, torch.optim.Adam / AdamW):
@@ -47,6 +50,15 @@ def _torch_adam_numpy(theta, gradients, lrs, weight_decay=0.0, decoupled=False):
     m_hat = m / (1 - b1**t)
     v_hat = v / (1 - b2**t)
     theta = theta - lr * m_hat / (np.sqrt(v_hat) + eps)
+  return theta
+
+
+def _torch_sgd_numpy(theta, gradients, lrs, momentum, nesterov):
+  theta = theta.astype(np.float64)
+  buffer = np.zeros_like(theta)
+  for g, lr in zip(gradients.astype(np.float64), lrs):
+    buffer = momentum * buffer + g
+    theta = theta - lr * (g + momentum * buffer if nesterov else buffer)
   return theta
 
 
@@ -190,6 +202,40 @@ class OptimizersTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(optimizer.global_clipnorm, clip_norm or None)
     self.assertAllEqual(_run(optimizer), _run(reference))
 
+  @parameterized.parameters((True, "eager"), (False, "function"), (True, "mirrored"))
+  def test_sgd_torch_is_torchs_where_the_rate_changes(self, nesterov, mode):
+    optimizer = optimizers.build_optimizer("sgd_torch", _schedule(), 0.9, nesterov)
+    self.assertIsInstance(optimizer, optimizers.TorchSGD)
+    expected = _torch_sgd_numpy(INITIAL, GRADIENTS, LRS, 0.9, nesterov)
+    self.assertAllClose(_run(optimizer, mode=mode), expected, atol=1e-7, rtol=1e-6)
+    # Keras' SGD keeps the rate in its momentum: off by mu^2 (lr2 - lr1) b at a change.
+    keras_sgd = _run(optimizers.build_optimizer("sgd", _schedule(), 0.9, nesterov))
+    self.assertGreater(np.max(np.abs(keras_sgd - expected)), 1e-4)
+
+  @parameterized.parameters(True, False)
+  def test_sgd_reference_is_torch_itself(self, nesterov):
+    try:
+      import torch
+    except ImportError:
+      self.skipTest("torch is installed only on .venv (Python 3.11); NumPy reference used here")
+    theta = torch.nn.Parameter(torch.tensor(INITIAL.astype(np.float64)))
+    torch_optimizer = torch.optim.SGD([theta], lr=LRS[0], momentum=0.9, nesterov=nesterov)
+    for gradient, lr in zip(GRADIENTS, LRS):
+      torch_optimizer.param_groups[0]["lr"] = lr
+      theta.grad = torch.tensor(gradient.astype(np.float64))
+      torch_optimizer.step()
+    self.assertAllClose(
+      _torch_sgd_numpy(INITIAL, GRADIENTS, LRS, 0.9, nesterov),
+      theta.detach().numpy(),
+      atol=1e-12,
+      rtol=0,
+    )
+
+  def test_sgd_torch_equals_keras_sgd_at_a_constant_rate(self):
+    torch_form = _run(optimizers.build_optimizer("sgd_torch", 0.01, 0.9, True))
+    keras_form = _run(optimizers.build_optimizer("sgd", 0.01, 0.9, True))
+    self.assertAllClose(torch_form, keras_form, atol=1e-7, rtol=1e-6)
+
   def test_clip_norm_reaches_adam(self):
     optimizer = optimizers.build_optimizer("adam", 0.1, clip_norm=1.5)
     self.assertEqual(optimizer.global_clipnorm, 1.5)
@@ -197,7 +243,7 @@ class OptimizersTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_errors_are_one_line(self):
     with self.assertRaisesRegex(
-      ValueError, r"^train.optimizer must be one of sgd, adam, adamw, not 'rmsprop'$"
+      ValueError, r"^train.optimizer must be one of sgd, sgd_torch, adam, adamw, not 'rmsprop'$"
     ):
       optimizers.build_optimizer("rmsprop", 0.1)
     with self.assertRaisesRegex(ValueError, r"^decoupled weight_decay is adamw's; adam takes"):

@@ -3,6 +3,9 @@
 - sgd: Keras SGD with train.momentum and train.nesterov (DOLG's and DELG's
   optimizer); train.weight_decay is PyTorch SGD's coupled decay, added to the
   loss as weight_decay * sum(w^2) / 2 (train_step.loss_and_gradients).
+- sgd_torch: the same SGD with torch.optim.SGD's momentum buffer (TorchSGD):
+  equal to Keras SGD while the rate is constant, exact where it changes (the
+  official DOLG code's optimizer, for the official_* presets).
 - adam: PyTorch's torch.optim.Adam with its defaults, beta1 0.9, beta2 0.999,
   epsilon 1e-8 (the GLR 2021 winner's optimizer: configs/default_config.py
   cfg.optimizer = "Adam"). Its weight_decay is coupled L2 as well (torch adds
@@ -34,6 +37,28 @@ from dolg_tf.keras_api import keras
 TORCH_BETA_1 = 0.9
 TORCH_BETA_2 = 0.999
 TORCH_EPSILON = 1e-8
+
+
+class TorchSGD(keras.optimizers.SGD):
+  """Keras SGD that keeps torch.optim.SGD's momentum buffer (dampening 0).
+
+  torch: b <- mu b + g; p <- p - lr (g + mu b) (Nesterov) or p - lr b. Keras
+  keeps the rate inside its momentum (m <- mu m - lr g), which is the same
+  while the rate is constant; at a change from lr1 to lr2 the Keras form is off
+  by mu^2 (lr2 - lr1) b (docs/TRAINING_PARITY.md). The slot is Keras' "m" and
+  holds torch's b. Sparse gradients are made dense.
+  """
+
+  def update_step(self, gradient, variable):
+    """One torch SGD step of `variable`."""
+    if isinstance(gradient, tf.IndexedSlices):
+      gradient = tf.convert_to_tensor(gradient)
+    lr = tf.cast(self.learning_rate, variable.dtype)
+    momentum = tf.cast(self.momentum, variable.dtype)
+    buffer = self.momentums[self._index_dict[self._var_key(variable)]]
+    buffer.assign(momentum * buffer + gradient)
+    step = gradient + momentum * buffer if self.nesterov else buffer
+    variable.assign_sub(lr * step)
 
 
 class TorchAdam(keras.optimizers.Adam):
@@ -92,7 +117,7 @@ def build_optimizer(
   """The Keras optimizer of train.optimizer.
 
   Args:
-    name: "sgd", "adam" or "adamw".
+    name: "sgd", "sgd_torch", "adam" or "adamw".
     learning_rate: a float or a keras LearningRateSchedule.
     momentum: SGD's momentum (ignored by adam/adamw).
     nesterov: SGD's Nesterov momentum (ignored by adam/adamw).
@@ -101,7 +126,8 @@ def build_optimizer(
       sgd and adam take their coupled decay as an L2 loss term instead.
 
   Returns:
-    keras SGD, or `TorchAdam` (adam; adamw with weight_decay).
+    keras SGD, `TorchSGD` (sgd_torch), or `TorchAdam` (adam; adamw with
+    weight_decay).
 
   Raises:
     ValueError: an unknown name, or weight_decay for sgd/adam (one line).
@@ -113,10 +139,9 @@ def build_optimizer(
       f"decoupled weight_decay is adamw's; {name} takes train.weight_decay as an L2 loss term"
     )
   clip = clip_norm or None
-  if name == "sgd":
-    return keras.optimizers.SGD(
-      learning_rate, momentum=momentum, nesterov=nesterov, global_clipnorm=clip
-    )
+  if name in ("sgd", "sgd_torch"):
+    sgd = keras.optimizers.SGD if name == "sgd" else TorchSGD
+    return sgd(learning_rate, momentum=momentum, nesterov=nesterov, global_clipnorm=clip)
   return TorchAdam(
     learning_rate,
     weight_decay=(weight_decay or None) if name == "adamw" else None,

@@ -136,15 +136,8 @@ class TrainerDivergenceTest(tf.test.TestCase):
   def _experiment(self, pattern=None, **train_values):
     values = dict(batch_size=4, max_steps=4, initial_lr=0.01, log_every=2, checkpoint_every=2)
     values.update(train_values)
-    return config_lib.ExperimentConfig(
-      model=TINY,
-      data=config_lib.DataConfig(
-        train_file_pattern=pattern or self.train_pattern,
-        dataset_version="synthetic",
-        num_classes=self.num_classes,
-        image_size=32,
-      ),
-      train=config_lib.TrainConfig(export_at_end=False, **values),
+    return testutil.training_experiment(
+      TINY, pattern or self.train_pattern, self.num_classes, export_at_end=False, **values
     )
 
   def _trainer(self, logdir, pattern=None, **train_values):
@@ -254,15 +247,8 @@ class CommandTest(tf.test.TestCase):
       self.create_tempdir().full_path, views_per_class=4, num_shards=1
     )
     logdir = self.create_tempdir().full_path
-    experiment = config_lib.ExperimentConfig(
-      model=TINY,
-      data=config_lib.DataConfig(
-        train_file_pattern=pattern,
-        dataset_version="synthetic",
-        num_classes=num_classes,
-        image_size=32,
-      ),
-      train=config_lib.TrainConfig(batch_size=4, max_steps=2, log_every=2, export_at_end=False),
+    experiment = testutil.training_experiment(
+      TINY, pattern, num_classes, batch_size=4, max_steps=2, log_every=2, export_at_end=False
     )
     trainer.Trainer(experiment, run_layout.RunLayout(logdir)).train()
     kept = os.path.join(logdir, "checkpoints", "ckpt-2")

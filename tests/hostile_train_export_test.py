@@ -109,16 +109,7 @@ class HostileTrainExportTest(tf.test.TestCase, parameterized.TestCase):
       validate_every=0,
     )
     values.update(train_values)
-    return config_lib.ExperimentConfig(
-      model=TINY,
-      data=config_lib.DataConfig(
-        train_file_pattern=pattern,
-        dataset_version="synthetic",
-        num_classes=num_classes,
-        image_size=32,
-      ),
-      train=config_lib.TrainConfig(**values),
-    )
+    return testutil.training_experiment(TINY, pattern, num_classes, **values)
 
   def _copy_run(self, name: str = "run") -> str:
     target = os.path.join(self.create_tempdir().full_path, name)

@@ -3,7 +3,6 @@
 import numpy as np
 import tensorflow as tf
 
-from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.training import trainer
 from tests import testutil
@@ -22,17 +21,15 @@ class StagedFinetuningTest(tf.test.TestCase):
     )
 
   def _trainer(self, logdir, **train_values):
-    experiment = config_lib.ExperimentConfig(
-      model=testutil.TINY_TRAIN_DOLG,
-      data=config_lib.DataConfig(
-        train_file_pattern=self.train_pattern,
-        dataset_version="synthetic",
-        num_classes=self.num_classes,
-        image_size=32,
-      ),
-      train=config_lib.TrainConfig(
-        batch_size=4, log_every=1, checkpoint_every=100, export_at_end=False, **train_values
-      ),
+    experiment = testutil.training_experiment(
+      testutil.TINY_TRAIN_DOLG,
+      self.train_pattern,
+      self.num_classes,
+      batch_size=4,
+      log_every=1,
+      checkpoint_every=100,
+      export_at_end=False,
+      **train_values,
     )
     return trainer.Trainer(experiment, run_layout.RunLayout(logdir))
 

@@ -75,6 +75,21 @@ def training_data(folder: str, views_per_class: int = 8, num_shards: int = 2):
   )
 
 
+def training_experiment(model, train_pattern, num_classes, validation_pattern="", **train_values):
+  """The ExperimentConfig of a training test: `model` on synthetic records at 32 px."""
+  return config_lib.ExperimentConfig(
+    model=model,
+    data=config_lib.DataConfig(
+      train_file_pattern=train_pattern,
+      validation_file_pattern=validation_pattern,
+      dataset_version="synthetic",
+      num_classes=num_classes,
+      image_size=32,
+    ),
+    train=config_lib.TrainConfig(**train_values),
+  )
+
+
 def run_module(module: str, *args: str, cwd=None, env=None, timeout=300):
   """`python -m <module> <args>` with text stdout/stderr captured (a CompletedProcess)."""
   return subprocess.run(

@@ -50,17 +50,15 @@ class TrainExportErrorsTest(tf.test.TestCase):
     cls.corrupt_pattern = os.path.join(corrupt, "train-*")
     # One trained run (config.json + checkpoints/ckpt-1).
     cls.run_dir = os.path.join(cls.work, "run")
-    experiment = config_lib.ExperimentConfig(
-      model=TINY,
-      data=config_lib.DataConfig(
-        train_file_pattern=cls.train_pattern,
-        dataset_version="synthetic",
-        num_classes=cls.num_classes,
-        image_size=32,
-      ),
-      train=config_lib.TrainConfig(
-        batch_size=4, max_steps=1, log_every=1, export_at_end=False, validate_every=0
-      ),
+    experiment = testutil.training_experiment(
+      TINY,
+      cls.train_pattern,
+      cls.num_classes,
+      batch_size=4,
+      max_steps=1,
+      log_every=1,
+      export_at_end=False,
+      validate_every=0,
     )
     trainer.Trainer(experiment, run_layout.RunLayout(cls.run_dir)).train()
     cls.checkpoint = tf.train.latest_checkpoint(os.path.join(cls.run_dir, "checkpoints"))

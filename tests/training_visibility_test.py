@@ -8,7 +8,6 @@ import os
 import tensorflow as tf
 from absl.testing import parameterized
 
-from dolg_tf import config as config_lib
 from dolg_tf import run_layout
 from dolg_tf.keras_api import keras
 from dolg_tf.training import train_log, trainer
@@ -52,16 +51,12 @@ class VisibilityTest(tf.test.TestCase, parameterized.TestCase):
       initial_lr=0.05,
     )
     values.update(train_values)
-    experiment = config_lib.ExperimentConfig(
-      model=model,
-      data=config_lib.DataConfig(
-        train_file_pattern=self.train_pattern,
-        validation_file_pattern=self.validation_pattern,
-        dataset_version="synthetic",
-        num_classes=self.num_classes,
-        image_size=32,
-      ),
-      train=config_lib.TrainConfig(**values),
+    experiment = testutil.training_experiment(
+      model,
+      self.train_pattern,
+      self.num_classes,
+      validation_pattern=self.validation_pattern,
+      **values,
     )
     return trainer.Trainer(experiment, run_layout.RunLayout(logdir))
 

@@ -65,15 +65,11 @@ class WarmStartTest(parameterized.TestCase, tf.test.TestCase):
   def _experiment(self, model="dolg", num_classes=None, **train_values):
     values = dict(batch_size=4, max_steps=1, log_every=1, checkpoint_every=100, export_at_end=False)
     values.update(train_values)
-    return config_lib.ExperimentConfig(
-      model=MODELS[model] if isinstance(model, str) else model,
-      data=config_lib.DataConfig(
-        train_file_pattern=self.train_pattern,
-        dataset_version="synthetic",
-        num_classes=num_classes or self.num_classes,
-        image_size=32,
-      ),
-      train=config_lib.TrainConfig(**values),
+    return testutil.training_experiment(
+      MODELS[model] if isinstance(model, str) else model,
+      self.train_pattern,
+      num_classes or self.num_classes,
+      **values,
     )
 
   def _trainer(self, logdir, model="dolg", num_classes=None, **train_values):
@@ -360,16 +356,7 @@ class LrMultipliersTest(parameterized.TestCase, tf.test.TestCase):
       initial_lr=0.05,
     )
     values.update(train_values)
-    experiment = config_lib.ExperimentConfig(
-      model=model,
-      data=config_lib.DataConfig(
-        train_file_pattern=self.train_pattern,
-        dataset_version="synthetic",
-        num_classes=self.num_classes,
-        image_size=32,
-      ),
-      train=config_lib.TrainConfig(**values),
-    )
+    experiment = testutil.training_experiment(model, self.train_pattern, self.num_classes, **values)
     return trainer.Trainer(experiment, run_layout.RunLayout(self.create_tempdir().full_path))
 
   def test_scale_gradients_by_hand(self):

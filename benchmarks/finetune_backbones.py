@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 
 from absl import app, flags
 
@@ -48,7 +49,7 @@ flags.DEFINE_list(
   "Rows: resnet50, any keras.applications model.backbone (efficientnet_b0, efficientnetv2_s, "
   "convnext_tiny, ...) and 'official' (a converted official DOLG checkpoint).",
 )
-flags.DEFINE_integer("steps", 20, "Fine-tuning steps per row.")
+flags.DEFINE_integer("steps", 20, "Fine-tuning steps per row (train img/s needs 3 or more).")
 flags.DEFINE_integer("image_size", 96, "Training crop side (the demo's: 96).")
 flags.DEFINE_integer("batch_size", 32, "Training batch (the demo's: 32).")
 flags.DEFINE_integer("synthetic_classes", 16, "Synthetic landmark classes (the demo's: 16).")
@@ -285,7 +286,11 @@ def main(argv):
     try:
       lines.append(format_row(measure_row(row, benchmark_dir)))
     except Exception as e:  # noqa: BLE001 (a failed row is reported; the others go on)
-      lines.append(f"{row:18s} failed: {' '.join(str(e).split())[:200]}")
+      error_path = os.path.join(FLAGS.workdir, row, "error.txt")
+      os.makedirs(os.path.dirname(error_path), exist_ok=True)
+      with open(error_path, "w") as f:
+        traceback.print_exc(file=f)
+      lines.append(f"{row:18s} failed: {' '.join(str(e).split())[:160]} (see {error_path})")
     print(f"{lines[-1]}   ({time.perf_counter() - start:.0f} s)", flush=True)
   print(
     f"\nDOLG fine-tuned {FLAGS.steps} steps, batch {FLAGS.batch_size}, {FLAGS.image_size} px "

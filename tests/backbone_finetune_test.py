@@ -14,7 +14,7 @@ builders (`EfficientNet(width, depth, ...)`, `EfficientNetV2(...)`,
 so that the test takes seconds: the layer names, the cut at stride 16 / 32,
 the .h5 layout and every code path are those of the full-size networks
 (tests/keras_app_backbones_test.py checks the full-size ones' strides,
-channels and .h5 files; benchmarks/finetune_backbones.py runs them end to end).
+channels and .h5 files; benchmarks/finetune_backbones_benchmark.py runs them end to end).
 """
 
 import os

@@ -1,6 +1,6 @@
 """Fine-tunes DOLG from ImageNet-shaped weights per backbone family on the synthetic landmarks.
 
-  python benchmarks/finetune_backbones.py \\
+  python benchmarks/finetune_backbones_benchmark.py \\
       [--backbones=resnet50,efficientnet_b0,efficientnetv2_s,convnext_tiny,official] \\
       [--steps=20] [--image_size=96] [--batch_size=32] [--synthetic_classes=16] \\
       [--workdir=/tmp/finetune_backbones]

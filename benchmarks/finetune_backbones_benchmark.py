@@ -14,7 +14,7 @@ For each row the demo's path (dolg_tf/demo.py) on the demo's data:
    caffe input (keras_h5.KERAS_IMAGENET_INPUT); `official` is an official
    DOLG checkpoint instead (the official state-dict keys of the demo's
    R26 x 0.25 DOLG with multi-atrous, random values, as an .npz) converted
-   by `dolg-convert-official` (python -m dolg_tf.convert.convert_official_dolg).
+   by `dolg-convert` (python -m dolg_tf.convert.convert_official_dolg).
 2. Fine-tunes `dolg-train --experiment=dolg_synthetic` (python -m
    dolg_tf.train, a subprocess as the demo runs it) for --steps steps from it:
    train.imagenet_checkpoint = the .h5, or train.init_from = the converter's
@@ -107,7 +107,7 @@ def write_imagenet_h5(row: str, folder: str, seed: int) -> str:
 
 
 def write_official_checkpoint(folder: str, seed: int, log) -> str:
-  """An official-format DOLG state dict (.npz) converted by dolg-convert-official; its folder."""
+  """An official-format DOLG state dict (.npz) converted by dolg-convert; its folder."""
   import numpy as np
 
   from dolg_tf import config as config_lib
@@ -142,7 +142,7 @@ def write_official_checkpoint(folder: str, seed: int, log) -> str:
         f"--atrous_dilations={dilations}",
       ],
       log,
-      "dolg-convert-official",
+      "dolg-convert",
     )
   return converted
 

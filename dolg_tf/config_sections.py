@@ -275,7 +275,7 @@ class TrainConfig(Section):
       than at every step (default; tf-models-official's LinearWarmup).
     imagenet_checkpoint: Keras ImageNet .h5 weights for the backbone.
     init_from: a fresh run's first weights: a dolg_tf run folder (its newest
-      checkpoint), a dolg-convert-official/-delf output folder or a checkpoint
+      checkpoint), a dolg-convert / dolg-convert-delf output folder or a checkpoint
       prefix (dolg_tf/training/warm_start.py). Every model variable must load;
       a margin head (or DELG attention classifier) that does not fit is
       re-initialised and reported. Not the optimizer state or the step; not

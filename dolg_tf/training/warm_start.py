@@ -1,7 +1,7 @@
 """train.init_from: a fresh run's first weights from another run or a converted checkpoint.
 
 The source is a dolg_tf run folder (its newest checkpoint under
-`checkpoints/`), the output folder of dolg-convert-official or
+`checkpoints/`), the output folder of dolg-convert (official DOLG) or
 dolg-convert-delf (the same layout: `config.json`, `checkpoints/ckpt-1`), or
 a checkpoint prefix. Every variable is mapped explicitly: the checkpoint key
 each variable of the model and head is saved under (the object-graph path
@@ -91,7 +91,7 @@ def resolve_source(path: str) -> str:
         return existing[-1]
     raise InitFromError(
       f"train.init_from: no checkpoint in {path} (nor in its checkpoints/ folder); give a "
-      "dolg_tf run folder, a dolg-convert-official/-delf output folder or a checkpoint prefix"
+      "dolg_tf run folder, a dolg-convert / dolg-convert-delf output folder or a checkpoint prefix"
     )
   if tf.io.gfile.exists(path + ".index"):
     return path

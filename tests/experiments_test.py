@@ -268,7 +268,7 @@ class PresetTest(tf.test.TestCase, parameterized.TestCase):
         "train.lr_schedule": "linear",
         "train.warmup_steps": 0,
         "train.warmup_epochs": 0.0,
-        # tf.keras.optimizers.SGD(learning_rate=initial_lr, momentum=0.9); no decay term.
+        # DELF train.py: SGD(learning_rate=initial_lr, momentum=0.9); no decay term.
         "train.momentum": 0.9,
         "train.nesterov": False,
         "train.weight_decay": 0.0,

@@ -174,6 +174,17 @@ class ImportDirectionTest(tf.test.TestCase):
                 problems.append(f"{relative}:{number}: {line.strip()}")
     self.assertEqual(problems, [])
 
+  def test_every_test_file_runs_its_tests_as_a_script(self):
+    # Bazel runs `python tests/x_test.py`: without tf.test.main() it runs no test and passes.
+    folder = os.path.join(REPO_ROOT, "tests")
+    missing = []
+    for name in sorted(os.listdir(folder)):
+      if name.endswith("_test.py"):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+          if 'if __name__ == "__main__":' not in f.read():
+            missing.append(name)
+    self.assertEqual(missing, [])
+
   def test_no_top_level_export_or_protos_package_is_installed(self):
     # pyproject installs dolg_tf only; the top-level export/ holds scripts, not a package.
     self.assertFalse(os.path.exists(os.path.join(REPO_ROOT, "export", "__init__.py")))

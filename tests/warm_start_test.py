@@ -420,3 +420,7 @@ class LrMultipliersTest(parameterized.TestCase, tf.test.TestCase):
       if np.any(update != 0):
         moved.add(part)
     self.assertEqual(moved, set(MULTIPLIERS))
+
+
+if __name__ == "__main__":
+  tf.test.main()

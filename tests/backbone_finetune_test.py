@@ -133,22 +133,16 @@ class BackboneFinetuneTest(parameterized.TestCase, tf.test.TestCase):
       )
 
   def _experiment(self, backbone: str, h5_path: str) -> config_lib.ExperimentConfig:
-    return config_lib.ExperimentConfig(
-      model=config_lib.ModelConfig(backbone=backbone, local_dim=8, embedding_dim=8, head_scale=4.0),
-      data=config_lib.DataConfig(
-        train_file_pattern=self.train_pattern,
-        dataset_version="synthetic",
-        num_classes=self.num_classes,
-        image_size=32,
-      ),
-      train=config_lib.TrainConfig(
-        batch_size=4,
-        max_steps=1,
-        initial_lr=0.01,
-        log_every=1,
-        checkpoint_every=1,
-        imagenet_checkpoint=h5_path,
-      ),
+    return testutil.training_experiment(
+      config_lib.ModelConfig(backbone=backbone, local_dim=8, embedding_dim=8, head_scale=4.0),
+      self.train_pattern,
+      self.num_classes,
+      batch_size=4,
+      max_steps=1,
+      initial_lr=0.01,
+      log_every=1,
+      checkpoint_every=1,
+      imagenet_checkpoint=h5_path,
     )
 
   def _extract_and_evaluate(self, export_dir: str, loaded, workdir: str):
